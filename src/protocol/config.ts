@@ -1,0 +1,80 @@
+// Options shared by both ends of a session, with their defaults and checks.
+
+import { RocksError } from './errors.js';
+
+export interface SessionOptions {
+  /** Silence from the peer for this long (ms) declares the link failed. Default 5000, at least 200. */
+  failureTimeout?: number;
+  /** Send a keepalive when nothing was sent for this long (ms). Default failureTimeout / 5; at most failureTimeout / 2. */
+  heartbeatInterval?: number;
+  /** A session suspended this long (ms) fails with ERR_ROCKS_SUSPEND_TIMEOUT. Default 72 h. */
+  suspendLimit?: number;
+  /** Most bytes written but not yet acknowledged by the peer; past it `write()` returns false. Default 4 MiB. */
+  maxInflight?: number;
+  /** Most bytes received but not yet read by the application. Default 4 MiB. */
+  receiveWindow?: number;
+  /** A dial plus its handshake must finish within this many ms. Default failureTimeout. */
+  handshakeTimeout?: number;
+  /** First reconnect backoff step (ms). Default 100. */
+  reconnectDelay?: number;
+  /** Cap of the reconnect backoff (ms). Default 2000. */
+  reconnectDelayMax?: number;
+  /** A new connection must be established within this many ms of connect(). Default 20000. */
+  connectTimeout?: number;
+  /** How long the closing handshake may take once both directions are finished (ms): a client keeps resuming to receive CLOSE, a server keeps its record of the session to answer it. Default 120000. */
+  closeLinger?: number;
+}
+
+export type SessionConfig = Required<SessionOptions>;
+
+const HOUR = 3_600_000;
+const MIB = 1024 * 1024;
+
+function check(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be a number from ${min} to ${max}, got ${String(value)}`);
+  }
+  return value;
+}
+
+export function resolveSessionConfig(options: SessionOptions = {}): SessionConfig {
+  const failureTimeout = check('failureTimeout', options.failureTimeout ?? 5000, 200, 24 * HOUR);
+  const heartbeatInterval = check(
+    'heartbeatInterval',
+    options.heartbeatInterval ?? Math.round(failureTimeout / 5),
+    10,
+    failureTimeout / 2,
+  );
+  const reconnectDelayMax = check('reconnectDelayMax', options.reconnectDelayMax ?? 2000, 1, HOUR);
+  return {
+    failureTimeout,
+    heartbeatInterval,
+    suspendLimit: check('suspendLimit', options.suspendLimit ?? 72 * HOUR, 0, 10_000 * HOUR),
+    maxInflight: check('maxInflight', options.maxInflight ?? 4 * MIB, 1024, 2 ** 40),
+    receiveWindow: check('receiveWindow', options.receiveWindow ?? 4 * MIB, 1024, 0xffff_ffff),
+    handshakeTimeout: check('handshakeTimeout', options.handshakeTimeout ?? failureTimeout, 50, HOUR),
+    reconnectDelay: check('reconnectDelay', options.reconnectDelay ?? 100, 0, reconnectDelayMax),
+    reconnectDelayMax,
+    connectTimeout: check('connectTimeout', options.connectTimeout ?? 20_000, 50, 24 * HOUR),
+    closeLinger: check('closeLinger', options.closeLinger ?? 120_000, 0, 24 * HOUR),
+  };
+}
+
+export interface ServerLimitOptions {
+  /** Most sessions at once, suspended ones included. Default 100000. */
+  maxSessions?: number;
+  /** Most suspended sessions; past it the longest-suspended one is evicted. Default 50000. */
+  maxSuspendedSessions?: number;
+  /** Most bytes buffered by all sessions together (unacknowledged sends plus unread receives). Default 1 GiB. */
+  maxBufferedBytes?: number;
+}
+
+export type ServerLimits = Required<ServerLimitOptions>;
+
+export function resolveServerLimits(options: ServerLimitOptions = {}): ServerLimits {
+  return {
+    maxSessions: check('maxSessions', options.maxSessions ?? 100_000, 1, 2 ** 31),
+    maxSuspendedSessions: check('maxSuspendedSessions', options.maxSuspendedSessions ?? 50_000, 0, 2 ** 31),
+    maxBufferedBytes: check('maxBufferedBytes', options.maxBufferedBytes ?? 1024 * MIB, 1024, 2 ** 50),
+  };
+}

@@ -1,0 +1,98 @@
+// Session keys and resume proofs, all from node:crypto: X25519 agreement,
+// HKDF-SHA256 to derive the session key, HMAC-SHA256 for resume proofs.
+// Private keys are built from bytes the caller draws, so a simulation with a
+// seeded random source produces the same keys every run.
+
+import {
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  hkdfSync,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
+import { RocksError } from './errors.js';
+import { KEY_SIZE, MAC_SIZE } from './frames.js';
+
+/** DER prefix of a PKCS#8 X25519 private key; the 32 key bytes follow it. */
+const PKCS8_X25519_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
+
+const KEY_INFO = Buffer.from('rocks session key', 'latin1');
+const CLIENT_LABEL = Buffer.from('rocks client resume', 'latin1');
+const SERVER_LABEL = Buffer.from('rocks server resume', 'latin1');
+
+export interface KeyPair {
+  privateKey: KeyObject;
+  /** Raw 32-byte public key, as sent on the wire. */
+  publicKey: Buffer;
+}
+
+/** An X25519 key pair whose private key is the 32 given random bytes. */
+export function keyPairFromSeed(seed: Buffer): KeyPair {
+  if (seed.length !== KEY_SIZE) throw new RangeError('X25519 seed must be 32 bytes');
+  const privateKey = createPrivateKey({
+    key: Buffer.concat([PKCS8_X25519_PREFIX, seed]),
+    format: 'der',
+    type: 'pkcs8',
+  });
+  const jwk = createPublicKey(privateKey).export({ format: 'jwk' });
+  return { privateKey, publicKey: Buffer.from(jwk.x as string, 'base64url') };
+}
+
+/**
+ * The key both ends derive at establishment: HKDF-SHA256 over the X25519
+ * shared secret, salted with the session id and bound to both public keys.
+ */
+export function deriveSessionKey(
+  own: KeyPair,
+  peerPublic: Buffer,
+  sessionId: Buffer,
+  clientPublic: Buffer,
+  serverPublic: Buffer,
+): Buffer {
+  let shared: Buffer;
+  try {
+    const publicKey = createPublicKey({
+      key: { kty: 'OKP', crv: 'X25519', x: peerPublic.toString('base64url') },
+      format: 'jwk',
+    });
+    shared = diffieHellman({ privateKey: own.privateKey, publicKey });
+  } catch {
+    // OpenSSL refuses low-order points, whose shared secret would be all zeros.
+    throw new RocksError('ERR_ROCKS_PROTOCOL', 'unusable X25519 public key');
+  }
+  const info = Buffer.concat([KEY_INFO, clientPublic, serverPublic]);
+  return Buffer.from(hkdfSync('sha256', shared, sessionId, info, KEY_SIZE));
+}
+
+export interface ResumeTranscript {
+  version: number;
+  sessionId: Buffer;
+  clientNonce: Buffer;
+  serverNonce: Buffer;
+  /** Stream offsets the proving side reports: what it received and what it had sent. */
+  received: number;
+  sent: number;
+}
+
+/** HMAC-SHA256 by which one side proves it holds the session key for this resume attempt. */
+export function resumeMac(key: Buffer, by: 'client' | 'server', t: ResumeTranscript): Buffer {
+  const offsets = Buffer.allocUnsafe(17);
+  offsets[0] = t.version;
+  offsets.writeUInt32BE(Math.floor(t.received / 0x1_0000_0000), 1);
+  offsets.writeUInt32BE(t.received >>> 0, 5);
+  offsets.writeUInt32BE(Math.floor(t.sent / 0x1_0000_0000), 9);
+  offsets.writeUInt32BE(t.sent >>> 0, 13);
+  return createHmac('sha256', key)
+    .update(by === 'client' ? CLIENT_LABEL : SERVER_LABEL)
+    .update(t.sessionId)
+    .update(t.clientNonce)
+    .update(t.serverNonce)
+    .update(offsets)
+    .digest();
+}
+
+export function macMatches(expected: Buffer, received: Buffer): boolean {
+  return received.length === MAC_SIZE && timingSafeEqual(expected, received);
+}

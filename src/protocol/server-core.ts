@@ -1,0 +1,211 @@
+// The server's side before a link belongs to a session, and the book of all
+// sessions: it reads each new link's first frame, creates a session for a
+// HELLO, hands a RESUME to the session it names, and enforces the server's
+// limits. Like Session, it does no I/O.
+
+import type { ServerLimits, SessionConfig } from './config.js';
+import { RocksError } from './errors.js';
+import { encodeError, FrameParser, FrameType, type HelloFrame, type ResumeFrame } from './frames.js';
+import type { RandomSource } from './random.js';
+import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
+
+export type ServerEvent =
+  /** A new session now owns `link`; drive it and route the link's bytes to it. */
+  | { type: 'session'; session: Session; link: LinkId }
+  /** An existing session now owns `link` (a resume attempt). */
+  | { type: 'bind'; session: Session; link: LinkId }
+  /** Close a link no session owns: after writing `final`, by ending it. */
+  | { type: 'close-link'; link: LinkId; final: Buffer[] }
+  /** A link was refused; for logs and counters. */
+  | { type: 'rejected'; link: LinkId; error: RocksError }
+  /** Something changed for this session outside its own calls: poll it. */
+  | { type: 'wake'; session: Session };
+
+interface PendingLink {
+  parser: FrameParser;
+  deadline: number;
+}
+
+export class ServerCore implements SessionHost {
+  private readonly config: SessionConfig;
+  private readonly limits: ServerLimits;
+  private readonly random: RandomSource;
+
+  private readonly pending = new Map<LinkId, PendingLink>();
+  private readonly sessions = new Map<string, Session>();
+  /** Suspended sessions in the order they were suspended (oldest first). */
+  private readonly suspendedSessions = new Set<Session>();
+  private readonly budgetWaiters = new Set<Session>();
+  private buffered = 0;
+
+  private events: ServerEvent[] = [];
+  private eventHead = 0;
+
+  constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource) {
+    this.config = config;
+    this.limits = limits;
+    this.random = random;
+  }
+
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  get suspendedCount(): number {
+    return this.suspendedSessions.size;
+  }
+
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  get pendingLinkCount(): number {
+    return this.pending.size;
+  }
+
+  // ---- input --------------------------------------------------------------
+
+  handleLinkOpen(link: LinkId, now: number): void {
+    this.pending.set(link, { parser: new FrameParser(), deadline: now + this.config.handshakeTimeout });
+  }
+
+  /** Bytes on a link no session owns yet. */
+  handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
+    const p = this.pending.get(link);
+    if (p === undefined) return;
+    p.parser.push(chunk);
+    let frame;
+    try {
+      frame = p.parser.next();
+    } catch (err) {
+      this.reject(link, err);
+      return;
+    }
+    if (frame === undefined) return;
+    this.pending.delete(link);
+    if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now);
+    else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
+    else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
+  }
+
+  handleLinkClosed(link: LinkId): void {
+    this.pending.delete(link);
+  }
+
+  handleTimeout(now: number): void {
+    for (const [link, p] of this.pending) {
+      if (p.deadline <= now) this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time'));
+    }
+  }
+
+  // ---- output -------------------------------------------------------------
+
+  pollEvent(): ServerEvent | undefined {
+    if (this.eventHead === this.events.length) return undefined;
+    const ev = this.events[this.eventHead++];
+    if (this.eventHead === this.events.length) {
+      this.events.length = 0;
+      this.eventHead = 0;
+    }
+    return ev;
+  }
+
+  pollTimeout(): number | undefined {
+    let t = Infinity;
+    for (const p of this.pending.values()) if (p.deadline < t) t = p.deadline;
+    return t === Infinity ? undefined : t;
+  }
+
+  /** Every live session (for shutdown). */
+  allSessions(): IterableIterator<Session> {
+    return this.sessions.values();
+  }
+
+  // ---- SessionHost ----------------------------------------------------------
+
+  bufferChanged(_session: Session, delta: number): void {
+    this.buffered += delta;
+    if (delta < 0 && this.budgetWaiters.size > 0 && !this.overBudget()) {
+      const waiters = [...this.budgetWaiters];
+      this.budgetWaiters.clear();
+      for (const s of waiters) {
+        s.recheck();
+        this.events.push({ type: 'wake', session: s });
+      }
+    }
+  }
+
+  overBudget(): boolean {
+    return this.buffered >= this.limits.maxBufferedBytes;
+  }
+
+  waitForBudget(session: Session): void {
+    this.budgetWaiters.add(session);
+  }
+
+  suspended(session: Session, now: number): void {
+    this.suspendedSessions.add(session);
+    if (this.suspendedSessions.size > this.limits.maxSuspendedSessions) {
+      const oldest = this.suspendedSessions.values().next().value as Session;
+      oldest.evict(now);
+      this.events.push({ type: 'wake', session: oldest });
+    }
+  }
+
+  resumed(session: Session): void {
+    this.suspendedSessions.delete(session);
+  }
+
+  released(session: Session): void {
+    this.suspendedSessions.delete(session);
+    this.budgetWaiters.delete(session);
+    const id = session.sessionId;
+    if (id !== undefined && this.sessions.get(id.toString('hex')) === session) this.sessions.delete(id.toString('hex'));
+  }
+
+  // ---- first frames -----------------------------------------------------------
+
+  private onHello(link: LinkId, parser: FrameParser, hello: HelloFrame, now: number): void {
+    if (hello.minVersion > PROTOCOL_VERSION || hello.maxVersion < MIN_PROTOCOL_VERSION) {
+      this.reject(link, versionError(hello.minVersion, hello.maxVersion));
+      return;
+    }
+    if (this.sessions.size >= this.limits.maxSessions) {
+      this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', `${this.sessions.size} sessions, the most allowed`));
+      return;
+    }
+    if (this.overBudget()) {
+      this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', 'buffer budget exhausted'));
+      return;
+    }
+    const session = Session.accept(this.config, this.random, this, now, link, parser, hello);
+    this.sessions.set(session.sessionId!.toString('hex'), session);
+    this.events.push({ type: 'session', session, link });
+  }
+
+  private onResume(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
+    if (resume.version < MIN_PROTOCOL_VERSION || resume.version > PROTOCOL_VERSION) {
+      this.reject(link, versionError(resume.version, resume.version));
+      return;
+    }
+    const session = this.sessions.get(resume.sessionId.toString('hex'));
+    if (session === undefined) {
+      this.reject(link, new RocksError('ERR_ROCKS_UNKNOWN_SESSION'));
+      return;
+    }
+    session.handleResumeLink(link, parser, resume, now);
+    this.events.push({ type: 'bind', session, link });
+  }
+
+  private reject(link: LinkId, err: unknown): void {
+    this.pending.delete(link);
+    const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String(err));
+    const final = error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : [];
+    this.events.push({ type: 'rejected', link, error });
+    this.events.push({ type: 'close-link', link, final });
+  }
+}
+
+function versionError(min: number, max: number): RocksError {
+  return new RocksError('ERR_ROCKS_VERSION', `client speaks ${min}-${max}, server ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`);
+}

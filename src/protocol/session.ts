@@ -1,0 +1,987 @@
+// One reliable session, as a state machine with no I/O.
+//
+// A session outlives the transport connections ("links") that carry it. The
+// caller (a Node adapter or the simulator) owns the links and drives the
+// session with four kinds of calls, in the manner of quinn-proto:
+//
+//   handle*   input: a link opened, bytes arrived, a link closed, time passed
+//   commands  from the application: write, end, abort, updateUnread
+//   poll*     output: bytes to send on a link, the next event, the next deadline
+//   getters   state and counters
+//
+// Time is always passed in (`now`, in ms), never read, and randomness comes
+// from a RandomSource, so a seeded simulation replays exactly.
+//
+// Each direction is one stream of "units": the data bytes, then one unit for
+// FIN. Both ends count what they received; acknowledgements trim the sender's
+// in-flight buffer, and a resume rewinds the sender to what the peer holds.
+
+import type { SessionConfig } from './config.js';
+import { ERROR_CODES, RocksError, codeFromWire, type RocksErrorCode } from './errors.js';
+import {
+  encodeAck,
+  encodeChallenge,
+  encodeDataHeader,
+  encodeError,
+  encodeFin,
+  encodeHello,
+  encodeProof,
+  encodeResume,
+  encodeWelcome,
+  encodeClose,
+  encodeCloseAck,
+  FrameParser,
+  FrameType,
+  NONCE_SIZE,
+  SESSION_ID_SIZE,
+  KEY_SIZE,
+  type ChallengeFrame,
+  type Frame,
+  type HelloFrame,
+  type ProofFrame,
+  type ResumeFrame,
+  type WelcomeFrame,
+} from './frames.js';
+import { deriveSessionKey, keyPairFromSeed, macMatches, resumeMac, type KeyPair } from './keys.js';
+import type { RandomSource } from './random.js';
+import { SendBuffer } from './send-buffer.js';
+
+export const PROTOCOL_VERSION = 1;
+export const MIN_PROTOCOL_VERSION = 1;
+
+export type LinkId = number;
+
+/** Bytes of application data per DATA frame we send (at most MAX_DATA_PAYLOAD). */
+const SEND_FRAME_BYTES = 64 * 1024;
+/** An acknowledgement waits at most this long for company before it goes out alone. */
+const ACK_DELAY = 20;
+/** Concurrent dial attempts while reconnecting: a slow attempt does not hold up the next. */
+const MAX_PENDING_DIALS = 2;
+/** Resume attempts a server keeps per session before dropping the oldest. */
+const MAX_PENDING_RESUMES = 4;
+
+export type SessionState =
+  | 'connecting' // client: no session yet
+  | 'accepting' // server: WELCOME sent, waiting for the client's first frame
+  | 'open' // a link carries the session
+  | 'suspended' // no link; the client is reconnecting, the server waiting
+  | 'done'; // released
+
+// Closing: each side sends FIN after its data. Once a side holds the peer's
+// FIN and the acknowledgement of its own, it is "finished". The server, once
+// finished, sends CLOSE and keeps the session (its buffers are empty by then)
+// until CLOSE_ACK arrives, for at most closeLinger, resuming it if need be,
+// so that a client which missed the last acknowledgement can still learn
+// that its FIN arrived. A finished client waits for CLOSE as long.
+
+export type SessionEvent =
+  /** Open a transport to the server and report it with handleLinkOpen / handleLinkClosed. */
+  | { type: 'dial'; link: LinkId }
+  /** Close the transport: after writing `final` and ending it if graceful, else at once. */
+  | { type: 'close-link'; link: LinkId; graceful: boolean; final?: Buffer[] }
+  /** Client: the session is established (emitted once). */
+  | { type: 'connect' }
+  /** Server: the client confirmed the session; hand it to the application (emitted once). */
+  | { type: 'open' }
+  /** This link now carries the session (its addresses are the session's). */
+  | { type: 'link-active'; link: LinkId }
+  | { type: 'data'; data: Buffer }
+  /** The peer ended its direction; no data follows. */
+  | { type: 'end' }
+  /** The peer acknowledged our FIN: everything we wrote was received. */
+  | { type: 'finish' }
+  /** The in-flight buffer has room again after write() returned false. */
+  | { type: 'writable' }
+  | { type: 'suspend'; reason: string }
+  | { type: 'resume'; outage: number; replayedOut: number; replayedIn: number }
+  | { type: 'reconnect-attempt'; attempt: number; delay: number }
+  /** No application data moved for the idle timeout. */
+  | { type: 'timeout' }
+  /** Both directions are finished and acknowledged (server: CLOSE sent; client: CLOSE received). */
+  | { type: 'closed' }
+  /** The session failed; `released` follows. */
+  | { type: 'error'; error: Error }
+  /** Every piece of state is gone; no further events. */
+  | { type: 'released' };
+
+/** What a server session reports to the server that holds it (budget, caps). */
+export interface SessionHost {
+  bufferChanged(session: Session, delta: number): void;
+  overBudget(): boolean;
+  /** The session is held back by the budget and wants a recheck() when it frees. */
+  waitForBudget(session: Session): void;
+  suspended(session: Session, now: number): void;
+  resumed(session: Session): void;
+  released(session: Session): void;
+}
+
+type LinkPhase =
+  | 'dialing' // client: transport not yet connected
+  | 'hello' // client: HELLO sent
+  | 'resume' // client: RESUME sent
+  | 'challenge' // server: CHALLENGE sent, waiting for PROOF
+  | 'active'; // carries the session
+
+interface Link {
+  id: LinkId;
+  phase: LinkPhase;
+  parser: FrameParser;
+  /** Control frames waiting for pollTransmit. */
+  out: Buffer[];
+  /** The handshake on this link must complete by then. */
+  deadline: number;
+  keys?: KeyPair;
+  clientNonce?: Buffer;
+  serverNonce?: Buffer;
+}
+
+export class Session {
+  readonly role: 'client' | 'server';
+  private readonly config: SessionConfig;
+  private readonly random: RandomSource;
+  private readonly host: SessionHost | undefined;
+
+  private _state: SessionState;
+  private _sessionId: Buffer | undefined;
+  private key: Buffer | undefined;
+  private readonly links = new Map<LinkId, Link>();
+  private current: Link | undefined;
+  private nextLinkId = 1;
+
+  // Sending direction.
+  private readonly send = new SendBuffer();
+  private finQueued = false;
+  private finSent = false;
+  private finAcked = false;
+  /** Highest unit offset ever transmitted (FIN included). */
+  private maxSent = 0;
+  /** The peer lets us send data up to this offset. */
+  private peerWindow = 0;
+  private writeBlocked = false;
+
+  // Receiving direction.
+  private received = 0;
+  private finReceived = false;
+  private unread = 0;
+  private ackSent = 0;
+  private windowSent = 0;
+  private ackNeeded = false;
+  private ackDueAt = Infinity;
+
+  // Accounting reported to the host.
+  private buffered = 0;
+
+  // Time.
+  private lastHeardAt = 0;
+  private lastSentAt = 0;
+  private suspendedAt = 0;
+  private connectDeadline = Infinity;
+  private nextDialAt = Infinity;
+  private lastDialAt = -Infinity;
+  private nextDialDelay = 0;
+  private dialAttempts = 0;
+  private lingerUntil = Infinity;
+  private idleTimeout = 0;
+  private idleSince = 0;
+  private idleFired = false;
+
+  // Milestones.
+  private everOpened = false;
+  private connectEmitted = false;
+  /** Client: the server has sent something after WELCOME, so it holds the session. */
+  private serverConfirmed = false;
+  private closedEmitted = false;
+  /** Server: CLOSE goes out with the next transmission on the current link. */
+  private closePending = false;
+
+  private events: SessionEvent[] = [];
+  private eventHead = 0;
+
+  private constructor(role: 'client' | 'server', config: SessionConfig, random: RandomSource, host?: SessionHost) {
+    this.role = role;
+    this.config = config;
+    this.random = random;
+    this.host = host;
+    this._state = role === 'client' ? 'connecting' : 'accepting';
+  }
+
+  /** A client session; it asks for its first link with a `dial` event. */
+  static connect(config: SessionConfig, random: RandomSource, now: number): Session {
+    const s = new Session('client', config, random);
+    s.connectDeadline = now + config.connectTimeout;
+    s.idleSince = now;
+    s.dial(now);
+    return s;
+  }
+
+  /**
+   * A server session for a client's HELLO on `link`. `parser` holds whatever
+   * arrived after the HELLO. The caller has checked versions and limits.
+   */
+  static accept(
+    config: SessionConfig,
+    random: RandomSource,
+    host: SessionHost | undefined,
+    now: number,
+    link: LinkId,
+    parser: FrameParser,
+    hello: HelloFrame,
+  ): Session {
+    const s = new Session('server', config, random, host);
+    s._sessionId = random.bytes(SESSION_ID_SIZE);
+    const keys = keyPairFromSeed(random.bytes(KEY_SIZE));
+    s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
+    s.peerWindow = hello.window;
+    s.windowSent = config.receiveWindow;
+    s.idleSince = now;
+    const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow));
+    s.current = l;
+    s.lastHeardAt = now;
+    s.lastSentAt = now;
+    s.processLink(l, now);
+    return s;
+  }
+
+  // ---- getters ------------------------------------------------------------
+
+  get state(): SessionState {
+    return this._state;
+  }
+
+  get sessionId(): Buffer | undefined {
+    return this._sessionId;
+  }
+
+  /** The link carrying the session, if any. */
+  get activeLink(): LinkId | undefined {
+    return this.current?.id;
+  }
+
+  /** Bytes written by the application and not yet acknowledged by the peer. */
+  get bufferedAmount(): number {
+    return this.send.length;
+  }
+
+  /** Data bytes received from the peer. */
+  get bytesReceived(): number {
+    return this.received - (this.finReceived ? 1 : 0);
+  }
+
+  /** Data bytes accepted from the application. */
+  get bytesWritten(): number {
+    return this.send.end;
+  }
+
+  /** Both directions are finished and acknowledged. */
+  get finished(): boolean {
+    return this.finAcked && this.finReceived;
+  }
+
+  /** A one-line summary of the session's state, for diagnostics. */
+  describe(): string {
+    const links = [...this.links.values()].map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
+    return `${this.role} ${this._state} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
+      ` win ${this.peerWindow} fin ${this.finQueued ? 'q' : ''}${this.finSent ? 's' : ''}${this.finAcked ? 'a' : ''}]` +
+      ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.finReceived ? ' fin' : ''}]` +
+      `${this.writeBlocked ? ' write-blocked' : ''}${this.ackNeeded ? ' ack-needed' : ''}`;
+  }
+
+  // ---- input --------------------------------------------------------------
+
+  /** Client: the transport for a `dial` event connected. */
+  handleLinkOpen(link: LinkId): void {
+    const l = this.links.get(link);
+    if (l === undefined || l.phase !== 'dialing') return;
+    this.everOpened = true;
+    if (this._sessionId === undefined) {
+      l.keys = keyPairFromSeed(this.random.bytes(KEY_SIZE));
+      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, l.keys.publicKey, this.config.receiveWindow));
+      l.phase = 'hello';
+    } else {
+      l.clientNonce = this.random.bytes(NONCE_SIZE);
+      l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce));
+      l.phase = 'resume';
+    }
+  }
+
+  handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
+    const l = this.links.get(link);
+    if (l === undefined) return;
+    if (l === this.current) this.lastHeardAt = now;
+    l.parser.push(chunk);
+    this.processLink(l, now);
+  }
+
+  /** A link's transport closed or failed. `error` is the transport's error, if any. */
+  handleLinkClosed(link: LinkId, now: number, reason: string, error?: Error): void {
+    const l = this.links.get(link);
+    if (l === undefined) return;
+    this.links.delete(link);
+    if (l === this.current) {
+      this.linkFailed(now, reason);
+      return;
+    }
+    if (this.role === 'client' && this._state === 'connecting' && l.phase === 'dialing' && l.id === 1) {
+      // The very first dial failed outright: report it as net.connect would.
+      this.fail(now, error ?? new RocksError('ERR_ROCKS_CONNECT_FAILED', reason), false);
+    }
+  }
+
+  handleTimeout(now: number): void {
+    if (this._state === 'done') return;
+
+    for (const l of this.links.values()) {
+      if (l.deadline > now) continue;
+      if (l === this.current) {
+        // Only an unconfirmed server session has a deadline on its current link.
+        this.release(now);
+        return;
+      }
+      this.dropLink(l, 'handshake timed out');
+    }
+
+    if (this._state === 'open') {
+      // Deadlines are compared exactly as pollTimeout computes them, so a
+      // timer that fires at its deadline always finds its work due.
+      if (now >= this.lastHeardAt + this.config.failureTimeout) {
+        this.linkFailed(now, `nothing heard from the peer for ${Math.round(now - this.lastHeardAt)} ms`);
+      } else {
+        if (now >= this.ackDueAt) this.ackNeeded = true;
+        if (now >= this.lastSentAt + this.config.heartbeatInterval) {
+          this.ackNeeded = true;
+          this.send.releaseIdle();
+        }
+      }
+    }
+
+    if (this._state === 'suspended' && now >= this.suspendedAt + this.config.suspendLimit) {
+      this.fail(now, new RocksError('ERR_ROCKS_SUSPEND_TIMEOUT', `suspended for ${Math.round(now - this.suspendedAt)} ms`), false);
+      return;
+    }
+    if (this._state === 'connecting' && now >= this.connectDeadline) {
+      this.fail(now, new RocksError('ERR_ROCKS_CONNECT_TIMEOUT'), false);
+      return;
+    }
+    if (now >= this.lingerUntil) {
+      // Client: the server never confirmed the close. Server: the client never
+      // acknowledged our CLOSE. Either way everything was delivered.
+      if (this.role === 'client') this.finishClose(now);
+      else this.release(now);
+      return;
+    }
+    if (this.role === 'client' && this.current === undefined && now >= this.nextDialTime()) this.dial(now);
+
+    if (this.idleTimeout > 0 && !this.idleFired && now >= this.idleSince + this.idleTimeout) {
+      this.idleFired = true;
+      this.emit({ type: 'timeout' });
+    }
+  }
+
+  // ---- application commands -------------------------------------------------
+
+  /** Queues application data. Returns false when the caller should wait for `writable`. */
+  write(chunk: Buffer, now: number): boolean {
+    if (this._state === 'done' || chunk.length === 0) return true;
+    this.send.append(chunk);
+    this.touch(now);
+    this.account();
+    return this.canAcceptWrites();
+  }
+
+  /** Ends our direction: FIN follows the data already written. */
+  end(now: number): void {
+    if (this._state === 'done' || this.finQueued) return;
+    this.finQueued = true;
+    this.touch(now);
+  }
+
+  /** Aborts the session: the peer gets ERR_ROCKS_PEER_ABORTED and all state goes. */
+  abort(now: number, message = 'connection destroyed by the application'): void {
+    if (this._state === 'done') return;
+    if (this.current !== undefined && this._state !== 'accepting') {
+      this.closeLink(this.current, true, [errorFrame('ERR_ROCKS_PEER_ABORTED', message)]);
+    }
+    this.release(now);
+  }
+
+  /** The application has not yet read `unread` of the bytes delivered to it. */
+  updateUnread(unread: number, now: number): void {
+    if (unread === this.unread) return;
+    const consumedMore = unread < this.unread;
+    this.unread = unread;
+    if (consumedMore) this.touch(now);
+    this.account();
+    if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
+  }
+
+  /** Emits `timeout` after `ms` without application data moving; 0 turns it off. */
+  setIdleTimeout(ms: number, now: number): void {
+    this.idleTimeout = ms;
+    this.idleSince = now;
+    this.idleFired = false;
+  }
+
+  /** The host's budget freed: re-evaluate backpressure and our window. */
+  recheck(): void {
+    if (this._state === 'done') return;
+    if (this.writeBlocked && this.canAcceptWrites()) {
+      this.writeBlocked = false;
+      this.emit({ type: 'writable' });
+    }
+    if (this.windowTarget() > this.windowSent) this.ackNeeded = true;
+  }
+
+  // ---- output -------------------------------------------------------------
+
+  /**
+   * Bytes to write on `link` now, as a list of buffers to be written in
+   * order, or undefined. At most about `budget` bytes of data are included;
+   * control frames are always included.
+   */
+  pollTransmit(link: LinkId, now: number, budget: number): Buffer[] | undefined {
+    const l = this.links.get(link);
+    if (l === undefined) return undefined;
+    let out: Buffer[] | undefined;
+    if (l.out.length > 0) {
+      out = l.out;
+      l.out = [];
+    }
+    if (l !== this.current || this._state !== 'open') return out;
+
+    const limit = Math.min(this.send.end, this.peerWindow);
+    // A pending acknowledgement rides along with data for free.
+    if (this.ackNeeded || (this.ackDueAt !== Infinity && this.send.next < limit)) {
+      (out ??= []).push(this.makeAck());
+    }
+    while (budget > 0 && this.send.next < limit) {
+      const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
+      (out ??= []).push(encodeDataHeader(this.send.next, size));
+      this.send.read(size, out);
+      budget -= size;
+    }
+    if (this.send.next > this.maxSent) this.maxSent = this.send.next;
+    if (this.finQueued && !this.finSent && this.send.next === this.send.end) {
+      (out ??= []).push(encodeFin(this.send.end));
+      this.finSent = true;
+      this.maxSent = this.send.end + 1;
+    }
+    if (this.closePending) {
+      // The client must hold the acknowledgement of its FIN before CLOSE.
+      (out ??= []).push(this.makeAck(), encodeClose());
+      this.closePending = false;
+    }
+    if (out !== undefined) this.lastSentAt = now;
+    return out;
+  }
+
+  pollEvent(): SessionEvent | undefined {
+    if (this.eventHead === this.events.length) return undefined;
+    const ev = this.events[this.eventHead++];
+    if (this.eventHead === this.events.length) {
+      this.events.length = 0;
+      this.eventHead = 0;
+    }
+    return ev;
+  }
+
+  /** The earliest time at which handleTimeout has work to do, or undefined. */
+  pollTimeout(): number | undefined {
+    if (this._state === 'done') return undefined;
+    let t = Infinity;
+    for (const l of this.links.values()) if (l.deadline < t) t = l.deadline;
+    if (this._state === 'open') {
+      t = Math.min(t, this.lastHeardAt + this.config.failureTimeout);
+      // Once an ACK is due, only a transmission opportunity can send it.
+      if (!this.ackNeeded) t = Math.min(t, this.lastSentAt + this.config.heartbeatInterval, this.ackDueAt);
+    } else if (this.current === undefined) {
+      if (this._state === 'suspended') t = Math.min(t, this.suspendedAt + this.config.suspendLimit);
+      if (this._state === 'connecting') t = Math.min(t, this.connectDeadline);
+      if (this.role === 'client') t = Math.min(t, this.nextDialTime());
+    }
+    t = Math.min(t, this.lingerUntil);
+    if (this.idleTimeout > 0 && !this.idleFired) t = Math.min(t, this.idleSince + this.idleTimeout);
+    return t === Infinity ? undefined : t;
+  }
+
+  // ---- server side of a resume ---------------------------------------------
+
+  /** Server: a client asks on `link` to resume this session. The caller matched the session id and version. */
+  handleResumeLink(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
+    if (this._state === 'done') return;
+    const pending = [...this.links.values()].filter((l) => l.phase === 'challenge');
+    if (pending.length >= MAX_PENDING_RESUMES) this.dropLink(pending[0], 'superseded by a newer resume attempt');
+    const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
+    l.clientNonce = resume.nonce;
+    l.serverNonce = this.random.bytes(NONCE_SIZE);
+    const mac = resumeMac(this.key!, 'server', this.transcript(l, this.received, this.maxSent));
+    l.out.push(encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
+    this.processLink(l, now);
+  }
+
+  /** Server: fail this session because the server must shed a suspended session. */
+  evict(now: number): void {
+    this.fail(now, new RocksError('ERR_ROCKS_EVICTED'), false);
+  }
+
+  // ---- frame handling ------------------------------------------------------
+
+  private processLink(l: Link, now: number): void {
+    try {
+      while (this.links.get(l.id) === l) {
+        const frame = l.parser.next();
+        if (frame === undefined) break;
+        this.handleFrame(l, frame, now);
+      }
+    } catch (err) {
+      this.linkError(l, now, err);
+    }
+  }
+
+  private handleFrame(l: Link, f: Frame, now: number): void {
+    switch (l.phase) {
+      case 'hello':
+        if (f.type === FrameType.WELCOME) return this.onWelcome(l, f, now);
+        break;
+      case 'resume':
+        if (f.type === FrameType.CHALLENGE) return this.onChallenge(l, f, now);
+        break;
+      case 'challenge':
+        if (f.type === FrameType.PROOF) return this.onProof(l, f, now);
+        break;
+      case 'active':
+        return this.onSessionFrame(l, f, now);
+      case 'dialing':
+        break;
+    }
+    if (f.type === FrameType.ERROR) return this.onHandshakeError(l, f.code, f.message, now);
+    throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} during ${l.phase}`);
+  }
+
+  private onWelcome(l: Link, f: WelcomeFrame, now: number): void {
+    if (f.version < MIN_PROTOCOL_VERSION || f.version > PROTOCOL_VERSION) {
+      throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
+    }
+    const keys = l.keys!;
+    this._sessionId = f.sessionId;
+    this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+    this.peerWindow = f.window;
+    this.windowSent = this.config.receiveWindow;
+    this.activate(l, now, 0, 0);
+  }
+
+  private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
+    l.serverNonce = f.nonce;
+    const expected = resumeMac(this.key!, 'server', this.transcript(l, f.received, f.sent));
+    if (!macMatches(expected, f.mac)) {
+      // Not our server (or not our session): keep trying, the real one may come back.
+      this.dropLink(l, 'server failed resume authentication');
+      return;
+    }
+    if (!this.peerReceivedValid(f.received)) {
+      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), true);
+      return;
+    }
+    const mac = resumeMac(this.key!, 'client', this.transcript(l, this.received, this.maxSent));
+    l.out.push(encodeProof(this.received, this.maxSent, mac));
+    this.activate(l, now, f.received, f.sent);
+  }
+
+  private onProof(l: Link, f: ProofFrame, now: number): void {
+    const expected = resumeMac(this.key!, 'client', this.transcript(l, f.received, f.sent));
+    if (!macMatches(expected, f.mac)) {
+      // A stolen session id or a replayed resume: refuse it without touching the session.
+      this.closeLink(l, true, [errorFrame('ERR_ROCKS_AUTH_FAILED', 'resume proof did not match')]);
+      return;
+    }
+    if (!this.peerReceivedValid(f.received)) {
+      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `client claims ${f.received} of our ${this.maxSent} units`), true);
+      return;
+    }
+    this.activate(l, now, f.received, f.sent);
+  }
+
+  private onHandshakeError(l: Link, wire: number, message: string, now: number): void {
+    const code = codeFromWire(wire);
+    const error = new RocksError(code, `server said: ${message}`);
+    if (this.role === 'server') {
+      this.dropLink(l, `client sent ${code}`);
+      return;
+    }
+    if (code === 'ERR_ROCKS_UNKNOWN_SESSION') {
+      if (!this.serverConfirmed) {
+        // The server dropped the session before it ever held data of ours:
+        // start a fresh one and send everything again.
+        this.restartSession(l, now);
+        return;
+      }
+      if (this.finished) {
+        // Both directions were already complete; only the close confirmation was missing.
+        this.dropLink(l, 'server already closed the session');
+        this.finishClose(now);
+        return;
+      }
+    }
+    if (code === 'ERR_ROCKS_AUTH_FAILED' || (code === 'ERR_ROCKS_SERVER_BUSY' && l.phase === 'resume')) {
+      this.dropLink(l, error.message);
+      return;
+    }
+    this.fail(now, error, false);
+  }
+
+  private onSessionFrame(l: Link, f: Frame, now: number): void {
+    if (this._state === 'accepting') {
+      // The client's first frame after WELCOME: it holds the key, the session is real.
+      this.confirm(l);
+    } else if (this.role === 'client') {
+      this.serverConfirmed = true;
+    }
+    switch (f.type) {
+      case FrameType.DATA: {
+        if (this.finReceived || f.offset !== this.received) {
+          throw new RocksError('ERR_ROCKS_PROTOCOL', `DATA at offset ${f.offset}, expected ${this.received}`);
+        }
+        const end = f.offset + f.data.length;
+        if (end > this.windowSent) {
+          throw new RocksError('ERR_ROCKS_FLOW_CONTROL', `data up to ${end} beyond window ${this.windowSent}`);
+        }
+        this.received = end;
+        this.unread += f.data.length;
+        this.touch(now);
+        this.account();
+        this.emit({ type: 'data', data: f.data });
+        if (this.received - this.ackSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
+        else if (this.ackDueAt === Infinity) this.ackDueAt = now + ACK_DELAY;
+        return;
+      }
+      case FrameType.ACK:
+        return this.onAck(f.received, f.window, now);
+      case FrameType.FIN:
+        if (this.finReceived || f.offset !== this.received) {
+          throw new RocksError('ERR_ROCKS_PROTOCOL', `FIN at offset ${f.offset}, expected ${this.received}`);
+        }
+        this.received += 1;
+        this.finReceived = true;
+        this.ackNeeded = true;
+        this.emit({ type: 'end' });
+        this.checkFinished(now);
+        return;
+      case FrameType.CLOSE:
+        if (this.role !== 'client' || !this.finished) {
+          throw new RocksError('ERR_ROCKS_PROTOCOL', 'CLOSE before both directions finished');
+        }
+        this.closeLink(l, true, [encodeCloseAck()]);
+        this.finishClose(now);
+        return;
+      case FrameType.CLOSE_ACK:
+        if (this.role !== 'server' || !this.closedEmitted) {
+          throw new RocksError('ERR_ROCKS_PROTOCOL', 'CLOSE_ACK without CLOSE');
+        }
+        this.closeLink(l, true);
+        this.release(now);
+        return;
+      case FrameType.ERROR: {
+        const code = codeFromWire(f.code);
+        this.closeLink(l, false);
+        this.fail(now, new RocksError(code, `peer said: ${f.message}`), false);
+        return;
+      }
+      default:
+        throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} on an open session`);
+    }
+  }
+
+  private onAck(received: number, window: number, now: number): void {
+    if (received < this.send.start || received > this.maxSent) {
+      throw new RocksError('ERR_ROCKS_PROTOCOL', `ACK of ${received} outside [${this.send.start}, ${this.maxSent}]`);
+    }
+    this.acknowledge(received, now);
+    if (window > this.peerWindow) this.peerWindow = window;
+  }
+
+  private acknowledge(received: number, now: number): void {
+    const freed = this.send.trimTo(Math.min(received, this.send.end));
+    if (freed > 0) this.account();
+    if (received > this.send.end && this.finSent && !this.finAcked) {
+      this.finAcked = true;
+      this.emit({ type: 'finish' });
+      this.checkFinished(now);
+    }
+    if (this.writeBlocked && this.canAcceptWrites()) {
+      this.writeBlocked = false;
+      this.emit({ type: 'writable' });
+    }
+  }
+
+  // ---- state changes ---------------------------------------------------------
+
+  /** `l` carries the session from now on; the peer holds `peerReceived` of our units and had sent `peerSent`. */
+  private activate(l: Link, now: number, peerReceived: number, peerSent: number): void {
+    const wasState = this._state;
+    const previous = this.current;
+    if (previous !== undefined && previous !== l) {
+      // The server had not noticed the failure yet: the new link replaces the old.
+      this.closeLink(previous, false);
+      if (wasState === 'open') {
+        this.suspendedAt = now;
+        this.emit({ type: 'suspend', reason: 'the peer reconnected on a new connection' });
+      }
+    }
+    for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'another attempt won');
+
+    this.current = l;
+    l.phase = 'active';
+    l.deadline = Infinity;
+    l.keys = undefined;
+    this.lastHeardAt = now;
+    this.lastSentAt = now;
+    this.nextDialAt = Infinity;
+    this.dialAttempts = 0;
+    this.ackNeeded = true;
+
+    // Rewind to what the peer holds: all before it is acknowledged, the rest is replayed.
+    const replayedOut = Math.max(0, this.maxSent - peerReceived);
+    const replayedIn = Math.max(0, peerSent - this.received);
+    this.send.rewind(Math.min(Math.max(peerReceived, this.send.start), this.send.end));
+    this.finSent = this.finSent && peerReceived > this.send.end;
+
+    if (wasState === 'accepting') {
+      this.confirm(l);
+    } else if (!this.connectEmitted) {
+      this._state = 'open';
+      this.connectEmitted = true;
+      this.emit({ type: 'connect' });
+      this.emit({ type: 'link-active', link: l.id });
+    } else {
+      this._state = 'open';
+      if (wasState === 'suspended') this.host?.resumed(this);
+      this.emit({ type: 'link-active', link: l.id });
+      this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
+    }
+    this.acknowledge(peerReceived, now);
+    this.checkFinished(now);
+  }
+
+  /** Server: the client proved it holds the key of the session WELCOME offered. */
+  private confirm(l: Link): void {
+    this._state = 'open';
+    l.deadline = Infinity;
+    this.everOpened = true;
+    this.ackNeeded = true;
+    this.emit({ type: 'open' });
+    this.emit({ type: 'link-active', link: l.id });
+  }
+
+  private linkFailed(now: number, reason: string): void {
+    const l = this.current!;
+    this.current = undefined;
+    this.links.delete(l.id);
+    this.emit({ type: 'close-link', link: l.id, graceful: false });
+    if (this._state === 'accepting') {
+      // Never confirmed: the client will start over, nothing to keep.
+      this.release(now);
+      return;
+    }
+    this.enterSuspended(now, reason);
+  }
+
+  private enterSuspended(now: number, reason: string): void {
+    this.current = undefined;
+    this._state = 'suspended';
+    this.suspendedAt = now;
+    this.ackDueAt = Infinity;
+    this.ackNeeded = false;
+    if (this.role === 'client') {
+      this.dialAttempts = 0;
+      this.nextDialDelay = 0;
+      this.nextDialAt = now;
+    }
+    this.emit({ type: 'suspend', reason });
+    this.host?.suspended(this, now);
+  }
+
+  private restartSession(l: Link, now: number): void {
+    this.dropLink(l, 'server dropped the unconfirmed session');
+    this._sessionId = undefined;
+    this.key = undefined;
+    this.maxSent = 0;
+    this.finSent = false;
+    this.send.rewind(0);
+    this.nextDialAt = now;
+  }
+
+  private checkFinished(now: number): void {
+    if (!this.finished) return;
+    if (this.role === 'client') {
+      if (this.lingerUntil === Infinity) this.lingerUntil = now + this.config.closeLinger;
+      return;
+    }
+    this.closePending = true;
+    if (!this.closedEmitted) {
+      this.closedEmitted = true;
+      this.lingerUntil = now + this.config.closeLinger;
+      this.emit({ type: 'closed' });
+    }
+  }
+
+  /** Client: the closing handshake is over (or given up on); everything was delivered. */
+  private finishClose(now: number): void {
+    this.emit({ type: 'closed' });
+    this.release(now);
+  }
+
+  private fail(now: number, error: Error, notifyPeer: boolean): void {
+    if (this._state === 'done') return;
+    if (notifyPeer && this.current !== undefined && error instanceof RocksError && error.wireCode !== 0) {
+      this.closeLink(this.current, true, [encodeError(error.wireCode, error.message)]);
+    }
+    // An unconfirmed server session was never shown to the application, and
+    // one that sent CLOSE has already delivered everything: nobody to tell.
+    if (this._state !== 'accepting' && !this.closedEmitted) this.emit({ type: 'error', error });
+    this.release(now);
+  }
+
+  private release(_now: number): void {
+    if (this._state === 'done') return;
+    for (const l of this.links.values()) this.emit({ type: 'close-link', link: l.id, graceful: false });
+    this.links.clear();
+    this.current = undefined;
+    this._state = 'done';
+    this.send.trimTo(this.send.end);
+    this.unread = 0;
+    this.account();
+    this.host?.released(this);
+    this.emit({ type: 'released' });
+  }
+
+  // ---- links -----------------------------------------------------------------
+
+  private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
+    const l: Link = { id, phase, parser, out: [], deadline };
+    this.links.set(id, l);
+    return l;
+  }
+
+  private dial(now: number): void {
+    const id = this.nextLinkId++;
+    this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
+    this.dialAttempts++;
+    this.lastDialAt = now;
+    if (this._state !== 'connecting' || this.everOpened) {
+      this.emit({ type: 'reconnect-attempt', attempt: this.dialAttempts, delay: this.nextDialDelay });
+    }
+    // Exponential backoff from reconnectDelay, capped, with jitter in its upper half.
+    const base = Math.min(this.config.reconnectDelayMax, this.config.reconnectDelay * 2 ** (this.dialAttempts - 1));
+    this.nextDialDelay = Math.round(base / 2 + (this.random.fraction() * base) / 2);
+    this.nextDialAt = now + this.nextDialDelay;
+    this.emit({ type: 'dial', link: id });
+  }
+
+  /**
+   * When the next dial may start. One attempt at a time, except that an
+   * attempt hanging longer than the backoff cap (a black-holed SYN) does not
+   * hold up a fresh one.
+   */
+  private nextDialTime(): number {
+    let pending = 0;
+    for (const l of this.links.values()) if (l !== this.current) pending++;
+    if (pending === 0) return this.nextDialAt;
+    if (pending >= MAX_PENDING_DIALS) return Infinity;
+    return Math.max(this.nextDialAt, this.lastDialAt + this.config.reconnectDelayMax);
+  }
+
+  /** Closes a link that is not the current one. */
+  private dropLink(l: Link, reason: string): void {
+    void reason;
+    this.closeLink(l, false);
+  }
+
+  private closeLink(l: Link, graceful: boolean, final?: Buffer[]): void {
+    if (this.links.get(l.id) !== l) return;
+    this.links.delete(l.id);
+    if (l === this.current) this.current = undefined;
+    const pending = l.out.length > 0 && graceful ? l.out : [];
+    const bytes = final ? [...pending, ...final] : pending;
+    this.emit({ type: 'close-link', link: l.id, graceful, final: bytes.length > 0 ? bytes : undefined });
+  }
+
+  /** A frame on `l` was malformed or broke the protocol. */
+  private linkError(l: Link, now: number, err: unknown): void {
+    const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String((err as Error)?.stack ?? err));
+    if (l === this.current || (this.role === 'client' && l.phase === 'hello')) {
+      // On the session's own link we cannot trust what the peer holds.
+      this.fail(now, error, true);
+      return;
+    }
+    this.closeLink(l, true, error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : undefined);
+  }
+
+  // ---- helpers -----------------------------------------------------------------
+
+  private transcript(l: Link, received: number, sent: number) {
+    return {
+      version: PROTOCOL_VERSION,
+      sessionId: this._sessionId!,
+      clientNonce: l.clientNonce!,
+      serverNonce: l.serverNonce!,
+      received,
+      sent,
+    };
+  }
+
+  /** A peer reporting it holds fewer units than it acknowledged, or more than we sent, is broken. */
+  private peerReceivedValid(peerReceived: number): boolean {
+    return peerReceived >= this.send.start && peerReceived <= this.maxSent;
+  }
+
+  private makeAck(): Buffer {
+    const target = this.windowTarget();
+    if (target > this.windowSent) this.windowSent = target;
+    this.ackSent = this.received;
+    this.ackNeeded = false;
+    this.ackDueAt = Infinity;
+    return encodeAck(this.received, this.windowSent);
+  }
+
+  /** The window we would like to advertise: room for receiveWindow unread bytes, unless the host is over budget. */
+  private windowTarget(): number {
+    const target = this.bytesReceived - this.unread + this.config.receiveWindow;
+    if (target > this.windowSent && this.host?.overBudget()) {
+      this.host.waitForBudget(this);
+      return this.windowSent;
+    }
+    return target;
+  }
+
+  private canAcceptWrites(): boolean {
+    let ok = this.send.length < this.config.maxInflight;
+    if (ok && this.host?.overBudget()) {
+      this.host.waitForBudget(this);
+      ok = false;
+    }
+    if (!ok) this.writeBlocked = true;
+    return ok;
+  }
+
+  private account(): void {
+    const now = this.send.length + this.unread;
+    if (now !== this.buffered) {
+      const delta = now - this.buffered;
+      this.buffered = now;
+      this.host?.bufferChanged(this, delta);
+    }
+  }
+
+  private touch(now: number): void {
+    this.idleSince = now;
+    this.idleFired = false;
+  }
+
+  private emit(ev: SessionEvent): void {
+    this.events.push(ev);
+  }
+}
+
+function errorFrame(code: RocksErrorCode, message: string): Buffer {
+  return encodeError(ERROR_CODES[code].wire, message);
+}

@@ -1,0 +1,226 @@
+// One simulated run from one seed: 1 to 3 clients and a server exchange
+// random streams both ways while faults reset, black-hole and partition the
+// network at random moments (handshakes, resumes and closes included). Then
+// the network heals and the run must finish: every byte delivered exactly
+// once and in order, both ends closed cleanly, no state left behind.
+
+import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
+import { streamBytes } from './app.js';
+import type { SimLink } from './network.js';
+import { SimRandom } from './random.js';
+import { ClientEndpoint, ServerEndpoint, World } from './world.js';
+
+export interface SimResult {
+  seed: number;
+  failures: string[];
+  simTime: number;
+  faults: number;
+  suspends: number;
+  resumes: number;
+  bytes: number;
+  trace: string[];
+}
+
+/** Simulated time allowed after the network heals for everything to finish. */
+const LIVENESS_BOUND = 600_000;
+const MAX_STEPS = 20_000_000;
+
+export function runSeed(seed: number, verbose = false): SimResult {
+  const random = new SimRandom(seed);
+  const failureTimeout = random.pick([300, 1000, 3000]);
+  const latency = random.spread(1, 150);
+  const faultEnd = random.spread(500, 30_000);
+  const config = resolveSessionConfig({
+    failureTimeout,
+    heartbeatInterval: random.chance(0.5) ? undefined : Math.round(failureTimeout / random.pick([3, 4, 8])),
+    receiveWindow: random.spread(1024, 1 << 20),
+    maxInflight: random.spread(1024, 1 << 20),
+    reconnectDelay: random.pick([10, 100, 300]),
+    reconnectDelayMax: random.pick([500, 2000]),
+    suspendLimit: 24 * 3_600_000,
+    // The closing handshake must be able to outlast the faults; what happens
+    // when it cannot is tested on its own.
+    closeLinger: faultEnd + 60_000,
+    connectTimeout: 24 * 3_600_000,
+    handshakeTimeout: Math.max(failureTimeout, 12 * latency + 100),
+  });
+  const world = new World(random.fork(), {
+    config,
+    limits: resolveServerLimits({}),
+    shape: () => ({
+      latency: latency * (0.5 + random.fraction()),
+      bandwidth: random.spread(20, 50_000),
+      sendBuffer: random.spread(2048, 256 * 1024),
+    }),
+  });
+  world.verbose = verbose;
+
+  const clientCount = random.int(1, 3);
+  const plans = Array.from({ length: clientCount }, (_, i) => {
+    const up = random.chance(0.1) ? 0 : random.spread(1, 2_000_000);
+    const down = random.chance(0.1) ? 0 : random.spread(1, 2_000_000);
+    // Small writes are worth testing, but a few thousand of them are enough.
+    const maxWrite = Math.max(random.spread(1, 128 * 1024), Math.ceil(Math.max(up, down) / 300));
+    // Keep the applications' own pace to about a minute of writing, so that
+    // a run that does not finish points at rocks, not at a slow writer.
+    const meanWrite = maxWrite === 1 ? 1 : (maxWrite - 1) / Math.log(maxWrite);
+    const writes = Math.max(up, down) / meanWrite;
+    return {
+      up: streamBytes(seed * 8 + 2 * i, up),
+      down: streamBytes(seed * 8 + 2 * i + 1, down),
+      maxWrite,
+      writePause: Math.min(random.spread(1, 300), Math.floor(60_000 / Math.max(1, writes))),
+      clientReadPause: random.chance(0.5) ? 0 : random.spread(1, 500),
+      serverReadPause: random.chance(0.5) ? 0 : random.spread(1, 500),
+    };
+  });
+
+  world.server = new ServerEndpoint(world, random.fork(), (session) => {
+    const i = world.clients.findIndex((c) => c.session.sessionId?.equals(session.sessionId!));
+    if (i < 0) return undefined;
+    const p = plans[i];
+    return {
+      random: random.fork(),
+      plan: { outgoing: p.down, incoming: p.up, maxWrite: p.maxWrite, writePause: p.writePause, readPause: p.serverReadPause },
+    };
+  });
+
+  let faults = 0;
+  const firstDials = new Set<SimLink>();
+  const meanGap = random.spread(30, 5000);
+
+  const injure = (link: SimLink, kind: 'reset' | 'stall'): void => {
+    // A client's very first connection attempt failing is an error by design
+    // (as with net.connect); the simulation spares it until it connects.
+    if (firstDials.has(link)) return;
+    faults++;
+    if (kind === 'reset') {
+      world.trace(`FAULT reset link ${link.id}`);
+      link.reset(random.pick([0, 0.5, 1]));
+    } else {
+      world.trace(`FAULT black-hole link ${link.id}`);
+      link.stalled = true;
+    }
+    world.links.delete(link);
+  };
+
+  const scheduleFault = (): void => {
+    world.clock.after(Math.round(-Math.log(1 - random.fraction()) * meanGap), () => {
+      if (world.clock.now > faultEnd) return;
+      const live = [...world.links].filter((l) => !l.stalled);
+      const roll = random.fraction();
+      if (roll < 0.15) {
+        const duration = random.spread(50, 20_000);
+        faults++;
+        world.trace(`FAULT outage for ${duration} ms`);
+        world.outageUntil = world.clock.now + duration;
+        for (const l of live) injure(l, random.chance(0.8) ? 'stall' : 'reset');
+      } else if (roll < 0.9 && live.length > 0) {
+        injure(random.pick(live), random.chance(0.6) ? 'reset' : 'stall');
+      }
+      scheduleFault();
+    });
+  };
+  scheduleFault();
+
+  // Aim some faults at handshakes and resumes: shortly after a connection starts.
+  const dial = world.dial.bind(world);
+  world.dial = (client, linkId) => {
+    const first = world.outageUntil;
+    if (linkId === 1) world.outageUntil = 0;
+    dial(client, linkId);
+    world.outageUntil = first;
+    const link = client.links.get(linkId);
+    if (link && linkId === 1) {
+      firstDials.add(link);
+      world.clock.after(2 * link.shape.latency, () => firstDials.delete(link));
+    }
+    if (link && world.clock.now < faultEnd && random.chance(0.15)) {
+      const when = random.int(0, Math.ceil(4 * link.shape.latency));
+      world.clock.after(when, () => {
+        if (!link.stalled) injure(link, random.chance(0.7) ? 'reset' : 'stall');
+      });
+    }
+  };
+
+  for (let i = 0; i < clientCount; i++) {
+    const p = plans[i];
+    world.clients.push(
+      new ClientEndpoint(world, `client${i}`, random.fork(), {
+        outgoing: p.up, incoming: p.down, maxWrite: p.maxWrite, writePause: p.writePause, readPause: p.clientReadPause,
+      }, random.fork()),
+    );
+  }
+
+  const failures: string[] = [];
+  const finishedAll = (): boolean =>
+    world.clients.every((c) => c.released && c.app!.done) && world.server.live.size === 0;
+
+  try {
+    // Run until nothing at all is left to happen: no session, no timer, no
+    // packet. Live sessions keep timers, so this ends only once all is released.
+    for (let steps = 0; ; steps++) {
+      const timeout = world.nextTimeout();
+      const next = Math.min(world.clock.nextAt, timeout);
+      if (next === Infinity) {
+        if (!finishedAll()) failures.push('stuck: nothing left to happen but the run is not finished');
+        break;
+      }
+      if (next > Math.max(faultEnd, world.outageUntil) + LIVENESS_BOUND + config.closeLinger) {
+        failures.push(`not finished ${LIVENESS_BOUND} ms after the network healed`);
+        break;
+      }
+      if (steps > MAX_STEPS) {
+        failures.push('livelock: too many steps');
+        break;
+      }
+      if (timeout <= world.clock.nextAt) {
+        world.clock.now = Math.max(world.clock.now, next);
+        world.handleTimeouts();
+      } else {
+        world.clock.runNext();
+      }
+    }
+  } catch (err) {
+    failures.push(`exception: ${(err as Error).stack}`);
+  }
+
+  let bytes = 0;
+  for (const [i, c] of world.clients.entries()) {
+    for (const e of c.errors) failures.push(`${c.name} error: ${e}`);
+    const app = c.app!;
+    if (app.failure) failures.push(app.failure);
+    if (app.bytesReceived !== plans[i].down.length) failures.push(`${c.name} received ${app.bytesReceived} of ${plans[i].down.length} bytes`);
+    if (!c.closed) failures.push(`${c.name} never closed`);
+    if (!c.released) failures.push(`${c.name} never released its session`);
+    if (c.released && c.session.pollTimeout() !== undefined) failures.push(`${c.name} keeps a timer after release`);
+    bytes += app.bytesReceived + app.bytesWritten;
+  }
+  const server = world.server;
+  for (const e of server.errors) failures.push(`server: ${e}`);
+  for (const r of server.finished) {
+    for (const e of r.errors) failures.push(`${r.app.name} error: ${e}`);
+    if (r.app.failure) failures.push(r.app.failure);
+    if (!r.closed) failures.push(`${r.app.name} never closed`);
+  }
+  if (server.finished.length !== clientCount) failures.push(`server finished ${server.finished.length} sessions for ${clientCount} clients`);
+  if (server.core.sessionCount !== 0) failures.push(`server still holds ${server.core.sessionCount} sessions`);
+  if (server.core.suspendedCount !== 0) failures.push(`server still counts ${server.core.suspendedCount} suspended sessions`);
+  if (server.core.bufferedBytes !== 0) failures.push(`server still accounts ${server.core.bufferedBytes} buffered bytes`);
+  if (server.core.pendingLinkCount !== 0) failures.push(`server still has ${server.core.pendingLinkCount} pending links`);
+  if (failures.length > 0) {
+    for (const c of world.clients) failures.push(`  state ${c.name}: ${c.session.describe()}`);
+    for (const s of server.live) failures.push(`  state server: ${s.describe()}`);
+  }
+
+  return {
+    seed,
+    failures,
+    simTime: world.clock.now,
+    faults,
+    suspends: world.clients.reduce((n, c) => n + c.suspends, 0),
+    resumes: world.clients.reduce((n, c) => n + c.resumes, 0),
+    bytes,
+    trace: world.recentTrace(),
+  };
+}
