@@ -187,7 +187,8 @@ export class Session {
 
   // Milestones.
   private everOpened = false;
-  private connectEmitted = false;
+  /** The application was told of the session ('connect' or 'open'). */
+  private established = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
   private serverConfirmed = false;
   private closedEmitted = false;
@@ -638,18 +639,22 @@ export class Session {
     }
     switch (f.type) {
       case FrameType.DATA: {
-        if (this.finReceived || f.offset !== this.received) {
+        if (this.finReceived || f.offset > this.received) {
           throw new RocksError('ERR_ROCKS_PROTOCOL', `DATA at offset ${f.offset}, expected ${this.received}`);
         }
-        const end = f.offset + f.data.length;
+        // A resume may replay bytes we already hold: the old link can deliver
+        // more after our CHALLENGE named a resume point. Keep only what is new.
+        const data = f.offset === this.received ? f.data : f.data.subarray(this.received - f.offset);
+        if (data.length === 0) return;
+        const end = this.received + data.length;
         if (end > this.windowSent) {
           throw new RocksError('ERR_ROCKS_FLOW_CONTROL', `data up to ${end} beyond window ${this.windowSent}`);
         }
         this.received = end;
-        this.unread += f.data.length;
+        this.unread += data.length;
         this.touch(now);
         this.account();
-        this.emit({ type: 'data', data: f.data });
+        this.emit({ type: 'data', data });
         if (this.received - this.ackSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
         else if (this.ackDueAt === Infinity) this.ackDueAt = now + ACK_DELAY;
         return;
@@ -657,6 +662,7 @@ export class Session {
       case FrameType.ACK:
         return this.onAck(f.received, f.window, now);
       case FrameType.FIN:
+        if (this.finReceived && f.offset === this.received - 1) return; // replayed
         if (this.finReceived || f.offset !== this.received) {
           throw new RocksError('ERR_ROCKS_PROTOCOL', `FIN at offset ${f.offset}, expected ${this.received}`);
         }
@@ -747,11 +753,11 @@ export class Session {
 
     if (wasState === 'accepting') {
       this.confirm(l);
-    } else if (!this.connectEmitted) {
+    } else if (!this.established) {
       this._state = 'open';
-      this.connectEmitted = true;
-      this.emit({ type: 'connect' });
+      this.established = true;
       this.emit({ type: 'link-active', link: l.id });
+      this.emit({ type: 'connect' });
     } else {
       this._state = 'open';
       if (wasState === 'suspended') this.host?.resumed(this);
@@ -765,11 +771,12 @@ export class Session {
   /** Server: the client proved it holds the key of the session WELCOME offered. */
   private confirm(l: Link): void {
     this._state = 'open';
+    this.established = true;
     l.deadline = Infinity;
     this.everOpened = true;
     this.ackNeeded = true;
-    this.emit({ type: 'open' });
     this.emit({ type: 'link-active', link: l.id });
+    this.emit({ type: 'open' });
   }
 
   private linkFailed(now: number, reason: string): void {

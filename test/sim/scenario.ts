@@ -188,6 +188,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
   let bytes = 0;
   for (const [i, c] of world.clients.entries()) {
     for (const e of c.errors) failures.push(`${c.name} error: ${e}`);
+    failures.push(...c.grammar.violations);
     const app = c.app!;
     if (app.failure) failures.push(app.failure);
     if (app.bytesReceived !== plans[i].down.length) failures.push(`${c.name} received ${app.bytesReceived} of ${plans[i].down.length} bytes`);
@@ -200,6 +201,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
   for (const e of server.errors) failures.push(`server: ${e}`);
   for (const r of server.finished) {
     for (const e of r.errors) failures.push(`${r.app.name} error: ${e}`);
+    failures.push(...r.grammar.violations);
     if (r.app.failure) failures.push(r.app.failure);
     if (!r.closed) failures.push(`${r.app.name} never closed`);
   }

@@ -5,6 +5,7 @@ import type { SessionConfig, ServerLimits } from '../../src/protocol/config.js';
 import { ServerCore } from '../../src/protocol/server-core.js';
 import { Session, type LinkId, type SessionEvent } from '../../src/protocol/session.js';
 import { SimApp, type AppPlan } from './app.js';
+import { EventGrammar } from './grammar.js';
 import { Clock, SimLink, type LinkShape } from './network.js';
 import type { SimRandom } from './random.js';
 
@@ -67,6 +68,7 @@ export class ClientEndpoint extends Endpoint {
   errors: string[] = [];
   released = false;
   closed = false;
+  readonly grammar: EventGrammar;
   suspends = 0;
   resumes = 0;
   protected readonly side = CLIENT;
@@ -74,6 +76,7 @@ export class ClientEndpoint extends Endpoint {
   constructor(world: World, name: string, random: SimRandom, plan: AppPlan, appRandom: SimRandom) {
     super(world);
     this.name = name;
+    this.grammar = new EventGrammar(name, 'client');
     this.session = Session.connect(world.options.config, random, world.clock.now);
     this.app = new SimApp(name, world.clock, appRandom, plan, {
       write: (chunk) => {
@@ -100,6 +103,7 @@ export class ClientEndpoint extends Endpoint {
   protected onEvent(session: Session, ev: SessionEvent): void {
     const w = this.world;
     if (ev.type !== 'data') w.trace(`${this.name} ${describe(ev)}`);
+    this.grammar.see(ev);
     switch (ev.type) {
       case 'dial':
         w.dial(this, ev.link);
@@ -137,6 +141,13 @@ export class ClientEndpoint extends Endpoint {
   }
 }
 
+interface ServerRecord {
+  app: SimApp;
+  errors: string[];
+  closed: boolean;
+  grammar: EventGrammar;
+}
+
 interface ServerLink {
   link: SimLink;
   owner: Session | undefined;
@@ -147,8 +158,9 @@ export class ServerEndpoint extends Endpoint {
   private readonly serverLinks = new Map<LinkId, ServerLink>();
   private readonly sessionLinks = new Map<Session, Map<LinkId, SimLink>>();
   readonly apps = new Map<Session, SimApp>();
-  readonly finished: { app: SimApp; errors: string[]; closed: boolean }[] = [];
-  private readonly records = new Map<Session, { app: SimApp; errors: string[]; closed: boolean }>();
+  readonly finished: ServerRecord[] = [];
+  private readonly records = new Map<Session, ServerRecord>();
+  private readonly grammars = new Map<Session, EventGrammar>();
   live = new Set<Session>();
   errors: string[] = [];
   private nextLinkId = 1;
@@ -266,6 +278,9 @@ export class ServerEndpoint extends Endpoint {
   protected onEvent(session: Session, ev: SessionEvent): void {
     const w = this.world;
     if (ev.type !== 'data') w.trace(`server/${session.sessionId?.toString('hex').slice(0, 6)} ${describe(ev)}`);
+    let grammar = this.grammars.get(session);
+    if (grammar === undefined) this.grammars.set(session, (grammar = new EventGrammar(`server/${this.grammars.size}`, 'server')));
+    grammar.see(ev);
     const app = this.apps.get(session);
     switch (ev.type) {
       case 'close-link': {
@@ -296,7 +311,7 @@ export class ServerEndpoint extends Endpoint {
           },
         });
         this.apps.set(session, appNow);
-        this.records.set(session, { app: appNow, errors: [], closed: false });
+        this.records.set(session, { app: appNow, errors: [], closed: false, grammar });
         appNow.start();
         break;
       }

@@ -1,0 +1,32 @@
+// rocks: reliable sockets for Node.js. The node:net API, over connections
+// that survive network failures with every byte delivered exactly once.
+
+import { ReliableSocket, type ReliableConnectOptions } from './node/socket.js';
+
+export { ReliableSocket, normalizeConnectArgs } from './node/socket.js';
+export type {
+  ReliableConnectOptions,
+  ReliableSocketOptions,
+  ResumeInfo,
+  SuspendInfo,
+  ReconnectAttemptInfo,
+} from './node/socket.js';
+export { ReliableServer, createServer } from './node/server.js';
+export type { ReliableServerOptions } from './node/server.js';
+export { RocksError, ERROR_CODES } from './protocol/errors.js';
+export type { RocksErrorCode } from './protocol/errors.js';
+export type { SessionOptions, ServerLimitOptions } from './protocol/config.js';
+export { PROTOCOL_VERSION } from './protocol/session.js';
+
+/** Opens a reliable connection, with the argument forms of net.connect. */
+export function connect(options: ReliableConnectOptions, connectListener?: () => void): ReliableSocket;
+export function connect(port: number, host?: string, connectListener?: () => void): ReliableSocket;
+export function connect(port: number, connectListener?: () => void): ReliableSocket;
+export function connect(path: string, connectListener?: () => void): ReliableSocket;
+export function connect(...args: unknown[]): ReliableSocket {
+  const [options] = args as [ReliableConnectOptions];
+  const socket = new ReliableSocket(typeof options === 'object' && options !== null ? options : {});
+  return (socket.connect as (...a: unknown[]) => ReliableSocket)(...args);
+}
+
+export const createConnection = connect;

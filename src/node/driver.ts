@@ -1,0 +1,216 @@
+// Drives one protocol Session over real sockets: feeds it the bytes, closes
+// and clock ticks of its links, writes what it has to send, and hands its
+// application events to the ReliableSocket that owns it. This is the only
+// place where the sans-IO core meets node:net.
+
+import type { Socket } from 'node:net';
+import { debuglog } from 'node:util';
+import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
+import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
+
+const debug = debuglog('rocks');
+
+/** Data we keep queued in a link's socket before waiting for 'drain'. */
+const LINK_HIGH_WATER = 256 * 1024;
+/** A link we ended gracefully is destroyed if the peer has not closed it by then. */
+const CLOSING_LINK_TIMEOUT = 10_000;
+
+/** Whoever currently receives a link's socket events. */
+export interface LinkOwner {
+  onLinkData(link: LinkId, chunk: Buffer): void;
+  onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void;
+  onLinkDrain(link: LinkId): void;
+}
+
+/** A socket and the owner its events go to; the owner changes when a server hands a link to a session. */
+export class LinkHandle {
+  owner: LinkOwner | undefined;
+  private error: Error | undefined;
+
+  constructor(readonly id: LinkId, readonly socket: Socket, owner: LinkOwner) {
+    this.owner = owner;
+    socket.on('data', (chunk: Buffer) => this.owner?.onLinkData(id, chunk));
+    socket.on('drain', () => this.owner?.onLinkDrain(id));
+    socket.on('error', (err) => {
+      this.error = err;
+    });
+    socket.on('close', () => {
+      const owner = this.owner;
+      this.owner = undefined;
+      const err = this.error;
+      owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
+    });
+  }
+
+  /** Writes `final` and ends the socket, or destroys it at once. The owner hears no more of it. */
+  close(final: Buffer[] | undefined, graceful: boolean): void {
+    this.owner = undefined;
+    const s = this.socket;
+    if (s.destroyed) return;
+    if (!graceful) {
+      s.destroy();
+      return;
+    }
+    if (final) for (const b of final) s.write(b);
+    s.end();
+    s.setTimeout(CLOSING_LINK_TIMEOUT, () => s.destroy());
+  }
+}
+
+/** What the driver hands to the socket object of the application. */
+export interface SessionListener {
+  onSessionEvent(ev: SessionEvent): void;
+  /** The driver needs a transport to the server for this link. */
+  dial?(link: LinkId): Socket;
+}
+
+export class SessionDriver implements Timed, LinkOwner {
+  scheduledAt: number | undefined;
+  readonly session: Session;
+  readonly links = new Map<LinkId, LinkHandle>();
+  private listener: SessionListener | undefined;
+  private driving = false;
+  private again = false;
+  private referenced = false;
+  private noDelay = true;
+
+  constructor(session: Session, listener: SessionListener) {
+    this.session = session;
+    this.listener = listener;
+  }
+
+  /** Takes over a link whose socket is already connected (server side). */
+  adopt(handle: LinkHandle): void {
+    handle.owner = this;
+    this.links.set(handle.id, handle);
+    handle.socket.setNoDelay(this.noDelay);
+  }
+
+  /** The application let go of the socket (it closed after a clean finish): finish the protocol in the background. */
+  detach(): void {
+    this.listener = undefined;
+    this.setRef(false);
+  }
+
+  setRef(on: boolean): void {
+    if (on === this.referenced || (on && this.session.state === 'done')) return;
+    this.referenced = on;
+    if (on) sharedScheduler.ref();
+    else sharedScheduler.unref();
+    for (const h of this.links.values()) {
+      if (on) h.socket.ref();
+      else h.socket.unref();
+    }
+  }
+
+  setNoDelay(on: boolean): void {
+    this.noDelay = on;
+    for (const h of this.links.values()) h.socket.setNoDelay(on);
+  }
+
+  /** The socket carrying the session now, if any. */
+  activeSocket(): Socket | undefined {
+    const id = this.session.activeLink;
+    return id === undefined ? undefined : this.links.get(id)?.socket;
+  }
+
+  // ---- LinkOwner --------------------------------------------------------------
+
+  onLinkData(link: LinkId, chunk: Buffer): void {
+    this.session.handleLinkData(link, chunk, monotonicNow());
+    this.drive();
+  }
+
+  onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void {
+    this.links.delete(link);
+    this.session.handleLinkClosed(link, monotonicNow(), reason, error);
+    this.drive();
+  }
+
+  onLinkDrain(): void {
+    this.drive();
+  }
+
+  onTimer(now: number): void {
+    this.session.handleTimeout(now);
+    this.drive();
+  }
+
+  // ---- the loop ---------------------------------------------------------------
+
+  /**
+   * Writes what the session has to send and handles its events until it has
+   * none, then asks the scheduler for its next deadline. Re-entrant calls
+   * (an application writing from inside a 'data' handler) just ask the
+   * running loop to go round once more.
+   */
+  drive(): void {
+    if (this.driving) {
+      this.again = true;
+      return;
+    }
+    this.driving = true;
+    try {
+      do {
+        this.again = false;
+        this.flush();
+        for (let ev = this.session.pollEvent(); ev !== undefined; ev = this.session.pollEvent()) {
+          this.handle(ev);
+          this.flush();
+        }
+      } while (this.again);
+    } finally {
+      this.driving = false;
+    }
+    if (this.session.state === 'done') {
+      this.setRef(false);
+      return;
+    }
+    sharedScheduler.schedule(this, this.session.pollTimeout());
+  }
+
+  private flush(): void {
+    if (this.links.size === 0) return;
+    const now = monotonicNow();
+    for (const [id, h] of this.links) {
+      const s = h.socket;
+      if (s.destroyed || s.connecting) continue;
+      const out = this.session.pollTransmit(id, now, LINK_HIGH_WATER - s.writableLength);
+      if (out === undefined) continue;
+      s.cork();
+      for (const b of out) s.write(b);
+      s.uncork();
+    }
+  }
+
+  private handle(ev: SessionEvent): void {
+    switch (ev.type) {
+      case 'dial': {
+        const socket = this.listener?.dial?.(ev.link);
+        if (socket === undefined) {
+          this.session.handleLinkClosed(ev.link, monotonicNow(), 'no transport available');
+          return;
+        }
+        const handle = new LinkHandle(ev.link, socket, this);
+        this.links.set(ev.link, handle);
+        socket.setNoDelay(this.noDelay);
+        if (!this.referenced) socket.unref();
+        socket.once('connect', () => {
+          this.session.handleLinkOpen(ev.link);
+          this.drive();
+        });
+        return;
+      }
+      case 'close-link': {
+        const h = this.links.get(ev.link);
+        if (h === undefined) return;
+        this.links.delete(ev.link);
+        h.close(ev.final, ev.graceful);
+        return;
+      }
+      default:
+        if (ev.type === 'error') debug('session error: %s', ev.error.message);
+        this.listener?.onSessionEvent(ev);
+    }
+  }
+}

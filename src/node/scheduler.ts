@@ -1,0 +1,71 @@
+// One timer for every session in the process. Each session (through its
+// driver) asks to be woken at its next deadline; the scheduler keeps the
+// requests in a heap and arms a single setTimeout for the earliest. A request
+// is never cancelled: when a deadline moves later (traffic postponed a
+// heartbeat) the old entry fires, finds nothing due, and the driver asks again.
+
+import { MinHeap } from '../util/min-heap.js';
+
+export interface Timed {
+  /** The deadline this target is scheduled for, or undefined. Owned by the scheduler. */
+  scheduledAt: number | undefined;
+  onTimer(now: number): void;
+}
+
+export function monotonicNow(): number {
+  return performance.now();
+}
+
+export class Scheduler {
+  private readonly heap = new MinHeap<{ target: Timed; at: number }>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
+  private refs = 0;
+
+  /** Wakes `target` at `at` (ms, monotonic), unless it is already due earlier. */
+  schedule(target: Timed, at: number | undefined): void {
+    if (at === undefined) return;
+    if (target.scheduledAt !== undefined && target.scheduledAt <= at) return;
+    target.scheduledAt = at;
+    this.heap.push(at, { target, at });
+    if (at < this.timerAt) this.arm(at);
+  }
+
+  /** Something the process should stay alive for now relies on the timer. */
+  ref(): void {
+    if (++this.refs === 1) this.timer?.ref();
+  }
+
+  unref(): void {
+    if (--this.refs === 0) this.timer?.unref();
+  }
+
+  private arm(at: number): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timerAt = at;
+    // setTimeout rounds to whole ms and may fire a little early; fire() copes.
+    this.timer = setTimeout(() => this.fire(), Math.max(0, Math.ceil(at - monotonicNow())));
+    if (this.refs === 0) this.timer.unref();
+  }
+
+  private fire(): void {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    const now = monotonicNow();
+    // Take everything due first: a target that asks again for a time already
+    // past waits for the next turn of the event loop instead of spinning here.
+    const due: Timed[] = [];
+    while (this.heap.peekKey() <= now) {
+      const { target, at } = this.heap.pop()!;
+      if (target.scheduledAt !== at) continue; // superseded by an earlier request
+      target.scheduledAt = undefined;
+      due.push(target);
+    }
+    for (const target of due) target.onTimer(now);
+    const next = this.heap.peekKey();
+    if (next < this.timerAt) this.arm(next);
+  }
+}
+
+/** The scheduler every socket and server in this process shares. */
+export const sharedScheduler = new Scheduler();

@@ -1,0 +1,215 @@
+// ReliableServer: the net.Server surface over a protocol ServerCore. It
+// accepts TCP connections, lets the core read their first frame, and hands
+// each one to the session it belongs to: a new ReliableSocket for a HELLO, an
+// existing one for a RESUME.
+
+import { EventEmitter } from 'node:events';
+import { createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { debuglog } from 'node:util';
+import { resolveServerLimits, resolveSessionConfig, type ServerLimitOptions } from '../protocol/config.js';
+import type { RocksError } from '../protocol/errors.js';
+import { systemRandom } from '../protocol/random.js';
+import { ServerCore } from '../protocol/server-core.js';
+import type { LinkId, Session } from '../protocol/session.js';
+import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
+import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
+import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
+
+const debug = debuglog('rocks');
+
+export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions {
+  /** Passed to net.createServer. */
+  pauseOnConnect?: never;
+}
+
+export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
+  scheduledAt: number | undefined;
+  private readonly server: Server;
+  private readonly core: ServerCore;
+  private readonly options: ReliableServerOptions;
+  /** Links no session owns yet. */
+  private readonly pending = new Map<LinkId, LinkHandle>();
+  private readonly drivers = new Map<Session, { driver: SessionDriver; socket: ReliableSocket }>();
+  /** Sockets the application holds (emitted by 'connection' and not yet closed). */
+  private readonly open = new Set<ReliableSocket>();
+  private nextLinkId = 1;
+  private closing = false;
+  private closeEmitted = false;
+
+  constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
+    super();
+    this.options = options;
+    this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom);
+    this.server = netCreateServer({ allowHalfOpen: false }, (s) => this.onTcpConnection(s));
+    this.server.on('listening', () => this.emit('listening'));
+    this.server.on('error', (err) => this.emit('error', err));
+    this.server.on('close', () => this.maybeClosed());
+    if (connectionListener) this.on('connection', connectionListener);
+  }
+
+  listen(...args: Parameters<Server['listen']>): this {
+    this.server.listen(...args);
+    return this;
+  }
+
+  /** Stops accepting connections; 'close' follows once every open socket has closed. */
+  close(callback?: (err?: Error) => void): this {
+    this.closing = true;
+    if (callback) {
+      if (!this.server.listening) {
+        const err = Object.assign(new Error('Server is not running.'), { code: 'ERR_SERVER_NOT_RUNNING' });
+        queueMicrotask(() => callback(err));
+      } else {
+        this.once('close', () => callback());
+      }
+    }
+    if (this.server.listening) this.server.close();
+    for (const h of this.pending.values()) h.close(undefined, false);
+    this.pending.clear();
+    return this;
+  }
+
+  address(): AddressInfo | string | null {
+    return this.server.address();
+  }
+
+  get listening(): boolean {
+    return this.server.listening;
+  }
+
+  getConnections(callback: (err: Error | null, count: number) => void): this {
+    const count = this.open.size;
+    queueMicrotask(() => callback(null, count));
+    return this;
+  }
+
+  /** Sessions held, suspended ones included (a diagnostic, not part of net.Server). */
+  get sessionCount(): number {
+    return this.core.sessionCount;
+  }
+
+  get suspendedCount(): number {
+    return this.core.suspendedCount;
+  }
+
+  ref(): this {
+    this.server.ref();
+    return this;
+  }
+
+  unref(): this {
+    this.server.unref();
+    return this;
+  }
+
+  // ---- links before they belong to a session -------------------------------------------
+
+  private onTcpConnection(socket: Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const id = this.nextLinkId++;
+    this.pending.set(id, new LinkHandle(id, socket, this));
+    this.core.handleLinkOpen(id, monotonicNow());
+    this.drainCore();
+  }
+
+  onLinkData(link: LinkId, chunk: Buffer): void {
+    this.core.handleLinkData(link, chunk, monotonicNow());
+    this.drainCore();
+  }
+
+  onLinkClosed(link: LinkId): void {
+    this.pending.delete(link);
+    this.core.handleLinkClosed(link);
+    this.drainCore();
+  }
+
+  onLinkDrain(): void {}
+
+  onTimer(now: number): void {
+    this.core.handleTimeout(now);
+    this.drainCore();
+  }
+
+  private drainCore(): void {
+    for (let ev = this.core.pollEvent(); ev !== undefined; ev = this.core.pollEvent()) {
+      switch (ev.type) {
+        case 'session': {
+          const session = ev.session;
+          const { socket, driver } = ReliableSocket.fromSession(session, this.options, {
+            // The application sees the socket once the client confirms the session.
+            opened: () => {
+              this.open.add(socket);
+              this.emit('connection', socket);
+            },
+            released: () => this.drivers.delete(session),
+          });
+          this.drivers.set(session, { driver, socket });
+          socket.on('close', () => {
+            this.open.delete(socket);
+            this.maybeClosed();
+          });
+          this.handOver(ev.link, driver);
+          driver.drive();
+          break;
+        }
+        case 'bind': {
+          const entry = this.drivers.get(ev.session);
+          if (entry === undefined) {
+            this.pending.get(ev.link)?.close(undefined, false);
+            this.pending.delete(ev.link);
+            break;
+          }
+          this.handOver(ev.link, entry.driver);
+          entry.driver.drive();
+          break;
+        }
+        case 'close-link': {
+          const h = this.pending.get(ev.link);
+          this.pending.delete(ev.link);
+          h?.close(ev.final, true);
+          break;
+        }
+        case 'rejected':
+          this.onRejected(ev.link, ev.error);
+          break;
+        case 'wake':
+          this.drivers.get(ev.session)?.driver.drive();
+          break;
+      }
+    }
+    sharedScheduler.schedule(this, this.core.pollTimeout());
+  }
+
+  private handOver(link: LinkId, driver: SessionDriver): void {
+    const h = this.pending.get(link);
+    if (h === undefined) return;
+    this.pending.delete(link);
+    driver.adopt(h);
+  }
+
+  private onRejected(link: LinkId, error: RocksError): void {
+    const socket = this.pending.get(link)?.socket;
+    debug('refused a connection from %s: %s', socket?.remoteAddress, error.message);
+    if (this.listenerCount('clientError') > 0) this.emit('clientError', error, socket);
+  }
+
+  private maybeClosed(): void {
+    if (this.closing && !this.server.listening && this.open.size === 0 && !this.closeEmitted) {
+      this.closeEmitted = true;
+      this.emit('close');
+    }
+  }
+}
+
+export function createServer(connectionListener?: (socket: ReliableSocket) => void): ReliableServer;
+export function createServer(options?: ReliableServerOptions, connectionListener?: (socket: ReliableSocket) => void): ReliableServer;
+export function createServer(
+  a?: ReliableServerOptions | ((socket: ReliableSocket) => void),
+  b?: (socket: ReliableSocket) => void,
+): ReliableServer {
+  if (typeof a === 'function') return new ReliableServer({}, a);
+  return new ReliableServer(a ?? {}, b);
+}

@@ -1,0 +1,46 @@
+// Checks the order of the events a session gives its application: one
+// 'connect' (client) or 'open' (server) first, then 'suspend' and 'resume'
+// strictly alternating, nothing after 'released'.
+
+import type { SessionEvent } from '../../src/protocol/session.js';
+
+export class EventGrammar {
+  private phase: 'new' | 'up' | 'suspended' | 'released' = 'new';
+  readonly violations: string[] = [];
+
+  constructor(private readonly name: string, private readonly role: 'client' | 'server') {}
+
+  see(ev: SessionEvent): void {
+    const bad = (why: string): void => {
+      this.violations.push(`${this.name}: '${ev.type}' ${why}`);
+    };
+    if (this.phase === 'released') return bad('after released');
+    switch (ev.type) {
+      case 'connect':
+      case 'open':
+        if ((ev.type === 'connect') !== (this.role === 'client')) return bad(`on a ${this.role}`);
+        if (this.phase !== 'new') return bad('a second time');
+        this.phase = 'up';
+        return;
+      case 'suspend':
+        if (this.phase !== 'up') return bad(`while ${this.phase}`);
+        this.phase = 'suspended';
+        return;
+      case 'resume':
+        if (this.phase !== 'suspended') return bad(`while ${this.phase}`);
+        this.phase = 'up';
+        return;
+      case 'data':
+      case 'end':
+      case 'finish':
+      case 'closed':
+        if (this.phase === 'new') return bad('before the session was established');
+        return;
+      case 'released':
+        this.phase = 'released';
+        return;
+      default:
+        return;
+    }
+  }
+}
