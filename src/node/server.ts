@@ -4,7 +4,7 @@
 // existing one for a RESUME.
 
 import { EventEmitter } from 'node:events';
-import { createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as netCreateServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { resolveServerLimits, resolveSessionConfig, type ServerLimitOptions } from '../protocol/config.js';
 import type { RocksError } from '../protocol/errors.js';
@@ -47,8 +47,14 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     if (connectionListener) this.on('connection', connectionListener);
   }
 
-  listen(...args: Parameters<Server['listen']>): this {
-    this.server.listen(...args);
+  /** Takes every argument form of net.Server.listen. */
+  listen(port?: number, hostname?: string, backlog?: number, listeningListener?: () => void): this;
+  listen(port?: number, hostname?: string, listeningListener?: () => void): this;
+  listen(port?: number, listeningListener?: () => void): this;
+  listen(path: string, listeningListener?: () => void): this;
+  listen(options: ListenOptions, listeningListener?: () => void): this;
+  listen(...args: unknown[]): this {
+    (this.server.listen as (...a: unknown[]) => Server)(...args);
     return this;
   }
 

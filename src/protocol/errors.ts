@@ -12,6 +12,8 @@ export type RocksErrorCode =
   | 'ERR_ROCKS_FLOW_CONTROL'
   | 'ERR_ROCKS_HANDSHAKE_TIMEOUT'
   | 'ERR_ROCKS_EVICTED'
+  | 'ERR_ROCKS_UNCONFIRMED_SESSION'
+  | 'ERR_ROCKS_SESSION_CLOSED'
   | 'ERR_ROCKS_CONNECT_TIMEOUT'
   | 'ERR_ROCKS_CONNECT_FAILED'
   | 'ERR_ROCKS_INVALID_OPTION'
@@ -34,6 +36,8 @@ export const ERROR_CODES: Readonly<Record<RocksErrorCode, CodeInfo>> = {
   ERR_ROCKS_FLOW_CONTROL: { wire: 8, message: 'peer sent more data than its window allowed' },
   ERR_ROCKS_HANDSHAKE_TIMEOUT: { wire: 9, message: 'the handshake did not complete in time' },
   ERR_ROCKS_EVICTED: { wire: 10, message: 'the server evicted this suspended session to stay within its limits' },
+  ERR_ROCKS_UNCONFIRMED_SESSION: { wire: 11, message: 'the server never confirmed this session; a new one must be started' },
+  ERR_ROCKS_SESSION_CLOSED: { wire: 12, message: 'the server already closed this session cleanly' },
   ERR_ROCKS_CONNECT_TIMEOUT: { wire: 0, message: 'could not establish the connection within connectTimeout' },
   ERR_ROCKS_CONNECT_FAILED: { wire: 0, message: 'the connection closed before it was established' },
   ERR_ROCKS_INVALID_OPTION: { wire: 0, message: 'invalid option' },

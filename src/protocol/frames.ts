@@ -28,6 +28,8 @@ export const KEY_SIZE = 32;
 export const SESSION_ID_SIZE = 16;
 export const NONCE_SIZE = 16;
 export const MAC_SIZE = 32;
+/** Identifies one run of a server, so a client can tell a restarted server from the same one. */
+export const INSTANCE_SIZE = 8;
 /** Largest number of application bytes one DATA frame may carry. */
 export const MAX_DATA_PAYLOAD = 256 * 1024;
 /** Longest human-readable message an ERROR frame may carry, in bytes. */
@@ -38,16 +40,16 @@ export const MAX_HELLO_EXTENSION = 256;
 export const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
 
 const HELLO_SIZE = 4 + 1 + 1 + KEY_SIZE + 4;
-const WELCOME_SIZE = 1 + SESSION_ID_SIZE + KEY_SIZE + 4;
-const RESUME_SIZE = 4 + 1 + SESSION_ID_SIZE + NONCE_SIZE;
+const WELCOME_SIZE = 1 + SESSION_ID_SIZE + KEY_SIZE + 4 + INSTANCE_SIZE;
+const RESUME_SIZE = 4 + 1 + SESSION_ID_SIZE + NONCE_SIZE + INSTANCE_SIZE;
 const CHALLENGE_SIZE = NONCE_SIZE + 8 + 8 + MAC_SIZE;
 const PROOF_SIZE = 8 + 8 + MAC_SIZE;
 const ACK_SIZE = 16;
 const FIN_SIZE = 8;
 
 export interface HelloFrame { type: typeof FrameType.HELLO; minVersion: number; maxVersion: number; publicKey: Buffer; window: number }
-export interface WelcomeFrame { type: typeof FrameType.WELCOME; version: number; sessionId: Buffer; publicKey: Buffer; window: number }
-export interface ResumeFrame { type: typeof FrameType.RESUME; version: number; sessionId: Buffer; nonce: Buffer }
+export interface WelcomeFrame { type: typeof FrameType.WELCOME; version: number; sessionId: Buffer; publicKey: Buffer; window: number; instance: Buffer }
+export interface ResumeFrame { type: typeof FrameType.RESUME; version: number; sessionId: Buffer; nonce: Buffer; instance: Buffer }
 export interface ChallengeFrame { type: typeof FrameType.CHALLENGE; nonce: Buffer; received: number; sent: number; mac: Buffer }
 export interface ProofFrame { type: typeof FrameType.PROOF; received: number; sent: number; mac: Buffer }
 /** One piece of a DATA frame: `data` holds the stream bytes starting at `offset`. */
@@ -92,21 +94,23 @@ export function encodeHello(minVersion: number, maxVersion: number, publicKey: B
   return buf;
 }
 
-export function encodeWelcome(version: number, sessionId: Buffer, publicKey: Buffer, window: number): Buffer {
+export function encodeWelcome(version: number, sessionId: Buffer, publicKey: Buffer, window: number, instance: Buffer): Buffer {
   const buf = frame(FrameType.WELCOME, WELCOME_SIZE);
   buf[5] = version;
   sessionId.copy(buf, 6);
   publicKey.copy(buf, 6 + SESSION_ID_SIZE);
   buf.writeUInt32BE(window, 6 + SESSION_ID_SIZE + KEY_SIZE);
+  instance.copy(buf, 10 + SESSION_ID_SIZE + KEY_SIZE);
   return buf;
 }
 
-export function encodeResume(version: number, sessionId: Buffer, nonce: Buffer): Buffer {
+export function encodeResume(version: number, sessionId: Buffer, nonce: Buffer, instance: Buffer): Buffer {
   const buf = frame(FrameType.RESUME, RESUME_SIZE);
   MAGIC.copy(buf, 5);
   buf[9] = version;
   sessionId.copy(buf, 10);
   nonce.copy(buf, 10 + SESSION_ID_SIZE);
+  instance.copy(buf, 10 + SESSION_ID_SIZE + NONCE_SIZE);
   return buf;
 }
 
@@ -159,7 +163,12 @@ export function encodeCloseAck(): Buffer {
 
 export function encodeError(code: number, message: string): Buffer {
   let text = Buffer.from(message, 'utf8');
-  if (text.length > MAX_ERROR_MESSAGE) text = text.subarray(0, MAX_ERROR_MESSAGE);
+  if (text.length > MAX_ERROR_MESSAGE) {
+    // Cut at a character boundary: never before a UTF-8 continuation byte.
+    let end = MAX_ERROR_MESSAGE;
+    while (end > 0 && (text[end] & 0xc0) === 0x80) end--;
+    text = text.subarray(0, end);
+  }
   const buf = frame(FrameType.ERROR, 2 + text.length);
   buf.writeUInt16BE(code, 5);
   text.copy(buf, 7);
@@ -229,6 +238,7 @@ export class FrameParser {
       }
       if (this.buffered < DATA_HEADER_SIZE) return undefined;
       const offset = readU64(this.take(DATA_HEADER_SIZE), HEADER_SIZE);
+      if (offset > MAX_OFFSET - (length - 8)) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA beyond offset 2^53');
       this.dataOffset = offset;
       this.dataRemaining = length - 8;
       return this.nextDataPiece();
@@ -316,6 +326,7 @@ function decodeControl(type: number, body: Buffer): Frame {
         sessionId: Buffer.from(body.subarray(1, 1 + SESSION_ID_SIZE)),
         publicKey: Buffer.from(body.subarray(1 + SESSION_ID_SIZE, 1 + SESSION_ID_SIZE + KEY_SIZE)),
         window: body.readUInt32BE(1 + SESSION_ID_SIZE + KEY_SIZE),
+        instance: Buffer.from(body.subarray(5 + SESSION_ID_SIZE + KEY_SIZE, 5 + SESSION_ID_SIZE + KEY_SIZE + INSTANCE_SIZE)),
       };
     case FrameType.RESUME:
       checkMagic(body);
@@ -323,6 +334,7 @@ function decodeControl(type: number, body: Buffer): Frame {
         type, version: body[4],
         sessionId: Buffer.from(body.subarray(5, 5 + SESSION_ID_SIZE)),
         nonce: Buffer.from(body.subarray(5 + SESSION_ID_SIZE, 5 + SESSION_ID_SIZE + NONCE_SIZE)),
+        instance: Buffer.from(body.subarray(5 + SESSION_ID_SIZE + NONCE_SIZE, 5 + SESSION_ID_SIZE + NONCE_SIZE + INSTANCE_SIZE)),
       };
     case FrameType.CHALLENGE:
       return {

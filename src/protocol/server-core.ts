@@ -4,8 +4,8 @@
 // limits. Like Session, it does no I/O.
 
 import type { ServerLimits, SessionConfig } from './config.js';
-import { RocksError } from './errors.js';
-import { encodeError, FrameParser, FrameType, type HelloFrame, type ResumeFrame } from './frames.js';
+import { RocksError, codeFromWire } from './errors.js';
+import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, type ResumeFrame } from './frames.js';
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
 
@@ -20,6 +20,9 @@ export type ServerEvent =
   | { type: 'rejected'; link: LinkId; error: RocksError }
   /** Something changed for this session outside its own calls: poll it. */
   | { type: 'wake'; session: Session };
+
+/** How many released session ids the server remembers, to tell a resuming client what became of its session. */
+const REMEMBERED_ENDINGS = 65_536;
 
 interface PendingLink {
   parser: FrameParser;
@@ -36,7 +39,11 @@ export class ServerCore implements SessionHost {
   /** Suspended sessions in the order they were suspended (oldest first). */
   private readonly suspendedSessions = new Set<Session>();
   private readonly budgetWaiters = new Set<Session>();
+  /** Why recently released sessions ended (wire error code), oldest first. */
+  private readonly endings = new Map<string, number>();
   private buffered = 0;
+  /** This run of the server; a client resuming with another one knows the server restarted. */
+  readonly instance: Buffer;
 
   private events: ServerEvent[] = [];
   private eventHead = 0;
@@ -45,6 +52,7 @@ export class ServerCore implements SessionHost {
     this.config = config;
     this.limits = limits;
     this.random = random;
+    this.instance = random.bytes(INSTANCE_SIZE);
   }
 
   get sessionCount(): number {
@@ -74,18 +82,17 @@ export class ServerCore implements SessionHost {
     const p = this.pending.get(link);
     if (p === undefined) return;
     p.parser.push(chunk);
-    let frame;
+    // Whatever a stranger sends, only this link may suffer for it.
     try {
-      frame = p.parser.next();
+      const frame = p.parser.next();
+      if (frame === undefined) return;
+      this.pending.delete(link);
+      if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now);
+      else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
+      else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
     } catch (err) {
       this.reject(link, err);
-      return;
     }
-    if (frame === undefined) return;
-    this.pending.delete(link);
-    if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now);
-    else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
-    else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
   }
 
   handleLinkClosed(link: LinkId): void {
@@ -156,11 +163,15 @@ export class ServerCore implements SessionHost {
     this.suspendedSessions.delete(session);
   }
 
-  released(session: Session): void {
+  released(session: Session, reason: number | undefined): void {
     this.suspendedSessions.delete(session);
     this.budgetWaiters.delete(session);
-    const id = session.sessionId;
-    if (id !== undefined && this.sessions.get(id.toString('hex')) === session) this.sessions.delete(id.toString('hex'));
+    const id = session.sessionId!.toString('hex');
+    if (this.sessions.get(id) !== session) return;
+    this.sessions.delete(id);
+    if (reason === undefined) return;
+    this.endings.set(id, reason);
+    if (this.endings.size > REMEMBERED_ENDINGS) this.endings.delete(this.endings.keys().next().value as string);
   }
 
   // ---- first frames -----------------------------------------------------------
@@ -178,9 +189,11 @@ export class ServerCore implements SessionHost {
       this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', 'buffer budget exhausted'));
       return;
     }
-    const session = Session.accept(this.config, this.random, this, now, link, parser, hello);
+    // Register first: the bytes that came with the HELLO may end the session at once.
+    const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance);
     this.sessions.set(session.sessionId!.toString('hex'), session);
     this.events.push({ type: 'session', session, link });
+    session.processBuffered(link, now);
   }
 
   private onResume(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
@@ -188,13 +201,28 @@ export class ServerCore implements SessionHost {
       this.reject(link, versionError(resume.version, resume.version));
       return;
     }
-    const session = this.sessions.get(resume.sessionId.toString('hex'));
+    const id = resume.sessionId.toString('hex');
+    const session = this.sessions.get(id);
     if (session === undefined) {
-      this.reject(link, new RocksError('ERR_ROCKS_UNKNOWN_SESSION'));
+      this.reject(link, this.whyUnknown(id, resume.instance));
       return;
     }
     session.handleResumeLink(link, parser, resume, now);
     this.events.push({ type: 'bind', session, link });
+    session.processBuffered(link, now);
+  }
+
+  /**
+   * What to tell a client resuming a session we do not hold. A client needs
+   * to know whether its bytes may have reached an application: only then
+   * would starting over deliver them twice.
+   */
+  private whyUnknown(id: string, instance: Buffer): RocksError {
+    if (!instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');
+    const ending = this.endings.get(id);
+    if (ending !== undefined) return new RocksError(codeFromWire(ending));
+    // This run of the server never confirmed it (or forgot it long ago).
+    return new RocksError('ERR_ROCKS_UNCONFIRMED_SESSION');
   }
 
   private reject(link: LinkId, err: unknown): void {

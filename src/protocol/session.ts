@@ -35,6 +35,7 @@ import {
   NONCE_SIZE,
   SESSION_ID_SIZE,
   KEY_SIZE,
+  INSTANCE_SIZE,
   type ChallengeFrame,
   type Frame,
   type HelloFrame,
@@ -112,7 +113,12 @@ export interface SessionHost {
   waitForBudget(session: Session): void;
   suspended(session: Session, now: number): void;
   resumed(session: Session): void;
-  released(session: Session): void;
+  /**
+   * The session is gone. `reason` is the wire error code a client resuming
+   * it should be told (the session closed cleanly, was aborted, evicted...),
+   * or undefined if the session was never confirmed.
+   */
+  released(session: Session, reason: number | undefined): void;
 }
 
 type LinkPhase =
@@ -144,6 +150,8 @@ export class Session {
   private _state: SessionState;
   private _sessionId: Buffer | undefined;
   private key: Buffer | undefined;
+  /** The run of the server that issued the session (WELCOME), named again in RESUME. */
+  private serverInstance: Buffer = Buffer.alloc(INSTANCE_SIZE);
   private readonly links = new Map<LinkId, Link>();
   private current: Link | undefined;
   private nextLinkId = 1;
@@ -227,6 +235,7 @@ export class Session {
     link: LinkId,
     parser: FrameParser,
     hello: HelloFrame,
+    instance: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
     s._sessionId = random.bytes(SESSION_ID_SIZE);
@@ -236,12 +245,18 @@ export class Session {
     s.windowSent = config.receiveWindow;
     s.idleSince = now;
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow));
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow, instance));
+    s.serverInstance = instance;
     s.current = l;
     s.lastHeardAt = now;
     s.lastSentAt = now;
-    s.processLink(l, now);
     return s;
+  }
+
+  /** Parses what a handed-over link's parser already holds (after accept or handleResumeLink). */
+  processBuffered(link: LinkId, now: number): void {
+    const l = this.links.get(link);
+    if (l !== undefined) this.processLink(l, now);
   }
 
   // ---- getters ------------------------------------------------------------
@@ -301,7 +316,7 @@ export class Session {
       l.phase = 'hello';
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
-      l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce));
+      l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce, this.serverInstance));
       l.phase = 'resume';
     }
   }
@@ -325,7 +340,7 @@ export class Session {
     }
     if (this.role === 'client' && this._state === 'connecting' && l.phase === 'dialing' && l.id === 1) {
       // The very first dial failed outright: report it as net.connect would.
-      this.fail(now, error ?? new RocksError('ERR_ROCKS_CONNECT_FAILED', reason), false);
+      this.fail(now, error ?? new RocksError('ERR_ROCKS_CONNECT_FAILED', reason), undefined);
     }
   }
 
@@ -336,7 +351,7 @@ export class Session {
       if (l.deadline > now) continue;
       if (l === this.current) {
         // Only an unconfirmed server session has a deadline on its current link.
-        this.release(now);
+        this.release(now, undefined);
         return;
       }
       this.dropLink(l, 'handshake timed out');
@@ -357,18 +372,18 @@ export class Session {
     }
 
     if (this._state === 'suspended' && now >= this.suspendedAt + this.config.suspendLimit) {
-      this.fail(now, new RocksError('ERR_ROCKS_SUSPEND_TIMEOUT', `suspended for ${Math.round(now - this.suspendedAt)} ms`), false);
+      this.fail(now, new RocksError('ERR_ROCKS_SUSPEND_TIMEOUT', `suspended for ${Math.round(now - this.suspendedAt)} ms`), undefined);
       return;
     }
     if (this._state === 'connecting' && now >= this.connectDeadline) {
-      this.fail(now, new RocksError('ERR_ROCKS_CONNECT_TIMEOUT'), false);
+      this.fail(now, new RocksError('ERR_ROCKS_CONNECT_TIMEOUT'), undefined);
       return;
     }
     if (now >= this.lingerUntil) {
       // Client: the server never confirmed the close. Server: the client never
       // acknowledged our CLOSE. Either way everything was delivered.
       if (this.role === 'client') this.finishClose(now);
-      else this.release(now);
+      else this.release(now, ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire);
       return;
     }
     if (this.role === 'client' && this.current === undefined && now >= this.nextDialTime()) this.dial(now);
@@ -403,7 +418,7 @@ export class Session {
     if (this.current !== undefined && this._state !== 'accepting') {
       this.closeLink(this.current, true, [errorFrame('ERR_ROCKS_PEER_ABORTED', message)]);
     }
-    this.release(now);
+    this.release(now, ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire);
   }
 
   /** The application has not yet read `unread` of the bytes delivered to it. */
@@ -517,12 +532,11 @@ export class Session {
     l.serverNonce = this.random.bytes(NONCE_SIZE);
     const mac = resumeMac(this.key!, 'server', this.transcript(l, this.received, this.maxSent));
     l.out.push(encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
-    this.processLink(l, now);
   }
 
   /** Server: fail this session because the server must shed a suspended session. */
   evict(now: number): void {
-    this.fail(now, new RocksError('ERR_ROCKS_EVICTED'), false);
+    this.fail(now, new RocksError('ERR_ROCKS_EVICTED'), undefined);
   }
 
   // ---- frame handling ------------------------------------------------------
@@ -565,6 +579,7 @@ export class Session {
     }
     const keys = l.keys!;
     this._sessionId = f.sessionId;
+    this.serverInstance = f.instance;
     this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
     this.peerWindow = f.window;
     this.windowSent = this.config.receiveWindow;
@@ -580,7 +595,7 @@ export class Session {
       return;
     }
     if (!this.peerReceivedValid(f.received)) {
-      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), true);
+      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), l);
       return;
     }
     const mac = resumeMac(this.key!, 'client', this.transcript(l, this.received, this.maxSent));
@@ -596,56 +611,85 @@ export class Session {
       return;
     }
     if (!this.peerReceivedValid(f.received)) {
-      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `client claims ${f.received} of our ${this.maxSent} units`), true);
+      this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `client claims ${f.received} of our ${this.maxSent} units`), l);
       return;
     }
     this.activate(l, now, f.received, f.sent);
   }
 
+  /** An ERROR frame on a link still in its handshake. */
   private onHandshakeError(l: Link, wire: number, message: string, now: number): void {
     const code = codeFromWire(wire);
-    const error = new RocksError(code, `server said: ${message}`);
     if (this.role === 'server') {
       this.dropLink(l, `client sent ${code}`);
       return;
     }
-    if (code === 'ERR_ROCKS_UNKNOWN_SESSION') {
-      if (!this.serverConfirmed) {
-        // The server dropped the session before it ever held data of ours:
-        // start a fresh one and send everything again.
-        this.restartSession(l, now);
-        return;
-      }
-      if (this.finished) {
-        // Both directions were already complete; only the close confirmation was missing.
-        this.dropLink(l, 'server already closed the session');
-        this.finishClose(now);
-        return;
-      }
+    switch (code) {
+      case 'ERR_ROCKS_HANDSHAKE_TIMEOUT':
+      case 'ERR_ROCKS_SERVER_BUSY':
+      case 'ERR_ROCKS_AUTH_FAILED':
+        if (code !== 'ERR_ROCKS_SERVER_BUSY' || l.phase === 'resume') {
+          // This attempt failed, not the session: try again.
+          this.dropLink(l, message);
+          return;
+        }
+        break;
+      case 'ERR_ROCKS_UNCONFIRMED_SESSION':
+        if (!this.serverConfirmed) {
+          // The server dropped the session before it ever held data of ours:
+          // start a fresh one and send everything again.
+          this.restartSession(l, now);
+          return;
+        }
+        break;
+      case 'ERR_ROCKS_SESSION_CLOSED':
+        if (this.finSent && this.finReceived) {
+          // The server closed cleanly, so it held our FIN: we are finished.
+          this.dropLink(l, message);
+          this.acknowledge(this.send.end + 1, now);
+          this.finishClose(now);
+          return;
+        }
+        break;
+      default:
+        break;
     }
-    if (code === 'ERR_ROCKS_AUTH_FAILED' || (code === 'ERR_ROCKS_SERVER_BUSY' && l.phase === 'resume')) {
-      this.dropLink(l, error.message);
+    if (this.finished) {
+      // Everything was delivered both ways; only the close confirmation was missing.
+      this.dropLink(l, message);
+      this.finishClose(now);
       return;
     }
-    this.fail(now, error, false);
+    this.fail(now, new RocksError(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`), undefined);
   }
 
   private onSessionFrame(l: Link, f: Frame, now: number): void {
     if (this._state === 'accepting') {
-      // The client's first frame after WELCOME: it holds the key, the session is real.
+      // The client's first frame after WELCOME proves it holds the key and
+      // makes the session real; a client giving up instead just leaves.
+      if (f.type === FrameType.ERROR) {
+        this.closeLink(l, false);
+        this.release(now, undefined);
+        return;
+      }
+      if (f.type !== FrameType.DATA && f.type !== FrameType.ACK && f.type !== FrameType.FIN) {
+        throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} after WELCOME`);
+      }
       this.confirm(l);
     } else if (this.role === 'client') {
       this.serverConfirmed = true;
     }
     switch (f.type) {
       case FrameType.DATA: {
-        if (this.finReceived || f.offset > this.received) {
-          throw new RocksError('ERR_ROCKS_PROTOCOL', `DATA at offset ${f.offset}, expected ${this.received}`);
+        const dataEnd = this.bytesReceived;
+        if (f.offset > dataEnd) {
+          throw new RocksError('ERR_ROCKS_PROTOCOL', `DATA at offset ${f.offset}, expected ${dataEnd}`);
         }
         // A resume may replay bytes we already hold: the old link can deliver
         // more after our CHALLENGE named a resume point. Keep only what is new.
-        const data = f.offset === this.received ? f.data : f.data.subarray(this.received - f.offset);
+        const data = f.offset === dataEnd ? f.data : f.data.subarray(dataEnd - f.offset);
         if (data.length === 0) return;
+        if (this.finReceived) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA after FIN');
         const end = this.received + data.length;
         if (end > this.windowSent) {
           throw new RocksError('ERR_ROCKS_FLOW_CONTROL', `data up to ${end} beyond window ${this.windowSent}`);
@@ -684,12 +728,12 @@ export class Session {
           throw new RocksError('ERR_ROCKS_PROTOCOL', 'CLOSE_ACK without CLOSE');
         }
         this.closeLink(l, true);
-        this.release(now);
+        this.release(now, ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire);
         return;
       case FrameType.ERROR: {
         const code = codeFromWire(f.code);
         this.closeLink(l, false);
-        this.fail(now, new RocksError(code, `peer said: ${f.message}`), false);
+        this.fail(now, new RocksError(code, `peer said: ${f.message}`), undefined);
         return;
       }
       default:
@@ -786,7 +830,7 @@ export class Session {
     this.emit({ type: 'close-link', link: l.id, graceful: false });
     if (this._state === 'accepting') {
       // Never confirmed: the client will start over, nothing to keep.
-      this.release(now);
+      this.release(now, undefined);
       return;
     }
     this.enterSuspended(now, reason);
@@ -834,21 +878,22 @@ export class Session {
   /** Client: the closing handshake is over (or given up on); everything was delivered. */
   private finishClose(now: number): void {
     this.emit({ type: 'closed' });
-    this.release(now);
+    this.release(now, undefined);
   }
 
-  private fail(now: number, error: Error, notifyPeer: boolean): void {
+  /** The session failed: tell the peer on `notify` if given, the application, and let go. */
+  private fail(now: number, error: Error, notify: Link | undefined): void {
     if (this._state === 'done') return;
-    if (notifyPeer && this.current !== undefined && error instanceof RocksError && error.wireCode !== 0) {
-      this.closeLink(this.current, true, [encodeError(error.wireCode, error.message)]);
-    }
+    const wire = error instanceof RocksError && error.wireCode !== 0 ? error.wireCode : ERROR_CODES.ERR_ROCKS_PROTOCOL.wire;
+    if (notify !== undefined) this.closeLink(notify, true, [encodeError(wire, error.message)]);
     // An unconfirmed server session was never shown to the application, and
     // one that sent CLOSE has already delivered everything: nobody to tell.
-    if (this._state !== 'accepting' && !this.closedEmitted) this.emit({ type: 'error', error });
-    this.release(now);
+    const confirmed = this._state !== 'accepting';
+    if (confirmed && !this.closedEmitted) this.emit({ type: 'error', error });
+    this.release(now, !confirmed ? undefined : this.closedEmitted ? ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire : wire);
   }
 
-  private release(_now: number): void {
+  private release(_now: number, reason: number | undefined): void {
     if (this._state === 'done') return;
     for (const l of this.links.values()) this.emit({ type: 'close-link', link: l.id, graceful: false });
     this.links.clear();
@@ -857,7 +902,7 @@ export class Session {
     this.send.trimTo(this.send.end);
     this.unread = 0;
     this.account();
-    this.host?.released(this);
+    this.host?.released(this, reason);
     this.emit({ type: 'released' });
   }
 
@@ -917,7 +962,7 @@ export class Session {
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String((err as Error)?.stack ?? err));
     if (l === this.current || (this.role === 'client' && l.phase === 'hello')) {
       // On the session's own link we cannot trust what the peer holds.
-      this.fail(now, error, true);
+      this.fail(now, error, l);
       return;
     }
     this.closeLink(l, true, error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : undefined);

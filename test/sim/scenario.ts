@@ -70,8 +70,9 @@ export function runSeed(seed: number, verbose = false): SimResult {
       down: streamBytes(seed * 8 + 2 * i + 1, down),
       maxWrite,
       writePause: Math.min(random.spread(1, 300), Math.floor(60_000 / Math.max(1, writes))),
-      clientReadPause: random.chance(0.5) ? 0 : random.spread(1, 500),
-      serverReadPause: random.chance(0.5) ? 0 : random.spread(1, 500),
+      // A slow reader with a small window is worth testing too, within the same minute.
+      clientReadPause: random.chance(0.5) ? 0 : Math.min(random.spread(1, 500), Math.floor(60_000 * config.receiveWindow / Math.max(1, down))),
+      serverReadPause: random.chance(0.5) ? 0 : Math.min(random.spread(1, 500), Math.floor(60_000 * config.receiveWindow / Math.max(1, up))),
     };
   });
 

@@ -1,0 +1,217 @@
+// The node:net surface of ReliableSocket and ReliableServer over real sockets.
+
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer as netCreateServer, type AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { describe, test } from 'node:test';
+import { connect, createConnection, ReliableServer, ReliableSocket, RocksError } from '../../src/index.js';
+import { closeServer, collect, hasIPv6Loopback, listen, until } from '../support/net.js';
+
+function echo(s: ReliableSocket): void {
+  s.pipe(s);
+  s.on('error', () => {});
+}
+
+describe('ReliableSocket and ReliableServer speak node:net', () => {
+  test('echo over IPv4 with the net.Socket properties applications read', async () => {
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen({}, (s) => {
+      serverSide = s;
+      echo(s);
+    });
+    assert.ok(server instanceof ReliableServer);
+    assert.equal(server.listening, true);
+    const c = connect(port, '127.0.0.1');
+    assert.ok(c instanceof ReliableSocket);
+    assert.equal(c.connecting, true);
+    assert.equal(c.pending, true);
+    assert.equal(c.readyState, 'opening');
+    const received = collect(c);
+    const closed = once(c, 'close');
+    c.write('hello ');
+    await once(c, 'connect');
+    assert.equal(c.connecting, false);
+    assert.equal(c.pending, false);
+    assert.equal(c.readyState, 'open');
+    assert.equal(c.remoteAddress, '127.0.0.1');
+    assert.equal(c.remotePort, port);
+    assert.equal(c.remoteFamily, 'IPv4');
+    assert.equal(c.localAddress, '127.0.0.1');
+    assert.equal(typeof c.localPort, 'number');
+    assert.deepEqual(c.address(), { address: '127.0.0.1', family: 'IPv4', port: c.localPort });
+    assert.equal(c.setNoDelay(true), c);
+    assert.equal(c.setKeepAlive(true, 1000), c);
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    assert.equal(serverSide!.remoteAddress, '127.0.0.1');
+    assert.equal(serverSide!.remotePort, c.localPort);
+    assert.equal(serverSide!.localPort, port);
+    const count = await new Promise<number>((resolve) => server.getConnections((_e, n) => resolve(n)));
+    assert.equal(count, 1);
+    c.end('world');
+    assert.equal((await received).toString(), 'hello world');
+    await closed;
+    assert.equal(c.bytesWritten, 11);
+    assert.equal(c.bytesRead, 11);
+    assert.equal(c.readyState, 'closed');
+    await closeServer(server);
+    // The server lets go once the client confirms the close (CLOSE_ACK).
+    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
+  });
+
+  test('echo over IPv6', { skip: hasIPv6Loopback() ? false : 'no IPv6 loopback (::1) on this machine' }, async () => {
+    const { server, port } = await listen({}, echo, '::1');
+    const c = createConnection({ port, host: '::1' });
+    const received = collect(c);
+    await once(c, 'connect');
+    assert.equal(c.remoteFamily, 'IPv6');
+    assert.equal(c.remoteAddress, '::1');
+    c.end(Buffer.from('over six'));
+    assert.equal((await received).toString(), 'over six');
+    await closeServer(server);
+  });
+
+  test('works with stream.pipeline, Readable.from and for await', async () => {
+    const { server, port } = await listen({}, (s) => {
+      void pipeline(s, s).catch(() => {});
+    });
+    const c = connect({ port, host: 'localhost' });
+    const chunks = Array.from({ length: 200 }, (_, i) => Buffer.alloc(1000 + i, i));
+    const expected = Buffer.concat(chunks);
+    const reading = (async () => {
+      const got: Buffer[] = [];
+      for await (const chunk of c) got.push(chunk as Buffer);
+      return Buffer.concat(got);
+    })();
+    await pipeline(Readable.from(chunks), c);
+    assert.ok((await reading).equals(expected));
+    await closeServer(server);
+  });
+
+  test('setTimeout emits timeout after idleness, and the socket stays usable', async () => {
+    const { server, port } = await listen({}, echo);
+    const c = connect(port, '127.0.0.1');
+    await once(c, 'connect');
+    const started = Date.now();
+    c.setTimeout(150);
+    assert.equal(c.timeout, 150);
+    await once(c, 'timeout');
+    assert.ok(Date.now() - started >= 140, 'timeout not before the idle time');
+    c.setTimeout(0);
+    assert.equal(c.timeout, undefined);
+    const received = collect(c);
+    c.end('still here');
+    assert.equal((await received).toString(), 'still here');
+    await closeServer(server);
+  });
+
+  test('half-close: with allowHalfOpen the server keeps writing after the client ends', async () => {
+    const { server, port } = await listen({ allowHalfOpen: true }, (s) => {
+      s.resume();
+      s.on('end', () => {
+        s.write('after your end, ');
+        setTimeout(() => s.end('goodbye'), 50);
+      });
+    });
+    const c = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    const received = collect(c);
+    const closed = once(c, 'close');
+    c.end('bye');
+    assert.equal((await received).toString(), 'after your end, goodbye');
+    await closed;
+    await closeServer(server);
+  });
+
+  test('a refused connection fails like net.connect, with ECONNREFUSED', async () => {
+    const blocker = netCreateServer();
+    blocker.listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const port = (blocker.address() as AddressInfo).port;
+    await new Promise<void>((r) => blocker.close(() => r()));
+    const c = connect(port, '127.0.0.1');
+    const closed = new Promise((resolve) => c.on('close', resolve));
+    const err = await new Promise<Error>((resolve) => c.on('error', resolve));
+    assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+    await closed;
+  });
+
+  test('destroy() aborts: the peer gets ERR_ROCKS_PEER_ABORTED', async () => {
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen({}, (s) => {
+      serverSide = s;
+    });
+    const c = connect(port, '127.0.0.1');
+    await once(c, 'connect');
+    c.write('x');
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    const failed = once(serverSide!, 'error');
+    c.destroy();
+    const [err] = await failed;
+    assert.ok(err instanceof RocksError);
+    assert.equal(err.code, 'ERR_ROCKS_PEER_ABORTED');
+    await until(() => server.sessionCount === 0, 5000, 'server to release the session');
+    await closeServer(server);
+  });
+
+  test('server: listen errors, close callbacks and events behave as net.Server', async () => {
+    const { server, port } = await listen({}, echo);
+    const second = new ReliableServer();
+    second.listen(port, '127.0.0.1');
+    const [err] = await once(second, 'error');
+    assert.equal((err as NodeJS.ErrnoException).code, 'EADDRINUSE');
+    const notRunning = await new Promise<Error | undefined>((resolve) => second.close((e) => resolve(e)));
+    assert.equal((notRunning as NodeJS.ErrnoException | undefined)?.code, 'ERR_SERVER_NOT_RUNNING');
+    const closed = once(server, 'close');
+    server.close();
+    await closed;
+    assert.equal(server.listening, false);
+  });
+
+  test('bad arguments get clear errors', () => {
+    assert.throws(() => connect(70000), (e: unknown) => e instanceof RocksError && e.code === 'ERR_ROCKS_INVALID_OPTION');
+    assert.throws(() => connect({ port: 1, failureTimeout: 10 }), /failureTimeout must be a number from 200/);
+    assert.throws(() => connect({ host: 'x' }), /needs a port or a path/);
+    assert.throws(() => new ReliableSocket().setTimeout(-1), RocksError);
+  });
+
+  test('unref() lets the process exit while connected; ref() holds it again', async () => {
+    const { server, port } = await listen({}, echo);
+    const c = connect(port, '127.0.0.1');
+    await once(c, 'connect');
+    assert.equal(c.unref(), c);
+    assert.equal(c.ref(), c);
+    const closed = once(c, 'close');
+    c.end();
+    c.resume();
+    await closed;
+    await closeServer(server);
+  });
+
+  test('closing both ends leaves no socket or timer behind', async () => {
+    const baseline = resources();
+    const { server, port } = await listen({}, echo);
+    for (let i = 0; i < 5; i++) {
+      const c = connect(port, '127.0.0.1');
+      const received = collect(c);
+      const closed = once(c, 'close');
+      c.end(`round ${i}`);
+      assert.equal((await received).toString(), `round ${i}`);
+      await closed;
+    }
+    await closeServer(server);
+    await until(() => server.sessionCount === 0, 5000, 'sessions to be released');
+    await until(() => sameResources(resources(), baseline), 5000, `no handles left (had ${JSON.stringify(baseline)}, now ${JSON.stringify(resources())})`);
+  });
+});
+
+function resources(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of process.getActiveResourcesInfo()) if (r !== 'TTYWrap' && r !== 'FSReqCallback') out[r] = (out[r] ?? 0) + 1;
+  return out;
+}
+
+function sameResources(a: Record<string, number>, b: Record<string, number>): boolean {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) if ((a[k] ?? 0) > (b[k] ?? 0)) return false;
+  return true;
+}

@@ -1,0 +1,44 @@
+// Small helpers for tests over real sockets.
+
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { createServer, type ReliableServer, type ReliableServerOptions, type ReliableSocket } from '../../src/index.js';
+
+/** A rocks server listening on an ephemeral port of `host`. */
+export async function listen(
+  options: ReliableServerOptions,
+  onConnection: (s: ReliableSocket) => void,
+  host = '127.0.0.1',
+): Promise<{ server: ReliableServer; port: number }> {
+  const server = createServer(options, onConnection);
+  server.listen(0, host);
+  await once(server, 'listening');
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+export function closeServer(server: ReliableServer): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+export function hasIPv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((a) => a.family === 'IPv6' && a.address === '::1'));
+}
+
+/** Resolves once `fn` returns true, checking every few ms; rejects after `ms`. */
+export async function until(fn: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+export function collect(socket: ReliableSocket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (d: Buffer) => chunks.push(d));
+  return new Promise((resolve, reject) => {
+    socket.once('end', () => resolve(Buffer.concat(chunks)));
+    socket.once('error', reject);
+  });
+}
