@@ -417,6 +417,20 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 }
 
+// The events rocks adds to those of net.Socket. Note that a Readable also
+// emits 'resume' (without an argument) when it starts flowing; ours always
+// carries a ResumeInfo.
+export interface ReliableSocket {
+  on(event: 'suspend', listener: (info: SuspendInfo) => void): this;
+  on(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
+  on(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  once(event: 'suspend', listener: (info: SuspendInfo) => void): this;
+  once(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
+  once(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
+  once(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
 /** The argument forms of net.connect: (options[, cb]), (port[, host][, cb]), (path[, cb]). */
 export function normalizeConnectArgs(args: unknown[]): [ReliableConnectOptions, (() => void) | undefined] {
   const listener = typeof args[args.length - 1] === 'function' ? (args[args.length - 1] as () => void) : undefined;

@@ -418,7 +418,7 @@ export class Session {
     if (this.current !== undefined && this._state !== 'accepting') {
       this.closeLink(this.current, true, [errorFrame('ERR_ROCKS_PEER_ABORTED', message)]);
     }
-    this.release(now, ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire);
+    this.release(now, this.endingCode(ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire));
   }
 
   /** The application has not yet read `unread` of the bytes delivered to it. */
@@ -635,7 +635,7 @@ export class Session {
         }
         break;
       case 'ERR_ROCKS_UNCONFIRMED_SESSION':
-        if (!this.serverConfirmed) {
+        if (l.phase === 'resume' && !this.serverConfirmed) {
           // The server dropped the session before it ever held data of ours:
           // start a fresh one and send everything again.
           this.restartSession(l, now);
@@ -643,9 +643,10 @@ export class Session {
         }
         break;
       case 'ERR_ROCKS_SESSION_CLOSED':
-        if (this.finSent && this.finReceived) {
+        if (this.finQueued && this.finReceived) {
           // The server closed cleanly, so it held our FIN: we are finished.
           this.dropLink(l, message);
+          this.finSent = true;
           this.acknowledge(this.send.end + 1, now);
           this.finishClose(now);
           return;
@@ -731,9 +732,14 @@ export class Session {
         this.release(now, ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire);
         return;
       case FrameType.ERROR: {
-        const code = codeFromWire(f.code);
         this.closeLink(l, false);
-        this.fail(now, new RocksError(code, `peer said: ${f.message}`), undefined);
+        if (this.finished && this.role === 'client') {
+          // Everything was delivered both ways; only the close confirmation is missing.
+          this.finishClose(now);
+          return;
+        }
+        // Whatever the peer reports, for anyone resuming later the peer aborted.
+        this.fail(now, new RocksError(codeFromWire(f.code), `peer said: ${f.message}`), undefined, ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire);
         return;
       }
       default:
@@ -882,15 +888,22 @@ export class Session {
   }
 
   /** The session failed: tell the peer on `notify` if given, the application, and let go. */
-  private fail(now: number, error: Error, notify: Link | undefined): void {
+  private fail(now: number, error: Error, notify: Link | undefined, ending?: number): void {
     if (this._state === 'done') return;
     const wire = error instanceof RocksError && error.wireCode !== 0 ? error.wireCode : ERROR_CODES.ERR_ROCKS_PROTOCOL.wire;
-    if (notify !== undefined) this.closeLink(notify, true, [encodeError(wire, error.message)]);
+    const told = wire === (error as RocksError).wireCode ? error.message : 'internal error';
+    if (notify !== undefined) this.closeLink(notify, true, [encodeError(wire, told)]);
     // An unconfirmed server session was never shown to the application, and
     // one that sent CLOSE has already delivered everything: nobody to tell.
-    const confirmed = this._state !== 'accepting';
-    if (confirmed && !this.closedEmitted) this.emit({ type: 'error', error });
-    this.release(now, !confirmed ? undefined : this.closedEmitted ? ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire : wire);
+    if (this._state !== 'accepting' && !this.closedEmitted) this.emit({ type: 'error', error });
+    this.release(now, this.endingCode(ending ?? wire));
+  }
+
+  /** What a client resuming this session later should hear, given why it ends. */
+  private endingCode(reason: number): number | undefined {
+    if (this._state === 'accepting') return undefined; // never confirmed
+    if (this.closedEmitted) return ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire;
+    return reason;
   }
 
   private release(_now: number, reason: number | undefined): void {
@@ -959,6 +972,8 @@ export class Session {
 
   /** A frame on `l` was malformed or broke the protocol. */
   private linkError(l: Link, now: number, err: unknown): void {
+    // A bug of ours fails the session like a protocol error, but its details
+    // (the stack) stay here: the peer only hears ERR_ROCKS_PROTOCOL.
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String((err as Error)?.stack ?? err));
     if (l === this.current || (this.role === 'client' && l.phase === 'hello')) {
       // On the session's own link we cannot trust what the peer holds.

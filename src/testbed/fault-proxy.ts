@@ -1,6 +1,6 @@
 // An in-process TCP proxy that breaks connections on command: reset them
 // (RST both ways), black-hole them (forward nothing, close nothing) and delay
-// them. Tests put it between a rocks client and server on loopback.
+// them. Tests and the demo put it between a rocks client and server on loopback.
 
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 
@@ -14,10 +14,14 @@ interface Pair {
 export class FaultProxy {
   private readonly server: Server;
   private readonly pairs = new Set<Pair>();
+  /** Every socket still open, dead pairs' included, so close() can end them all. */
+  private readonly sockets = new Set<Socket>();
   private blackholed = false;
   private delay = 0;
-  /** Called for every chunk forwarded (direction, bytes); tests use it to watch the wire. */
-  onChunk: ((direction: 'up' | 'down', chunk: Buffer) => void) | undefined;
+  /** Called for every chunk forwarded; `connection` counts from 1. Tests use it to watch the wire. */
+  onChunk: ((direction: 'up' | 'down', chunk: Buffer, connection: number) => void) | undefined;
+  /** Local address new upstream connections come from: set it to show the server a client that moved. */
+  upstreamAddress: string | undefined;
   connections = 0;
 
   constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
@@ -56,23 +60,24 @@ export class FaultProxy {
 
   /** Closes the proxy and every connection through it. */
   async close(): Promise<void> {
-    for (const p of this.pairs) {
-      p.downstream.destroy();
-      p.upstream.destroy();
-    }
+    for (const s of this.sockets) s.destroy();
     this.pairs.clear();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
   private accept(downstream: Socket): void {
-    this.connections++;
-    const upstream = connect(this.targetPort, this.targetHost);
+    const connection = ++this.connections;
+    const upstream = connect({ port: this.targetPort, host: this.targetHost, localAddress: this.upstreamAddress });
     const pair: Pair = { downstream, upstream, dead: this.blackholed };
     this.pairs.add(pair);
+    for (const s of [downstream, upstream]) {
+      this.sockets.add(s);
+      s.once('close', () => this.sockets.delete(s));
+    }
     const forward = (from: Socket, to: Socket, direction: 'up' | 'down'): void => {
       from.on('data', (chunk: Buffer) => {
         if (pair.dead) return;
-        this.onChunk?.(direction, chunk);
+        this.onChunk?.(direction, chunk, connection);
         if (this.delay > 0) {
           from.pause();
           setTimeout(() => {

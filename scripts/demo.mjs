@@ -1,0 +1,9 @@
+// `npm run demo`: installs and builds what is missing, then runs examples/demo.ts.
+
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { ensureBuilt, root } from './ensure.mjs';
+
+ensureBuilt();
+const result = spawnSync(process.execPath, [join(root, 'dist', 'examples', 'demo.js')], { stdio: 'inherit' });
+process.exit(result.status ?? 1);

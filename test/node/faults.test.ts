@@ -1,0 +1,273 @@
+// Real sockets on loopback through an in-process fault proxy that resets,
+// black-holes and delays the connection: bytes verified by SHA-256 both ways,
+// failure detection timed against failureTimeout + one heartbeat, resumes
+// counted, and the documented error when a suspension outlasts suspendLimit.
+
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { lookup as dnsLookup } from 'node:dns';
+import { describe, test } from 'node:test';
+import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { closeServer, listen, until } from '../support/net.js';
+
+const FAILURE_TIMEOUT = 300;
+const HEARTBEAT = 75;
+const options = {
+  failureTimeout: FAILURE_TIMEOUT,
+  heartbeatInterval: HEARTBEAT,
+  reconnectDelay: 10,
+  reconnectDelayMax: 150,
+  maxInflight: 2 * 1024 * 1024,
+};
+const MIB = 1024 * 1024;
+const EACH_WAY = 64 * MIB;
+const FAULTS_OF_EACH_KIND = 50;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Writes random data at a steady pace until stopped, honouring backpressure; hashes what it wrote. */
+class Writer {
+  readonly hash = createHash('sha256');
+  written = 0;
+  private stopped = false;
+  readonly done: Promise<void>;
+
+  constructor(socket: ReliableSocket, minimum: number) {
+    this.done = (async () => {
+      while (!this.stopped || this.written < minimum) {
+        const chunk = randomBytes(64 * 1024);
+        this.hash.update(chunk);
+        this.written += chunk.length;
+        if (!socket.write(chunk)) await once(socket, 'drain');
+        if (this.written % (256 * 1024) === 0) await sleep(8);
+      }
+      socket.end();
+    })();
+  }
+
+  /** Lets the writer end once it has written its minimum. */
+  stop(): void {
+    this.stopped = true;
+  }
+}
+
+function reader(socket: ReliableSocket): { hash: ReturnType<typeof createHash>; count: () => number; ended: Promise<void> } {
+  const hash = createHash('sha256');
+  let n = 0;
+  socket.on('data', (d: Buffer) => {
+    hash.update(d);
+    n += d.length;
+  });
+  return { hash, count: () => n, ended: new Promise((r) => socket.once('end', r)) };
+}
+
+describe('surviving faults on real sockets', () => {
+  test(`${EACH_WAY / MIB} MiB each way through ${FAULTS_OF_EACH_KIND} resets, black holes and delays each`, { timeout: 300_000 }, async () => {
+    const serverSockets: ReliableSocket[] = [];
+    const serverSuspends: number[] = [];
+    let serverWriter: Writer | undefined;
+    let serverReader: ReturnType<typeof reader> | undefined;
+    const { server, port } = await listen(options, (s) => {
+      serverSockets.push(s);
+      serverReader = reader(s);
+      serverWriter = new Writer(s, EACH_WAY);
+      s.on('suspend', () => serverSuspends.push(performance.now()));
+      s.on('error', (e) => assert.fail(`server socket error: ${e.message}`));
+    });
+    const proxy = new FaultProxy(port);
+    const proxyPort = await proxy.listen();
+
+    const c = connect({ port: proxyPort, host: '127.0.0.1', ...options });
+    const clientSuspends: number[] = [];
+    const clientResumes: { at: number; outage: number }[] = [];
+    c.on('suspend', () => clientSuspends.push(performance.now()));
+    c.on('resume', (info) => {
+      if (info) clientResumes.push({ at: performance.now(), outage: info.outage });
+    });
+    c.on('error', (e) => assert.fail(`client socket error: ${e.message}`));
+    const clientReader = reader(c);
+    const clientWriter = new Writer(c, EACH_WAY);
+    await once(c, 'connect');
+    await until(() => serverWriter !== undefined, 5000, 'server connection');
+
+    const detections: number[] = [];
+    const resumeTimes: number[] = [];
+    const counts = { reset: 0, blackhole: 0, delay: 0 };
+    const serverSide = serverSockets[0];
+    // Each fault starts on a healthy connection: both ends resumed and data flowing.
+    const healthy = async (what: string) => {
+      const before = clientReader.count() + serverReader!.count();
+      await until(() => !c.suspended && !serverSide.suspended && clientReader.count() + serverReader!.count() > before, 10_000, what);
+    };
+    for (let round = 0; round < FAULTS_OF_EACH_KIND; round++) {
+      await healthy('a healthy connection before the reset');
+      // A reset: both ends see ECONNRESET at once.
+      proxy.reset();
+      counts.reset++;
+      await sleep(20 + (round % 5) * 10);
+
+      // A black hole: nothing arrives, nothing closes; detected by silence.
+      await healthy('a healthy connection before the black hole');
+      const suspendsBefore = [clientSuspends.length, serverSuspends.length];
+      const resumesBefore = clientResumes.length;
+      const start = performance.now();
+      proxy.blackhole();
+      counts.blackhole++;
+      await until(() => clientSuspends.length > suspendsBefore[0] && serverSuspends.length > suspendsBefore[1], 10_000, 'both ends to detect the black hole');
+      detections.push(clientSuspends[clientSuspends.length - 1] - start, serverSuspends[serverSuspends.length - 1] - start);
+      const healed = performance.now();
+      proxy.heal();
+      await until(() => clientResumes.length > resumesBefore, 10_000, 'resume after the black hole');
+      resumeTimes.push(clientResumes[clientResumes.length - 1].at - healed);
+
+      // A delay: every chunk held up; half the spikes outlast the failure timeout.
+      await healthy('a healthy connection before the delay');
+      const long = round % 2 === 1;
+      proxy.setDelay(long ? FAILURE_TIMEOUT * 2 : 40);
+      counts.delay++;
+      await sleep(long ? FAILURE_TIMEOUT * 3 : 150);
+      proxy.setDelay(0);
+      await sleep(20);
+    }
+    clientWriter.stop();
+    serverWriter!.stop();
+    const closed = new Promise((r) => c.on('close', r));
+    await Promise.all([clientWriter.done, serverWriter!.done, clientReader.ended, serverReader!.ended, closed]);
+
+    assert.equal(serverSockets.length, 1, 'one session on the server for the whole run');
+    assert.ok(clientWriter.written >= EACH_WAY && serverWriter!.written >= EACH_WAY);
+    assert.equal(serverReader!.count(), clientWriter.written, 'server received every byte the client wrote');
+    assert.equal(clientReader.count(), serverWriter!.written, 'client received every byte the server wrote');
+    assert.equal(serverReader!.hash.digest('hex'), clientWriter.hash.digest('hex'), 'client to server SHA-256');
+    assert.equal(clientReader.hash.digest('hex'), serverWriter!.hash.digest('hex'), 'server to client SHA-256');
+    assert.deepEqual(counts, { reset: FAULTS_OF_EACH_KIND, blackhole: FAULTS_OF_EACH_KIND, delay: FAULTS_OF_EACH_KIND });
+    assert.ok(clientResumes.length >= 2 * FAULTS_OF_EACH_KIND, `resumed ${clientResumes.length} times`);
+
+    const sorted = [...detections].sort((a, b) => a - b);
+    const resumeSorted = [...resumeTimes].sort((a, b) => a - b);
+    const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))].toFixed(0);
+    console.log(`# ${(clientWriter.written / MIB).toFixed(0)} MiB up, ${(serverWriter!.written / MIB).toFixed(0)} MiB down; ` +
+      `${clientSuspends.length} client suspends, ${clientResumes.length} resumes`);
+    console.log(`# black-hole detection (ms, both ends): median ${pct(sorted, 0.5)}, p90 ${pct(sorted, 0.9)}, max ${pct(sorted, 1)}; ` +
+      `bound failureTimeout + heartbeat = ${FAILURE_TIMEOUT + HEARTBEAT}`);
+    console.log(`# resume after the path returned (ms): median ${pct(resumeSorted, 0.5)}, p90 ${pct(resumeSorted, 0.9)}, max ${pct(resumeSorted, 1)}`);
+    for (const d of detections) {
+      // The last byte may have arrived up to a heartbeat before the black hole began.
+      assert.ok(d >= FAILURE_TIMEOUT - HEARTBEAT, `detected after ${d.toFixed(0)} ms, too early to be silence`);
+      assert.ok(d <= FAILURE_TIMEOUT + HEARTBEAT, `detected after ${d.toFixed(0)} ms, beyond failureTimeout + heartbeat`);
+    }
+    await until(() => server.sessionCount === 0, 5000, 'server to release the session');
+    await proxy.close();
+    await closeServer(server);
+  });
+
+  test('a suspension longer than suspendLimit ends in ERR_ROCKS_SUSPEND_TIMEOUT on both ends', { timeout: 30_000 }, async () => {
+    const limits = { ...options, suspendLimit: 500 };
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen(limits, (s) => {
+      serverSide = s;
+      s.resume();
+    });
+    const proxy = new FaultProxy(port);
+    const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...limits });
+    c.resume();
+    await once(c, 'connect');
+    c.write('hello');
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    const serverError = new Promise<Error>((r) => serverSide!.on('error', r));
+    const clientError = new Promise<Error>((r) => c.on('error', r));
+    const clientClosed = new Promise((r) => c.on('close', r));
+    const start = performance.now();
+    proxy.blackhole();
+    const [ce, se] = await Promise.all([clientError, serverError]);
+    const elapsed = performance.now() - start;
+    for (const e of [ce, se]) {
+      assert.ok(e instanceof RocksError);
+      assert.equal(e.code, 'ERR_ROCKS_SUSPEND_TIMEOUT');
+      assert.match(e.message, /suspended for \d+ ms/);
+    }
+    assert.ok(elapsed >= FAILURE_TIMEOUT + 500 - 10, `failed after ${elapsed.toFixed(0)} ms`);
+    await clientClosed;
+    await until(() => server.sessionCount === 0, 5000, 'server to release the session');
+    await proxy.close();
+    await closeServer(server);
+  });
+
+  test('writes buffer up to maxInflight while suspended; drain follows the resume', { timeout: 30_000 }, async () => {
+    const small = { ...options, maxInflight: 256 * 1024 };
+    let received = 0;
+    const { server, port } = await listen(small, (s) => {
+      s.on('data', (d: Buffer) => (received += d.length));
+    });
+    const proxy = new FaultProxy(port);
+    const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...small });
+    c.resume();
+    await once(c, 'connect');
+    proxy.blackhole();
+    await once(c, 'suspend');
+    let accepted = 0;
+    const chunk = Buffer.alloc(16 * 1024, 1);
+    while (c.write(chunk)) accepted += chunk.length;
+    accepted += chunk.length;
+    assert.ok(accepted >= 256 * 1024 && accepted <= 256 * 1024 + 64 * 1024, `write() returned false after ${accepted} bytes`);
+    assert.equal(c.suspended, true);
+    const events: string[] = [];
+    c.on('resume', (info) => info && events.push('resume'));
+    c.on('drain', () => events.push('drain'));
+    proxy.heal();
+    await once(c, 'drain');
+    assert.deepEqual(events, ['resume', 'drain']);
+    await until(() => received === accepted, 10_000, 'all buffered bytes to arrive');
+    const closed = new Promise((r) => c.on('close', r));
+    c.end();
+    await closed;
+    // The closing handshake ends once the server has the last acknowledgement.
+    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
+    await proxy.close();
+    await closeServer(server);
+  });
+
+  test('the client re-resolves the host at every attempt and the server follows it to a new address', { timeout: 30_000 }, async () => {
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen(options, (s) => {
+      serverSide = s;
+      s.pipe(s);
+    });
+    const proxy = new FaultProxy(port);
+    proxy.upstreamAddress = '127.0.0.2';
+    const proxyPort = await proxy.listen();
+    let lookups = 0;
+    const attempts: number[] = [];
+    const c = connect({
+      port: proxyPort,
+      host: 'localhost',
+      family: 4,
+      ...options,
+      lookup: (host, opts, cb) => {
+        lookups++;
+        dnsLookup(host, opts, cb);
+      },
+    });
+    c.on('reconnect-attempt', (info) => attempts.push(info.attempt));
+    c.resume();
+    await once(c, 'connect');
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    assert.equal(serverSide!.remoteAddress, '127.0.0.2');
+    const lookupsBefore = lookups;
+    proxy.upstreamAddress = '127.0.0.3';
+    proxy.reset();
+    await once(c, 'resume');
+    await until(() => serverSide!.remoteAddress === '127.0.0.3', 5000, 'server to see the new address');
+    assert.ok(lookups > lookupsBefore, 'the host name was resolved again');
+    assert.ok(attempts.length >= 1 && attempts[0] === 1, `reconnect attempts ${attempts.join(',')}`);
+    const closed = new Promise((r) => c.on('close', r));
+    c.end();
+    await closed;
+    // The closing handshake ends once the server has the last acknowledgement.
+    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
+    await proxy.close();
+    await closeServer(server);
+  });
+});

@@ -1,0 +1,147 @@
+// Resumption is authenticated: someone who saw a session id on the wire
+// cannot take the session over, a recorded resume cannot be replayed, and
+// neither attempt (nor garbage from a stranger) disturbs the live session.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import { describe, test } from 'node:test';
+import { connect, type ReliableSocket } from '../../src/index.js';
+import { ERROR_CODES } from '../../src/protocol/errors.js';
+import { encodeProof, encodeResume, FrameParser, FrameType, type Frame } from '../../src/protocol/frames.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { closeServer, listen, until } from '../support/net.js';
+
+const options = { failureTimeout: 1000, reconnectDelay: 10 };
+
+/** Sends raw bytes to the server as a stranger and collects the frames it answers with until it closes. */
+async function stranger(port: number, send: (socket: Socket, frames: Frame[]) => void): Promise<Frame[]> {
+  const socket = netConnect(port, '127.0.0.1');
+  const parser = new FrameParser();
+  const frames: Frame[] = [];
+  socket.on('data', (chunk: Buffer) => {
+    parser.push(chunk);
+    for (let f = parser.next(); f; f = parser.next()) frames.push(f);
+    send(socket, frames);
+  });
+  await once(socket, 'connect');
+  send(socket, frames);
+  await once(socket, 'close');
+  return frames;
+}
+
+/** A live echo session through a proxy that records what crosses the wire, per connection. */
+async function liveSession() {
+  let serverSide: ReliableSocket | undefined;
+  const serverEvents: string[] = [];
+  const { server, port } = await listen(options, (s) => {
+    serverSide = s;
+    s.on('suspend', () => serverEvents.push('suspend'));
+    s.on('error', (e) => serverEvents.push(`error ${e.message}`));
+    s.pipe(s);
+  });
+  const proxy = new FaultProxy(port);
+  const wire = new Map<number, { up: Buffer[]; down: Buffer[] }>();
+  proxy.onChunk = (direction, chunk, connection) => {
+    if (!wire.has(connection)) wire.set(connection, { up: [], down: [] });
+    wire.get(connection)![direction].push(Buffer.from(chunk));
+  };
+  const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...options });
+  let echoed = '';
+  c.on('data', (d: Buffer) => (echoed += d.toString()));
+  await once(c, 'connect');
+  await until(() => serverSide !== undefined, 5000, 'connection');
+  const roundTrip = async (text: string) => {
+    const before = echoed.length;
+    c.write(text);
+    await until(() => echoed.length >= before + text.length, 5000, `echo of ${text}`);
+    assert.equal(echoed.slice(before), text);
+  };
+  await roundTrip('before ');
+  // What an eavesdropper saw: the WELCOME on the first connection names the session and the server.
+  const down = new FrameParser();
+  for (const b of wire.get(1)!.down) down.push(b);
+  const welcome = down.next();
+  assert.ok(welcome?.type === FrameType.WELCOME);
+  const close = async () => {
+    const closed = new Promise((r) => c.on('close', r));
+    c.end();
+    await closed;
+    // The closing handshake ends once the server has the last acknowledgement.
+    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
+    await proxy.close();
+    await closeServer(server);
+  };
+  return { server, port, proxy, wire, c, welcome, roundTrip, serverEvents, close };
+}
+
+describe('authenticated resumption', () => {
+  test('a resume with a stolen session id but without the key is refused; the live session is untouched', async () => {
+    const live = await liveSession();
+    const frames = await stranger(live.port, (socket, got) => {
+      if (got.length === 0 && socket.bytesWritten === 0) {
+        socket.write(encodeResume(1, live.welcome.sessionId, randomBytes(16), live.welcome.instance));
+      } else if (got.length === 1 && got[0].type === FrameType.CHALLENGE) {
+        // Without the session key the best an attacker can do is guess the MAC.
+        socket.write(encodeProof(got[0].received, got[0].sent, randomBytes(32)));
+      }
+    });
+    assert.equal(frames[0]?.type, FrameType.CHALLENGE, 'the server challenges the resume');
+    const last = frames[frames.length - 1];
+    assert.ok(last?.type === FrameType.ERROR && last.code === ERROR_CODES.ERR_ROCKS_AUTH_FAILED.wire, 'refused with AUTH_FAILED');
+    await live.roundTrip('after the attempt');
+    assert.deepEqual(live.serverEvents, [], 'the live session never noticed');
+    assert.equal(live.server.sessionCount, 1);
+    await live.close();
+  });
+
+  test('a recorded resume replayed verbatim is refused; the live session is untouched', async () => {
+    const live = await liveSession();
+    // Force a real resume, and record what the client sent on the new connection.
+    live.proxy.reset();
+    await once(live.c, 'resume');
+    await live.roundTrip('resumed ');
+    const recorded = Buffer.concat(live.wire.get(2)!.up);
+    const p = new FrameParser();
+    p.push(recorded);
+    assert.equal(p.next()?.type, FrameType.RESUME);
+    assert.equal(p.next()?.type, FrameType.PROOF);
+    const eventsBefore = [...live.serverEvents];
+
+    const frames = await stranger(live.port, (socket) => {
+      if (socket.bytesWritten === 0) socket.write(recorded);
+    });
+    assert.equal(frames[0]?.type, FrameType.CHALLENGE);
+    const last = frames[frames.length - 1];
+    assert.ok(last?.type === FrameType.ERROR && last.code === ERROR_CODES.ERR_ROCKS_AUTH_FAILED.wire, 'replay refused with AUTH_FAILED');
+    await live.roundTrip('after the replay');
+    assert.deepEqual(live.serverEvents, eventsBefore, 'the replay did not disturb the session');
+    await live.close();
+  });
+
+  test('garbage, port scans and unknown sessions close only their own connection', async () => {
+    const live = await liveSession();
+    const errors: Error[] = [];
+    live.server.on('clientError', (e: Error) => errors.push(e));
+    // A port scan: connect and leave.
+    const scan = netConnect(live.port, '127.0.0.1');
+    await once(scan, 'connect');
+    scan.destroy();
+    // Garbage, as from a program speaking another protocol.
+    const garbage = await stranger(live.port, (socket) => {
+      if (socket.bytesWritten === 0) socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    });
+    assert.ok(garbage[0]?.type === FrameType.ERROR && garbage[0].code === ERROR_CODES.ERR_ROCKS_PROTOCOL.wire);
+    // A resume of a session this server never issued.
+    const unknown = await stranger(live.port, (socket) => {
+      if (socket.bytesWritten === 0) socket.write(encodeResume(1, randomBytes(16), randomBytes(16), randomBytes(8)));
+    });
+    assert.ok(unknown[0]?.type === FrameType.ERROR && unknown[0].code === ERROR_CODES.ERR_ROCKS_UNKNOWN_SESSION.wire);
+    await until(() => errors.length === 2, 5000, 'clientError events');
+    assert.deepEqual(errors.map((e) => (e as { code?: string }).code), ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION']);
+    await live.roundTrip('still fine');
+    assert.deepEqual(live.serverEvents, []);
+    await live.close();
+  });
+});
