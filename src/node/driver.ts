@@ -74,7 +74,11 @@ export class SessionDriver implements Timed, LinkOwner {
   private referenced = false;
   private noDelay = true;
 
-  constructor(session: Session, listener: SessionListener) {
+  /**
+   * @param afterDrive runs after each drive: a server uses it to handle what
+   * the session's calls told the server (an eviction, freed budget).
+   */
+  constructor(session: Session, listener: SessionListener, private readonly afterDrive?: () => void) {
     this.session = session;
     this.listener = listener;
   }
@@ -162,11 +166,9 @@ export class SessionDriver implements Timed, LinkOwner {
     } finally {
       this.driving = false;
     }
-    if (this.session.state === 'done') {
-      this.setRef(false);
-      return;
-    }
-    sharedScheduler.schedule(this, this.session.pollTimeout());
+    if (this.session.state === 'done') this.setRef(false);
+    else sharedScheduler.schedule(this, this.session.pollTimeout());
+    this.afterDrive?.();
   }
 
   private flush(): void {
@@ -204,6 +206,7 @@ export class SessionDriver implements Timed, LinkOwner {
       case 'close-link': {
         const h = this.links.get(ev.link);
         if (h === undefined) return;
+        if (ev.reason) debug('closing connection %d: %s', ev.link, ev.reason);
         this.links.delete(ev.link);
         h.close(ev.final, ev.graceful);
         return;

@@ -61,9 +61,16 @@ export class Scheduler {
       target.scheduledAt = undefined;
       due.push(target);
     }
-    for (const target of due) target.onTimer(now);
     const next = this.heap.peekKey();
     if (next < this.timerAt) this.arm(next);
+    if (due.length === 0) return;
+    // Run them after the event loop's I/O phase: if the process was busy and
+    // this timer fires late, bytes that arrived meanwhile are read first, so
+    // a stalled process does not declare its own peers dead.
+    setImmediate(() => {
+      const at = monotonicNow();
+      for (const target of due) target.onTimer(at);
+    });
   }
 }
 

@@ -151,6 +151,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
               this.emit('connection', socket);
             },
             released: () => this.drivers.delete(session),
+            afterDrive: () => this.drainCore(),
           });
           this.drivers.set(session, { driver, socket });
           socket.on('close', () => {

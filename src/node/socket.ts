@@ -67,6 +67,8 @@ export interface ServerSocketHooks {
   /** The client confirmed the session: time to emit 'connection'. */
   opened(): void;
   released(): void;
+  /** Runs after every drive of the session. */
+  afterDrive(): void;
 }
 
 interface Addresses {
@@ -112,7 +114,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     hooks: ServerSocketHooks,
   ): { socket: ReliableSocket; driver: SessionDriver } {
     const socket = new ReliableSocket(options);
-    const driver = new SessionDriver(session, socket);
+    const driver = new SessionDriver(session, socket, hooks.afterDrive);
     socket.driver = driver;
     socket.serverHooks = hooks;
     driver.setRef(true);

@@ -79,7 +79,7 @@ export type SessionEvent =
   /** Open a transport to the server and report it with handleLinkOpen / handleLinkClosed. */
   | { type: 'dial'; link: LinkId }
   /** Close the transport: after writing `final` and ending it if graceful, else at once. */
-  | { type: 'close-link'; link: LinkId; graceful: boolean; final?: Buffer[] }
+  | { type: 'close-link'; link: LinkId; graceful: boolean; final?: Buffer[]; reason?: string }
   /** Client: the session is established (emitted once). */
   | { type: 'connect' }
   /** Server: the client confirmed the session; hand it to the application (emitted once). */
@@ -943,31 +943,35 @@ export class Session {
   }
 
   /**
-   * When the next dial may start. One attempt at a time, except that an
-   * attempt hanging longer than the backoff cap (a black-holed SYN) does not
-   * hold up a fresh one.
+   * When the next dial may start: one attempt at a time, except that an
+   * attempt whose transport has not even connected (a black-holed SYN) for
+   * longer than the backoff cap does not hold up a fresh one.
    */
   private nextDialTime(): number {
     let pending = 0;
-    for (const l of this.links.values()) if (l !== this.current) pending++;
+    let connecting = 0;
+    for (const l of this.links.values()) {
+      if (l === this.current) continue;
+      pending++;
+      if (l.phase === 'dialing') connecting++;
+    }
     if (pending === 0) return this.nextDialAt;
-    if (pending >= MAX_PENDING_DIALS) return Infinity;
+    if (pending >= MAX_PENDING_DIALS || connecting < pending) return Infinity;
     return Math.max(this.nextDialAt, this.lastDialAt + this.config.reconnectDelayMax);
   }
 
   /** Closes a link that is not the current one. */
   private dropLink(l: Link, reason: string): void {
-    void reason;
-    this.closeLink(l, false);
+    this.closeLink(l, false, undefined, reason);
   }
 
-  private closeLink(l: Link, graceful: boolean, final?: Buffer[]): void {
+  private closeLink(l: Link, graceful: boolean, final?: Buffer[], reason?: string): void {
     if (this.links.get(l.id) !== l) return;
     this.links.delete(l.id);
     if (l === this.current) this.current = undefined;
     const pending = l.out.length > 0 && graceful ? l.out : [];
     const bytes = final ? [...pending, ...final] : pending;
-    this.emit({ type: 'close-link', link: l.id, graceful, final: bytes.length > 0 ? bytes : undefined });
+    this.emit({ type: 'close-link', link: l.id, graceful, final: bytes.length > 0 ? bytes : undefined, reason });
   }
 
   /** A frame on `l` was malformed or broke the protocol. */

@@ -10,7 +10,7 @@ import { lookup as dnsLookup } from 'node:dns';
 import { describe, test } from 'node:test';
 import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, listen, until } from '../support/net.js';
+import { closeServer, endAll, listen, until } from '../support/net.js';
 
 const FAILURE_TIMEOUT = 300;
 const HEARTBEAT = 75;
@@ -163,6 +163,55 @@ describe('surviving faults on real sockets', () => {
     await closeServer(server);
   });
 
+  test('a saturated transfer both ways, with readers that stall, is never mistaken for a failure', { timeout: 120_000 }, async () => {
+    // The shortest failure timeout there is, and windows that fill while the readers stall.
+    // Each side ends only its own direction when done sending (allowHalfOpen).
+    const tight = { failureTimeout: 200, heartbeatInterval: 40, receiveWindow: 512 * 1024, maxInflight: 1024 * 1024, allowHalfOpen: true };
+    const total = 128 * MIB;
+    const suspends: string[] = [];
+    const blast = async (socket: ReliableSocket) => {
+      const hash = createHash('sha256');
+      const chunk = randomBytes(256 * 1024);
+      for (let sent = 0; sent < total; sent += chunk.length) {
+        hash.update(chunk);
+        if (!socket.write(chunk)) await once(socket, 'drain');
+      }
+      socket.end();
+      return hash.digest('hex');
+    };
+    const drink = (socket: ReliableSocket) => {
+      const hash = createHash('sha256');
+      let n = 0;
+      let stalls = 0;
+      socket.on('data', (d: Buffer) => {
+        hash.update(d);
+        n += d.length;
+        if ((n > total / 3 && stalls === 0) || (n > (2 * total) / 3 && stalls === 1)) {
+          stalls++;
+          socket.pause();
+          setTimeout(() => socket.resume(), 600);
+        }
+      });
+      return new Promise<string>((r) => socket.once('end', () => r(hash.digest('hex'))));
+    };
+    let serverDone: Promise<[string, string]> | undefined;
+    const { server, port } = await listen(tight, (s) => {
+      s.on('suspend', (i) => suspends.push(`server: ${i.reason}`));
+      serverDone = Promise.all([blast(s), drink(s)]);
+    });
+    const c = connect({ port, host: '127.0.0.1', ...tight });
+    c.on('suspend', (i) => suspends.push(`client: ${i.reason}`));
+    const clientDone = Promise.all([blast(c), drink(c)]);
+    await once(c, 'connect');
+    const [clientSent, clientGot] = await clientDone;
+    const [serverSent, serverGot] = await serverDone!;
+    assert.equal(serverGot, clientSent);
+    assert.equal(clientGot, serverSent);
+    assert.deepEqual(suspends, [], 'no suspension during a saturated transfer');
+    await until(() => server.sessionCount === 0, 5000, 'server to release the session');
+    await closeServer(server);
+  });
+
   test('a suspension longer than suspendLimit ends in ERR_ROCKS_SUSPEND_TIMEOUT on both ends', { timeout: 30_000 }, async () => {
     const limits = { ...options, suspendLimit: 500 };
     let serverSide: ReliableSocket | undefined;
@@ -220,13 +269,7 @@ describe('surviving faults on real sockets', () => {
     await once(c, 'drain');
     assert.deepEqual(events, ['resume', 'drain']);
     await until(() => received === accepted, 10_000, 'all buffered bytes to arrive');
-    const closed = new Promise((r) => c.on('close', r));
-    c.end();
-    await closed;
-    // The closing handshake ends once the server has the last acknowledgement.
-    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
-    await proxy.close();
-    await closeServer(server);
+    await endAll(c, server, proxy);
   });
 
   test('the client re-resolves the host at every attempt and the server follows it to a new address', { timeout: 30_000 }, async () => {
@@ -262,12 +305,6 @@ describe('surviving faults on real sockets', () => {
     await until(() => serverSide!.remoteAddress === '127.0.0.3', 5000, 'server to see the new address');
     assert.ok(lookups > lookupsBefore, 'the host name was resolved again');
     assert.ok(attempts.length >= 1 && attempts[0] === 1, `reconnect attempts ${attempts.join(',')}`);
-    const closed = new Promise((r) => c.on('close', r));
-    c.end();
-    await closed;
-    // The closing handshake ends once the server has the last acknowledgement.
-    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
-    await proxy.close();
-    await closeServer(server);
+    await endAll(c, server, proxy);
   });
 });

@@ -11,7 +11,7 @@ import { connect, type ReliableSocket } from '../../src/index.js';
 import { ERROR_CODES } from '../../src/protocol/errors.js';
 import { encodeProof, encodeResume, FrameParser, FrameType, type Frame } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, listen, until } from '../support/net.js';
+import { endAll, listen, until } from '../support/net.js';
 
 const options = { failureTimeout: 1000, reconnectDelay: 10 };
 
@@ -64,15 +64,7 @@ async function liveSession() {
   for (const b of wire.get(1)!.down) down.push(b);
   const welcome = down.next();
   assert.ok(welcome?.type === FrameType.WELCOME);
-  const close = async () => {
-    const closed = new Promise((r) => c.on('close', r));
-    c.end();
-    await closed;
-    // The closing handshake ends once the server has the last acknowledgement.
-    await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
-    await proxy.close();
-    await closeServer(server);
-  };
+  const close = () => endAll(c, server, proxy);
   return { server, port, proxy, wire, c, welcome, roundTrip, serverEvents, close };
 }
 

@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { createServer, type ReliableServer, type ReliableServerOptions, type ReliableSocket } from '../../src/index.js';
+import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
 
 /** A rocks server listening on an ephemeral port of `host`. */
 export async function listen(
@@ -41,4 +42,19 @@ export function collect(socket: ReliableSocket): Promise<Buffer> {
     socket.once('end', () => resolve(Buffer.concat(chunks)));
     socket.once('error', reject);
   });
+}
+
+/**
+ * Ends a client cleanly and tears down what it went through: waits for the
+ * client to close and for the server to release the session (the closing
+ * handshake ends when the server has the last acknowledgement), then closes
+ * the proxy and the server.
+ */
+export async function endAll(client: ReliableSocket, server: ReliableServer, proxy?: FaultProxy): Promise<void> {
+  const closed = new Promise((r) => client.on('close', r));
+  client.end();
+  await closed;
+  await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
+  await proxy?.close();
+  await closeServer(server);
 }
