@@ -337,7 +337,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
       case 'data':
         this.delivered += ev.data.length;
         this.push(ev.data);
-        this.reportUnread();
+        // We are inside the driver's loop, which sends any window update next.
+        this.driver!.session.updateUnread(this.readableLength, monotonicNow());
         return;
       case 'end':
         this.push(null);

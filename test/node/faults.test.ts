@@ -19,7 +19,6 @@ const options = {
   heartbeatInterval: HEARTBEAT,
   reconnectDelay: 10,
   reconnectDelayMax: 150,
-  maxInflight: 2 * 1024 * 1024,
 };
 const MIB = 1024 * 1024;
 const EACH_WAY = 64 * MIB;
@@ -95,6 +94,18 @@ describe('surviving faults on real sockets', () => {
     const detections: number[] = [];
     const resumeTimes: number[] = [];
     const counts = { reset: 0, blackhole: 0, delay: 0 };
+    // Should the run ever stall, say where: the test would otherwise just time out.
+    let phase = 'starting';
+    const describe = (s: ReliableSocket) => (s as unknown as { driver?: { session: { describe(): string } } }).driver?.session.describe();
+    let progress = '';
+    const watchdog = setInterval(() => {
+      const now = `${phase} ${clientReader.count()} ${serverReader?.count()}`;
+      if (now === progress) {
+        console.log(`stalled (${phase}); client: ${describe(c)}; server: ${describe(serverSockets[0])}; ` +
+          `read ${clientReader.count()}/${serverReader?.count()}, written ${clientWriter.written}/${serverWriter?.written}`);
+      }
+      progress = now;
+    }, 20_000);
     const serverSide = serverSockets[0];
     // Each fault starts on a healthy connection: both ends resumed and data flowing.
     const healthy = async (what: string) => {
@@ -102,6 +113,7 @@ describe('surviving faults on real sockets', () => {
       await until(() => !c.suspended && !serverSide.suspended && clientReader.count() + serverReader!.count() > before, 10_000, what);
     };
     for (let round = 0; round < FAULTS_OF_EACH_KIND; round++) {
+      phase = `round ${round}`;
       await healthy('a healthy connection before the reset');
       // A reset: both ends see ECONNRESET at once.
       proxy.reset();
@@ -131,10 +143,12 @@ describe('surviving faults on real sockets', () => {
       proxy.setDelay(0);
       await sleep(20);
     }
+    phase = 'finishing';
     clientWriter.stop();
     serverWriter!.stop();
     const closed = new Promise((r) => c.on('close', r));
     await Promise.all([clientWriter.done, serverWriter!.done, clientReader.ended, serverReader!.ended, closed]);
+    clearInterval(watchdog);
 
     assert.equal(serverSockets.length, 1, 'one session on the server for the whole run');
     assert.ok(clientWriter.written >= EACH_WAY && serverWriter!.written >= EACH_WAY);

@@ -34,7 +34,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
     failureTimeout,
     heartbeatInterval: random.chance(0.5) ? undefined : Math.round(failureTimeout / random.pick([3, 4, 8])),
     receiveWindow: random.spread(1024, 1 << 20),
-    maxInflight: random.spread(1024, 1 << 20),
+    maxInflight: random.spread(1024, 8 << 20),
     reconnectDelay: random.pick([10, 100, 300]),
     reconnectDelayMax: random.pick([500, 2000]),
     suspendLimit: 24 * 3_600_000,
