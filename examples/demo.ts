@@ -12,7 +12,9 @@ import { connect, createServer, type ReliableSocket } from '../src/index.js';
 import { FaultProxy } from '../src/testbed/fault-proxy.js';
 
 const EACH_WAY = 48 * 1024 * 1024;
-const options = { failureTimeout: 1000, heartbeatInterval: 200 };
+// Each side ends its own direction when it has sent everything (allowHalfOpen),
+// rather than as soon as the other side has finished.
+const options = { failureTimeout: 1000, heartbeatInterval: 200, allowHalfOpen: true };
 const started = performance.now();
 const MiB = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 
