@@ -56,7 +56,13 @@ function watch(who: string, socket: ReliableSocket): void {
 async function main(): Promise<void> {
   let serverResult: Promise<[string, { digest: string; bytes: number }]> | undefined;
   const server = createServer(options, (socket) => {
-    log('server', `connection from ${socket.remoteAddress}:${socket.remotePort}`);
+    if (!socket.reliable) {
+      // EDP serves ordinary (non-rocks) clients as plain connections; this demo has none.
+      log('server', `ordinary connection from ${socket.remoteAddress}:${socket.remotePort}, closed`);
+      socket.destroy();
+      return;
+    }
+    log('server', `rocks connection from ${socket.remoteAddress}:${socket.remotePort}`);
     watch('server', socket);
     serverResult = Promise.all([send(socket), receive(socket)]);
   });
@@ -68,6 +74,7 @@ async function main(): Promise<void> {
 
   const client = connect({ port: proxyPort, host: '127.0.0.1', ...options });
   watch('client', client);
+  client.on('detect', (info) => log('client', `EDP: ${info.reliable ? 'reliable' : 'plain'} (${info.reason})`));
   client.on('reconnect-attempt', (info) => log('client', `reconnect attempt ${info.attempt} (after ${info.delay} ms)`));
   const clientResult = Promise.all([send(client), receive(client)]);
   await once(client, 'connect');

@@ -20,26 +20,43 @@ export interface LinkOwner {
   onLinkData(link: LinkId, chunk: Buffer): void;
   onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void;
   onLinkDrain(link: LinkId): void;
+  /** The peer ended its side. Without this, the link is simply closed. */
+  onLinkEnd?(link: LinkId): void;
 }
 
 /** A socket and the owner its events go to; the owner changes when a server hands a link to a session. */
 export class LinkHandle {
   owner: LinkOwner | undefined;
   private error: Error | undefined;
+  private readonly listeners: [string, (...args: any[]) => void][];
 
   constructor(readonly id: LinkId, readonly socket: Socket, owner: LinkOwner) {
     this.owner = owner;
-    socket.on('data', (chunk: Buffer) => this.owner?.onLinkData(id, chunk));
-    socket.on('drain', () => this.owner?.onLinkDrain(id));
-    socket.on('error', (err) => {
-      this.error = err;
-    });
-    socket.on('close', () => {
-      const owner = this.owner;
-      this.owner = undefined;
-      const err = this.error;
-      owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
-    });
+    this.listeners = [
+      ['data', (chunk: Buffer) => this.owner?.onLinkData(id, chunk)],
+      ['drain', () => this.owner?.onLinkDrain(id)],
+      ['end', () => {
+        if (this.owner?.onLinkEnd) this.owner.onLinkEnd(id);
+        else socket.destroy();
+      }],
+      ['error', (err: Error) => {
+        this.error = err;
+      }],
+      ['close', () => {
+        const owner = this.owner;
+        this.owner = undefined;
+        const err = this.error;
+        owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
+      }],
+    ];
+    for (const [event, fn] of this.listeners) socket.on(event, fn);
+  }
+
+  /** Gives the socket up to a new user: none of our listeners stays on it. */
+  release(): Socket {
+    this.owner = undefined;
+    for (const [event, fn] of this.listeners) this.socket.removeListener(event, fn);
+    return this.socket;
   }
 
   /** Writes `final` and ends the socket, or destroys it at once. The owner hears no more of it. */

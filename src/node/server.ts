@@ -40,7 +40,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     super();
     this.options = options;
     this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom);
-    this.server = netCreateServer({ allowHalfOpen: false }, (s) => this.onTcpConnection(s));
+    // Half-open, so that we can still answer a probe after it ended its side.
+    this.server = netCreateServer({ allowHalfOpen: true }, (s) => this.onTcpConnection(s));
     this.server.on('listening', () => this.emit('listening'));
     this.server.on('error', (err) => this.emit('error', err));
     this.server.on('close', () => this.maybeClosed());
@@ -134,6 +135,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
 
   onLinkDrain(): void {}
 
+  onLinkEnd(link: LinkId): void {
+    this.core.handleLinkEnd(link);
+    this.drainCore();
+  }
+
   onTimer(now: number): void {
     this.core.handleTimeout(now);
     this.drainCore();
@@ -177,6 +183,23 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           const h = this.pending.get(ev.link);
           this.pending.delete(ev.link);
           h?.close(ev.final, true);
+          break;
+        }
+        case 'send':
+          this.pending.get(ev.link)?.socket.write(ev.bytes);
+          break;
+        case 'plain': {
+          const h = this.pending.get(ev.link);
+          if (h === undefined) break;
+          this.pending.delete(ev.link);
+          debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
+          const socket = ReliableSocket.fromPlain(h.release(), ev.initial, ev.ended, this.options);
+          this.open.add(socket);
+          socket.on('close', () => {
+            this.open.delete(socket);
+            this.maybeClosed();
+          });
+          this.emit('connection', socket);
           break;
         }
         case 'rejected':

@@ -1,15 +1,29 @@
-// ReliableSocket: a Duplex with the net.Socket surface applications use,
-// carried by a protocol Session that survives the failure of the TCP
-// connections beneath it.
+// ReliableSocket: a Duplex with the net.Socket surface applications use.
+//
+// Between two rocks ends it is carried by a protocol Session that survives
+// the failure of the TCP connections beneath it (`reliable` is true). With an
+// ordinary peer, which EDP detects, it is a thin pass-through over one plain
+// net.Socket and behaves exactly like one (`reliable` is false).
 
-import { connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
+import {
+  connect as netConnect,
+  type AddressInfo,
+  type NetConnectOpts,
+  type Socket,
+  type TcpNetConnectOpts,
+} from 'node:net';
 import { Duplex } from 'node:stream';
+import { debuglog } from 'node:util';
+import { EDP_MAGIC } from '../edp/announcement.js';
 import { resolveSessionConfig, type SessionOptions } from '../protocol/config.js';
 import { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
-import { Session, type LinkId, type SessionEvent } from '../protocol/session.js';
+import { Session, type SessionEvent } from '../protocol/session.js';
+import { destinationKey, detectionCache, probe, type Verdict } from './detect.js';
 import { SessionDriver, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
+
+const debug = debuglog('rocks');
 
 /** What the `suspend` event carries. */
 export interface SuspendInfo {
@@ -34,6 +48,14 @@ export interface ReconnectAttemptInfo {
   delay: number;
 }
 
+/** What the `detect` event carries: which mode the socket runs in, and why. */
+export interface DetectInfo {
+  reliable: boolean;
+  reason: string;
+  /** The verdict came from the cache of earlier probes. */
+  cached: boolean;
+}
+
 export interface ReliableSocketOptions extends SessionOptions {
   /** As for net.Socket: when false (the default) the socket ends its side once the peer ends. */
   allowHalfOpen?: boolean;
@@ -55,6 +77,12 @@ export type ReliableConnectOptions = ReliableSocketOptions & {
   noDelay?: boolean;
   /** As net.connect: calls setTimeout on the socket. */
   timeout?: number;
+  /** Skip detection: true when the server is known to speak rocks, false when known not to. */
+  enhanced?: boolean;
+  /** How long the EDP probe waits for the server's answer (ms). Default 500. */
+  probeTimeout?: number;
+  /** How long a detection verdict is remembered per destination (ms); 0 disables the cache. Default 600000. */
+  detectCacheTtl?: number;
 };
 
 /** Connect options passed to net.connect for every dial; the rest are ours. */
@@ -80,19 +108,32 @@ interface Addresses {
   local?: AddressInfo;
 }
 
+type Callback = (err?: Error | null) => void;
+
 export class ReliableSocket extends Duplex implements SessionListener {
+  /** Reliable mode: the session and its driver. */
   private driver: SessionDriver | undefined;
-  private options: ReliableSocketOptions;
+  /** Plain mode: the one ordinary connection. */
+  private raw: Socket | undefined;
+  private options: ReliableConnectOptions;
   private dialOptions: NetConnectOpts | undefined;
   private addresses: Addresses = {};
-  private pendingWrite: ((err?: Error | null) => void) | undefined;
-  private pendingFinal: ((err?: Error | null) => void) | undefined;
+  /** Writes (and the end) waiting for the connection to be established, in either mode. */
+  private queued: { chunks: Buffer[]; callback: Callback }[] = [];
+  private queuedFinal: Callback | undefined;
+  private pendingWrite: Callback | undefined;
+  private pendingFinal: Callback | undefined;
   private delivered = 0;
   private _connecting = false;
+  private established = false;
   private referenced = true;
   private idleTimeout = 0;
   private noDelay = true;
   private serverHooks: ServerSocketHooks | undefined;
+  /** Plain server side: drop the connection if its first bytes are a late rocks announcement. */
+  private guardLateAnnouncement = false;
+  private reprobed = false;
+  private verdictCached = false;
 
   constructor(options: ReliableSocketOptions = {}) {
     super({
@@ -117,8 +158,24 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const driver = new SessionDriver(session, socket, hooks.afterDrive);
     socket.driver = driver;
     socket.serverHooks = hooks;
+    socket.established = true;
     driver.setRef(true);
     return { socket, driver };
+  }
+
+  /**
+   * Wraps a server-side connection from an ordinary client (used by
+   * ReliableServer): `initial` holds what EDP already read of it.
+   */
+  static fromPlain(raw: Socket, initial: Buffer, ended: boolean, options: ReliableSocketOptions): ReliableSocket {
+    const socket = new ReliableSocket(options);
+    socket.established = true;
+    socket.guardLateAnnouncement = initial.length === 0 && !ended;
+    socket.attachRaw(raw);
+    socket.learnFrom(raw);
+    if (initial.length > 0) socket.deliver(initial);
+    if (ended) socket.push(null);
+    return socket;
   }
 
   // ---- connecting ---------------------------------------------------------------
@@ -128,10 +185,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
   connect(port: number, connectListener?: () => void): this;
   connect(path: string, connectListener?: () => void): this;
   connect(...args: unknown[]): this {
-    if (this.driver !== undefined) throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'socket is already connected or connecting');
+    if (this._connecting || this.established) {
+      throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'socket is already connected or connecting');
+    }
     const [options, listener] = normalizeConnectArgs(args);
     this.options = { ...this.options, ...options };
-    const config = resolveSessionConfig(this.options);
+    resolveSessionConfig(this.options);
+    checkDetectOptions(this.options);
     const dial: Record<string, unknown> = {};
     for (const key of DIAL_KEYS) if (options[key] !== undefined) dial[key] = options[key];
     if (dial.port === undefined && dial.path === undefined) {
@@ -141,20 +201,99 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (options.noDelay === false) this.noDelay = false;
     if (listener) this.once('connect', listener);
     if (options.timeout !== undefined) this.setTimeout(options.timeout);
-
     this._connecting = true;
-    const session = Session.connect(config, systemRandom, monotonicNow());
+
+    if (this.options.enhanced === true) this.startReliable({ enhanced: true, reason: 'the application said the server speaks rocks' });
+    else if (this.options.enhanced === false) this.startPlain({ enhanced: false, reason: 'the application said the server is ordinary' });
+    else this.detect();
+    return this;
+  }
+
+  /** EDP: the cached verdict for this destination, or a probe. */
+  private detect(): void {
+    const key = destinationKey(this.dialOptions as { host?: string; port?: number; path?: string });
+    const cached = detectionCache.get(key);
+    if (cached !== undefined) {
+      this.verdictCached = true;
+      this.decide(cached);
+      return;
+    }
+    this.verdictCached = false;
+    probe(this.dialOptions!, this.options.probeTimeout ?? 500).then(
+      (verdict) => {
+        detectionCache.set(key, verdict, this.options.detectCacheTtl ?? 600_000);
+        if (!this.destroyed) this.decide(verdict);
+      },
+      (err: Error) => this.destroy(err),
+    );
+  }
+
+  private decide(verdict: Verdict): void {
+    if (verdict.enhanced) this.startReliable(verdict);
+    else this.startPlain(verdict);
+  }
+
+  private announce(reliable: boolean, reason: string): void {
+    const cached = this.verdictCached;
+    debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', destinationKey(this.dialOptions as { path?: string }), reason, cached ? ' (cached)' : '');
+    this.emit('detect', { reliable, reason, cached } satisfies DetectInfo);
+  }
+
+  private startReliable(verdict: Verdict): void {
+    this.announce(true, verdict.reason);
+    const session = Session.connect(resolveSessionConfig(this.options), systemRandom, monotonicNow());
     this.driver = new SessionDriver(session, this);
     this.driver.setNoDelay(this.noDelay);
     this.driver.setRef(this.referenced);
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
     this.driver.drive();
-    return this;
+  }
+
+  private startPlain(verdict: Verdict): void {
+    this.announce(false, verdict.reason);
+    const raw = netConnect(this.dialOptions!);
+    this.attachRaw(raw);
+    raw.once('connect', () => {
+      this.learnFrom(raw);
+      this.becomeConnected();
+    });
+  }
+
+  /**
+   * The server did not speak rocks after all (a cached verdict gone stale, or
+   * a server that changed): start over in the mode a fresh probe finds, or
+   * plainly. Nothing was sent yet: writes wait for the connection.
+   */
+  private fallBack(error: RocksError): void {
+    this.driver = undefined;
+    const key = destinationKey(this.dialOptions as { host?: string; port?: number; path?: string });
+    detectionCache.invalidate(key);
+    debug('%s: %s', key, error.message);
+    if (this.verdictCached && !this.reprobed) {
+      this.reprobed = true;
+      this.detect();
+    } else {
+      detectionCache.set(key, { enhanced: false, reason: error.message }, this.options.detectCacheTtl ?? 600_000);
+      this.startPlain({ enhanced: false, reason: error.message });
+    }
   }
 
   /** SessionListener: opens a transport for a dial. Host names are resolved again at every attempt. */
   dial(): Socket {
     return netConnect(this.dialOptions!);
+  }
+
+  private becomeConnected(): void {
+    this._connecting = false;
+    this.established = true;
+    this.emit('connect');
+    this.emit('ready');
+    const queued = this.queued;
+    this.queued = [];
+    for (const { chunks, callback } of queued) this.writeChunks(chunks, callback);
+    const final = this.queuedFinal;
+    this.queuedFinal = undefined;
+    if (final) this._final(final);
   }
 
   // ---- the net.Socket surface ------------------------------------------------------
@@ -164,7 +303,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   get pending(): boolean {
-    return this._connecting || this.driver === undefined;
+    return !this.established;
+  }
+
+  /** True between two rocks ends, false with an ordinary peer (or before the connection is established). */
+  get reliable(): boolean {
+    return this.driver !== undefined && this.established;
   }
 
   get readyState(): 'opening' | 'open' | 'readOnly' | 'writeOnly' | 'closed' {
@@ -202,7 +346,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** Application bytes written (accepted by write(), delivered or not). */
   get bytesWritten(): number {
-    return (this.driver?.session.bytesWritten ?? 0) + this.writableLength;
+    const sent = this.driver?.session.bytesWritten ?? this.raw?.bytesWritten ?? 0;
+    return sent + this.writableLength;
   }
 
   /** The idle timeout set with setTimeout(), or undefined. */
@@ -215,14 +360,14 @@ export class ReliableSocket extends Duplex implements SessionListener {
     return this.driver?.session.state === 'suspended';
   }
 
-  /** The session's id (hex), once established. */
+  /** The session's id (hex), once established in reliable mode. */
   get sessionId(): string | undefined {
     return this.driver?.session.sessionId?.toString('hex');
   }
 
   /** Bytes written but not yet acknowledged by the peer. */
   get bufferedAmount(): number {
-    return this.driver?.session.bufferedAmount ?? 0;
+    return this.driver?.session.bufferedAmount ?? this.raw?.writableLength ?? 0;
   }
 
   address(): AddressInfo | Record<string, never> {
@@ -232,12 +377,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
   setNoDelay(noDelay = true): this {
     this.noDelay = noDelay;
     this.driver?.setNoDelay(noDelay);
+    this.raw?.setNoDelay(noDelay);
     return this;
   }
 
-  /** Accepted for compatibility; rocks' own heartbeats detect failures within failureTimeout. */
+  /** In reliable mode rocks' own heartbeats detect failures within failureTimeout; this only reaches the current connection. */
   setKeepAlive(enable = false, initialDelay = 0): this {
-    this.driver?.activeSocket()?.setKeepAlive(enable, initialDelay);
+    (this.raw ?? this.driver?.activeSocket())?.setKeepAlive(enable, initialDelay);
     return this;
   }
 
@@ -251,6 +397,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
       if (ms === 0) this.removeListener('timeout', callback);
       else this.once('timeout', callback);
     }
+    this.raw?.setTimeout(ms);
     if (this.driver) {
       this.driver.session.setIdleTimeout(ms, monotonicNow());
       this.driver.drive();
@@ -261,31 +408,47 @@ export class ReliableSocket extends Duplex implements SessionListener {
   ref(): this {
     this.referenced = true;
     this.driver?.setRef(true);
+    this.raw?.ref();
     return this;
   }
 
   unref(): this {
     this.referenced = false;
     this.driver?.setRef(false);
+    this.raw?.unref();
     return this;
   }
 
   // ---- Duplex -----------------------------------------------------------------------
 
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: Callback): void {
     this.writeChunks([chunk], callback);
   }
 
-  override _writev(chunks: { chunk: Buffer }[], callback: (err?: Error | null) => void): void {
+  override _writev(chunks: { chunk: Buffer }[], callback: Callback): void {
     this.writeChunks(chunks.map((c) => c.chunk), callback);
   }
 
-  private writeChunks(chunks: Buffer[], callback: (err?: Error | null) => void): void {
-    const driver = this.driver;
-    if (driver === undefined) {
-      callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
+  private writeChunks(chunks: Buffer[], callback: Callback): void {
+    if (!this.established) {
+      if (!this._connecting) {
+        callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
+        return;
+      }
+      this.queued.push({ chunks, callback });
       return;
     }
+    if (this.raw !== undefined) {
+      if (chunks.length === 1) {
+        this.raw.write(chunks[0], callback);
+        return;
+      }
+      this.raw.cork();
+      for (let i = 0; i < chunks.length; i++) this.raw.write(chunks[i], i === chunks.length - 1 ? callback : undefined);
+      this.raw.uncork();
+      return;
+    }
+    const driver = this.driver!;
     const now = monotonicNow();
     let room = true;
     for (const chunk of chunks) room = driver.session.write(chunk, now);
@@ -295,25 +458,35 @@ export class ReliableSocket extends Duplex implements SessionListener {
     else this.pendingWrite = callback;
   }
 
-  override _final(callback: (err?: Error | null) => void): void {
-    const driver = this.driver;
-    if (driver === undefined) {
-      callback();
+  override _final(callback: Callback): void {
+    if (!this.established) {
+      if (this._connecting) this.queuedFinal = callback;
+      else callback();
+      return;
+    }
+    if (this.raw !== undefined) {
+      this.raw.end(() => callback());
       return;
     }
     // 'finish' means the peer acknowledged everything we wrote, FIN included.
+    const driver = this.driver!;
     this.pendingFinal = callback;
     driver.session.end(monotonicNow());
     driver.drive();
   }
 
   override _read(): void {
+    if (this.raw !== undefined) {
+      if (this.raw.isPaused()) this.raw.resume();
+      return;
+    }
     this.reportUnread();
   }
 
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    const driver = this.driver;
+  override _destroy(err: Error | null, callback: Callback): void {
     this.releaseCallbacks(err);
+    this.raw?.destroy();
+    const driver = this.driver;
     if (driver !== undefined) {
       if (driver.session.finished || driver.session.state === 'done') {
         // A clean close: the closing handshake completes in the background.
@@ -327,6 +500,56 @@ export class ReliableSocket extends Duplex implements SessionListener {
     }
     this._connecting = false;
     callback(err);
+  }
+
+  // ---- plain mode ----------------------------------------------------------------------
+
+  private attachRaw(raw: Socket): void {
+    this.raw = raw;
+    raw.setNoDelay(this.noDelay);
+    if (!this.referenced) raw.unref();
+    if (this.idleTimeout > 0) raw.setTimeout(this.idleTimeout);
+    raw.on('data', (chunk: Buffer) => {
+      if (this.guardLateAnnouncement) {
+        this.guardLateAnnouncement = false;
+        // A rocks client whose announcement came after detectTimeout: it will
+        // try again; to the application this is an empty connection.
+        if (chunk.length >= EDP_MAGIC.length && chunk.subarray(0, EDP_MAGIC.length).equals(EDP_MAGIC)) {
+          debug('dropping a connection whose rocks announcement came too late');
+          this.destroy();
+          return;
+        }
+      }
+      this.deliver(chunk);
+    });
+    let ended = false;
+    raw.on('end', () => {
+      ended = true;
+      this.push(null);
+    });
+    raw.on('timeout', () => this.emit('timeout'));
+    raw.on('error', (err) => this.destroy(err));
+    // Closed without its end and without an error (destroyed under us): nothing more will come.
+    raw.on('close', () => {
+      if (!ended && !this.destroyed) this.destroy();
+    });
+  }
+
+  private deliver(chunk: Buffer): void {
+    this.delivered += chunk.length;
+    if (!this.push(chunk)) this.raw?.pause();
+  }
+
+  private learnFrom(s: Socket): void {
+    const local = s.address();
+    this.addresses = {
+      remoteAddress: s.remoteAddress,
+      remotePort: s.remotePort,
+      remoteFamily: s.remoteFamily,
+      localAddress: s.localAddress,
+      localPort: s.localPort,
+      local: 'port' in local ? (local as AddressInfo) : undefined,
+    };
   }
 
   // ---- session events -------------------------------------------------------------------
@@ -344,13 +567,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
         this.push(null);
         return;
       case 'connect':
-        this._connecting = false;
-        this.emit('connect');
-        this.emit('ready');
+        this.becomeConnected();
         return;
-      case 'link-active':
-        this.learnAddresses(ev.link);
+      case 'link-active': {
+        const s = this.driver?.links.get(ev.link)?.socket;
+        if (s !== undefined) this.learnFrom(s);
         return;
+      }
       case 'writable': {
         const cb = this.pendingWrite;
         this.pendingWrite = undefined;
@@ -375,9 +598,15 @@ export class ReliableSocket extends Duplex implements SessionListener {
       case 'timeout':
         this.emit('timeout');
         return;
-      case 'error':
+      case 'error': {
+        const code = (ev.error as RocksError).code;
+        if (!this.established && this.options.enhanced !== true && (code === 'ERR_ROCKS_NOT_ENHANCED' || code === 'ERR_ROCKS_VERSION')) {
+          this.fallBack(ev.error as RocksError);
+          return;
+        }
         this.destroy(ev.error);
         return;
+      }
       case 'open':
         this.serverHooks?.opened();
         return;
@@ -396,27 +625,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
     driver.drive();
   }
 
-  private learnAddresses(link: LinkId): void {
-    const s = this.driver?.links.get(link)?.socket;
-    if (s === undefined) return;
-    const local = s.address();
-    this.addresses = {
-      remoteAddress: s.remoteAddress,
-      remotePort: s.remotePort,
-      remoteFamily: s.remoteFamily,
-      localAddress: s.localAddress,
-      localPort: s.localPort,
-      local: 'port' in local ? (local as AddressInfo) : undefined,
-    };
-  }
-
   private releaseCallbacks(err: Error | null): void {
-    const w = this.pendingWrite;
-    const f = this.pendingFinal;
-    this.pendingWrite = undefined;
-    this.pendingFinal = undefined;
-    w?.(err);
-    f?.(err);
+    const callbacks = [this.pendingWrite, this.pendingFinal, this.queuedFinal, ...this.queued.map((q) => q.callback)];
+    this.pendingWrite = this.pendingFinal = this.queuedFinal = undefined;
+    this.queued = [];
+    for (const cb of callbacks) cb?.(err);
   }
 }
 
@@ -427,11 +640,24 @@ export interface ReliableSocket {
   on(event: 'suspend', listener: (info: SuspendInfo) => void): this;
   on(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
   on(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
+  on(event: 'detect', listener: (info: DetectInfo) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   once(event: 'suspend', listener: (info: SuspendInfo) => void): this;
   once(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
   once(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
+  once(event: 'detect', listener: (info: DetectInfo) => void): this;
   once(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
+function checkDetectOptions(o: ReliableConnectOptions): void {
+  if (o.enhanced !== undefined && typeof o.enhanced !== 'boolean') {
+    throw new RocksError('ERR_ROCKS_INVALID_OPTION', `enhanced must be true, false or undefined, got ${String(o.enhanced)}`);
+  }
+  for (const [name, value, max] of [['probeTimeout', o.probeTimeout, 60_000], ['detectCacheTtl', o.detectCacheTtl, 7 * 86_400_000]] as const) {
+    if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > max)) {
+      throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be a number from 0 to ${max}, got ${String(value)}`);
+    }
+  }
 }
 
 /** The argument forms of net.connect: (options[, cb]), (port[, host][, cb]), (path[, cb]). */

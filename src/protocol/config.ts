@@ -67,6 +67,13 @@ export interface ServerLimitOptions {
   maxSuspendedSessions?: number;
   /** Most bytes buffered by all sessions together (unacknowledged sends plus unread receives). Default 1 GiB. */
   maxBufferedBytes?: number;
+  /**
+   * How long a new connection may stay silent before the server treats it as
+   * an ordinary client that waits for the server to speak first (SSH, SMTP).
+   * Rocks clients speak at once, so this only delays such ordinary clients;
+   * it must outlast the retransmission of a lost first segment. Default 500 ms.
+   */
+  detectTimeout?: number;
 }
 
 export type ServerLimits = Required<ServerLimitOptions>;
@@ -76,5 +83,6 @@ export function resolveServerLimits(options: ServerLimitOptions = {}): ServerLim
     maxSessions: check('maxSessions', options.maxSessions ?? 100_000, 1, 2 ** 31),
     maxSuspendedSessions: check('maxSuspendedSessions', options.maxSuspendedSessions ?? 50_000, 0, 2 ** 31),
     maxBufferedBytes: check('maxBufferedBytes', options.maxBufferedBytes ?? 1024 * MIB, 1024, 2 ** 50),
+    detectTimeout: check('detectTimeout', options.detectTimeout ?? 500, 1, 60_000),
   };
 }

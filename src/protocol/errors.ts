@@ -16,6 +16,7 @@ export type RocksErrorCode =
   | 'ERR_ROCKS_SESSION_CLOSED'
   | 'ERR_ROCKS_CONNECT_TIMEOUT'
   | 'ERR_ROCKS_CONNECT_FAILED'
+  | 'ERR_ROCKS_NOT_ENHANCED'
   | 'ERR_ROCKS_INVALID_OPTION'
   | 'ERR_ROCKS_INTERNAL';
 
@@ -40,6 +41,7 @@ export const ERROR_CODES: Readonly<Record<RocksErrorCode, CodeInfo>> = {
   ERR_ROCKS_SESSION_CLOSED: { wire: 12, message: 'the server already closed this session cleanly' },
   ERR_ROCKS_CONNECT_TIMEOUT: { wire: 0, message: 'could not establish the connection within connectTimeout' },
   ERR_ROCKS_CONNECT_FAILED: { wire: 0, message: 'the connection closed before it was established' },
+  ERR_ROCKS_NOT_ENHANCED: { wire: 0, message: 'the server does not speak rocks' },
   ERR_ROCKS_INVALID_OPTION: { wire: 0, message: 'invalid option' },
   ERR_ROCKS_INTERNAL: { wire: 0, message: 'internal error in rocks (please report it)' },
 };

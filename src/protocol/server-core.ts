@@ -1,10 +1,14 @@
 // The server's side before a link belongs to a session, and the book of all
-// sessions: it reads each new link's first frame, creates a session for a
-// HELLO, hands a RESUME to the session it names, and enforces the server's
-// limits. Like Session, it does no I/O.
+// sessions. Each new link first goes through EDP detection: an announcement
+// means a rocks client, end-of-stream before any byte means a probe, anything
+// else (or silence for detectTimeout) an ordinary client, handed back to the
+// caller as a plain connection. A rocks link's first frame then creates a
+// session (HELLO) or names one (RESUME). It enforces the server's limits.
+// Like Session, it does no I/O.
 
 import type { ServerLimits, SessionConfig } from './config.js';
 import { RocksError, codeFromWire } from './errors.js';
+import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, type ResumeFrame } from './frames.js';
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
@@ -16,6 +20,13 @@ export type ServerEvent =
   | { type: 'bind'; session: Session; link: LinkId }
   /** Close a link no session owns: after writing `final`, by ending it. */
   | { type: 'close-link'; link: LinkId; final: Buffer[] }
+  /** Write these bytes on a link no session owns yet (our EDP announcement). */
+  | { type: 'send'; link: LinkId; bytes: Buffer }
+  /**
+   * An ordinary client: serve the link as a plain connection, starting with
+   * the bytes already read (`ended`: the client also closed its side).
+   */
+  | { type: 'plain'; link: LinkId; initial: Buffer; ended: boolean; reason: string }
   /** A link was refused; for logs and counters. */
   | { type: 'rejected'; link: LinkId; error: RocksError }
   /** Something changed for this session outside its own calls: poll it. */
@@ -24,7 +35,12 @@ export type ServerEvent =
 /** How many released session ids the server remembers, to tell a resuming client what became of its session. */
 const REMEMBERED_ENDINGS = 65_536;
 
+/** Our EDP announcement: what a client or a probe reads from us first. */
+const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
+
 interface PendingLink {
+  /** Bytes read while detecting; undefined once the link announced rocks. */
+  detecting: Buffer | undefined;
   parser: FrameParser;
   deadline: number;
 }
@@ -74,13 +90,17 @@ export class ServerCore implements SessionHost {
   // ---- input --------------------------------------------------------------
 
   handleLinkOpen(link: LinkId, now: number): void {
-    this.pending.set(link, { parser: new FrameParser(), deadline: now + this.config.handshakeTimeout });
+    this.pending.set(link, { detecting: Buffer.alloc(0), parser: new FrameParser(), deadline: now + this.limits.detectTimeout });
   }
 
   /** Bytes on a link no session owns yet. */
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
     const p = this.pending.get(link);
     if (p === undefined) return;
+    if (p.detecting !== undefined) {
+      chunk = this.detect(link, p, chunk, now) ?? Buffer.alloc(0);
+      if (chunk.length === 0) return;
+    }
     p.parser.push(chunk);
     // Whatever a stranger sends, only this link may suffer for it.
     try {
@@ -95,13 +115,67 @@ export class ServerCore implements SessionHost {
     }
   }
 
+  /** The peer ended its side of a link no session owns yet. */
+  handleLinkEnd(link: LinkId): void {
+    const p = this.pending.get(link);
+    if (p === undefined) return;
+    this.pending.delete(link);
+    if (p.detecting !== undefined && p.detecting.length === 0) {
+      // A probe: connect, half-close at once, read what we say. Tell it.
+      this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
+    } else if (p.detecting !== undefined) {
+      this.events.push({ type: 'plain', link, initial: p.detecting, ended: true, reason: 'ordinary client (closed its side)' });
+    } else {
+      this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'the client closed before HELLO or RESUME'));
+    }
+  }
+
   handleLinkClosed(link: LinkId): void {
     this.pending.delete(link);
   }
 
   handleTimeout(now: number): void {
     for (const [link, p] of this.pending) {
-      if (p.deadline <= now) this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time'));
+      if (p.deadline > now) continue;
+      if (p.detecting !== undefined) {
+        // Silent: an ordinary client waiting for the server to speak first.
+        this.pending.delete(link);
+        this.events.push({ type: 'plain', link, initial: p.detecting, ended: false, reason: 'ordinary client (waits for the server to speak first)' });
+      } else {
+        this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time'));
+      }
+    }
+  }
+
+  /** EDP on a new link. Returns the bytes after a rocks announcement, or undefined. */
+  private detect(link: LinkId, p: PendingLink, chunk: Buffer, now: number): Buffer | undefined {
+    const bytes = p.detecting!.length === 0 ? chunk : Buffer.concat([p.detecting!, chunk]);
+    const r = parseAnnouncement(bytes);
+    switch (r.kind) {
+      case 'incomplete':
+        p.detecting = bytes;
+        return undefined;
+      case 'other':
+        this.pending.delete(link);
+        this.events.push({ type: 'plain', link, initial: bytes, ended: false, reason: 'ordinary client (spoke first)' });
+        return undefined;
+      case 'malformed':
+        this.pending.delete(link);
+        this.events.push({ type: 'rejected', link, error: new RocksError('ERR_ROCKS_PROTOCOL', `malformed EDP announcement: ${r.reason}`) });
+        this.events.push({ type: 'close-link', link, final: [] });
+        return undefined;
+      case 'announcement':
+        p.detecting = undefined;
+        p.deadline = now + this.config.handshakeTimeout;
+        // Our announcement names our versions; with none in common the client
+        // falls back on its own, so we say it and close.
+        if (commonVersion(ROCKS, r.enhancements) === undefined) {
+          this.pending.delete(link);
+          this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
+          return undefined;
+        }
+        this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
+        return bytes.subarray(r.length);
     }
   }
 

@@ -44,6 +44,7 @@ import {
   type WelcomeFrame,
 } from './frames.js';
 import { deriveSessionKey, keyPairFromSeed, macMatches, resumeMac, type KeyPair } from './keys.js';
+import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import type { RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
 
@@ -139,7 +140,12 @@ interface Link {
   keys?: KeyPair;
   clientNonce?: Buffer;
   serverNonce?: Buffer;
+  /** Client: bytes received while waiting for the server's EDP announcement. */
+  announcement?: Buffer;
 }
+
+/** Every client link opens with this EDP announcement (src/edp). */
+const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
 export class Session {
   readonly role: 'client' | 'server';
@@ -310,6 +316,11 @@ export class Session {
     const l = this.links.get(link);
     if (l === undefined || l.phase !== 'dialing') return;
     this.everOpened = true;
+    // The EDP announcement, then the first frame without waiting for the
+    // server's announcement: we already know (probe, cache or option) that it
+    // is enhanced, and the HELLO negotiates the version anyway.
+    l.out.push(CLIENT_ANNOUNCEMENT);
+    l.announcement = Buffer.alloc(0);
     if (this._sessionId === undefined) {
       l.keys = keyPairFromSeed(this.random.bytes(KEY_SIZE));
       l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, l.keys.publicKey, this.config.receiveWindow));
@@ -325,8 +336,41 @@ export class Session {
     const l = this.links.get(link);
     if (l === undefined) return;
     if (l === this.current) this.lastHeardAt = now;
+    if (l.announcement !== undefined) {
+      chunk = this.readAnnouncement(l, chunk, now) ?? Buffer.alloc(0);
+      if (chunk.length === 0) return;
+    }
     l.parser.push(chunk);
     this.processLink(l, now);
+  }
+
+  /** Client: what the server sends first must be its EDP announcement. Returns the bytes after it. */
+  private readAnnouncement(l: Link, chunk: Buffer, now: number): Buffer | undefined {
+    const bytes = l.announcement!.length === 0 ? chunk : Buffer.concat([l.announcement!, chunk]);
+    const r = parseAnnouncement(bytes);
+    if (r.kind === 'incomplete') {
+      l.announcement = bytes;
+      return undefined;
+    }
+    l.announcement = undefined;
+    if (r.kind !== 'announcement') {
+      this.notEnhanced(l, now, r.kind === 'malformed' ? `malformed announcement: ${r.reason}` : 'the server answered without an announcement');
+      return undefined;
+    }
+    if (commonVersion(ROCKS, r.enhancements) === undefined) {
+      const theirs = r.enhancements.map((e) => `${e.name} ${e.minVersion}-${e.maxVersion}`).join(', ');
+      this.fail(now, new RocksError('ERR_ROCKS_VERSION', `the server speaks ${theirs}`), undefined);
+      return undefined;
+    }
+    return bytes.subarray(r.length);
+  }
+
+  /** Client: the server turned out not to speak rocks. */
+  private notEnhanced(l: Link, now: number, reason: string): void {
+    // Before the session exists this decides the connection: the caller may
+    // fall back to a plain one. Afterwards it is just a failed attempt.
+    if (!this.established) this.fail(now, new RocksError('ERR_ROCKS_NOT_ENHANCED', reason), undefined);
+    else this.dropLink(l, reason);
   }
 
   /** A link's transport closed or failed. `error` is the transport's error, if any. */

@@ -25,7 +25,9 @@ export class FaultProxy {
   connections = 0;
 
   constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
-    this.server = createServer((s) => this.accept(s));
+    // Half-open both ways, like a NAT: a client's half-close (an EDP probe)
+    // reaches the server, and the server's answer still comes back.
+    this.server = createServer({ allowHalfOpen: true }, (s) => this.accept(s));
   }
 
   async listen(host = '127.0.0.1'): Promise<number> {
@@ -42,7 +44,7 @@ export class FaultProxy {
     this.pairs.clear();
   }
 
-  /** Drops everything from now on, in both directions, on old and new connections; closes nothing. */
+  /** Drops everything from now on, in both directions, on old connections; new ones reach nothing. Closes nothing. */
   blackhole(): void {
     this.blackholed = true;
     for (const p of this.pairs) p.dead = true;
@@ -67,13 +69,19 @@ export class FaultProxy {
 
   private accept(downstream: Socket): void {
     const connection = ++this.connections;
-    const upstream = connect({ port: this.targetPort, host: this.targetHost, localAddress: this.upstreamAddress });
-    const pair: Pair = { downstream, upstream, dead: this.blackholed };
-    this.pairs.add(pair);
-    for (const s of [downstream, upstream]) {
-      this.sockets.add(s);
-      s.once('close', () => this.sockets.delete(s));
+    this.sockets.add(downstream);
+    downstream.once('close', () => this.sockets.delete(downstream));
+    downstream.on('error', () => {});
+    if (this.blackholed) {
+      // As on a real black-holed path, the server never hears of it: the
+      // client's connection (accepted here by our kernel) leads nowhere.
+      return;
     }
+    const upstream = connect({ port: this.targetPort, host: this.targetHost, localAddress: this.upstreamAddress, allowHalfOpen: true });
+    const pair: Pair = { downstream, upstream, dead: false };
+    this.pairs.add(pair);
+    this.sockets.add(upstream);
+    upstream.once('close', () => this.sockets.delete(upstream));
     const forward = (from: Socket, to: Socket, direction: 'up' | 'down'): void => {
       from.on('data', (chunk: Buffer) => {
         if (pair.dead) return;
@@ -93,8 +101,9 @@ export class FaultProxy {
       from.on('end', () => {
         if (!pair.dead) to.end();
       });
-      from.on('close', () => {
-        if (!pair.dead) to.destroy();
+      // A failed side fails the other; a clean close already passed its end on.
+      from.on('close', (hadError) => {
+        if (!pair.dead && hadError) to.destroy();
         this.pairs.delete(pair);
       });
       from.on('error', () => {});

@@ -10,7 +10,7 @@ import { lookup as dnsLookup } from 'node:dns';
 import { describe, test } from 'node:test';
 import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, endAll, listen, until } from '../support/net.js';
+import { closeServer, endAll, listen, rocksOnly, until } from '../support/net.js';
 
 const FAILURE_TIMEOUT = 300;
 const HEARTBEAT = 75;
@@ -65,16 +65,17 @@ function reader(socket: ReliableSocket): { hash: ReturnType<typeof createHash>; 
 describe('surviving faults on real sockets', () => {
   test(`${EACH_WAY / MIB} MiB each way through ${FAULTS_OF_EACH_KIND} resets, black holes and delays each`, { timeout: 300_000 }, async () => {
     const serverSockets: ReliableSocket[] = [];
+    const strays: ReliableSocket[] = [];
     const serverSuspends: number[] = [];
     let serverWriter: Writer | undefined;
     let serverReader: ReturnType<typeof reader> | undefined;
-    const { server, port } = await listen(options, (s) => {
+    const { server, port } = await listen(options, rocksOnly((s) => {
       serverSockets.push(s);
       serverReader = reader(s);
       serverWriter = new Writer(s, EACH_WAY);
       s.on('suspend', () => serverSuspends.push(performance.now()));
       s.on('error', (e) => assert.fail(`server socket error: ${e.message}`));
-    });
+    }, strays));
     const proxy = new FaultProxy(port);
     const proxyPort = await proxy.listen();
 
@@ -163,7 +164,8 @@ describe('surviving faults on real sockets', () => {
     const resumeSorted = [...resumeTimes].sort((a, b) => a - b);
     const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))].toFixed(0);
     console.log(`# ${(clientWriter.written / MIB).toFixed(0)} MiB up, ${(serverWriter!.written / MIB).toFixed(0)} MiB down; ` +
-      `${clientSuspends.length} client suspends, ${clientResumes.length} resumes`);
+      `${clientSuspends.length} client suspends, ${clientResumes.length} resumes; ` +
+      `${strays.length} links black-holed before their announcement, served plain and closed`);
     console.log(`# black-hole detection (ms, both ends): median ${pct(sorted, 0.5)}, p90 ${pct(sorted, 0.9)}, max ${pct(sorted, 1)}; ` +
       `bound failureTimeout + heartbeat = ${FAILURE_TIMEOUT + HEARTBEAT}`);
     console.log(`# resume after the path returned (ms): median ${pct(resumeSorted, 0.5)}, p90 ${pct(resumeSorted, 0.9)}, max ${pct(resumeSorted, 1)}`);
@@ -229,10 +231,10 @@ describe('surviving faults on real sockets', () => {
   test('a suspension longer than suspendLimit ends in ERR_ROCKS_SUSPEND_TIMEOUT on both ends', { timeout: 30_000 }, async () => {
     const limits = { ...options, suspendLimit: 500 };
     let serverSide: ReliableSocket | undefined;
-    const { server, port } = await listen(limits, (s) => {
+    const { server, port } = await listen(limits, rocksOnly((s) => {
       serverSide = s;
       s.resume();
-    });
+    }));
     const proxy = new FaultProxy(port);
     const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...limits });
     c.resume();
@@ -262,9 +264,9 @@ describe('surviving faults on real sockets', () => {
   test('writes buffer up to maxInflight while suspended; drain follows the resume', { timeout: 30_000 }, async () => {
     const small = { ...options, maxInflight: 256 * 1024 };
     let received = 0;
-    const { server, port } = await listen(small, (s) => {
+    const { server, port } = await listen(small, rocksOnly((s) => {
       s.on('data', (d: Buffer) => (received += d.length));
-    });
+    }));
     const proxy = new FaultProxy(port);
     const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...small });
     c.resume();
@@ -289,10 +291,10 @@ describe('surviving faults on real sockets', () => {
 
   test('the client re-resolves the host at every attempt and the server follows it to a new address', { timeout: 30_000 }, async () => {
     let serverSide: ReliableSocket | undefined;
-    const { server, port } = await listen(options, (s) => {
+    const { server, port } = await listen(options, rocksOnly((s) => {
       serverSide = s;
       s.pipe(s);
-    });
+    }));
     const proxy = new FaultProxy(port);
     proxy.upstreamAddress = '127.0.0.2';
     const proxyPort = await proxy.listen();

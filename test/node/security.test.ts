@@ -8,6 +8,7 @@ import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { connect, type ReliableSocket } from '../../src/index.js';
+import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { ERROR_CODES } from '../../src/protocol/errors.js';
 import { encodeProof, encodeResume, FrameParser, FrameType, type Frame } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
@@ -15,20 +16,45 @@ import { endAll, listen, until } from '../support/net.js';
 
 const options = { failureTimeout: 1000, reconnectDelay: 10 };
 
-/** Sends raw bytes to the server as a stranger and collects the frames it answers with until it closes. */
-async function stranger(port: number, send: (socket: Socket, frames: Frame[]) => void): Promise<Frame[]> {
-  const socket = netConnect(port, '127.0.0.1');
+const ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
+
+/** Splits what one side sent on a connection into its EDP announcement (if any) and its frames. */
+function framesOf(bytes: Buffer): { announced: boolean; frames: Frame[] } {
+  const r = parseAnnouncement(bytes);
   const parser = new FrameParser();
+  parser.push(r.kind === 'announcement' ? bytes.subarray(r.length) : bytes);
   const frames: Frame[] = [];
+  for (let f = parser.next(); f; f = parser.next()) frames.push(f);
+  return { announced: r.kind === 'announcement', frames };
+}
+
+/**
+ * Talks to the server as a stranger: sends `first` (by default prefixed with
+ * a rocks announcement, as a rocks client would), lets `reply` answer each
+ * batch of frames, and returns the frames the server sent until it closed.
+ */
+async function stranger(
+  port: number,
+  first: Buffer | string,
+  reply: (socket: Socket, frames: Frame[]) => void = () => {},
+  announce = true,
+): Promise<{ announced: boolean; frames: Frame[] }> {
+  const socket = netConnect(port, '127.0.0.1');
+  let received = Buffer.alloc(0);
+  let seen = 0;
   socket.on('data', (chunk: Buffer) => {
-    parser.push(chunk);
-    for (let f = parser.next(); f; f = parser.next()) frames.push(f);
-    send(socket, frames);
+    received = Buffer.concat([received, chunk]);
+    const { frames } = framesOf(received);
+    if (frames.length > seen) {
+      seen = frames.length;
+      reply(socket, frames);
+    }
   });
   await once(socket, 'connect');
-  send(socket, frames);
+  if (announce) socket.write(ANNOUNCEMENT);
+  socket.write(first);
   await once(socket, 'close');
-  return frames;
+  return framesOf(received);
 }
 
 /** A live echo session through a proxy that records what crosses the wire, per connection. */
@@ -59,10 +85,10 @@ async function liveSession() {
     assert.equal(echoed.slice(before), text);
   };
   await roundTrip('before ');
-  // What an eavesdropper saw: the WELCOME on the first connection names the session and the server.
-  const down = new FrameParser();
-  for (const b of wire.get(1)!.down) down.push(b);
-  const welcome = down.next();
+  // What an eavesdropper saw: the WELCOME names the session and the server
+  // (the connection before it through the proxy was the EDP probe).
+  const seen = [...wire.values()].map((w) => framesOf(Buffer.concat(w.down)).frames[0]);
+  const welcome = seen.find((f) => f?.type === FrameType.WELCOME);
   assert.ok(welcome?.type === FrameType.WELCOME);
   const close = () => endAll(c, server, proxy);
   return { server, port, proxy, wire, c, welcome, roundTrip, serverEvents, close };
@@ -71,10 +97,9 @@ async function liveSession() {
 describe('authenticated resumption', () => {
   test('a resume with a stolen session id but without the key is refused; the live session is untouched', async () => {
     const live = await liveSession();
-    const frames = await stranger(live.port, (socket, got) => {
-      if (got.length === 0 && socket.bytesWritten === 0) {
-        socket.write(encodeResume(1, live.welcome.sessionId, randomBytes(16), live.welcome.instance));
-      } else if (got.length === 1 && got[0].type === FrameType.CHALLENGE) {
+    const resume = encodeResume(1, live.welcome.sessionId, randomBytes(16), live.welcome.instance);
+    const { frames } = await stranger(live.port, resume, (socket, got) => {
+      if (got.length === 1 && got[0].type === FrameType.CHALLENGE) {
         // Without the session key the best an attacker can do is guess the MAC.
         socket.write(encodeProof(got[0].received, got[0].sent, randomBytes(32)));
       }
@@ -91,19 +116,18 @@ describe('authenticated resumption', () => {
   test('a recorded resume replayed verbatim is refused; the live session is untouched', async () => {
     const live = await liveSession();
     // Force a real resume, and record what the client sent on the new connection.
+    const connectionsBefore = live.proxy.connections;
     live.proxy.reset();
     await once(live.c, 'resume');
     await live.roundTrip('resumed ');
-    const recorded = Buffer.concat(live.wire.get(2)!.up);
-    const p = new FrameParser();
-    p.push(recorded);
-    assert.equal(p.next()?.type, FrameType.RESUME);
-    assert.equal(p.next()?.type, FrameType.PROOF);
+    const recorded = Buffer.concat(live.wire.get(connectionsBefore + 1)!.up);
+    const sent = framesOf(recorded);
+    assert.ok(sent.announced, 'the resume opens with the announcement');
+    assert.deepEqual(sent.frames.slice(0, 2).map((f) => f.type), [FrameType.RESUME, FrameType.PROOF]);
     const eventsBefore = [...live.serverEvents];
 
-    const frames = await stranger(live.port, (socket) => {
-      if (socket.bytesWritten === 0) socket.write(recorded);
-    });
+    // The recording holds the announcement already.
+    const { frames } = await stranger(live.port, recorded, undefined, false);
     assert.equal(frames[0]?.type, FrameType.CHALLENGE);
     const last = frames[frames.length - 1];
     assert.ok(last?.type === FrameType.ERROR && last.code === ERROR_CODES.ERR_ROCKS_AUTH_FAILED.wire, 'replay refused with AUTH_FAILED');
@@ -120,18 +144,18 @@ describe('authenticated resumption', () => {
     const scan = netConnect(live.port, '127.0.0.1');
     await once(scan, 'connect');
     scan.destroy();
-    // Garbage, as from a program speaking another protocol.
-    const garbage = await stranger(live.port, (socket) => {
-      if (socket.bytesWritten === 0) socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    });
-    assert.ok(garbage[0]?.type === FrameType.ERROR && garbage[0].code === ERROR_CODES.ERR_ROCKS_PROTOCOL.wire);
+    // Garbage after a rocks announcement, as from a broken client.
+    const garbage = await stranger(live.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.ok(garbage.announced, 'the server announced itself first');
+    assert.ok(garbage.frames[0]?.type === FrameType.ERROR && garbage.frames[0].code === ERROR_CODES.ERR_ROCKS_PROTOCOL.wire);
+    // An announcement that breaks off into nonsense after the magic.
+    const malformed = await stranger(live.port, Buffer.concat([EDP_MAGIC, Buffer.from([9, 0, 0, 0])]), undefined, false);
+    assert.deepEqual(malformed, { announced: false, frames: [] }, 'closed without a word');
     // A resume of a session this server never issued.
-    const unknown = await stranger(live.port, (socket) => {
-      if (socket.bytesWritten === 0) socket.write(encodeResume(1, randomBytes(16), randomBytes(16), randomBytes(8)));
-    });
-    assert.ok(unknown[0]?.type === FrameType.ERROR && unknown[0].code === ERROR_CODES.ERR_ROCKS_UNKNOWN_SESSION.wire);
-    await until(() => errors.length === 2, 5000, 'clientError events');
-    assert.deepEqual(errors.map((e) => (e as { code?: string }).code), ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION']);
+    const unknown = await stranger(live.port, encodeResume(1, randomBytes(16), randomBytes(16), randomBytes(8)));
+    assert.ok(unknown.frames[0]?.type === FrameType.ERROR && unknown.frames[0].code === ERROR_CODES.ERR_ROCKS_UNKNOWN_SESSION.wire);
+    await until(() => errors.length === 3, 5000, 'clientError events');
+    assert.deepEqual(errors.map((e) => (e as { code?: string }).code), ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION']);
     await live.roundTrip('still fine');
     assert.deepEqual(live.serverEvents, []);
     await live.close();

@@ -1,5 +1,6 @@
 // Bad input: property-based fuzzing (fast-check) of the frame parser, of the
-// server's handshake (ServerCore) and of an established server session, with
+// server's EDP detection and handshake (ServerCore) and of an established
+// server session, with
 // random bytes and with valid streams that are then mutated. Whatever arrives,
 // the code must answer with a clear RocksError, never let another exception
 // escape, and keep what it buffers bounded.
@@ -19,6 +20,7 @@ import {
   MAX_ERROR_MESSAGE, MAX_HELLO_EXTENSION, MAX_OFFSET, NONCE_SIZE, SESSION_ID_SIZE, MAC_SIZE, INSTANCE_SIZE, type Frame,
 } from '../../src/protocol/frames.js';
 import { systemRandom } from '../../src/protocol/random.js';
+import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { ServerCore, type ServerEvent } from '../../src/protocol/server-core.js';
 import type { LinkId, Session, SessionEvent } from '../../src/protocol/session.js';
 
@@ -341,6 +343,9 @@ function parseAll(bufs: readonly Buffer[]): Frame[] {
 
 // ---- ServerCore harness ---------------------------------------------------------------------
 
+const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
+const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
+
 function newCore(options: SessionOptions = {}): ServerCore {
   return new ServerCore(resolveSessionConfig(options), resolveServerLimits({}), systemRandom);
 }
@@ -349,6 +354,8 @@ function newCore(options: SessionOptions = {}): ServerCore {
 class Harness {
   readonly core: ServerCore;
   readonly coreEvents: ServerEvent[] = [];
+  /** What ServerCore wrote on links it does not hand over (our announcement), per link. */
+  readonly sent = new Map<LinkId, Buffer[]>();
   readonly sessions: Session[] = [];
   readonly sessionEvents = new Map<Session, SessionEvent[]>();
   /** Links handed to a session, and to which. */
@@ -359,9 +366,14 @@ class Harness {
     this.core = core;
   }
 
-  open(link: LinkId): void {
+  /** A new link; by default it opens as a rocks client's does, with the announcement, and gets ours back. */
+  open(link: LinkId, announce = true): void {
     this.core.handleLinkOpen(link, this.now);
     this.pump();
+    if (!announce) return;
+    this.core.handleLinkData(link, CLIENT_ANNOUNCEMENT, this.now);
+    this.pump();
+    assert.deepEqual(this.sent.get(link), [SERVER_ANNOUNCEMENT], 'the server answers an announcement with its own');
   }
 
   /** Bytes from the peer on `link`; fails the property if anything throws. */
@@ -391,6 +403,10 @@ class Harness {
       again = false;
       for (let ev = this.core.pollEvent(); ev !== undefined; ev = this.core.pollEvent()) {
         again = true;
+        if (ev.type === 'send') {
+          this.sent.set(ev.link, [...(this.sent.get(ev.link) ?? []), ev.bytes]);
+          continue;
+        }
         this.coreEvents.push(ev);
         if (ev.type === 'session' || ev.type === 'bind') {
           this.owner.set(ev.link, ev.session);
@@ -645,6 +661,134 @@ function assertGarbageLinkSettled(h: Harness, link: LinkId): void {
   for (const s of h.sessions) assert.notEqual(s.state, 'accepting', 'an unconfirmed session outlived its handshake timeout');
   assert.equal(h.core.sessionCount, h.liveSessions(), 'ServerCore counts exactly the sessions that are not released');
 }
+
+// ---- EDP detection on a new link (ServerCore) ---------------------------------------------
+
+const enhancementName = fc.oneof(
+  fc.constantFrom('rocks', 'racks'),
+  fc.stringMatching(/^[a-z0-9-]{1,32}$/),
+);
+const enhancements = fc.array(
+  fc.record({ name: enhancementName, minVersion: u8, maxVersion: u8 }),
+  { minLength: 1, maxLength: 16 },
+).map((es) => es.map((e) => ({ ...e })));
+
+/** What a new link may open with: an ordinary client's bytes, a broken or foreign announcement, or a good one. */
+const firstBytes = fc.oneof(
+  randomBytes,
+  // Anything after a part of the magic, or after all of it.
+  fc.tuple(fc.integer({ min: 0, max: EDP_MAGIC.length }), randomBytes).map(([n, tail]) => Buffer.concat([EDP_MAGIC.subarray(0, n), tail])),
+  fc.tuple(enhancements, mutations, randomBytes).map(([es, ops, tail]) => Buffer.concat([mutate(encodeAnnouncement(es), ops), tail])),
+  fc.tuple(enhancements, randomBytes).map(([es, tail]) => Buffer.concat([encodeAnnouncement(es), tail])),
+);
+
+/** Events about `link` that ServerCore emitted, 'send' included. */
+function edpEvents(h: Harness, link: LinkId): string[] {
+  const out = (h.sent.get(link) ?? []).map((b) => `send ${b.toString('hex')}`);
+  for (const e of h.coreEvents) {
+    if (!('link' in e) || e.link !== link) continue;
+    if (e.type === 'plain') out.push(`plain ${e.initial.toString('hex')} ended=${e.ended}`);
+    else if (e.type === 'close-link') out.push(`close ${Buffer.concat(e.final).toString('hex')}`);
+    else if (e.type === 'rejected') out.push(`rejected ${e.error.code}`);
+    else out.push(e.type);
+  }
+  return out;
+}
+
+describe('fuzz: EDP detection', () => {
+  test('announcements round-trip; bytes that do not start like the magic are never one', () => {
+    fc.assert(
+      fc.property(enhancements, randomBytes, (es, other) => {
+        const ok = es.every((e) => e.minVersion <= e.maxVersion);
+        const bytes = encodeAnnouncement(es);
+        const r = parseAnnouncement(Buffer.concat([bytes, other]));
+        if (ok) {
+          assert.deepEqual(r, { kind: 'announcement', enhancements: es, length: bytes.length });
+          for (let n = 0; n < bytes.length; n++) assert.equal(parseAnnouncement(bytes.subarray(0, n)).kind, 'incomplete');
+        } else {
+          assert.equal(r.kind, 'malformed');
+        }
+        const lead = other.findIndex((b, i) => i < EDP_MAGIC.length && b !== EDP_MAGIC[i]);
+        if (lead >= 0) assert.equal(parseAnnouncement(other).kind, 'other');
+      }),
+      runs(1000),
+    );
+  });
+
+  test("whatever a new link sends first: an ordinary client's bytes are handed over whole, an announcement is answered, nothing else", () => {
+    fc.assert(
+      fc.property(firstBytes, chunking, fc.constantFrom('end', 'silence'), (input, sizes, then) => {
+        const h = new Harness(newCore());
+        h.open(1, false);
+        let fed = Buffer.alloc(0);
+        let verdict: ReturnType<typeof parseAnnouncement> = { kind: 'incomplete' };
+        for (const chunk of split(input, sizes)) {
+          const before = edpEvents(h, 1).length;
+          h.feed(1, chunk);
+          if (verdict.kind !== 'incomplete') continue; // decided: the rest belongs to whoever took the link
+          fed = Buffer.concat([fed, chunk]);
+          verdict = parseAnnouncement(fed);
+          const evs = edpEvents(h, 1).slice(before);
+          switch (verdict.kind) {
+            case 'incomplete':
+              assert.deepEqual(evs, [], 'nothing decided while the bytes could still be an announcement');
+              break;
+            case 'other':
+              assert.deepEqual(evs, [`plain ${fed.toString('hex')} ended=false`], 'an ordinary client gets every byte read so far');
+              break;
+            case 'malformed':
+              assert.deepEqual(evs, ['rejected ERR_ROCKS_PROTOCOL', 'close '], 'a malformed announcement is closed without a word');
+              break;
+            case 'announcement': {
+              const rocks = verdict.enhancements.some((e) => e.name === 'rocks' && e.minVersion <= 1 && e.maxVersion >= 1);
+              const ours = SERVER_ANNOUNCEMENT.toString('hex');
+              // A rocks client is answered (and its frames go on to the handshake); any other is told what we speak.
+              if (rocks) assert.deepEqual(evs[0], `send ${ours}`);
+              else assert.deepEqual(evs, [`close ${ours}`]);
+              break;
+            }
+          }
+        }
+        if (verdict.kind === 'incomplete') {
+          assert.equal(h.core.pendingLinkCount, 1);
+          if (then === 'end') {
+            h.core.handleLinkEnd(1);
+            h.pump();
+            // End-of-stream before any byte is the probe; after some bytes, an ordinary client that said little.
+            const expected = fed.length === 0 ? `close ${SERVER_ANNOUNCEMENT.toString('hex')}` : `plain ${fed.toString('hex')} ended=true`;
+            assert.deepEqual(edpEvents(h, 1), [expected]);
+          } else {
+            h.core.handleTimeout(h.now + 1);
+            h.pump();
+            assert.deepEqual(edpEvents(h, 1), [], 'not before detectTimeout');
+            h.timeout(LATER);
+            assert.deepEqual(edpEvents(h, 1), [`plain ${fed.toString('hex')} ended=false`], 'a silent client is served as one that waits for the server');
+          }
+        }
+        if (verdict.kind !== 'announcement') {
+          assert.equal(h.core.pendingLinkCount, 0, 'no link left pending');
+          assert.equal(h.core.sessionCount, 0);
+        }
+      }),
+      runs(3000),
+    );
+  });
+
+  test("one link's detection never disturbs another's", () => {
+    fc.assert(
+      fc.property(firstBytes, chunking, validHello, (input, sizes, hello) => {
+        const h = new Harness(newCore());
+        h.open(1, false);
+        h.open(2);
+        for (const chunk of split(input, sizes)) h.feed(1, chunk);
+        h.feed(2, hello);
+        const good = h.coreEvents.filter((e) => 'link' in e && e.link === 2);
+        assert.deepEqual(good.map((e) => e.type), ['session']);
+      }),
+      runs(1000),
+    );
+  });
+});
 
 describe('fuzz: ServerCore handshake', () => {
   test('garbage on a new link: refused with an ERROR frame, or a session, or a handshake timeout; nothing escapes', () => {

@@ -2,6 +2,7 @@
 // the Node adapters drive them, over a simulated network with faults.
 
 import type { SessionConfig, ServerLimits } from '../../src/protocol/config.js';
+import { parseAnnouncement } from '../../src/edp/announcement.js';
 import { ServerCore } from '../../src/protocol/server-core.js';
 import { Session, type LinkId, type SessionEvent } from '../../src/protocol/session.js';
 import { SimApp, type AppPlan } from './app.js';
@@ -259,6 +260,22 @@ export class ServerEndpoint extends Endpoint {
           sl.link.close(SERVER, true);
           break;
         }
+        case 'send':
+          this.serverLinks.get(ev.link)?.link.send(SERVER, [ev.bytes]);
+          break;
+        case 'plain': {
+          // Only rocks clients live in this world. A link that went silent
+          // before its announcement was complete (black-holed just after the
+          // handshake) is rightly taken for an ordinary client; anything else
+          // taken for an ordinary client's bytes would be a failure of EDP.
+          const seen = parseAnnouncement(ev.initial).kind;
+          if (ev.initial.length > 0 && seen !== 'incomplete') this.errors.push(`link ${ev.link} taken for an ordinary client (${seen}): ${ev.reason}`);
+          else this.world.trace(`server: link ${ev.link} cut before its announcement, served as a plain connection`);
+          const sl = this.serverLinks.get(ev.link);
+          this.serverLinks.delete(ev.link);
+          sl?.link.close(SERVER, false);
+          break;
+        }
         case 'rejected':
           this.world.trace(`server rejected link ${ev.link}: ${ev.error.message}`);
           break;
@@ -396,13 +413,15 @@ export class World {
       return;
     }
     this.links.add(link);
-    this.clock.after(link.shape.latency, () => {
-      if (link.stalled) return;
-      this.server.accept(link);
-    });
+    // The client connects after one round trip; the server accepts when the
+    // client's final ACK arrives, just ahead of the client's first bytes.
     this.clock.after(rtt, () => {
       if (link.stalled || !client.links.has(linkId)) return;
       client.act(() => client.session.handleLinkOpen(linkId));
+    });
+    this.clock.after(rtt + link.shape.latency * 0.99, () => {
+      if (link.stalled) return;
+      this.server.accept(link);
     });
   }
 

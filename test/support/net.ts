@@ -18,6 +18,21 @@ export async function listen(
   return { server, port: (server.address() as AddressInfo).port };
 }
 
+/**
+ * Passes on only reliable connections. A rocks link whose announcement was
+ * lost (a black hole right after the TCP handshake) is, after detectTimeout,
+ * rightly served as a silent ordinary client; tests that only speak rocks
+ * count those in `strays` and close them.
+ */
+export function rocksOnly(handler: (s: ReliableSocket) => void, strays: ReliableSocket[] = []): (s: ReliableSocket) => void {
+  return (s) => {
+    if (s.reliable) return handler(s);
+    strays.push(s);
+    s.on('error', () => {});
+    s.destroy();
+  };
+}
+
 export function closeServer(server: ReliableServer): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
