@@ -1,9 +1,11 @@
 // Makes a fresh clone ready to run: installs the npm packages when they are
 // missing or older than package-lock.json, then compiles the TypeScript.
 // Used by `npm test`, `npm run demo` and `npm run sim`; plain Node, no dependencies.
+// `npm test` also installs the real programs the interoperability tests run
+// (Debian packages, when root); without them those tests skip and say why.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -21,4 +23,50 @@ export function ensureBuilt() {
     run('npm', ['ci', '--no-audit', '--no-fund']);
   }
   run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.json')]);
+}
+
+/** Programs the tests start, and the Debian package of each. */
+export const PROGRAMS = {
+  'redis-server': 'redis-server',
+  'redis-cli': 'redis-tools',
+  sshd: 'openssh-server',
+  'ssh-keygen': 'openssh-client',
+  socat: 'socat',
+  nc: 'netcat-openbsd',
+  curl: 'curl',
+  python3: 'python3',
+};
+
+/** The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or undefined. */
+export function findProgram(program) {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'];
+  for (const dir of dirs) {
+    if (dir === '') continue;
+    const path = join(dir, program);
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {}
+  }
+  return undefined;
+}
+
+/** Installs the packages of missing programs with apt-get (one update, one install) when root. */
+export function ensurePrograms() {
+  const missing = Object.entries(PROGRAMS).filter(([program]) => findProgram(program) === undefined);
+  if (missing.length === 0) return;
+  const packages = [...new Set(missing.map(([, pkg]) => pkg))];
+  if (process.getuid?.() !== 0 || findProgram('apt-get') === undefined) {
+    console.log(`Not root or no apt-get: tests that need ${packages.join(', ')} will be skipped.`);
+    return;
+  }
+  console.log(`Installing ${packages.join(' ')} (apt-get)...`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  try {
+    execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
+  } catch (err) {
+    // The tests that need them say they are skipped, and why.
+    console.log(`apt-get failed (${err.message}); tests that need ${packages.join(', ')} will be skipped.`);
+  }
 }

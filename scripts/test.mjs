@@ -4,9 +4,10 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { ensureBuilt, root } from './ensure.mjs';
+import { ensureBuilt, ensurePrograms, root } from './ensure.mjs';
 
 ensureBuilt();
+ensurePrograms();
 
 function findTests(dir) {
   const out = [];

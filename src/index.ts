@@ -10,7 +10,12 @@ export type {
   ResumeInfo,
   SuspendInfo,
   ReconnectAttemptInfo,
+  DetectInfo,
 } from './node/socket.js';
+export { detectionCache, DetectionCache } from './node/detect.js';
+export type { Verdict } from './node/detect.js';
+export { ROCKS, EDP_VERSION, encodeAnnouncement, parseAnnouncement } from './edp/announcement.js';
+export type { Enhancement } from './edp/announcement.js';
 export { ReliableServer, createServer } from './node/server.js';
 export type { ReliableServerOptions } from './node/server.js';
 export { RocksError, ERROR_CODES } from './protocol/errors.js';

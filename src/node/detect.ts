@@ -99,5 +99,7 @@ export const detectionCache = new DetectionCache();
 
 /** The cache key of a destination: what the application asked to connect to. */
 export function destinationKey(dial: { host?: string; port?: number; path?: string }): string {
-  return dial.path !== undefined ? `unix:${dial.path}` : `${dial.host ?? 'localhost'}:${dial.port}`;
+  if (dial.path !== undefined) return `unix:${dial.path}`;
+  const host = dial.host ?? 'localhost';
+  return host.includes(':') ? `[${host}]:${dial.port}` : `${host}:${dial.port}`;
 }

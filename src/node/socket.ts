@@ -48,7 +48,7 @@ export interface ReconnectAttemptInfo {
   delay: number;
 }
 
-/** What the `detect` event carries: which mode the socket runs in, and why. */
+/** What the `detect` event carries (just before 'connect'): which mode the socket runs in, and why. */
 export interface DetectInfo {
   reliable: boolean;
   reason: string;
@@ -134,6 +134,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private guardLateAnnouncement = false;
   private reprobed = false;
   private verdictCached = false;
+  /** The mode chosen and why, for the 'detect' event (client side). */
+  private verdict: DetectInfo | undefined;
 
   constructor(options: ReliableSocketOptions = {}) {
     super({
@@ -211,7 +213,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** EDP: the cached verdict for this destination, or a probe. */
   private detect(): void {
-    const key = destinationKey(this.dialOptions as { host?: string; port?: number; path?: string });
+    const key = this.destination();
     const cached = detectionCache.get(key);
     if (cached !== undefined) {
       this.verdictCached = true;
@@ -233,14 +235,18 @@ export class ReliableSocket extends Duplex implements SessionListener {
     else this.startPlain(verdict);
   }
 
-  private announce(reliable: boolean, reason: string): void {
-    const cached = this.verdictCached;
-    debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', destinationKey(this.dialOptions as { path?: string }), reason, cached ? ' (cached)' : '');
-    this.emit('detect', { reliable, reason, cached } satisfies DetectInfo);
+  /** Logs a decision; the 'detect' event follows with the connection, once the mode is certain. */
+  private decided(reliable: boolean, reason: string): void {
+    this.verdict = { reliable, reason, cached: this.verdictCached };
+    debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', this.destination(), reason, this.verdictCached ? ' (cached)' : '');
+  }
+
+  private destination(): string {
+    return destinationKey(this.dialOptions as { host?: string; port?: number; path?: string });
   }
 
   private startReliable(verdict: Verdict): void {
-    this.announce(true, verdict.reason);
+    this.decided(true, verdict.reason);
     const session = Session.connect(resolveSessionConfig(this.options), systemRandom, monotonicNow());
     this.driver = new SessionDriver(session, this);
     this.driver.setNoDelay(this.noDelay);
@@ -250,7 +256,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private startPlain(verdict: Verdict): void {
-    this.announce(false, verdict.reason);
+    this.decided(false, verdict.reason);
     const raw = netConnect(this.dialOptions!);
     this.attachRaw(raw);
     raw.once('connect', () => {
@@ -260,22 +266,29 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   /**
-   * The server did not speak rocks after all (a cached verdict gone stale, or
-   * a server that changed): start over in the mode a fresh probe finds, or
-   * plainly. Nothing was sent yet: writes wait for the connection.
+   * Before the session was established, the server did not behave as the
+   * verdict said. Returns false when the error stands as the connection's own.
+   * A cached verdict may be stale (the server changed): forget it and probe
+   * again, once. A fresh verdict that the server's own answer contradicts
+   * (no announcement, or no common version) falls back to a plain
+   * connection. Nothing was sent for the application yet: its writes wait.
    */
-  private fallBack(error: RocksError): void {
+  private fallBack(error: RocksError): boolean {
+    const notEnhanced = error.code === 'ERR_ROCKS_NOT_ENHANCED' || error.code === 'ERR_ROCKS_VERSION';
+    const retry = this.verdictCached && !this.reprobed;
+    if (this.established || this.options.enhanced === true || !(notEnhanced || retry)) return false;
     this.driver = undefined;
-    const key = destinationKey(this.dialOptions as { host?: string; port?: number; path?: string });
+    const key = this.destination();
     detectionCache.invalidate(key);
     debug('%s: %s', key, error.message);
-    if (this.verdictCached && !this.reprobed) {
+    if (retry) {
       this.reprobed = true;
       this.detect();
     } else {
       detectionCache.set(key, { enhanced: false, reason: error.message }, this.options.detectCacheTtl ?? 600_000);
       this.startPlain({ enhanced: false, reason: error.message });
     }
+    return true;
   }
 
   /** SessionListener: opens a transport for a dial. Host names are resolved again at every attempt. */
@@ -286,6 +299,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private becomeConnected(): void {
     this._connecting = false;
     this.established = true;
+    if (this.verdict !== undefined) this.emit('detect', this.verdict);
     this.emit('connect');
     this.emit('ready');
     const queued = this.queued;
@@ -598,15 +612,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
       case 'timeout':
         this.emit('timeout');
         return;
-      case 'error': {
-        const code = (ev.error as RocksError).code;
-        if (!this.established && this.options.enhanced !== true && (code === 'ERR_ROCKS_NOT_ENHANCED' || code === 'ERR_ROCKS_VERSION')) {
-          this.fallBack(ev.error as RocksError);
-          return;
-        }
+      case 'error':
+        if (ev.error instanceof RocksError && this.fallBack(ev.error)) return;
         this.destroy(ev.error);
         return;
-      }
       case 'open':
         this.serverHooks?.opened();
         return;

@@ -67,6 +67,7 @@ export function collect(socket: ReliableSocket): Promise<Buffer> {
  */
 export async function endAll(client: ReliableSocket, server: ReliableServer, proxy?: FaultProxy): Promise<void> {
   const closed = new Promise((r) => client.on('close', r));
+  client.resume(); // the stream ends (and closes) only once what is left is read
   client.end();
   await closed;
   await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
