@@ -23,7 +23,7 @@ export interface Enhancement {
   maxVersion: number;
 }
 
-/** What this library speaks. A new enhancement adds itself here (see docs/PROTOCOL.md §14.5). */
+/** What this library speaks. A new enhancement adds itself here (see docs/PROTOCOL.md §14.7). */
 export const ROCKS: Enhancement = { name: 'rocks', minVersion: 1, maxVersion: 1 };
 
 export function encodeAnnouncement(enhancements: readonly Enhancement[]): Buffer {

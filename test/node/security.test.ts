@@ -1,6 +1,8 @@
 // Resumption is authenticated: someone who saw a session id on the wire
 // cannot take the session over, a recorded resume cannot be replayed, and
-// neither attempt (nor garbage from a stranger) disturbs the live session.
+// neither attempt disturbs the live session. Nor do strangers: garbage after
+// an EDP announcement gets ERROR(PROTOCOL), a malformed announcement is closed
+// without a word, and a resume of an unknown session gets UNKNOWN_SESSION.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
