@@ -298,7 +298,7 @@ describe('ordinary clients with a rocks server', () => {
     try {
       // nc sends nothing and keeps its side open (its input stays open) for 1.5 s, then quits.
       // (An nc whose input ends at once half-closes at once, which is what an EDP probe
-      // does: see docs/PROTOCOL.md, "Limits".)
+      // does: see docs/PROTOCOL.md §14.8.)
       const listen = (port: number) => run(ncFound.paths.nc, ['-q', '0', '127.0.0.1', String(port)], { holdInput: 1500 });
       const [viaRocks, viaPlain] = await Promise.all([listen(both.rocksPort), listen(both.plainPort)]);
       assert.equal(viaPlain.stdout.toString(), BANNER);
