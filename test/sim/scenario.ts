@@ -56,9 +56,13 @@ export function runSeed(seed: number, verbose = false): SimResult {
   world.verbose = verbose;
 
   const clientCount = random.int(1, 3);
+  // A stream cannot go faster than one receive window per round trip (the
+  // slowest link's, plus the ACK delay): keep that to about a minute too, so
+  // a tiny window on a slow link cannot outlast the deadline by itself.
+  const windowLimited = Math.floor((config.receiveWindow * 60_000) / (3 * latency + 40));
   const plans = Array.from({ length: clientCount }, (_, i) => {
-    const up = random.chance(0.1) ? 0 : random.spread(1, 2_000_000);
-    const down = random.chance(0.1) ? 0 : random.spread(1, 2_000_000);
+    const up = random.chance(0.1) ? 0 : Math.min(random.spread(1, 2_000_000), windowLimited);
+    const down = random.chance(0.1) ? 0 : Math.min(random.spread(1, 2_000_000), windowLimited);
     // Small writes are worth testing, but a few thousand of them are enough.
     const maxWrite = Math.max(random.spread(1, 128 * 1024), Math.ceil(Math.max(up, down) / 300));
     // Keep the applications' own pace to about a minute of writing, so that
