@@ -1,9 +1,9 @@
-// `npm run demo`: installs and builds what is missing, then runs examples/demo.ts.
+// `npm run demo`: installs and builds what is missing, then runs `rock demo` (src/cli/demo.ts).
 
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { ensureBuilt, root } from './ensure.mjs';
 
 ensureBuilt();
-const result = spawnSync(process.execPath, [join(root, 'dist', 'examples', 'demo.js')], { stdio: 'inherit' });
+const result = spawnSync(process.execPath, [join(root, 'dist', 'src', 'cli', 'rock.js'), 'demo'], { stdio: 'inherit' });
 process.exit(result.status ?? 1);

@@ -30,6 +30,7 @@ export const PROGRAMS = {
   'redis-server': 'redis-server',
   'redis-cli': 'redis-tools',
   sshd: 'openssh-server',
+  ssh: 'openssh-client',
   'ssh-keygen': 'openssh-client',
   socat: 'socat',
   nc: 'netcat-openbsd',

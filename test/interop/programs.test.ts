@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { connect, createServer, type DetectInfo, type ReliableServer, type ReliableSocket } from '../../src/index.js';
-import { freePort, programs, run, start, waitForPort } from '../support/programs.js';
+import { freePort, programs, run, start, startSshd, waitForPort } from '../support/programs.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'rocks-interop-'));
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -98,20 +98,9 @@ describe('a rocks client with ordinary servers', () => {
   const sshFound = programs('sshd', 'ssh-keygen', 'nc');
   const sshSkip = sshFound.skip ?? (process.getuid?.() !== 0 ? 'sshd needs root here (privilege separation)' : undefined);
   test("sshd speaks first: its banner arrives intact, the same bytes nc reads, and the key exchange follows", { skip: sshSkip, timeout: 30_000 }, async () => {
-    const dir = join(scratch, 'sshd');
-    mkdirSync(dir);
-    mkdirSync('/run/sshd', { recursive: true });
-    const key = await run(sshFound.paths['ssh-keygen'], ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
-    assert.equal(key.code, 0, key.stderr);
-    const port = await freePort();
-    const config = join(dir, 'sshd_config');
-    writeFileSync(config, [
-      `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
-      'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', '',
-    ].join('\n'));
-    const sshd = start(sshFound.paths.sshd, ['-D', '-e', '-f', config]);
+    const sshd = await startSshd(join(scratch, 'sshd'));
+    const port = sshd.port;
     try {
-      await waitForPort(port, '127.0.0.1', 10_000, sshd);
       // What an ordinary client reads: nc, silent for a second.
       const nc = await run(sshFound.paths.nc, ['-q', '0', '127.0.0.1', String(port)], { holdInput: 1000 });
       const banner = nc.stdout.toString('latin1');

@@ -4,6 +4,8 @@
 
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo } from 'node:net';
 import { after } from 'node:test';
 
@@ -138,4 +140,38 @@ export async function run(path: string, args: string[], options: RunOptions = {}
   clearTimeout(timer);
   clearTimeout(holding);
   return { stdout: Buffer.concat(stdout), stderr, code };
+}
+
+export interface Sshd {
+  port: number;
+  /** A private key that may log in as the current user (key-based login only). */
+  clientKey: string;
+  process: Started;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts OpenSSH's sshd on a free loopback port in `dir`, with a throwaway
+ * host key and a throwaway client key allowed to log in. Needs root (sshd's
+ * privilege separation) and the programs sshd and ssh-keygen.
+ */
+export async function startSshd(dir: string): Promise<Sshd> {
+  const { paths } = programs('sshd', 'ssh-keygen');
+  mkdirSync(dir, { recursive: true });
+  mkdirSync('/run/sshd', { recursive: true });
+  for (const name of ['host_key', 'client_key']) {
+    const made = await run(paths['ssh-keygen'], ['-q', '-t', 'ed25519', '-N', '', '-C', 'rocks-test', '-f', join(dir, name)]);
+    if (made.code !== 0) throw new Error(`ssh-keygen failed: ${made.stderr}`);
+  }
+  copyFileSync(join(dir, 'client_key.pub'), join(dir, 'authorized_keys'));
+  const port = await freePort();
+  const config = join(dir, 'sshd_config');
+  writeFileSync(config, [
+    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
+    `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`, 'StrictModes no', 'PermitRootLogin prohibit-password',
+    'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', '',
+  ].join('\n'));
+  const sshd = start(paths.sshd, ['-D', '-e', '-f', config]);
+  await waitForPort(port, '127.0.0.1', 10_000, sshd);
+  return { port, clientKey: join(dir, 'client_key'), process: sshd, stop: () => sshd.stop() };
 }

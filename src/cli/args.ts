@@ -1,0 +1,116 @@
+// Command-line parsing for `rock`: node:util parseArgs per subcommand, the
+// options every subcommand shares, and the checks that turn bad input into
+// one clear line and exit code 2.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import ms from 'ms';
+import type { SessionOptions } from '../protocol/config.js';
+
+/** Exit codes, documented in the README. */
+export const EXIT = {
+  OK: 0,
+  /** A connection failed or the target could not be reached. */
+  FAILURE: 1,
+  /** Bad command line. */
+  USAGE: 2,
+  /** Could not listen (address in use, no permission). */
+  LISTEN: 3,
+} as const;
+
+/** Bad input from the user: printed as one line, exit code 2. */
+export class UsageError extends Error {}
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface CommonOptions {
+  session: SessionOptions;
+  logLevel: LogLevel;
+  json: boolean;
+  metrics: Endpoint | undefined;
+}
+
+export const COMMON_OPTIONS = {
+  'failure-timeout': { type: 'string' },
+  heartbeat: { type: 'string' },
+  'suspend-limit': { type: 'string' },
+  'log-level': { type: 'string' },
+  json: { type: 'boolean' },
+  metrics: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+export const COMMON_HELP = `Common options:
+  --failure-timeout MS     silence that declares a connection failed (default 5000, min 200)
+  --heartbeat MS           keepalive interval (default failure-timeout / 5)
+  --suspend-limit DURATION how long a connection may stay suspended (default 72h; e.g. 90s, 30m, 2d)
+  --log-level LEVEL        error, warn, info (default) or debug
+  --json                   log one JSON object per line
+  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics
+  -h, --help               this help`;
+
+/** Parses `args` with node:util parseArgs; any mistake becomes a UsageError. */
+export function parse(
+  args: string[],
+  options: NonNullable<ParseArgsConfig['options']>,
+  allowPositionals = true,
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args, options, allowPositionals, strict: true });
+    return { values: values as Record<string, string | boolean | undefined>, positionals };
+  } catch (err) {
+    // parseArgs says e.g. "Unknown option '--x'. To specify a positional ...": keep the first sentence.
+    throw new UsageError((err as Error).message.split('. ')[0].replace(/\.$/, ''));
+  }
+}
+
+/** HOST:PORT, [IPv6]:PORT, or PORT alone (host defaults to `defaultHost`). */
+export function parseEndpoint(text: string | undefined, what: string, defaultHost?: string): Endpoint {
+  if (text === undefined || text === '') throw new UsageError(`${what} needs HOST:PORT`);
+  let host: string | undefined;
+  let portText: string;
+  const v6 = /^\[([^\]]+)\]:(.*)$/.exec(text);
+  if (v6) [, host, portText] = v6;
+  else if (/^\d+$/.test(text)) portText = text;
+  else {
+    const at = text.lastIndexOf(':');
+    if (at <= 0 || text.indexOf(':') !== at) throw new UsageError(`${what}: expected HOST:PORT (or [IPv6]:PORT), got '${text}'`);
+    host = text.slice(0, at);
+    portText = text.slice(at + 1);
+  }
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) throw new UsageError(`${what}: bad port '${portText}' in '${text}' (1-65535)`);
+  host ??= defaultHost;
+  if (host === undefined) throw new UsageError(`${what}: expected HOST:PORT, got '${text}'`);
+  return { host, port };
+}
+
+function parseMs(text: string, what: string): number {
+  if (!/^\d+(\.\d+)?$/.test(text)) throw new UsageError(`${what}: expected milliseconds, got '${text}'`);
+  return Number(text);
+}
+
+/** A duration such as 72h, 30m, 90s, 500ms, 2d; a bare number is milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const value = /^\d+(\.\d+)?$/.test(text) ? Number(text) : ms(text as ms.StringValue);
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new UsageError(`${what}: expected a duration such as 90s, 30m, 72h or 2d, got '${text}'`);
+  }
+  return value;
+}
+
+export function commonOptions(values: Record<string, string | boolean | undefined>): CommonOptions {
+  const session: SessionOptions = {};
+  if (typeof values['failure-timeout'] === 'string') session.failureTimeout = parseMs(values['failure-timeout'], '--failure-timeout');
+  if (typeof values.heartbeat === 'string') session.heartbeatInterval = parseMs(values.heartbeat, '--heartbeat');
+  if (typeof values['suspend-limit'] === 'string') session.suspendLimit = parseDuration(values['suspend-limit'], '--suspend-limit');
+  const level = (values['log-level'] as string | undefined) ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
+  const metrics = typeof values.metrics === 'string' ? parseEndpoint(values.metrics, '--metrics', '127.0.0.1') : undefined;
+  return { session, logLevel: level as LogLevel, json: values.json === true, metrics };
+}

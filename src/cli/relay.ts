@@ -1,0 +1,83 @@
+// `rock serve` and `rock forward`: a listener whose every connection is
+// carried to a target. serve listens with rocks (EDP: ordinary clients are
+// relayed too) and dials the target plainly; forward listens plainly and
+// dials the target with rocks.
+
+import { once } from 'node:events';
+import { connect as netConnect, createServer as netCreateServer, type Server, type Socket } from 'node:net';
+import { connect as rocksConnect, createServer as rocksCreateServer } from '../index.js';
+import type { ReliableServer, ReliableSocket } from '../index.js';
+import { EXIT, type CommonOptions, type Endpoint } from './args.js';
+import { bridge } from './bridge.js';
+import { Monitor } from './monitor.js';
+
+export type RelayKind = 'serve' | 'forward';
+
+const show = (e: Endpoint): string => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
+
+/** An error that ends the command with this exit code. */
+export class ExitError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+/** Checks that something accepts connections at `to`, so a typo fails now and not at the first client. */
+async function reachable(to: Endpoint): Promise<void> {
+  const socket = netConnect(to.port, to.host);
+  try {
+    await once(socket, 'connect');
+  } catch (err) {
+    throw new ExitError(`cannot reach --to ${show(to)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.FAILURE);
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** Runs a relay until `stop` resolves (a signal); resolves once everything is closed. */
+export async function relay(kind: RelayKind, listen: Endpoint, to: Endpoint, common: CommonOptions, stop: Promise<string>): Promise<void> {
+  const monitor = new Monitor(common);
+  const log = monitor.log;
+  await reachable(to);
+  const open = new Set<Socket | ReliableSocket>();
+  const carry = (incoming: Socket | ReliableSocket, outgoing: Socket | ReliableSocket, rocks: ReliableSocket, peer: string): void => {
+    open.add(incoming);
+    open.add(outgoing);
+    const track = () => monitor.track(rocks, peer);
+    if (rocks === incoming) track();
+    else rocks.once('connect', track);
+    rocks.on('error', (err) => log.warn({ peer, err: err.message }, 'connection failed'));
+    bridge(incoming, outgoing, () => {
+      open.delete(incoming);
+      open.delete(outgoing);
+    });
+  };
+
+  let server: Server | ReliableServer;
+  if (kind === 'serve') {
+    server = rocksCreateServer({ ...common.session, allowHalfOpen: true }, (socket) => {
+      const upstream = netConnect({ port: to.port, host: to.host, allowHalfOpen: true });
+      upstream.on('error', (err) => log.warn({ to: show(to), err: err.message }, 'target refused a connection'));
+      carry(socket, upstream, socket, `${socket.remoteAddress}:${socket.remotePort}`);
+    });
+  } else {
+    server = netCreateServer({ allowHalfOpen: true }, (socket) => {
+      const upstream = rocksConnect({ ...common.session, port: to.port, host: to.host, allowHalfOpen: true });
+      carry(socket, upstream, upstream, `${socket.remoteAddress}:${socket.remotePort}`);
+    });
+  }
+  server.listen(listen.port, listen.host);
+  try {
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
+  } catch (err) {
+    throw new ExitError(`cannot listen on ${show(listen)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.LISTEN);
+  }
+  await monitor.start();
+  log.info({ listen: show(listen), to: show(to) }, kind === 'serve' ? 'serving rocks, relaying to the target' : 'forwarding over rocks');
+
+  const signal = await stop;
+  log.info({ signal, open: open.size / 2 }, 'shutting down');
+  server.close();
+  for (const s of open) s.destroy();
+  await monitor.close();
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// The `rock` command: run programs over reliable sockets. Each subcommand
+// parses its own arguments (node:util parseArgs); bad input is one line on
+// standard error and exit code 2. Exit codes are listed in EXIT (args.ts).
+
+import { resolveSessionConfig } from '../protocol/config.js';
+import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, UsageError, type CommonOptions } from './args.js';
+import { ExitError, relay, type RelayKind } from './relay.js';
+
+const USAGE = `Usage: rock COMMAND [options]
+
+Reliable network connections: they survive resets, dead links, sleep and
+address changes, and deliver every byte exactly once.
+
+Commands:
+  run [options] -- COMMAND [ARGS...]          run a Node.js program with every TCP connection reliable
+  serve --listen HOST:PORT --to HOST:PORT     accept rocks connections and relay them to an ordinary server
+  forward --listen HOST:PORT --to HOST:PORT   accept plain connections and carry them over rocks to a rock serve
+  stdio HOST:PORT                             standard input and output over one reliable connection (ssh ProxyCommand)
+  demo                                        watch a transfer survive resets, a black hole and delays
+
+Run 'rock COMMAND --help' for a command's options.
+Exit codes: 0 done, 1 connection failed or target unreachable, 2 bad command line,
+3 cannot listen; rock run exits with its program's code.`;
+
+const HELP: Record<string, string> = {
+  run: `Usage: rock run [options] -- COMMAND [ARGS...]
+
+Runs an unmodified Node.js program so that every TCP connection it opens or
+accepts through node:net (http, https, and libraries such as ioredis or pg)
+is a reliable socket. Peers that do not speak rocks get ordinary TCP (EDP).
+Child Node processes inherit it. For programs in other languages use
+rock forward, or rock stdio as an ssh ProxyCommand.
+
+${COMMON_HELP.replace(/\n {2}--metrics[^\n]*/, '')}`,
+  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [options]
+
+Accepts reliable connections on --listen and relays each to the ordinary TCP
+server at --to (the paper's rockd). Ordinary clients are relayed too.
+
+${COMMON_HELP}`,
+  forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
+
+Accepts ordinary TCP connections on --listen (usually 127.0.0.1) and carries
+each over a reliable connection to the rock serve (or other rocks server) at --to.
+
+${COMMON_HELP}`,
+  stdio: `Usage: rock stdio HOST:PORT [options]
+
+Carries standard input and output over one reliable connection to a rock
+serve at HOST:PORT; logs go to standard error. For ssh:
+  ssh -o ProxyCommand='rock stdio %h:2222' user@host
+
+${COMMON_HELP}`,
+  demo: `Usage: rock demo
+
+Runs a rocks client and server on 127.0.0.1 with a fault proxy between them
+that resets, black-holes and delays the connection while 48 MiB go each way,
+then compares SHA-256 digests of everything sent and received.`,
+};
+
+/** Resolves with the signal's name at the first SIGINT or SIGTERM. */
+function stopSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => resolve(signal));
+  });
+}
+
+/** Common options, with the session options checked as the library would check them. */
+function common(values: Record<string, string | boolean | undefined>): CommonOptions {
+  const options = commonOptions(values);
+  try {
+    resolveSessionConfig(options.session);
+  } catch (err) {
+    const flags: Record<string, string> = { failureTimeout: '--failure-timeout', heartbeatInterval: '--heartbeat', suspendLimit: '--suspend-limit' };
+    throw new UsageError((err as Error).message.replace(/^invalid option: (\w+)/, (_, name: string) => flags[name] ?? name));
+  }
+  return options;
+}
+
+async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
+  const { values } = parse(args, { ...COMMON_OPTIONS, listen: { type: 'string' }, to: { type: 'string' } }, false);
+  if (values.help) return help(kind);
+  const listen = parseEndpoint(values.listen as string | undefined, '--listen', kind === 'forward' ? '127.0.0.1' : '0.0.0.0');
+  const to = parseEndpoint(values.to as string | undefined, '--to');
+  await relay(kind, listen, to, common(values), stopSignal());
+  return EXIT.OK;
+}
+
+async function stdioCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, COMMON_OPTIONS);
+  if (values.help) return help('stdio');
+  if (positionals.length !== 1) throw new UsageError(`stdio takes one HOST:PORT, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
+  const { stdio } = await import('./stdio.js');
+  return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal());
+}
+
+async function runCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, COMMON_OPTIONS);
+  if (values.help) return help('run');
+  if (values.metrics !== undefined) throw new UsageError('--metrics is not available with rock run');
+  if (positionals.length === 0) throw new UsageError('run needs a command: rock run [options] -- COMMAND [ARGS...]');
+  const options = common(values);
+  if (options.logLevel === 'debug') process.env.ROCKS_LOG = '1';
+  const { runProgram } = await import('./run.js');
+  try {
+    return await runProgram(positionals, { ...options.session }, (line: string) => process.stderr.write(`rock run: ${line}\n`));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+async function demoCommand(args: string[]): Promise<number> {
+  const { values } = parse(args, { help: { type: 'boolean', short: 'h' } }, false);
+  if (values.help) return help('demo');
+  const { demo } = await import('./demo.js');
+  return demo();
+}
+
+function help(command?: string): number {
+  process.stdout.write((command === undefined ? USAGE : HELP[command]) + '\n');
+  return EXIT.OK;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      return help(rest[0] !== undefined && rest[0] in HELP ? rest[0] : undefined);
+    case 'serve':
+    case 'forward':
+      return relayCommand(command, rest);
+    case 'stdio':
+      return stdioCommand(rest);
+    case 'run':
+      return runCommand(rest);
+    case 'demo':
+      return demoCommand(rest);
+    default:
+      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, demo)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    const code = err instanceof UsageError ? EXIT.USAGE : err instanceof ExitError ? err.exitCode : EXIT.FAILURE;
+    process.stderr.write(`rock: ${err.message}${code === EXIT.USAGE ? ' (see rock --help)' : ''}\n`);
+    process.exit(code);
+  },
+);
