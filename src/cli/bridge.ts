@@ -21,6 +21,9 @@ export function bridge(a: Duplex, b: Duplex, onClose?: (error: Error | undefined
     from.once('close', () => {
       // Closed before its data ended (aborted): the other side must not wait.
       if (!from.readableEnded) to.destroy();
+      // Closed cleanly: nothing more can be written to it, so let the other
+      // side's remaining bytes drain and its end arrive, or it never closes.
+      else to.resume();
       if (--open === 0) onClose?.(error);
     });
   };

@@ -195,7 +195,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     resolveSessionConfig(this.options);
     checkDetectOptions(this.options);
     const dial: Record<string, unknown> = {};
-    for (const key of DIAL_KEYS) if (options[key] !== undefined) dial[key] = options[key];
+    for (const key of DIAL_KEYS) if (options[key] != null) dial[key] = options[key];
     if (dial.port === undefined && dial.path === undefined) {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'connect needs a port or a path');
     }

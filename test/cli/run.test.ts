@@ -1,0 +1,379 @@
+// `rock run`: unmodified Node programs (the fixtures, plain .mjs files that
+// know nothing of rocks) run with the preload, in their own processes, over
+// real sockets on 127.0.0.1: an ioredis client whose connection survives
+// repeated resets, the same client unchanged against an ordinary redis-server,
+// an http server that curl cannot tell apart, an http download through
+// resets, every way of opening a connection, child processes, and runProgram.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, createServer as netCreateServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { ReliableServer, ReliableServerOptions, ReliableSocket } from '../../src/index.js';
+import { preloadEnv, runProgram } from '../../src/cli/run.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { closeServer, listen, until } from '../support/net.js';
+import { freePort, programs, run, start, waitForPort, type Started } from '../support/programs.js';
+
+const FIXTURES = fileURLToPath(new URL('../../../test/cli/fixtures/', import.meta.url));
+const fixture = (name: string): string => join(FIXTURES, name);
+
+/** The test runner's environment, without what it sets for its own children. */
+function baseEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  delete env.ROCKS_LOG;
+  delete env.ROCKS_OPTIONS;
+  return env;
+}
+
+/** The environment of a program run under the preload (as runProgram makes it). */
+const rocksEnv = (options: Record<string, unknown> = {}, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+  ...preloadEnv(baseEnv(), options),
+  ...extra,
+});
+
+interface Ran {
+  stdout: string;
+  stderr: string;
+  code: number | null;
+}
+
+/** Runs `node ARGS` to its end with `env`; kills it after `timeout` ms. `onStdout` sees its output so far. */
+async function runNode(args: string[], env: NodeJS.ProcessEnv = baseEnv(), timeout = 30_000, onStdout?: (sofar: string) => void): Promise<Ran> {
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    onStdout?.(stdout);
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+  const [code] = (await once(child, 'close')) as [number | null];
+  clearTimeout(timer);
+  return { stdout, stderr, code };
+}
+
+/**
+ * Resets every connection through `proxy` at every `every`-th chunk it
+ * forwards, once the session's first connection (the proxy's second: the
+ * first is the EDP probe) has carried `after` chunks. A reset before then
+ * would fail the connection attempt itself, as it would fail net.connect.
+ */
+function resetRepeatedly(proxy: FaultProxy, every: number, after = 10): { resets: number } {
+  const state = { resets: 0 };
+  let chunks = 0;
+  let scheduled = false;
+  proxy.onChunk = (_direction, _chunk, connection) => {
+    if (connection < 2) return;
+    chunks++;
+    if (chunks < after || chunks % every !== 0 || scheduled) return;
+    scheduled = true;
+    setImmediate(() => {
+      scheduled = false;
+      proxy.reset();
+      state.resets++;
+    });
+  };
+  return state;
+}
+
+/** What a rocks server saw. */
+interface Seen {
+  reliable: number;
+  plain: number;
+  /** rocks 'resume' events on its sockets: connections it got back after a failure. */
+  resumes: number;
+  /** Its sockets that closed, and the code of the error each closed with ('' for none). */
+  closed: string[];
+}
+
+function count(s: ReliableSocket, seen: Seen): void {
+  if (s.reliable) seen.reliable++;
+  else seen.plain++;
+  s.on('resume', (info) => info && seen.resumes++);
+  let code = '';
+  s.on('error', (err: NodeJS.ErrnoException) => (code = err.code ?? err.message));
+  s.on('close', () => seen.closed.push(code));
+}
+
+interface TestServer {
+  server: ReliableServer;
+  port: number;
+  seen: Seen;
+  /** Aborts the sockets still open and closes the server, whatever state a failed test left them in. */
+  stop(): Promise<void>;
+}
+
+/** A rocks server on 127.0.0.1 that counts what it serves. */
+async function rocksServer(options: ReliableServerOptions, handler: (s: ReliableSocket) => void): Promise<TestServer> {
+  const seen: Seen = { reliable: 0, plain: 0, resumes: 0, closed: [] };
+  const open = new Set<ReliableSocket>();
+  const { server, port } = await listen(options, (s) => {
+    count(s, seen);
+    open.add(s);
+    s.on('close', () => open.delete(s));
+    handler(s);
+  });
+  const stop = async (): Promise<void> => {
+    for (const s of open) s.destroy();
+    await Promise.race([closeServer(server), new Promise((r) => setTimeout(r, 5000).unref())]);
+  };
+  return { server, port, seen, stop };
+}
+
+/** A rocks server that relays each connection to the ordinary TCP server at `target` (what rock serve does). */
+function rocksRelay(target: number): Promise<TestServer> {
+  return rocksServer({ failureTimeout: 2000 }, (s) => {
+    const upstream = netConnect(target, '127.0.0.1');
+    s.on('error', () => upstream.destroy());
+    upstream.on('error', () => s.destroy());
+    s.pipe(upstream).pipe(s);
+    // Once redis closed, read what is left (pipe stopped reading), so that the client's end arrives.
+    upstream.on('close', () => s.resume());
+  });
+}
+
+/** A rocks echo server. */
+const rocksEcho = (): Promise<TestServer> => rocksServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+
+function startRedis(path: string, port: number): Started {
+  return start(path, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+}
+
+const REDIS_REPORT = (count: number): string =>
+  `INCR: ${count} of ${count} replies in order, counter ${count}\nSET/GET: ${count} of ${count} values read back\nerrors: 0\n`;
+
+describe('rock run: unmodified Node programs over rocks', () => {
+  const redisFound = programs('redis-server');
+
+  test('ioredis through a rocks relay to redis-server: 2000 INCRs and SET/GETs through repeated resets, all correct, no client error', { skip: redisFound.skip, timeout: 90_000 }, async () => {
+    const redisPort = await freePort();
+    const redis = startRedis(redisFound.paths['redis-server'], redisPort);
+    try {
+      await waitForPort(redisPort, '127.0.0.1', 10_000, redis);
+      const relay = await rocksRelay(redisPort);
+      const proxy = new FaultProxy(relay.port);
+      try {
+        const proxyPort = await proxy.listen();
+        const faults = resetRepeatedly(proxy, 20);
+        // The resets stop once the program has its results, so that the end of the session
+        // (redis closes after QUIT) is seen at the relay too, not just the program's output.
+        const calm = (sofar: string): void => {
+          if (sofar.includes('SET/GET')) proxy.onChunk = undefined;
+        };
+        const result = await runNode([fixture('redis-client.mjs'), String(proxyPort), '2000'], rocksEnv({ failureTimeout: 2000 }), 60_000, calm);
+        proxy.onChunk = undefined;
+        assert.equal(result.stderr, '', 'no client error');
+        assert.equal(result.stdout, REDIS_REPORT(2000));
+        assert.equal(result.code, 0);
+        assert.ok(faults.resets >= 5, `the proxy reset the connection ${faults.resets} times`);
+        // The probe, the session's first connection, then one per resume.
+        assert.ok(proxy.connections > 3, `the client came back after resets: ${proxy.connections} connections through the proxy`);
+        assert.ok(relay.seen.resumes >= 1, `the relay saw ${relay.seen.resumes} resumes`);
+        assert.deepEqual({ reliable: relay.seen.reliable, plain: relay.seen.plain }, { reliable: 1, plain: 0 }, 'one reliable session, the whole run');
+        await until(() => relay.seen.closed.length === 1, 10_000, "the relay's socket to close");
+        assert.deepEqual(relay.seen.closed, [''], 'the session ended cleanly, without an error');
+      } finally {
+        await proxy.close();
+        await relay.stop();
+      }
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  test('the same ioredis program against an ordinary redis-server: the same output as without rocks, over a plain connection', { skip: redisFound.skip, timeout: 60_000 }, async () => {
+    const port = await freePort();
+    const redis = startRedis(redisFound.paths['redis-server'], port);
+    try {
+      await waitForPort(port, '127.0.0.1', 10_000, redis);
+      const args = [fixture('redis-client.mjs'), String(port), '500'];
+      const without = await runNode(args);
+      assert.deepEqual(without, { stdout: REDIS_REPORT(500), stderr: '', code: 0 }, 'the program itself works');
+      const withRocks = await runNode(args, rocksEnv());
+      assert.deepEqual(withRocks, without, 'stdout, stderr and exit code unchanged');
+      const logged = await runNode(args, rocksEnv({}, { ROCKS_LOG: '1' }));
+      assert.equal(logged.stdout, without.stdout);
+      assert.match(logged.stderr, new RegExp(`^rocks\\[\\d+\\]: connect 127\\.0\\.0\\.1:${port}: plain \\(ordinary server \\(probe: closed\\)\\)\n$`));
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  const curlFound = programs('curl');
+  test('an http server under rock run serves curl exactly as without it', { skip: curlFound.skip, timeout: 60_000 }, async () => {
+    const [plainPort, rocksPort] = [await freePort(), await freePort()];
+    const plain = start(process.execPath, [fixture('http-server.mjs'), String(plainPort)], { env: baseEnv() });
+    const rocks = start(process.execPath, [fixture('http-server.mjs'), String(rocksPort)], { env: rocksEnv({}, { ROCKS_LOG: '1' }) });
+    try {
+      await waitForPort(plainPort, '127.0.0.1', 10_000, plain);
+      await waitForPort(rocksPort, '127.0.0.1', 10_000, rocks);
+      const dir = mkdtempSync(join(tmpdir(), 'rock-run-'));
+      const upload = join(dir, 'upload');
+      writeFileSync(upload, Buffer.alloc(3_000_000, 'rocks '));
+      const requests = [['/hello'], ['/echo', '--data-binary', `@${upload}`], ['/big?mib=8'], ['/missing']];
+      try {
+        for (const [path, ...extra] of requests) {
+          const curl = (port: number) => run(curlFound.paths.curl, ['-s', '-i', ...extra, `http://127.0.0.1:${port}${path}`]);
+          const [a, b] = [await curl(plainPort), await curl(rocksPort)];
+          // Everything but the Date header, byte for byte.
+          const strip = (r: { stdout: Buffer }) => r.stdout.toString('latin1').replace(/^Date: .*\r\n/m, '');
+          assert.equal(b.code, 0, `curl ${path}: ${b.stderr}`);
+          assert.ok(strip(a).length > 0);
+          assert.equal(strip(b), strip(a), `curl ${path}`);
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      assert.match(rocks.output(), /accept 127\.0\.0\.1:\d+: plain/, 'curl was served as an ordinary client');
+    } finally {
+      await plain.stop();
+      await rocks.stop();
+    }
+  });
+
+  test('an http client under rock run downloads 32 MiB from an http server under rock run through repeated resets', { timeout: 90_000 }, async () => {
+    const port = await freePort();
+    const server = start(process.execPath, [fixture('http-server.mjs'), String(port)], { env: rocksEnv({}, { ROCKS_LOG: '1' }) });
+    try {
+      await waitForPort(port, '127.0.0.1', 10_000, server);
+      const proxy = new FaultProxy(port);
+      try {
+        const proxyPort = await proxy.listen();
+        const faults = resetRepeatedly(proxy, 60);
+        const result = await runNode([fixture('http-get.mjs'), `http://127.0.0.1:${proxyPort}/big?mib=32`], rocksEnv({ failureTimeout: 2000 }, { ROCKS_LOG: '1' }), 60_000);
+        proxy.onChunk = undefined;
+        const block = Buffer.alloc(1 << 20);
+        for (let i = 0; i < block.length; i++) block[i] = (i * 7 + (i >> 10)) & 0xff;
+        const hash = createHash('sha256');
+        for (let i = 0; i < 32; i++) hash.update(block);
+        assert.equal(result.stdout, `status 200 bytes ${32 << 20} sha256 ${hash.digest('hex')}\n`, result.stderr);
+        assert.equal(result.code, 0);
+        assert.match(result.stderr, new RegExp(`connect 127\\.0\\.0\\.1:${proxyPort}: reliable`));
+        assert.doesNotMatch(result.stderr, /error/);
+        assert.match(server.output(), /accept 127\.0\.0\.1:\d+: reliable/);
+        assert.ok(faults.resets >= 3, `the proxy reset the connection ${faults.resets} times`);
+        assert.ok(proxy.connections > 3, `${proxy.connections} connections through the proxy`);
+      } finally {
+        await proxy.close();
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test('every way to open a connection through node:net is a rocks socket: ESM named, namespace and default imports, require, new net.Socket; a Unix socket is left to node:net', { timeout: 30_000 }, async () => {
+    const echo = await rocksEcho();
+    const dir = mkdtempSync(join(tmpdir(), 'rock-run-'));
+    const path = join(dir, 'echo.sock');
+    const unix = netCreateServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+    unix.listen(path);
+    await once(unix, 'listening');
+    try {
+      const result = await runNode([fixture('forms.mjs'), String(echo.port), path], rocksEnv());
+      assert.equal(result.stderr, '');
+      assert.equal(result.code, 0);
+      const forms = [
+        'named import connect', 'named import createConnection', 'namespace import connect', 'default import connect',
+        "require('net').connect", 'new Socket().connect (as pg does)', "new (require('net').Socket)().connect",
+      ];
+      assert.equal(result.stdout, [...forms.map((f) => `${f}: echo ok, reliable true`), 'Unix socket: echo ok, reliable false', ''].join('\n'));
+      assert.deepEqual({ reliable: echo.seen.reliable, plain: echo.seen.plain }, { reliable: forms.length, plain: 0 });
+    } finally {
+      await echo.stop();
+      await new Promise((r) => unix.close(r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a Node process started by the program inherits rock run', { timeout: 30_000 }, async () => {
+    const echo = await rocksEcho();
+    const lines: string[] = [];
+    try {
+      // The parent opens no connection; the child it spawns (with the environment it inherited) does.
+      const code = await runProgram([fixture('parent.mjs'), fixture('ping.mjs'), String(echo.port)], { failureTimeout: 3000 }, (l) => lines.push(l));
+      assert.equal(code, 0);
+      assert.deepEqual({ reliable: echo.seen.reliable, plain: echo.seen.plain }, { reliable: 1, plain: 0 }, "the child's connection was reliable");
+      assert.deepEqual(lines, [], 'nothing logged without ROCKS_LOG');
+    } finally {
+      await echo.stop();
+    }
+  });
+
+  test('a program that exits with a connection open: its rocks peer learns at once, as a TCP peer would', { timeout: 30_000 }, async () => {
+    const echo = await rocksEcho();
+    try {
+      const result = await runNode([fixture('ping.mjs'), String(echo.port), 'exit'], rocksEnv({ failureTimeout: 10_000 }));
+      assert.deepEqual(result, { stdout: '', stderr: '', code: 0 });
+      assert.equal(echo.seen.reliable, 1);
+      // Without the abort at exit the server would take it for a failure: suspended, for up to suspendLimit.
+      await until(() => echo.seen.closed.length === 1, 3000, 'the server to close the socket');
+      assert.deepEqual(echo.seen.closed, ['ERR_ROCKS_PEER_ABORTED']);
+      assert.equal(echo.server.sessionCount, 0);
+    } finally {
+      await echo.stop();
+    }
+  });
+
+  test('bad ROCKS_OPTIONS: a clear message and exit code 2, before the program runs', { timeout: 30_000 }, async () => {
+    for (const [value, message] of [['{nope', /ROCKS_OPTIONS is not valid JSON/], ['[1]', /ROCKS_OPTIONS must be a JSON object/], ['{"failureTimeout":5}', /ROCKS_OPTIONS has a bad option: .*failureTimeout/]] as const) {
+      const result = await runNode([fixture('exit.mjs'), 'code', '0'], rocksEnv({}, { ROCKS_OPTIONS: value }));
+      assert.equal(result.code, 2, value);
+      assert.match(result.stderr, message);
+      assert.equal(result.stdout, '');
+    }
+  });
+});
+
+describe('runProgram', () => {
+  const log = (): void => {};
+
+  test('refuses a program that is not Node.js, and points at rock forward and rock stdio', async () => {
+    await assert.rejects(runProgram(['/bin/true'], {}, log), /\/bin\/true is not a Node\.js program.*rock forward --listen.*rock stdio/);
+    await assert.rejects(runProgram(['sh', '-c', 'exit 0'], {}, log), /sh is not a Node\.js program/);
+    await assert.rejects(runProgram(['no-such-program-rocks'], {}, log), /no-such-program-rocks: command not found/);
+  });
+
+  test("runs .mjs files with this node and scripts whose #! runs node; exits with the program's code, 128+N for a signal", { timeout: 30_000 }, async () => {
+    assert.equal(await runProgram([fixture('exit.mjs'), 'code', '3'], {}, log), 3);
+    assert.equal(await runProgram([process.execPath, fixture('exit.mjs'), 'code', '0'], {}, log), 0);
+    assert.equal(await runProgram([fixture('exit.mjs'), 'signal', 'SIGKILL'], {}, log), 128 + 9);
+    const dir = mkdtempSync(join(tmpdir(), 'rock-run-'));
+    try {
+      const script = join(dir, 'tool');
+      writeFileSync(script, `#!/usr/bin/env node\nprocess.exit(process.env.NODE_OPTIONS.includes('preload.js') ? 5 : 6);\n`);
+      chmodSync(script, 0o755);
+      assert.equal(await runProgram([script], {}, log), 5, 'the script ran, with the preload');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('passes SIGTERM on to the program', { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rock-run-'));
+    const ready = join(dir, 'ready');
+    try {
+      const running = runProgram([fixture('exit.mjs'), 'wait', ready], {}, log);
+      await until(() => existsSync(ready), 10_000, 'the program to start');
+      process.kill(process.pid, 'SIGTERM');
+      assert.equal(await running, 42, 'the program got SIGTERM and exited its own way');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('keeps NODE_OPTIONS and adds the preload once', () => {
+    const env = preloadEnv({ NODE_OPTIONS: '--max-old-space-size=100' }, { failureTimeout: 2000 });
+    assert.match(env.NODE_OPTIONS!, /^--max-old-space-size=100 --import=file:\/\/\S+\/dist\/src\/cli\/preload\.js$/);
+    assert.equal(env.ROCKS_OPTIONS, '{"failureTimeout":2000}');
+    assert.equal(preloadEnv(env, {}).NODE_OPTIONS, env.NODE_OPTIONS);
+  });
+});
