@@ -133,13 +133,6 @@ process.on('exit', () => {
   for (const socket of live) {
     if (!socket.reliable) continue;
     socket.destroy();
-    // A program that exits from inside a 'data' handler is inside the session's driver
-    // loop, which leaves our ABORT for its next round; there is none after 'exit'.
-    const driver = (socket as unknown as { driver?: { driving?: boolean; drive?(): void } }).driver;
-    if (driver?.driving === true && driver.drive) {
-      driver.driving = false;
-      driver.drive();
-    }
   }
 });
 
@@ -302,11 +295,6 @@ function viaRocks<K extends 'close' | 'address' | 'getConnections' | 'ref' | 'un
     const rocks = rocksServers.get(this);
     if (rocks === undefined) return originalMethod.apply(this, args);
     const result = (rocks[name] as (...a: unknown[]) => unknown).apply(rocks, args);
-    // Workaround: ReliableServer emits 'close' when its last socket closes or its TCP
-    // server does. With every socket already closed, the TCP server may still hold a
-    // link finishing its closing handshake, unref'd: the program could exit before
-    // its close callback runs, which node:net would have run. Check again now.
-    if (name === 'close') queueMicrotask(() => (rocks as unknown as { maybeClosed?: () => void }).maybeClosed?.());
     return result === rocks ? this : result;
   } as unknown as Net.Server[K];
 }

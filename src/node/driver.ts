@@ -188,6 +188,22 @@ export class SessionDriver implements Timed, LinkOwner {
     this.afterDrive?.();
   }
 
+  /**
+   * Runs the loop now, even from inside it (the outer round then goes on
+   * with whatever is left). For an abort: a program that calls
+   * process.exit() from a 'data' handler gets no later round, and its peer
+   * must still be told.
+   */
+  driveNow(): void {
+    const outer = this.driving;
+    this.driving = false;
+    try {
+      this.drive();
+    } finally {
+      this.driving = outer;
+    }
+  }
+
   private flush(): void {
     if (this.links.size === 0) return;
     const now = monotonicNow();

@@ -73,6 +73,10 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     if (this.server.listening) this.server.close();
     for (const h of this.pending.values()) h.close(undefined, false);
     this.pending.clear();
+    // With no socket of the application's left, we are closed now: the TCP
+    // server's own 'close' may wait for links still finishing their closing
+    // handshake, unref'd, and a program could exit before it came.
+    process.nextTick(() => this.maybeClosed());
     return this;
   }
 

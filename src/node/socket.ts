@@ -508,7 +508,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         driver.drive();
       } else {
         driver.session.abort(monotonicNow(), err ? `aborted: ${err.message}` : undefined);
-        driver.drive();
+        driver.driveNow();
         driver.detach();
       }
     }

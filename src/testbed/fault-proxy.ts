@@ -83,15 +83,21 @@ export class FaultProxy {
     this.sockets.add(upstream);
     upstream.once('close', () => this.sockets.delete(upstream));
     const forward = (from: Socket, to: Socket, direction: 'up' | 'down'): void => {
+      // A delayed chunk still on its way; the end must wait behind it.
+      let delayed: Promise<void> = Promise.resolve();
       from.on('data', (chunk: Buffer) => {
         if (pair.dead) return;
         this.onChunk?.(direction, chunk, connection);
         if (this.delay > 0) {
           from.pause();
-          setTimeout(() => {
-            if (!pair.dead && !to.destroyed) to.write(chunk);
-            from.resume();
-          }, this.delay);
+          const ms = this.delay;
+          delayed = new Promise((resolve) =>
+            setTimeout(() => {
+              if (!pair.dead && !to.destroyed) to.write(chunk);
+              from.resume();
+              resolve();
+            }, ms),
+          );
         } else if (!to.write(chunk)) {
           from.pause();
           to.once('drain', () => from.resume());
@@ -99,7 +105,9 @@ export class FaultProxy {
       });
       // A black-holed connection propagates no close either.
       from.on('end', () => {
-        if (!pair.dead) to.end();
+        void delayed.then(() => {
+          if (!pair.dead) to.end();
+        });
       });
       // A failed side fails the other; a clean close already passed its end on.
       from.on('close', (hadError) => {

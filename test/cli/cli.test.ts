@@ -143,10 +143,12 @@ describe('rock: forward and serve', () => {
       assert.match(metrics, /^rocks_replayed_bytes_total\{direction="out"\} \d+$/m);
       assert.match(metrics, /^rocks_outage_seconds_count \d+$/m);
 
+      // Listen for both exits before either can happen: whichever ends first
+      // would otherwise be missed.
+      const exits = Promise.all([once(serve.child, 'exit'), once(forward.child, 'exit')]);
       serve.child.kill('SIGTERM');
       forward.child.kill('SIGTERM');
-      const [serveCode] = await once(serve.child, 'exit');
-      const [forwardCode] = await once(forward.child, 'exit');
+      const [[serveCode], [forwardCode]] = await exits;
       assert.equal(serveCode, 0, serve.output());
       assert.equal(forwardCode, 0, forward.output());
       const lines = serve.output().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; outageMs?: number });

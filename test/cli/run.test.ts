@@ -1,7 +1,7 @@
 // `rock run`: unmodified Node programs (the fixtures, plain .mjs files that
 // know nothing of rocks) run with the preload, in their own processes, over
-// real sockets on 127.0.0.1: an ioredis client whose connection survives
-// repeated resets, the same client unchanged against an ordinary redis-server,
+// real sockets on 127.0.0.1: an ioredis client whose connection to
+// redis-server, through rock serve, survives repeated resets, the same client unchanged against an ordinary redis-server,
 // an http server that curl cannot tell apart, an http download through
 // resets, every way of opening a connection, child processes, and runProgram.
 
@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, createServer as netCreateServer } from 'node:net';
+import { createServer as netCreateServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -20,6 +20,7 @@ import { preloadEnv, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { closeServer, listen, until } from '../support/net.js';
 import { freePort, programs, run, start, waitForPort, type Started } from '../support/programs.js';
+import { startRock } from '../support/rock.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/cli/fixtures/', import.meta.url));
 const fixture = (name: string): string => join(FIXTURES, name);
@@ -129,18 +130,6 @@ async function rocksServer(options: ReliableServerOptions, handler: (s: Reliable
   return { server, port, seen, stop };
 }
 
-/** A rocks server that relays each connection to the ordinary TCP server at `target` (what rock serve does). */
-function rocksRelay(target: number): Promise<TestServer> {
-  return rocksServer({ failureTimeout: 2000 }, (s) => {
-    const upstream = netConnect(target, '127.0.0.1');
-    s.on('error', () => upstream.destroy());
-    upstream.on('error', () => s.destroy());
-    s.pipe(upstream).pipe(s);
-    // Once redis closed, read what is left (pipe stopped reading), so that the client's end arrives.
-    upstream.on('close', () => s.resume());
-  });
-}
-
 /** A rocks echo server. */
 const rocksEcho = (): Promise<TestServer> => rocksServer({ allowHalfOpen: true }, (s) => s.pipe(s));
 
@@ -154,13 +143,14 @@ const REDIS_REPORT = (count: number): string =>
 describe('rock run: unmodified Node programs over rocks', () => {
   const redisFound = programs('redis-server');
 
-  test('ioredis through a rocks relay to redis-server: 2000 INCRs and SET/GETs through repeated resets, all correct, no client error', { skip: redisFound.skip, timeout: 90_000 }, async () => {
+  test('ioredis through rock serve in front of redis-server: 2000 INCRs and SET/GETs through repeated resets, all correct, no client error', { skip: redisFound.skip, timeout: 90_000 }, async () => {
     const redisPort = await freePort();
     const redis = startRedis(redisFound.paths['redis-server'], redisPort);
     try {
       await waitForPort(redisPort, '127.0.0.1', 10_000, redis);
-      const relay = await rocksRelay(redisPort);
-      const proxy = new FaultProxy(relay.port);
+      const servePort = await freePort();
+      const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${redisPort}`, '--json', '--failure-timeout', '2000'], /serving rocks/);
+      const proxy = new FaultProxy(servePort);
       try {
         const proxyPort = await proxy.listen();
         const faults = resetRepeatedly(proxy, 20);
@@ -177,13 +167,18 @@ describe('rock run: unmodified Node programs over rocks', () => {
         assert.ok(faults.resets >= 5, `the proxy reset the connection ${faults.resets} times`);
         // The probe, the session's first connection, then one per resume.
         assert.ok(proxy.connections > 3, `the client came back after resets: ${proxy.connections} connections through the proxy`);
-        assert.ok(relay.seen.resumes >= 1, `the relay saw ${relay.seen.resumes} resumes`);
-        assert.deepEqual({ reliable: relay.seen.reliable, plain: relay.seen.plain }, { reliable: 1, plain: 0 }, 'one reliable session, the whole run');
-        await until(() => relay.seen.closed.length === 1, 10_000, "the relay's socket to close");
-        assert.deepEqual(relay.seen.closed, [''], 'the session ended cleanly, without an error');
+        const logged = (): { msg: string; mode?: string }[] =>
+          serve.output().trim().split('\n').map((line) => JSON.parse(line) as { msg: string; mode?: string });
+        await until(() => logged().some((l) => l.msg === 'closed'), 10_000, "rock serve's connection to close");
+        const lines = logged();
+        const modes = lines.filter((l) => l.msg === 'connection').map((l) => l.mode);
+        assert.deepEqual(modes, ['reliable'], 'one reliable session, the whole run');
+        const resumes = lines.filter((l) => l.msg === 'resumed').length;
+        assert.ok(resumes >= 1, `rock serve saw ${resumes} resumes`);
+        assert.deepEqual(lines.filter((l) => l.msg === 'connection failed'), [], 'the session ended cleanly, without an error');
       } finally {
         await proxy.close();
-        await relay.stop();
+        await serve.stop();
       }
     } finally {
       await redis.stop();

@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, test } from 'node:test';
 import { connect, createConnection, ReliableServer, ReliableSocket, RocksError } from '../../src/index.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { closeServer, collect, hasIPv6Loopback, listen, until } from '../support/net.js';
 
 function echo(s: ReliableSocket): void {
@@ -166,6 +167,29 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     server.close();
     await closed;
     assert.equal(server.listening, false);
+  });
+
+  test("close() calls back once the application's sockets are closed, not when the last link ends its closing handshake", async () => {
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen({}, (s) => {
+      serverSide = s;
+      echo(s);
+    });
+    const proxy = new FaultProxy(port);
+    const c = connect(await proxy.listen(), '127.0.0.1');
+    c.resume();
+    await once(c, 'connect');
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    // Slow the path, so the session's last frames are still on their way
+    // after both sockets have closed.
+    proxy.setDelay(300);
+    const serverClosed = once(serverSide!, 'close');
+    c.end();
+    await serverClosed;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    assert.equal(server.sessionCount, 1, 'the session was still finishing its closing handshake');
+    await until(() => server.sessionCount === 0, 10_000, 'the session to finish');
+    await proxy.close();
   });
 
   test('bad arguments get clear errors', () => {

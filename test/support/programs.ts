@@ -92,8 +92,8 @@ after(() => Promise.all([...running].map((s) => s.stop())));
 export function start(path: string, args: string[], options: SpawnOptions = {}): Started {
   const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
-  child.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
+  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-64_000)));
+  child.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-64_000)));
   const started: Started = {
     name: path,
     child,
