@@ -176,6 +176,7 @@ describe('rock run: unmodified Node programs over rocks', () => {
         const resumes = lines.filter((l) => l.msg === 'resumed').length;
         assert.ok(resumes >= 1, `rock serve saw ${resumes} resumes`);
         assert.deepEqual(lines.filter((l) => l.msg === 'connection failed'), [], 'the session ended cleanly, without an error');
+        console.log(`# ioredis through rock serve: ${faults.resets} resets, ${proxy.connections} connections, ${resumes} resumes, every reply right`);
       } finally {
         await proxy.close();
         await serve.stop();
