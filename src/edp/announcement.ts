@@ -66,6 +66,8 @@ export function parseAnnouncement(bytes: Buffer): ParseResult {
     const minVersion = bytes[pos + 1 + n];
     const maxVersion = bytes[pos + 2 + n];
     if (minVersion > maxVersion) return { kind: 'malformed', reason: `versions ${minVersion}-${maxVersion}` };
+    // Twice the same name would leave the versions it speaks ambiguous.
+    if (enhancements.some((e) => e.name === name)) return { kind: 'malformed', reason: `${name} announced twice` };
     enhancements.push({ name, minVersion, maxVersion });
     pos += 1 + n + 2;
   }
