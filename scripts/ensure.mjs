@@ -36,6 +36,10 @@ export const PROGRAMS = {
   nc: 'netcat-openbsd',
   curl: 'curl',
   python3: 'python3',
+  // The network test bed (test/bed): namespaces, veth, routes, tbf, nftables.
+  ip: 'iproute2',
+  tc: 'iproute2',
+  nft: 'nftables',
 };
 
 /** The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or undefined. */

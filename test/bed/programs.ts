@@ -1,0 +1,235 @@
+// What runs on a bed's hosts, seen from the test: the agent (rocks or plain
+// TCP streams, test/bed/agent.ts) and the command path (an unmodified socat
+// stream carried by `rock forward` on the client and `rock serve` on the
+// server to a socat echo), with their reports collected as they come.
+
+import type { ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { ROCK } from '../support/rock.js';
+import type { HostName, NetBed } from './netbed.js';
+
+const AGENT = fileURLToPath(new URL('./agent.js', import.meta.url));
+
+export interface AgentEvent {
+  t: number;
+  type: 'listening' | 'connected' | 'suspend' | 'resume' | 'error' | 'result' | 'done' | 'fatal';
+  id?: number;
+  side?: 'client' | 'server';
+  reliable?: boolean;
+  reason?: string;
+  outage?: number;
+  replayedOut?: number;
+  replayedIn?: number;
+  /** The peer's address (on a resume: where the session came back from). */
+  remote?: string;
+  code?: string;
+  received?: number;
+  receivedSha?: string;
+  sent?: number;
+  sentSha?: string;
+  error?: string;
+}
+
+/** Waits until `test()` holds, checking every 20 ms; fails after `ms` saying what it waited for and what it saw. */
+export async function until(test: () => boolean, ms: number, what: () => string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!test()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A process on a host of the bed, its output kept, stopped at the end whatever happens. */
+class HostProcess {
+  output = '';
+  exited: number | string | undefined;
+  readonly exit: Promise<void>;
+
+  constructor(readonly child: ChildProcess, readonly label: string) {
+    child.stderr?.on('data', (d: Buffer) => (this.output = (this.output + d.toString()).slice(-20_000)));
+    this.exit = new Promise((resolve) =>
+      child.once('exit', (code, signal) => {
+        this.exited = signal ?? code ?? undefined;
+        resolve();
+      }),
+    );
+  }
+
+  async stop(): Promise<void> {
+    if (this.exited !== undefined) return;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
+    await this.exit;
+    clearTimeout(timer);
+  }
+}
+
+/** The agent on one host. */
+export class Agent extends HostProcess {
+  readonly events: AgentEvent[] = [];
+
+  constructor(bed: NetBed, host: HostName, args: string[]) {
+    super(bed.spawn(host, process.execPath, [AGENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }), `agent ${host}`);
+    let partial = '';
+    this.child.stdout!.on('data', (d: Buffer) => {
+      const lines = (partial + d.toString()).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) if (line) this.events.push(JSON.parse(line) as AgentEvent);
+    });
+  }
+
+  of(type: AgentEvent['type']): AgentEvent[] {
+    return this.events.filter((e) => e.type === type);
+  }
+
+  async waitFor(test: (a: Agent) => boolean, ms: number, what: string): Promise<void> {
+    await until(() => test(this), ms, () => `${this.label}: ${what} (exit ${this.exited}); last events ${JSON.stringify(this.events.slice(-5))}\n${this.output}`);
+  }
+
+  /** Tells a client to end its streams. */
+  finish(): void {
+    this.child.stdin!.write('finish\n');
+  }
+}
+
+/** An agent server listening on the server host, once it says so. */
+export async function agentServer(bed: NetBed, port: number, options: object, rate: number): Promise<Agent> {
+  const agent = new Agent(bed, 'server', ['server', '--listen', `0.0.0.0:${port}`, '--rate', String(rate), '--options', JSON.stringify(options)]);
+  await agent.waitFor((a) => a.of('listening').length === 1, 10_000, 'listening');
+  return agent;
+}
+
+/** `count` agent connections from the client host, once all are connected. */
+export async function agentClient(bed: NetBed, port: number, options: object, rate: number, count = 1, plain = false): Promise<Agent> {
+  const args = ['client', '--to', `${bed.serverAddress}:${port}`, '--count', String(count), '--rate', String(rate), '--options', JSON.stringify(options)];
+  const agent = new Agent(bed, 'client', plain ? [...args, '--plain'] : args);
+  await agent.waitFor((a) => a.of('connected').length === count, 30_000, `${count} connections`);
+  return agent;
+}
+
+/**
+ * Ends the client's streams and checks every one arrived whole both ways:
+ * each client connection's bytes and SHA-256 match one server connection's,
+ * in each direction, and no connection failed.
+ */
+export async function finishAndVerify(client: Agent, server: Agent, count: number): Promise<{ bytes: number }> {
+  client.finish();
+  await client.waitFor((a) => a.of('done').length === 1, 60_000, 'every connection to close');
+  await server.waitFor((a) => a.of('result').length >= count, 30_000, `${count} results on the server`);
+  const serverBySha = new Map(server.of('result').map((r) => [r.receivedSha, r]));
+  let bytes = 0;
+  for (const c of client.of('result')) {
+    if (c.error !== undefined) throw new Error(`client connection ${c.id} failed: ${c.error}`);
+    const s = serverBySha.get(c.sentSha);
+    if (s === undefined) throw new Error(`client connection ${c.id}: no server connection received its ${c.sent} bytes (SHA-256 ${c.sentSha})`);
+    if (s.error !== undefined) throw new Error(`server connection ${s.id} failed: ${s.error}`);
+    if (s.received !== c.sent) throw new Error(`client ${c.id} sent ${c.sent}, server received ${s.received}`);
+    if (c.received !== s.sent || c.receivedSha !== s.sentSha) {
+      throw new Error(`server ${s.id} sent ${s.sent} bytes (${s.sentSha}), client ${c.id} received ${c.received} (${c.receivedSha})`);
+    }
+    bytes += c.sent! + s.sent!;
+  }
+  return { bytes };
+}
+
+// ---- the command path ------------------------------------------------------------------------
+
+/** A `rock` command on a host, ready once its JSON log says `ready`. */
+class RockProcess extends HostProcess {
+  constructor(bed: NetBed, host: HostName, args: string[]) {
+    super(bed.spawn(host, process.execPath, [ROCK, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }), `rock ${args[0]}`);
+  }
+
+  /** Its log lines, parsed. */
+  logs(): { msg: string; time: number; [key: string]: unknown }[] {
+    return this.output
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; time: number });
+  }
+
+  async ready(message: string): Promise<void> {
+    await until(() => this.logs().some((l) => l.msg === message), 10_000, () => `${this.label} to log '${message}' (exit ${this.exited}):\n${this.output}`);
+  }
+}
+
+/**
+ * socat on the client, through `rock forward` (client) and `rock serve`
+ * (server), to `socat ... EXEC:cat` on the server: the test writes a paced
+ * random stream into the client's socat and reads the echo back, so the
+ * same bytes cross the failing path in both directions.
+ */
+export class CommandPath {
+  private readonly processes: HostProcess[] = [];
+  private socat: HostProcess | undefined;
+  private readonly sent = createHash('sha256');
+  private readonly got = createHash('sha256');
+  sentBytes = 0;
+  gotBytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+  forward: RockProcess | undefined;
+  serve: RockProcess | undefined;
+
+  constructor(private readonly bed: NetBed) {}
+
+  async start(port: number, rockOptions: string[], rate: number): Promise<void> {
+    const echoPort = port + 1;
+    const echo = new HostProcess(this.bed.spawn('server', 'socat', [`TCP-LISTEN:${echoPort},bind=127.0.0.1,reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
+    this.processes.push(echo);
+    this.serve = new RockProcess(this.bed, 'server', ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${echoPort}`, ...rockOptions]);
+    this.processes.push(this.serve);
+    await this.serve.ready('serving rocks, relaying to the target');
+    this.forward = new RockProcess(this.bed, 'client', ['forward', '--listen', `127.0.0.1:${port}`, '--to', `${this.bed.serverAddress}:${port}`, ...rockOptions]);
+    this.processes.push(this.forward);
+    await this.forward.ready('forwarding over rocks');
+    // -t: after our end, wait for the echo to finish instead of socat's 0.5 s.
+    const socat = new HostProcess(this.bed.spawn('client', 'socat', ['-t', '120', 'STDIO', `TCP:127.0.0.1:${port}`], { stdio: ['pipe', 'pipe', 'pipe'] }), 'socat client');
+    this.socat = socat;
+    this.processes.push(socat);
+    socat.child.stdout!.on('data', (d: Buffer) => {
+      this.got.update(d);
+      this.gotBytes += d.length;
+    });
+    const stdin = socat.child.stdin!;
+    let waiting = false;
+    stdin.on('drain', () => (waiting = false));
+    stdin.on('error', () => {});
+    this.timer = setInterval(() => {
+      if (waiting) return;
+      const chunk = randomBytes(Math.round(rate / 20));
+      this.sent.update(chunk);
+      this.sentBytes += chunk.length;
+      if (!stdin.write(chunk)) waiting = true;
+    }, 50);
+    await until(() => this.gotBytes > 0, 10_000, () => `the first echoed bytes through rock forward + serve:\n${this.forward!.output}\n${this.serve!.output}`);
+  }
+
+  /** Ends the stream and checks that the echo came back whole. */
+  async finishAndVerify(): Promise<{ bytes: number }> {
+    clearInterval(this.timer);
+    this.socat!.child.stdin!.end();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.socat!.exit, new Promise((r) => (timer = setTimeout(r, 60_000)))]);
+    clearTimeout(timer);
+    if (this.socat!.exited !== 0) throw new Error(`socat exited ${this.socat!.exited}: ${this.socat!.output}`);
+    if (this.gotBytes !== this.sentBytes) throw new Error(`socat sent ${this.sentBytes} bytes through rock forward + serve, got ${this.gotBytes} back`);
+    if (this.got.digest('hex') !== this.sent.digest('hex')) throw new Error('the echo through rock forward + serve differs from what was sent');
+    return { bytes: 2 * this.sentBytes };
+  }
+
+  /** Times of the forward's 'suspended' and 'resumed' log lines (its rocks connection). */
+  outages(): { suspended: number[]; resumed: number[] } {
+    const logs = this.forward?.logs() ?? [];
+    return {
+      suspended: logs.filter((l) => l.msg === 'suspended').map((l) => l.time),
+      resumed: logs.filter((l) => l.msg === 'resumed').map((l) => l.time),
+    };
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all(this.processes.map((p) => p.stop()));
+  }
+}
+

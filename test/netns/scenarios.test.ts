@@ -1,0 +1,204 @@
+// What users suffer, on real kernels with real routing (test/bed): the
+// client's address changes, the path black-holes for 30 s, the link goes
+// down for 10 s, an outage outlives what plain TCP survives, and 200
+// connections ride out one outage together. Each scenario streams random
+// bytes both ways through rocks sockets (the agent) and, at the same time,
+// through an unmodified socat carried by `rock forward` + `rock serve`; every
+// byte is checked by SHA-256, and the detection and resume times are printed.
+// Needs root; skipped with the reason otherwise.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { NetBed, netbedSkip } from '../bed/netbed.js';
+import { agentClient, agentServer, CommandPath, finishAndVerify, type Agent, type AgentEvent, until } from '../bed/programs.js';
+
+const skip = netbedSkip();
+
+const FAILURE_TIMEOUT = 2000;
+const HEARTBEAT = 400;
+const options = { failureTimeout: FAILURE_TIMEOUT, heartbeatInterval: HEARTBEAT, reconnectDelayMax: 1000 };
+const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat', String(HEARTBEAT)];
+const AGENT_PORT = 7000;
+const ROCK_PORT = 7100;
+const RATE = 256 * 1024; // bytes a second, each way, per stream
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const ms = (values: number[]): string => values.map((v) => Math.round(v)).join(', ');
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
+
+/** A bed with a server agent, a client agent and the command path, all streaming; torn down whatever happens. */
+async function scenario(
+  name: string,
+  body: (world: { bed: NetBed; client: Agent; server: Agent; command: CommandPath }) => Promise<void>,
+  { count = 1, rate = RATE, mbit = 100, sysctl = {} as Record<string, string> } = {},
+): Promise<void> {
+  const bed = new NetBed();
+  const command = new CommandPath(bed);
+  let server: Agent | undefined;
+  let client: Agent | undefined;
+  try {
+    bed.shape(mbit);
+    for (const [key, value] of Object.entries(sysctl)) bed.hostSysctl(key, value);
+    server = await agentServer(bed, AGENT_PORT, options, rate);
+    client = await agentClient(bed, AGENT_PORT, options, rate, count);
+    await command.start(ROCK_PORT, rockOptions, RATE);
+    assert.ok(client.of('connected').every((e) => e.reliable), 'the agent connections are reliable');
+    await sleep(1000); // streaming before the fault
+    await body({ bed, client, server, command });
+    await sleep(1000); // and after it
+    const agents = await finishAndVerify(client, server, count);
+    const socat = await command.finishAndVerify();
+    console.log(`# ${name}: ${count} rocks connection(s) carried ${(agents.bytes / 2 ** 20).toFixed(1)} MiB, socat through rock forward + serve ${(socat.bytes / 2 ** 20).toFixed(1)} MiB; every byte intact both ways`);
+  } finally {
+    await command.stop();
+    await client?.stop();
+    await server?.stop();
+    bed.destroy();
+  }
+}
+
+/** The events of `type` after time `since`, one per connection and side. */
+function firstAfter(agent: Agent, type: AgentEvent['type'], since: number): AgentEvent[] {
+  const seen = new Set<string>();
+  return agent.events.filter((e) => {
+    if (e.type !== type || e.t < since || seen.has(`${e.side}${e.id}`)) return false;
+    seen.add(`${e.side}${e.id}`);
+    return true;
+  });
+}
+
+/** Waits until every connection on both sides has resumed after `since`; returns the resume events. */
+async function allResumed(client: Agent, server: Agent, count: number, since: number, ms: number): Promise<{ client: AgentEvent[]; server: AgentEvent[] }> {
+  await client.waitFor((a) => firstAfter(a, 'resume', since).length === count, ms, `${count} client resumes`);
+  await server.waitFor((a) => firstAfter(a, 'resume', since).length === count, ms, `${count} server resumes`);
+  return { client: firstAfter(client, 'resume', since), server: firstAfter(server, 'resume', since) };
+}
+
+/** Waits until the command path's rocks connection resumed after `since`; returns [detection, resume] times from the forward's log. */
+async function commandResumed(command: CommandPath, since: number): Promise<{ suspended: number; resumed: number }> {
+  await until(() => command.outages().resumed.some((t) => t >= since), 60_000, () => `rock forward to resume:\n${command.forward?.output}`);
+  const { suspended, resumed } = command.outages();
+  return { suspended: suspended.find((t) => t >= since)!, resumed: resumed.find((t) => t >= since)! };
+}
+
+/**
+ * A path fault from `broken` to `healed`: checks every connection suspended
+ * (none failed) and resumed, prints detection (suspend − broken) and resume
+ * (resume − healed) times for the agents and the command path.
+ */
+async function outage(label: string, world: { client: Agent; server: Agent; command: CommandPath }, count: number, broken: number, heal: () => Promise<number>): Promise<void> {
+  const { client, server, command } = world;
+  await client.waitFor((a) => firstAfter(a, 'suspend', broken).length === count, FAILURE_TIMEOUT * 3, `${count} suspensions`);
+  const healed = await heal();
+  const resumes = await allResumed(client, server, count, healed, 30_000);
+  const cmd = await commandResumed(command, broken);
+  const detection = [...firstAfter(client, 'suspend', broken), ...firstAfter(server, 'suspend', broken)].map((e) => e.t - broken);
+  const resumeTimes = [...resumes.client, ...resumes.server].map((e) => e.t - healed);
+  assert.deepEqual([...client.of('error'), ...server.of('error')], [], 'no connection failed');
+  assert.ok(
+    detection.every((d) => d <= 3 * FAILURE_TIMEOUT),
+    `detection within 3× the failure timeout (${FAILURE_TIMEOUT} ms): ${ms(detection)}`,
+  );
+  console.log(
+    `# ${label}: ${detection.length} ends suspended, ${resumeTimes.length} resumed; detection (ms) median ${Math.round(median(detection))}, max ${Math.round(Math.max(...detection))} (failureTimeout ${FAILURE_TIMEOUT}, heartbeat ${HEARTBEAT}); ` +
+      `resumed (ms after the path was usable again) median ${Math.round(median(resumeTimes))}, max ${Math.round(Math.max(...resumeTimes))}; ` +
+      `rock forward: detected after ${cmd.suspended - broken}, resumed ${cmd.resumed - healed} after`,
+  );
+}
+
+describe('network test bed scenarios (namespaces, veth, a router)', { skip }, () => {
+  test("the client's address changes mid-transfer, once and then three times in a row", { timeout: 120_000 }, async () => {
+    await scenario('address changes', async (world) => {
+      const { bed, server } = world;
+      for (const round of [1, 2, 3, 4]) {
+        const old = bed.clientAddress;
+        const moved = Date.now();
+        const now = bed.moveClient();
+        await outage(`move ${round} (${old} → ${now})`, world, 1, moved, async () => moved);
+        const resumed = firstAfter(server, 'resume', moved);
+        assert.deepEqual(resumed.map((e) => e.remote), [now], 'the server took the session back from the new address');
+        if (round === 1) await sleep(1000); // a pause between the first move and the three in a row
+      }
+    });
+  });
+
+  test('the path is black-holed for 30 s, then restored', { timeout: 120_000 }, async () => {
+    await scenario('black hole 30 s', async (world) => {
+      const broken = Date.now();
+      world.bed.blackhole();
+      await outage('black hole 30 s', world, 1, broken, async () => {
+        await sleep(30_000 - (Date.now() - broken));
+        // Timed from the start: the path may be back before the command returns.
+        const healed = Date.now();
+        world.bed.heal();
+        return healed;
+      });
+    });
+  });
+
+  test('the link goes down for 10 s and comes back up', { timeout: 90_000 }, async () => {
+    await scenario('link down 10 s', async (world) => {
+      const broken = Date.now();
+      world.bed.linkDown();
+      await outage('link down 10 s', world, 1, broken, async () => {
+        await sleep(10_000 - (Date.now() - broken));
+        // Timed from the start: the path may be back before the command returns.
+        const healed = Date.now();
+        world.bed.linkUp();
+        return healed;
+      });
+    });
+  });
+
+  test('an outage longer than plain TCP survives (tcp_retries2=5): the plain connection on the same path dies, rocks rides it out', { timeout: 180_000 }, async () => {
+    await scenario(
+      'past plain TCP',
+      async (world) => {
+        const { bed } = world;
+        // Plain TCP on the same path, streaming like the others: the kernel gives up on it after tcp_retries2.
+        const plainServer = await agentServer(bed, AGENT_PORT + 1, {}, RATE);
+        const plain = await agentClient(bed, AGENT_PORT + 1, {}, RATE, 1, true);
+        try {
+          assert.equal(plain.of('connected')[0].reliable, false);
+          const broken = Date.now();
+          bed.blackhole();
+          await plain.waitFor((a) => a.of('error').length > 0, 60_000, 'the plain connection to fail');
+          const died = plain.of('error')[0];
+          assert.equal(died.code, 'ETIMEDOUT', 'the kernel gave up retransmitting');
+          const plainLife = died.t - broken;
+          const OUTAGE = 45_000;
+          assert.ok(OUTAGE >= 3 * plainLife, `the outage (${OUTAGE} ms) is several times what plain TCP survived (${plainLife} ms)`);
+          await outage(`black hole ${OUTAGE / 1000} s, plain TCP died after ${(plainLife / 1000).toFixed(1)} s`, world, 1, broken, async () => {
+            await sleep(OUTAGE - (Date.now() - broken));
+            const healed = Date.now();
+            bed.heal();
+            return healed;
+          });
+          assert.equal(world.client.of('resume').length, 1);
+        } finally {
+          await plain.stop();
+          await plainServer.stop();
+        }
+      },
+      { sysctl: { 'net.ipv4.tcp_retries2': '5' } },
+    );
+  });
+
+  test('200 rocks connections from one client host, all suspended by one outage and all resumed with every byte intact', { timeout: 180_000 }, async () => {
+    const COUNT = 200;
+    await scenario(
+      '200 connections',
+      async (world) => {
+        const broken = Date.now();
+        world.bed.blackhole();
+        await outage(`black hole 10 s, ${COUNT} connections`, world, COUNT, broken, async () => {
+          await sleep(10_000 - (Date.now() - broken));
+          const healed = Date.now();
+          world.bed.heal();
+          return healed;
+        });
+      },
+      { count: COUNT, rate: 16 * 1024 },
+    );
+  });
+});
