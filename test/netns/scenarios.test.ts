@@ -57,6 +57,16 @@ async function scenario(
   }
 }
 
+/** Restores the path `ms` after `broken`; resolves with when it began to (the path may be back before the command returns). */
+function restoreAfter(broken: number, ms: number, restore: () => void): () => Promise<number> {
+  return async () => {
+    await sleep(ms - (Date.now() - broken));
+    const healed = Date.now();
+    restore();
+    return healed;
+  };
+}
+
 /** The events of `type` after time `since`, one per connection and side. */
 function firstAfter(agent: Agent, type: AgentEvent['type'], since: number): AgentEvent[] {
   const seen = new Set<string>();
@@ -126,13 +136,7 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
     await scenario('black hole 30 s', async (world) => {
       const broken = Date.now();
       world.bed.blackhole();
-      await outage('black hole 30 s', world, 1, broken, async () => {
-        await sleep(30_000 - (Date.now() - broken));
-        // Timed from the start: the path may be back before the command returns.
-        const healed = Date.now();
-        world.bed.heal();
-        return healed;
-      });
+      await outage('black hole 30 s', world, 1, broken, restoreAfter(broken, 30_000, () => world.bed.heal()));
     });
   });
 
@@ -140,13 +144,7 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
     await scenario('link down 10 s', async (world) => {
       const broken = Date.now();
       world.bed.linkDown();
-      await outage('link down 10 s', world, 1, broken, async () => {
-        await sleep(10_000 - (Date.now() - broken));
-        // Timed from the start: the path may be back before the command returns.
-        const healed = Date.now();
-        world.bed.linkUp();
-        return healed;
-      });
+      await outage('link down 10 s', world, 1, broken, restoreAfter(broken, 10_000, () => world.bed.linkUp()));
     });
   });
 
@@ -168,12 +166,7 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
           const plainLife = died.t - broken;
           const OUTAGE = 45_000;
           assert.ok(OUTAGE >= 3 * plainLife, `the outage (${OUTAGE} ms) is several times what plain TCP survived (${plainLife} ms)`);
-          await outage(`black hole ${OUTAGE / 1000} s, plain TCP died after ${(plainLife / 1000).toFixed(1)} s`, world, 1, broken, async () => {
-            await sleep(OUTAGE - (Date.now() - broken));
-            const healed = Date.now();
-            bed.heal();
-            return healed;
-          });
+          await outage(`black hole ${OUTAGE / 1000} s, plain TCP died after ${(plainLife / 1000).toFixed(1)} s`, world, 1, broken, restoreAfter(broken, OUTAGE, () => bed.heal()));
           assert.equal(world.client.of('resume').length, 1);
         } finally {
           await plain.stop();
@@ -191,12 +184,7 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
       async (world) => {
         const broken = Date.now();
         world.bed.blackhole();
-        await outage(`black hole 10 s, ${COUNT} connections`, world, COUNT, broken, async () => {
-          await sleep(10_000 - (Date.now() - broken));
-          const healed = Date.now();
-          world.bed.heal();
-          return healed;
-        });
+        await outage(`black hole 10 s, ${COUNT} connections`, world, COUNT, broken, restoreAfter(broken, 10_000, () => world.bed.heal()));
       },
       { count: COUNT, rate: 16 * 1024 },
     );
