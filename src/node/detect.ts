@@ -67,6 +67,22 @@ export function probe(dial: NetConnectOpts, timeout: number): Promise<Verdict> {
 /** Verdicts per destination, for `ttl` ms each, so repeated connections skip the probe. */
 export class DetectionCache {
   private readonly entries = new Map<string, { verdict: Verdict; expires: number }>();
+  /** Probes under way, by destination. */
+  private readonly probing = new Map<string, Promise<Verdict>>();
+
+  /**
+   * One probe per destination at a time: connections started together share
+   * it. A thousand at once would otherwise each probe, and under that load
+   * probes time out and a rocks server is taken for an ordinary one.
+   */
+  probeOnce(key: string, run: () => Promise<Verdict>): Promise<Verdict> {
+    let p = this.probing.get(key);
+    if (p === undefined) {
+      p = run().finally(() => this.probing.delete(key));
+      this.probing.set(key, p);
+    }
+    return p;
+  }
 
   get(key: string, now = Date.now()): Verdict | undefined {
     const e = this.entries.get(key);

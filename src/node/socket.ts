@@ -221,9 +221,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
       return;
     }
     this.verdictCached = false;
-    probe(this.dialOptions!, this.options.probeTimeout ?? 500).then(
+    const ttl = this.options.detectCacheTtl ?? 600_000;
+    const run = (): Promise<Verdict> => probe(this.dialOptions!, this.options.probeTimeout ?? 500);
+    // With the cache off, every connection probes (what detectCacheTtl: 0 asks for).
+    (ttl > 0 ? detectionCache.probeOnce(key, run) : run()).then(
       (verdict) => {
-        detectionCache.set(key, verdict, this.options.detectCacheTtl ?? 600_000);
+        detectionCache.set(key, verdict, ttl);
         if (!this.destroyed) this.decide(verdict);
       },
       (err: Error) => this.destroy(err),

@@ -147,6 +147,19 @@ describe('EDP over real sockets', () => {
     await endAll(c, server, proxy);
   });
 
+  test('connections started together share one probe, so a crowd of them is not taken for an ordinary server', { timeout: 30_000 }, async () => {
+    const { server, port } = await listen({}, rocksEcho);
+    const proxy = new FaultProxy(port);
+    const options = { port: await proxy.listen(), host: '127.0.0.1' };
+    const all = await Promise.all(Array.from({ length: 200 }, () => connected(options)));
+    assert.deepEqual(new Set(all.map(({ detect }) => detect.reliable)), new Set([true]), 'every connection reliable');
+    assert.equal(proxy.connections, 201, 'one probe, then 200 sessions');
+    for (const { c } of all) c.destroy();
+    await until(() => server.sessionCount === 0, 5000, 'the server to hear every abort');
+    await proxy.close();
+    await closeServer(server);
+  });
+
   test('detectCacheTtl 0 probes every time; enhanced: true or false skips the probe', async () => {
     const { server, port } = await listen({}, rocksEcho);
     const proxy = new FaultProxy(port);
