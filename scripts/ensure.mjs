@@ -40,6 +40,8 @@ export const PROGRAMS = {
   ip: 'iproute2',
   tc: 'iproute2',
   nft: 'nftables',
+  // The benchmark's real client (bench/cases/iperf.ts).
+  iperf3: 'iperf3',
 };
 
 /** The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or undefined. */

@@ -1,0 +1,183 @@
+// Scale: N rocks connections (10,000; 1,000 in quick mode) from one client
+// process to one server process, through FaultProxy instances in processes
+// of their own (one per 2,500 connections). Per round, with fresh processes:
+//
+//   set-up      all N connected, opened 500 at a time;
+//   idle CPU    process.cpuUsage() of the server and of the client over an
+//               idle window (only heartbeats flow), as % of one core;
+//   outage      the proxies black-hole every connection at once; each
+//               connection writes 1 KiB (its own pattern) into the dead path;
+//               once all N emitted 'suspend' the path heals, and we time the
+//               heal to the last 'resume' and to the last echoed byte, then
+//               check that every connection got back exactly its 1 KiB.
+//
+// A black-holed FaultProxy keeps old connections dead for good and accepts
+// new ones only after heal(): every session resumes over a new connection.
+
+import { Peer } from '../core/process.js';
+import type { BenchCase, Context, Measure } from '../core/types.js';
+
+type Cpu = { type: 'cpu'; user: number; system: number; ms: number };
+
+const PAYLOAD = 1024;
+/**
+ * Connections per proxy process: a FaultProxy holds about five descriptors
+ * per connection across an outage (the dead pair, the attempts it swallowed,
+ * the new pair), and the open-file limit may be as low as 20,000 (a
+ * container's hard limit, which Peer falls back to).
+ */
+const PER_PROXY = 2500;
+const BATCH = 500;
+/** Open-file limit asked for the peers (Peer settles for the hard limit if lower). */
+const NOFILE = 65_536;
+/**
+ * Session options. Full mode: the library's defaults (failureTimeout 5000 ms,
+ * heartbeatInterval failureTimeout / 5). Quick mode: failureTimeout 2000 ms,
+ * for a short outage, with the default heartbeat rate (1000 ms, which is also
+ * the most a 2000 ms failureTimeout allows) so the idle CPU means the same.
+ */
+interface Config {
+  options: { failureTimeout?: number; heartbeatInterval?: number };
+  failureTimeout: number;
+  heartbeat: number;
+  note: string;
+}
+const FULL: Config = { options: {}, failureTimeout: 5000, heartbeat: 1000, note: 'library defaults: failureTimeout 5000 ms, heartbeatInterval 1000 ms' };
+const QUICK: Config = {
+  options: { failureTimeout: 2000, heartbeatInterval: 1000 },
+  failureTimeout: 2000,
+  heartbeat: 1000,
+  note: 'quick mode: failureTimeout 2000 ms (default 5000) for a short outage, heartbeatInterval 1000 ms (the default rate)',
+};
+
+const percent = (c: Cpu): number => ((c.user + c.system) / 1000 / c.ms) * 100;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Round {
+  setup: number;
+  serverCpu: number;
+  clientCpu: number;
+  proxyCpu: number;
+  detect: number;
+  resume: number;
+  echoed: number;
+  lost: number;
+}
+
+async function round(ctx: Context, n: number, idleMs: number, config: Config): Promise<Round> {
+  const peers: Peer[] = [];
+  try {
+    const options = JSON.stringify(config.options);
+    const server = new Peer('scale-server', ['--options', options, '--backlog', '4096'], { nofile: NOFILE });
+    peers.push(server);
+    const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
+    // Each proxy process dials the server from an address of its own (see scale-proxy.ts); only Linux routes all of 127/8 to loopback.
+    const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.0.0.${10 + i}`] : []);
+    const proxies = Array.from({ length: Math.ceil(n / PER_PROXY) }, (_, i) => new Peer('scale-proxy', ['--port', String(port), '--proxies', '1', ...source(i)], { nofile: NOFILE }));
+    peers.push(...proxies);
+    const ports = (await Promise.all(proxies.map((p) => p.next<{ type: 'ready'; ports: number[] }>('ready', 30_000)))).flatMap((r) => r.ports);
+    const all = <T extends { type: string }>(type: string, ms: number): Promise<T[]> => Promise.all(proxies.map((p) => p.next<T>(type, ms)));
+    const client = new Peer(
+      'scale-client',
+      ['--ports', ports.join(','), '--count', String(n), '--batch', String(BATCH), '--options', options, '--deadline', '60000'],
+      { nofile: NOFILE },
+    );
+    peers.push(client);
+    const { setup } = await client.next<{ type: 'ready'; setup: number }>('ready', 300_000);
+    ctx.log(`    ${n} connections set up in ${setup.toFixed(0)} ms`);
+
+    // Let the set-up's stragglers (handshakes, first acknowledgements) settle.
+    await sleep(config.heartbeat);
+    for (const p of peers) p.send({ type: 'cpu', ms: idleMs });
+    const cpu = (await Promise.all(peers.map((p) => p.next<Cpu>('cpu', idleMs + 30_000)))).map(percent);
+    const serverCpu = cpu[0];
+    const clientCpu = cpu[cpu.length - 1];
+    const proxyCpu = cpu.slice(1, -1).reduce((a, b) => a + b, 0);
+    ctx.log(`    idle ${idleMs} ms: server ${serverCpu.toFixed(2)}%, client ${clientCpu.toFixed(2)}% of a core (proxy ${proxyCpu.toFixed(2)}%)`);
+
+    for (const p of proxies) p.send({ type: 'blackhole' });
+    // The outage counts from the last proxy's black hole and to the first proxy's heal (they are ms apart): the suspend time errs short, the resume time long.
+    const brokenAt = Math.max(...(await all<{ type: 'blackholed'; at: number }>('blackholed', 10_000)).map((r) => r.at));
+    client.send({ type: 'outage', payload: PAYLOAD });
+    const suspended = await client.next<{ type: 'suspended'; first: number; last: number; failed: number }>('suspended', 120_000);
+    const detect = suspended.last - brokenAt;
+    ctx.log(`    all ${n} suspended ${(suspended.first - brokenAt).toFixed(0)}..${detect.toFixed(0)} ms after the black hole`);
+    for (const p of proxies) p.send({ type: 'heal' });
+    const healedAt = Math.min(...(await all<{ type: 'healed'; at: number }>('healed', 10_000)).map((r) => r.at));
+    const r = await client.next<{
+      type: 'recovered';
+      resumed: number;
+      lastResume: number;
+      lastData: number;
+      lost: number;
+      extra: number;
+      corrupt: number;
+      failed: number;
+      timedOut: boolean;
+    }>('recovered', 120_000);
+    const resume = r.lastResume - healedAt;
+    const echoed = r.lastData - healedAt;
+    ctx.log(
+      `    heal: ${r.resumed}/${n} resumed, the last after ${resume.toFixed(0)} ms, last echoed byte after ${echoed.toFixed(0)} ms; ` +
+        `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}`,
+    );
+    if (r.timedOut || r.failed > 0 || r.resumed < n || r.lost > 0 || r.extra > 0 || r.corrupt > 0) {
+      throw new Error(
+        `scale: after the outage ${r.resumed}/${n} connections resumed, ${r.failed} failed; ` +
+          `${r.lost} bytes lost, ${r.extra} extra, ${r.corrupt} connections received wrong bytes${r.timedOut ? ' (gave up 60 s after the suspend)' : ''}`,
+      );
+    }
+    return { setup, serverCpu, clientCpu, proxyCpu, detect, resume, echoed, lost: r.lost };
+  } finally {
+    for (const p of peers.reverse()) await p.stop();
+  }
+}
+
+export const scale: BenchCase = {
+  id: 'scale',
+  title: 'Scale: concurrent reliable connections to one server process',
+  async run(ctx) {
+    const n = ctx.quick ? 1000 : 10_000;
+    const idleMs = ctx.quick ? 3000 : 10_000;
+    const config = ctx.quick ? QUICK : FULL;
+    // A round takes about 45 s with 10,000 connections (on 2 cores), about 10 s in quick mode: fewer rounds keep the case within ~3 minutes (~15 s quick).
+    const rounds = ctx.quick ? 1 : Math.min(ctx.repeats, 3);
+    const results: Round[] = [];
+    for (let i = 0; i < rounds; i++) {
+      ctx.log(`  scale: round ${i + 1}/${rounds}, ${n} connections`);
+      results.push(await round(ctx, n, idleMs, config));
+    }
+    const fewer = rounds < ctx.repeats ? `; ${rounds} round(s) of fresh processes, not ${ctx.repeats}: each is expensive` : '';
+    const defaults = config.note;
+    const path = `client, server and ${Math.ceil(n / PER_PROXY)} FaultProxy process(es) on loopback`;
+    const m = (metric: string, unit: string, pick: (r: Round) => number, note: string): Measure => ({
+      case: 'scale',
+      metric,
+      variant: 'rocks',
+      unit,
+      better: 'lower',
+      samples: results.map(pick),
+      note: `${note}${fewer}`,
+    });
+    const proxyCpu = results.map((r) => r.proxyCpu.toFixed(1)).join(', ');
+    return [
+      m(`set-up of ${n} connections`, 'ms', (r) => r.setup, `${BATCH} at a time; EDP detection (probes until the verdict is cached); ${path}; ${defaults}`),
+      m(`heartbeat CPU, ${n} idle, server process`, '% of a core', (r) => r.serverCpu, `process.cpuUsage() over ${idleMs / 1000} s idle; target < 5% for 10,000; ${defaults}`),
+      m(
+        `heartbeat CPU, ${n} idle, client process`,
+        '% of a core',
+        (r) => r.clientCpu,
+        `process.cpuUsage() over ${idleMs / 1000} s idle; the proxy process(es) forwarding the heartbeats used ${proxyCpu}% in all (not counted); ${defaults}`,
+      ),
+      m(`black hole to all ${n} suspended`, 'ms', (r) => r.detect, `one outage of every connection at once; ${defaults}`),
+      m(
+        `heal to all ${n} resumed`,
+        'ms',
+        (r) => r.resume,
+        `each session resumes over a new connection (sessions still in a dial into the black hole wait out its handshake timeout, ${config.failureTimeout} ms); target: all within 10 s; ${defaults}`,
+      ),
+      m(`heal to all ${n} outage writes echoed`, 'ms', (r) => r.echoed, `each connection wrote ${PAYLOAD} B into the dead path; the echo server returned them after the resume`),
+      m(`bytes lost in the outage (of ${n} x ${PAYLOAD} B)`, 'B', (r) => r.lost, 'counted and compared per connection; the case fails unless 0'),
+    ];
+  },
+};

@@ -1,0 +1,34 @@
+// 3. Connection set-up: connect to the first echoed byte, one after another
+// (the median of each run) and 100 at once (until all have their echo).
+// rocks three ways: probing every time (EDP cache off), with the verdict
+// cached, and with detection skipped (enhanced: true). socket.io: a new
+// websocket connection (forceNew) each time.
+
+import type { BenchCase, Measure } from '../core/types.js';
+import { median } from '../core/stats.js';
+import { measure, repeat } from './common.js';
+
+const VARIANTS: [string, string, object, boolean][] = [
+  ['raw', 'raw', {}, false],
+  ['rocks (probe)', 'rocks', { detectCacheTtl: 0 }, false],
+  ['rocks (cached)', 'rocks', {}, true],
+  ['rocks (enhanced)', 'rocks', { enhanced: true }, false],
+  ['socket.io', 'socket.io', {}, false],
+];
+
+export const setup: BenchCase = {
+  id: 'setup',
+  title: 'Connection set-up (connect to first echoed byte)',
+  async run(ctx) {
+    const count = ctx.quick ? 20 : 200;
+    const out: Measure[] = [];
+    for (const [variant, transport, options, warm] of VARIANTS) {
+      const job = ['--job', 'setup', '--count', String(count), '--concurrent', '100', ...(warm ? ['--warm'] : [])];
+      const results = await repeat<{ type: string; sequential: number[]; concurrent: number }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+      ctx.log(`setup ${variant}: sequential median ${results.map((r) => median(r.sequential).toFixed(2)).join(', ')} ms`);
+      out.push(measure({ case: 'setup', metric: 'sequential, median', variant, unit: 'ms', better: 'lower' }, results.map((r) => median(r.sequential))));
+      out.push(measure({ case: 'setup', metric: '100 concurrent, all echoed', variant, unit: 'ms', better: 'lower' }, results.map((r) => r.concurrent)));
+    }
+    return out;
+  },
+};

@@ -1,0 +1,227 @@
+// The client side of the raw and rocks benchmarks: one job per run, one
+// {"type":"result"} line at the end (bench/core/process.ts).
+//
+//   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes
+//   pingpong  --size S --count M --warmup K          round-trip p50 and p99 (ms)
+//   setup     --count K --concurrent C               connect to first echoed byte (ms)
+//   detect    --repeats R                            black hole to 'suspend' (ms)     (rocks)
+//   resume    --repeats R --outage MS                path back to first new byte (ms) (rocks)
+//   hold      --count N [--inflight B]               N idle connections; memory on request
+
+import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
+import type { ResumeInfo } from '../../src/index.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { sendBulk } from './bulk.js';
+import { dial, peerArgs, say, type Stream, type Transport } from './transport.js';
+
+const args = peerArgs({
+  bytes: { type: 'string', default: '0' },
+  'write-size': { type: 'string', default: '65536' },
+  both: { type: 'boolean', default: false },
+  size: { type: 'string', default: '64' },
+  count: { type: 'string', default: '1000' },
+  warmup: { type: 'string', default: '100' },
+  concurrent: { type: 'string', default: '100' },
+  repeats: { type: 'string', default: '5' },
+  outage: { type: 'string', default: '2000' },
+  inflight: { type: 'string', default: '0' },
+  warm: { type: 'boolean', default: false },
+});
+const transport = args.transport as Transport;
+const options = JSON.parse(args.options!) as { failureTimeout?: number; heartbeatInterval?: number };
+const port = Number(args.port);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function connected(s: Stream): Promise<Stream> {
+  await once(s, 'connect');
+  return s;
+}
+
+async function bulk(): Promise<void> {
+  const bytes = Number(args.bytes);
+  const s = await connected(dial(transport, port, options));
+  const expect = args.both ? bytes + 1 : 1;
+  let received = 0;
+  const done = new Promise<void>((resolve) =>
+    s.on('data', (d: Buffer) => {
+      received += d.length;
+      if (received >= expect) resolve();
+    }),
+  );
+  const start = performance.now();
+  await sendBulk(s, bytes, Number(args['write-size']));
+  await done;
+  const seconds = (performance.now() - start) / 1000;
+  s.destroy();
+  say({ type: 'result', seconds, bytes: args.both ? 2 * bytes : bytes });
+}
+
+/** Sends `size` bytes and waits until as many came back: one round trip, in ms. */
+function roundTrip(s: Stream, message: Buffer): Promise<number> {
+  return new Promise((resolve) => {
+    let got = 0;
+    const start = performance.now();
+    const onData = (d: Buffer): void => {
+      got += d.length;
+      if (got >= message.length) {
+        s.off('data', onData);
+        resolve(performance.now() - start);
+      }
+    };
+    s.on('data', onData);
+    s.write(message);
+  });
+}
+
+async function pingpong(): Promise<void> {
+  const s = await connected(dial(transport, port, options));
+  const message = Buffer.alloc(Number(args.size), 7);
+  const rtts: number[] = [];
+  for (let i = 0; i < Number(args.warmup); i++) await roundTrip(s, message);
+  for (let i = 0; i < Number(args.count); i++) rtts.push(await roundTrip(s, message));
+  rtts.sort((a, b) => a - b);
+  s.destroy();
+  say({ type: 'result', p50: rtts[Math.floor(rtts.length * 0.5)], p99: rtts[Math.floor(rtts.length * 0.99)] });
+}
+
+/** Connect, send one byte, wait for its echo, close: ms. */
+async function oneConnection(): Promise<number> {
+  const start = performance.now();
+  const s = dial(transport, port, options);
+  s.write(Buffer.from([1]));
+  await once(s, 'data');
+  const ms = performance.now() - start;
+  s.destroy();
+  return ms;
+}
+
+async function setup(): Promise<void> {
+  if (args.warm) await oneConnection(); // fills the EDP verdict cache: what 'cached' measures
+  const sequential: number[] = [];
+  for (let i = 0; i < Number(args.count); i++) sequential.push(await oneConnection());
+  const start = performance.now();
+  await Promise.all(Array.from({ length: Number(args.concurrent) }, () => oneConnection()));
+  say({ type: 'result', sequential, concurrent: performance.now() - start });
+}
+
+/** A rocks connection through a fault proxy in this process, streaming a little both ways. */
+async function throughProxy(): Promise<{ proxy: FaultProxy; s: Stream }> {
+  const proxy = new FaultProxy(port);
+  const s = await connected(dial(transport, await proxy.listen(), options));
+  return { proxy, s };
+}
+
+async function detect(): Promise<void> {
+  const detection: number[] = [];
+  for (let i = 0; i < Number(args.repeats); i++) {
+    const { proxy, s } = await throughProxy();
+    s.resume();
+    await sleep(500);
+    const start = performance.now();
+    proxy.blackhole();
+    await once(s, 'suspend');
+    detection.push(performance.now() - start);
+    s.destroy();
+    await proxy.close();
+  }
+  say({ type: 'result', detection, bound: (options.failureTimeout ?? 5000) + (options.heartbeatInterval ?? (options.failureTimeout ?? 5000) / 5) });
+}
+
+/**
+ * Streams 4 MiB/s each way through the proxy (the echo server sends it back),
+ * black-holes the path for --outage ms, heals it, and times the first byte
+ * that arrives after the heal. The last repetition's bytes-delivered
+ * timeline goes into the report.
+ */
+async function resume(): Promise<void> {
+  const resumes: number[] = [];
+  const replayed: number[] = [];
+  let timeline: [number, number][] = [];
+  let marks: [number, string][] = [];
+  const outage = Number(args.outage);
+  for (let i = 0; i < Number(args.repeats); i++) {
+    const { proxy, s } = await throughProxy();
+    const t0 = performance.now();
+    let received = 0;
+    let healedAt: number | undefined;
+    let firstAfterHeal: number | undefined;
+    s.on('data', (d: Buffer) => {
+      received += d.length;
+      if (healedAt !== undefined && firstAfterHeal === undefined) firstAfterHeal = performance.now();
+    });
+    let info: ResumeInfo | undefined;
+    s.on('resume', (r?: ResumeInfo) => (info = r));
+    const points: [number, number][] = [];
+    const sampler = setInterval(() => points.push([Math.round(performance.now() - t0), received]), 20);
+    const chunk = Buffer.alloc(40 * 1024, 3);
+    const writer = setInterval(() => s.write(chunk), 10);
+    await sleep(1000);
+    const broken = performance.now();
+    proxy.blackhole();
+    await sleep(outage);
+    healedAt = performance.now();
+    proxy.heal();
+    while (firstAfterHeal === undefined) await sleep(5);
+    resumes.push(firstAfterHeal - healedAt);
+    await sleep(1000);
+    clearInterval(writer);
+    clearInterval(sampler);
+    replayed.push((info?.replayedOut ?? 0) + (info?.replayedIn ?? 0));
+    timeline = points;
+    marks = [
+      [Math.round(broken - t0), 'black hole'],
+      [Math.round(healedAt - t0), 'path back'],
+    ];
+    s.destroy();
+    await proxy.close();
+  }
+  say({ type: 'result', resume: resumes, replayed, timeline, marks });
+}
+
+async function hold(): Promise<void> {
+  const count = Number(args.count);
+  const inflight = Number(args.inflight);
+  const proxy = inflight > 0 ? new FaultProxy(port) : undefined;
+  const target = proxy ? await proxy.listen() : port;
+  const memory = () => {
+    globalThis.gc?.();
+    const m = process.memoryUsage();
+    return { rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  };
+  const before = memory();
+  const sockets: Stream[] = [];
+  let suspended = 0;
+  // Opened in batches, so that a listen backlog is never the limit.
+  for (let i = 0; i < count; i += 500) {
+    const batch = Array.from({ length: Math.min(500, count - i) }, () => dial(transport, target, options));
+    await Promise.all(batch.map((s) => once(s, 'connect')));
+    for (const s of batch) s.on('error', () => {});
+    sockets.push(...batch);
+  }
+  if (proxy) {
+    // Suspended, each holding `inflight` bytes the peer never acknowledged.
+    proxy.blackhole();
+    const block = Buffer.alloc(inflight, 5);
+    for (const s of sockets) s.write(block);
+    // A socket that fails instead (a server limit) must not hang the run: it is counted out.
+    const states = await Promise.all(sockets.map((s) => Promise.race([once(s, 'suspend').then(() => 1), once(s, 'close').then(() => 0)])));
+    suspended = states.reduce((a: number, b: number) => a + b, 0);
+  }
+  await sleep(500);
+  say({ type: 'ready', before, after: memory(), count, suspended });
+  createInterface({ input: process.stdin }).on('line', () => {
+    say({ type: 'result', after: memory() });
+    process.exit(0);
+  });
+}
+
+const jobs: Record<string, () => Promise<void>> = { bulk, pingpong, setup, detect, resume, hold };
+const job = jobs[args.job ?? ''];
+if (!job) {
+  say({ type: 'fatal', message: `unknown job ${args.job}` });
+  process.exit(2);
+}
+await job();
+if (args.job !== 'hold') process.exit(0);

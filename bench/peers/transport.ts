@@ -1,0 +1,49 @@
+// The two stream transports the benchmark compares: raw node:net and rocks.
+// Both give a Duplex with the same surface, so one peer program drives either.
+
+import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Socket } from 'node:net';
+import { parseArgs } from 'node:util';
+import { connect as rocksConnect, createServer as rocksCreateServer, type ReliableSocket } from '../../src/index.js';
+
+export type Stream = Socket | ReliableSocket;
+export type Transport = 'raw' | 'rocks';
+
+export function listen(transport: Transport, options: object, onConnection: (s: Stream) => void): Promise<{ port: number; close(): void }> {
+  const server =
+    transport === 'raw' ? netCreateServer({ allowHalfOpen: true, noDelay: true }, onConnection) : rocksCreateServer({ ...options, allowHalfOpen: true }, onConnection);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as AddressInfo).port, close: () => server.close() }));
+  });
+}
+
+export function dial(transport: Transport, port: number, options: object): Stream {
+  const s = transport === 'raw' ? netConnect({ port, host: '127.0.0.1', allowHalfOpen: true }) : rocksConnect({ ...options, port, host: '127.0.0.1', allowHalfOpen: true });
+  s.setNoDelay(true);
+  return s;
+}
+
+/** Prints one JSON line: the peer protocol (bench/core/process.ts). */
+export function say(message: { type: string; [key: string]: unknown }): void {
+  process.stdout.write(`${JSON.stringify(message)}\n`);
+}
+
+/** The options every peer takes, plus the job's (all strings or booleans). */
+export function peerArgs(extra: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>): Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string } {
+  return parseArgs({
+    options: {
+      transport: { type: 'string', default: 'raw' },
+      job: { type: 'string' },
+      options: { type: 'string', default: '{}' },
+      port: { type: 'string' },
+      ...extra,
+    },
+  }).values as Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string };
+}
+
+export function fatal(err: unknown): never {
+  say({ type: 'fatal', message: err instanceof Error ? err.message : String(err) });
+  process.exit(1);
+}
+
+process.on('uncaughtException', fatal);

@@ -1,0 +1,40 @@
+// `npm run bench -- --quick` as a smoke test: every case runs, side by side,
+// and the three outputs are written. No timing is asserted here: the
+// numbers are for people (README, closing notes), not for pass or fail.
+
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { programs } from '../support/programs.js';
+
+const RUN = fileURLToPath(new URL('../../bench/run.js', import.meta.url));
+
+describe('benchmarks', () => {
+  test('quick mode runs every case and writes the table, JSON, SVG and Markdown', { skip: programs('iperf3').skip, timeout: 300_000 }, () => {
+    const out = mkdtempSync(join(tmpdir(), 'rocks-bench-'));
+    try {
+      const r = spawnSync(process.execPath, [RUN, '--quick', '--out', out], { encoding: 'utf8', timeout: 280_000 });
+      assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`);
+      const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { rows: { case: string; variant: string; samples: number[] }[]; machine: { cpus: number } };
+      const variants = (id: string) => new Set(result.rows.filter((row) => row.case === id).map((row) => row.variant));
+      assert.deepEqual(variants('bulk'), new Set(['raw', 'rocks', 'socket.io']));
+      assert.deepEqual(variants('latency'), new Set(['raw', 'rocks', 'socket.io']));
+      assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'socket.io']));
+      assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
+      assert.deepEqual(variants('memory'), new Set(['raw', 'rocks']));
+      assert.deepEqual(variants('scale'), new Set(['rocks']));
+      assert.deepEqual(variants('iperf'), new Set(['raw', 'rocks']));
+      assert.ok(result.rows.every((row) => row.samples.length > 0 && row.samples.every(Number.isFinite)), 'every measure has finite samples');
+      assert.match(readFileSync(join(out, 'latest.svg'), 'utf8'), /^<svg [^>]*>.*<polyline/s, 'the chart has bars and the outage timeline');
+      assert.match(readFileSync(join(out, 'latest.md'), 'utf8'), /\| bulk \|/);
+      assert.match(r.stdout, /case +metric +variant +median +spread +vs raw/);
+      console.log(`# bench --quick: ${result.rows.length} measures in ${(JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { seconds: number }).seconds} s`);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+});
