@@ -4,8 +4,7 @@
 //   pingpong  --size S --count M --warmup K      {p50, p99} round trips, ms
 //   setup     --count K --concurrent C           {sequential: ms[], concurrent: ms}
 //   detect    [--repeats R]                      {detection: ms | ms[], bound: ms}
-// Flow control for bulk is sio-server.ts's (see there): a window of WINDOW
-// messages, the receiver emitting 'ack' every ACK_EVERY.
+// Flow control for bulk: sio-flow.ts.
 
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -14,16 +13,10 @@ import { parseArgs } from 'node:util';
 import { io, type Socket } from 'socket.io-client';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { quantile } from '../core/stats.js';
+import { fatal, say } from './say.js';
+import { ACK_EVERY, sendBulk } from './sio-flow.js';
 
-const WINDOW = 64;
-const ACK_EVERY = 16;
 
-const say = (message: { type: string; [key: string]: unknown }): void => void process.stdout.write(`${JSON.stringify(message)}\n`);
-function fatal(err: unknown): never {
-  say({ type: 'fatal', message: err instanceof Error ? err.message : String(err) });
-  process.exit(1);
-}
-process.on('uncaughtException', fatal);
 
 const { values: args } = parseArgs({
   options: {
@@ -50,32 +43,6 @@ function open(toPort = port, reconnection = true): Socket {
 }
 
 const once = <T = unknown>(socket: Socket, event: string): Promise<T> => new Promise((resolve) => socket.once(event, resolve));
-
-/** Sends `total` bytes as 'd' messages of `size` bytes under the window; resolves once all are emitted. */
-function sendBulk(socket: Socket, total: number, size: number): Promise<void> {
-  const block = randomBytes(size);
-  return new Promise((resolve) => {
-    let sent = 0;
-    let unacked = 0;
-    const pump = (): void => {
-      for (; unacked < WINDOW && sent < total; unacked++) {
-        const n = Math.min(size, total - sent);
-        socket.emit('d', block.subarray(0, n));
-        sent += n;
-      }
-      if (sent === total) {
-        socket.off('ack', onAck);
-        resolve();
-      }
-    };
-    const onAck = (count: number): void => {
-      unacked -= count;
-      pump();
-    };
-    socket.on('ack', onAck);
-    pump();
-  });
-}
 
 async function bulk(): Promise<object> {
   const bytes = Number(args.bytes);

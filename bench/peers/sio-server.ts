@@ -3,29 +3,16 @@
 // back; `--job bulk` counts N bytes of 'd' in (and with --both sends N out)
 // then emits 'done'. socket.io runs as a user wanting reliability would run
 // it: websocket only, connection state recovery on.
-//
-// Flow control, the same both ways (sio-client.ts has a copy): socket.io has
-// no backpressure, emit() only queues, so a sender keeps at most WINDOW 'd'
-// messages unacknowledged and the receiver emits 'ack' (a count) every
-// ACK_EVERY messages. Not emit() with an ack callback: socket.io does not
-// store packets with an ack for recovery, which would turn recovery off for
-// the very data we measure; and an ack for every message doubles the packets.
+// Flow control for bulk: sio-flow.ts.
 
-import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { Server, type Socket } from 'socket.io';
+import { fatal, say } from './say.js';
+import { ACK_EVERY, sendBulk } from './sio-flow.js';
 
-const WINDOW = 64;
-const ACK_EVERY = 16;
 
-const say = (message: { type: string; [key: string]: unknown }): void => void process.stdout.write(`${JSON.stringify(message)}\n`);
-function fatal(err: unknown): never {
-  say({ type: 'fatal', message: err instanceof Error ? err.message : String(err) });
-  process.exit(1);
-}
-process.on('uncaughtException', fatal);
 
 const { values: args } = parseArgs({
   options: {
@@ -40,32 +27,6 @@ const { values: args } = parseArgs({
 if (args.job !== 'echo' && args.job !== 'bulk') fatal(`unknown --job ${args.job}`);
 const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);
-
-/** Sends `total` bytes as 'd' messages of `size` bytes under the window; resolves once all are emitted. */
-function sendBulk(socket: Socket, total: number, size: number): Promise<void> {
-  const block = randomBytes(size);
-  return new Promise((resolve) => {
-    let sent = 0;
-    let unacked = 0;
-    const pump = (): void => {
-      for (; unacked < WINDOW && sent < total; unacked++) {
-        const n = Math.min(size, total - sent);
-        socket.emit('d', block.subarray(0, n));
-        sent += n;
-      }
-      if (sent === total) {
-        socket.off('ack', onAck);
-        resolve();
-      }
-    };
-    const onAck = (count: number): void => {
-      unacked -= count;
-      pump();
-    };
-    socket.on('ack', onAck);
-    pump();
-  });
-}
 
 function bulk(socket: Socket): void {
   const sending = args.both ? sendBulk(socket, bytes, writeSize) : Promise.resolve();

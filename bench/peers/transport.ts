@@ -23,11 +23,6 @@ export function dial(transport: Transport, port: number, options: object): Strea
   return s;
 }
 
-/** Prints one JSON line: the peer protocol (bench/core/process.ts). */
-export function say(message: { type: string; [key: string]: unknown }): void {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
 /** The options every peer takes, plus the job's (all strings or booleans). */
 export function peerArgs(extra: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>): Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string } {
   return parseArgs({
@@ -41,9 +36,4 @@ export function peerArgs(extra: Record<string, { type: 'string' | 'boolean'; def
   }).values as Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string };
 }
 
-export function fatal(err: unknown): never {
-  say({ type: 'fatal', message: err instanceof Error ? err.message : String(err) });
-  process.exit(1);
-}
-
-process.on('uncaughtException', fatal);
+export { fatal, say } from './say.js';
