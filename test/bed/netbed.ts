@@ -228,7 +228,6 @@ export class NetBed {
   /** Limits what the router forwards to each host to `mbit` megabits per second (tbf). */
   shape(mbit: number): void {
     for (const side of ['to-client', 'to-server']) {
-      this.ip(this.ns.router, 'link', 'show', side); // fails clearly if the bed is gone
       run('tc', ['-n', this.ns.router, 'qdisc', 'replace', 'dev', side, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '64kb', 'latency', '100ms']);
     }
   }

@@ -6,6 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { until } from '../support/net.js';
 import { ROCK } from '../support/rock.js';
 import type { HostName, NetBed } from './netbed.js';
 
@@ -29,15 +30,6 @@ export interface AgentEvent {
   sent?: number;
   sentSha?: string;
   error?: string;
-}
-
-/** Waits until `test()` holds, checking every 20 ms; fails after `ms` saying what it waited for and what it saw. */
-export async function until(test: () => boolean, ms: number, what: () => string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!test()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /** A process on a host of the bed, its output kept, stopped at the end whatever happens. */

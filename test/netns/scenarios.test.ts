@@ -10,7 +10,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NetBed, netbedSkip } from '../bed/netbed.js';
-import { agentClient, agentServer, CommandPath, finishAndVerify, type Agent, type AgentEvent, until } from '../bed/programs.js';
+import { agentClient, agentServer, CommandPath, finishAndVerify, type Agent, type AgentEvent } from '../bed/programs.js';
+import { until } from '../support/net.js';
 
 const skip = netbedSkip();
 
@@ -126,7 +127,11 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
         const now = bed.moveClient();
         await outage(`move ${round} (${old} → ${now})`, world, 1, moved, async () => moved);
         const resumed = firstAfter(server, 'resume', moved);
-        assert.deepEqual(resumed.map((e) => e.remote), [now], 'the server took the session back from the new address');
+        assert.deepEqual(
+          resumed.map((e) => e.remote),
+          [now],
+          `the server took the session back from the new address; events since the move (${moved}): ${JSON.stringify([...world.client.events, ...server.events].filter((e) => e.t >= moved - 3000))}`,
+        );
         if (round === 1) await sleep(1000); // a pause between the first move and the three in a row
       }
     });

@@ -41,11 +41,14 @@ export function hasIPv6Loopback(): boolean {
   return Object.values(networkInterfaces()).some((list) => list?.some((a) => a.family === 'IPv6' && a.address === '::1'));
 }
 
-/** Resolves once `fn` returns true, checking every few ms; rejects after `ms`. */
-export async function until(fn: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
+/**
+ * Resolves once `fn` returns true, checking every few ms; rejects after `ms`
+ * saying what it waited for (a function, to describe the state at that time).
+ */
+export async function until(fn: () => boolean, ms = 10_000, what: string | (() => string) = 'condition'): Promise<void> {
   const deadline = Date.now() + ms;
   while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
