@@ -12,6 +12,18 @@ const debug = debuglog('rocks');
 
 /** Data we keep queued in a link's socket before waiting for 'drain'. */
 const LINK_HIGH_WATER = 256 * 1024;
+/**
+ * A transmission this small (a message with its frame header and an ACK) is
+ * copied into one buffer: one plain write costs less than corking several.
+ */
+const SMALL_WRITE_BYTES = 2048;
+const SMALL_WRITE_PARTS = 8;
+
+function totalLength(parts: Buffer[]): number {
+  let n = 0;
+  for (const b of parts) n += b.length;
+  return n;
+}
 /** A link we ended gracefully is destroyed if the peer has not closed it by then. */
 const CLOSING_LINK_TIMEOUT = 10_000;
 
@@ -88,6 +100,7 @@ export class SessionDriver implements Timed, LinkOwner {
   private listener: SessionListener | undefined;
   private driving = false;
   private again = false;
+  private driveQueued = false;
   private referenced = false;
   private noDelay = true;
 
@@ -189,6 +202,25 @@ export class SessionDriver implements Timed, LinkOwner {
   }
 
   /**
+   * Drives once the application's current synchronous run is over (a
+   * microtask): a loop of small writes then leaves in one transmission
+   * instead of one system call each, and a lone write waits for nothing.
+   */
+  driveSoon(): void {
+    if (this.driving) {
+      // Written from an event handler: the running loop transmits it next.
+      this.again = true;
+      return;
+    }
+    if (this.driveQueued) return;
+    this.driveQueued = true;
+    queueMicrotask(() => {
+      this.driveQueued = false;
+      this.drive();
+    });
+  }
+
+  /**
    * Runs the loop now, even from inside it (the outer round then goes on
    * with whatever is left). For an abort: a program that calls
    * process.exit() from a 'data' handler gets no later round, and its peer
@@ -204,6 +236,11 @@ export class SessionDriver implements Timed, LinkOwner {
     }
   }
 
+  /** Hands what the session has to send to the link sockets now, without handling events. */
+  transmitNow(): void {
+    this.flush();
+  }
+
   private flush(): void {
     if (this.links.size === 0) return;
     const now = monotonicNow();
@@ -212,9 +249,13 @@ export class SessionDriver implements Timed, LinkOwner {
       if (s.destroyed || s.connecting) continue;
       const out = this.session.pollTransmit(id, now, LINK_HIGH_WATER - s.writableLength);
       if (out === undefined) continue;
-      s.cork();
-      for (const b of out) s.write(b);
-      s.uncork();
+      if (out.length === 1) s.write(out[0]);
+      else if (out.length <= SMALL_WRITE_PARTS && totalLength(out) <= SMALL_WRITE_BYTES) s.write(Buffer.concat(out));
+      else {
+        s.cork();
+        for (const b of out) s.write(b);
+        s.uncork();
+      }
     }
   }
 

@@ -469,7 +469,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const now = monotonicNow();
     let room = true;
     for (const chunk of chunks) room = driver.session.write(chunk, now);
-    driver.drive();
+    driver.driveSoon();
     // Past the in-flight limit the callback waits for the peer's acknowledgements.
     if (room) callback();
     else this.pendingWrite = callback;
@@ -510,6 +510,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
         driver.detach();
         driver.drive();
       } else {
+        // Data written in this same turn (drives are deferred) goes out before the abort, as it would have with net.Socket.
+        driver.transmitNow();
         driver.session.abort(monotonicNow(), err ? `aborted: ${err.message}` : undefined);
         driver.driveNow();
         driver.detach();
@@ -633,8 +635,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private reportUnread(): void {
     const driver = this.driver;
     if (driver === undefined || driver.session.state === 'done') return;
-    driver.session.updateUnread(this.readableLength, monotonicNow());
-    driver.drive();
+    // Reading often changes nothing (flowing mode reads as it delivers): then there is nothing to drive.
+    if (driver.session.updateUnread(this.readableLength, monotonicNow())) driver.drive();
   }
 
   private releaseCallbacks(err: Error | null): void {

@@ -63,7 +63,8 @@ export function deriveSessionKey(
     throw new RocksError('ERR_ROCKS_PROTOCOL', 'unusable X25519 public key');
   }
   const info = Buffer.concat([KEY_INFO, clientPublic, serverPublic]);
-  return Buffer.from(hkdfSync('sha256', shared, sessionId, info, KEY_SIZE));
+  // Copied into Node's shared pool: a key of its own would cost an ArrayBuffer per session.
+  return Buffer.from(new Uint8Array(hkdfSync('sha256', shared, sessionId, info, KEY_SIZE)));
 }
 
 export interface ResumeTranscript {

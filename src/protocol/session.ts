@@ -144,6 +144,9 @@ interface Link {
   announcement?: Buffer;
 }
 
+/** A session's server instance before WELCOME names it (never written to). */
+const NO_INSTANCE = Buffer.alloc(INSTANCE_SIZE);
+
 /** Every client link opens with this EDP announcement (src/edp). */
 const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
@@ -157,7 +160,7 @@ export class Session {
   private _sessionId: Buffer | undefined;
   private key: Buffer | undefined;
   /** The run of the server that issued the session (WELCOME), named again in RESUME. */
-  private serverInstance: Buffer = Buffer.alloc(INSTANCE_SIZE);
+  private serverInstance: Buffer = NO_INSTANCE;
   private readonly links = new Map<LinkId, Link>();
   private current: Link | undefined;
   private nextLinkId = 1;
@@ -244,7 +247,7 @@ export class Session {
     instance: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
-    s._sessionId = random.bytes(SESSION_ID_SIZE);
+    s._sessionId = Buffer.from(random.bytes(SESSION_ID_SIZE)); // into the shared pool
     const keys = keyPairFromSeed(random.bytes(KEY_SIZE));
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
     s.peerWindow = hello.window;
@@ -465,14 +468,15 @@ export class Session {
     this.release(now, this.endingCode(ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire));
   }
 
-  /** The application has not yet read `unread` of the bytes delivered to it. */
-  updateUnread(unread: number, now: number): void {
-    if (unread === this.unread) return;
+  /** The application has not yet read `unread` of the bytes delivered to it. Returns false when nothing changed. */
+  updateUnread(unread: number, now: number): boolean {
+    if (unread === this.unread) return false;
     const consumedMore = unread < this.unread;
     this.unread = unread;
     if (consumedMore) this.touch(now);
     this.account();
     if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
+    return true;
   }
 
   /** Emits `timeout` after `ms` without application data moving; 0 turns it off. */
@@ -622,8 +626,9 @@ export class Session {
       throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
     }
     const keys = l.keys!;
-    this._sessionId = f.sessionId;
-    this.serverInstance = f.instance;
+    // Copies: views would keep the whole received chunk alive for the session's life.
+    this._sessionId = Buffer.from(f.sessionId);
+    this.serverInstance = Buffer.from(f.instance);
     this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
     this.peerWindow = f.window;
     this.windowSent = this.config.receiveWindow;
