@@ -133,6 +133,30 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
   }
 }
 
+/**
+ * The floor: the same number of plain node:net connections, each beating one
+ * byte each way at rocks' heartbeat rate, server and client CPU over the
+ * same idle window. No proxies: their CPU is not counted for rocks either.
+ */
+async function floorRound(n: number, idleMs: number, config: Config): Promise<{ serverCpu: number; clientCpu: number }> {
+  const peers: Peer[] = [];
+  try {
+    const beat = ['--beat', String(config.heartbeat)];
+    const server = new Peer('scale-beat', ['--role', 'server', ...beat], { nofile: NOFILE });
+    peers.push(server);
+    const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
+    const client = new Peer('scale-beat', ['--role', 'client', '--port', String(port), '--count', String(n), '--batch', String(BATCH), ...beat], { nofile: NOFILE });
+    peers.push(client);
+    await client.next('ready', 120_000);
+    await sleep(config.heartbeat * 2);
+    for (const p of peers) p.send({ type: 'cpu', ms: idleMs });
+    const [serverCpu, clientCpu] = (await Promise.all(peers.map((p) => p.next<Cpu>('cpu', idleMs + 30_000)))).map(percent);
+    return { serverCpu, clientCpu };
+  } finally {
+    for (const p of peers.reverse()) await p.stop();
+  }
+}
+
 export const scale: BenchCase = {
   id: 'scale',
   title: 'Scale: concurrent reliable connections to one server process',
@@ -147,6 +171,12 @@ export const scale: BenchCase = {
       ctx.log(`  scale: round ${i + 1}/${rounds}, ${n} connections`);
       results.push(await round(ctx, n, idleMs, config));
     }
+    const floors: { serverCpu: number; clientCpu: number }[] = [];
+    for (let i = 0; i < rounds; i++) {
+      const f = await floorRound(n, idleMs, config);
+      ctx.log(`  scale: floor round ${i + 1}/${rounds}: ${n} plain connections beating 1 B each way every ${config.heartbeat} ms: server ${f.serverCpu.toFixed(2)}%, client ${f.clientCpu.toFixed(2)}% of a core`);
+      floors.push(f);
+    }
     const fewer = rounds < ctx.repeats ? `; ${rounds} round(s) of fresh processes, not ${ctx.repeats}: each is expensive` : '';
     const defaults = config.note;
     const path = `client, server and ${Math.ceil(n / PER_PROXY)} FaultProxy process(es) on loopback`;
@@ -160,7 +190,18 @@ export const scale: BenchCase = {
       note: `${note}${fewer}`,
     });
     const proxyCpu = results.map((r) => r.proxyCpu.toFixed(1)).join(', ');
+    const floor = (side: 'server' | 'client', pick: (f: (typeof floors)[number]) => number): Measure => ({
+      case: 'scale',
+      metric: `heartbeat CPU, ${n} idle, ${side} process`,
+      variant: 'raw',
+      unit: '% of a core',
+      better: 'lower',
+      samples: floors.map(pick),
+      note: `the floor: ${n} plain node:net connections, each writing a 1-byte heartbeat every ${config.heartbeat} ms both ways (what any per-connection liveness check at rocks' rate costs)${fewer}`,
+    });
     return [
+      floor('server', (f) => f.serverCpu),
+      floor('client', (f) => f.clientCpu),
       m(`set-up of ${n} connections`, 'ms', (r) => r.setup, `${BATCH} at a time; EDP detection (probes until the verdict is cached); ${path}; ${defaults}`),
       m(`heartbeat CPU, ${n} idle, server process`, '% of a core', (r) => r.serverCpu, `process.cpuUsage() over ${idleMs / 1000} s idle; target < 5% for 10,000; ${defaults}`),
       m(

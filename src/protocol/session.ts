@@ -142,6 +142,8 @@ interface Link {
   serverNonce?: Buffer;
   /** Client: bytes received while waiting for the server's EDP announcement. */
   announcement?: Buffer;
+  /** Something arrived on this link: a server is at the other end and working on it. */
+  heard?: boolean;
 }
 
 /** A session's server instance before WELCOME names it (never written to). */
@@ -339,6 +341,7 @@ export class Session {
     const l = this.links.get(link);
     if (l === undefined) return;
     if (l === this.current) this.lastHeardAt = now;
+    l.heard = true;
     if (l.announcement !== undefined) {
       chunk = this.readAnnouncement(l, chunk, now) ?? Buffer.alloc(0);
       if (chunk.length === 0) return;
@@ -993,19 +996,24 @@ export class Session {
 
   /**
    * When the next dial may start: one attempt at a time, except that an
-   * attempt whose transport has not even connected (a black-holed SYN) for
-   * longer than the backoff cap does not hold up a fresh one.
+   * attempt that has heard nothing from the server for longer than the
+   * backoff cap does not hold up a fresh one. Its SYN may have been
+   * black-holed, or a middlebox (a proxy, a load balancer) accepted the
+   * connection for a server it cannot reach; either way a fresh attempt finds
+   * the path as soon as it returns. A server always speaks first (its EDP
+   * announcement), so an attempt that heard from it is left its whole
+   * handshake timeout: piling attempts on a slow server would not help it.
    */
   private nextDialTime(): number {
     let pending = 0;
-    let connecting = 0;
+    let silent = 0;
     for (const l of this.links.values()) {
       if (l === this.current) continue;
       pending++;
-      if (l.phase === 'dialing') connecting++;
+      if (!l.heard) silent++;
     }
     if (pending === 0) return this.nextDialAt;
-    if (pending >= MAX_PENDING_DIALS || connecting < pending) return Infinity;
+    if (pending >= MAX_PENDING_DIALS || silent < pending) return Infinity;
     return Math.max(this.nextDialAt, this.lastDialAt + this.config.reconnectDelayMax);
   }
 
