@@ -1,6 +1,7 @@
 // 6. Memory: RSS and heap per idle connection, on each side, at 1,000 and
-// 10,000 connections (quick: 1,000); and per suspended rocks connection
-// holding 64 KiB its peer never acknowledged.
+// 10,000 connections (quick: 1,000), for raw node:net, rocks and socket.io
+// (websocket, connection state recovery on); and per suspended rocks
+// connection holding 64 KiB its peer never acknowledged.
 
 import { Peer } from '../core/process.js';
 import type { BenchCase, Measure } from '../core/types.js';
@@ -27,13 +28,14 @@ const SUSPENDING = { enhanced: true, failureTimeout: 1000, heartbeatInterval: 20
 
 async function hold(transport: string, count: number, inflight = 0): Promise<{ server: ReturnType<typeof perConnection>; client: ReturnType<typeof perConnection> }> {
   // enhanced: measure rocks sessions only, never a connection that detection left plain.
-  const common = ['--transport', transport, '--options', JSON.stringify(inflight > 0 ? SUSPENDING : IDLE)];
-  const server = new Peer('server', [...common, '--job', 'hold'], gc);
+  const sio = transport === 'socket.io';
+  const common = sio ? [] : ['--transport', transport, '--options', JSON.stringify(inflight > 0 ? SUSPENDING : IDLE)];
+  const server = new Peer(sio ? 'sio-server' : 'server', [...common, '--job', 'hold'], gc);
   try {
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
     server.send({ type: 'memory' });
     const serverBefore = await server.next<Memory & { type: string }>('memory');
-    const client = new Peer('client', [...common, '--job', 'hold', '--count', String(count), '--inflight', String(inflight), '--port', String(port)], gc);
+    const client = new Peer(sio ? 'sio-client' : 'client', [...common, '--job', 'hold', '--count', String(count), ...(sio ? [] : ['--inflight', String(inflight)]), '--port', String(port)], gc);
     try {
       const ready = await client.next<{ type: string; before: Memory; after: Memory; suspended: number }>('ready', 120_000);
       if (inflight > 0 && ready.suspended !== count) throw new Error(`only ${ready.suspended} of ${count} connections suspended`);
@@ -56,7 +58,7 @@ export const memory: BenchCase = {
     const add = (metric: string, variant: string, samples: number[], note?: string) =>
       out.push({ case: 'memory', metric, variant, unit: 'KiB', better: 'lower', samples, ...(note ? { note } : {}) });
     for (const count of ctx.quick ? [1000] : [1000, 10_000]) {
-      for (const transport of ['raw', 'rocks']) {
+      for (const transport of ['raw', 'rocks', 'socket.io']) {
         const runs = [];
         for (let i = 0; i < ctx.repeats; i++) runs.push(await hold(transport, count));
         ctx.log(`memory ${count} ${transport}: server heap ${runs.map((r) => r.server.heap.toFixed(1)).join(', ')} KiB, client heap ${runs.map((r) => r.client.heap.toFixed(1)).join(', ')} KiB per connection`);

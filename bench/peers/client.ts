@@ -138,6 +138,7 @@ async function detect(): Promise<void> {
 async function resume(): Promise<void> {
   const resumes: number[] = [];
   const replayed: number[] = [];
+  const lost: number[] = [];
   let timeline: [number, number][] = [];
   let marks: [number, string][] = [];
   const outage = Number(args.outage);
@@ -156,7 +157,11 @@ async function resume(): Promise<void> {
     const points: [number, number][] = [];
     const sampler = setInterval(() => points.push([Math.round(performance.now() - t0), received]), 20);
     const chunk = Buffer.alloc(40 * 1024, 3);
-    const writer = setInterval(() => s.write(chunk), 10);
+    let written = 0;
+    const writer = setInterval(() => {
+      s.write(chunk);
+      written += chunk.length;
+    }, 10);
     await sleep(1000);
     const broken = performance.now();
     proxy.blackhole();
@@ -167,6 +172,10 @@ async function resume(): Promise<void> {
     resumes.push(firstAfterHeal - healedAt);
     await sleep(1000);
     clearInterval(writer);
+    // Every byte written comes back from the echo server, or it was lost.
+    const stopped = performance.now();
+    while (received < written && performance.now() - stopped < 5000) await sleep(20);
+    lost.push(written - received);
     clearInterval(sampler);
     replayed.push((info?.replayedOut ?? 0) + (info?.replayedIn ?? 0));
     timeline = points;
@@ -177,7 +186,7 @@ async function resume(): Promise<void> {
     s.destroy();
     await proxy.close();
   }
-  say({ type: 'result', resume: resumes, replayed, timeline, marks });
+  say({ type: 'result', resume: resumes, replayed, lost, timeline, marks });
 }
 
 async function hold(): Promise<void> {

@@ -4,6 +4,8 @@
 //   pingpong  --size S --count M --warmup K      {p50, p99} round trips, ms
 //   setup     --count K --concurrent C           {sequential: ms[], concurrent: ms}
 //   detect    [--repeats R]                      {detection: ms | ms[], bound: ms}
+//   resume    --repeats R --outage MS             {resume: ms[], lost: bytes[], recovered: boolean[]}
+//   hold      --count N                          N idle connections, memory before and after (bench/cases/memory.ts)
 // Flow control for bulk: sio-flow.ts.
 
 import { randomBytes } from 'node:crypto';
@@ -30,6 +32,7 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '100' },
     concurrent: { type: 'string', default: '100' },
     repeats: { type: 'string' },
+    outage: { type: 'string', default: '3000' },
   },
 });
 const port = Number(args.port);
@@ -133,7 +136,77 @@ async function detect(): Promise<object> {
   return { detection: runs.map((r) => r.detection), bound: runs[0]?.bound };
 }
 
-const jobs: Record<string, () => Promise<object>> = { bulk, pingpong, setup, detect };
+/**
+ * Resume, as bench/peers/client.ts measures it for rocks: 40 KiB messages
+ * every 10 ms, each numbered, echoed by the server; the path black-holed for
+ * --outage ms, then back. Times the path's return to the first echo after
+ * it, then stops sending, waits for stragglers and counts the bytes of
+ * messages never echoed. socket.io runs with its defaults for reconnection
+ * (and its 20 s connect timeout): what a user gets.
+ */
+async function resumeOnce(outage: number): Promise<{ resume: number; lost: number; recovered: boolean }> {
+  const proxy = new FaultProxy(port);
+  const socket = io(`http://127.0.0.1:${await proxy.listen()}`, { transports: ['websocket'], forceNew: true });
+  await once(socket, 'connect');
+  const echoed = new Set<number>();
+  let healedAt: number | undefined;
+  let firstAfterHeal: number | undefined;
+  socket.on('d', (d: Buffer) => {
+    echoed.add(d.readUInt32BE(0));
+    if (healedAt !== undefined && firstAfterHeal === undefined) firstAfterHeal = performance.now();
+  });
+  let sent = 0;
+  const writer = setInterval(() => {
+    const message = Buffer.alloc(RESUME_MESSAGE, 3);
+    message.writeUInt32BE(sent++, 0);
+    socket.emit('d', message);
+  }, 10);
+  await sleep(1000);
+  proxy.blackhole();
+  await sleep(outage);
+  healedAt = performance.now();
+  proxy.heal();
+  while (firstAfterHeal === undefined && performance.now() - healedAt < 60_000) await sleep(5);
+  if (firstAfterHeal === undefined) fatal('socket.io: nothing echoed within 60 s of the path coming back');
+  await sleep(1000);
+  clearInterval(writer);
+  const stopped = performance.now();
+  while (echoed.size < sent && performance.now() - stopped < 5000) await sleep(20);
+  const recovered = socket.recovered;
+  socket.close();
+  await proxy.close();
+  return { resume: firstAfterHeal - healedAt, lost: (sent - echoed.size) * RESUME_MESSAGE, recovered };
+}
+
+const RESUME_MESSAGE = 40 * 1024;
+
+async function resume(): Promise<object> {
+  const runs: { resume: number; lost: number; recovered: boolean }[] = [];
+  for (let i = 0; i < Number(args.repeats ?? 1); i++) runs.push(await resumeOnce(Number(args.outage)));
+  return { resume: runs.map((r) => r.resume), lost: runs.map((r) => r.lost), recovered: runs.map((r) => r.recovered) };
+}
+
+/** N idle connections; says {"type":"ready","before","after"} (memory, after a GC) and holds them until stopped. */
+async function hold(): Promise<object> {
+  const memory = () => {
+    globalThis.gc?.();
+    const m = process.memoryUsage();
+    return { rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  };
+  const count = Number(args.count);
+  const before = memory();
+  const sockets: Socket[] = [];
+  for (let i = 0; i < count; i += 500) {
+    const batch = Array.from({ length: Math.min(500, count - i) }, () => open());
+    await Promise.all(batch.map((s) => once(s, 'connect')));
+    sockets.push(...batch);
+  }
+  await sleep(500);
+  say({ type: 'ready', before, after: memory(), count: sockets.length, suspended: 0 });
+  return new Promise<object>(() => {}); // until the case stops this process
+}
+
+const jobs: Record<string, () => Promise<object>> = { bulk, pingpong, setup, detect, resume, hold };
 const job = jobs[args.job ?? ''];
 if (!job) fatal(`unknown --job ${args.job}`);
 if (!Number.isInteger(port) || port <= 0) fatal('--port is required');

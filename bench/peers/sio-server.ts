@@ -1,12 +1,14 @@
 // The server side of the socket.io benchmarks (bench/peers/sio-client.ts is
 // the other), the counterpart of server.ts: `--job echo` sends every 'd'
 // back; `--job bulk` counts N bytes of 'd' in (and with --both sends N out)
-// then emits 'done'. socket.io runs as a user wanting reliability would run
+// then emits 'done'; `--job hold` keeps connections idle and reports memory
+// on request. socket.io runs as a user wanting reliability would run
 // it: websocket only, connection state recovery on.
 // Flow control for bulk: sio-flow.ts.
 
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Server, type Socket } from 'socket.io';
 import { fatal, say } from './say.js';
@@ -24,7 +26,7 @@ const { values: args } = parseArgs({
     'ping-timeout': { type: 'string' },
   },
 });
-if (args.job !== 'echo' && args.job !== 'bulk') fatal(`unknown --job ${args.job}`);
+if (args.job !== 'echo' && args.job !== 'bulk' && args.job !== 'hold') fatal(`unknown --job ${args.job}`);
 const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);
 
@@ -52,7 +54,14 @@ const io = new Server(http, {
 });
 io.on('connection', (socket) => {
   if (args.job === 'echo') socket.on('d', (d: Buffer) => socket.emit('d', d));
-  else bulk(socket);
+  else if (args.job === 'bulk') bulk(socket);
+});
+// `--job hold` keeps connections idle; {"type":"memory"} on stdin gets this process's memory after a GC.
+createInterface({ input: process.stdin }).on('line', (line) => {
+  if ((JSON.parse(line) as { type: string }).type !== 'memory') return;
+  globalThis.gc?.();
+  const m = process.memoryUsage();
+  say({ type: 'memory', rss: m.rss, heapUsed: m.heapUsed, external: m.external, connections: io.engine.clientsCount });
 });
 await new Promise<void>((resolve, reject) => {
   http.once('error', reject);
