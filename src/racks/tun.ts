@@ -1,0 +1,270 @@
+// A TUN device for racks: the kernel routes the packets of protected
+// connections into it, and racks writes the peer's packets back into it, one
+// whole IPv4 packet per read or write (IFF_TUN | IFF_NO_PI).
+//
+// Node cannot ioctl, so the device is opened with koffi (FFI to libc):
+// open("/dev/net/tun") and ioctl(TUNSETIFF, struct ifreq). The device
+// belongs to the network namespace of the process that opens it, and goes
+// away when its last descriptor closes (it is not made persistent).
+//
+// Reading without blocking the event loop. libuv cannot watch a character
+// device (net.Socket refuses the fd), so:
+// - the fd is non-blocking, and packets are drained with plain read() calls
+//   on the main thread until EAGAIN (a batch at a time, then the loop gets
+//   a turn);
+// - only when the queue is empty, one poll() on the fd and an eventfd runs
+//   as a koffi async call, that is on one of libuv's threadpool threads
+//   (UV_THREADPOOL_SIZE, 4 by default), and wakes the drain when packets
+//   come. Under load the poll is rarely needed, so the threadpool hop is
+//   paid per batch, not per packet.
+// - close() writes the eventfd, so a pending poll returns at once, and only
+//   then closes the fds: nothing can hang the process on exit, which a
+//   blocking fs.read() on the fd would (closing an fd does not wake a read
+//   blocked in another thread, and libuv joins its threads at exit).
+// Writes are synchronous non-blocking write() calls: a TUN write never waits,
+// the kernel takes the packet or drops it and says so.
+//
+// The constants are those of Linux on x86-64 and arm64 (the generic ABI).
+
+import { EventEmitter } from 'node:events';
+import koffi from 'koffi';
+
+const O_RDWR = 0o2;
+const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
+const IFF_TUN = 0x0001;
+const IFF_NO_PI = 0x1000;
+const TUNSETIFF = 0x400454ca; // _IOW('T', 202, int)
+const IFNAMSIZ = 16;
+const IFREQ_SIZE = 40;
+const EFD_NONBLOCK = O_NONBLOCK;
+const EFD_CLOEXEC = O_CLOEXEC;
+const POLLIN = 0x1;
+const EAGAIN = 11;
+const EINTR = 4;
+
+interface Libc {
+  open(path: string, flags: number): number;
+  close(fd: number): number;
+  read(fd: number, buf: Buffer, count: number): number;
+  write(fd: number, buf: Buffer, count: number): number;
+  ioctl(fd: number, request: number, ...rest: unknown[]): number;
+  eventfd(initval: number, flags: number): number;
+  poll: ((fds: Buffer, nfds: number, timeout: number) => number) & {
+    async(fds: Buffer, nfds: number, timeout: number, callback: (err: unknown, result: number) => void): void;
+  };
+  strerror(errnum: number): string;
+}
+
+let libc: Libc | undefined;
+function loadLibc(): Libc {
+  if (libc) return libc;
+  const lib = koffi.load('libc.so.6');
+  libc = {
+    open: lib.func('int open(const char *path, int flags)'),
+    close: lib.func('int close(int fd)'),
+    read: lib.func('long read(int fd, void *buf, unsigned long count)'),
+    write: lib.func('long write(int fd, const void *buf, unsigned long count)'),
+    ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
+    eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
+    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
+    strerror: lib.func('const char *strerror(int errnum)'),
+  } as Libc;
+  return libc;
+}
+
+/** An error from a system call, with the errno's name where known (like Node's own). */
+export class TunError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  readonly syscall: string;
+
+  constructor(syscall: string, errno: number, detail = '') {
+    const code = Object.entries(koffi.os.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`;
+    super(`${syscall}${detail ? ` ${detail}` : ''}: ${code} (${loadLibc().strerror(errno)})`);
+    this.name = 'TunError';
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+  }
+}
+
+export interface TunOptions {
+  /** Interface name, at most 15 bytes; a `%d` lets the kernel pick a number. Default 'rack%d'. */
+  name?: string;
+  /** Largest packet read (the buffer given to read()); bigger ones are cut by the kernel. Default 65535. */
+  maxPacket?: number;
+  /** Packets read in one turn of the event loop before yielding to other work. Default 64. */
+  batch?: number;
+}
+
+export interface TunStats {
+  packetsIn: number;
+  bytesIn: number;
+  packetsOut: number;
+  bytesOut: number;
+  /** Writes the kernel refused (a malformed packet, the device down). */
+  writeErrors: number;
+  /** poll() calls made on the threadpool (how often the queue ran dry). */
+  polls: number;
+}
+
+const SLAB = 1 << 20;
+
+/**
+ * An open TUN device. Events: 'packet' (a view of one IP packet, valid for
+ * as long as it is referenced), 'error' (a read failed; reading stops),
+ * 'close'.
+ */
+export class TunDevice extends EventEmitter {
+  readonly name: string;
+  readonly stats: TunStats = { packetsIn: 0, bytesIn: 0, packetsOut: 0, bytesOut: 0, writeErrors: 0, polls: 0 };
+  private readonly libc = loadLibc();
+  private fd: number;
+  private wakeFd: number;
+  private readonly maxPacket: number;
+  private readonly batch: number;
+  private slab = Buffer.allocUnsafe(SLAB);
+  private slabOffset = 0;
+  private readonly pollfds = Buffer.alloc(16);
+  private polling = false;
+  private scheduled = false;
+  private paused = false;
+  private closing: Promise<void> | undefined;
+  private finishClose: (() => void) | undefined;
+
+  /** Creates (or attaches to) the TUN interface; it is down and has no address until configured. */
+  constructor(options: TunOptions = {}) {
+    super();
+    const name = options.name ?? 'rack%d';
+    if (Buffer.byteLength(name) >= IFNAMSIZ || name.length === 0 || /[\s/:]/.test(name)) {
+      throw new RangeError(`TUN name must be 1..15 bytes without spaces, '/' or ':', got ${JSON.stringify(name)}`);
+    }
+    this.maxPacket = options.maxPacket ?? 65535;
+    this.batch = options.batch ?? 64;
+    const c = this.libc;
+    this.fd = c.open('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (this.fd < 0) throw new TunError('open', koffi.errno(), '/dev/net/tun');
+    const ifr = Buffer.alloc(IFREQ_SIZE);
+    ifr.write(name, 0, IFNAMSIZ - 1, 'utf8');
+    ifr.writeUInt16LE(IFF_TUN | IFF_NO_PI, IFNAMSIZ);
+    if (c.ioctl(this.fd, TUNSETIFF, 'void *', ifr) < 0) {
+      const errno = koffi.errno();
+      c.close(this.fd);
+      throw new TunError('ioctl', errno, `TUNSETIFF ${name}`);
+    }
+    this.name = ifr.toString('utf8', 0, ifr.indexOf(0) === -1 || ifr.indexOf(0) > IFNAMSIZ ? IFNAMSIZ : ifr.indexOf(0));
+    this.wakeFd = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (this.wakeFd < 0) {
+      const errno = koffi.errno();
+      c.close(this.fd);
+      throw new TunError('eventfd', errno);
+    }
+    this.pollfds.writeInt32LE(this.fd, 0);
+    this.pollfds.writeInt16LE(POLLIN, 4);
+    this.pollfds.writeInt32LE(this.wakeFd, 8);
+    this.pollfds.writeInt16LE(POLLIN, 12);
+    this.schedule();
+  }
+
+  get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /**
+   * Writes one whole IP packet into the kernel, as if it arrived on this
+   * interface. Returns false (and counts a write error) when the kernel
+   * refuses it; throws only when the device is closed.
+   */
+  write(packet: Buffer): boolean {
+    if (this.closing) throw new Error(`TUN ${this.name} is closed`);
+    const n = this.libc.write(this.fd, packet, packet.length);
+    if (n !== packet.length) {
+      this.stats.writeErrors++;
+      return false;
+    }
+    this.stats.packetsOut++;
+    this.stats.bytesOut += n;
+    return true;
+  }
+
+  /** Stops reading: packets wait in the kernel's queue (txqueuelen), then the kernel drops them. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.schedule();
+  }
+
+  /** Stops reading and closes the device (which removes the interface). Safe to call twice. */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closing = new Promise((resolve) => {
+      this.finishClose = () => {
+        this.libc.close(this.fd);
+        this.libc.close(this.wakeFd);
+        this.fd = -1;
+        this.wakeFd = -1;
+        resolve();
+        this.emit('close');
+      };
+    });
+    if (this.polling) {
+      const one = Buffer.alloc(8);
+      one.writeBigUInt64LE(1n);
+      this.libc.write(this.wakeFd, one, 8); // the poll returns, and its callback finishes the close
+    } else {
+      this.finishClose!();
+    }
+    return this.closing;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.polling || this.paused || this.closing) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.drain();
+    });
+  }
+
+  /** Reads up to a batch of packets; then yields, or waits in poll() when the queue is empty. */
+  private drain(): void {
+    for (let i = 0; i < this.batch; i++) {
+      if (this.paused || this.closing) return;
+      if (SLAB - this.slabOffset < this.maxPacket) {
+        this.slab = Buffer.allocUnsafe(SLAB);
+        this.slabOffset = 0;
+      }
+      const n = this.libc.read(this.fd, this.slab.subarray(this.slabOffset, this.slabOffset + this.maxPacket), this.maxPacket);
+      if (n < 0) {
+        const errno = koffi.errno();
+        if (errno === EINTR) continue;
+        if (errno === EAGAIN) return this.wait();
+        this.emit('error', new TunError('read', errno, this.name));
+        return;
+      }
+      const packet = this.slab.subarray(this.slabOffset, this.slabOffset + n);
+      this.slabOffset += (n + 7) & ~7;
+      this.stats.packetsIn++;
+      this.stats.bytesIn += n;
+      this.emit('packet', packet);
+    }
+    this.schedule();
+  }
+
+  private wait(): void {
+    this.polling = true;
+    this.stats.polls++;
+    this.pollfds.writeInt16LE(0, 6);
+    this.pollfds.writeInt16LE(0, 14);
+    this.libc.poll.async(this.pollfds, 2, -1, () => {
+      this.polling = false;
+      if (this.closing) return this.finishClose!();
+      this.schedule();
+    });
+  }
+}
