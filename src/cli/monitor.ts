@@ -21,7 +21,7 @@ interface Tracked {
 const MiB = (n: number): string => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`);
 
 /** A pino line as text: "12:00:01.250 INFO  message key=value". */
-function asText(line: string): string {
+export function textLines(line: string): string {
   const { level, time, msg, pid: _pid, hostname: _host, ...rest } = JSON.parse(line) as Record<string, unknown>;
   const fields = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
   const when = new Date(time as number).toISOString().slice(11, 23);
@@ -45,7 +45,7 @@ export class Monitor {
     const destination = {
       write: (line: string) => {
         this.clearStatus();
-        process.stderr.write(common.json ? line : asText(line));
+        process.stderr.write(common.json ? line : textLines(line));
         this.drawStatus();
       },
     };

@@ -56,10 +56,15 @@ export interface RackKernelConfig {
   routeTable?: number;
   /** Priority of the `ip rule`, before main (32766). */
   rulePriority?: number;
+  /** The rack port: the daemons' own carriages, never marked. */
+  port?: number;
 }
 
 // 7225 spells "rack" on a phone keypad.
-export const DEFAULTS = { tun: 'rack0', table: 'rack', mark: 0x7225, routeTable: 7225, rulePriority: 7225 } as const;
+export const DEFAULTS = { tun: 'rack0', table: 'rack', mark: 0x7225, routeTable: 7225, rulePriority: 7225, port: 7225 } as const;
+
+/** The mark of packets the daemon sends out itself (raw socket): the rules let them pass. */
+export const bypassMark = (config: Partial<RackKernelConfig> = {}): number => resolve(config).mark + 1;
 
 type Resolved = Required<RackKernelConfig>;
 const resolve = (config: Partial<RackKernelConfig>): Resolved => ({ ...DEFAULTS, ...config });
@@ -115,7 +120,19 @@ export function formatSpec(spec: ProtectSpec): string {
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
-/** The nftables script that (re)creates racks' table for these specs; pure, for tests and `--dry-run`s. */
+/**
+ * The nftables script that (re)creates racks' table for these specs; pure,
+ * for tests and `--dry-run`s. Three sets, filled by the daemon as it learns:
+ *   plain   hosts without a rack daemon (EDP for racks said so): their
+ *           connections never come near the TUN;
+ *   clients inner addresses of rack clients (server role): replies to them
+ *           take the carriage;
+ *   bypass  connections that need no carriage (rocks connections, which
+ *           recover by themselves; connections past the limit).
+ * Client side, a packet to a protected port goes to the TUN unless its host
+ * is plain, which brings the first SYN to a new host to the daemon, to hold
+ * while it asks.
+ */
 export function ruleset(specs: ProtectSpec[], config: Partial<RackKernelConfig> = {}): string {
   const c = resolve(config);
   checkName('tun', c.tun);
@@ -127,17 +144,24 @@ export function ruleset(specs: ProtectSpec[], config: Partial<RackKernelConfig> 
     const to = net ? `ip daddr ${net} ` : '';
     const from = net ? `ip saddr ${net} ` : '';
     const name = formatSpec(spec);
-    lines.push(`    meta nfproto ipv4 ${to}tcp dport ${spec.port} meta mark set ${mark} comment "${name} client side"`);
-    lines.push(`    meta nfproto ipv4 ${from}tcp sport ${spec.port} meta mark set ${mark} comment "${name} server side"`);
+    lines.push(`    meta nfproto ipv4 ${to}tcp dport ${spec.port} ip daddr != @plain meta mark set ${mark} comment "${name} client side"`);
+    lines.push(`    meta nfproto ipv4 ${from}tcp sport ${spec.port} ip daddr @clients meta mark set ${mark} comment "${name} server side"`);
   }
   return [
     // Creating then deleting makes the delete succeed whether or not the table existed; all one transaction.
     `add table inet ${c.table}`,
     `delete table inet ${c.table}`,
     `table inet ${c.table} {`,
+    `  set plain { type ipv4_addr; flags timeout; }`,
+    `  set clients { type ipv4_addr; }`,
+    `  set bypass { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }`,
     `  chain output {`,
     `    type route hook output priority mangle; policy accept;`,
     `    oifname "lo" return`,
+    `    meta mark ${hex(bypassMark(c))} return comment "sent by the daemon itself"`,
+    `    tcp dport ${c.port} return comment "carriages"`,
+    `    tcp sport ${c.port} return comment "carriages"`,
+    `    meta nfproto ipv4 ip saddr . tcp sport . ip daddr . tcp dport @bypass return`,
     ...lines,
     `  }`,
     `  chain prerouting {`,
@@ -147,6 +171,45 @@ export function ruleset(specs: ProtectSpec[], config: Partial<RackKernelConfig> 
     `}`,
     '',
   ].join('\n');
+}
+
+// ---- what the daemon learns ---------------------------------------------------------------------
+
+/** A host without a rack daemon: its connections go out untouched for `ttl` ms. */
+export function addPlain(config: Partial<RackKernelConfig>, address: string, ttl: number): void {
+  const c = resolve(config);
+  run('nft', ['add', 'element', 'inet', c.table, 'plain', `{ ${checkAddress(address)} timeout ${Math.max(1, Math.round(ttl / 1000))}s }`]);
+}
+
+/** Server role: replies to this inner address take the carriage. */
+export function addClient(config: Partial<RackKernelConfig>, address: string): void {
+  const c = resolve(config);
+  run('nft', ['add', 'element', 'inet', c.table, 'clients', `{ ${checkAddress(address)} }`]);
+}
+
+/** One direction of a connection that leaves the TUN alone from now on (for a day). */
+export function addBypass(config: Partial<RackKernelConfig>, src: string, srcPort: number, dst: string, dstPort: number): void {
+  const c = resolve(config);
+  run('nft', ['add', 'element', 'inet', c.table, 'bypass', `{ ${checkAddress(src)} . ${srcPort} . ${checkAddress(dst)} . ${dstPort} timeout 1d }`]);
+}
+
+/** Puts an address that left its interface on the TUN, so sockets bound to it can still send. */
+export function keepAddress(config: Partial<RackKernelConfig>, address: string): void {
+  const c = resolve(config);
+  attempt('ip', ['addr', 'add', `${checkAddress(address)}/32`, 'dev', c.tun, 'noprefixroute']);
+}
+
+/** Whether IPv4 `address` lies in `network`. */
+export function inNetwork(address: string, network: { address: string; prefix: number }): boolean {
+  const a = ipv4ToNumber(address, address);
+  const n = ipv4ToNumber(network.address, network.address);
+  const size = 2 ** (32 - network.prefix);
+  return Math.floor(a / size) === Math.floor(n / size);
+}
+
+function checkAddress(address: string): string {
+  ipv4ToNumber(address, address);
+  return address;
 }
 
 function checkName(what: string, name: string): void {

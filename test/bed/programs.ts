@@ -33,7 +33,7 @@ export interface AgentEvent {
 }
 
 /** A process on a host of the bed, its output kept, stopped at the end whatever happens. */
-class HostProcess {
+export class HostProcess {
   output = '';
   exited: number | string | undefined;
   readonly exit: Promise<void>;
@@ -127,10 +127,10 @@ export async function finishAndVerify(client: Agent, server: Agent, count: numbe
 
 // ---- the command path ------------------------------------------------------------------------
 
-/** A `rock` command on a host, ready once its JSON log says `ready`. */
-class RockProcess extends HostProcess {
-  constructor(bed: NetBed, host: HostName, args: string[]) {
-    super(bed.spawn(host, process.execPath, [ROCK, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }), `rock ${args[0]}`);
+/** A `rock` (or, given its path, `rack`) command on a host, ready once its JSON log says so. */
+export class RockProcess extends HostProcess {
+  constructor(bed: NetBed, host: HostName, args: string[], command = ROCK) {
+    super(bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }), `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`);
   }
 
   /** Its log lines, parsed. */
@@ -146,39 +146,32 @@ class RockProcess extends HostProcess {
   }
 }
 
+/** `socat ... EXEC:cat` on the server host, listening on `listen` (HOST:PORT). */
+export function socatEcho(bed: NetBed, listen: string): HostProcess {
+  const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
+  return new HostProcess(bed.spawn('server', 'socat', [`TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
+}
+
 /**
- * socat on the client, through `rock forward` (client) and `rock serve`
- * (server), to `socat ... EXEC:cat` on the server: the test writes a paced
- * random stream into the client's socat and reads the echo back, so the
- * same bytes cross the failing path in both directions.
+ * An unmodified socat on the client host connected to `target`, an echo:
+ * the test writes a paced random stream into it and reads the echo back, so
+ * the same bytes cross the failing path in both directions.
  */
-export class CommandPath {
-  private readonly processes: HostProcess[] = [];
+export class SocatStream {
   private socat: HostProcess | undefined;
   private readonly sent = createHash('sha256');
   private readonly got = createHash('sha256');
   sentBytes = 0;
   gotBytes = 0;
   private timer: NodeJS.Timeout | undefined;
-  forward: RockProcess | undefined;
-  serve: RockProcess | undefined;
 
-  constructor(private readonly bed: NetBed) {}
+  constructor(private readonly bed: NetBed, private readonly label: string) {}
 
-  async start(port: number, rockOptions: string[], rate: number): Promise<void> {
-    const echoPort = port + 1;
-    const echo = new HostProcess(this.bed.spawn('server', 'socat', [`TCP-LISTEN:${echoPort},bind=127.0.0.1,reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
-    this.processes.push(echo);
-    this.serve = new RockProcess(this.bed, 'server', ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${echoPort}`, ...rockOptions]);
-    this.processes.push(this.serve);
-    await this.serve.ready('serving rocks, relaying to the target');
-    this.forward = new RockProcess(this.bed, 'client', ['forward', '--listen', `127.0.0.1:${port}`, '--to', `${this.bed.serverAddress}:${port}`, ...rockOptions]);
-    this.processes.push(this.forward);
-    await this.forward.ready('forwarding over rocks');
+  /** Starts writing `rate` bytes/s; resolves at the first echoed byte. */
+  async start(target: string, rate: number, context: () => string = () => ''): Promise<void> {
     // -t: after our end, wait for the echo to finish instead of socat's 0.5 s.
-    const socat = new HostProcess(this.bed.spawn('client', 'socat', ['-t', '120', 'STDIO', `TCP:127.0.0.1:${port}`], { stdio: ['pipe', 'pipe', 'pipe'] }), 'socat client');
+    const socat = new HostProcess(this.bed.spawn('client', 'socat', ['-t', '120', 'STDIO', `TCP:${target}`], { stdio: ['pipe', 'pipe', 'pipe'] }), 'socat client');
     this.socat = socat;
-    this.processes.push(socat);
     socat.child.stdout!.on('data', (d: Buffer) => {
       this.got.update(d);
       this.gotBytes += d.length;
@@ -194,7 +187,16 @@ export class CommandPath {
       this.sentBytes += chunk.length;
       if (!stdin.write(chunk)) waiting = true;
     }, 50);
-    await until(() => this.gotBytes > 0, 10_000, () => `the first echoed bytes through rock forward + serve:\n${this.forward!.output}\n${this.serve!.output}`);
+    await until(() => this.gotBytes > 0, 10_000, () => `the first echoed bytes ${this.label} (socat: ${socat.exited ?? 'running'} ${socat.output})\n${context()}`);
+  }
+
+  /** Whether socat is still running (it exits when its connection fails). */
+  get alive(): boolean {
+    return this.socat !== undefined && this.socat.exited === undefined;
+  }
+
+  get output(): string {
+    return this.socat?.output ?? '';
   }
 
   /** Ends the stream and checks that the echo came back whole. */
@@ -205,9 +207,45 @@ export class CommandPath {
     await Promise.race([this.socat!.exit, new Promise((r) => (timer = setTimeout(r, 60_000)))]);
     clearTimeout(timer);
     if (this.socat!.exited !== 0) throw new Error(`socat exited ${this.socat!.exited}: ${this.socat!.output}`);
-    if (this.gotBytes !== this.sentBytes) throw new Error(`socat sent ${this.sentBytes} bytes through rock forward + serve, got ${this.gotBytes} back`);
-    if (this.got.digest('hex') !== this.sent.digest('hex')) throw new Error('the echo through rock forward + serve differs from what was sent');
+    if (this.gotBytes !== this.sentBytes) throw new Error(`socat sent ${this.sentBytes} bytes ${this.label}, got ${this.gotBytes} back`);
+    if (this.got.digest('hex') !== this.sent.digest('hex')) throw new Error(`the echo ${this.label} differs from what was sent`);
     return { bytes: 2 * this.sentBytes };
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.socat?.stop();
+  }
+}
+
+/**
+ * socat on the client, through `rock forward` (client) and `rock serve`
+ * (server), to `socat ... EXEC:cat` on the server.
+ */
+export class CommandPath {
+  private readonly processes: HostProcess[] = [];
+  private readonly stream: SocatStream;
+  forward: RockProcess | undefined;
+  serve: RockProcess | undefined;
+
+  constructor(private readonly bed: NetBed) {
+    this.stream = new SocatStream(bed, 'through rock forward + serve');
+  }
+
+  async start(port: number, rockOptions: string[], rate: number): Promise<void> {
+    const echoPort = port + 1;
+    this.processes.push(socatEcho(this.bed, `127.0.0.1:${echoPort}`));
+    this.serve = new RockProcess(this.bed, 'server', ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${echoPort}`, ...rockOptions]);
+    this.processes.push(this.serve);
+    await this.serve.ready('serving rocks, relaying to the target');
+    this.forward = new RockProcess(this.bed, 'client', ['forward', '--listen', `127.0.0.1:${port}`, '--to', `${this.bed.serverAddress}:${port}`, ...rockOptions]);
+    this.processes.push(this.forward);
+    await this.forward.ready('forwarding over rocks');
+    await this.stream.start(`127.0.0.1:${port}`, rate, () => `${this.forward!.output}\n${this.serve!.output}`);
+  }
+
+  finishAndVerify(): Promise<{ bytes: number }> {
+    return this.stream.finishAndVerify();
   }
 
   /** Times of the forward's 'suspended' and 'resumed' log lines (its rocks connection). */
@@ -220,8 +258,6 @@ export class CommandPath {
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await Promise.all(this.processes.map((p) => p.stop()));
+    await Promise.all([this.stream.stop(), ...this.processes.map((p) => p.stop())]);
   }
 }
-

@@ -1,0 +1,272 @@
+// `rack up` on real hosts (test/bed): unmodified socat streams, checked by
+// SHA-256 both ways, through the failures racks are for, with the daemon
+// on both hosts, on one of them, or killed. Needs root; skipped with the
+// reason otherwise. Detection and resume times are printed.
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { RackStatus } from '../../src/racks/daemon.js';
+import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
+import { agentClient, agentServer, finishAndVerify, RockProcess, SocatStream, socatEcho, type HostProcess } from '../bed/programs.js';
+import { until } from '../support/net.js';
+
+const skip = netbedSkip();
+const RACK = fileURLToPath(new URL('../../src/cli/rack.js', import.meta.url));
+/** Protected: a socat echo, and an agent (rocks) server. Not protected: a second echo. */
+const ECHO = 5001;
+const PLAIN_ECHO = 5002;
+const AGENT = 5003;
+const FAILURE_TIMEOUT = 1000;
+const RATE = 2_000_000;
+
+function rackUp(bed: NetBed, host: HostName, extra: string[] = []): Promise<RockProcess> {
+  const rack = new RockProcess(bed, host, ['up', '--protect', `tcp:${ECHO}`, '--protect', `tcp:${AGENT}`, '--failure-timeout', String(FAILURE_TIMEOUT), ...extra], RACK);
+  return rack.ready('rack up').then(() => rack);
+}
+
+function rackCommand(bed: NetBed, host: HostName, args: string[]): string {
+  return execFileSync('ip', ['netns', 'exec', bed.ns[host], process.execPath, RACK, ...args], { encoding: 'utf8' });
+}
+
+function status(bed: NetBed, host: HostName): RackStatus {
+  return JSON.parse(rackCommand(bed, host, ['status', '--json'])) as RackStatus;
+}
+
+/** What of racks is in a host's kernel: nftables table, policy rule, route table, TUN device. */
+function leftovers(bed: NetBed, host: HostName): string[] {
+  const inNs = (cmd: string, ...args: string[]): string => execFileSync('ip', ['netns', 'exec', bed.ns[host], cmd, ...args], { encoding: 'utf8' });
+  const found: string[] = [];
+  if (/table inet rack\b/.test(inNs('nft', 'list', 'tables'))) found.push('nft table inet rack');
+  for (const line of inNs('ip', 'rule', 'show').split('\n')) if (line.startsWith('7225:')) found.push(`rule ${line}`);
+  const routes = inNs('ip', 'route', 'show', 'table', '7225').trim();
+  if (routes) found.push(`routes ${routes}`);
+  if (inNs('ip', '-o', 'link', 'show').includes('rack0')) found.push('link rack0');
+  return found;
+}
+
+/** The peer addresses of a host's established connections on `port`. */
+function peersOn(bed: NetBed, host: HostName, port: number): string[] {
+  const out = execFileSync('ip', ['netns', 'exec', bed.ns[host], 'ss', '-Htn', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' });
+  return out
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.trim().split(/\s+/).pop()!.replace(/:\d+$/, ''));
+}
+
+/** Times (ms, wall clock) of a rack's log lines with message `msg`. */
+const logTimes = (rack: RockProcess, msg: string): number[] => rack.logs().filter((l) => l.msg.startsWith(msg)).map((l) => l.time);
+
+interface World {
+  bed: NetBed;
+  processes: HostProcess[];
+}
+
+async function withBed(run: (w: World) => Promise<void>): Promise<void> {
+  const bed = new NetBed();
+  const w: World = { bed, processes: [] };
+  try {
+    bed.shape(100);
+    // Strict reverse-path filtering, as many distributions set it: packets racks injects must pass it.
+    bed.hostSysctl('net.ipv4.conf.all.rp_filter', '1');
+    await run(w);
+  } finally {
+    await Promise.all(w.processes.map((p) => p.stop()));
+    bed.destroy();
+  }
+}
+
+/** Detection (suspend − broken) and resume (resume − healed) of the carriages on both hosts, printed. */
+function report(label: string, racks: RockProcess[], broken: number, healed: number): void {
+  const detect = racks.map((r) => logTimes(r, 'carriage suspended').find((t) => t >= broken)! - broken);
+  const resume = racks.map((r) => logTimes(r, 'carriage resumed').find((t) => t >= healed)! - healed);
+  console.log(`# ${label}: carriage detection ${detect.join(' / ')} ms (failure timeout ${FAILURE_TIMEOUT}), resumed ${resume.join(' / ')} ms after the path was back (client / server)`);
+}
+
+describe('rack up on both hosts', { skip }, () => {
+  test("a socat stream keeps going while the client's address changes; the server sees the client's original address", { timeout: 90_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
+      const original = bed.clientAddress;
+      const stream = new SocatStream(bed, 'through rack');
+      w.processes.push({ stop: () => stream.stop() } as HostProcess);
+      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      assert.deepEqual(peersOn(bed, 'server', ECHO), [original], 'the server sees the client host itself');
+      const s = status(bed, 'client');
+      assert.equal(s.connections.length, 1, JSON.stringify(s));
+      assert.equal(s.hosts[0]?.verdict, 'rack');
+      await sleep(1000);
+      const moved = Date.now();
+      const now = bed.moveClient();
+      await until(() => logTimes(racks[0], 'carriage resumed').some((t) => t >= moved) && stream.gotBytes > 0, 20_000, () => racks.map((r) => r.output).join('\n'));
+      const before = stream.gotBytes;
+      await until(() => stream.gotBytes > before + RATE, 10_000, () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`);
+      report(`address change ${original} → ${now}`, racks, moved, moved);
+      assert.ok(racks[0].logs().some((l) => l.msg.startsWith('local address gone') && l.address === original), `the client's daemon kept ${original} on the TUN:\n${racks[0].output}`);
+      assert.ok(stream.alive, `socat died: ${stream.output}`);
+      assert.deepEqual(peersOn(bed, 'server', ECHO), [original], 'the server still sees the original address');
+      const { bytes } = await stream.finishAndVerify();
+      console.log(`# ${(bytes / 1e6).toFixed(1)} MB echoed intact across the move`);
+    });
+  });
+
+  test('a black hole three times longer than plain TCP survives: the same stream without rack dies', { timeout: 120_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      // With tcp_retries2=5 a plain connection gives up after about 6-13 s of unanswered retransmissions.
+      bed.hostSysctl('net.ipv4.tcp_retries2', '5');
+      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`), socatEcho(bed, `0.0.0.0:${PLAIN_ECHO}`));
+      const carried = new SocatStream(bed, 'through rack');
+      const plain = new SocatStream(bed, 'without rack');
+      w.processes.push({ stop: () => carried.stop() } as HostProcess, { stop: () => plain.stop() } as HostProcess);
+      await carried.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      await plain.start(`${bed.serverAddress}:${PLAIN_ECHO}`, RATE);
+      await sleep(1000);
+      const broken = Date.now();
+      bed.blackhole();
+      await until(() => !plain.alive, 30_000, () => 'the plain stream to die');
+      const died = Date.now() - broken;
+      console.log(`# without rack: socat died ${died} ms into the black hole: ${plain.output.trim().split('\n').pop()}`);
+      await sleep(Math.max(0, 3 * died - (Date.now() - broken)));
+      assert.ok(carried.alive, `the carried socat died: ${carried.output}`);
+      for (const host of ['client', 'server'] as const) {
+        const held = status(bed, host);
+        assert.equal(held.connections[0]?.state, 'suspended', JSON.stringify(held));
+        assert.ok(held.connections[0].outageMs > 2 * died, JSON.stringify(held));
+        assert.ok(held.counters.holdAcks > 0, `the ${host}'s daemon held its sender with zero-window ACKs: ${JSON.stringify(held)}`);
+      }
+      const healed = Date.now();
+      bed.heal();
+      const before = carried.gotBytes;
+      await until(() => carried.gotBytes > before + RATE, 20_000, () => `the echo to flow again after the heal\n${racks.map((r) => r.output).join('\n')}`);
+      report(`black hole ${Math.round((healed - broken) / 1000)} s (tcp_retries2=5)`, racks, broken, healed);
+      const { bytes } = await carried.finishAndVerify();
+      console.log(`# ${(bytes / 1e6).toFixed(1)} MB echoed intact through the black hole`);
+    });
+  });
+
+  test('the link goes down and comes back up during a transfer', { timeout: 90_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
+      const stream = new SocatStream(bed, 'through rack');
+      w.processes.push({ stop: () => stream.stop() } as HostProcess);
+      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      await sleep(1000);
+      const broken = Date.now();
+      bed.linkDown();
+      await sleep(8000);
+      const healed = Date.now();
+      bed.linkUp();
+      const before = stream.gotBytes;
+      await until(() => stream.gotBytes > before + RATE, 20_000, () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`);
+      report('link down 8 s', racks, broken, healed);
+      await stream.finishAndVerify();
+    });
+  });
+
+  test('a rocks connection between two rack hosts is left to rocks', { timeout: 60_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+      w.processes.push(...racks);
+      const options = { failureTimeout: 2000, heartbeatInterval: 400 };
+      const server = await agentServer(bed, AGENT, options, 500_000);
+      w.processes.push(server);
+      const client = await agentClient(bed, AGENT, options, 500_000, 1);
+      w.processes.push(client);
+      await until(() => status(bed, 'client').counters.bypassed >= 1 && status(bed, 'server').counters.bypassed >= 1, 10_000, () => racks.map((r) => r.output).join('\n'));
+      assert.equal(client.of('connected')[0]?.reliable, true, 'rocks still speaks rocks between rack hosts');
+      await sleep(1000);
+      const broken = Date.now();
+      bed.blackhole();
+      await client.waitFor((a) => a.of('suspend').length === 1, 10_000, 'rocks to suspend');
+      bed.heal();
+      await client.waitFor((a) => a.of('resume').length === 1, 20_000, 'rocks to resume');
+      console.log(`# rocks inside racks: rocks detected the black hole in ${client.of('suspend')[0].t - broken} ms and resumed by itself`);
+      await finishAndVerify(client, server, 1);
+    });
+  });
+
+  test('garbage and plain clients on the rack port are turned away; carried connections are not disturbed', { timeout: 60_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
+      const stream = new SocatStream(bed, 'through rack');
+      w.processes.push({ stop: () => stream.stop() } as HostProcess);
+      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      for (const junk of ['GET / HTTP/1.0\r\n\r\n', '\x00\x00\x00\x05\x01hello', 'RCKS'.repeat(300)]) {
+        execFileSync('ip', ['netns', 'exec', bed.ns.client, 'socat', '-t', '1', '-', `TCP:${bed.serverAddress}:7225`], { input: junk, timeout: 10_000 });
+      }
+      await until(() => status(bed, 'server').counters.strayConnections >= 3, 10_000, () => JSON.stringify(status(bed, 'server')));
+      await stream.finishAndVerify();
+    });
+  });
+});
+
+describe('rack up on one host only', { skip }, () => {
+  for (const host of ['client', 'server'] as const) {
+    test(`rack only on the ${host}: the connection works exactly as without rack`, { timeout: 60_000 }, async () => {
+      await withBed(async (w) => {
+        const { bed } = w;
+        const rack = await rackUp(bed, host);
+        w.processes.push(rack, socatEcho(bed, `0.0.0.0:${ECHO}`));
+        // The server host counts what reaches it of the connection: one SYN, no packet more than plain TCP sends.
+        const nft = (command: string): string => execFileSync('ip', ['netns', 'exec', bed.ns.server, 'nft', command], { encoding: 'utf8' });
+        nft('add table inet count');
+        nft(`add chain inet count input { type filter hook input priority -300; policy accept; }`);
+        nft(`add rule inet count input tcp dport ${ECHO} tcp flags & (syn | ack) == syn counter`);
+        const stream = new SocatStream(bed, `with rack only on the ${host}`);
+        w.processes.push({ stop: () => stream.stop() } as HostProcess);
+        await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => rack.output);
+        await sleep(500);
+        const s = status(bed, host);
+        assert.equal(s.connections.length, 0, `nothing carried: ${JSON.stringify(s)}`);
+        if (host === 'client') assert.deepEqual(s.hosts.map((h) => h.verdict), ['plain'], JSON.stringify(s));
+        assert.equal(s.counters.packetsCarried, 0, JSON.stringify(s));
+        assert.deepEqual(peersOn(bed, 'server', ECHO), [bed.clientAddress]);
+        assert.match(nft('list table inet count'), /counter packets 1 /, 'the server got exactly one SYN');
+        await stream.finishAndVerify();
+      });
+    });
+  }
+});
+
+describe('what rack leaves behind', { skip }, () => {
+  test('rack down, and a killed daemon followed by rack down, leave no table, rule, route or TUN device', { timeout: 60_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const rack = await rackUp(bed, 'client');
+      w.processes.push(rack);
+      assert.deepEqual(leftovers(bed, 'client').sort(), ['link rack0', 'nft table inet rack', 'routes default dev rack0 scope link', `rule 7225:\tfrom all fwmark 0x7225 lookup 7225`].sort());
+      rackCommand(bed, 'client', ['down']);
+      await rack.exit;
+      assert.equal(rack.exited, 0, rack.output);
+      assert.deepEqual(leftovers(bed, 'client'), []);
+
+      const killed = await rackUp(bed, 'client');
+      w.processes.push(killed);
+      killed.child.kill('SIGKILL');
+      await killed.exit;
+      assert.ok(leftovers(bed, 'client').length > 0, 'a killed daemon cannot clean up');
+      rackCommand(bed, 'client', ['down']);
+      assert.deepEqual(leftovers(bed, 'client'), []);
+      // And `rack up` itself starts by cleaning what a killed one left.
+      const again = await rackUp(bed, 'client');
+      again.child.kill('SIGKILL');
+      await again.exit;
+      const third = await rackUp(bed, 'client');
+      w.processes.push(third);
+      third.child.kill('SIGTERM');
+      await third.exit;
+      assert.deepEqual(leftovers(bed, 'client'), []);
+    });
+  });
+});
