@@ -30,9 +30,9 @@ import { EDP_MAGIC } from '../edp/announcement.js';
 import { Carriage } from './carriage.js';
 import { DEFAULT_FLOW_LIMITS, FlowTable, type Flow } from './flows.js';
 import * as netfilter from './netfilter.js';
-import { classify, TcpFlags, type TcpPacket } from './packet.js';
+import { classify, fixChecksums, TcpFlags, type TcpPacket } from './packet.js';
 import { RawSender } from './raw-socket.js';
-import { TunDevice } from './tun.js';
+import { PLAIN_VNET_HEADER, TunDevice, VNET_HEADER, VNET_NEEDS_CSUM } from './tun.js';
 
 export interface RackLogger {
   info(obj: object, msg: string): void;
@@ -155,7 +155,10 @@ export class RackDaemon extends EventEmitter {
   async start(): Promise<void> {
     const o = this.options;
     netfilter.removeLeftovers(o.kernel);
-    this.tun = new TunDevice({ name: o.kernel.tun });
+    // Offload: whole 64 KiB TCP segments come out of (and go into) the TUN, so
+    // the daemon handles a packet where 1500-byte ones would take forty. Every
+    // packet, carried ones too, starts with its virtio_net_hdr (tun.ts).
+    this.tun = new TunDevice({ name: o.kernel.tun, offload: true });
     this.tun.on('packet', (p: Buffer) => this.fromTun(p));
     this.tun.on('error', (err: Error) => this.log.warn({ err: err.message }, 'TUN read failed'));
     this.raw = new RawSender(netfilter.bypassMark(o.kernel));
@@ -221,8 +224,9 @@ export class RackDaemon extends EventEmitter {
 
   // ---- packets from local applications --------------------------------------------------------
 
+  /** `buf`: a virtio_net_hdr, then the packet. */
   private fromTun(buf: Buffer): void {
-    const c = classify(buf);
+    const c = classify(buf.subarray(VNET_HEADER));
     if ('error' in c) {
       this.counters.malformedLocal++;
       return;
@@ -249,7 +253,8 @@ export class RackDaemon extends EventEmitter {
     }
     const opening = (p.flags & (TcpFlags.SYN | TcpFlags.ACK)) === TcpFlags.SYN;
     if (!opening) {
-      // Not a new connection and no carriage for it (one that began before the daemon, say): leave it alone.
+      // Not a new connection and no carriage for it (one that began before the daemon, say): leave it alone, now and from now on.
+      this.bypass(p.src, p.srcPort, p.dst, p.dstPort);
       this.pass(packet);
       return undefined;
     }
@@ -298,7 +303,11 @@ export class RackDaemon extends EventEmitter {
   // ---- packets from peer daemons --------------------------------------------------------------
 
   private fromCarriage(carriage: Carriage, role: 'client' | 'server', peerHost: string | undefined, packet: Buffer): void {
-    const c = classify(packet);
+    const c = packet.length > VNET_HEADER ? classify(packet.subarray(VNET_HEADER)) : undefined;
+    if (c === undefined) {
+      this.counters.refusedRemote++;
+      return;
+    }
     if ('error' in c) {
       this.counters.refusedRemote++;
       return;
@@ -328,7 +337,7 @@ export class RackDaemon extends EventEmitter {
     if (owner === carriage) return true;
     if (owner !== undefined && this.carriages.has(owner)) return false;
     this.clients.set(p.src, carriage);
-    netfilter.addClient(this.options.kernel, p.src);
+    this.kernel('add a rack client', () => netfilter.addClient(this.options.kernel, p.src));
     this.log.info({ client: p.src }, 'rack client');
     return true;
   }
@@ -355,7 +364,7 @@ export class RackDaemon extends EventEmitter {
       socket.destroy();
       host.verdict = 'plain';
       host.until = performance.now() + o.plainTtl;
-      netfilter.addPlain(o.kernel, host.address, o.plainTtl);
+      this.kernel('mark a host plain', () => netfilter.addPlain(o.kernel, host.address, o.plainTtl));
       this.log.info({ host: host.address, why }, 'no rack daemon: its connections go out as they are');
       for (const syn of host.syns.splice(0)) this.pass(syn);
     };
@@ -370,7 +379,7 @@ export class RackDaemon extends EventEmitter {
         if (host.carriage === carriage) this.hosts.delete(host.address);
       });
       for (const syn of host.syns.splice(0)) {
-        const c = classify(syn);
+        const c = classify(syn.subarray(VNET_HEADER));
         if (!('error' in c)) this.carry(carriage, c.tcp, syn);
       }
     });
@@ -394,6 +403,15 @@ export class RackDaemon extends EventEmitter {
     carriage.on('suspend', () => this.onSuspend(carriage));
     carriage.on('resume', () => this.onResume(carriage));
     carriage.once('close', (reason: string) => {
+      // Its connections cannot continue: reset them locally rather than hold them forever.
+      let reset = 0;
+      for (const flow of [...this.flows.values()]) {
+        if (this.carriageOf(flow) !== carriage) continue;
+        const rst = flow.ending ? undefined : this.flows.resetPacket(flow);
+        if (rst && this.tun?.write(Buffer.concat([PLAIN_VNET_HEADER, rst]))) reset++;
+        this.flows.delete(flow);
+      }
+      if (reset > 0) this.log.warn({ peer: peerHost ?? socket.remoteAddress, reset }, 'carriage lost: its connections were reset');
       this.carriages.delete(carriage);
       this.suspendedSince.delete(carriage);
       for (const [address, c] of this.clients) if (c === carriage) this.clients.delete(address);
@@ -437,13 +455,36 @@ export class RackDaemon extends EventEmitter {
 
   // ---- the kernel -----------------------------------------------------------------------------
 
+  /** A change to the kernel's tables while running: a failure is logged, never fatal (the packet path still works, less directly). */
+  private kernel(what: string, change: () => void): void {
+    try {
+      change();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, `cannot ${what}`);
+    }
+  }
+
+  /** Writes a packet into the kernel: carried ones have their virtio_net_hdr, forged ones get a plain one. */
   private inject(packet: Buffer, forged: boolean): void {
-    if (!this.tun?.write(packet)) return;
+    if (!this.tun?.write(forged ? Buffer.concat([PLAIN_VNET_HEADER, packet]) : packet)) return;
     if (forged) this.counters.holdAcks++;
     else this.counters.packetsInjected++;
   }
 
-  private pass(packet: Buffer): void {
+  /**
+   * Sends a packet from the TUN (virtio_net_hdr first) out as the host's own.
+   * A raw socket cannot segment: a 64 KiB segment is dropped instead (its
+   * sender retransmits, by then on the direct path); a checksum left to the
+   * hardware is computed here.
+   */
+  private pass(buf: Buffer): void {
+    const gsoType = buf[1];
+    if (gsoType !== 0) {
+      this.counters.limitDrops++;
+      return;
+    }
+    let packet = buf.subarray(VNET_HEADER);
+    if (buf[0] & VNET_NEEDS_CSUM) packet = fixChecksums(Buffer.from(packet));
     if (this.raw?.send(packet)) this.counters.packetsPassed++;
   }
 
@@ -456,7 +497,7 @@ export class RackDaemon extends EventEmitter {
   }
 
   private bypass(srcAddress: string, srcPort: number, dstAddress: string, dstPort: number): void {
-    netfilter.addBypass(this.options.kernel, srcAddress, srcPort, dstAddress, dstPort);
+    this.kernel('bypass a connection', () => netfilter.addBypass(this.options.kernel, srcAddress, srcPort, dstAddress, dstPort));
   }
 
   /**
@@ -478,7 +519,7 @@ export class RackDaemon extends EventEmitter {
       const address = flow.local.address;
       if (flow.ending || present.has(address) || this.kept.has(address)) continue;
       this.kept.add(address);
-      netfilter.keepAddress(this.options.kernel, address);
+      this.kernel('keep an address', () => netfilter.keepAddress(this.options.kernel, address));
       this.log.info({ address }, 'local address gone: kept on the TUN for the connections that use it');
     }
   }

@@ -163,6 +163,25 @@ export class FlowTable {
     return this.ack(flow, flow.localNext, flow.remoteWindow);
   }
 
+  /**
+   * The carriage is gone for good (its suspend limit passed, or the peer
+   * daemon went away): a reset "from the peer", so the local application
+   * learns at once instead of waiting on a zero window forever.
+   */
+  resetPacket(flow: Flow): Buffer | undefined {
+    if (flow.remoteNext === undefined) return undefined;
+    return buildTcpPacket({
+      src: flow.remote.address,
+      dst: flow.local.address,
+      srcPort: flow.remote.port,
+      dstPort: flow.local.port,
+      seq: flow.remoteNext,
+      ack: flow.localNext ?? 0,
+      flags: TcpFlags.RST | TcpFlags.ACK,
+      window: 0,
+    });
+  }
+
   /** Flows whose local side has data the remote has not acknowledged: they need holding at once. */
   *unacknowledged(): IterableIterator<Flow> {
     for (const f of this.flows.values()) {

@@ -64,6 +64,9 @@ export interface RackKernelConfig {
 export const DEFAULTS = { tun: 'rack0', table: 'rack', mark: 0x7225, routeTable: 7225, rulePriority: 7225, port: 7225 } as const;
 
 /** The mark of packets the daemon sends out itself (raw socket): the rules let them pass. */
+/** The TUN's MTU; an IPv4 packet is at most 65,535 bytes. */
+export const TUN_MTU = 65_535;
+
 export const bypassMark = (config: Partial<RackKernelConfig> = {}): number => resolve(config).mark + 1;
 
 type Resolved = Required<RackKernelConfig>;
@@ -254,7 +257,10 @@ export function install(specs: ProtectSpec[], config: RackKernelConfig): void {
   sysctl(`net.ipv6.conf.${tun}.disable_ipv6`, '1', true);
   sysctl(`net.ipv4.conf.${tun}.rp_filter`, '0');
   sysctl(`net.ipv4.conf.${tun}.src_valid_mark`, '1');
-  run('ip', ['link', 'set', 'dev', tun, 'up']);
+  // A large MTU: protected connections then send segments of up to 64 KiB into the TUN, so the
+  // daemon handles one packet where 1500 bytes would take forty (the carriage segments them anyway).
+  // A long queue: a burst that arrives while the daemon is busy waits instead of being dropped (a loss the senders would take for congestion).
+  run('ip', ['link', 'set', 'dev', tun, 'mtu', String(TUN_MTU), 'txqueuelen', '10000', 'up']);
   run('ip', ['route', 'replace', 'default', 'dev', tun, 'table', String(c.routeTable)]);
   removeRules(c);
   run('ip', ['rule', 'add', 'priority', String(c.rulePriority), 'fwmark', hex(c.mark), 'lookup', String(c.routeTable)]);

@@ -16,7 +16,7 @@
 // Needs root (CI runs as root); `netbedSkip()` says why not, for tests to skip.
 
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { programs } from '../support/programs.js';
+import { programs } from '../support/which.js';
 
 const PREFIX = 'rkbed';
 const NFT_TABLE = 'rkbed';
