@@ -18,9 +18,12 @@
 //   come. Under load the poll is rarely needed, so the threadpool hop is
 //   paid per batch, not per packet.
 // - close() writes the eventfd, so a pending poll returns at once, and only
-//   then closes the fds: nothing can hang the process on exit, which a
-//   blocking fs.read() on the fd would (closing an fd does not wake a read
-//   blocked in another thread, and libuv joins its threads at exit).
+//   then closes the fds. A blocking fs.read() on the fd could not be ended
+//   that way: closing the fd does not wake a read blocked in another thread,
+//   and the process then hangs even in process.exit() (seen on Linux 6.18).
+// - the poll has a timeout (POLL_MS) and simply goes round again: a process
+//   that dies without close() (an uncaught exception) waits at exit for the
+//   threadpool's poll to return, and with an infinite poll it hung forever.
 // Writes are synchronous non-blocking write() calls: a TUN write never waits,
 // the kernel takes the packet or drops it and says so.
 //
@@ -60,6 +63,8 @@ const EFD_CLOEXEC = O_CLOEXEC;
 const POLLIN = 0x1;
 const EAGAIN = 11;
 const EINTR = 4;
+/** Longest a poll() waits before going round again: how long a dying process can be held up by it. */
+const POLL_MS = 250;
 
 interface Libc {
   open(path: string, flags: number): number;
@@ -304,7 +309,7 @@ export class TunDevice extends EventEmitter {
     this.stats.polls++;
     this.pollfds.writeInt16LE(0, 6);
     this.pollfds.writeInt16LE(0, 14);
-    this.libc.poll.async(this.pollfds, 2, -1, () => {
+    this.libc.poll.async(this.pollfds, 2, POLL_MS, () => {
       this.polling = false;
       if (this.closing) return this.finishClose!();
       this.schedule();

@@ -1,0 +1,58 @@
+// netfilter.ts without the kernel: protect specs are parsed or refused with
+// a message saying what is wrong, and the generated nftables script marks
+// both directions of exactly the specs' connections. (Installing it for real
+// is test/racks/datapath.test.ts.)
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { formatSpec, parseSpec, ruleset, SpecError } from '../../src/racks/netfilter.js';
+
+describe('racks netfilter: protect specs', () => {
+  test('good specs parse and format back', () => {
+    assert.deepEqual(parseSpec('tcp:22'), { protocol: 'tcp', port: 22 });
+    assert.deepEqual(parseSpec('tcp:5432@10.0.0.0/24'), { protocol: 'tcp', port: 5432, network: { address: '10.0.0.0', prefix: 24 } });
+    assert.deepEqual(parseSpec('TCP:22@10.2.2.2'), { protocol: 'tcp', port: 22, network: { address: '10.2.2.2', prefix: 32 } });
+    for (const s of ['tcp:22', 'tcp:65535@0.0.0.0/0', 'tcp:1@10.2.2.2', 'tcp:5432@10.0.0.0/24']) assert.equal(formatSpec(parseSpec(s)), s);
+  });
+
+  test('bad specs say what is wrong', () => {
+    const cases: [string, RegExp][] = [
+      ['22', /no protocol/],
+      ['udp:53', /only tcp/],
+      ['tcp:', /port "" is not a number/],
+      ['tcp:ssh', /port "ssh" is not a number/],
+      ['tcp:0', /outside 1\.\.65535/],
+      ['tcp:65536', /outside 1\.\.65535/],
+      ['tcp:22@', /nothing after "@"/],
+      ['tcp:22@example.com', /not an IPv4 address \(host names are not resolved\)/],
+      ['tcp:22@10.0.0.256', /not an IPv4 address/],
+      ['tcp:22@10.0.0.1/33', /prefix length "33"/],
+      ['tcp:22@10.0.0.1/24', /host bits set; did you mean 10\.0\.0\.0\/24\?/],
+      ['tcp:22@10.0.0.0/8/8', /more than one "\/"/],
+      ['tcp:22@fe80::1', /IPv6/],
+    ];
+    for (const [spec, message] of cases) {
+      assert.throws(() => parseSpec(spec), (err: unknown) => err instanceof SpecError && err.code === 'ERR_RACKS_BAD_SPEC' && message.test(err.message), spec);
+    }
+  });
+});
+
+describe('racks netfilter: the ruleset', () => {
+  test('marks both directions of each spec, in one replacing transaction', () => {
+    const script = ruleset([parseSpec('tcp:22'), parseSpec('tcp:5432@10.0.0.0/24')], { tun: 'rack7', mark: 0x10 });
+    const lines = script.split('\n').map((l) => l.trim());
+    assert.deepEqual(lines.slice(0, 3), ['add table inet rack', 'delete table inet rack', 'table inet rack {']);
+    assert.ok(lines.includes('type route hook output priority mangle; policy accept;'));
+    assert.ok(lines.includes('oifname "lo" return'));
+    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 tcp dport 22 meta mark set 0x00000010')));
+    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 tcp sport 22 meta mark set 0x00000010')));
+    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 ip daddr 10.0.0.0/24 tcp dport 5432 meta mark set')));
+    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 ip saddr 10.0.0.0/24 tcp sport 5432 meta mark set')));
+    assert.ok(lines.includes('iifname "rack7" meta mark set 0x00000010'));
+  });
+
+  test('names that could inject nftables syntax are refused', () => {
+    assert.throws(() => ruleset([], { tun: 'rack0"; flush ruleset' }), RangeError);
+    assert.throws(() => ruleset([], { tun: 'rack0', table: 'a b' }), RangeError);
+  });
+});
