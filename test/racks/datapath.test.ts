@@ -155,7 +155,7 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       bed.hostSysctl('net.ipv4.conf.all.rp_filter', '1');
       bed.hostSysctl('net.ipv4.conf.default.rp_filter', '1');
       const specs = [`tcp:${PROTECTED}@${bed.serverAddress}`];
-      const server = new Helper(bed, 'server', { role: 'listen', host: bed.serverAddress, port: CARRIAGE, tun: 'rack0', specs, capture: 40 });
+      const server = new Helper(bed, 'server', { role: 'listen', host: bed.serverAddress, port: CARRIAGE, tun: 'rack0', specs, capture: 40, clients: [bed.clientAddress] });
       helpers.push(server);
       await server.waitFor('installed');
       const client = new Helper(bed, 'client', { role: 'connect', host: bed.serverAddress, port: CARRIAGE, tun: 'rack0', specs, capture: 40 });

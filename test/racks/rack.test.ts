@@ -138,7 +138,9 @@ describe('rack up on both hosts', { skip }, () => {
         const held = status(bed, host);
         assert.equal(held.connections[0]?.state, 'suspended', JSON.stringify(held));
         assert.ok(held.connections[0].outageMs > 2 * died, JSON.stringify(held));
-        assert.ok(held.counters.holdAcks > 0, `the ${host}'s daemon held its sender with zero-window ACKs: ${JSON.stringify(held)}`);
+        // The client's socat kept writing into the dead path, so its daemon must have held it; the
+        // server's echo may have had nothing in flight when the path broke, and then needed no holding.
+        if (host === 'client') assert.ok(held.counters.holdAcks > 0, `the client's daemon held its sender with zero-window ACKs: ${JSON.stringify(held)}`);
       }
       const healed = Date.now();
       bed.heal();

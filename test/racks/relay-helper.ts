@@ -14,7 +14,7 @@
 import { createInterface } from 'node:readline';
 import { createServer, connect, type Socket } from 'node:net';
 import { classify } from '../../src/racks/packet.js';
-import { install, parseSpec, remove } from '../../src/racks/netfilter.js';
+import { addClient, install, parseSpec, remove } from '../../src/racks/netfilter.js';
 import { TunDevice } from '../../src/racks/tun.js';
 
 interface Config {
@@ -25,6 +25,8 @@ interface Config {
   specs: string[];
   /** How many TCP packets read from the TUN to keep (hex) for checksum tests. */
   capture?: number;
+  /** Server side: addresses whose replies take the TUN (the rack daemon learns them from its carriages). */
+  clients?: string[];
 }
 
 const config = JSON.parse(process.argv[2]) as Config;
@@ -34,6 +36,7 @@ const say = (event: string, data: object = {}): void => {
 
 const tun = new TunDevice({ name: config.tun });
 install(config.specs.map(parseSpec), { tun: tun.name });
+for (const address of config.clients ?? []) addClient({ tun: tun.name }, address);
 say('installed', { tun: tun.name });
 
 /** Packets through the TUN by TCP port (either end), in each direction; other packets by kind. */
