@@ -149,7 +149,9 @@ export class RockProcess extends HostProcess {
 /** `socat ... EXEC:cat` on the server host, listening on `listen` (HOST:PORT). */
 export function socatEcho(bed: NetBed, listen: string): HostProcess {
   const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
-  return new HostProcess(bed.spawn('server', 'socat', [`TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
+  // -t: once the client's end arrives, wait for cat to echo the rest instead of socat's 0.5 s,
+  // after which socat would end the connection with the tail of the echo still in cat's pipe.
+  return new HostProcess(bed.spawn('server', 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
 }
 
 /**
