@@ -80,7 +80,7 @@ export const racks: BenchCase = {
       ctx.log(`  racks: skipped: ${skip}`);
       return [];
     }
-    const seconds = ctx.quick ? 2 : 5;
+    const seconds = ctx.quick ? 2 : 3;
     const count = ctx.quick ? 500 : 5000;
     const bed = new NetBed();
     const procs: HostRun[] = [];
