@@ -20,6 +20,28 @@ export const EXIT = {
 /** Bad input from the user: printed as one line, exit code 2. */
 export class UsageError extends Error {}
 
+/** A failure with its own exit code (anything else that escapes is EXIT.FAILURE). */
+export class ExitError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+/**
+ * Runs a command's main with its arguments and exits with what it returns;
+ * an error is one line on standard error (`name: message`) and its exit code.
+ */
+export function runMain(name: string, main: (argv: string[]) => Promise<number>): void {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: Error) => {
+      const code = err instanceof UsageError ? EXIT.USAGE : err instanceof ExitError ? err.exitCode : EXIT.FAILURE;
+      process.stderr.write(`${name}: ${err.message}${code === EXIT.USAGE ? ` (see ${name} --help)` : ''}\n`);
+      process.exit(code);
+    },
+  );
+}
+
 export interface Endpoint {
   host: string;
   port: number;

@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { connect as connectUnix, createServer as createUnixServer, type Server } from 'node:net';
 import { pino } from 'pino';
-import { EXIT, parse, parseDuration, UsageError, LOG_LEVELS } from './args.js';
+import { EXIT, ExitError, LOG_LEVELS, parse, parseDuration, runMain, UsageError } from './args.js';
 import { textLines } from './monitor.js';
 
 const USAGE = `Usage: rack COMMAND [options]   (Linux, as root)
@@ -71,8 +71,8 @@ function checkTun(name: string): string {
 }
 
 function needRoot(): void {
-  if (process.platform !== 'linux') throw Object.assign(new Error('racks need Linux'), { exitCode: EXIT.FAILURE });
-  if (process.getuid?.() !== 0) throw Object.assign(new Error('needs root (it installs nftables rules, routes and a TUN device)'), { exitCode: EXIT.FAILURE });
+  if (process.platform !== 'linux') throw new ExitError('racks need Linux', EXIT.FAILURE);
+  if (process.getuid?.() !== 0) throw new ExitError('needs root (it installs nftables rules, routes and a TUN device)', EXIT.FAILURE);
 }
 
 async function up(args: string[]): Promise<number> {
@@ -169,7 +169,7 @@ async function up(args: string[]): Promise<number> {
     await daemon.start();
   } catch (err) {
     await stop('start failed');
-    throw Object.assign(new Error(`cannot start: ${(err as Error).message}`), { exitCode: EXIT.FAILURE });
+    throw new ExitError(`cannot start: ${(err as Error).message}`, EXIT.FAILURE);
   }
   const signal = await done;
   await stop(signal);
@@ -180,7 +180,7 @@ function listenControl(tun: string): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = createUnixServer();
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(err.code === 'EADDRINUSE' ? Object.assign(new Error(`a rack daemon already runs here with --tun ${tun}`), { exitCode: EXIT.FAILURE }) : err),
+      reject(err.code === 'EADDRINUSE' ? new ExitError(`a rack daemon already runs here with --tun ${tun}`, EXIT.FAILURE) : err),
     );
     server.listen(controlPath(tun), () => resolve(server));
   });
@@ -209,7 +209,7 @@ async function status(args: string[]): Promise<number> {
   const { values } = parse(args, { json: { type: 'boolean' }, tun: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, false);
   if (values.help) return help('Usage: rack status [--json] [--tun NAME]\n\nLists the protected connections of this host\'s rack daemon: peer, state, outage, bytes held.');
   const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as import('../racks/daemon.js').RackStatus | undefined;
-  if (s === undefined) throw Object.assign(new Error('no rack daemon runs here'), { exitCode: EXIT.FAILURE });
+  if (s === undefined) throw new ExitError('no rack daemon runs here', EXIT.FAILURE);
   if (values.json) {
     process.stdout.write(JSON.stringify(s) + '\n');
     return EXIT.OK;
@@ -263,11 +263,4 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err: Error & { exitCode?: number }) => {
-    const code = err instanceof UsageError ? EXIT.USAGE : (err.exitCode ?? EXIT.FAILURE);
-    process.stderr.write(`rack: ${err.message}${code === EXIT.USAGE ? ' (see rack --help)' : ''}\n`);
-    process.exit(code);
-  },
-);
+runMain('rack', main);

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type Server, type Socket } from 'node:net';
 import { connect as rocksConnect, createServer as rocksCreateServer } from '../index.js';
 import type { ReliableServer, ReliableSocket } from '../index.js';
-import { EXIT, type CommonOptions, type Endpoint } from './args.js';
+import { type CommonOptions, type Endpoint, EXIT, ExitError } from './args.js';
 import { bridge } from './bridge.js';
 import { Monitor } from './monitor.js';
 
@@ -16,11 +16,6 @@ export type RelayKind = 'serve' | 'forward';
 const show = (e: Endpoint): string => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
 
 /** An error that ends the command with this exit code. */
-export class ExitError extends Error {
-  constructor(message: string, readonly exitCode: number) {
-    super(message);
-  }
-}
 
 /** Checks that something accepts connections at `to`, so a typo fails now and not at the first client. */
 async function reachable(to: Endpoint): Promise<void> {

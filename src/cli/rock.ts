@@ -4,8 +4,8 @@
 // standard error and exit code 2. Exit codes are listed in EXIT (args.ts).
 
 import { resolveSessionConfig } from '../protocol/config.js';
-import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, UsageError, type CommonOptions } from './args.js';
-import { ExitError, relay, type RelayKind } from './relay.js';
+import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
+import { relay, type RelayKind } from './relay.js';
 
 const USAGE = `Usage: rock COMMAND [options]
 
@@ -144,11 +144,4 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err: Error) => {
-    const code = err instanceof UsageError ? EXIT.USAGE : err instanceof ExitError ? err.exitCode : EXIT.FAILURE;
-    process.stderr.write(`rock: ${err.message}${code === EXIT.USAGE ? ' (see rock --help)' : ''}\n`);
-    process.exit(code);
-  },
-);
+runMain('rock', main);

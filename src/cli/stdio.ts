@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { connect } from '../index.js';
 import { EXIT, type CommonOptions, type Endpoint } from './args.js';
 import { Monitor } from './monitor.js';
-import { ExitError } from './relay.js';
+import { ExitError } from './args.js';
 
 /** Resolves with the exit code once both directions ended, or the connection failed. */
 export async function stdio(to: Endpoint, common: CommonOptions, stop: Promise<string>): Promise<number> {

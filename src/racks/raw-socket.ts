@@ -6,7 +6,7 @@
 // with koffi, since Node has none; SO_MARK gives its packets the mark that
 // racks' rules let pass, so they do not come back into the TUN.
 
-import koffi from 'koffi';
+import { errno, libc, SystemCallError } from './libc.js';
 
 const AF_INET = 2;
 const SOCK_RAW = 3;
@@ -15,32 +15,8 @@ const IPPROTO_RAW = 255;
 const SOL_SOCKET = 1;
 const SO_MARK = 36;
 
-interface Libc {
-  socket(domain: number, type: number, protocol: number): number;
-  setsockopt(fd: number, level: number, name: number, value: Buffer, length: number): number;
-  sendto(fd: number, buf: Buffer, length: number, flags: number, address: Buffer, addressLength: number): number;
-  close(fd: number): number;
-  strerror(errno: number): string;
-}
-
-let libc: Libc | undefined;
-function load(): Libc {
-  if (libc) return libc;
-  const lib = koffi.load('libc.so.6');
-  libc = {
-    socket: lib.func('int socket(int domain, int type, int protocol)'),
-    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, unsigned int length)'),
-    sendto: lib.func('long sendto(int fd, const void *buf, unsigned long length, int flags, const void *address, unsigned int addressLength)'),
-    close: lib.func('int close(int fd)'),
-    strerror: lib.func('const char *strerror(int errnum)'),
-  } as Libc;
-  return libc;
-}
-
 function failure(call: string): Error {
-  const errno = koffi.errno();
-  const code = Object.entries(koffi.os.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`;
-  return Object.assign(new Error(`${call}: ${code} (${load().strerror(errno)})`), { code, errno });
+  return new SystemCallError(call, errno());
 }
 
 export class RawSender {
@@ -51,7 +27,7 @@ export class RawSender {
 
   /** Opens the socket; needs CAP_NET_RAW (root). */
   constructor(mark: number) {
-    const c = load();
+    const c = libc();
     this.fd = c.socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (this.fd < 0) throw failure('socket(AF_INET, SOCK_RAW)');
     const value = Buffer.alloc(4);
@@ -68,7 +44,7 @@ export class RawSender {
   send(packet: Buffer): boolean {
     if (this.fd < 0 || packet.length < 20) return false;
     packet.copy(this.address, 4, 16, 20);
-    if (load().sendto(this.fd, packet, packet.length, 0, this.address, 16) < 0) {
+    if (libc().sendto(this.fd, packet, packet.length, 0, this.address, 16) < 0) {
       this.errors++;
       return false;
     }
@@ -77,7 +53,7 @@ export class RawSender {
 
   close(): void {
     if (this.fd < 0) return;
-    load().close(this.fd);
+    libc().close(this.fd);
     this.fd = -1;
   }
 }

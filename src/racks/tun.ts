@@ -30,7 +30,7 @@
 // The constants are those of Linux on x86-64 and arm64 (the generic ABI).
 
 import { EventEmitter } from 'node:events';
-import koffi from 'koffi';
+import { errno as lastErrno, libc, SystemCallError } from './libc.js';
 
 const O_RDWR = 0o2;
 const O_NONBLOCK = 0o4000;
@@ -66,51 +66,8 @@ const EINTR = 4;
 /** Longest a poll() waits before going round again: how long a dying process can be held up by it. */
 const POLL_MS = 250;
 
-interface Libc {
-  open(path: string, flags: number): number;
-  close(fd: number): number;
-  read(fd: number, buf: Buffer, count: number): number;
-  write(fd: number, buf: Buffer, count: number): number;
-  ioctl(fd: number, request: number, ...rest: unknown[]): number;
-  eventfd(initval: number, flags: number): number;
-  poll: ((fds: Buffer, nfds: number, timeout: number) => number) & {
-    async(fds: Buffer, nfds: number, timeout: number, callback: (err: unknown, result: number) => void): void;
-  };
-  strerror(errnum: number): string;
-}
-
-let libc: Libc | undefined;
-function loadLibc(): Libc {
-  if (libc) return libc;
-  const lib = koffi.load('libc.so.6');
-  libc = {
-    open: lib.func('int open(const char *path, int flags)'),
-    close: lib.func('int close(int fd)'),
-    read: lib.func('long read(int fd, void *buf, unsigned long count)'),
-    write: lib.func('long write(int fd, const void *buf, unsigned long count)'),
-    ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
-    eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
-    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
-    strerror: lib.func('const char *strerror(int errnum)'),
-  } as Libc;
-  return libc;
-}
-
-/** An error from a system call, with the errno's name where known (like Node's own). */
-export class TunError extends Error {
-  readonly errno: number;
-  readonly code: string;
-  readonly syscall: string;
-
-  constructor(syscall: string, errno: number, detail = '') {
-    const code = Object.entries(koffi.os.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`;
-    super(`${syscall}${detail ? ` ${detail}` : ''}: ${code} (${loadLibc().strerror(errno)})`);
-    this.name = 'TunError';
-    this.errno = errno;
-    this.code = code;
-    this.syscall = syscall;
-  }
-}
+/** A failed system call on the device (the errno's name in `code`). */
+export { SystemCallError as TunError };
 
 export interface TunOptions {
   /** Interface name, at most 15 bytes; a `%d` lets the kernel pick a number. Default 'rack%d'. */
@@ -152,7 +109,7 @@ export class TunDevice extends EventEmitter {
   /** Bytes of virtio_net_hdr before each packet: VNET_HEADER with offload, else 0. */
   readonly headerLength: number;
   readonly stats: TunStats = { packetsIn: 0, bytesIn: 0, packetsOut: 0, bytesOut: 0, writeErrors: 0, polls: 0 };
-  private readonly libc = loadLibc();
+  private readonly libc = libc();
   private fd: number;
   private wakeFd: number;
   private readonly maxPacket: number;
@@ -179,27 +136,27 @@ export class TunDevice extends EventEmitter {
     this.batch = options.batch ?? 64;
     const c = this.libc;
     this.fd = c.open('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (this.fd < 0) throw new TunError('open', koffi.errno(), '/dev/net/tun');
+    if (this.fd < 0) throw new SystemCallError('open', lastErrno(), '/dev/net/tun');
     const ifr = Buffer.alloc(IFREQ_SIZE);
     ifr.write(name, 0, IFNAMSIZ - 1, 'utf8');
     ifr.writeUInt16LE(IFF_TUN | IFF_NO_PI | (options.offload ? IFF_VNET_HDR : 0), IFNAMSIZ);
     if (c.ioctl(this.fd, TUNSETIFF, 'void *', ifr) < 0) {
-      const errno = koffi.errno();
+      const errno = lastErrno();
       c.close(this.fd);
-      throw new TunError('ioctl', errno, `TUNSETIFF ${name}`);
+      throw new SystemCallError('ioctl', errno, `TUNSETIFF ${name}`);
     }
     if (options.offload && c.ioctl(this.fd, TUNSETOFFLOAD, 'unsigned long', TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
-      const errno = koffi.errno();
+      const errno = lastErrno();
       c.close(this.fd);
-      throw new TunError('ioctl', errno, `TUNSETOFFLOAD ${name}`);
+      throw new SystemCallError('ioctl', errno, `TUNSETOFFLOAD ${name}`);
     }
     this.headerLength = options.offload ? VNET_HEADER : 0;
     this.name = ifr.toString('utf8', 0, ifr.indexOf(0) === -1 || ifr.indexOf(0) > IFNAMSIZ ? IFNAMSIZ : ifr.indexOf(0));
     this.wakeFd = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.wakeFd < 0) {
-      const errno = koffi.errno();
+      const errno = lastErrno();
       c.close(this.fd);
-      throw new TunError('eventfd', errno);
+      throw new SystemCallError('eventfd', errno);
     }
     this.pollfds.writeInt32LE(this.fd, 0);
     this.pollfds.writeInt16LE(POLLIN, 4);
@@ -282,7 +239,7 @@ export class TunDevice extends EventEmitter {
       }
       const n = this.libc.read(this.fd, this.slab.subarray(this.slabOffset, this.slabOffset + this.maxPacket), this.maxPacket);
       if (n < 0) {
-        const errno = koffi.errno();
+        const errno = lastErrno();
         if (errno === EINTR) continue;
         if (errno === EAGAIN) {
           // Under load the next packet is microseconds away: look again on the next turns of
@@ -292,7 +249,7 @@ export class TunDevice extends EventEmitter {
           this.emptyTurns = 0;
           return this.wait();
         }
-        this.emit('error', new TunError('read', errno, this.name));
+        this.emit('error', new SystemCallError('read', errno, this.name));
         return;
       }
       const packet = this.slab.subarray(this.slabOffset, this.slabOffset + n);

@@ -10,7 +10,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { RackStatus } from '../../src/racks/daemon.js';
 import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
-import { agentClient, agentServer, finishAndVerify, RockProcess, SocatStream, socatEcho, type HostProcess } from '../bed/programs.js';
+import { agentClient, agentServer, finishAndVerify, RockProcess, SocatStream, socatEcho } from '../bed/programs.js';
 import { until } from '../support/net.js';
 
 const skip = netbedSkip();
@@ -61,7 +61,8 @@ const logTimes = (rack: RockProcess, msg: string): number[] => rack.logs().filte
 
 interface World {
   bed: NetBed;
-  processes: HostProcess[];
+  /** Stopped when the test ends, whatever happens. */
+  processes: { stop(): Promise<void> }[];
 }
 
 async function withBed(run: (w: World) => Promise<void>): Promise<void> {
@@ -78,6 +79,17 @@ async function withBed(run: (w: World) => Promise<void>): Promise<void> {
   }
 }
 
+/** rack up on both hosts, a socat echo on the protected port, and a socat stream to it, flowing. */
+async function carriedStream(w: World): Promise<{ racks: RockProcess[]; stream: SocatStream }> {
+  const { bed } = w;
+  const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+  w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
+  const stream = new SocatStream(bed, 'through rack');
+  w.processes.push(stream);
+  await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+  return { racks, stream };
+}
+
 /** Detection (suspend − broken) and resume (resume − healed) of the carriages on both hosts, printed. */
 function report(label: string, racks: RockProcess[], broken: number, healed: number): void {
   const detect = racks.map((r) => logTimes(r, 'carriage suspended').find((t) => t >= broken)! - broken);
@@ -89,12 +101,8 @@ describe('rack up on both hosts', { skip }, () => {
   test("a socat stream keeps going while the client's address changes; the server sees the client's original address", { timeout: 90_000 }, async () => {
     await withBed(async (w) => {
       const { bed } = w;
-      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
-      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
       const original = bed.clientAddress;
-      const stream = new SocatStream(bed, 'through rack');
-      w.processes.push({ stop: () => stream.stop() } as HostProcess);
-      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      const { racks, stream } = await carriedStream(w);
       assert.deepEqual(peersOn(bed, 'server', ECHO), [original], 'the server sees the client host itself');
       const s = status(bed, 'client');
       assert.equal(s.connections.length, 1, JSON.stringify(s));
@@ -123,7 +131,7 @@ describe('rack up on both hosts', { skip }, () => {
       w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`), socatEcho(bed, `0.0.0.0:${PLAIN_ECHO}`));
       const carried = new SocatStream(bed, 'through rack');
       const plain = new SocatStream(bed, 'without rack');
-      w.processes.push({ stop: () => carried.stop() } as HostProcess, { stop: () => plain.stop() } as HostProcess);
+      w.processes.push(carried, plain);
       await carried.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
       await plain.start(`${bed.serverAddress}:${PLAIN_ECHO}`, RATE);
       await sleep(1000);
@@ -155,11 +163,7 @@ describe('rack up on both hosts', { skip }, () => {
   test('the link goes down and comes back up during a transfer', { timeout: 90_000 }, async () => {
     await withBed(async (w) => {
       const { bed } = w;
-      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
-      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
-      const stream = new SocatStream(bed, 'through rack');
-      w.processes.push({ stop: () => stream.stop() } as HostProcess);
-      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      const { racks, stream } = await carriedStream(w);
       await sleep(1000);
       const broken = Date.now();
       bed.linkDown();
@@ -199,11 +203,7 @@ describe('rack up on both hosts', { skip }, () => {
   test('garbage and plain clients on the rack port are turned away; carried connections are not disturbed', { timeout: 60_000 }, async () => {
     await withBed(async (w) => {
       const { bed } = w;
-      const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
-      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
-      const stream = new SocatStream(bed, 'through rack');
-      w.processes.push({ stop: () => stream.stop() } as HostProcess);
-      await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => racks.map((r) => r.output).join('\n'));
+      const { stream } = await carriedStream(w);
       for (const junk of ['GET / HTTP/1.0\r\n\r\n', '\x00\x00\x00\x05\x01hello', 'RCKS'.repeat(300)]) {
         execFileSync('ip', ['netns', 'exec', bed.ns.client, 'socat', '-t', '1', '-', `TCP:${bed.serverAddress}:7225`], { input: junk, timeout: 10_000 });
       }
@@ -226,7 +226,7 @@ describe('rack up on one host only', { skip }, () => {
         nft(`add chain inet count input { type filter hook input priority -300; policy accept; }`);
         nft(`add rule inet count input tcp dport ${ECHO} tcp flags & (syn | ack) == syn counter`);
         const stream = new SocatStream(bed, `with rack only on the ${host}`);
-        w.processes.push({ stop: () => stream.stop() } as HostProcess);
+        w.processes.push(stream);
         await stream.start(`${bed.serverAddress}:${ECHO}`, RATE, () => rack.output);
         await sleep(500);
         const s = status(bed, host);
