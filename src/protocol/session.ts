@@ -34,7 +34,6 @@ import {
   FrameType,
   NONCE_SIZE,
   SESSION_ID_SIZE,
-  KEY_SIZE,
   INSTANCE_SIZE,
   type ChallengeFrame,
   type Frame,
@@ -43,9 +42,9 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { deriveSessionKey, keyPairFromSeed, macMatches, resumeMac, type KeyPair } from './keys.js';
+import { deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
-import type { RandomSource } from './random.js';
+import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -250,7 +249,7 @@ export class Session {
   ): Session {
     const s = new Session('server', config, random, host);
     s._sessionId = Buffer.from(random.bytes(SESSION_ID_SIZE)); // into the shared pool
-    const keys = keyPairFromSeed(random.bytes(KEY_SIZE));
+    const keys = drawKeyPair(random);
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
     s.peerWindow = hello.window;
     s.windowSent = config.receiveWindow;
@@ -327,8 +326,9 @@ export class Session {
     l.out.push(CLIENT_ANNOUNCEMENT);
     l.announcement = Buffer.alloc(0);
     if (this._sessionId === undefined) {
-      l.keys = keyPairFromSeed(this.random.bytes(KEY_SIZE));
-      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, l.keys.publicKey, this.config.receiveWindow));
+      const keys = drawKeyPair(this.random);
+      l.keys = keys;
+      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, keys.publicKey, this.config.receiveWindow));
       l.phase = 'hello';
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
