@@ -42,7 +42,7 @@ Options:
   --secret-file FILE        a shared secret: only daemons holding the same one talk
   --probe-timeout MS        how long a first SYN to a new host waits for its answer (default 500)
   --max-connections N       protected connections at most (default 10000)
-  --max-held SIZE           bytes held across outages at most (default 256MiB; e.g. 64MiB, 1GiB)
+  --max-held SIZE           bytes in custody (carried, not yet acknowledged by the peer daemon) at most (default 256MiB; e.g. 64MiB, 1GiB)
   --tun NAME                the TUN device (default rack0)
   --log-level LEVEL         error, warn, info (default) or debug
   --json                    log one JSON object per line

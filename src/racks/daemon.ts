@@ -28,7 +28,7 @@ import { networkInterfaces } from 'node:os';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../index.js';
 import { EDP_MAGIC } from '../edp/announcement.js';
 import { Carriage } from './carriage.js';
-import { DEFAULT_FLOW_LIMITS, FlowTable, type Flow } from './flows.js';
+import { DEFAULT_FLOW_LIMITS, FlowTable, segmentEnd, type Flow } from './flows.js';
 import * as netfilter from './netfilter.js';
 import { classify, fixChecksums, TcpFlags, type TcpPacket } from './packet.js';
 import { RawSender } from './raw-socket.js';
@@ -269,6 +269,19 @@ export class RackDaemon extends EventEmitter {
 
   private carry(carriage: Carriage, p: TcpPacket, packet: Buffer): void {
     const now = performance.now();
+    if (segmentEnd(p) !== p.seq && this.heldTotal() + p.payload.length > this.options.maxHeldBytes) {
+      // No room to take this segment into custody (carried and not yet acknowledged by the peer
+      // daemon, which grows while a failure is not yet detected): it is dropped before the flow
+      // counts it, so no ACK ever covers it, and its sender sends it again later, as after any
+      // loss. A held sender still gets the hold ACK for what is in custody, which keeps it waiting.
+      if (!this.limitLogged.held) this.log.warn({ maxHeldBytes: this.options.maxHeldBytes }, 'held-bytes limit reached: packets beyond it are dropped (their senders will retransmit)');
+      this.limitLogged.held = true;
+      this.counters.limitDrops++;
+      const flow = carriage.suspended ? this.flows.find('out', p) : undefined;
+      const ack = flow ? this.flows.holdAck(flow) : undefined;
+      if (ack) this.inject(ack, true);
+      return;
+    }
     const flow = this.flows.observe('out', p, now);
     if (flow === 'full') {
       if (!this.limitLogged.flows) this.log.warn({ maxFlows: this.options.maxFlows }, 'protected-connection limit reached: new connections go out unprotected');
@@ -283,13 +296,6 @@ export class RackDaemon extends EventEmitter {
       if (startsWithEdp(p.payload)) this.bypassFlow(flow);
     }
     if (carriage.suspended && flow) {
-      const held = this.heldTotal();
-      if (held + p.payload.length > this.options.maxHeldBytes) {
-        if (!this.limitLogged.held) this.log.warn({ maxHeldBytes: this.options.maxHeldBytes }, 'held-bytes limit reached: packets beyond it are dropped (their senders will retransmit)');
-        this.limitLogged.held = true;
-        this.counters.limitDrops++;
-        return;
-      }
       carriage.send(packet);
       this.counters.packetsCarried++;
       const ack = this.flows.holdAck(flow, p.payload.length);
@@ -447,9 +453,10 @@ export class RackDaemon extends EventEmitter {
     return this.clients.get(flow.remote.address) ?? this.hosts.get(flow.remote.address)?.carriage;
   }
 
+  /** Bytes in custody: carried and not yet acknowledged by a peer daemon, on every carriage. */
   private heldTotal(): number {
     let n = 0;
-    for (const c of this.suspendedSince.keys()) n += c.heldBytes;
+    for (const c of this.carriages) n += c.heldBytes;
     return n;
   }
 

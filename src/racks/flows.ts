@@ -89,6 +89,11 @@ export class FlowTable {
     return this.flows.values();
   }
 
+  /** The flow `p` belongs to, if known, without recording anything. */
+  find(direction: Direction, p: TcpPacket): Flow | undefined {
+    return this.flows.get(direction === 'out' ? flowKey({ address: p.src, port: p.srcPort }, { address: p.dst, port: p.dstPort }) : flowKey({ address: p.dst, port: p.dstPort }, { address: p.src, port: p.srcPort }));
+  }
+
   /**
    * Records what `p` says about its connection. A SYN without ACK from either
    * side starts a flow (when there is room: 'full' otherwise); other packets
@@ -104,7 +109,7 @@ export class FlowTable {
     const opening = (p.flags & (TcpFlags.SYN | TcpFlags.ACK)) === TcpFlags.SYN;
     if (flow === undefined || (opening && flow.ending)) {
       if (!opening) return undefined;
-      if (flow === undefined && this.flows.size >= this.limits.maxFlows) return 'full';
+      if (flow === undefined && this.flows.size >= this.limits.maxFlows && !this.evictEnded()) return 'full';
       flow = {
         key,
         local,
@@ -199,6 +204,15 @@ export class FlowTable {
       }
     }
     return n;
+  }
+
+  /** Makes room by forgetting the quietest flow that has ended (its late packets are carried untracked). */
+  private evictEnded(): boolean {
+    let oldest: Flow | undefined;
+    for (const f of this.flows.values()) if (f.ending && (oldest === undefined || f.lastSeen < oldest.lastSeen)) oldest = f;
+    if (oldest === undefined) return false;
+    this.flows.delete(oldest.key);
+    return true;
   }
 
   delete(flow: Flow): void {

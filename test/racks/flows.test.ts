@@ -110,5 +110,12 @@ describe('flow table', () => {
     assert.equal(table.sweep(500), 0);
     assert.equal(table.sweep(1010), 1);
     assert.equal(table.size, 0);
+    // At the limit, an ended flow gives its place to a new one.
+    const again = established(table, 50, 60);
+    table.observe('out', packet(CLIENT, SERVER, 151, 61, TcpFlags.ACK | TcpFlags.FIN), 20);
+    assert.equal(again.ending, true);
+    const next = table.observe('out', packet({ ...CLIENT, port: 40_002 }, SERVER, 1, 0, TcpFlags.SYN), 30);
+    assert.ok(next !== undefined && next !== 'full');
+    assert.equal(table.size, 1);
   });
 });

@@ -241,6 +241,38 @@ describe('rack up on one host only', { skip }, () => {
   }
 });
 
+describe('rack limits', { skip }, () => {
+  test('past --max-connections a connection goes out unprotected; past --max-held packets wait for the resume; both are logged and nothing is lost', { timeout: 90_000 }, async () => {
+    await withBed(async (w) => {
+      const { bed } = w;
+      const limits = ['--max-connections', '1', '--max-held', '64KiB'];
+      const racks = [await rackUp(bed, 'client', limits), await rackUp(bed, 'server', limits)];
+      w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
+      const first = new SocatStream(bed, 'the first connection');
+      const second = new SocatStream(bed, 'the second connection');
+      w.processes.push(first, second);
+      await first.start(`${bed.serverAddress}:${ECHO}`, RATE);
+      await second.start(`${bed.serverAddress}:${ECHO}`, RATE);
+      const s = status(bed, 'client');
+      assert.equal(s.connections.length, 1, `one connection protected: ${JSON.stringify(s)}`);
+      assert.ok(racks[0].logs().some((l) => l.msg.startsWith('protected-connection limit reached')), racks[0].output);
+      await first.finishAndVerify();
+      await second.finishAndVerify();
+
+      // A fresh protected stream through an outage: it writes far more than 64 KiB into the dead path.
+      const held = new SocatStream(bed, 'through an outage past --max-held');
+      w.processes.push(held);
+      await until(() => status(bed, 'client').connections.every((c) => c.state === 'ending'), 10_000, 'the first streams to end');
+      await held.start(`${bed.serverAddress}:${ECHO}`, RATE);
+      await sleep(500);
+      bed.blackhole();
+      await until(() => racks[0].logs().some((l) => l.msg.startsWith('held-bytes limit reached')), 15_000, () => racks[0].output);
+      bed.heal();
+      await held.finishAndVerify();
+    });
+  });
+});
+
 describe('what rack leaves behind', { skip }, () => {
   test('rack down, and a killed daemon followed by rack down, leave no table, rule, route or TUN device', { timeout: 60_000 }, async () => {
     await withBed(async (w) => {
