@@ -99,11 +99,11 @@ export class Carriage extends EventEmitter {
     return this.socket.bufferedAmount;
   }
 
-  /** Sends one IP packet (queued until the key is agreed). */
+  /** Sends one IP packet (queued until the key is agreed). `packet` may be reused by the caller once this returns. */
   send(packet: Buffer): void {
     if (this.closed) return;
     if (this.key === undefined) {
-      this.pending.push(packet);
+      this.pending.push(Buffer.from(packet)); // the caller may reuse its buffer
       return;
     }
     const number = this.sentCount++;

@@ -231,11 +231,11 @@ export class RackDaemon extends EventEmitter {
       this.counters.malformedLocal++;
       return;
     }
+    // `buf` is a view of the TUN's read slab, which is reused: whatever keeps a packet past this call copies it.
     const p = c.tcp;
-    const packet = Buffer.from(buf); // the TUN's slab is reused
-    const carriage = this.clients.get(p.dst) ?? this.routeToServer(p, packet);
+    const carriage = this.clients.get(p.dst) ?? this.routeToServer(p, buf);
     if (carriage === undefined) return;
-    this.carry(carriage, p, packet);
+    this.carry(carriage, p, buf);
   }
 
   /** Client role: the carriage for p's destination host, or undefined when the packet was dealt with otherwise. */
@@ -263,7 +263,7 @@ export class RackDaemon extends EventEmitter {
       this.hosts.set(p.dst, host);
       this.probe(host);
     }
-    if (host.syns.length < MAX_HELD_SYNS) host.syns.push(packet);
+    if (host.syns.length < MAX_HELD_SYNS) host.syns.push(Buffer.from(packet));
     return undefined;
   }
 
