@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { connect as connectUnix, createServer as createUnixServer, type Server } from 'node:net';
 import { pino } from 'pino';
 import { EXIT, ExitError, LOG_LEVELS, parse, parseDuration, runMain, UsageError } from './args.js';
+import type { RackStatus } from '../racks/daemon.js';
 import { textLines } from './monitor.js';
 
 const USAGE = `Usage: rack COMMAND [options]   (Linux, as root)
@@ -95,8 +96,9 @@ async function up(args: string[]): Promise<number> {
     false,
   );
   if (values.help) return help(UP_HELP);
+  // Loaded here, not at the top: the daemon loads koffi, which `status` and `--help` do without.
   const { parseSpec, SpecError } = await import('../racks/netfilter.js');
-  const { RACK_DEFAULTS } = await import('../racks/daemon.js');
+  const { RackDaemon, RACK_DEFAULTS } = await import('../racks/daemon.js');
   const specTexts = (values.protect as unknown as string[] | undefined) ?? [];
   if (specTexts.length === 0) throw new UsageError('up needs at least one --protect SPEC (e.g. --protect tcp:22)');
   const specs = specTexts.map((t) => {
@@ -136,7 +138,6 @@ async function up(args: string[]): Promise<number> {
 
   const json = values.json === true;
   const log = pino({ level, base: undefined }, { write: (line: string) => process.stderr.write(json ? line : textLines(line)) });
-  const { RackDaemon } = await import('../racks/daemon.js');
   const daemon = new RackDaemon({ ...options, log });
   const control = await listenControl(options.kernel.tun);
   let finished!: (why: string) => void;
@@ -208,7 +209,7 @@ function ask(tun: string, command: string): Promise<Record<string, unknown> | un
 async function status(args: string[]): Promise<number> {
   const { values } = parse(args, { json: { type: 'boolean' }, tun: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, false);
   if (values.help) return help('Usage: rack status [--json] [--tun NAME]\n\nLists the protected connections of this host\'s rack daemon: peer, state, outage, bytes held.');
-  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as import('../racks/daemon.js').RackStatus | undefined;
+  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as RackStatus | undefined;
   if (s === undefined) throw new ExitError('no rack daemon runs here', EXIT.FAILURE);
   if (values.json) {
     process.stdout.write(JSON.stringify(s) + '\n');

@@ -15,8 +15,6 @@ export type RelayKind = 'serve' | 'forward';
 
 const show = (e: Endpoint): string => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
 
-/** An error that ends the command with this exit code. */
-
 /** Checks that something accepts connections at `to`, so a typo fails now and not at the first client. */
 async function reachable(to: Endpoint): Promise<void> {
   const socket = netConnect(to.port, to.host);

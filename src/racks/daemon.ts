@@ -23,7 +23,6 @@
 // TUN, so the applications' sockets, bound to it, can still send.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { EventEmitter } from 'node:events';
 import { networkInterfaces } from 'node:os';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../index.js';
 import { EDP_MAGIC } from '../edp/announcement.js';
@@ -94,7 +93,12 @@ export interface RackCounters {
   /** Connections to the rack port that were not rack carriages. */
   strayConnections: number;
   holdAcks: number;
+  /** Segments dropped at the held-bytes limit (their senders retransmit). */
   limitDrops: number;
+  /** New connections past the connection limit, sent out unprotected. */
+  unprotected: number;
+  /** 64 KiB segments that could not go out through the raw socket (their senders retransmit). */
+  unsendable: number;
   bypassed: number;
 }
 
@@ -114,7 +118,7 @@ export interface RackStatus {
   }[];
 }
 
-export class RackDaemon extends EventEmitter {
+export class RackDaemon {
   readonly counters: RackCounters = {
     packetsCarried: 0,
     packetsInjected: 0,
@@ -125,6 +129,8 @@ export class RackDaemon extends EventEmitter {
     strayConnections: 0,
     holdAcks: 0,
     limitDrops: 0,
+    unprotected: 0,
+    unsendable: 0,
     bypassed: 0,
   };
   private readonly flows: FlowTable;
@@ -144,7 +150,6 @@ export class RackDaemon extends EventEmitter {
   private stopped = false;
 
   constructor(private readonly options: RackOptions) {
-    super();
     this.flows = new FlowTable({ maxFlows: options.maxFlows, endedLinger: 120_000 });
   }
 
@@ -286,7 +291,7 @@ export class RackDaemon extends EventEmitter {
     if (flow === 'full') {
       if (!this.limitLogged.flows) this.log.warn({ maxFlows: this.options.maxFlows }, 'protected-connection limit reached: new connections go out unprotected');
       this.limitLogged.flows = true;
-      this.counters.limitDrops++;
+      this.counters.unprotected++;
       this.bypass(p.src, p.srcPort, p.dst, p.dstPort);
       this.pass(packet);
       return;
@@ -487,7 +492,7 @@ export class RackDaemon extends EventEmitter {
   private pass(buf: Buffer): void {
     const gsoType = buf[1];
     if (gsoType !== 0) {
-      this.counters.limitDrops++;
+      this.counters.unsendable++;
       return;
     }
     let packet = buf.subarray(VNET_HEADER);

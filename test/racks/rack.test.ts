@@ -256,6 +256,7 @@ describe('rack limits', { skip }, () => {
       const s = status(bed, 'client');
       assert.equal(s.connections.length, 1, `one connection protected: ${JSON.stringify(s)}`);
       assert.ok(racks[0].logs().some((l) => l.msg.startsWith('protected-connection limit reached')), racks[0].output);
+      assert.ok(s.counters.unprotected >= 1, JSON.stringify(s.counters));
       await first.finishAndVerify();
       await second.finishAndVerify();
 
@@ -267,6 +268,7 @@ describe('rack limits', { skip }, () => {
       await sleep(500);
       bed.blackhole();
       await until(() => racks[0].logs().some((l) => l.msg.startsWith('held-bytes limit reached')), 15_000, () => racks[0].output);
+      assert.ok(status(bed, 'client').counters.limitDrops > 0);
       bed.heal();
       await held.finishAndVerify();
     });
