@@ -46,6 +46,8 @@ import { deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
+import { stepClose, stepOutgoingFin, type CloseHandshake, type OutgoingFin } from './closing.js';
+import { Timer, TimerTable } from './timers.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -68,12 +70,8 @@ export type SessionState =
   | 'suspended' // no link; the client is reconnecting, the server waiting
   | 'done'; // released
 
-// Closing: each side sends FIN after its data. Once a side holds the peer's
-// FIN and the acknowledgement of its own, it is "finished". The server, once
-// finished, sends CLOSE and keeps the session (its buffers are empty by then)
-// until CLOSE_ACK arrives, for at most closeLinger, resuming it if need be,
-// so that a client which missed the last acknowledgement can still learn
-// that its FIN arrived. A finished client waits for CLOSE as long.
+// How a session closes (FIN each way, then CLOSE and CLOSE_ACK) is spelled
+// out as states and transition tables in closing.ts.
 
 export type SessionEvent =
   /** Open a transport to the server and report it with handleLinkOpen / handleLinkClosed. */
@@ -158,6 +156,7 @@ export class Session {
   private readonly host: SessionHost | undefined;
 
   private _state: SessionState;
+  private close: CloseHandshake = 'streaming';
   private _sessionId: Buffer | undefined;
   private key: Buffer | undefined;
   /** The run of the server that issued the session (WELCOME), named again in RESUME. */
@@ -165,12 +164,11 @@ export class Session {
   private readonly links = new Map<LinkId, Link>();
   private current: Link | undefined;
   private nextLinkId = 1;
+  private readonly timers = new TimerTable();
 
   // Sending direction.
   private readonly send = new SendBuffer();
-  private finQueued = false;
-  private finSent = false;
-  private finAcked = false;
+  private fin: OutgoingFin = 'none';
   /** Highest unit offset ever transmitted (FIN included). */
   private maxSent = 0;
   /** The peer lets us send data up to this offset. */
@@ -183,35 +181,24 @@ export class Session {
   private unread = 0;
   private ackSent = 0;
   private windowSent = 0;
+  /** An ACK goes out with the next transmission (the AckDelay and Heartbeat timers stop meanwhile). */
   private ackNeeded = false;
-  private ackDueAt = Infinity;
 
   // Accounting reported to the host.
   private buffered = 0;
 
-  // Time.
-  private lastHeardAt = 0;
-  private lastSentAt = 0;
+  // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
-  private connectDeadline = Infinity;
   private nextDialAt = Infinity;
   private lastDialAt = -Infinity;
   private nextDialDelay = 0;
   private dialAttempts = 0;
-  private lingerUntil = Infinity;
-  private idleTimeout = 0;
-  private idleSince = 0;
-  private idleFired = false;
-
-  // Milestones.
-  private everOpened = false;
-  /** The application was told of the session ('connect' or 'open'). */
-  private established = false;
+  /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
+  private everConnected = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
   private serverConfirmed = false;
-  private closedEmitted = false;
-  /** Server: CLOSE goes out with the next transmission on the current link. */
-  private closePending = false;
+  /** setIdleTimeout's value; 0 is off. */
+  private idleTimeout = 0;
 
   private events: SessionEvent[] = [];
   private eventHead = 0;
@@ -227,8 +214,7 @@ export class Session {
   /** A client session; it asks for its first link with a `dial` event. */
   static connect(config: SessionConfig, random: RandomSource, now: number): Session {
     const s = new Session('client', config, random);
-    s.connectDeadline = now + config.connectTimeout;
-    s.idleSince = now;
+    s.timers.set(Timer.Connect, now + config.connectTimeout);
     s.dial(now);
     return s;
   }
@@ -253,13 +239,10 @@ export class Session {
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
     s.peerWindow = hello.window;
     s.windowSent = config.receiveWindow;
-    s.idleSince = now;
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
     l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow, instance));
     s.serverInstance = instance;
     s.current = l;
-    s.lastHeardAt = now;
-    s.lastSentAt = now;
     return s;
   }
 
@@ -301,14 +284,14 @@ export class Session {
 
   /** Both directions are finished and acknowledged. */
   get finished(): boolean {
-    return this.finAcked && this.finReceived;
+    return this.fin === 'acked' && this.finReceived;
   }
 
   /** A one-line summary of the session's state, for diagnostics. */
   describe(): string {
     const links = [...this.links.values()].map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
-    return `${this.role} ${this._state} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
-      ` win ${this.peerWindow} fin ${this.finQueued ? 'q' : ''}${this.finSent ? 's' : ''}${this.finAcked ? 'a' : ''}]` +
+    return `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
+      ` win ${this.peerWindow} fin ${this.fin}]` +
       ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.finReceived ? ' fin' : ''}]` +
       `${this.writeBlocked ? ' write-blocked' : ''}${this.ackNeeded ? ' ack-needed' : ''}`;
   }
@@ -319,7 +302,7 @@ export class Session {
   handleLinkOpen(link: LinkId): void {
     const l = this.links.get(link);
     if (l === undefined || l.phase !== 'dialing') return;
-    this.everOpened = true;
+    this.everConnected = true;
     // The EDP announcement, then the first frame without waiting for the
     // server's announcement: we already know (probe, cache or option) that it
     // is enhanced, and the HELLO negotiates the version anyway.
@@ -340,8 +323,11 @@ export class Session {
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
     const l = this.links.get(link);
     if (l === undefined) return;
-    if (l === this.current) this.lastHeardAt = now;
-    l.heard = true;
+    if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.config.failureTimeout);
+    if (!l.heard) {
+      l.heard = true;
+      this.refreshLinkTimers();
+    }
     if (l.announcement !== undefined) {
       chunk = this.readAnnouncement(l, chunk, now) ?? Buffer.alloc(0);
       if (chunk.length === 0) return;
@@ -375,7 +361,7 @@ export class Session {
   private notEnhanced(l: Link, now: number, reason: string): void {
     // Before the session exists this decides the connection: the caller may
     // fall back to a plain one. Afterwards it is just a failed attempt.
-    if (!this.established) this.fail(now, new RocksError('ERR_ROCKS_NOT_ENHANCED', reason), undefined);
+    if (this._state === 'connecting') this.fail(now, new RocksError('ERR_ROCKS_NOT_ENHANCED', reason), undefined);
     else this.dropLink(l, reason);
   }
 
@@ -383,63 +369,62 @@ export class Session {
   handleLinkClosed(link: LinkId, now: number, reason: string, error?: Error): void {
     const l = this.links.get(link);
     if (l === undefined) return;
-    this.links.delete(link);
     if (l === this.current) {
       this.linkFailed(now, reason);
       return;
     }
+    this.removeLink(l);
     if (this.role === 'client' && this._state === 'connecting' && l.phase === 'dialing' && l.id === 1) {
       // The very first dial failed outright: report it as net.connect would.
       this.fail(now, error ?? new RocksError('ERR_ROCKS_CONNECT_FAILED', reason), undefined);
     }
   }
 
+  /** Runs the work of every timer due at `now` (see timers.ts). */
   handleTimeout(now: number): void {
     if (this._state === 'done') return;
+    const timers = this.timers;
 
-    for (const l of this.links.values()) {
-      if (l.deadline > now) continue;
-      if (l === this.current) {
-        // Only an unconfirmed server session has a deadline on its current link.
-        this.release(now, undefined);
-        return;
-      }
-      this.dropLink(l, 'handshake timed out');
-    }
-
-    if (this._state === 'open') {
-      // Deadlines are compared exactly as pollTimeout computes them, so a
-      // timer that fires at its deadline always finds its work due.
-      if (now >= this.lastHeardAt + this.config.failureTimeout) {
-        this.linkFailed(now, `nothing heard from the peer for ${Math.round(now - this.lastHeardAt)} ms`);
-      } else {
-        if (now >= this.ackDueAt) this.ackNeeded = true;
-        if (now >= this.lastSentAt + this.config.heartbeatInterval) {
-          this.ackNeeded = true;
-          this.send.releaseIdle();
+    if (timers.expired(Timer.Handshake, now)) {
+      for (const l of this.links.values()) {
+        if (l.deadline > now) continue;
+        if (l === this.current) {
+          // Only an unconfirmed server session has a deadline on its current link.
+          this.release(now, undefined);
+          return;
         }
+        this.dropLink(l, 'handshake timed out');
       }
     }
 
-    if (this._state === 'suspended' && now >= this.suspendedAt + this.config.suspendLimit) {
+    if (timers.expired(Timer.Failure, now)) {
+      const lastHeard = timers.get(Timer.Failure) - this.config.failureTimeout;
+      this.linkFailed(now, `nothing heard from the peer for ${Math.round(now - lastHeard)} ms`);
+    } else {
+      const beat = timers.expired(Timer.Heartbeat, now);
+      if (beat || timers.expired(Timer.AckDelay, now)) this.needAck();
+      if (beat) this.send.releaseIdle();
+    }
+
+    if (timers.expired(Timer.Suspend, now)) {
       this.fail(now, new RocksError('ERR_ROCKS_SUSPEND_TIMEOUT', `suspended for ${Math.round(now - this.suspendedAt)} ms`), undefined);
       return;
     }
-    if (this._state === 'connecting' && now >= this.connectDeadline) {
+    if (timers.expired(Timer.Connect, now)) {
       this.fail(now, new RocksError('ERR_ROCKS_CONNECT_TIMEOUT'), undefined);
       return;
     }
-    if (now >= this.lingerUntil) {
+    if (timers.expired(Timer.Linger, now)) {
       // Client: the server never confirmed the close. Server: the client never
       // acknowledged our CLOSE. Either way everything was delivered.
       if (this.role === 'client') this.finishClose(now);
       else this.release(now, ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire);
       return;
     }
-    if (this.role === 'client' && this.current === undefined && now >= this.nextDialTime()) this.dial(now);
+    if (timers.expired(Timer.Dial, now)) this.dial(now);
 
-    if (this.idleTimeout > 0 && !this.idleFired && now >= this.idleSince + this.idleTimeout) {
-      this.idleFired = true;
+    if (timers.expired(Timer.Idle, now)) {
+      timers.stop(Timer.Idle);
       this.emit({ type: 'timeout' });
     }
   }
@@ -457,8 +442,8 @@ export class Session {
 
   /** Ends our direction: FIN follows the data already written. */
   end(now: number): void {
-    if (this._state === 'done' || this.finQueued) return;
-    this.finQueued = true;
+    if (this._state === 'done' || this.fin !== 'none') return;
+    this.fin = stepOutgoingFin(this.fin, 'end');
     this.touch(now);
   }
 
@@ -478,15 +463,15 @@ export class Session {
     this.unread = unread;
     if (consumedMore) this.touch(now);
     this.account();
-    if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
+    if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.needAck();
     return true;
   }
 
   /** Emits `timeout` after `ms` without application data moving; 0 turns it off. */
   setIdleTimeout(ms: number, now: number): void {
     this.idleTimeout = ms;
-    this.idleSince = now;
-    this.idleFired = false;
+    if (ms > 0) this.timers.set(Timer.Idle, now + ms);
+    else this.timers.stop(Timer.Idle);
   }
 
   /** The host's budget freed: re-evaluate backpressure and our window. */
@@ -496,7 +481,7 @@ export class Session {
       this.writeBlocked = false;
       this.emit({ type: 'writable' });
     }
-    if (this.windowTarget() > this.windowSent) this.ackNeeded = true;
+    if (this.windowTarget() > this.windowSent) this.needAck();
   }
 
   // ---- output -------------------------------------------------------------
@@ -518,7 +503,7 @@ export class Session {
 
     const limit = Math.min(this.send.end, this.peerWindow);
     // A pending acknowledgement rides along with data for free.
-    if (this.ackNeeded || (this.ackDueAt !== Infinity && this.send.next < limit)) {
+    if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       (out ??= []).push(this.makeAck());
     }
     while (budget > 0 && this.send.next < limit) {
@@ -528,17 +513,17 @@ export class Session {
       budget -= size;
     }
     if (this.send.next > this.maxSent) this.maxSent = this.send.next;
-    if (this.finQueued && !this.finSent && this.send.next === this.send.end) {
+    if (this.fin === 'queued' && this.send.next === this.send.end) {
       (out ??= []).push(encodeFin(this.send.end));
-      this.finSent = true;
+      this.fin = stepOutgoingFin(this.fin, 'transmit');
       this.maxSent = this.send.end + 1;
     }
-    if (this.closePending) {
+    if (this.close === 'close-owed') {
       // The client must hold the acknowledgement of its FIN before CLOSE.
       (out ??= []).push(this.makeAck(), encodeClose());
-      this.closePending = false;
+      this.close = stepClose(this.role, this.close, 'transmit-close');
     }
-    if (out !== undefined) this.lastSentAt = now;
+    if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
     return out;
   }
 
@@ -554,20 +539,7 @@ export class Session {
 
   /** The earliest time at which handleTimeout has work to do, or undefined. */
   pollTimeout(): number | undefined {
-    if (this._state === 'done') return undefined;
-    let t = Infinity;
-    for (const l of this.links.values()) if (l.deadline < t) t = l.deadline;
-    if (this._state === 'open') {
-      t = Math.min(t, this.lastHeardAt + this.config.failureTimeout);
-      // Once an ACK is due, only a transmission opportunity can send it.
-      if (!this.ackNeeded) t = Math.min(t, this.lastSentAt + this.config.heartbeatInterval, this.ackDueAt);
-    } else if (this.current === undefined) {
-      if (this._state === 'suspended') t = Math.min(t, this.suspendedAt + this.config.suspendLimit);
-      if (this._state === 'connecting') t = Math.min(t, this.connectDeadline);
-      if (this.role === 'client') t = Math.min(t, this.nextDialTime());
-    }
-    t = Math.min(t, this.lingerUntil);
-    if (this.idleTimeout > 0 && !this.idleFired) t = Math.min(t, this.idleSince + this.idleTimeout);
+    const t = this.timers.next();
     return t === Infinity ? undefined : t;
   }
 
@@ -695,10 +667,10 @@ export class Session {
         }
         break;
       case 'ERR_ROCKS_SESSION_CLOSED':
-        if (this.finQueued && this.finReceived) {
+        if (this.fin !== 'none' && this.finReceived) {
           // The server closed cleanly, so it held our FIN: we are finished.
           this.dropLink(l, message);
-          this.finSent = true;
+          if (this.fin === 'queued') this.fin = stepOutgoingFin(this.fin, 'held-by-peer');
           this.acknowledge(this.send.end + 1, now);
           this.finishClose(now);
           return;
@@ -728,7 +700,7 @@ export class Session {
       if (f.type !== FrameType.DATA && f.type !== FrameType.ACK && f.type !== FrameType.FIN) {
         throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} after WELCOME`);
       }
-      this.confirm(l);
+      this.confirm(l, now);
     } else if (this.role === 'client') {
       this.serverConfirmed = true;
     }
@@ -752,8 +724,8 @@ export class Session {
         this.touch(now);
         this.account();
         this.emit({ type: 'data', data });
-        if (this.received - this.ackSent >= this.config.receiveWindow / 4) this.ackNeeded = true;
-        else if (this.ackDueAt === Infinity) this.ackDueAt = now + ACK_DELAY;
+        if (this.received - this.ackSent >= this.config.receiveWindow / 4) this.needAck();
+        else if (!this.ackNeeded) this.timers.setOnce(Timer.AckDelay, now + ACK_DELAY);
         return;
       }
       case FrameType.ACK:
@@ -765,7 +737,7 @@ export class Session {
         }
         this.received += 1;
         this.finReceived = true;
-        this.ackNeeded = true;
+        this.needAck();
         this.emit({ type: 'end' });
         this.checkFinished(now);
         return;
@@ -777,7 +749,7 @@ export class Session {
         this.finishClose(now);
         return;
       case FrameType.CLOSE_ACK:
-        if (this.role !== 'server' || !this.closedEmitted) {
+        if (this.role !== 'server' || this.close === 'streaming') {
           throw new RocksError('ERR_ROCKS_PROTOCOL', 'CLOSE_ACK without CLOSE');
         }
         this.closeLink(l, true);
@@ -810,8 +782,8 @@ export class Session {
   private acknowledge(received: number, now: number): void {
     const freed = this.send.trimTo(Math.min(received, this.send.end));
     if (freed > 0) this.account();
-    if (received > this.send.end && this.finSent && !this.finAcked) {
-      this.finAcked = true;
+    if (received > this.send.end && this.fin === 'sent') {
+      this.fin = stepOutgoingFin(this.fin, 'ack');
       this.emit({ type: 'finish' });
       this.checkFinished(now);
     }
@@ -841,50 +813,54 @@ export class Session {
     l.phase = 'active';
     l.deadline = Infinity;
     l.keys = undefined;
-    this.lastHeardAt = now;
-    this.lastSentAt = now;
     this.nextDialAt = Infinity;
     this.dialAttempts = 0;
-    this.ackNeeded = true;
+    this.timers.stop(Timer.Suspend);
+    this.refreshLinkTimers();
 
     // Rewind to what the peer holds: all before it is acknowledged, the rest is replayed.
     const replayedOut = Math.max(0, this.maxSent - peerReceived);
     const replayedIn = Math.max(0, peerSent - this.received);
     this.send.rewind(Math.min(Math.max(peerReceived, this.send.start), this.send.end));
-    this.finSent = this.finSent && peerReceived > this.send.end;
+    if (peerReceived <= this.send.end) this.fin = stepOutgoingFin(this.fin, 'rewind');
 
     if (wasState === 'accepting') {
-      this.confirm(l);
-    } else if (!this.established) {
-      this._state = 'open';
-      this.established = true;
-      this.emit({ type: 'link-active', link: l.id });
-      this.emit({ type: 'connect' });
+      this.confirm(l, now);
     } else {
-      this._state = 'open';
-      if (wasState === 'suspended') this.host?.resumed(this);
+      this.enterOpen(now);
       this.emit({ type: 'link-active', link: l.id });
-      this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
+      if (wasState === 'connecting') {
+        this.timers.stop(Timer.Connect);
+        this.emit({ type: 'connect' });
+      } else {
+        if (wasState === 'suspended') this.host?.resumed(this);
+        this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
+      }
     }
     this.acknowledge(peerReceived, now);
-    this.checkFinished(now);
+    if (this.close === 'streaming') this.checkFinished(now);
+    else this.close = stepClose(this.role, this.close, 'link-activated');
   }
 
-  /** Server: the client proved it holds the key of the session WELCOME offered. */
-  private confirm(l: Link): void {
-    this._state = 'open';
-    this.established = true;
+  /** Server: the client's first frame after WELCOME makes the session real. */
+  private confirm(l: Link, now: number): void {
     l.deadline = Infinity;
-    this.everOpened = true;
-    this.ackNeeded = true;
+    this.refreshLinkTimers();
+    this.enterOpen(now);
     this.emit({ type: 'link-active', link: l.id });
     this.emit({ type: 'open' });
   }
 
+  /** The current link carries the session: the peer is watched, and owed an ACK at once. */
+  private enterOpen(now: number): void {
+    this._state = 'open';
+    this.timers.set(Timer.Failure, now + this.config.failureTimeout);
+    this.needAck();
+  }
+
   private linkFailed(now: number, reason: string): void {
     const l = this.current!;
-    this.current = undefined;
-    this.links.delete(l.id);
+    this.removeLink(l);
     this.emit({ type: 'close-link', link: l.id, graceful: false });
     if (this._state === 'accepting') {
       // Never confirmed: the client will start over, nothing to keep.
@@ -895,16 +871,19 @@ export class Session {
   }
 
   private enterSuspended(now: number, reason: string): void {
-    this.current = undefined;
     this._state = 'suspended';
     this.suspendedAt = now;
-    this.ackDueAt = Infinity;
     this.ackNeeded = false;
+    this.timers.stop(Timer.Failure);
+    this.timers.stop(Timer.Heartbeat);
+    this.timers.stop(Timer.AckDelay);
+    this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
     if (this.role === 'client') {
       this.dialAttempts = 0;
       this.nextDialDelay = 0;
       this.nextDialAt = now;
     }
+    this.refreshLinkTimers();
     this.emit({ type: 'suspend', reason });
     this.host?.suspended(this, now);
   }
@@ -914,23 +893,23 @@ export class Session {
     this._sessionId = undefined;
     this.key = undefined;
     this.maxSent = 0;
-    this.finSent = false;
+    this.fin = stepOutgoingFin(this.fin, 'rewind');
     this.send.rewind(0);
     this.nextDialAt = now;
+    this.refreshLinkTimers();
   }
 
+  /** Both directions just finished: the close handshake starts, for at most closeLinger. */
   private checkFinished(now: number): void {
-    if (!this.finished) return;
-    if (this.role === 'client') {
-      if (this.lingerUntil === Infinity) this.lingerUntil = now + this.config.closeLinger;
-      return;
-    }
-    this.closePending = true;
-    if (!this.closedEmitted) {
-      this.closedEmitted = true;
-      this.lingerUntil = now + this.config.closeLinger;
-      this.emit({ type: 'closed' });
-    }
+    if (!this.finished || this.close !== 'streaming') return;
+    this.close = stepClose(this.role, this.close, 'finished');
+    this.timers.set(Timer.Linger, now + this.config.closeLinger);
+    if (this.role === 'server') this.emit({ type: 'closed' });
+  }
+
+  /** Server: CLOSE went out or is owed, so everything was delivered both ways. */
+  private get closeAnnounced(): boolean {
+    return this.close === 'close-owed' || this.close === 'close-sent';
   }
 
   /** Client: the closing handshake is over (or given up on); everything was delivered. */
@@ -947,14 +926,14 @@ export class Session {
     if (notify !== undefined) this.closeLink(notify, true, [encodeError(wire, told)]);
     // An unconfirmed server session was never shown to the application, and
     // one that sent CLOSE has already delivered everything: nobody to tell.
-    if (this._state !== 'accepting' && !this.closedEmitted) this.emit({ type: 'error', error });
+    if (this._state !== 'accepting' && !this.closeAnnounced) this.emit({ type: 'error', error });
     this.release(now, this.endingCode(ending ?? wire));
   }
 
   /** What a client resuming this session later should hear, given why it ends. */
   private endingCode(reason: number): number | undefined {
     if (this._state === 'accepting') return undefined; // never confirmed
-    if (this.closedEmitted) return ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire;
+    if (this.closeAnnounced) return ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire;
     return reason;
   }
 
@@ -964,6 +943,7 @@ export class Session {
     this.links.clear();
     this.current = undefined;
     this._state = 'done';
+    this.timers.stopAll();
     this.send.trimTo(this.send.end);
     this.unread = 0;
     this.account();
@@ -976,7 +956,27 @@ export class Session {
   private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
     const l: Link = { id, phase, parser, out: [], deadline };
     this.links.set(id, l);
+    this.refreshLinkTimers();
     return l;
+  }
+
+  private removeLink(l: Link): void {
+    this.links.delete(l.id);
+    if (l === this.current) this.current = undefined;
+    this.refreshLinkTimers();
+  }
+
+  /**
+   * Re-derives the two timers that depend on the links: the earliest
+   * handshake deadline, and (client without a link) the next dial. Called
+   * wherever links come, go, change deadline or are first heard from.
+   */
+  private refreshLinkTimers(): void {
+    let handshake = Infinity;
+    for (const l of this.links.values()) if (l.deadline < handshake) handshake = l.deadline;
+    this.timers.set(Timer.Handshake, handshake);
+    const dialing = this.role === 'client' && this.current === undefined && this._state !== 'done';
+    this.timers.set(Timer.Dial, dialing ? this.nextDialTime() : Infinity);
   }
 
   private dial(now: number): void {
@@ -984,13 +984,14 @@ export class Session {
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
     this.dialAttempts++;
     this.lastDialAt = now;
-    if (this._state !== 'connecting' || this.everOpened) {
+    if (this._state !== 'connecting' || this.everConnected) {
       this.emit({ type: 'reconnect-attempt', attempt: this.dialAttempts, delay: this.nextDialDelay });
     }
     // Exponential backoff from reconnectDelay, capped, with jitter in its upper half.
     const base = Math.min(this.config.reconnectDelayMax, this.config.reconnectDelay * 2 ** (this.dialAttempts - 1));
     this.nextDialDelay = Math.round(base / 2 + (this.random.fraction() * base) / 2);
     this.nextDialAt = now + this.nextDialDelay;
+    this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
   }
 
@@ -1024,8 +1025,7 @@ export class Session {
 
   private closeLink(l: Link, graceful: boolean, final?: Buffer[], reason?: string): void {
     if (this.links.get(l.id) !== l) return;
-    this.links.delete(l.id);
-    if (l === this.current) this.current = undefined;
+    this.removeLink(l);
     const pending = l.out.length > 0 && graceful ? l.out : [];
     const bytes = final ? [...pending, ...final] : pending;
     this.emit({ type: 'close-link', link: l.id, graceful, final: bytes.length > 0 ? bytes : undefined, reason });
@@ -1067,7 +1067,7 @@ export class Session {
     if (target > this.windowSent) this.windowSent = target;
     this.ackSent = this.received;
     this.ackNeeded = false;
-    this.ackDueAt = Infinity;
+    this.timers.stop(Timer.AckDelay);
     return encodeAck(this.received, this.windowSent);
   }
 
@@ -1100,9 +1100,16 @@ export class Session {
     }
   }
 
+  /** Application data moved: the idle timeout starts over. */
   private touch(now: number): void {
-    this.idleSince = now;
-    this.idleFired = false;
+    if (this.idleTimeout > 0) this.timers.set(Timer.Idle, now + this.idleTimeout);
+  }
+
+  /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
+  private needAck(): void {
+    this.ackNeeded = true;
+    this.timers.stop(Timer.AckDelay);
+    this.timers.stop(Timer.Heartbeat);
   }
 
   private emit(ev: SessionEvent): void {
