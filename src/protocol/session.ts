@@ -48,6 +48,7 @@ import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
 import { stepClose, stepOutgoingFin, type CloseHandshake, type OutgoingFin } from './closing.js';
 import { Timer, TimerTable } from './timers.js';
+import { DialSchedule } from './dial-schedule.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -58,8 +59,6 @@ export type LinkId = number;
 const SEND_FRAME_BYTES = 64 * 1024;
 /** An acknowledgement waits at most this long for company before it goes out alone. */
 const ACK_DELAY = 20;
-/** Concurrent dial attempts while reconnecting: a slow attempt does not hold up the next. */
-const MAX_PENDING_DIALS = 2;
 /** Resume attempts a server keeps per session before dropping the oldest. */
 const MAX_PENDING_RESUMES = 4;
 
@@ -189,10 +188,7 @@ export class Session {
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
-  private nextDialAt = Infinity;
-  private lastDialAt = -Infinity;
-  private nextDialDelay = 0;
-  private dialAttempts = 0;
+  private readonly dials: DialSchedule;
   /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
   private everConnected = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
@@ -208,6 +204,7 @@ export class Session {
     this.config = config;
     this.random = random;
     this.host = host;
+    this.dials = new DialSchedule(config, random);
     this._state = role === 'client' ? 'connecting' : 'accepting';
   }
 
@@ -813,8 +810,7 @@ export class Session {
     l.phase = 'active';
     l.deadline = Infinity;
     l.keys = undefined;
-    this.nextDialAt = Infinity;
-    this.dialAttempts = 0;
+    this.dials.stop();
     this.timers.stop(Timer.Suspend);
     this.refreshLinkTimers();
 
@@ -878,11 +874,7 @@ export class Session {
     this.timers.stop(Timer.Heartbeat);
     this.timers.stop(Timer.AckDelay);
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
-    if (this.role === 'client') {
-      this.dialAttempts = 0;
-      this.nextDialDelay = 0;
-      this.nextDialAt = now;
-    }
+    if (this.role === 'client') this.dials.restart(now);
     this.refreshLinkTimers();
     this.emit({ type: 'suspend', reason });
     this.host?.suspended(this, now);
@@ -895,7 +887,7 @@ export class Session {
     this.maxSent = 0;
     this.fin = stepOutgoingFin(this.fin, 'rewind');
     this.send.rewind(0);
-    this.nextDialAt = now;
+    this.dials.dialNow(now);
     this.refreshLinkTimers();
   }
 
@@ -973,49 +965,27 @@ export class Session {
    */
   private refreshLinkTimers(): void {
     let handshake = Infinity;
-    for (const l of this.links.values()) if (l.deadline < handshake) handshake = l.deadline;
+    let silent = 0;
+    for (const l of this.links.values()) {
+      if (l.deadline < handshake) handshake = l.deadline;
+      if (!l.heard) silent++;
+    }
     this.timers.set(Timer.Handshake, handshake);
-    const dialing = this.role === 'client' && this.current === undefined && this._state !== 'done';
-    this.timers.set(Timer.Dial, dialing ? this.nextDialTime() : Infinity);
+    let dialAt = Infinity;
+    if (this.role === 'client' && this.current === undefined && this._state !== 'done') {
+      // Without a current link, every link is a pending attempt.
+      dialAt = this.dials.nextDialTime(this.links.size, silent);
+    }
+    this.timers.set(Timer.Dial, dialAt);
   }
 
   private dial(now: number): void {
     const id = this.nextLinkId++;
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
-    this.dialAttempts++;
-    this.lastDialAt = now;
-    if (this._state !== 'connecting' || this.everConnected) {
-      this.emit({ type: 'reconnect-attempt', attempt: this.dialAttempts, delay: this.nextDialDelay });
-    }
-    // Exponential backoff from reconnectDelay, capped, with jitter in its upper half.
-    const base = Math.min(this.config.reconnectDelayMax, this.config.reconnectDelay * 2 ** (this.dialAttempts - 1));
-    this.nextDialDelay = Math.round(base / 2 + (this.random.fraction() * base) / 2);
-    this.nextDialAt = now + this.nextDialDelay;
+    const { attempt, delay } = this.dials.dialed(now);
+    if (this._state !== 'connecting' || this.everConnected) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
-  }
-
-  /**
-   * When the next dial may start: one attempt at a time, except that an
-   * attempt that has heard nothing from the server for longer than the
-   * backoff cap does not hold up a fresh one. Its SYN may have been
-   * black-holed, or a middlebox (a proxy, a load balancer) accepted the
-   * connection for a server it cannot reach; either way a fresh attempt finds
-   * the path as soon as it returns. A server always speaks first (its EDP
-   * announcement), so an attempt that heard from it is left its whole
-   * handshake timeout: piling attempts on a slow server would not help it.
-   */
-  private nextDialTime(): number {
-    let pending = 0;
-    let silent = 0;
-    for (const l of this.links.values()) {
-      if (l === this.current) continue;
-      pending++;
-      if (!l.heard) silent++;
-    }
-    if (pending === 0) return this.nextDialAt;
-    if (pending >= MAX_PENDING_DIALS || silent < pending) return Infinity;
-    return Math.max(this.nextDialAt, this.lastDialAt + this.config.reconnectDelayMax);
   }
 
   /** Closes a link that is not the current one. */
