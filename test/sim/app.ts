@@ -5,6 +5,7 @@
 
 import { createCipheriv } from 'node:crypto';
 import type { Clock } from './network.js';
+import { SIM_OPTIONS } from './options.js';
 import type { SimRandom } from './random.js';
 
 /** A deterministic byte stream of `length` bytes for `seed` (AES-CTR keystream). */
@@ -104,7 +105,7 @@ export class SimApp {
   }
 
   private scheduleWrite(): void {
-    const pause = this.random.chance(0.3) ? 0 : this.random.int(0, 2 * this.plan.writePause);
+    const pause = this.random.chance(SIM_OPTIONS.app.writeAtOnce) ? 0 : this.random.int(0, 2 * this.plan.writePause);
     this.clock.after(pause, () => this.writeSome());
   }
 
@@ -129,7 +130,7 @@ export class SimApp {
     const pause = this.plan.readPause === 0 ? 0 : this.random.int(0, 2 * this.plan.readPause);
     this.clock.after(pause, () => {
       this.readScheduled = false;
-      const n = this.random.chance(0.7) ? this.unread : this.random.int(0, this.unread);
+      const n = this.random.chance(SIM_OPTIONS.app.readAll) ? this.unread : this.random.int(0, this.unread);
       this.unread -= n;
       this.port.updateUnread(this.unread);
       if (this.unread > 0) this.scheduleRead();

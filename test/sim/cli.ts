@@ -33,7 +33,8 @@ for (const seed of seeds) {
   const r = runSeed(seed, values.verbose);
   if (r.failures.length > 0) {
     failed++;
-    console.log(`seed ${seed} FAILED after ${r.simTime.toFixed(0)} simulated ms:`);
+    console.log(`seed ${seed} FAILED after ${r.simTime.toFixed(0)} simulated ms`);
+    console.log(`  drawn: ${JSON.stringify(r.drawn)}`);
     for (const f of r.failures) console.log(`  ${f}`);
     if (!values.verbose) console.log(r.trace.slice(-40).map((l) => `    ${l}`).join('\n'));
     console.log(`  replay: npm run sim -- --seed ${seed} --verbose`);

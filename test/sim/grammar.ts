@@ -1,11 +1,17 @@
 // Checks the order of the events a session gives its application: one
 // 'connect' (client) or 'open' (server) first, then 'suspend' and 'resume'
-// strictly alternating, nothing after 'released'.
+// strictly alternating; 'end', 'finish', 'closed' and 'error' at most once
+// each, and none of them before the session was established ('error' may
+// end a session that never was); nothing after 'released', which comes once.
 
 import type { SessionEvent } from '../../src/protocol/session.js';
 
+/** Events that may happen at most once in a session's life. */
+const ONCE = new Set<SessionEvent['type']>(['end', 'finish', 'closed', 'error']);
+
 export class EventGrammar {
   private phase: 'new' | 'up' | 'suspended' | 'released' = 'new';
+  private readonly seen = new Set<SessionEvent['type']>();
   readonly violations: string[] = [];
 
   constructor(private readonly name: string, private readonly role: 'client' | 'server') {}
@@ -15,6 +21,10 @@ export class EventGrammar {
       this.violations.push(`${this.name}: '${ev.type}' ${why}`);
     };
     if (this.phase === 'released') return bad('after released');
+    if (ONCE.has(ev.type)) {
+      if (this.seen.has(ev.type)) return bad('a second time');
+      this.seen.add(ev.type);
+    }
     switch (ev.type) {
       case 'connect':
       case 'open':
@@ -42,5 +52,10 @@ export class EventGrammar {
       default:
         return;
     }
+  }
+
+  /** Whether 'released' was seen. */
+  get released(): boolean {
+    return this.phase === 'released';
   }
 }

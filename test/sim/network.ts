@@ -4,6 +4,7 @@
 // (everything dropped, nobody told). Nothing here knows the rocks protocol.
 
 import { MinHeap } from '../../src/util/min-heap.js';
+import { SIM_OPTIONS } from './options.js';
 import type { SimRandom } from './random.js';
 
 export class Clock {
@@ -114,7 +115,7 @@ export class SimLink {
     dir.shut = true;
     this.told[side] = true;
     const other = (1 - side) as 0 | 1;
-    const arrival = graceful || this.random.chance(0.5) ? Math.max(dir.lastArrival, this.clock.now + this.shape.latency) : this.clock.now + this.shape.latency;
+    const arrival = graceful || this.random.chance(SIM_OPTIONS.network.resetAfterData) ? Math.max(dir.lastArrival, this.clock.now + this.shape.latency) : this.clock.now + this.shape.latency;
     this.clock.at(arrival, () => {
       if (!this.stalled) this.tell(other, graceful ? 'closed by peer' : 'ECONNRESET');
     });

@@ -7,11 +7,14 @@
 import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
 import { streamBytes } from './app.js';
 import type { SimLink } from './network.js';
+import { SIM_OPTIONS, type Range } from './options.js';
 import { SimRandom } from './random.js';
 import { ClientEndpoint, ServerEndpoint, World } from './world.js';
 
 export interface SimResult {
   seed: number;
+  /** What the run drew from SIM_OPTIONS, printed first when it fails. */
+  drawn: Record<string, unknown>;
   failures: string[];
   simTime: number;
   faults: number;
@@ -25,18 +28,32 @@ export interface SimResult {
 const LIVENESS_BOUND = 600_000;
 const MAX_STEPS = 20_000_000;
 
+/** Runs one seed. Never throws: an exception anywhere is a failure of that seed. */
 export function runSeed(seed: number, verbose = false): SimResult {
+  const drawn: Record<string, unknown> = {};
+  const trace: string[] = [];
+  try {
+    return simulate(seed, verbose, drawn, trace);
+  } catch (err) {
+    const failure = `exception outside the run loop: ${(err as Error)?.stack ?? String(err)}`;
+    return { seed, drawn, failures: [failure], simTime: 0, faults: 0, suspends: 0, resumes: 0, bytes: 0, trace };
+  }
+}
+
+function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>, trace: string[]): SimResult {
   const random = new SimRandom(seed);
-  const failureTimeout = random.pick([300, 1000, 3000]);
-  const latency = random.spread(1, 150);
-  const faultEnd = random.spread(500, 30_000);
+  const { timing, network, faults: odds, app: apps } = SIM_OPTIONS;
+  const spread = (range: Range): number => random.spread(range[0], range[1]);
+  const failureTimeout = random.pick(timing.failureTimeouts);
+  const latency = spread(network.latency);
+  const faultEnd = spread(odds.faultEnd);
   const config = resolveSessionConfig({
     failureTimeout,
-    heartbeatInterval: random.chance(0.5) ? undefined : Math.round(failureTimeout / random.pick([3, 4, 8])),
-    receiveWindow: random.spread(1024, 1 << 20),
-    maxInflight: random.spread(1024, 8 << 20),
-    reconnectDelay: random.pick([10, 100, 300]),
-    reconnectDelayMax: random.pick([500, 2000]),
+    heartbeatInterval: random.chance(timing.defaultHeartbeat) ? undefined : Math.round(failureTimeout / random.pick(timing.heartbeatDivisors)),
+    receiveWindow: spread(timing.receiveWindow),
+    maxInflight: spread(timing.maxInflight),
+    reconnectDelay: random.pick(timing.reconnectDelays),
+    reconnectDelayMax: random.pick(timing.reconnectDelayMaxes),
     suspendLimit: 24 * 3_600_000,
     // The closing handshake must be able to outlast the faults; what happens
     // when it cannot is tested on its own.
@@ -44,27 +61,28 @@ export function runSeed(seed: number, verbose = false): SimResult {
     connectTimeout: 24 * 3_600_000,
     handshakeTimeout: Math.max(failureTimeout, 12 * latency + 100),
   });
+  Object.assign(drawn, { latency, faultEnd, config });
   const world = new World(random.fork(), {
     config,
     limits: resolveServerLimits({}),
     shape: () => ({
       latency: latency * (0.5 + random.fraction()),
-      bandwidth: random.spread(20, 50_000),
-      sendBuffer: random.spread(2048, 256 * 1024),
+      bandwidth: spread(network.bandwidth),
+      sendBuffer: spread(network.sendBuffer),
     }),
-  });
+  }, trace);
   world.verbose = verbose;
 
-  const clientCount = random.int(1, 3);
+  const clientCount = random.int(1, apps.maxClients);
   // A stream cannot go faster than one receive window per round trip (the
   // slowest link's, plus the ACK delay): keep that to about a minute too, so
   // a tiny window on a slow link cannot outlast the deadline by itself.
   const windowLimited = Math.floor((config.receiveWindow * 60_000) / (3 * latency + 40));
   const plans = Array.from({ length: clientCount }, (_, i) => {
-    const up = random.chance(0.1) ? 0 : Math.min(random.spread(1, 2_000_000), windowLimited);
-    const down = random.chance(0.1) ? 0 : Math.min(random.spread(1, 2_000_000), windowLimited);
+    const up = random.chance(apps.emptyStream) ? 0 : Math.min(spread(apps.streamBytes), windowLimited);
+    const down = random.chance(apps.emptyStream) ? 0 : Math.min(spread(apps.streamBytes), windowLimited);
     // Small writes are worth testing, but a few thousand of them are enough.
-    const maxWrite = Math.max(random.spread(1, 128 * 1024), Math.ceil(Math.max(up, down) / 300));
+    const maxWrite = Math.max(spread(apps.maxWrite), Math.ceil(Math.max(up, down) / 300));
     // Keep the applications' own pace to about a minute of writing, so that
     // a run that does not finish points at rocks, not at a slow writer.
     const meanWrite = maxWrite === 1 ? 1 : (maxWrite - 1) / Math.log(maxWrite);
@@ -73,10 +91,10 @@ export function runSeed(seed: number, verbose = false): SimResult {
       up: streamBytes(seed * 8 + 2 * i, up),
       down: streamBytes(seed * 8 + 2 * i + 1, down),
       maxWrite,
-      writePause: Math.min(random.spread(1, 300), Math.floor(60_000 / Math.max(1, writes))),
+      writePause: Math.min(spread(apps.writePause), Math.floor(60_000 / Math.max(1, writes))),
       // A slow reader with a small window is worth testing too, within the same minute.
-      clientReadPause: random.chance(0.5) ? 0 : Math.min(random.spread(1, 500), Math.floor(60_000 * config.receiveWindow / Math.max(1, down))),
-      serverReadPause: random.chance(0.5) ? 0 : Math.min(random.spread(1, 500), Math.floor(60_000 * config.receiveWindow / Math.max(1, up))),
+      clientReadPause: random.chance(apps.readsAtOnce) ? 0 : Math.min(spread(apps.readPause), Math.floor(60_000 * config.receiveWindow / Math.max(1, down))),
+      serverReadPause: random.chance(apps.readsAtOnce) ? 0 : Math.min(spread(apps.readPause), Math.floor(60_000 * config.receiveWindow / Math.max(1, up))),
     };
   });
 
@@ -90,9 +108,15 @@ export function runSeed(seed: number, verbose = false): SimResult {
     };
   });
 
+  drawn.clients = plans.map((p) => ({
+    up: p.up.length, down: p.down.length, maxWrite: p.maxWrite, writePause: p.writePause,
+    clientReadPause: p.clientReadPause, serverReadPause: p.serverReadPause,
+  }));
+
   let faults = 0;
   const firstDials = new Set<SimLink>();
-  const meanGap = random.spread(30, 5000);
+  const meanGap = spread(odds.meanGap);
+  drawn.meanGap = meanGap;
 
   const injure = (link: SimLink, kind: 'reset' | 'stall'): void => {
     // A client's very first connection attempt failing is an error by design
@@ -101,7 +125,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
     faults++;
     if (kind === 'reset') {
       world.trace(`FAULT reset link ${link.id}`);
-      link.reset(random.pick([0, 0.5, 1]));
+      link.reset(random.pick(odds.resetNotify));
     } else {
       world.trace(`FAULT black-hole link ${link.id}`);
       link.stalled = true;
@@ -114,14 +138,14 @@ export function runSeed(seed: number, verbose = false): SimResult {
       if (world.clock.now > faultEnd) return;
       const live = [...world.links].filter((l) => !l.stalled);
       const roll = random.fraction();
-      if (roll < 0.15) {
-        const duration = random.spread(50, 20_000);
+      if (roll < odds.outage) {
+        const duration = spread(odds.outageDuration);
         faults++;
         world.trace(`FAULT outage for ${duration} ms`);
         world.outageUntil = world.clock.now + duration;
-        for (const l of live) injure(l, random.chance(0.8) ? 'stall' : 'reset');
-      } else if (roll < 0.9 && live.length > 0) {
-        injure(random.pick(live), random.chance(0.6) ? 'reset' : 'stall');
+        for (const l of live) injure(l, random.chance(odds.outageStall) ? 'stall' : 'reset');
+      } else if (roll < odds.singleLink && live.length > 0) {
+        injure(random.pick(live), random.chance(odds.singleReset) ? 'reset' : 'stall');
       }
       scheduleFault();
     });
@@ -140,10 +164,10 @@ export function runSeed(seed: number, verbose = false): SimResult {
       firstDials.add(link);
       world.clock.after(2 * link.shape.latency, () => firstDials.delete(link));
     }
-    if (link && world.clock.now < faultEnd && random.chance(0.15)) {
+    if (link && world.clock.now < faultEnd && random.chance(odds.handshake)) {
       const when = random.int(0, Math.ceil(4 * link.shape.latency));
       world.clock.after(when, () => {
-        if (!link.stalled) injure(link, random.chance(0.7) ? 'reset' : 'stall');
+        if (!link.stalled) injure(link, random.chance(odds.handshakeReset) ? 'reset' : 'stall');
       });
     }
   };
@@ -206,9 +230,12 @@ export function runSeed(seed: number, verbose = false): SimResult {
   for (const e of server.errors) failures.push(`server: ${e}`);
   for (const r of server.finished) {
     for (const e of r.errors) failures.push(`${r.app.name} error: ${e}`);
-    failures.push(...r.grammar.violations);
     if (r.app.failure) failures.push(r.app.failure);
     if (!r.closed) failures.push(`${r.app.name} never closed`);
+  }
+  for (const g of server.grammars.values()) {
+    failures.push(...g.violations);
+    if (!g.released) failures.push('a server session was never released');
   }
   if (server.finished.length !== clientCount) failures.push(`server finished ${server.finished.length} sessions for ${clientCount} clients`);
   if (server.core.sessionCount !== 0) failures.push(`server still holds ${server.core.sessionCount} sessions`);
@@ -222,6 +249,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
 
   return {
     seed,
+    drawn,
     failures,
     simTime: world.clock.now,
     faults,

@@ -4,13 +4,13 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { runSeed } from './scenario.js';
 
 const seeds = workerData as number[];
-const failures: { seed: number; failures: string[]; trace: string[] }[] = [];
+const failures: { seed: number; drawn: Record<string, unknown>; failures: string[]; trace: string[] }[] = [];
 let faults = 0;
 let resumes = 0;
 for (const seed of seeds) {
   const r = runSeed(seed);
   faults += r.faults;
   resumes += r.resumes;
-  if (r.failures.length > 0) failures.push({ seed, failures: r.failures, trace: r.trace.slice(-30) });
+  if (r.failures.length > 0) failures.push({ seed, drawn: r.drawn, failures: r.failures, trace: r.trace.slice(-30) });
 }
 parentPort!.postMessage({ failures, faults, resumes });

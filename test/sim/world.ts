@@ -7,6 +7,7 @@ import { ServerCore } from '../../src/protocol/server-core.js';
 import { Session, type LinkId, type SessionEvent } from '../../src/protocol/session.js';
 import { SimApp, type AppPlan } from './app.js';
 import { EventGrammar } from './grammar.js';
+import { SIM_OPTIONS } from './options.js';
 import { Clock, SimLink, type LinkShape } from './network.js';
 import type { SimRandom } from './random.js';
 
@@ -146,7 +147,6 @@ interface ServerRecord {
   app: SimApp;
   errors: string[];
   closed: boolean;
-  grammar: EventGrammar;
 }
 
 interface ServerLink {
@@ -161,7 +161,8 @@ export class ServerEndpoint extends Endpoint {
   readonly apps = new Map<Session, SimApp>();
   readonly finished: ServerRecord[] = [];
   private readonly records = new Map<Session, ServerRecord>();
-  private readonly grammars = new Map<Session, EventGrammar>();
+  /** The event grammar of every session the server ever held, opened or not. */
+  readonly grammars = new Map<Session, EventGrammar>();
   live = new Set<Session>();
   errors: string[] = [];
   private nextLinkId = 1;
@@ -265,13 +266,15 @@ export class ServerEndpoint extends Endpoint {
           break;
         case 'plain': {
           // Only rocks clients live in this world. A link that went silent
-          // before its announcement was complete (black-holed just after the
-          // handshake) is rightly taken for an ordinary client; anything else
-          // taken for an ordinary client's bytes would be a failure of EDP.
+          // before its announcement was complete is rightly taken for an
+          // ordinary client, but only if a fault black-holed or reset it
+          // (a client always sends its announcement at once); anything else
+          // taken for an ordinary client would be a failure of EDP.
+          const sl = this.serverLinks.get(ev.link);
           const seen = parseAnnouncement(ev.initial).kind;
           if (ev.initial.length > 0 && seen !== 'incomplete') this.errors.push(`link ${ev.link} taken for an ordinary client (${seen}): ${ev.reason}`);
+          else if (sl !== undefined && !sl.link.stalled) this.errors.push(`link ${ev.link} taken for an ordinary client after ${ev.initial.length} bytes, yet no fault cut it`);
           else this.world.trace(`server: link ${ev.link} cut before its announcement, served as a plain connection`);
-          const sl = this.serverLinks.get(ev.link);
           this.serverLinks.delete(ev.link);
           sl?.link.close(SERVER, false);
           break;
@@ -328,7 +331,7 @@ export class ServerEndpoint extends Endpoint {
           },
         });
         this.apps.set(session, appNow);
-        this.records.set(session, { app: appNow, errors: [], closed: false, grammar });
+        this.records.set(session, { app: appNow, errors: [], closed: false });
         appNow.start();
         break;
       }
@@ -375,10 +378,10 @@ export class World {
   readonly links = new Set<SimLink>();
   /** Until then, new connections hang or are refused. */
   outageUntil = 0;
-  private readonly traceLines: string[] = [];
   verbose = false;
 
-  constructor(random: SimRandom, options: WorldOptions) {
+  /** `traceLines` receives the last 400 lines of the trace. */
+  constructor(random: SimRandom, options: WorldOptions, private readonly traceLines: string[] = []) {
     this.random = random;
     this.options = options;
   }
@@ -409,7 +412,7 @@ export class World {
     const rtt = 2 * link.shape.latency;
     if (this.clock.now < this.outageUntil) {
       // The path is down: the SYN vanishes, or something answers with a refusal.
-      if (this.random.chance(0.5)) this.clock.after(rtt, () => link.fail(CLIENT, 'ECONNREFUSED'));
+      if (this.random.chance(SIM_OPTIONS.faults.outageRefuses)) this.clock.after(rtt, () => link.fail(CLIENT, 'ECONNREFUSED'));
       return;
     }
     this.links.add(link);
@@ -420,7 +423,9 @@ export class World {
       client.act(() => client.session.handleLinkOpen(linkId));
     });
     this.clock.after(rtt + link.shape.latency * 0.99, () => {
-      if (link.stalled) return;
+      // A client that gave up on the attempt before it connected closed it
+      // before the server could accept it: the server never sees it.
+      if (link.stalled || !link.isOpen(CLIENT)) return;
       this.server.accept(link);
     });
   }

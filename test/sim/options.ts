@@ -1,0 +1,78 @@
+// Every probability and range a simulation run draws from, in one record
+// (TigerBeetle keeps its simulator's odds the same way). A run draws its own
+// values from these with its seed; runSeed reports what it drew, and a
+// failing run prints them first.
+//
+// A range [a, b] is drawn log-uniformly (SimRandom.spread) unless it says
+// otherwise; a chance is the probability of the case named.
+
+export const SIM_OPTIONS = {
+  timing: {
+    /** failureTimeout is one of these (ms). */
+    failureTimeouts: [300, 1000, 3000],
+    /** Chance that heartbeatInterval keeps its default (failureTimeout / 5). */
+    defaultHeartbeat: 0.5,
+    /** Otherwise it is failureTimeout divided by one of these. */
+    heartbeatDivisors: [3, 4, 8],
+    reconnectDelays: [10, 100, 300],
+    reconnectDelayMaxes: [500, 2000],
+    /** Receive window and in-flight limit (bytes). */
+    receiveWindow: [1024, 1 << 20],
+    maxInflight: [1024, 8 << 20],
+  },
+  network: {
+    /** One-way latency (ms); each link varies it by a factor of 0.5 to 1.5. */
+    latency: [1, 150],
+    /** Bytes per ms. */
+    bandwidth: [20, 50_000],
+    /** A link's send buffer (bytes). */
+    sendBuffer: [2048, 256 * 1024],
+    /** Chance that an abortive close reaches the peer after the bytes already sent (else after the latency). */
+    resetAfterData: 0.5,
+  },
+  faults: {
+    /** Faults stop at a time drawn from this range (ms); then the network heals. */
+    faultEnd: [500, 30_000],
+    /** Mean time between fault rolls (ms); the gaps are exponential. */
+    meanGap: [30, 5000],
+    /** Share of rolls that start an outage of every live link. */
+    outage: 0.15,
+    /** Share of rolls, up to this, that injure one live link (the rest do nothing). */
+    singleLink: 0.9,
+    /** How long an outage refuses or hangs new connections (ms). */
+    outageDuration: [50, 20_000],
+    /** Chance that a connection attempt during an outage is refused (else its SYN vanishes). */
+    outageRefuses: 0.5,
+    /** Chance that an outage black-holes a live link (else resets it). */
+    outageStall: 0.8,
+    /** Chance that a single-link fault is a reset (else a black hole). */
+    singleReset: 0.6,
+    /** Chance that a new connection is injured within 4 latencies of its start (handshakes, resumes). */
+    handshake: 0.15,
+    /** Chance that such an early fault is a reset (else a black hole). */
+    handshakeReset: 0.7,
+    /** A reset tells each end with one of these probabilities. */
+    resetNotify: [0, 0.5, 1],
+  },
+  app: {
+    /** 1 to this many clients. */
+    maxClients: 3,
+    /** Chance that a direction carries no data at all. */
+    emptyStream: 0.1,
+    /** Bytes per direction. */
+    streamBytes: [1, 2_000_000],
+    /** Largest write (bytes). */
+    maxWrite: [1, 128 * 1024],
+    /** Mean pause between writes (ms). */
+    writePause: [1, 300],
+    /** Chance that an end reads at once (else at a mean pause drawn from readPause). */
+    readsAtOnce: 0.5,
+    readPause: [1, 500],
+    /** Chance that a write follows the previous one at once. */
+    writeAtOnce: 0.3,
+    /** Chance that a read takes everything unread (else a random part of it). */
+    readAll: 0.7,
+  },
+} as const;
+
+export type Range = readonly [number, number];
