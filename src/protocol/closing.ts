@@ -1,7 +1,7 @@
 // How a session closes, as named states and transition tables (h11 keeps its
 // states the same way): the one place that says which step may follow which.
-// A step missing from a table is a bug in the session, not in the peer, so
-// it throws.
+// A step missing from a table is a bug in the session, not in the peer: a
+// broken invariant (invariant.ts).
 //
 // Each side sends FIN after its data (`OutgoingFin`). Once a side holds the
 // peer's FIN and the acknowledgement of its own, both directions are
@@ -10,6 +10,8 @@
 // CLOSE_ACK arrives, for at most closeLinger, resuming it if need be, so that
 // a client which missed the last acknowledgement can still learn that its FIN
 // arrived. A finished client waits for CLOSE as long. PROTOCOL.md §11.
+
+import { invariant } from './invariant.js';
 
 /** Our sending direction's FIN. */
 export type OutgoingFin =
@@ -61,12 +63,12 @@ const CLOSE_HANDSHAKE: Record<'client' | 'server', Record<CloseHandshake, Partia
 
 export function stepOutgoingFin(state: OutgoingFin, step: OutgoingFinStep): OutgoingFin {
   const next = OUTGOING_FIN[state][step];
-  if (next === undefined) throw new Error(`session bug: FIN step '${step}' in state '${state}'`);
+  invariant(next !== undefined, () => `FIN step '${step}' in state '${state}'`);
   return next;
 }
 
 export function stepClose(role: 'client' | 'server', state: CloseHandshake, step: CloseStep): CloseHandshake {
   const next = CLOSE_HANDSHAKE[role][state][step];
-  if (next === undefined) throw new Error(`session bug: close step '${step}' in state '${state}' (${role})`);
+  invariant(next !== undefined, () => `close step '${step}' in state '${state}' (${role})`);
   return next;
 }

@@ -12,6 +12,8 @@
 // Reuse is safe because bytes the peer acknowledged were handed to the kernel
 // long ago; no pending socket write can still point into them.
 
+import { invariant } from './invariant.js';
+
 /** Block size for bulk data; these blocks are recycled. */
 const BLOCK_SIZE = 64 * 1024;
 /** Block size while little is buffered (small messages), not recycled. */
@@ -77,6 +79,7 @@ export class SendBuffer {
 
   /** Drops everything before `offset`, which must lie within [start, end]. Returns the bytes freed. */
   trimTo(offset: number): number {
+    invariant(offset <= this.written, () => `acknowledged up to ${offset}, past the ${this.written} bytes written`);
     if (offset <= this.acked) return 0;
     const freed = offset - this.acked;
     this.acked = offset;
@@ -107,6 +110,7 @@ export class SendBuffer {
 
   /** Moves the transmit cursor to `offset`, within [start, end]. */
   rewind(offset: number): void {
+    invariant(offset >= this.acked && offset <= this.written, () => `rewind to ${offset} outside [${this.acked}, ${this.written}]`);
     this.cursor = offset;
     this.cursorIndex = this.head;
     this.cursorStart = this.headStart;

@@ -12,6 +12,7 @@ import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../
 import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, type ResumeFrame } from './frames.js';
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
+import { invariant, isInvariantBreach } from './invariant.js';
 
 export type ServerEvent =
   /** A new session now owns `link`; drive it and route the link's bytes to it. */
@@ -206,6 +207,7 @@ export class ServerCore implements SessionHost {
 
   bufferChanged(_session: Session, delta: number): void {
     this.buffered += delta;
+    invariant(this.buffered >= 0, () => `${this.buffered} bytes buffered after a change of ${delta}`);
     if (delta < 0 && this.budgetWaiters.size > 0 && !this.overBudget()) {
       const waiters = [...this.budgetWaiters];
       this.budgetWaiters.clear();
@@ -300,6 +302,7 @@ export class ServerCore implements SessionHost {
   }
 
   private reject(link: LinkId, err: unknown): void {
+    if (isInvariantBreach(err)) throw err;
     this.pending.delete(link);
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String(err));
     const final = error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : [];

@@ -49,6 +49,7 @@ import { SendBuffer } from './send-buffer.js';
 import { stepClose, stepOutgoingFin, type CloseHandshake, type OutgoingFin } from './closing.js';
 import { Timer, TimerTable } from './timers.js';
 import { DialSchedule } from './dial-schedule.js';
+import { invariant, isInvariantBreach } from './invariant.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -456,6 +457,7 @@ export class Session {
   /** The application has not yet read `unread` of the bytes delivered to it. Returns false when nothing changed. */
   updateUnread(unread: number, now: number): boolean {
     if (unread === this.unread) return false;
+    invariant(unread >= 0 && unread <= this.bytesReceived, () => `${unread} bytes unread of ${this.bytesReceived} received`);
     const consumedMore = unread < this.unread;
     this.unread = unread;
     if (consumedMore) this.touch(now);
@@ -1003,6 +1005,7 @@ export class Session {
 
   /** A frame on `l` was malformed or broke the protocol. */
   private linkError(l: Link, now: number, err: unknown): void {
+    if (isInvariantBreach(err)) throw err;
     // A bug of ours fails the session like a protocol error, but its details
     // (the stack) stay here: the peer only hears ERR_ROCKS_PROTOCOL.
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String((err as Error)?.stack ?? err));

@@ -3,6 +3,8 @@
 // `handleTimeout` runs the work of each expired entry, and `pollTimeout`
 // reports the earliest. No deadline is ever computed in two places.
 
+import { invariant } from './invariant.js';
+
 /** What a deadline is for. */
 export const Timer = {
   /** The earliest handshake deadline among the links not yet carrying the session. */
@@ -32,6 +34,8 @@ export class TimerTable {
   private readonly at = new Float64Array(KINDS).fill(Infinity);
 
   set(kind: Timer, when: number): void {
+    // A NaN deadline would never fire: the session would hang without a word.
+    invariant(!Number.isNaN(when), () => `timer ${kind} set to NaN`);
     this.at[kind] = when;
   }
 
