@@ -3,11 +3,11 @@
 
 import { ReliableSocket, type ReliableConnectOptions } from './node/socket.js';
 
-export { ReliableSocket, normalizeConnectArgs } from './node/socket.js';
+export { ReliableSocket } from './node/socket.js';
 export type {
   ReliableConnectOptions,
   ReliableSocketOptions,
-  ResumeInfo,
+  ReconnectInfo,
   SuspendInfo,
   ReconnectAttemptInfo,
   DetectInfo,

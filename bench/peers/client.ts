@@ -11,7 +11,7 @@
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
-import type { ResumeInfo } from '../../src/index.js';
+import type { ReconnectInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { sendBulk } from './bulk.js';
 import { dial, peerArgs, say, type Stream, type Transport } from './transport.js';
@@ -152,8 +152,8 @@ async function resume(): Promise<void> {
       received += d.length;
       if (healedAt !== undefined && firstAfterHeal === undefined) firstAfterHeal = performance.now();
     });
-    let info: ResumeInfo | undefined;
-    s.on('resume', (r?: ResumeInfo) => (info = r));
+    let info: ReconnectInfo | undefined;
+    s.on('reconnect', (r: ReconnectInfo) => (info = r));
     const points: [number, number][] = [];
     const sampler = setInterval(() => points.push([Math.round(performance.now() - t0), received]), 20);
     const chunk = Buffer.alloc(40 * 1024, 3);

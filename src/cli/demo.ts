@@ -47,8 +47,8 @@ function receive(socket: ReliableSocket): Promise<{ digest: string; bytes: numbe
 
 function watch(who: string, socket: ReliableSocket): void {
   socket.on('suspend', (info) => log(who, `suspended: ${info.reason}`));
-  socket.on('resume', (info) => {
-    if (info) log(who, `resumed after ${info.outage.toFixed(0)} ms, replayed ${MiB(info.replayedOut)} out, ${MiB(info.replayedIn)} in`);
+  socket.on('reconnect', (info) => {
+    log(who, `resumed after ${info.outage.toFixed(0)} ms, replayed ${MiB(info.replayedOut)} out, ${MiB(info.replayedIn)} in`);
   });
   socket.on('error', (err) => log(who, `error: ${err.message}`));
 }

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { clearScreenDown, moveCursor } from 'node:readline';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ReliableSocket, ResumeInfo, SuspendInfo } from '../node/socket.js';
+import type { ReliableSocket, ReconnectInfo, SuspendInfo } from '../node/socket.js';
 import type { CommonOptions } from './args.js';
 
 interface Tracked {
@@ -104,8 +104,7 @@ export class Monitor {
       log.warn({ reason: info.reason }, 'suspended');
       this.drawStatus();
     });
-    socket.on('resume', (info: ResumeInfo | undefined) => {
-      if (info === undefined) return; // a Readable's own 'resume' (flowing again)
+    socket.on('reconnect', (info: ReconnectInfo) => {
       t.suspendedSince = undefined;
       t.outages++;
       this.metrics.resumes.inc();

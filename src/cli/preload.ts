@@ -15,7 +15,8 @@ import { createRequire, syncBuiltinESMExports } from 'node:module';
 import type * as Net from 'node:net';
 import type * as Tls from 'node:tls';
 import type * as Http from 'node:http';
-import { ReliableServer, ReliableSocket, normalizeConnectArgs, type ReliableConnectOptions } from '../index.js';
+import { ReliableServer, ReliableSocket, type ReliableConnectOptions } from '../index.js';
+import { normalizeConnectArgs } from '../node/connect-args.js';
 import { resolveServerLimits, resolveSessionConfig } from '../protocol/config.js';
 
 const require = createRequire(import.meta.url);

@@ -65,7 +65,7 @@ export class LinkHandle {
   }
 
   /** Gives the socket up to a new user: none of our listeners stays on it. */
-  release(): Socket {
+  handOff(): Socket {
     this.owner = undefined;
     for (const [event, fn] of this.listeners) this.socket.removeListener(event, fn);
     return this.socket;
@@ -93,6 +93,19 @@ export interface SessionListener {
   dial?(link: LinkId): Socket;
 }
 
+/**
+ * What a server hears of a session it holds, straight from the driver: the
+ * socket the application holds may be gone long before the session is.
+ */
+export interface ServerSessionHooks {
+  /** The client confirmed the session ('open'): time for 'connection'. */
+  opened(): void;
+  /** The session is gone ('released'). */
+  released(): void;
+  /** After each drive: the server handles what the session's calls told it (an eviction, freed budget). */
+  afterDrive(): void;
+}
+
 export class SessionDriver implements Timed, LinkOwner {
   scheduledAt: number | undefined;
   readonly session: Session;
@@ -104,11 +117,7 @@ export class SessionDriver implements Timed, LinkOwner {
   private referenced = false;
   private noDelay = true;
 
-  /**
-   * @param afterDrive runs after each drive: a server uses it to handle what
-   * the session's calls told the server (an eviction, freed budget).
-   */
-  constructor(session: Session, listener: SessionListener, private readonly afterDrive?: () => void) {
+  constructor(session: Session, listener: SessionListener, private readonly server?: ServerSessionHooks) {
     this.session = session;
     this.listener = listener;
   }
@@ -198,7 +207,7 @@ export class SessionDriver implements Timed, LinkOwner {
     }
     if (this.session.state === 'done') this.setRef(false);
     else sharedScheduler.schedule(this, this.session.pollTimeout());
-    this.afterDrive?.();
+    this.server?.afterDrive();
   }
 
   /**
@@ -285,6 +294,13 @@ export class SessionDriver implements Timed, LinkOwner {
         h.close(ev.final, ev.graceful);
         return;
       }
+      case 'open':
+        this.server?.opened();
+        return;
+      case 'released':
+        this.server?.released();
+        this.listener?.onSessionEvent(ev);
+        return;
       default:
         if (ev.type === 'error') debug('session error: %s', ev.error.message);
         this.listener?.onSessionEvent(ev);

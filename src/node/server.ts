@@ -18,8 +18,8 @@ import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
 const debug = debuglog('rocks');
 
 export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions {
-  /** Passed to net.createServer. */
-  pauseOnConnect?: never;
+  /** As net.createServer: each socket is handed to 'connection' paused, and nothing is read until it is resumed. */
+  pauseOnConnect?: boolean;
 }
 
 export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
@@ -156,18 +156,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           const session = ev.session;
           const { socket, driver } = ReliableSocket.fromSession(session, this.options, {
             // The application sees the socket once the client confirms the session.
-            opened: () => {
-              this.open.add(socket);
-              this.emit('connection', socket);
-            },
+            opened: () => this.handToApplication(socket),
             released: () => this.drivers.delete(session),
             afterDrive: () => this.drainCore(),
           });
           this.drivers.set(session, { driver, socket });
-          socket.on('close', () => {
-            this.open.delete(socket);
-            this.maybeClosed();
-          });
           this.handOver(ev.link, driver);
           driver.drive();
           break;
@@ -197,13 +190,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           if (h === undefined) break;
           this.pending.delete(ev.link);
           debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
-          const socket = ReliableSocket.fromPlain(h.release(), ev.initial, ev.ended, this.options);
-          this.open.add(socket);
-          socket.on('close', () => {
-            this.open.delete(socket);
-            this.maybeClosed();
-          });
-          this.emit('connection', socket);
+          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.options);
+          this.handToApplication(socket);
           break;
         }
         case 'rejected':
@@ -215,6 +203,16 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       }
     }
     sharedScheduler.schedule(this, this.core.pollTimeout());
+  }
+
+  private handToApplication(socket: ReliableSocket): void {
+    this.open.add(socket);
+    socket.on('close', () => {
+      this.open.delete(socket);
+      this.maybeClosed();
+    });
+    if (this.options.pauseOnConnect) socket.pause();
+    this.emit('connection', socket);
   }
 
   private handOver(link: LinkId, driver: SessionDriver): void {

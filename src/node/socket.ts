@@ -20,7 +20,8 @@ import { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
 import { Session, type SessionEvent } from '../protocol/session.js';
 import { destinationKey, detectionCache, probe, type Verdict } from './detect.js';
-import { SessionDriver, type SessionListener } from './driver.js';
+import { normalizeConnectArgs } from './connect-args.js';
+import { SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
 
 const debug = debuglog('rocks');
@@ -30,8 +31,8 @@ export interface SuspendInfo {
   reason: string;
 }
 
-/** What the `resume` event carries. */
-export interface ResumeInfo {
+/** What the `reconnect` event carries: the session is carried again after a suspension. */
+export interface ReconnectInfo {
   /** How long the connection was suspended, in ms. */
   outage: number;
   /** Bytes this side sent again because the peer had not received them. */
@@ -90,15 +91,6 @@ const DIAL_KEYS = [
   'port', 'host', 'path', 'family', 'localAddress', 'hints', 'lookup', 'autoSelectFamily', 'autoSelectFamilyAttemptTimeout',
 ] as const;
 
-/** How a server learns what becomes of the sockets it made. */
-export interface ServerSocketHooks {
-  /** The client confirmed the session: time to emit 'connection'. */
-  opened(): void;
-  released(): void;
-  /** Runs after every drive of the session. */
-  afterDrive(): void;
-}
-
 interface Addresses {
   remoteAddress?: string;
   remotePort?: number;
@@ -129,7 +121,6 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private referenced = true;
   private idleTimeout = 0;
   private noDelay = true;
-  private serverHooks: ServerSocketHooks | undefined;
   /** Plain server side: drop the connection if its first bytes are a late rocks announcement. */
   private guardLateAnnouncement = false;
   private reprobed = false;
@@ -154,12 +145,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
   static fromSession(
     session: Session,
     options: ReliableSocketOptions,
-    hooks: ServerSocketHooks,
+    hooks: ServerSessionHooks,
   ): { socket: ReliableSocket; driver: SessionDriver } {
     const socket = new ReliableSocket(options);
-    const driver = new SessionDriver(session, socket, hooks.afterDrive);
+    const driver = new SessionDriver(session, socket, hooks);
     socket.driver = driver;
-    socket.serverHooks = hooks;
     socket.established = true;
     driver.setRef(true);
     return { socket, driver };
@@ -485,7 +475,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
       this.raw.end(() => callback());
       return;
     }
-    // 'finish' means the peer acknowledged everything we wrote, FIN included.
+    // The callback (and with it Writable's 'finish') waits for 'fin-acked': the peer holds everything we wrote.
     const driver = this.driver!;
     this.pendingFinal = callback;
     driver.session.end(monotonicNow());
@@ -501,7 +491,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   override _destroy(err: Error | null, callback: Callback): void {
-    this.releaseCallbacks(err);
+    this.settleCallbacks(err);
     this.raw?.destroy();
     const driver = this.driver;
     if (driver !== undefined) {
@@ -599,7 +589,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         cb?.();
         return;
       }
-      case 'finish': {
+      case 'fin-acked': {
         const cb = this.pendingFinal;
         this.pendingFinal = undefined;
         cb?.();
@@ -609,7 +599,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         this.emit('suspend', { reason: ev.reason } satisfies SuspendInfo);
         return;
       case 'resume':
-        this.emit('resume', { outage: ev.outage, replayedOut: ev.replayedOut, replayedIn: ev.replayedIn } satisfies ResumeInfo);
+        this.emit('reconnect', { outage: ev.outage, replayedOut: ev.replayedOut, replayedIn: ev.replayedIn } satisfies ReconnectInfo);
         return;
       case 'reconnect-attempt':
         this.emit('reconnect-attempt', { attempt: ev.attempt, delay: ev.delay } satisfies ReconnectAttemptInfo);
@@ -620,12 +610,6 @@ export class ReliableSocket extends Duplex implements SessionListener {
       case 'error':
         if (ev.error instanceof RocksError && this.fallBack(ev.error)) return;
         this.destroy(ev.error);
-        return;
-      case 'open':
-        this.serverHooks?.opened();
-        return;
-      case 'released':
-        this.serverHooks?.released();
         return;
       default:
         return; // closed: the stream closes itself once both directions end
@@ -639,7 +623,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (driver.session.updateUnread(this.readableLength, monotonicNow())) driver.drive();
   }
 
-  private releaseCallbacks(err: Error | null): void {
+  /** Calls every write and end callback still waiting, with `err` (null on a clean close). */
+  private settleCallbacks(err: Error | null): void {
     const callbacks = [this.pendingWrite, this.pendingFinal, this.queuedFinal, ...this.queued.map((q) => q.callback)];
     this.pendingWrite = this.pendingFinal = this.queuedFinal = undefined;
     this.queued = [];
@@ -647,17 +632,17 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 }
 
-// The events rocks adds to those of net.Socket. Note that a Readable also
-// emits 'resume' (without an argument) when it starts flowing; ours always
-// carries a ResumeInfo.
+// The events rocks adds to those of net.Socket. The session's own word for
+// getting its link back is "resume" (the RESUME frame), but a Readable emits
+// 'resume' when it starts flowing, so the socket calls it 'reconnect'.
 export interface ReliableSocket {
   on(event: 'suspend', listener: (info: SuspendInfo) => void): this;
-  on(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
+  on(event: 'reconnect', listener: (info: ReconnectInfo) => void): this;
   on(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
   on(event: 'detect', listener: (info: DetectInfo) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   once(event: 'suspend', listener: (info: SuspendInfo) => void): this;
-  once(event: 'resume', listener: (info: ResumeInfo | undefined) => void): this;
+  once(event: 'reconnect', listener: (info: ReconnectInfo) => void): this;
   once(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
   once(event: 'detect', listener: (info: DetectInfo) => void): this;
   once(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -672,21 +657,4 @@ function checkDetectOptions(o: ReliableConnectOptions): void {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be a number from 0 to ${max}, got ${String(value)}`);
     }
   }
-}
-
-/** The argument forms of net.connect: (options[, cb]), (port[, host][, cb]), (path[, cb]). */
-export function normalizeConnectArgs(args: unknown[]): [ReliableConnectOptions, (() => void) | undefined] {
-  const listener = typeof args[args.length - 1] === 'function' ? (args[args.length - 1] as () => void) : undefined;
-  const first = args[0];
-  if (first !== null && typeof first === 'object') return [{ ...(first as ReliableConnectOptions) }, listener];
-  if (typeof first === 'string' && !/^\d+$/.test(first)) return [{ path: first }, listener];
-  if (typeof first === 'number' || typeof first === 'string') {
-    const port = Number(first);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) {
-      throw new RocksError('ERR_ROCKS_INVALID_OPTION', `port must be 0-65535, got ${String(first)}`);
-    }
-    const host = typeof args[1] === 'string' ? args[1] : undefined;
-    return [{ port, host }, listener];
-  }
-  throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'connect needs options, a port or a path');
 }

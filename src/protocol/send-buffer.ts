@@ -144,7 +144,7 @@ export class SendBuffer {
   }
 
   /** Frees the memory of an empty buffer; called when the connection goes idle. */
-  releaseIdle(): void {
+  freeIdleMemory(): void {
     this.spare = [];
     if (this.length === 0) this.tail = undefined;
   }

@@ -88,7 +88,7 @@ export type SessionEvent =
   /** The peer ended its direction; no data follows. */
   | { type: 'end' }
   /** The peer acknowledged our FIN: everything we wrote was received. */
-  | { type: 'finish' }
+  | { type: 'fin-acked' }
   /** The in-flight buffer has room again after write() returned false. */
   | { type: 'writable' }
   | { type: 'suspend'; reason: string }
@@ -401,7 +401,7 @@ export class Session {
     } else {
       const beat = timers.expired(Timer.Heartbeat, now);
       if (beat || timers.expired(Timer.AckDelay, now)) this.needAck();
-      if (beat) this.send.releaseIdle();
+      if (beat) this.send.freeIdleMemory();
     }
 
     if (timers.expired(Timer.Suspend, now)) {
@@ -415,7 +415,7 @@ export class Session {
     if (timers.expired(Timer.Linger, now)) {
       // Client: the server never confirmed the close. Server: the client never
       // acknowledged our CLOSE. Either way everything was delivered.
-      if (this.role === 'client') this.finishClose(now);
+      if (this.role === 'client') this.completeClose(now);
       else this.release(now, ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire);
       return;
     }
@@ -671,7 +671,7 @@ export class Session {
           this.dropLink(l, message);
           if (this.fin === 'queued') this.fin = stepOutgoingFin(this.fin, 'held-by-peer');
           this.acknowledge(this.send.end + 1, now);
-          this.finishClose(now);
+          this.completeClose(now);
           return;
         }
         break;
@@ -681,7 +681,7 @@ export class Session {
     if (this.finished) {
       // Everything was delivered both ways; only the close confirmation was missing.
       this.dropLink(l, message);
-      this.finishClose(now);
+      this.completeClose(now);
       return;
     }
     this.fail(now, new RocksError(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`), undefined);
@@ -745,7 +745,7 @@ export class Session {
           throw new RocksError('ERR_ROCKS_PROTOCOL', 'CLOSE before both directions finished');
         }
         this.closeLink(l, true, [encodeCloseAck()]);
-        this.finishClose(now);
+        this.completeClose(now);
         return;
       case FrameType.CLOSE_ACK:
         if (this.role !== 'server' || this.close === 'streaming') {
@@ -758,7 +758,7 @@ export class Session {
         this.closeLink(l, false);
         if (this.finished && this.role === 'client') {
           // Everything was delivered both ways; only the close confirmation is missing.
-          this.finishClose(now);
+          this.completeClose(now);
           return;
         }
         // Whatever the peer reports, for anyone resuming later the peer aborted.
@@ -783,7 +783,7 @@ export class Session {
     if (freed > 0) this.account();
     if (received > this.send.end && this.fin === 'sent') {
       this.fin = stepOutgoingFin(this.fin, 'ack');
-      this.emit({ type: 'finish' });
+      this.emit({ type: 'fin-acked' });
       this.checkFinished(now);
     }
     if (this.writeBlocked && this.canAcceptWrites()) {
@@ -907,7 +907,7 @@ export class Session {
   }
 
   /** Client: the closing handshake is over (or given up on); everything was delivered. */
-  private finishClose(now: number): void {
+  private completeClose(now: number): void {
     this.emit({ type: 'closed' });
     this.release(now, undefined);
   }

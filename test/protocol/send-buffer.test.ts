@@ -44,7 +44,7 @@ test('send buffer: a fully acknowledged buffer starts over without reallocating'
   assert.equal(b.start, 5);
   assert.equal(b.end, 11);
   b.trimTo(11);
-  b.releaseIdle();
+  b.freeIdleMemory();
   b.append(Buffer.from('third'));
   assert.equal(readAll(b).toString(), 'third');
 });
@@ -106,7 +106,7 @@ test('send buffer: any sequence of operations reads back exactly the bytes writt
         } else if (o.kind === 'rewind') {
           b.rewind(b.start + Math.floor(o.at * (b.end - b.start)));
         } else {
-          b.releaseIdle();
+          b.freeIdleMemory();
         }
         assert.equal(b.end, model.length);
         assert.equal(b.length, b.end - b.start);

@@ -1,13 +1,13 @@
 // Checks the order of the events a session gives its application: one
 // 'connect' (client) or 'open' (server) first, then 'suspend' and 'resume'
-// strictly alternating; 'end', 'finish', 'closed' and 'error' at most once
+// strictly alternating; 'end', 'fin-acked', 'closed' and 'error' at most once
 // each, and none of them before the session was established ('error' may
 // end a session that never was); nothing after 'released', which comes once.
 
 import type { SessionEvent } from '../../src/protocol/session.js';
 
 /** Events that may happen at most once in a session's life. */
-const ONCE = new Set<SessionEvent['type']>(['end', 'finish', 'closed', 'error']);
+const ONCE = new Set<SessionEvent['type']>(['end', 'fin-acked', 'closed', 'error']);
 
 export class EventGrammar {
   private phase: 'new' | 'up' | 'suspended' | 'released' = 'new';
@@ -42,7 +42,7 @@ export class EventGrammar {
         return;
       case 'data':
       case 'end':
-      case 'finish':
+      case 'fin-acked':
       case 'closed':
         if (this.phase === 'new') return bad('before the session was established');
         return;
