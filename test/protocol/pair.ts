@@ -235,11 +235,11 @@ export class Link {
     this.held[from] ??= [];
   }
 
-  /** Sends on what `from` held, in order, as if it had just been sent. */
+  /** Sends on what `from` held, in order, as if it had just been sent (even after a cut that kept it). */
   release(from: Side): void {
     const items = this.held[from] ?? [];
     this.held[from] = undefined;
-    for (const item of items) this.transmit(from, item);
+    for (const item of items) this.schedule(from, item);
   }
 
   /** Loses what `from` held; later sends pass again. */
@@ -247,11 +247,18 @@ export class Link {
     this.held[from] = undefined;
   }
 
-  /** A reset: whatever is in flight is lost and each end in `tell` hears ECONNRESET now; the others hear nothing more. */
-  cut(tell: Side[] = ['client', 'server']): void {
-    this.epoch++;
+  /**
+   * A reset: each end in `tell` hears ECONNRESET now, the others hear nothing
+   * more, and nothing sent from now on passes. What is in flight (or held) is
+   * lost, unless `keepInFlight`: then it still arrives (or can be released)
+   * at an end that was not told, as when only the client's side of a path failed.
+   */
+  cut(tell: Side[] = ['client', 'server'], { keepInFlight = false } = {}): void {
+    if (!keepInFlight) {
+      this.epoch++;
+      this.held.client = this.held.server = undefined;
+    }
     this.blackholed = true;
-    this.held.client = this.held.server = undefined;
     for (const side of tell) this.tellClosed(side, false, 'ECONNRESET');
   }
 
@@ -267,6 +274,10 @@ export class Link {
       held.push(item);
       return;
     }
+    this.schedule(from, item);
+  }
+
+  private schedule(from: Side, item: InFlight): void {
     const to = other(from);
     const arrival = Math.max(this.pair.now + this.pair.latency, this.lastArrival[to]);
     this.lastArrival[to] = arrival;
@@ -444,6 +455,7 @@ export class Pair {
   /** Which server session owns each server-side link. */
   private readonly owners = new Map<LinkId, Session>();
   private nextRawLink = RAW_LINK_IDS;
+  private stepsAtNow = 0;
 
   constructor(opts: PairOptions = {}) {
     this.latency = opts.latency ?? 10;
@@ -515,6 +527,9 @@ export class Pair {
   step(): boolean {
     const t = this.nextWakeUp();
     if (t === Infinity) return false;
+    // A timer that stays due after it ran would spin here forever: fail instead.
+    this.stepsAtNow = t > this.clock.now ? 0 : this.stepsAtNow + 1;
+    if (this.stepsAtNow > 10_000) throw new Error(`a timer stays due at ${t} ms without progress (client: ${this._client?.session.describe()})`);
     if (t > this.clock.now) this.clock.now = t;
     while (this.clock.nextAt <= this.now) this.clock.runNext();
     const now = this.now;

@@ -304,6 +304,43 @@ describe('resume', () => {
     assert.ok(p.server.received.equals(a));
   });
 
+  test('the old link delivers data after the CHALLENGE: the replay skips what the server already holds', () => {
+    const p = established();
+    const a = pattern(1000);
+    p.link(1).hold('client');
+    p.client.write(a); // held on the old link
+    p.runFor(1);
+    p.link(1).cut(['client'], { keepInFlight: true }); // only the client's side failed
+    p.runUntil(() => p.links.has(2) && p.link(2).sentBy('server').includes('CHALLENGE'));
+    const challenge = p.link(2).framesSentBy('server').find((f) => f.type === FrameType.CHALLENGE);
+    assert.equal(challenge?.type === FrameType.CHALLENGE && challenge.received, 0);
+    p.link(1).release('client'); // a arrives at the server on the old link, after CHALLENGE said it held 0
+    untilResumed(p);
+    p.runFor(100);
+    assert.deepEqual(p.link(2).sentBy('client').slice(1, 5), ['RESUME', 'PROOF', 'ACK 0', 'DATA 0+1000']);
+    assert.ok(p.server.received.equals(a), 'every byte once');
+    assert.equal(p.server.session.bytesReceived, 1000);
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'resume']);
+    assert.equal(p.server.events.of('resume')[0].replayedIn, 0);
+  });
+
+  test('the old link delivers the FIN after the CHALLENGE: the replayed FIN is ignored', () => {
+    const p = established();
+    p.link(1).hold('client');
+    p.client.write('ab');
+    p.client.end(); // DATA and FIN held on the old link
+    p.runFor(1);
+    p.link(1).cut(['client'], { keepInFlight: true });
+    p.runUntil(() => p.links.has(2) && p.link(2).sentBy('server').includes('CHALLENGE'));
+    p.link(1).release('client');
+    untilResumed(p);
+    p.runFor(100);
+    assert.deepEqual(p.link(2).sentBy('client').slice(1, 6), ['RESUME', 'PROOF', 'ACK 0', 'DATA 0+2', 'FIN 2']);
+    assert.deepEqual(p.server.events.take(), ['end', 'close-link #1', 'suspend', 'link-active #2', 'resume']);
+    assert.equal(p.server.received.toString(), 'ab');
+    assert.deepEqual(p.client.events.take().slice(-2), ['resume', 'finish']);
+  });
+
   test('RESUME lost: that attempt fails and the next one resumes; the server never saw it', () => {
     const p = established({ jitter: 0.5 });
     const a = pattern(1000);
@@ -581,7 +618,9 @@ describe('reconnection', () => {
     }
   });
 
-  test('a successful resume resets the backoff', () => {
+  // §6.5 also says a successful resume resets `attempts`; every later dial follows a new
+  // suspension, which resets it too, so that reset cannot be seen on its own.
+  test('each suspension starts the backoff over', () => {
     const p = established({ jitter: 0 });
     p.planDials('refuse', 'refuse');
     p.link(1).cut();
