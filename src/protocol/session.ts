@@ -606,7 +606,11 @@ export class Session {
     this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
     this.peerWindow = f.window;
     this.windowSent = this.config.receiveWindow;
-    this.activate(l, now, 0, 0);
+    // After a restart (the server dropped our unconfirmed session) everything
+    // the old session sent goes out again; the new session's count starts at 0.
+    const resent = this.maxSent;
+    this.maxSent = 0;
+    this.activate(l, now, 0, 0, resent);
   }
 
   private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
@@ -794,8 +798,11 @@ export class Session {
 
   // ---- state changes ---------------------------------------------------------
 
-  /** `l` carries the session from now on; the peer holds `peerReceived` of our units and had sent `peerSent`. */
-  private activate(l: Link, now: number, peerReceived: number, peerSent: number): void {
+  /**
+   * `l` carries the session from now on; the peer holds `peerReceived` of
+   * our units and had sent `peerSent`; `replayedOut` of ours go out again.
+   */
+  private activate(l: Link, now: number, peerReceived: number, peerSent: number, replayedOut = Math.max(0, this.maxSent - peerReceived)): void {
     const wasState = this._state;
     const previous = this.current;
     if (previous !== undefined && previous !== l) {
@@ -817,7 +824,6 @@ export class Session {
     this.refreshLinkTimers();
 
     // Rewind to what the peer holds: all before it is acknowledged, the rest is replayed.
-    const replayedOut = Math.max(0, this.maxSent - peerReceived);
     const replayedIn = Math.max(0, peerSent - this.received);
     this.send.rewind(Math.min(Math.max(peerReceived, this.send.start), this.send.end));
     if (peerReceived <= this.send.end) this.fin = stepOutgoingFin(this.fin, 'rewind');
@@ -886,7 +892,6 @@ export class Session {
     this.dropLink(l, 'server dropped the unconfirmed session');
     this._sessionId = undefined;
     this.key = undefined;
-    this.maxSent = 0;
     this.fin = stepOutgoingFin(this.fin, 'rewind');
     this.send.rewind(0);
     this.dials.dialNow(now);
