@@ -449,7 +449,7 @@ export class RackDaemon {
     this.log.info({ peer: carriage.socket.remoteAddress, outageMs: since === undefined ? undefined : Math.round(performance.now() - since) }, 'carriage resumed');
     for (const flow of this.flows.values()) {
       if (this.carriageOf(flow) !== carriage) continue;
-      const ack = this.flows.releaseAck(flow);
+      const ack = this.flows.reopenAck(flow);
       if (ack) this.inject(ack, true);
     }
   }
