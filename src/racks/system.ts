@@ -36,7 +36,7 @@ export function openSystemParts(options: RackOptions, kernel: netfilter.RackKern
     raw,
     kernel: netfilter.kernelControl(options.specs, { ...kernel, port: options.port }),
     addresses: new IpMonitor(options.log),
-    links: new RocksLinks({ ...options, port: options.port }),
+    links: new RocksLinks(options),
     clock: systemClock,
   };
 }
