@@ -99,6 +99,7 @@ async function up(args: string[]): Promise<number> {
   // Loaded here, not at the top: the daemon loads koffi, which `status` and `--help` do without.
   const { parseSpec, SpecError } = await import('../racks/netfilter.js');
   const { RackDaemon, RACK_DEFAULTS } = await import('../racks/daemon.js');
+  const { openSystemParts } = await import('../racks/system.js');
   const specTexts = (values.protect as unknown as string[] | undefined) ?? [];
   if (specTexts.length === 0) throw new UsageError('up needs at least one --protect SPEC (e.g. --protect tcp:22)');
   const specs = specTexts.map((t) => {
@@ -132,14 +133,19 @@ async function up(args: string[]): Promise<number> {
     plainTtl: RACK_DEFAULTS.plainTtl,
     maxFlows: positiveInt(values['max-connections'] as string | undefined, '--max-connections', RACK_DEFAULTS.maxFlows),
     maxHeldBytes: parseSize(values['max-held'] as string | undefined, RACK_DEFAULTS.maxHeldBytes),
-    kernel: { tun: checkTun((values.tun as string | undefined) ?? 'rack0') },
   };
+  const kernel = { tun: checkTun((values.tun as string | undefined) ?? 'rack0') };
   needRoot();
 
   const json = values.json === true;
   const log = pino({ level, base: undefined }, { write: (line: string) => process.stderr.write(json ? line : textLines(line)) });
-  const daemon = new RackDaemon({ ...options, log });
-  const control = await listenControl(options.kernel.tun);
+  // The control socket first: a second daemon with the same TUN stops here, before it touches the kernel.
+  const control = await listenControl(kernel.tun);
+  let daemon: InstanceType<typeof RackDaemon> | undefined;
+  const started = (async () => {
+    daemon = new RackDaemon({ ...options, log }, openSystemParts({ ...options, log }, kernel));
+    await daemon.start();
+  })();
   let finished!: (why: string) => void;
   const done = new Promise<string>((resolve) => (finished = resolve));
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(s, () => finished(s));
@@ -148,7 +154,8 @@ async function up(args: string[]): Promise<number> {
     stopping ??= (async () => {
       log.info({ why }, 'stopping');
       control.close();
-      await daemon.stop();
+      await started.catch(() => {});
+      await daemon?.stop();
     })();
     return stopping;
   };
@@ -157,7 +164,7 @@ async function up(args: string[]): Promise<number> {
     c.on('error', () => {});
     c.once('data', (line: string) => {
       const command = line.trim();
-      if (command === 'status') c.end(JSON.stringify(daemon.status()) + '\n');
+      if (command === 'status') c.end(JSON.stringify(daemon ? daemon.status() : { error: 'the daemon is starting' }) + '\n');
       else if (command === 'down') {
         void stop('rack down').then(() => {
           c.end('{"down":true}\n');
@@ -167,7 +174,7 @@ async function up(args: string[]): Promise<number> {
     });
   });
   try {
-    await daemon.start();
+    await started;
   } catch (err) {
     await stop('start failed');
     throw new ExitError(`cannot start: ${(err as Error).message}`, EXIT.FAILURE);
@@ -209,8 +216,9 @@ function ask(tun: string, command: string): Promise<Record<string, unknown> | un
 async function status(args: string[]): Promise<number> {
   const { values } = parse(args, { json: { type: 'boolean' }, tun: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, false);
   if (values.help) return help('Usage: rack status [--json] [--tun NAME]\n\nLists the protected connections of this host\'s rack daemon: peer, state, outage, bytes held.');
-  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as RackStatus | undefined;
+  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as (RackStatus & { error?: unknown }) | undefined;
   if (s === undefined) throw new ExitError('no rack daemon runs here', EXIT.FAILURE);
+  if ('error' in s) throw new ExitError(`the daemon says: ${String(s.error)}`, EXIT.FAILURE);
   if (values.json) {
     process.stdout.write(JSON.stringify(s) + '\n');
     return EXIT.OK;

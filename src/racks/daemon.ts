@@ -21,17 +21,21 @@
 // resume. When the client host's address changes, the carriage resumes from
 // the new one (rocks does that) and the daemon keeps the old address on the
 // TUN, so the applications' sockets, bound to it, can still send.
+//
+// The daemon does no I/O of its own: it is built from its parts
+// (src/racks/parts.ts), the TUN, a raw sender, the kernel's tables, an
+// address watcher, rocks links on the rack port and a clock, which
+// src/racks/system.ts opens for real and the unit tests give in memory.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { networkInterfaces } from 'node:os';
-import { connect, createServer, type ReliableServer, type ReliableSocket } from '../index.js';
+import type { ReliableSocket } from '../node/socket.js';
 import { EDP_MAGIC } from '../edp/announcement.js';
 import { Carriage } from './carriage.js';
 import { DEFAULT_FLOW_LIMITS, FlowTable, segmentEnd, type Flow } from './flows.js';
-import * as netfilter from './netfilter.js';
+import { HostTable, type Host } from './hosts.js';
+import { formatSpec, inNetwork, type ProtectSpec } from './netfilter.js';
 import { classify, fixChecksums, TcpFlags, type TcpPacket } from './packet.js';
-import { RawSender } from './raw-socket.js';
-import { PLAIN_VNET_HEADER, TunDevice, VNET_HEADER, VNET_NEEDS_CSUM } from './tun.js';
+import type { RackParts } from './parts.js';
+import { PLAIN_VNET_HEADER, VNET_HEADER, VNET_NEEDS_CSUM } from './tun.js';
 
 export interface RackLogger {
   info(obj: object, msg: string): void;
@@ -40,7 +44,7 @@ export interface RackLogger {
 }
 
 export interface RackOptions {
-  specs: netfilter.ProtectSpec[];
+  specs: ProtectSpec[];
   /** The rack port: where this daemon listens for carriages and asks other hosts for theirs. */
   port: number;
   failureTimeout: number;
@@ -54,7 +58,6 @@ export interface RackOptions {
   maxFlows: number;
   /** Most bytes held in custody across all suspended carriages. */
   maxHeldBytes: number;
-  kernel: netfilter.RackKernelConfig;
   log: RackLogger;
 }
 
@@ -68,17 +71,8 @@ export const RACK_DEFAULTS = {
   maxHeldBytes: 256 * 1024 * 1024,
 };
 
-/** Most SYNs held per host while its EDP answer is awaited. */
-const MAX_HELD_SYNS = 64;
-
-interface Host {
-  address: string;
-  verdict: 'probing' | 'rack' | 'plain';
-  carriage?: Carriage;
-  /** Until when a plain verdict stands. */
-  until: number;
-  syns: Buffer[];
-}
+/** How often ended flows are looked for, to be forgotten. */
+const SWEEP_MS = 10_000;
 
 export interface RackCounters {
   packetsCarried: number;
@@ -134,79 +128,69 @@ export class RackDaemon {
     bypassed: 0,
   };
   private readonly flows: FlowTable;
-  private readonly hosts = new Map<string, Host>();
+  private readonly hosts: HostTable;
   /** Server role: inner client address → the carriage that brought it. */
   private readonly clients = new Map<string, Carriage>();
   private readonly carriages = new Set<Carriage>();
   private readonly suspendedSince = new Map<Carriage, number>();
   /** Source addresses of local connections, which must stay on the host while they live. */
   private readonly kept = new Set<string>();
-  private tun: TunDevice | undefined;
-  private raw: RawSender | undefined;
-  private server: ReliableServer | undefined;
-  private monitor: ChildProcess | undefined;
-  private sweeper: NodeJS.Timeout | undefined;
+  private stopSweeping: (() => void) | undefined;
   private limitLogged = { flows: false, held: false };
   private stopped = false;
 
-  constructor(private readonly options: RackOptions) {
+  constructor(
+    private readonly options: RackOptions,
+    private readonly parts: RackParts,
+  ) {
     this.flows = new FlowTable({ maxFlows: options.maxFlows, endedLinger: 120_000 });
+    this.hosts = new HostTable(options.plainTtl);
   }
 
   private get log(): RackLogger {
     return this.options.log;
   }
 
+  private get clock(): RackParts['clock'] {
+    return this.parts.clock;
+  }
+
   async start(): Promise<void> {
-    const o = this.options;
-    netfilter.removeLeftovers(o.kernel);
-    // Offload: whole 64 KiB TCP segments come out of (and go into) the TUN, so
-    // the daemon handles a packet where 1500-byte ones would take forty. Every
-    // packet, carried ones too, starts with its virtio_net_hdr (tun.ts).
-    this.tun = new TunDevice({ name: o.kernel.tun, offload: true });
-    this.tun.on('packet', (p: Buffer) => this.fromTun(p));
-    this.tun.on('error', (err: Error) => this.log.warn({ err: err.message }, 'TUN read failed'));
-    this.raw = new RawSender(netfilter.bypassMark(o.kernel));
-    netfilter.install(o.specs, { ...o.kernel, port: o.port });
-    this.server = createServer({ failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit }, (s) => this.accept(s));
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(o.port, () => {
-        this.server!.off('error', reject);
-        resolve();
-      });
-    });
-    this.server.on('error', (err: Error) => this.log.warn({ err: err.message }, 'rack port error'));
-    this.watchAddresses();
-    this.sweeper = setInterval(() => this.sweep(), 10_000);
-    this.sweeper.unref();
-    this.log.info({ specs: o.specs.map(netfilter.formatSpec), port: o.port, tun: o.kernel.tun }, 'rack up');
+    const { tun, kernel, links, addresses } = this.parts;
+    tun.on('packet', (p: Buffer) => this.fromTun(p));
+    tun.on('error', (err: Error) => this.log.warn({ err: err.message }, 'TUN read failed'));
+    kernel.install();
+    await links.listen((s) => this.accept(s));
+    addresses.start(() => this.keepAddresses());
+    this.stopSweeping = this.clock.every(SWEEP_MS, () => this.flows.sweep(this.clock.now()));
+    this.log.info({ specs: this.options.specs.map(formatSpec), port: this.options.port, tun: tun.name }, 'rack up');
   }
 
   /** Stops carrying and removes everything this daemon put in the kernel. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    clearInterval(this.sweeper);
-    this.monitor?.kill();
+    const { tun, raw, kernel, links, addresses } = this.parts;
+    this.stopSweeping?.();
+    addresses.close();
     for (const c of this.carriages) c.close('rack down');
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-    this.raw?.close();
+    await links.close();
+    raw.close();
     try {
-      netfilter.remove(this.options.kernel);
+      kernel.remove();
     } finally {
-      await this.tun?.close();
+      await tun.close();
     }
     this.log.info({}, 'rack down');
   }
 
-  status(now = performance.now()): RackStatus {
+  status(now = this.clock.now()): RackStatus {
     const o = this.options;
     return {
       pid: process.pid,
-      specs: o.specs.map(netfilter.formatSpec),
+      specs: o.specs.map(formatSpec),
       port: o.port,
-      tun: o.kernel.tun,
+      tun: this.parts.tun.name,
       counters: { ...this.counters },
       hosts: [...this.hosts.values()].map((h) => ({
         address: h.address,
@@ -245,35 +229,26 @@ export class RackDaemon {
 
   /** Client role: the carriage for p's destination host, or undefined when the packet was dealt with otherwise. */
   private routeToServer(p: TcpPacket, packet: Buffer): Carriage | undefined {
-    const now = performance.now();
-    let host = this.hosts.get(p.dst);
-    if (host?.verdict === 'plain' && now >= host.until) {
-      this.hosts.delete(p.dst);
-      host = undefined;
-    }
-    if (host?.verdict === 'rack' && host.carriage) return host.carriage;
-    if (host?.verdict === 'plain') {
-      this.pass(packet);
-      return undefined;
-    }
     const opening = (p.flags & (TcpFlags.SYN | TcpFlags.ACK)) === TcpFlags.SYN;
-    if (!opening) {
-      // Not a new connection and no carriage for it (one that began before the daemon, say): leave it alone, now and from now on.
-      this.bypass(p.src, p.srcPort, p.dst, p.dstPort);
-      this.pass(packet);
-      return undefined;
+    const route = this.hosts.route(p.dst, opening, packet, this.clock.now());
+    switch (route.to) {
+      case 'carriage':
+        return route.carriage;
+      case 'out':
+        this.pass(packet);
+        return undefined;
+      case 'unknown':
+        // Not a new connection and no carriage for it (one that began before the daemon, say): leave it alone, now and from now on.
+        this.bypass(p.src, p.srcPort, p.dst, p.dstPort);
+        this.pass(packet);
+        return undefined;
+      case 'held':
+        if (route.probe) this.probe(route.probe);
+        return undefined;
     }
-    if (host === undefined) {
-      host = { address: p.dst, verdict: 'probing', until: 0, syns: [] };
-      this.hosts.set(p.dst, host);
-      this.probe(host);
-    }
-    if (host.syns.length < MAX_HELD_SYNS) host.syns.push(Buffer.from(packet));
-    return undefined;
   }
 
   private carry(carriage: Carriage, p: TcpPacket, packet: Buffer): void {
-    const now = performance.now();
     if (segmentEnd(p) !== p.seq && this.heldTotal() + p.payload.length > this.options.maxHeldBytes) {
       // No room to take this segment into custody (carried and not yet acknowledged by the peer
       // daemon, which grows while a failure is not yet detected): it is dropped before the flow
@@ -287,7 +262,7 @@ export class RackDaemon {
       if (ack) this.inject(ack, true);
       return;
     }
-    const flow = this.flows.observe('out', p, now);
+    const flow = this.flows.observe('out', p, this.clock.now());
     if (flow === 'full') {
       if (!this.limitLogged.flows) this.log.warn({ maxFlows: this.options.maxFlows }, 'protected-connection limit reached: new connections go out unprotected');
       this.limitLogged.flows = true;
@@ -300,26 +275,19 @@ export class RackDaemon {
       flow.sawPayload.out = true;
       if (startsWithEdp(p.payload)) this.bypassFlow(flow);
     }
-    if (carriage.suspended && flow) {
-      carriage.send(packet);
-      this.counters.packetsCarried++;
-      const ack = this.flows.holdAck(flow, p.payload.length);
-      if (ack) this.inject(ack, true);
-      return;
-    }
     carriage.send(packet);
     this.counters.packetsCarried++;
+    if (carriage.suspended && flow) {
+      const ack = this.flows.holdAck(flow, p.payload.length);
+      if (ack) this.inject(ack, true);
+    }
   }
 
   // ---- packets from peer daemons --------------------------------------------------------------
 
   private fromCarriage(carriage: Carriage, role: 'client' | 'server', peerHost: string | undefined, packet: Buffer): void {
     const c = packet.length > VNET_HEADER ? classify(packet.subarray(VNET_HEADER)) : undefined;
-    if (c === undefined) {
-      this.counters.refusedRemote++;
-      return;
-    }
-    if ('error' in c) {
+    if (c === undefined || 'error' in c) {
       this.counters.refusedRemote++;
       return;
     }
@@ -328,7 +296,7 @@ export class RackDaemon {
       this.counters.refusedRemote++;
       return;
     }
-    const flow = this.flows.observe('in', p, performance.now());
+    const flow = this.flows.observe('in', p, this.clock.now());
     if (flow && flow !== 'full' && !flow.sawPayload.in && p.payload.length > 0) {
       flow.sawPayload.in = true;
       if (startsWithEdp(p.payload)) this.bypassFlow(flow);
@@ -348,48 +316,36 @@ export class RackDaemon {
     if (owner === carriage) return true;
     if (owner !== undefined && this.carriages.has(owner)) return false;
     this.clients.set(p.src, carriage);
-    this.kernel('add a rack client', () => netfilter.addClient(this.options.kernel, p.src));
+    this.kernel('add a rack client', (k) => k.addClient(p.src));
     this.log.info({ client: p.src }, 'rack client');
     return true;
   }
 
   private protects(address: string, port: number): boolean {
-    return this.options.specs.some((s) => s.port === port && (!s.network || netfilter.inNetwork(address, s.network)));
+    return this.options.specs.some((s) => s.port === port && (!s.network || inNetwork(address, s.network)));
   }
 
   // ---- carriages ------------------------------------------------------------------------------
 
   /** EDP for racks: does `host` run a rack daemon? A carriage if so. */
   private probe(host: Host): void {
-    const o = this.options;
-    const socket = connect({
-      host: host.address,
-      port: o.port,
-      failureTimeout: o.failureTimeout,
-      suspendLimit: o.suspendLimit,
-      connectTimeout: o.probeTimeout,
-      probeTimeout: o.probeTimeout,
-    });
+    const socket = this.parts.links.dial(host.address);
     const plain = (why: string): void => {
-      if (host.verdict !== 'probing') return;
+      const syns = this.hosts.settlePlain(host, this.clock.now());
+      if (syns === undefined) return;
       socket.destroy();
-      host.verdict = 'plain';
-      host.until = performance.now() + o.plainTtl;
-      this.kernel('mark a host plain', () => netfilter.addPlain(o.kernel, host.address, o.plainTtl));
+      this.kernel('mark a host plain', (k) => k.addPlain(host.address, this.options.plainTtl));
       this.log.info({ host: host.address, why }, 'no rack daemon: its connections go out as they are');
-      for (const syn of host.syns.splice(0)) this.pass(syn);
+      for (const syn of syns) this.pass(syn);
     };
     socket.once('error', (err: Error) => plain(err.message));
     socket.once('connect', () => {
       if (!socket.reliable) return plain('not a rack daemon');
       const carriage = this.adopt(socket, 'client', host.address);
-      host.verdict = 'rack';
-      host.carriage = carriage;
+      const syns = this.hosts.settleRack(host, carriage);
       this.log.info({ host: host.address }, 'rack daemon found: carrying its connections');
-      carriage.once('close', () => {
-        if (host.carriage === carriage) this.hosts.delete(host.address);
-      });
-      for (const syn of host.syns.splice(0)) {
+      carriage.once('close', () => this.hosts.forget(host, carriage));
+      for (const syn of syns) {
         const c = classify(syn.subarray(VNET_HEADER));
         if (!('error' in c)) this.carry(carriage, c.tcp, syn);
       }
@@ -419,7 +375,7 @@ export class RackDaemon {
       for (const flow of [...this.flows.values()]) {
         if (this.carriageOf(flow) !== carriage) continue;
         const rst = flow.ending ? undefined : this.flows.resetPacket(flow);
-        if (rst && this.tun?.write(Buffer.concat([PLAIN_VNET_HEADER, rst]))) reset++;
+        if (rst && this.parts.tun.write(Buffer.concat([PLAIN_VNET_HEADER, rst]))) reset++;
         this.flows.delete(flow);
       }
       if (reset > 0) this.log.warn({ peer: peerHost ?? socket.remoteAddress, reset }, 'carriage lost: its connections were reset');
@@ -432,7 +388,7 @@ export class RackDaemon {
   }
 
   private onSuspend(carriage: Carriage): void {
-    this.suspendedSince.set(carriage, performance.now());
+    this.suspendedSince.set(carriage, this.clock.now());
     this.log.info({ peer: carriage.socket.remoteAddress }, 'carriage suspended: holding its connections');
     // Senders waiting for acknowledgements are held at once, before their retransmissions run out.
     for (const flow of this.flows.unacknowledged()) {
@@ -446,16 +402,16 @@ export class RackDaemon {
     const since = this.suspendedSince.get(carriage);
     this.suspendedSince.delete(carriage);
     this.limitLogged.held = false;
-    this.log.info({ peer: carriage.socket.remoteAddress, outageMs: since === undefined ? undefined : Math.round(performance.now() - since) }, 'carriage resumed');
+    this.log.info({ peer: carriage.socket.remoteAddress, outageMs: since === undefined ? undefined : Math.round(this.clock.now() - since) }, 'carriage resumed');
     for (const flow of this.flows.values()) {
       if (this.carriageOf(flow) !== carriage) continue;
-      const ack = this.flows.releaseAck(flow);
+      const ack = this.flows.reopenAck(flow);
       if (ack) this.inject(ack, true);
     }
   }
 
   private carriageOf(flow: Flow): Carriage | undefined {
-    return this.clients.get(flow.remote.address) ?? this.hosts.get(flow.remote.address)?.carriage;
+    return this.clients.get(flow.remote.address) ?? this.hosts.carriageOf(flow.remote.address);
   }
 
   /** Bytes in custody: carried and not yet acknowledged by a peer daemon, on every carriage. */
@@ -468,9 +424,9 @@ export class RackDaemon {
   // ---- the kernel -----------------------------------------------------------------------------
 
   /** A change to the kernel's tables while running: a failure is logged, never fatal (the packet path still works, less directly). */
-  private kernel(what: string, change: () => void): void {
+  private kernel(what: string, change: (kernel: RackParts['kernel']) => void): void {
     try {
-      change();
+      change(this.parts.kernel);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, `cannot ${what}`);
     }
@@ -478,7 +434,7 @@ export class RackDaemon {
 
   /** Writes a packet into the kernel: carried ones have their virtio_net_hdr, forged ones get a plain one. */
   private inject(packet: Buffer, forged: boolean): void {
-    if (!this.tun?.write(forged ? Buffer.concat([PLAIN_VNET_HEADER, packet]) : packet)) return;
+    if (!this.parts.tun.write(forged ? Buffer.concat([PLAIN_VNET_HEADER, packet]) : packet)) return;
     if (forged) this.counters.holdAcks++;
     else this.counters.packetsInjected++;
   }
@@ -497,7 +453,7 @@ export class RackDaemon {
     }
     let packet = buf.subarray(VNET_HEADER);
     if (buf[0] & VNET_NEEDS_CSUM) packet = fixChecksums(Buffer.from(packet));
-    if (this.raw?.send(packet)) this.counters.packetsPassed++;
+    if (this.parts.raw.send(packet)) this.counters.packetsPassed++;
   }
 
   /** A rocks connection needs no carriage: its packets go direct from now on, both ways (each daemon bypasses its own side). */
@@ -509,7 +465,7 @@ export class RackDaemon {
   }
 
   private bypass(srcAddress: string, srcPort: number, dstAddress: string, dstPort: number): void {
-    this.kernel('bypass a connection', () => netfilter.addBypass(this.options.kernel, srcAddress, srcPort, dstAddress, dstPort));
+    this.kernel('bypass a connection', (k) => k.addBypass(srcAddress, srcPort, dstAddress, dstPort));
   }
 
   /**
@@ -517,27 +473,16 @@ export class RackDaemon {
    * the address goes from its interface (the client moved), it is put on
    * the TUN, so the connection's socket can still send from it.
    */
-  private watchAddresses(): void {
-    this.monitor = spawn('ip', ['-o', '-4', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    this.monitor.stdout!.on('data', () => this.keepAddresses());
-    this.monitor.on('error', (err) => this.log.warn({ err: err.message }, 'cannot watch addresses'));
-  }
-
   private keepAddresses(): void {
     if (this.stopped) return;
-    const present = new Set<string>();
-    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4') present.add(a.address);
+    const present = this.parts.addresses.addresses();
     for (const flow of this.flows.values()) {
       const address = flow.local.address;
       if (flow.ending || present.has(address) || this.kept.has(address)) continue;
       this.kept.add(address);
-      this.kernel('keep an address', () => netfilter.keepAddress(this.options.kernel, address));
+      this.kernel('keep an address', (k) => k.keepAddress(address));
       this.log.info({ address }, 'local address gone: kept on the TUN for the connections that use it');
     }
-  }
-
-  private sweep(): void {
-    this.flows.sweep(performance.now());
   }
 }
 

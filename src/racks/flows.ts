@@ -161,7 +161,7 @@ export class FlowTable {
    * The path is back: reopen the window at what the peer last advertised.
    * The acknowledgement stays at what the daemon has in custody.
    */
-  releaseAck(flow: Flow): Buffer | undefined {
+  reopenAck(flow: Flow): Buffer | undefined {
     if (!flow.held || flow.localNext === undefined || flow.remoteNext === undefined) return undefined;
     flow.held = false;
     flow.heldBytes = 0;

@@ -27,6 +27,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
+import type { KernelControl } from './parts.js';
 
 export class SpecError extends Error {
   readonly code = 'ERR_RACKS_BAD_SPEC';
@@ -200,6 +201,18 @@ export function addBypass(config: Partial<RackKernelConfig>, src: string, srcPor
 export function keepAddress(config: Partial<RackKernelConfig>, address: string): void {
   const c = resolve(config);
   attempt('ip', ['addr', 'add', `${checkAddress(address)}/32`, 'dev', c.tun, 'noprefixroute']);
+}
+
+/** The daemon's hold on the kernel's tables (src/racks/parts.ts): `config` with its rack port, for these specs. */
+export function kernelControl(specs: ProtectSpec[], config: RackKernelConfig): KernelControl {
+  return {
+    install: () => install(specs, config),
+    remove: () => remove(config),
+    addPlain: (address, ttl) => addPlain(config, address, ttl),
+    addClient: (address) => addClient(config, address),
+    addBypass: (src, srcPort, dst, dstPort) => addBypass(config, src, srcPort, dst, dstPort),
+    keepAddress: (address) => keepAddress(config, address),
+  };
 }
 
 /** Whether IPv4 `address` lies in `network`. */

@@ -114,7 +114,7 @@ function sumWords(buf: Buffer, start: number, end: number, sum = 0): number {
 }
 
 /** Folds a running sum to 16 bits and complements it. */
-function finish(sum: number): number {
+function foldChecksum(sum: number): number {
   while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
   return ~sum & 0xffff;
 }
@@ -124,7 +124,7 @@ export function ipv4HeaderChecksum(buf: Buffer): number {
   const ihl = (buf[0] & 0x0f) * 4;
   if (ihl < IPV4_MIN_HEADER || buf.length < ihl) throw new PacketError('ERR_RACKS_BAD_IHL', `IHL ${ihl} bytes in a ${buf.length}-byte buffer`);
   const sum = sumWords(buf, 0, ihl) - ((buf[10] << 8) | buf[11]);
-  return finish(sum);
+  return foldChecksum(sum);
 }
 
 /** The TCP checksum (with the IPv4 pseudo-header) of a well-formed IPv4/TCP packet; its checksum field counts as zero. */
@@ -135,7 +135,7 @@ export function tcpChecksum(buf: Buffer): number {
   sum += IPPROTO_TCP + tcpLength;
   sum = sumWords(buf, ihl, total, sum);
   sum -= (buf[ihl + 16] << 8) | buf[ihl + 17];
-  return finish(sum);
+  return foldChecksum(sum);
 }
 
 /**
@@ -147,7 +147,7 @@ export function verifyChecksums(buf: Buffer): { ip: boolean; tcp: boolean } {
   const { ihl, total } = tcpBounds(buf);
   let tcp = sumWords(buf, 12, 20) + IPPROTO_TCP + (total - ihl);
   tcp = sumWords(buf, ihl, total, tcp);
-  return { ip: finish(sumWords(buf, 0, ihl)) === 0, tcp: finish(tcp) === 0 };
+  return { ip: foldChecksum(sumWords(buf, 0, ihl)) === 0, tcp: foldChecksum(tcp) === 0 };
 }
 
 /** Recomputes and stores both checksums, in place. Returns buf. */
@@ -161,7 +161,7 @@ export function fixChecksums(buf: Buffer): Buffer {
 /** RFC 1624 eqn. 3: the checksum after one 16-bit word of the summed data changed from `old` to `now`. */
 export function adjustChecksum(checksum: number, old: number, now: number): number {
   const sum = (~checksum & 0xffff) + (~old & 0xffff) + (now & 0xffff);
-  return finish(sum);
+  return foldChecksum(sum);
 }
 
 // ---- parsing -----------------------------------------------------------------------------------

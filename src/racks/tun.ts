@@ -123,7 +123,7 @@ export class TunDevice extends EventEmitter {
   private scheduled = false;
   private paused = false;
   private closing: Promise<void> | undefined;
-  private finishClose: (() => void) | undefined;
+  private completeClose: (() => void) | undefined;
 
   /** Creates (or attaches to) the TUN interface; it is down and has no address until configured. */
   constructor(options: TunOptions = {}) {
@@ -201,7 +201,7 @@ export class TunDevice extends EventEmitter {
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = new Promise((resolve) => {
-      this.finishClose = () => {
+      this.completeClose = () => {
         this.libc.close(this.fd);
         this.libc.close(this.wakeFd);
         this.fd = -1;
@@ -213,9 +213,9 @@ export class TunDevice extends EventEmitter {
     if (this.polling) {
       const one = Buffer.alloc(8);
       one.writeBigUInt64LE(1n);
-      this.libc.write(this.wakeFd, one, 8); // the poll returns, and its callback finishes the close
+      this.libc.write(this.wakeFd, one, 8); // the poll returns, and its callback completes the close
     } else {
-      this.finishClose!();
+      this.completeClose!();
     }
     return this.closing;
   }
@@ -268,7 +268,7 @@ export class TunDevice extends EventEmitter {
     this.pollfds.writeInt16LE(0, 14);
     this.libc.poll.async(this.pollfds, 2, POLL_MS, () => {
       this.polling = false;
-      if (this.closing) return this.finishClose!();
+      if (this.closing) return this.completeClose!();
       this.schedule();
     });
   }

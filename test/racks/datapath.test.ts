@@ -83,7 +83,7 @@ interface Stats {
 }
 
 /** Runs a program in a host to its end; resolves with its stderr, rejects on a non-zero exit. */
-async function finish(child: ChildProcess, what: string): Promise<string> {
+async function runToExit(child: ChildProcess, what: string): Promise<string> {
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const [code] = (await once(child, 'exit')) as [number | null];
@@ -111,13 +111,13 @@ async function exchange(bed: NetBed, dir: string, port: number, up: string, down
   const files = (send: string, save: string): [number, number, 'pipe'] => [openSync(send, 'r'), openSync(save, 'w'), 'pipe'];
   const serverStdio = files(down, gotUp);
   const server = bed.spawn('server', 'socat', ['-d', '-d', '-t', '30', `TCP-LISTEN:${port},reuseaddr`, 'STDIO'], { stdio: serverStdio });
-  const serverDone = finish(server, 'socat server');
+  const serverDone = runToExit(server, 'socat server');
   await waitListening(bed, port);
   const start = performance.now();
   const clientStdio = files(up, gotDown);
   const client = bed.spawn('client', 'socat', ['-t', '30', 'STDIO', `TCP:${bed.serverAddress}:${port}`], { stdio: clientStdio });
   for (const fd of [...serverStdio, ...clientStdio]) if (typeof fd === 'number') closeSync(fd);
-  const [serverLog] = await Promise.all([serverDone, finish(client, 'socat client')]);
+  const [serverLog] = await Promise.all([serverDone, runToExit(client, 'socat client')]);
   const ms = performance.now() - start;
   const peer = /accepting connection from AF=2 ([\d.]+):\d+/.exec(serverLog)?.[1] ?? `(not in socat's log: ${serverLog})`;
   return { upHash: sha256(gotUp), downHash: sha256(gotDown), peer, ms };
@@ -126,10 +126,10 @@ async function exchange(bed: NetBed, dir: string, port: number, up: string, down
 /** One-way bulk transfer client → server with socat -u; returns MB/s. */
 async function bulk(bed: NetBed, file: string, port: number): Promise<number> {
   const server = bed.spawn('server', 'socat', ['-u', `TCP-LISTEN:${port},reuseaddr`, 'OPEN:/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const serverDone = finish(server, 'socat bulk server');
+  const serverDone = runToExit(server, 'socat bulk server');
   await waitListening(bed, port);
   const start = performance.now();
-  await finish(bed.spawn('client', 'socat', ['-u', `OPEN:${file}`, `TCP:${bed.serverAddress}:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] }), 'socat bulk client');
+  await runToExit(bed.spawn('client', 'socat', ['-u', `OPEN:${file}`, `TCP:${bed.serverAddress}:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] }), 'socat bulk client');
   await serverDone;
   const seconds = (performance.now() - start) / 1000;
   return readFileSync(file).length / seconds / 1e6;
@@ -140,7 +140,7 @@ async function inspectIn(bed: NetBed, host: HostName): Promise<{ table: boolean;
   const child = bed.spawn(host, process.execPath, [KERNEL, 'inspect'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  await finish(child, 'inspect');
+  await runToExit(child, 'inspect');
   return JSON.parse(out);
 }
 
@@ -245,14 +245,14 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       assert.equal(left.tun, false, 'a TUN that is not persistent goes with its process');
       assert.deepEqual(left.routes, [], 'routes through the TUN go with it');
       for (let i = 0; i < 2; i++) {
-        await finish(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
+        await runToExit(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
         assert.deepEqual(await inspectIn(bed, 'client'), nothing, `after removeLeftovers() #${i + 1}`);
       }
 
       // A device that outlived its daemon (persistent) is deleted too.
       bed.ip(bed.ns.client, 'tuntap', 'add', 'dev', 'rack0', 'mode', 'tun');
       assert.equal((await inspectIn(bed, 'client')).tun, true);
-      await finish(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
+      await runToExit(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
       assert.deepEqual(await inspectIn(bed, 'client'), nothing);
     } finally {
       bed.destroy();

@@ -1,5 +1,5 @@
 // The flow table (src/racks/flows.ts) on packets built as Linux sends them:
-// what a daemon forges to hold a sender, and to let it go again.
+// what a daemon forges to hold a sender, and to reopen it again.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -56,15 +56,15 @@ describe('flow table', () => {
     assert.equal(flow.held, true);
   });
 
-  test('the release ACK reopens the window the peer last advertised, once', () => {
+  test('the reopening ACK reopens the window the peer last advertised, once', () => {
     const table = new FlowTable();
     const flow = established(table, 1, 2);
-    assert.equal(table.releaseAck(flow), undefined, 'nothing to release before a hold');
+    assert.equal(table.reopenAck(flow), undefined, 'nothing to reopen before a hold');
     table.holdAck(flow);
-    const release = parseTcpPacket(table.releaseAck(flow)!);
-    assert.equal(release.window, 65160);
-    assert.equal(release.ack, 1 + 1 + 100);
-    assert.equal(table.releaseAck(flow), undefined);
+    const reopen = parseTcpPacket(table.reopenAck(flow)!);
+    assert.equal(reopen.window, 65160);
+    assert.equal(reopen.ack, 1 + 1 + 100);
+    assert.equal(table.reopenAck(flow), undefined);
   });
 
   test('no timestamps on the forged ACK when the connection did not negotiate them', () => {

@@ -38,26 +38,40 @@ describe('racks netfilter: protect specs', () => {
 });
 
 describe('racks netfilter: the ruleset', () => {
-  test('marks both directions of each spec, in one replacing transaction, minus what the sets exempt', () => {
+  test('marks both directions of each spec, in one replacing transaction, after every exemption, in this order', () => {
     const script = ruleset([parseSpec('tcp:22'), parseSpec('tcp:5432@10.0.0.0/24')], { tun: 'rack7', mark: 0x10, port: 7000 });
     const lines = script.split('\n').map((l) => l.trim());
-    assert.deepEqual(lines.slice(0, 3), ['add table inet rack', 'delete table inet rack', 'table inet rack {']);
-    for (const set of ['set plain { type ipv4_addr; flags timeout; }', 'set clients { type ipv4_addr; }', 'set bypass { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }']) {
-      assert.ok(lines.includes(set), set);
-    }
-    assert.ok(lines.includes('type route hook output priority mangle; policy accept;'));
-    assert.ok(lines.includes('oifname "lo" return'));
-    // What the daemon sends itself (mark + 1) and the carriages on the rack port never come back into the TUN.
-    assert.ok(lines.some((l) => l.startsWith('meta mark 0x00000011 return')));
-    assert.ok(lines.some((l) => l.startsWith('tcp dport 7000 return')));
-    assert.ok(lines.some((l) => l.startsWith('tcp sport 7000 return')));
-    assert.ok(lines.includes('meta nfproto ipv4 ip saddr . tcp sport . ip daddr . tcp dport @bypass return'));
-    // Client side: to the spec, unless the host is known to be plain; server side: replies to rack clients only.
-    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 tcp dport 22 ip daddr != @plain meta mark set 0x00000010')));
-    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 tcp sport 22 ip daddr @clients meta mark set 0x00000010')));
-    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 ip daddr 10.0.0.0/24 tcp dport 5432 ip daddr != @plain meta mark set')));
-    assert.ok(lines.some((l) => l.startsWith('meta nfproto ipv4 ip saddr 10.0.0.0/24 tcp sport 5432 ip daddr @clients meta mark set')));
-    assert.ok(lines.includes('iifname "rack7" meta mark set 0x00000010'));
+    // nftables runs a chain's rules in order, and `return` ends the chain: an exemption after the
+    // marks would exempt nothing. Sets before the chains that use them, all in one transaction
+    // that first replaces the table (creating it first, so the delete succeeds when it is new).
+    assert.deepEqual(lines, [
+      'add table inet rack',
+      'delete table inet rack',
+      'table inet rack {',
+      'set plain { type ipv4_addr; flags timeout; }',
+      'set clients { type ipv4_addr; }',
+      'set bypass { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }',
+      'chain output {',
+      'type route hook output priority mangle; policy accept;',
+      'oifname "lo" return',
+      // What the daemon sends itself (mark + 1) and the carriages on the rack port never come back into the TUN.
+      'meta mark 0x00000011 return comment "sent by the daemon itself"',
+      'tcp dport 7000 return comment "carriages"',
+      'tcp sport 7000 return comment "carriages"',
+      'meta nfproto ipv4 ip saddr . tcp sport . ip daddr . tcp dport @bypass return',
+      // Client side: to the spec, unless the host is known to be plain; server side: replies to rack clients only.
+      'meta nfproto ipv4 tcp dport 22 ip daddr != @plain meta mark set 0x00000010 comment "tcp:22 client side"',
+      'meta nfproto ipv4 tcp sport 22 ip daddr @clients meta mark set 0x00000010 comment "tcp:22 server side"',
+      'meta nfproto ipv4 ip daddr 10.0.0.0/24 tcp dport 5432 ip daddr != @plain meta mark set 0x00000010 comment "tcp:5432@10.0.0.0/24 client side"',
+      'meta nfproto ipv4 ip saddr 10.0.0.0/24 tcp sport 5432 ip daddr @clients meta mark set 0x00000010 comment "tcp:5432@10.0.0.0/24 server side"',
+      '}',
+      'chain prerouting {',
+      'type filter hook prerouting priority mangle; policy accept;',
+      'iifname "rack7" meta mark set 0x00000010',
+      '}',
+      '}',
+      '',
+    ]);
   });
 
   test('names that could inject nftables syntax are refused', () => {

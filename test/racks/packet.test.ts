@@ -3,7 +3,8 @@
 // after the SYN-ACK that packet.ts forged and the kernel accepted, and a data
 // segment), round trips of built packets, the incremental checksum update,
 // and malformed input: every truncation, every bad field, random mutations.
-// Nothing but PacketError may ever come out.
+// Nothing but PacketError may ever come out, and what parses is read from
+// within the bytes given, at the right offsets (checkInBounds).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -36,6 +37,45 @@ const rebuild = (raw: Buffer): Buffer => {
   const p = parseTcpPacket(raw);
   return buildTcpPacket({ ...p, options: p.options.raw, payload: p.payload });
 };
+
+/**
+ * Parses `bytes` from inside a larger buffer whose bytes around them are all
+ * SENTINEL, as a TUN read is a view of a bigger slab. When it parses, every
+ * field must be what the bytes given say at its offset (read here from a
+ * standalone copy, where a read past the end throws), the views must be
+ * exactly the options and the payload, within the given bytes, and nothing
+ * may contain the sentinel unless the given bytes do. Returns whether it parsed.
+ */
+const SENTINEL = 0xa5;
+function checkInBounds(bytes: Buffer): boolean {
+  const slab = Buffer.alloc(bytes.length + 64, SENTINEL);
+  bytes.copy(slab, 32);
+  const view = slab.subarray(32, 32 + bytes.length);
+  const c = classify(view);
+  if ('error' in c) {
+    assert.ok(c.error instanceof PacketError);
+    return false;
+  }
+  const p = c.tcp;
+  const own = Buffer.from(bytes); // a buffer of its own: reading past its end throws
+  const ihl = (own[0] & 0x0f) * 4;
+  const total = own.readUInt16BE(2);
+  const thl = (own[ihl + 12] >> 4) * 4;
+  assert.ok(total <= own.length && ihl + thl <= total, `a packet of ${total} bytes (IP ${ihl}, TCP ${thl}) parsed from ${own.length} bytes`);
+  assert.deepEqual(
+    [p.ipHeaderLength, p.totalLength, p.tcpHeaderLength, p.srcPort, p.dstPort, p.seq, p.ack, p.flags, p.window, p.tcpChecksum, p.urgent, p.ttl, p.id, p.tos],
+    [ihl, total, thl, own.readUInt16BE(ihl), own.readUInt16BE(ihl + 2), own.readUInt32BE(ihl + 4), own.readUInt32BE(ihl + 8), own[ihl + 13], own.readUInt16BE(ihl + 14), own.readUInt16BE(ihl + 16), own.readUInt16BE(ihl + 18), own[8], own.readUInt16BE(4), own[1]],
+  );
+  assert.deepEqual([p.src, p.dst], [own.subarray(12, 16).join('.'), own.subarray(16, 20).join('.')]);
+  for (const [name, part, start, end] of [['payload', p.payload, ihl + thl, total], ['options', p.options.raw, ihl + 20, ihl + thl]] as const) {
+    assert.equal(part.buffer, slab.buffer, `${name} is a view`);
+    assert.equal(part.byteOffset, view.byteOffset + start, `${name} starts at byte ${start}`);
+    assert.equal(part.length, end - start, `${name} is ${end - start} bytes`);
+    assert.deepEqual(part, own.subarray(start, end), name);
+    if (!own.includes(SENTINEL)) assert.ok(!part.includes(SENTINEL), `${name} holds bytes from past the packet`);
+  }
+  return true;
+}
 
 describe('racks packet: kernel-made packets', () => {
   test('checksums verify and recompute to the kernel\'s values', () => {
@@ -224,6 +264,7 @@ describe('racks packet: malformed input', () => {
       edits: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 8 }),
       cut: fc.nat(),
     });
+    let parsed = 0;
     fc.assert(
       fc.property(mutation, ({ which, edits, cut }) => {
         const buf = Buffer.from(kernel[which]);
@@ -242,28 +283,31 @@ describe('racks packet: malformed input', () => {
         const rewritten = onlyPacketErrors(() => rewriteTcp(Buffer.from(b), { window: 1, seq: 2 }));
         // A rewrite keeps a right TCP checksum right, whatever else is odd about the packet.
         if (before?.tcp && rewritten) assert.equal(verifyChecksums(rewritten).tcp, true);
-        const c = classify(b);
-        if ('tcp' in c) {
-          const p = c.tcp;
-          assert.ok(p.ipHeaderLength + p.tcpHeaderLength + p.payload.length === p.totalLength);
-          assert.ok(p.totalLength <= b.length);
-          assert.ok([p.srcPort, p.dstPort, p.window, p.seq, p.ack].every(Number.isInteger));
-        }
+        if (checkInBounds(b)) parsed++;
       }),
       { numRuns: 2000 },
     );
+    assert.ok(parsed > 200, `only ${parsed} of 2000 mutated packets parsed: the property checked too little`);
   });
 
-  test('random bytes: only PacketError (property)', () => {
+  test('random bytes: only PacketError; what parses lies within the bytes given, exactly (property)', () => {
+    const input = fc.record({ bytes: fc.uint8Array({ minLength: 1, maxLength: 80, size: 'max' }), short: fc.nat({ max: 8 }), whole: fc.boolean(), bareTcp: fc.boolean() });
+    let parsed = 0;
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 80 }), (bytes) => {
+      fc.property(input, ({ bytes, short, whole, bareTcp }) => {
         const b = Buffer.from(bytes);
-        if (b.length > 0) b[0] = 0x45 + (b[0] & 0x0a); // mostly IPv4 with small IHLs, to get past the first check
+        b[0] = 0x45 + (b[0] & 0x0a); // mostly IPv4 with small IHLs, to get past the first check
         if (b.length > 9) b[9] = 6;
-        const c = classify(b);
-        if ('tcp' in c) assert.ok(c.tcp.payload.length >= 0);
+        if (b.length > 7) b.writeUInt16BE(b.readUInt16BE(6) & 0x4000, 6); // not a fragment
+        // A total length that fits, or lies by claiming up to 8 bytes past the end.
+        if (b.length > 3) b.writeUInt16BE(whole ? b.length : Math.max(0, b.length - 8 + short * 2), 2);
+        // Half the time a TCP header without options, so that more of them parse.
+        const ihl = (b[0] & 0x0f) * 4;
+        if (bareTcp && b.length > ihl + 12) b[ihl + 12] = 0x50 | (b[ihl + 12] & 0x0f);
+        if (checkInBounds(b)) parsed++;
       }),
       { numRuns: 2000 },
     );
+    assert.ok(parsed > 100, `only ${parsed} of 2000 random packets parsed: the property checked too little`);
   });
 });

@@ -1,13 +1,15 @@
 // `rack up` on real hosts (test/bed): unmodified socat streams, checked by
 // SHA-256 both ways, through the failures racks are for, with the daemon
 // on both hosts, on one of them, or killed. Needs root; skipped with the
-// reason otherwise. Detection and resume times are printed.
+// reason otherwise. Detection and resume times are printed and held to
+// bounds (DETECT_MIN/MAX, RESUME_MAX below).
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { resolveSessionConfig } from '../../src/protocol/config.js';
 import type { RackStatus } from '../../src/racks/daemon.js';
 import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
 import { agentClient, agentServer, finishAndVerify, RockProcess, SocatStream, socatEcho } from '../bed/programs.js';
@@ -21,6 +23,22 @@ const PLAIN_ECHO = 5002;
 const AGENT = 5003;
 const FAILURE_TIMEOUT = 1000;
 const RATE = 2_000_000;
+// The carriage is a rocks connection with rack up's --failure-timeout and rocks' defaults otherwise.
+const { heartbeatInterval: HEARTBEAT, reconnectDelayMax: RECONNECT_DELAY_MAX } = resolveSessionConfig({ failureTimeout: FAILURE_TIMEOUT });
+/**
+ * A failure is declared after failureTimeout of silence, counted from the
+ * last frame heard, which came at most one heartbeat before the break (the
+ * stream keeps data flowing as well).
+ */
+const DETECT_MIN = FAILURE_TIMEOUT - HEARTBEAT;
+const DETECT_MAX = FAILURE_TIMEOUT + HEARTBEAT;
+/**
+ * A suspended client dials again at least every reconnectDelayMax, however
+ * long the outage (session.ts nextDialTime), so a dial starts within that of
+ * the path's return; its handshake (TCP, EDP, the resume) takes a few round
+ * trips on the bed's 100 Mbit/s links, and the daemon then logs: 1 s for those.
+ */
+const RESUME_MAX = RECONNECT_DELAY_MAX + 1000;
 
 function rackUp(bed: NetBed, host: HostName, extra: string[] = []): Promise<RockProcess> {
   const rack = new RockProcess(bed, host, ['up', '--protect', `tcp:${ECHO}`, '--protect', `tcp:${AGENT}`, '--failure-timeout', String(FAILURE_TIMEOUT), ...extra], RACK);
@@ -90,11 +108,22 @@ async function carriedStream(w: World): Promise<{ racks: RockProcess[]; stream: 
   return { racks, stream };
 }
 
-/** Detection (suspend − broken) and resume (resume − healed) of the carriages on both hosts, printed. */
-function report(label: string, racks: RockProcess[], broken: number, healed: number): void {
-  const detect = racks.map((r) => logTimes(r, 'carriage suspended').find((t) => t >= broken)! - broken);
-  const resume = racks.map((r) => logTimes(r, 'carriage resumed').find((t) => t >= healed)! - healed);
+/**
+ * Detection (suspend − broken) and resume (resume − healed) of the carriages
+ * on both hosts, printed, then held to their bounds; a time that is missing
+ * (no such log line after the event) fails. `resumeMax`: how long after
+ * `healed` the carriages must be back.
+ */
+function checkTimes(label: string, racks: RockProcess[], broken: number, healed: number, resumeMax = RESUME_MAX): void {
+  const after = (r: RockProcess, msg: string, t0: number): number => (logTimes(r, msg).find((t) => t >= t0) ?? NaN) - t0;
+  const detect = racks.map((r) => after(r, 'carriage suspended', broken));
+  const resume = racks.map((r) => after(r, 'carriage resumed', healed));
   console.log(`# ${label}: carriage detection ${detect.join(' / ')} ms (failure timeout ${FAILURE_TIMEOUT}), resumed ${resume.join(' / ')} ms after the path was back (client / server)`);
+  const logs = (): string => racks.map((r) => r.output).join('\n');
+  for (const [i, host] of ['client', 'server'].entries()) {
+    assert.ok(detect[i] >= DETECT_MIN && detect[i] <= DETECT_MAX, `${label}: the ${host} daemon detected the failure after ${detect[i]} ms, expected ${DETECT_MIN}..${DETECT_MAX}\n${logs()}`);
+    assert.ok(resume[i] >= 0 && resume[i] <= resumeMax, `${label}: the ${host} daemon resumed ${resume[i]} ms after the path was back, expected at most ${resumeMax}\n${logs()}`);
+  }
 }
 
 describe('rack up on both hosts', { skip }, () => {
@@ -113,7 +142,8 @@ describe('rack up on both hosts', { skip }, () => {
       await until(() => logTimes(racks[0], 'carriage resumed').some((t) => t >= moved) && stream.gotBytes > 0, 20_000, () => racks.map((r) => r.output).join('\n'));
       const before = stream.gotBytes;
       await until(() => stream.gotBytes > before + RATE, 10_000, () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`);
-      report(`address change ${original} → ${now}`, racks, moved, moved);
+      // The move is both the break and the heal: the new address works at once, once the failure is detected.
+      checkTimes(`address change ${original} → ${now}`, racks, moved, moved, DETECT_MAX + RESUME_MAX);
       assert.ok(racks[0].logs().some((l) => l.msg.startsWith('local address gone') && l.address === original), `the client's daemon kept ${original} on the TUN:\n${racks[0].output}`);
       assert.ok(stream.alive, `socat died: ${stream.output}`);
       assert.deepEqual(peersOn(bed, 'server', ECHO), [original], 'the server still sees the original address');
@@ -154,7 +184,7 @@ describe('rack up on both hosts', { skip }, () => {
       bed.heal();
       const before = carried.gotBytes;
       await until(() => carried.gotBytes > before + RATE, 20_000, () => `the echo to flow again after the heal\n${racks.map((r) => r.output).join('\n')}`);
-      report(`black hole ${Math.round((healed - broken) / 1000)} s (tcp_retries2=5)`, racks, broken, healed);
+      checkTimes(`black hole ${Math.round((healed - broken) / 1000)} s (tcp_retries2=5)`, racks, broken, healed);
       const { bytes } = await carried.finishAndVerify();
       console.log(`# ${(bytes / 1e6).toFixed(1)} MB echoed intact through the black hole`);
     });
@@ -172,7 +202,7 @@ describe('rack up on both hosts', { skip }, () => {
       bed.linkUp();
       const before = stream.gotBytes;
       await until(() => stream.gotBytes > before + RATE, 20_000, () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`);
-      report('link down 8 s', racks, broken, healed);
+      checkTimes('link down 8 s', racks, broken, healed);
       await stream.finishAndVerify();
     });
   });
@@ -195,7 +225,12 @@ describe('rack up on both hosts', { skip }, () => {
       await client.waitFor((a) => a.of('suspend').length === 1, 10_000, 'rocks to suspend');
       bed.heal();
       await client.waitFor((a) => a.of('resume').length === 1, 20_000, 'rocks to resume');
-      console.log(`# rocks inside racks: rocks detected the black hole in ${client.of('suspend')[0].t - broken} ms and resumed by itself`);
+      const detected = client.of('suspend')[0].t - broken;
+      console.log(`# rocks inside racks: rocks detected the black hole in ${detected} ms and resumed by itself`);
+      assert.ok(
+        detected >= options.failureTimeout - options.heartbeatInterval && detected <= options.failureTimeout + options.heartbeatInterval,
+        `rocks detected the black hole after ${detected} ms, expected its own failure timeout ${options.failureTimeout} ± one heartbeat ${options.heartbeatInterval}`,
+      );
       await finishAndVerify(client, server, 1);
     });
   });
