@@ -73,10 +73,7 @@ export class Carriage extends EventEmitter {
     this.publicKey = Buffer.from(pair.publicKey.export({ format: 'jwk' }).x as string, 'base64url');
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('suspend', () => this.emit('suspend'));
-    // Readable also emits 'resume', without an argument, when it starts flowing: only the session's counts.
-    socket.on('resume', (info?: unknown) => {
-      if (info !== undefined) this.emit('resume');
-    });
+    socket.on('reconnect', () => this.emit('resume'));
     socket.on('error', (err: Error) => this.close(err.message));
     socket.on('close', () => this.close('connection closed'));
     const frame = Buffer.alloc(HEADER + PUBLIC_KEY);
