@@ -47,7 +47,9 @@ const commits = git('log', '--format=%h%x00%s', `${BASELINE}..HEAD`)
 const long = commits.filter((c) => [...c.subject].length > MAX_SUBJECT);
 for (const c of long) console.error(`${c.hash}: subject of ${[...c.subject].length} characters (at most ${MAX_SUBJECT}): ${c.subject}`);
 if (long.length > 0) {
-  console.error(`commit subjects: ${long.length} of ${commits.length} after ${BASELINE} are too long; put the details in the body (git commit --amend, or git rebase -i)`);
+  console.error(
+    `commit subjects: ${long.length} of ${commits.length} after ${BASELINE} are too long; put the details in the body (git commit --amend, or git rebase -i)`,
+  );
   process.exit(1);
 }
 console.log(`commit subjects: ${commits.length} after ${BASELINE}, all at most ${MAX_SUBJECT} characters`);
