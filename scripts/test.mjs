@@ -33,7 +33,8 @@ const failedChecks = [];
 if (filters.length === 0) {
   const biome = join(root, 'node_modules', '@biomejs', 'biome', 'bin', 'biome');
   // The summary reporter lists each file that is not formatted and each lint rule's findings by file.
-  failedChecks.push(...check('lint and format (biome ci)', [biome, 'ci', '--error-on-warnings', '--reporter=summary']));
+  const colors = process.stdout.isTTY ? [] : ['--colors=off'];
+  failedChecks.push(...check('lint and format (biome ci)', [biome, 'ci', '--error-on-warnings', '--reporter=summary', ...colors]));
   failedChecks.push(...check('commit subjects', [join(root, 'scripts', 'check-commits.mjs')]));
 }
 
