@@ -148,7 +148,9 @@ export const iperf: BenchCase = {
         for (const { reverse, metric } of directions) {
           for (const variant of ['raw', 'rocks'] as const) {
             const mbps = await runIperf(ports[variant], seconds, reverse, ctx.log);
-            (samples[`${metric}|${variant}`] ??= []).push(mbps);
+            const key = `${metric}|${variant}`;
+            samples[key] ??= [];
+            samples[key].push(mbps);
             ctx.log(`  iperf: ${metric}, ${variant}: ${mbps.toFixed(0)} MB/s`);
           }
         }

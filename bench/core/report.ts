@@ -44,7 +44,7 @@ export function markdown(all: Row[]): string {
   return out.join('\n');
 }
 
-const escape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const escapeXml = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const COLORS: Record<string, string> = { raw: '#888', rocks: '#1f77b4', 'rocks (probe)': '#6baed6', 'rocks (cached)': '#1f77b4', 'rocks (enhanced)': '#08519c', 'socket.io': '#d62728' };
 const color = (variant: string): string => COLORS[variant] ?? '#2ca02c';
 
@@ -64,12 +64,12 @@ export function svg(all: Row[], timelines: Timeline[]): string {
   const scale = 250; // px per 1.0
   const left = 330;
   for (const [label, rs] of compared) {
-    parts.push(`<text x="10" y="${y + barH}" font-size="11">${escape(label)} (${escape(rs[0].unit)})</text>`);
+    parts.push(`<text x="10" y="${y + barH}" font-size="11">${escapeXml(label)} (${escapeXml(rs[0].unit)})</text>`);
     for (const r of rs) {
       const ratio = r.variant === 'raw' ? 1 : (r.ratio ?? 1);
       const w = Math.min(ratio, 2.4) * scale;
       parts.push(`<rect x="${left}" y="${y}" width="${w.toFixed(1)}" height="${barH - 2}" fill="${color(r.variant)}"/>`);
-      parts.push(`<text x="${left + w + 4}" y="${y + barH - 3}" font-size="10">${escape(r.variant)} ${ratio.toFixed(2)}x (${fmt(r.median)} ${escape(r.unit)})</text>`);
+      parts.push(`<text x="${left + w + 4}" y="${y + barH - 3}" font-size="10">${escapeXml(r.variant)} ${ratio.toFixed(2)}x (${fmt(r.median)} ${escapeXml(r.unit)})</text>`);
       y += barH;
     }
     y += 8;
@@ -82,14 +82,14 @@ export function svg(all: Row[], timelines: Timeline[]): string {
     const maxV = Math.max(...t.points.map((p) => p[1]), 1);
     const x = (ms: number) => 60 + (ms / maxT) * (width - 100);
     const yy = (v: number) => y + 20 + h - (v / maxV) * h;
-    parts.push(`<text x="10" y="${y + 10}" font-size="13" font-weight="bold">${escape(t.title)}</text>`);
+    parts.push(`<text x="10" y="${y + 10}" font-size="13" font-weight="bold">${escapeXml(t.title)}</text>`);
     parts.push(`<polyline fill="none" stroke="${color(t.variant)}" stroke-width="2" points="${t.points.map((p) => `${x(p[0]).toFixed(1)},${yy(p[1]).toFixed(1)}`).join(' ')}"/>`);
     parts.push(`<line x1="60" y1="${y + 20 + h}" x2="${width - 40}" y2="${y + 20 + h}" stroke="#000"/>`);
     parts.push(`<text x="60" y="${y + 36 + h}" font-size="10">0 s</text><text x="${width - 80}" y="${y + 36 + h}" font-size="10">${(maxT / 1000).toFixed(1)} s</text>`);
     parts.push(`<text x="10" y="${y + 28}" font-size="10">${(maxV / 2 ** 20).toFixed(1)} MiB</text>`);
     for (const [ms, label] of t.marks) {
       parts.push(`<line x1="${x(ms).toFixed(1)}" y1="${y + 20}" x2="${x(ms).toFixed(1)}" y2="${y + 20 + h}" stroke="#d62728" stroke-dasharray="4,3"/>`);
-      parts.push(`<text x="${(x(ms) + 3).toFixed(1)}" y="${y + 32}" font-size="10" fill="#d62728">${escape(label)}</text>`);
+      parts.push(`<text x="${(x(ms) + 3).toFixed(1)}" y="${y + 32}" font-size="10" fill="#d62728">${escapeXml(label)}</text>`);
     }
     y += h + 40;
   }

@@ -154,7 +154,13 @@ async function measureOutage(payload: number): Promise<void> {
   say({ type: 'suspended', first: outage.firstSuspend, last: outage.lastSuspend, failed: outage.failed });
   let timedOut = false;
   const deadline = Number(args.deadline);
-  await Promise.race([back, new Promise<void>((r) => setTimeout(() => ((timedOut = true), r()), deadline))]);
+  const timeout = new Promise<void>((r) =>
+    setTimeout(() => {
+      timedOut = true;
+      r();
+    }, deadline),
+  );
+  await Promise.race([back, timeout]);
   clearInterval(progress);
   let lost = 0;
   let extra = 0;

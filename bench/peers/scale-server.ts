@@ -5,7 +5,7 @@
 //   {"type":"cpu","ms":M}   CPU this process used over the next M ms: {"type":"cpu","user","system","ms"} (µs, µs, ms)
 //   {"type":"stats"}        {"type":"stats","connections","sessions","suspended","rss"}
 
-import { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { createServer, type ReliableSocket } from '../../src/index.js';

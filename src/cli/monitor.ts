@@ -25,7 +25,7 @@ export function textLines(line: string): string {
   const { level, time, msg, pid: _pid, hostname: _host, ...rest } = JSON.parse(line) as Record<string, unknown>;
   const fields = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
   const when = new Date(time as number).toISOString().slice(11, 23);
-  return `${when} ${String(pino.levels.labels[level as number] ?? level).toUpperCase().padEnd(5)} ${String(msg)}${fields.length ? ' ' + fields.join(' ') : ''}\n`;
+  return `${when} ${String(pino.levels.labels[level as number] ?? level).toUpperCase().padEnd(5)} ${String(msg)}${fields.length ? ` ${fields.join(' ')}` : ''}\n`;
 }
 
 export class Monitor {
@@ -155,7 +155,7 @@ export class Monitor {
     if (!this.live || this.statusLines > 0) return;
     const lines = this.statusText();
     if (lines.length === 0) return;
-    process.stderr.write(lines.join('\n') + '\n');
+    process.stderr.write(`${lines.join('\n')}\n`);
     this.statusLines = lines.length;
   }
 

@@ -61,7 +61,7 @@ function readOptions(): Record<string, unknown> {
 const rocksFiles = new URL('../', import.meta.url).href;
 
 /** True when the function that called `fn` is in one of rocks' own files. */
-function fromRocks(fn: Function): boolean {
+function fromRocks(fn: (...args: never[]) => unknown): boolean {
   const { prepareStackTrace, stackTraceLimit } = Error;
   const holder: { stack?: NodeJS.CallSite[] } = {};
   try {
@@ -207,7 +207,7 @@ function tlsConnect(...args: unknown[]): Tls.TLSSocket {
  * _handle as one still connecting and waits for a 'connect' that an already
  * connected rocks socket never emits again (pg's SSL upgrade would hang).
  */
-function construct(target: typeof Net.Socket, args: unknown[], newTarget: Function): object {
+function construct(target: typeof Net.Socket, args: unknown[], newTarget: NewableFunction): object {
   const options = (args[0] ?? {}) as AnyOptions;
   if (newTarget !== SocketProxy || typeof options !== 'object' || options.fd !== undefined || options.handle !== undefined || options.onread !== undefined || fromRocks(construct)) {
     return Reflect.construct(target, args, newTarget === SocketProxy ? target : newTarget);

@@ -164,13 +164,13 @@ async function up(args: string[]): Promise<number> {
     c.on('error', () => {});
     c.once('data', (line: string) => {
       const command = line.trim();
-      if (command === 'status') c.end(JSON.stringify(daemon ? daemon.status() : { error: 'the daemon is starting' }) + '\n');
+      if (command === 'status') c.end(`${JSON.stringify(daemon ? daemon.status() : { error: 'the daemon is starting' })}\n`);
       else if (command === 'down') {
         void stop('rack down').then(() => {
           c.end('{"down":true}\n');
           finished('rack down');
         });
-      } else c.end(JSON.stringify({ error: `unknown control command '${command}'` }) + '\n');
+      } else c.end(`${JSON.stringify({ error: `unknown control command '${command}'` })}\n`);
     });
   });
   try {
@@ -209,7 +209,7 @@ function ask(tun: string, command: string): Promise<Record<string, unknown> | un
       }
     });
     c.on('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? resolve(undefined) : reject(err)));
-    c.write(command + '\n');
+    c.write(`${command}\n`);
   });
 }
 
@@ -220,7 +220,7 @@ async function status(args: string[]): Promise<number> {
   if (s === undefined) throw new ExitError('no rack daemon runs here', EXIT.FAILURE);
   if ('error' in s) throw new ExitError(`the daemon says: ${String(s.error)}`, EXIT.FAILURE);
   if (values.json) {
-    process.stdout.write(JSON.stringify(s) + '\n');
+    process.stdout.write(`${JSON.stringify(s)}\n`);
     return EXIT.OK;
   }
   const out = [`rack ${s.pid}: protecting ${s.specs.join(', ')} (rack port ${s.port}, ${s.tun})`];
@@ -230,7 +230,7 @@ async function status(args: string[]): Promise<number> {
     out.push(`${c.local.padEnd(22)} ${c.remote.padEnd(22)} ${c.state.padEnd(10)} ${`${(c.outageMs / 1000).toFixed(1)} s`.padStart(8)} ${`${c.heldBytes} B`.padStart(10)}`);
   }
   out.push(`counters: ${Object.entries(s.counters).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  process.stdout.write(out.join('\n') + '\n');
+  process.stdout.write(`${out.join('\n')}\n`);
   return EXIT.OK;
 }
 
@@ -249,7 +249,7 @@ async function down(args: string[]): Promise<number> {
 }
 
 function help(text: string): number {
-  process.stdout.write(text + '\n');
+  process.stdout.write(`${text}\n`);
   return EXIT.OK;
 }
 

@@ -118,7 +118,7 @@ async function demoCommand(args: string[]): Promise<number> {
 }
 
 function help(command?: string): number {
-  process.stdout.write((command === undefined ? USAGE : HELP[command]) + '\n');
+  process.stdout.write(`${command === undefined ? USAGE : HELP[command]}\n`);
   return EXIT.OK;
 }
 

@@ -40,6 +40,7 @@ export interface LinkOwner {
 export class LinkHandle {
   owner: LinkOwner | undefined;
   private error: Error | undefined;
+  // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private readonly listeners: [string, (...args: any[]) => void][];
 
   constructor(readonly id: LinkId, readonly socket: Socket, owner: LinkOwner) {

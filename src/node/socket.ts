@@ -640,11 +640,13 @@ export interface ReliableSocket {
   on(event: 'reconnect', listener: (info: ReconnectInfo) => void): this;
   on(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
   on(event: 'detect', listener: (info: DetectInfo) => void): this;
+  // biome-ignore lint/suspicious/noExplicitAny: the catch-all overload of Node's own EventEmitter typings
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   once(event: 'suspend', listener: (info: SuspendInfo) => void): this;
   once(event: 'reconnect', listener: (info: ReconnectInfo) => void): this;
   once(event: 'reconnect-attempt', listener: (info: ReconnectAttemptInfo) => void): this;
   once(event: 'detect', listener: (info: DetectInfo) => void): this;
+  // biome-ignore lint/suspicious/noExplicitAny: the catch-all overload of Node's own EventEmitter typings
   once(event: string | symbol, listener: (...args: any[]) => void): this;
 }
 

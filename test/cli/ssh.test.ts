@@ -89,7 +89,7 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
     child.stdin.end();
     const [code] = await exited;
     assert.equal(code, 0, `ssh exit ${code}: ${stderr}`);
-    assert.equal(echoed, lines.join('\n') + '\n', 'every line echoed once, in order');
+    assert.equal(echoed, `${lines.join('\n')}\n`, 'every line echoed once, in order');
     assert.ok(proxy.connections - connectionsBefore >= 3, `resumed over ${proxy.connections - connectionsBefore} new connections`);
     assert.match(serve.output(), /suspended/);
     assert.match(serve.output(), /resumed/);
