@@ -503,23 +503,27 @@ export class Session {
     const limit = Math.min(this.send.end, this.peerWindow);
     // A pending acknowledgement rides along with data for free.
     if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
-      (out ??= []).push(this.makeAck());
+      out ??= [];
+      out.push(this.makeAck());
     }
     while (budget > 0 && this.send.next < limit) {
       const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
-      (out ??= []).push(encodeDataHeader(this.send.next, size));
+      out ??= [];
+      out.push(encodeDataHeader(this.send.next, size));
       this.send.read(size, out);
       budget -= size;
     }
     if (this.send.next > this.maxSent) this.maxSent = this.send.next;
     if (this.fin === 'queued' && this.send.next === this.send.end) {
-      (out ??= []).push(encodeFin(this.send.end));
+      out ??= [];
+      out.push(encodeFin(this.send.end));
       this.fin = stepOutgoingFin(this.fin, 'transmit');
       this.maxSent = this.send.end + 1;
     }
     if (this.close === 'close-owed') {
       // The client must hold the acknowledgement of its FIN before CLOSE.
-      (out ??= []).push(this.makeAck(), encodeClose());
+      out ??= [];
+      out.push(this.makeAck(), encodeClose());
       this.close = stepClose(this.role, this.close, 'transmit-close');
     }
     if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);

@@ -18,7 +18,7 @@ async function pair(clientSecret?: Buffer, serverSecret?: Buffer): Promise<{ cli
   await once(listener, 'listening');
   const socket = connect({ port: (listener.address() as AddressInfo).port, host: '127.0.0.1', enhanced: true });
   const client = new Carriage(socket, 'client', clientSecret);
-  await until(() => server !== undefined && server.ready && client.ready, 5000, 'the key exchange');
+  await until(() => server?.ready === true && client.ready, 5000, 'the key exchange');
   return {
     client,
     server,

@@ -291,7 +291,10 @@ export class ServerEndpoint extends Endpoint {
 
   protected linksOf(session: Session): Map<LinkId, SimLink> {
     let m = this.sessionLinks.get(session);
-    if (m === undefined) this.sessionLinks.set(session, (m = new Map()));
+    if (m === undefined) {
+      m = new Map();
+      this.sessionLinks.set(session, m);
+    }
     return m;
   }
 
@@ -299,7 +302,10 @@ export class ServerEndpoint extends Endpoint {
     const w = this.world;
     if (ev.type !== 'data') w.trace(`server/${session.sessionId?.toString('hex').slice(0, 6)} ${describe(ev)}`);
     let grammar = this.grammars.get(session);
-    if (grammar === undefined) this.grammars.set(session, (grammar = new EventGrammar(`server/${this.grammars.size}`, 'server')));
+    if (grammar === undefined) {
+      grammar = new EventGrammar(`server/${this.grammars.size}`, 'server');
+      this.grammars.set(session, grammar);
+    }
     grammar.see(ev);
     const app = this.apps.get(session);
     switch (ev.type) {
