@@ -15,7 +15,7 @@ import { after, describe, test } from 'node:test';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { freePort, programs, startSshd, type Sshd } from '../support/programs.js';
 import { ROCK, startRock } from '../support/rock.js';
-import type { Started } from '../support/programs.js';
+import type { Program } from '../support/helpers.js';
 
 const found = programs('ssh', 'sshd', 'ssh-keygen');
 const skip = found.skip ?? (process.getuid?.() !== 0 ? 'sshd needs root here (privilege separation)' : undefined);
@@ -24,7 +24,7 @@ const TIMING = ['--failure-timeout', '1000', '--heartbeat', '200'];
 describe('ssh over rock stdio and rock serve', { skip }, () => {
   const scratch = mkdtempSync(join(tmpdir(), 'rocks-ssh-'));
   let sshd: Sshd;
-  let serve: Started;
+  let serve: Program;
   let proxy: FaultProxy;
   let proxyPort: number;
   after(async () => {
@@ -91,8 +91,8 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
     assert.equal(code, 0, `ssh exit ${code}: ${stderr}`);
     assert.equal(echoed, lines.join('\n') + '\n', 'every line echoed once, in order');
     assert.ok(proxy.connections - connectionsBefore >= 3, `resumed over ${proxy.connections - connectionsBefore} new connections`);
-    assert.match(serve.output(), /suspended/);
-    assert.match(serve.output(), /resumed/);
+    assert.match(serve.output, /suspended/);
+    assert.match(serve.output, /resumed/);
   });
 
   test('head -c 50M /dev/urandom | tee f: the bytes ssh delivers match the file, across a reset and a black hole', { timeout: 90_000 }, async () => {
