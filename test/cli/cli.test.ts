@@ -120,7 +120,7 @@ describe('rock: forward and serve', () => {
           [3400, () => proxy.heal()],
           [4000, () => proxy.reset()],
         ] as [number, () => void][]) {
-          await sleep(at - (Date.now() - startedAt));
+          await sleep(Math.max(0, at - (Date.now() - startedAt)));
           act();
         }
       })();

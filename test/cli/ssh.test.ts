@@ -73,7 +73,7 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
     const t0 = Date.now();
     const ran: number[] = [];
     for (const [at, act] of faults) {
-      await sleep(at - (Date.now() - t0));
+      await sleep(Math.max(0, at - (Date.now() - t0)));
       ran.push(Date.now());
       act();
     }

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NetBed, netbedSkip } from '../bed/netbed.js';
 import { agentClient, agentServer, CommandPath, finishAndVerify, type Agent, type AgentEvent } from '../bed/programs.js';
-import { until } from '../support/net.js';
+import { sleep, until } from '../support/helpers.js';
 
 const skip = netbedSkip();
 
@@ -22,7 +22,6 @@ const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat'
 const AGENT_PORT = 7000;
 const ROCK_PORT = 7100;
 const RATE = 256 * 1024; // bytes a second, each way, per stream
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const ms = (values: number[]): string => values.map((v) => Math.round(v)).join(', ');
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
@@ -61,7 +60,7 @@ async function scenario(
 /** Restores the path `ms` after `broken`; resolves with when it began to (the path may be back before the command returns). */
 function restoreAfter(broken: number, ms: number, restore: () => void): () => Promise<number> {
   return async () => {
-    await sleep(ms - (Date.now() - broken));
+    await sleep(Math.max(0, ms - (Date.now() - broken)));
     const healed = Date.now();
     restore();
     return healed;

@@ -8,7 +8,8 @@ import { pipeline } from 'node:stream/promises';
 import { describe, test } from 'node:test';
 import { connect, createConnection, ReliableServer, ReliableSocket, RocksError } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, collect, hasIPv6Loopback, listen, until } from '../support/net.js';
+import { until } from '../support/helpers.js';
+import { closeServer, collect, hasIPv6Loopback, listen } from '../support/net.js';
 
 function echo(s: ReliableSocket): void {
   s.pipe(s);

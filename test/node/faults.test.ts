@@ -10,7 +10,8 @@ import { lookup as dnsLookup } from 'node:dns';
 import { describe, test } from 'node:test';
 import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, endAll, listen, rocksOnly, until } from '../support/net.js';
+import { sleep, until } from '../support/helpers.js';
+import { closeServer, endAll, listen, rocksOnly } from '../support/net.js';
 
 const FAILURE_TIMEOUT = 300;
 const HEARTBEAT = 75;
@@ -24,7 +25,6 @@ const MIB = 1024 * 1024;
 const EACH_WAY = 64 * MIB;
 const FAULTS_OF_EACH_KIND = 50;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Writes random data at a steady pace until stopped, honouring backpressure; hashes what it wrote. */
 class Writer {
