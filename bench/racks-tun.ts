@@ -10,6 +10,7 @@
 // kernel's forwarding in between; a window of packets is kept in flight.
 
 import { execFileSync, spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { TunDevice } from '../src/racks/tun.js';
 
@@ -53,11 +54,11 @@ async function inside(): Promise<void> {
     tun.write(packet); // keep the window full
   });
   for (let i = 0; i < WINDOW; i++) tun.write(packet);
-  await new Promise((r) => setTimeout(r, 500)); // warm up
+  await sleep(500); // warm up
   counting = true;
   const start = process.hrtime.bigint();
   const cpu0 = process.cpuUsage();
-  await new Promise((r) => setTimeout(r, seconds * 1000));
+  await sleep(seconds * 1000);
   const elapsed = Number(process.hrtime.bigint() - start) / 1e9;
   const cpu = process.cpuUsage(cpu0);
   counting = false;

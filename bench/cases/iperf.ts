@@ -7,65 +7,26 @@
 // the relays, each over a rocks connection of its own. One iperf3 server and
 // one pair of relays serve every run; raw and rocks take turns.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort, Program, sleep } from '../../test/support/helpers.js';
 import type { BenchCase, Measure } from '../core/types.js';
 
 /** The compiled rock command: dist/src/cli/rock.js. */
 const ROCK = fileURLToPath(new URL('../../src/cli/rock.js', import.meta.url));
 const HOST = '127.0.0.1';
 
-interface Program {
-  child: ChildProcess;
-  output(): string;
-  stop(): Promise<void>;
-}
-
-/** Starts a program and resolves once its output (stdout or stderr) matches `ready`. */
+/** Starts a program and resolves once its output (stdout or stderr) matches `ready`; stops it if it is not ready in time. */
 async function start(command: string, args: string[], ready: RegExp, ms = 10_000): Promise<Program> {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  // Always read what it prints (a full pipe would stall it), keeping the tail for error messages.
-  const keep = (d: Buffer): void => {
-    output = (output + d.toString()).slice(-8000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  let exited: string | undefined;
-  child.on('exit', (code, signal) => (exited = signal ?? String(code)));
-  const failed = new Promise<never>((_, reject) => child.once('error', reject));
-  failed.catch(() => {});
-  const stop = async (): Promise<void> => {
-    if (exited !== undefined || child.exitCode !== null) return;
-    const gone = once(child, 'exit');
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
-    await gone;
-    clearTimeout(timer);
-  };
-  const deadline = Date.now() + ms;
-  const name = `${command.split('/').pop()} ${args.join(' ')}`;
-  while (!ready.test(output)) {
-    if (exited !== undefined) throw new Error(`${name} exited (${exited}) before it was ready:\n${output}`);
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`${name} not ready after ${ms} ms:\n${output}`);
-    }
-    await Promise.race([new Promise((r) => setTimeout(r, 20)), failed]);
+  const program = new Program(spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} ${args.join(' ')}`, { limit: 8000 });
+  try {
+    await program.waitForOutput(ready, ms);
+  } catch (err) {
+    await program.stop();
+    throw err;
   }
-  return { child, output: () => output, stop };
-}
-
-/** A loopback port nothing listens on right now. */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, HOST);
-  await once(s, 'listening');
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
+  return program;
 }
 
 function checkIperf3(): string {
@@ -91,7 +52,7 @@ async function runIperf(port: number, seconds: number, reverse: boolean, log?: (
       return await iperfOnce(port, seconds, reverse);
     } catch (err) {
       if (!BUSY.test((err as Error).message) || Date.now() - start > 30_000) throw err;
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
       log?.(`  iperf: the iperf3 server is still busy ${Date.now() - start} ms after the previous test; trying again`);
     }
   }
@@ -105,7 +66,7 @@ async function iperfOnce(port: number, seconds: number, reverse: boolean): Promi
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
-  const [code] = (await once(child, 'exit')) as [number | null];
+  const [code] = (await once(child, 'close')) as [number | null]; // exited, and all it printed read
   clearTimeout(timer);
   let result: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
   try {
@@ -126,14 +87,14 @@ export const iperf: BenchCase = {
     const seconds = ctx.quick ? 2 : 5;
     const programs: Program[] = [];
     try {
-      const target = await freePort();
+      const target = await freePort(HOST);
       programs.push(await start('iperf3', ['-s', '-B', HOST, '-p', String(target), '--forceflush'], /Server listening/));
       // rock serve checks at start that the target accepts connections: the
       // iperf3 server sees a connection that never sends a test, logs an
       // error and keeps serving.
-      const serve = await freePort();
+      const serve = await freePort(HOST);
       programs.push(await start(process.execPath, [ROCK, 'serve', '--listen', `${HOST}:${serve}`, '--to', `${HOST}:${target}`], /serving rocks, relaying to the target/));
-      const forward = await freePort();
+      const forward = await freePort(HOST);
       programs.push(await start(process.execPath, [ROCK, 'forward', '--listen', `${HOST}:${forward}`, '--to', `${HOST}:${serve}`], /forwarding over rocks/));
 
       const ports = { raw: target, rocks: forward };

@@ -6,50 +6,20 @@
 // (not protected) and 5202/5302 (protected). Needs root: elsewhere the case
 // says so and measures nothing.
 
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { NetBed, netbedSkip, type HostName } from '../../test/bed/netbed.js';
+import { parseJsonLines, Program } from '../../test/support/helpers.js';
 import type { BenchCase, Measure } from '../core/types.js';
 
 const RACK = fileURLToPath(new URL('../../src/cli/rack.js', import.meta.url));
 const PINGPONG = fileURLToPath(new URL('../peers/tcp-pingpong.js', import.meta.url));
 const PORTS = { iperf: { raw: 5201, racks: 5202 }, pingpong: { raw: 5301, racks: 5302 } };
 
-/** A process in a bed host, its output kept; resolves `ready` once a line matches. */
-class HostRun {
-  output = '';
-  readonly exited: Promise<unknown>;
-
-  constructor(readonly child: ChildProcess) {
-    const keep = (d: Buffer): void => {
-      this.output = (this.output + d.toString()).slice(-20_000);
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    this.exited = once(child, 'exit');
-  }
-
-  async ready(pattern: RegExp, ms = 15_000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!pattern.test(this.output)) {
-      if (this.child.exitCode !== null) throw new Error(`exited before it was ready:\n${this.output}`);
-      if (Date.now() > deadline) throw new Error(`not ready after ${ms} ms:\n${this.output}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
-    await this.exited;
-    clearTimeout(timer);
-  }
-}
-
-function run(bed: NetBed, host: HostName, command: string, args: string[]): HostRun {
-  return new HostRun(bed.spawn(host, command, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+/** A process on a bed host, its output kept. */
+function run(bed: NetBed, host: HostName, command: string, args: string[]): Program {
+  return new Program(bed.spawn(host, command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} on ${host}`, { limit: 20_000 });
 }
 
 /** iperf3 -c for `seconds`: received bits per second, as MB/s. */
@@ -65,10 +35,10 @@ function iperf(bed: NetBed, port: number, seconds: number): number {
 
 async function pingpong(bed: NetBed, port: number, count: number): Promise<{ p50: number; p99: number }> {
   const client = run(bed, 'client', process.execPath, [PINGPONG, '--role', 'client', '--host', bed.serverAddress, '--port', String(port), '--count', String(count)]);
-  await client.exited;
-  const line = client.output.split('\n').find((l) => l.includes('"result"'));
-  if (!line) throw new Error(`ping-pong on port ${port} gave no result:\n${client.output}`);
-  return JSON.parse(line) as { p50: number; p99: number };
+  await once(client.child, 'close'); // exited, and all it printed read
+  const result = parseJsonLines<{ type: string; p50: number; p99: number }>(client.output).find((m) => m.type === 'result');
+  if (!result) throw new Error(`ping-pong on port ${port} gave no result:\n${client.output}`);
+  return result;
 }
 
 export const racks: BenchCase = {
@@ -83,21 +53,21 @@ export const racks: BenchCase = {
     const seconds = ctx.quick ? 2 : 3;
     const count = ctx.quick ? 500 : 5000;
     const bed = new NetBed();
-    const procs: HostRun[] = [];
+    const procs: Program[] = [];
     try {
       const protect = ['--protect', `tcp:${PORTS.iperf.racks}`, '--protect', `tcp:${PORTS.pingpong.racks}`];
       for (const host of ['client', 'server'] as const) {
         const rack = run(bed, host, process.execPath, [RACK, 'up', ...protect, '--json']);
         procs.push(rack);
-        await rack.ready(/"msg":"rack up"/);
+        await rack.waitForOutput(/"msg":"rack up"/, 15_000);
       }
       for (const variant of ['raw', 'racks'] as const) {
         const iperfServer = run(bed, 'server', 'iperf3', ['-s', '-p', String(PORTS.iperf[variant]), '--forceflush']);
         procs.push(iperfServer);
-        await iperfServer.ready(/Server listening/);
+        await iperfServer.waitForOutput(/Server listening/, 15_000);
         const echo = run(bed, 'server', process.execPath, [PINGPONG, '--role', 'server', '--port', String(PORTS.pingpong[variant])]);
         procs.push(echo);
-        await echo.ready(/"ready"/);
+        await echo.waitForOutput(/"ready"/, 15_000);
       }
       const samples = { throughput: { raw: [] as number[], racks: [] as number[] }, p50: { raw: [] as number[], racks: [] as number[] }, p99: { raw: [] as number[], racks: [] as number[] } };
       for (let i = 0; i < ctx.repeats; i++) {

@@ -14,6 +14,7 @@
 // A black-holed FaultProxy keeps old connections dead for good and accepts
 // new ones only after heal(): every session resumes over a new connection.
 
+import { sleep } from '../../test/support/helpers.js';
 import { Peer } from '../core/process.js';
 import type { BenchCase, Context, Measure } from '../core/types.js';
 
@@ -51,7 +52,6 @@ const QUICK: Config = {
 };
 
 const percent = (c: Cpu): number => ((c.user + c.system) / 1000 / c.ms) * 100;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Round {
   setup: number;

@@ -3,8 +3,9 @@
 // lines: it prints {"type":"ready",...} once listening or connected, then
 // what it measured; it takes commands as JSON lines on stdin.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { Program, readJsonLines } from '../../test/support/helpers.js';
 
 /** Compiled peer programs, by name: dist/bench/peers/<name>.js. */
 export const peerPath = (name: string): string => fileURLToPath(new URL(`../peers/${name}.js`, import.meta.url));
@@ -12,11 +13,9 @@ export const peerPath = (name: string): string => fileURLToPath(new URL(`../peer
 export type Message = { type: string; [key: string]: unknown };
 
 export class Peer {
-  private readonly child: ChildProcess;
+  private readonly program: Program;
   private readonly queue: Message[] = [];
   private waiters: (() => void)[] = [];
-  private stderr = '';
-  private exited: string | undefined;
 
   /**
    * Starts `node <peer>.js ARGS`. `nofile` raises the open-file limit first
@@ -25,21 +24,15 @@ export class Peer {
    */
   constructor(readonly name: string, args: string[], { nofile, nodeArgs = [] }: { nofile?: number; nodeArgs?: string[] } = {}) {
     const argv = [...nodeArgs, peerPath(name), ...args];
-    this.child = nofile
+    const child = nofile
       ? spawn('sh', ['-c', `(ulimit -n ${nofile} 2>/dev/null && exec "$0" "$@"); ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"`, process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'pipe'] })
       : spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let partial = '';
-    this.child.stdout!.on('data', (d: Buffer) => {
-      const lines = (partial + d.toString()).split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) if (line.trim()) this.queue.push(JSON.parse(line) as Message);
+    this.program = new Program(child, name, { keep: ['stderr'], limit: 4000 });
+    readJsonLines<Message>(child.stdout!, (m) => {
+      this.queue.push(m);
       this.wake();
     });
-    this.child.stderr!.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
-    this.child.on('exit', (code, signal) => {
-      this.exited = signal ?? String(code);
-      this.wake();
-    });
+    void this.program.exit.then(() => this.wake());
   }
 
   private wake(): void {
@@ -58,8 +51,9 @@ export class Peer {
         if (m.type === 'fatal') throw new Error(`${this.name}: ${String(m.message)}`);
         return m as T;
       }
-      if (this.exited !== undefined) throw new Error(`${this.name} exited (${this.exited}) before sending '${type}':\n${this.stderr}`);
-      if (Date.now() > deadline) throw new Error(`${this.name}: no '${type}' after ${ms} ms:\n${this.stderr}`);
+      if (this.program.exited !== undefined) throw new Error(`${this.name} exited (${this.program.exited}) before sending '${type}':\n${this.program.output}`);
+      if (Date.now() > deadline) throw new Error(`${this.name}: no '${type}' after ${ms} ms:\n${this.program.output}`);
+      // Woken by the next message or the exit, or at the deadline.
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
         this.waiters.push(() => {
@@ -71,16 +65,11 @@ export class Peer {
   }
 
   send(message: Message): void {
-    this.child.stdin!.write(`${JSON.stringify(message)}\n`);
+    this.program.child.stdin!.write(`${JSON.stringify(message)}\n`);
   }
 
-  async stop(): Promise<void> {
-    if (this.exited !== undefined) return;
-    const gone = new Promise((r) => this.child.once('exit', r));
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
-    await gone;
-    clearTimeout(timer);
+  stop(): Promise<void> {
+    return this.program.stop();
   }
 }
 

@@ -10,6 +10,7 @@
 
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
 import type { ReconnectInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
@@ -32,7 +33,6 @@ const args = peerArgs({
 const transport = args.transport as Transport;
 const options = JSON.parse(args.options!) as { failureTimeout?: number; heartbeatInterval?: number };
 const port = Number(args.port);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function connected(s: Stream): Promise<Stream> {
   await once(s, 'connect');

@@ -6,10 +6,10 @@
 // {"type":"ready",...} once listening (server) or all connected (client).
 
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { cpuOver } from './scale-common.js';
 import { fatal, say } from './transport.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = parseArgs({
   options: {
@@ -66,8 +66,7 @@ if (args.role === 'server') {
   say({ type: 'ready', setup: performance.now() - started, connections: sockets.size });
 } else fatal(new Error('--role server|client'));
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const command = JSON.parse(line) as { type: string; ms?: number };
+readJsonLines<{ type: string; ms?: number }>(process.stdin, (command) => {
   if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c }));
 });
 process.on('SIGTERM', () => process.exit(0));

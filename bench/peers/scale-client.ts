@@ -17,11 +17,11 @@
 
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { connect, type ReliableSocket } from '../../src/index.js';
 import { clock, cpuOver } from './scale-common.js';
 import { fatal, say } from './transport.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = parseArgs({
   options: {
@@ -198,8 +198,7 @@ for (let i = 0; i < count; i += batchSize) {
 }
 say({ type: 'ready', setup: performance.now() - start, count });
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const command = JSON.parse(line) as { type: string; ms?: number; payload?: number };
+readJsonLines<{ type: string; ms?: number; payload?: number }>(process.stdin, (command) => {
   if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c }));
   else if (command.type === 'outage') measureOutage(command.payload ?? 1024).catch(fatal);
 });

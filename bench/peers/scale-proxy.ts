@@ -21,11 +21,11 @@
 //   {"type":"cpu","ms":M}    -> {"type":"cpu","user","system","ms"}
 //   {"type":"stats"}         -> {"type":"stats","connections"}  (connections accepted so far)
 
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { clock, cpuOver } from './scale-common.js';
 import { say } from './transport.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = parseArgs({ options: { port: { type: 'string' }, proxies: { type: 'string', default: '1' }, source: { type: 'string' } } }).values;
 const proxies = Array.from({ length: Number(args.proxies) }, () => {
@@ -36,8 +36,7 @@ const proxies = Array.from({ length: Number(args.proxies) }, () => {
 const ports = await Promise.all(proxies.map((p) => p.listen()));
 say({ type: 'ready', ports });
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const command = JSON.parse(line) as { type: string; ms?: number };
+readJsonLines<{ type: string; ms?: number }>(process.stdin, (command) => {
   if (command.type === 'blackhole') {
     for (const p of proxies) p.blackhole();
     say({ type: 'blackholed', at: clock() });

@@ -6,11 +6,11 @@
 //   {"type":"stats"}        {"type":"stats","connections","sessions","suspended","rss"}
 
 import type { AddressInfo } from 'node:net';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { createServer, type ReliableSocket } from '../../src/index.js';
 import { cpuOver } from './scale-common.js';
 import { fatal, say } from './transport.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = parseArgs({ options: { options: { type: 'string', default: '{}' }, backlog: { type: 'string', default: '511' } } }).values;
 const options = JSON.parse(args.options!) as object;
@@ -25,8 +25,7 @@ const server = createServer({ ...options, allowHalfOpen: true }, (s) => {
 server.on('error', fatal);
 server.listen(0, '127.0.0.1', Number(args.backlog), () => say({ type: 'ready', port: (server.address() as AddressInfo).port }));
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const command = JSON.parse(line) as { type: string; ms?: number };
+readJsonLines<{ type: string; ms?: number }>(process.stdin, (command) => {
   if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c }));
   else if (command.type === 'stats') {
     say({ type: 'stats', connections: sockets.size, sessions: server.sessionCount, suspended: server.suspendedCount, rss: process.memoryUsage().rss });

@@ -3,9 +3,9 @@
 // --both sends N out), then writes one byte 0xff to say it is done; `--job
 // hold` keeps connections idle and reports memory on request.
 
-import { createInterface } from 'node:readline';
 import { sendBulk } from './bulk.js';
 import { listen, peerArgs, say, type Stream, type Transport } from './transport.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = peerArgs({ bytes: { type: 'string', default: '0' }, 'write-size': { type: 'string', default: '65536' }, both: { type: 'boolean', default: false } });
 const transport = args.transport as Transport;
@@ -32,8 +32,7 @@ const { port } = await listen(transport, JSON.parse(args.options!), (s) => {
 });
 say({ type: 'ready', port });
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const command = JSON.parse(line) as { type: string };
+readJsonLines<{ type: string }>(process.stdin, (command) => {
   if (command.type === 'memory') {
     globalThis.gc?.();
     const m = process.memoryUsage();

@@ -8,11 +8,11 @@
 
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Server, type Socket } from 'socket.io';
 import { fatal, say } from './say.js';
 import { ACK_EVERY, sendBulk } from './sio-flow.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 
 
 
@@ -57,8 +57,8 @@ io.on('connection', (socket) => {
   else if (args.job === 'bulk') bulk(socket);
 });
 // `--job hold` keeps connections idle; {"type":"memory"} on stdin gets this process's memory after a GC.
-createInterface({ input: process.stdin }).on('line', (line) => {
-  if ((JSON.parse(line) as { type: string }).type !== 'memory') return;
+readJsonLines<{ type: string }>(process.stdin, (command) => {
+  if (command.type !== 'memory') return;
   globalThis.gc?.();
   const m = process.memoryUsage();
   say({ type: 'memory', rss: m.rss, heapUsed: m.heapUsed, external: m.external, connections: io.engine.clientsCount });

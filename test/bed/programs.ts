@@ -6,7 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { until } from '../support/net.js';
+import { parseJsonLines, Program, readJsonLines, until } from '../support/helpers.js';
 import { ROCK } from '../support/rock.js';
 import type { HostName, NetBed } from './netbed.js';
 
@@ -32,28 +32,10 @@ export interface AgentEvent {
   error?: string;
 }
 
-/** A process on a host of the bed, its output kept, stopped at the end whatever happens. */
-export class HostProcess {
-  output = '';
-  exited: number | string | undefined;
-  readonly exit: Promise<void>;
-
-  constructor(readonly child: ChildProcess, readonly label: string) {
-    child.stderr?.on('data', (d: Buffer) => (this.output = (this.output + d.toString()).slice(-20_000)));
-    this.exit = new Promise((resolve) =>
-      child.once('exit', (code, signal) => {
-        this.exited = signal ?? code ?? undefined;
-        resolve();
-      }),
-    );
-  }
-
-  async stop(): Promise<void> {
-    if (this.exited !== undefined) return;
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
-    await this.exit;
-    clearTimeout(timer);
+/** A process on a host of the bed, its standard error kept, stopped at the end whatever happens. */
+export class HostProcess extends Program {
+  constructor(child: ChildProcess, readonly label: string) {
+    super(child, label, { keep: ['stderr'], limit: 20_000 });
   }
 }
 
@@ -63,12 +45,7 @@ export class Agent extends HostProcess {
 
   constructor(bed: NetBed, host: HostName, args: string[]) {
     super(bed.spawn(host, process.execPath, [AGENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }), `agent ${host}`);
-    let partial = '';
-    this.child.stdout!.on('data', (d: Buffer) => {
-      const lines = (partial + d.toString()).split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) if (line) this.events.push(JSON.parse(line) as AgentEvent);
-    });
+    readJsonLines<AgentEvent>(this.child.stdout!, (e) => this.events.push(e));
   }
 
   of(type: AgentEvent['type']): AgentEvent[] {
@@ -135,10 +112,7 @@ export class RockProcess extends HostProcess {
 
   /** Its log lines, parsed. */
   logs(): { msg: string; time: number; [key: string]: unknown }[] {
-    return this.output
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { msg: string; time: number });
+    return parseJsonLines(this.output);
   }
 
   async ready(message: string): Promise<void> {
@@ -205,9 +179,7 @@ export class SocatStream {
   async finishAndVerify(): Promise<{ bytes: number }> {
     clearInterval(this.timer);
     this.socat!.child.stdin!.end();
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.socat!.exit, new Promise((r) => (timer = setTimeout(r, 60_000)))]);
-    clearTimeout(timer);
+    await until(() => this.socat!.exited !== undefined, 60_000, () => `socat ${this.label} to exit once its input ended: ${this.socat!.output}`, 50);
     if (this.socat!.exited !== 0) throw new Error(`socat exited ${this.socat!.exited}: ${this.socat!.output}`);
     if (this.gotBytes !== this.sentBytes) throw new Error(`socat sent ${this.sentBytes} bytes ${this.label}, got ${this.gotBytes} back`);
     if (this.got.digest('hex') !== this.sent.digest('hex')) throw new Error(`the echo ${this.label} differs from what was sent`);

@@ -10,6 +10,7 @@ import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
 import { describe, test } from 'node:test';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { parseJsonLines, sleep } from '../support/helpers.js';
 import { freePort, run } from '../support/programs.js';
 import { ROCK, startRock } from '../support/rock.js';
 
@@ -119,7 +120,7 @@ describe('rock: forward and serve', () => {
           [3400, () => proxy.heal()],
           [4000, () => proxy.reset()],
         ] as [number, () => void][]) {
-          await new Promise((r) => setTimeout(r, at - (Date.now() - startedAt)));
+          await sleep(Math.max(0, at - (Date.now() - startedAt)));
           act();
         }
       })();
@@ -127,7 +128,7 @@ describe('rock: forward and serve', () => {
         const chunk = randomBytes(64 * 1024);
         sent.update(chunk);
         if (!client.write(chunk)) await once(client, 'drain');
-        if (n % (1024 * 1024) === 0) await new Promise((r) => setTimeout(r, 100)); // ~3 s of sending, so the faults land mid-transfer
+        if (n % (1024 * 1024) === 0) await sleep(100); // ~3 s of sending, so the faults land mid-transfer
       }
       client.end();
       await faults;
@@ -149,9 +150,9 @@ describe('rock: forward and serve', () => {
       serve.child.kill('SIGTERM');
       forward.child.kill('SIGTERM');
       const [[serveCode], [forwardCode]] = await exits;
-      assert.equal(serveCode, 0, serve.output());
-      assert.equal(forwardCode, 0, forward.output());
-      const lines = serve.output().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; outageMs?: number });
+      assert.equal(serveCode, 0, serve.output);
+      assert.equal(forwardCode, 0, forward.output);
+      const lines = parseJsonLines<{ msg: string; outageMs?: number }>(serve.output);
       const messages = lines.map((l) => l.msg);
       for (const m of ['serving rocks, relaying to the target', 'connection', 'suspended', 'resumed', 'closed', 'shutting down']) {
         assert.ok(messages.includes(m), `serve logged '${m}': ${messages.join(', ')}`);
@@ -182,8 +183,8 @@ describe('rock: forward and serve', () => {
       assert.equal(r.code, 0, r.stderr);
       assert.ok(r.stdout.equals(input), `stdio echoed ${r.stdout.length} bytes`);
       assert.match(r.stderr, /connection .*mode=reliable/);
-      assert.match(serve.output(), /mode=plain/);
-      assert.match(serve.output(), /mode=reliable/);
+      assert.match(serve.output, /mode=plain/);
+      assert.match(serve.output, /mode=reliable/);
     } finally {
       await serve.stop();
       echo.server.close();

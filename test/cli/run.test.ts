@@ -18,8 +18,9 @@ import { fileURLToPath } from 'node:url';
 import type { ReliableServer, ReliableServerOptions, ReliableSocket } from '../../src/index.js';
 import { preloadEnv, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, listen, until } from '../support/net.js';
-import { freePort, programs, run, start, waitForPort, type Started } from '../support/programs.js';
+import { parseJsonLines, sleep, until, type Program } from '../support/helpers.js';
+import { closeServer, listen } from '../support/net.js';
+import { freePort, programs, run, start, waitForPort, } from '../support/programs.js';
 import { startRock } from '../support/rock.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/cli/fixtures/', import.meta.url));
@@ -125,7 +126,7 @@ async function rocksServer(options: ReliableServerOptions, handler: (s: Reliable
   });
   const stop = async (): Promise<void> => {
     for (const s of open) s.destroy();
-    await Promise.race([closeServer(server), new Promise((r) => setTimeout(r, 5000).unref())]);
+    await Promise.race([closeServer(server), sleep(5000, undefined, { ref: false })]);
   };
   return { server, port, seen, stop };
 }
@@ -133,7 +134,7 @@ async function rocksServer(options: ReliableServerOptions, handler: (s: Reliable
 /** A rocks echo server. */
 const rocksEcho = (): Promise<TestServer> => rocksServer({ allowHalfOpen: true }, (s) => s.pipe(s));
 
-function startRedis(path: string, port: number): Started {
+function startRedis(path: string, port: number): Program {
   return start(path, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
 }
 
@@ -167,8 +168,7 @@ describe('rock run: unmodified Node programs over rocks', () => {
         assert.ok(faults.resets >= 5, `the proxy reset the connection ${faults.resets} times`);
         // The probe, the session's first connection, then one per resume.
         assert.ok(proxy.connections > 3, `the client came back after resets: ${proxy.connections} connections through the proxy`);
-        const logged = (): { msg: string; mode?: string }[] =>
-          serve.output().trim().split('\n').map((line) => JSON.parse(line) as { msg: string; mode?: string });
+        const logged = () => parseJsonLines<{ msg: string; mode?: string }>(serve.output);
         await until(() => logged().some((l) => l.msg === 'closed'), 10_000, "rock serve's connection to close");
         const lines = logged();
         const modes = lines.filter((l) => l.msg === 'connection').map((l) => l.mode);
@@ -229,7 +229,7 @@ describe('rock run: unmodified Node programs over rocks', () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
-      assert.match(rocks.output(), /accept 127\.0\.0\.1:\d+: plain/, 'curl was served as an ordinary client');
+      assert.match(rocks.output, /accept 127\.0\.0\.1:\d+: plain/, 'curl was served as an ordinary client');
     } finally {
       await plain.stop();
       await rocks.stop();
@@ -255,7 +255,7 @@ describe('rock run: unmodified Node programs over rocks', () => {
         assert.equal(result.code, 0);
         assert.match(result.stderr, new RegExp(`connect 127\\.0\\.0\\.1:${proxyPort}: reliable`));
         assert.doesNotMatch(result.stderr, /error/);
-        assert.match(server.output(), /accept 127\.0\.0\.1:\d+: reliable/);
+        assert.match(server.output, /accept 127\.0\.0\.1:\d+: reliable/);
         assert.ok(faults.resets >= 3, `the proxy reset the connection ${faults.resets} times`);
         assert.ok(proxy.connections > 3, `${proxy.connections} connections through the proxy`);
       } finally {

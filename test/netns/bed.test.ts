@@ -8,6 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import { NetBed, netbedSkip } from '../bed/netbed.js';
+import { readJsonLines, until } from '../support/helpers.js';
 
 const skip = netbedSkip();
 const NETBED = new URL('../bed/netbed.js', import.meta.url).href;
@@ -38,8 +39,7 @@ async function bedInChild(signal: NodeJS.Signals): Promise<string[]> {
     console.log(JSON.stringify(Object.values(bed.ns)));
     setInterval(() => {}, 1000);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
-  const names = JSON.parse(line.toString()) as string[];
+  const names = await new Promise<string[]>((resolve) => readJsonLines(child.stdout!, resolve));
   assert.ok(names.every((n) => namespaces().includes(n)), 'the child made its bed');
   child.kill(signal);
   await once(child, 'exit');
@@ -52,7 +52,7 @@ describe('network test bed', { skip }, () => {
     try {
       const echo = bed.spawn('server', 'socat', [`TCP-LISTEN:${ECHO_PORT},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' });
       try {
-        for (let i = 0; i < 50 && !(await tryConnect(bed)).startsWith('ok'); i++) await new Promise((r) => setTimeout(r, 100));
+        await until(async () => (await tryConnect(bed)).startsWith('ok'), 5000, 'the echo server on the server host', 100);
         assert.equal(await tryConnect(bed), `ok ${bed.clientAddress}`);
 
         bed.blackhole();

@@ -1,6 +1,7 @@
 // The node:net surface of ReliableSocket and ReliableServer over real sockets.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer as netCreateServer, type AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
@@ -8,7 +9,11 @@ import { pipeline } from 'node:stream/promises';
 import { describe, test } from 'node:test';
 import { connect, createConnection, ReliableServer, ReliableSocket, RocksError } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, collect, hasIPv6Loopback, listen, until } from '../support/net.js';
+import { Program, sleep, until } from '../support/helpers.js';
+import { closeServer, collect, hasIPv6Loopback, listen } from '../support/net.js';
+
+/** The library as the compiled tests load it, for child processes. */
+const INDEX = new URL('../../src/index.js', import.meta.url).href;
 
 function echo(s: ReliableSocket): void {
   s.pipe(s);
@@ -199,17 +204,48 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     assert.throws(() => new ReliableSocket().setTimeout(-1), RocksError);
   });
 
-  test('unref() lets the process exit while connected; ref() holds it again', async () => {
-    const { server, port } = await listen({}, echo);
-    const c = connect(port, '127.0.0.1');
-    await once(c, 'connect');
-    assert.equal(c.unref(), c);
-    assert.equal(c.ref(), c);
-    const closed = once(c, 'close');
-    c.end();
-    c.resume();
-    await closed;
-    await closeServer(server);
+  test('unref() lets the process exit while connected; ref() holds it again', { timeout: 30_000 }, async () => {
+    // Real processes: one connects, calls unref() and must then exit by
+    // itself; the other calls unref() then ref() and must still be running
+    // (connected, idle) when the first has long exited.
+    const serverSides: ReliableSocket[] = [];
+    const { server, port } = await listen({}, (s) => {
+      serverSides.push(s);
+      echo(s);
+    });
+    const child = (calls: string): Program => {
+      const script = `
+        const { connect } = await import(${JSON.stringify(INDEX)});
+        const c = connect(${port}, '127.0.0.1');
+        c.on('error', (e) => console.error(e.message));
+        c.on('connect', () => {
+          ${calls}
+          console.log(JSON.stringify({ type: 'connected', reliable: c.reliable }));
+        });`;
+      return new Program(spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] }), `a child that calls ${calls}`);
+    };
+    // A process that nothing holds exits within milliseconds; one held stays for good.
+    const WINDOW = 2000;
+    const unrefd = child('c.unref();');
+    const held = child('c.unref(); c.ref();');
+    try {
+      for (const p of [unrefd, held]) await p.waitForOutput(/"type":"connected","reliable":true/);
+      const connectedAt = Date.now();
+      await until(() => unrefd.exited !== undefined, WINDOW, () => `the unref()'d process to exit by itself:\n${unrefd.output}`, 20);
+      assert.equal(unrefd.exited, 0, unrefd.output);
+      console.log(`# unref(): the process exited by itself, ${Date.now() - connectedAt} ms after both children had connected`);
+      await sleep(Math.max(0, WINDOW - (Date.now() - connectedAt)));
+      assert.equal(held.exited, undefined, `ref() after unref() holds the process: it exited (${held.exited}):\n${held.output}`);
+      await held.stop();
+      assert.equal(held.exited, 'SIGTERM', 'it ran until stopped');
+      assert.equal(serverSides.length, 2);
+    } finally {
+      await unrefd.stop();
+      await held.stop();
+      // The children left without closing: their sessions stay suspended on the server until aborted.
+      for (const s of serverSides) s.destroy();
+      await closeServer(server);
+    }
   });
 
   test('closing both ends leaves no socket or timer behind', async () => {

@@ -11,7 +11,8 @@ import {
   connect, detectionCache, encodeAnnouncement, ROCKS, RocksError, type DetectInfo, type ReliableConnectOptions, type ReliableSocket,
 } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, collect, endAll, hasIPv6Loopback, listen, until } from '../support/net.js';
+import { until } from '../support/helpers.js';
+import { closeServer, collect, endAll, hasIPv6Loopback, listen } from '../support/net.js';
 
 /** What an ordinary server saw on each connection it accepted. */
 interface Seen {

@@ -6,7 +6,8 @@ import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { closeServer, endAll, listen, until } from '../support/net.js';
+import { until } from '../support/helpers.js';
+import { closeServer, endAll, listen } from '../support/net.js';
 
 const fast = { failureTimeout: 300, heartbeatInterval: 60, reconnectDelay: 10, reconnectDelayMax: 100 };
 

@@ -14,7 +14,8 @@ import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../s
 import { ERROR_CODES } from '../../src/protocol/errors.js';
 import { encodeProof, encodeResume, FrameParser, FrameType, type Frame } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { endAll, listen, until } from '../support/net.js';
+import { until } from '../support/helpers.js';
+import { endAll, listen } from '../support/net.js';
 
 const options = { failureTimeout: 1000, reconnectDelay: 10 };
 

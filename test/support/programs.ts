@@ -2,32 +2,23 @@
 // them with apt-get when root), start them on free loopback ports, and stop
 // them whatever happens.
 
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { spawn, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect as netConnect, createServer as netCreateServer, type AddressInfo } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import { after } from 'node:test';
 
+import { freePort, Program, until } from './helpers.js';
 import { programs } from './which.js';
 
 export { programs, type Found } from './which.js';
+export { freePort };
 
-/** A port nothing listens on right now. */
-export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const s = netCreateServer();
-  s.listen(0, host);
-  await once(s, 'listening');
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-/** Resolves once something accepts TCP connections on host:port; rejects after `ms`. */
-export async function waitForPort(port: number, host = '127.0.0.1', ms = 10_000, child?: Started): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
+/** Resolves once something accepts TCP connections on host:port; rejects after `ms`, or when `child` exits first. */
+export async function waitForPort(port: number, host = '127.0.0.1', ms = 10_000, child?: Program): Promise<void> {
+  const accepts = () =>
+    new Promise<boolean>((resolve) => {
       const s = netConnect(port, host);
       s.once('connect', () => {
         s.destroy();
@@ -35,55 +26,30 @@ export async function waitForPort(port: number, host = '127.0.0.1', ms = 10_000,
       });
       s.once('error', () => resolve(false));
     });
-    if (ok) return;
-    if (child?.exited) throw new Error(`${child.name} exited (${child.exited}) before listening:\n${child.output()}`);
-    if (Date.now() > deadline) throw new Error(`nothing listening on ${host}:${port} after ${ms} ms${child ? `:\n${child.output()}` : ''}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-export interface Started {
-  name: string;
-  child: ChildProcess;
-  /** How it exited ('code N' or 'signal S'), once it has. */
-  exited: string | undefined;
-  /** What it printed so far, for failure messages. */
-  output(): string;
-  stop(): Promise<void>;
+  await until(
+    async () => {
+      if (await accepts()) return true;
+      if (child?.exited !== undefined) throw new Error(`${child.name} exited (${child.exited}) before listening:\n${child.output}`);
+      return false;
+    },
+    ms,
+    () => `something listening on ${host}:${port}${child ? `:\n${child.output}` : ''}`,
+    25,
+  );
 }
 
 // Programs still running when a test file ends (a test timed out before its
 // own stop()): killed, or their pipes would keep the file's process, and so
 // the whole run, waiting forever instead of reporting the failure.
-const running = new Set<Started>();
-after(() => Promise.all([...running].map((s) => s.stop())));
+const running = new Set<Program>();
+after(() => Promise.all([...running].map((p) => p.stop())));
 
 /** Starts a long-running program; stop() ends it (SIGTERM, then SIGKILL). */
-export function start(path: string, args: string[], options: SpawnOptions = {}): Started {
-  const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  let out = '';
-  child.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-64_000)));
-  child.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-64_000)));
-  const started: Started = {
-    name: path,
-    child,
-    exited: undefined,
-    output: () => out,
-    async stop() {
-      if (started.exited !== undefined) return;
-      const gone = once(child, 'exit');
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
-      await gone;
-      clearTimeout(timer);
-    },
-  };
-  running.add(started);
-  child.on('exit', (code, signal) => {
-    started.exited = signal ? `signal ${signal}` : `code ${code}`;
-    running.delete(started);
-  });
-  return started;
+export function start(path: string, args: string[], options: SpawnOptions = {}): Program {
+  const program = new Program(spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options }), path);
+  running.add(program);
+  void program.exit.then(() => running.delete(program));
+  return program;
 }
 
 export interface RunOptions {
@@ -116,7 +82,7 @@ export interface Sshd {
   port: number;
   /** A private key that may log in as the current user (key-based login only). */
   clientKey: string;
-  process: Started;
+  process: Program;
   stop(): Promise<void>;
 }
 
