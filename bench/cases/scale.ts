@@ -8,7 +8,7 @@
 //   outage      the proxies black-hole every connection at once; each
 //               connection writes 1 KiB (its own pattern) into the dead path;
 //               once all N emitted 'suspend' the path heals, and we time the
-//               heal to the last 'resume' and to the last echoed byte, then
+//               heal to the last 'reconnect' and to the last echoed byte, then
 //               check that every connection got back exactly its 1 KiB.
 //
 // A black-holed FaultProxy keeps old connections dead for good and accepts

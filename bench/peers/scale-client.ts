@@ -9,7 +9,7 @@
 //        server returns once the path is back;
 //        -> {"type":"suspended","first","last"}   when all have emitted 'suspend'
 //        -> {"type":"recovered","resumed","lastResume","lastData","lost","extra","corrupt","failed","timedOut","attempts","errors"}
-//           when all have emitted 'resume' and received their B bytes back,
+//           when all have emitted 'reconnect' and received their B bytes back,
 //           or --deadline ms after they all suspended (instants: the scale clock)
 //
 // For diagnosis it also prints {"type":"batch"} while connecting and
@@ -42,7 +42,7 @@ interface Conn {
   index: number;
   chunks: Buffer[];
   received: number;
-  /** In the outage: 'suspend' seen, 'resume' seen. */
+  /** In the outage: 'suspend' seen, 'reconnect' seen. */
   suspended: boolean;
   resumed: boolean;
   failed: boolean;
@@ -97,7 +97,7 @@ function open(index: number): Conn {
     outage.lastSuspend = now;
     outage.check();
   });
-  s.on('resume', () => {
+  s.on('reconnect', () => {
     if (!outage || !c.suspended || c.resumed) return;
     c.resumed = true;
     outage.resumed++;

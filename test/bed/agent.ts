@@ -16,7 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { connect, createServer, type ReliableSocket } from '../../src/index.js';
+import { connect, createServer, type ReconnectInfo, type ReliableSocket } from '../../src/index.js';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -97,8 +97,8 @@ function watch(socket: Conn, id: number, side: 'client' | 'server', writer: Pace
     received += d.length;
   });
   socket.on('suspend', (info: { reason: string }) => report({ type: 'suspend', id, side, reason: info.reason }));
-  socket.on('resume', (info?: { outage: number; replayedOut: number; replayedIn: number }) => {
-    if (info) report({ type: 'resume', id, side, outage: Math.round(info.outage), replayedOut: info.replayedOut, replayedIn: info.replayedIn, remote: socket.remoteAddress });
+  socket.on('reconnect', (info: ReconnectInfo) => {
+    report({ type: 'resume', id, side, outage: Math.round(info.outage), replayedOut: info.replayedOut, replayedIn: info.replayedIn, remote: socket.remoteAddress });
   });
   socket.on('error', (err: NodeJS.ErrnoException) => {
     error = err.code ?? err.message;

@@ -91,7 +91,7 @@ function resetRepeatedly(proxy: FaultProxy, every: number, after = 10): { resets
 interface Seen {
   reliable: number;
   plain: number;
-  /** rocks 'resume' events on its sockets: connections it got back after a failure. */
+  /** rocks 'reconnect' events on its sockets: connections it got back after a failure. */
   resumes: number;
   /** Its sockets that closed, and the code of the error each closed with ('' for none). */
   closed: string[];
@@ -100,7 +100,7 @@ interface Seen {
 function count(s: ReliableSocket, seen: Seen): void {
   if (s.reliable) seen.reliable++;
   else seen.plain++;
-  s.on('resume', (info) => info && seen.resumes++);
+  s.on('reconnect', () => seen.resumes++);
   let code = '';
   s.on('error', (err: NodeJS.ErrnoException) => (code = err.code ?? err.message));
   s.on('close', () => seen.closed.push(code));

@@ -136,7 +136,7 @@ describe('EDP over real sockets', () => {
     await until(() => serverSide !== undefined, 5000, 'the connection');
     assert.equal(serverSide!.reliable, true);
     proxy.reset();
-    await once(c, 'resume');
+    await once(c, 'reconnect');
     await roundTrip(c, 'after the reset');
 
     const { c: second, detect: again } = await connected(options);

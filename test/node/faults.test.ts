@@ -78,7 +78,7 @@ describe('surviving faults on real sockets', () => {
       serverReader = reader(s);
       serverWriter = new Writer(s, EACH_WAY);
       s.on('suspend', () => serverSuspends.push(performance.now()));
-      s.on('resume', (info) => info && serverResumes++);
+      s.on('reconnect', () => serverResumes++);
       s.on('error', (e) => assert.fail(`server socket error: ${e.message}`));
     }, strays));
     const proxy = new FaultProxy(port);
@@ -88,9 +88,7 @@ describe('surviving faults on real sockets', () => {
     const clientSuspends: number[] = [];
     const clientResumes: { at: number; outage: number }[] = [];
     c.on('suspend', () => clientSuspends.push(performance.now()));
-    c.on('resume', (info) => {
-      if (info) clientResumes.push({ at: performance.now(), outage: info.outage });
-    });
+    c.on('reconnect', (info) => clientResumes.push({ at: performance.now(), outage: info.outage }));
     c.on('error', (e) => assert.fail(`client socket error: ${e.message}`));
     const clientReader = reader(c);
     const clientWriter = new Writer(c, EACH_WAY);
@@ -326,11 +324,11 @@ describe('surviving faults on real sockets', () => {
     assert.ok(accepted >= 256 * 1024 && accepted <= 256 * 1024 + 64 * 1024, `write() returned false after ${accepted} bytes`);
     assert.equal(c.suspended, true);
     const events: string[] = [];
-    c.on('resume', (info) => info && events.push('resume'));
+    c.on('reconnect', () => events.push('reconnect'));
     c.on('drain', () => events.push('drain'));
     proxy.heal();
     await once(c, 'drain');
-    assert.deepEqual(events, ['resume', 'drain']);
+    assert.deepEqual(events, ['reconnect', 'drain']);
     await until(() => received === accepted, 10_000, 'all buffered bytes to arrive');
     await endAll(c, server, proxy);
   });
@@ -364,7 +362,7 @@ describe('surviving faults on real sockets', () => {
     const lookupsBefore = lookups;
     proxy.upstreamAddress = '127.0.0.3';
     proxy.reset();
-    await once(c, 'resume');
+    await once(c, 'reconnect');
     await until(() => serverSide!.remoteAddress === '127.0.0.3', 5000, 'server to see the new address');
     assert.ok(lookups > lookupsBefore, 'the host name was resolved again');
     assert.ok(attempts.length >= 1 && attempts[0] === 1, `reconnect attempts ${attempts.join(',')}`);

@@ -121,7 +121,7 @@ describe('authenticated resumption', () => {
     // Force a real resume, and record what the client sent on the new connection.
     const connectionsBefore = live.proxy.connections;
     live.proxy.reset();
-    await once(live.c, 'resume');
+    await once(live.c, 'reconnect');
     await live.roundTrip('resumed ');
     const recorded = Buffer.concat(live.wire.get(connectionsBefore + 1)!.up);
     const sent = framesOf(recorded);
