@@ -39,7 +39,11 @@ function udpPacket(payload: number): Buffer {
 
 async function inside(): Promise<void> {
   const tun = new TunDevice({ name: 'rack0' });
-  for (const args of [['addr', 'add', '10.99.0.1/24', 'dev', 'rack0'], ['link', 'set', 'rack0', 'up']]) execFileSync('ip', args);
+  for (const args of [
+    ['addr', 'add', '10.99.0.1/24', 'dev', 'rack0'],
+    ['link', 'set', 'rack0', 'up'],
+  ])
+    execFileSync('ip', args);
   execFileSync('sysctl', ['-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.rack0.disable_ipv6=1']);
   const packet = udpPacket(payloadSize);
   let received = 0;

@@ -55,14 +55,26 @@ for (const c of CASES.filter((c) => !only || only.includes(c.id))) {
 }
 
 const all = rows(measures);
-const about = { date: new Date().toISOString(), quick: ctx.quick, repeats: ctx.repeats, seconds: Math.round((Date.now() - started) / 1000), machine: machine() };
+const about = {
+  date: new Date().toISOString(),
+  quick: ctx.quick,
+  repeats: ctx.repeats,
+  seconds: Math.round((Date.now() - started) / 1000),
+  machine: machine(),
+};
 console.log(`\n${table(all)}\n`);
 mkdirSync(values.out!, { recursive: true });
 const stamp = about.date.replace(/[:.]/g, '-');
 const json = `${JSON.stringify({ ...about, rows: all, timelines: ctx.timelines }, null, 2)}\n`;
 const chart = svg(all, ctx.timelines);
 const md = `Taken ${about.date.slice(0, 10)} on ${about.machine.cpus} × ${about.machine.model}, ${about.machine.memoryGiB} GiB, Node ${about.machine.node}, Linux ${about.machine.kernel}; ${ctx.quick ? 'quick mode, ' : ''}${ctx.repeats} runs each.\n\n${markdown(all)}\n`;
-for (const [name, text] of [[`bench-${stamp}.json`, json], [`bench-${stamp}.svg`, chart], ['latest.json', json], ['latest.svg', chart], ['latest.md', md]]) {
+for (const [name, text] of [
+  [`bench-${stamp}.json`, json],
+  [`bench-${stamp}.svg`, chart],
+  ['latest.json', json],
+  ['latest.svg', chart],
+  ['latest.md', md],
+]) {
   writeFileSync(join(values.out!, name), text);
 }
 console.log(`Written to ${values.out} (latest.json, latest.svg, latest.md) in ${about.seconds} s.`);

@@ -16,7 +16,9 @@ export async function repeat<T extends Message>(
   const results: T[] = [];
   // socket.io has peers of its own (bench/peers/sio-*.ts) that take the same jobs.
   const [server, client, common] =
-    transport === 'socket.io' ? ['sio-server', 'sio-client', []] : ['server', 'client', ['--transport', transport, '--options', JSON.stringify(options)]];
+    transport === 'socket.io'
+      ? ['sio-server', 'sio-client', []]
+      : ['server', 'client', ['--transport', transport, '--options', JSON.stringify(options)]];
   for (let i = 0; i < repeats; i++) results.push(await runPair<T>([server, [...common, ...serverJob]], [client, [...common, ...clientJob]]));
   return results;
 }

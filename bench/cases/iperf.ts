@@ -19,7 +19,9 @@ const HOST = '127.0.0.1';
 
 /** Starts a program and resolves once its output (stdout or stderr) matches `ready`; stops it if it is not ready in time. */
 async function start(command: string, args: string[], ready: RegExp, ms = 10_000): Promise<Program> {
-  const program = new Program(spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} ${args.join(' ')}`, { limit: 8000 });
+  const program = new Program(spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} ${args.join(' ')}`, {
+    limit: 8000,
+  });
   try {
     await program.waitForOutput(ready, ms);
   } catch (err) {
@@ -75,7 +77,8 @@ async function iperfOnce(port: number, seconds: number, reverse: boolean): Promi
     throw new Error(`iperf3 ${args.join(' ')} (exit ${code}) printed no JSON:\n${out.slice(-2000)}${err.slice(-2000)}`);
   }
   const bps = result.end?.sum_received?.bits_per_second;
-  if (result.error || typeof bps !== 'number') throw new Error(`iperf3 ${args.join(' ')} failed (exit ${code}): ${result.error ?? 'no end.sum_received'}\n${err.slice(-2000)}`);
+  if (result.error || typeof bps !== 'number')
+    throw new Error(`iperf3 ${args.join(' ')} failed (exit ${code}): ${result.error ?? 'no end.sum_received'}\n${err.slice(-2000)}`);
   return bps / 8 / 1e6;
 }
 
@@ -93,9 +96,17 @@ export const iperf: BenchCase = {
       // iperf3 server sees a connection that never sends a test, logs an
       // error and keeps serving.
       const serve = await freePort(HOST);
-      programs.push(await start(process.execPath, [ROCK, 'serve', '--listen', `${HOST}:${serve}`, '--to', `${HOST}:${target}`], /serving rocks, relaying to the target/));
+      programs.push(
+        await start(
+          process.execPath,
+          [ROCK, 'serve', '--listen', `${HOST}:${serve}`, '--to', `${HOST}:${target}`],
+          /serving rocks, relaying to the target/,
+        ),
+      );
       const forward = await freePort(HOST);
-      programs.push(await start(process.execPath, [ROCK, 'forward', '--listen', `${HOST}:${forward}`, '--to', `${HOST}:${serve}`], /forwarding over rocks/));
+      programs.push(
+        await start(process.execPath, [ROCK, 'forward', '--listen', `${HOST}:${forward}`, '--to', `${HOST}:${serve}`], /forwarding over rocks/),
+      );
 
       const ports = { raw: target, rocks: forward };
       // One unrecorded second through the relays first: their code is compiled while it runs.

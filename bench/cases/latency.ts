@@ -10,13 +10,26 @@ export const latency: BenchCase = {
   async run(ctx) {
     const count = ctx.quick ? 500 : 10_000;
     const out: Measure[] = [];
-    for (const [label, size] of [['64 B', 64], ['16 KiB', 16384]] as const) {
+    for (const [label, size] of [
+      ['64 B', 64],
+      ['16 KiB', 16384],
+    ] as const) {
       for (const transport of ['raw', 'rocks', 'socket.io']) {
         const job = ['--job', 'pingpong', '--size', String(size), '--count', String(count), '--warmup', String(count / 10)];
         const results = await repeat<{ type: string; p50: number; p99: number }>(ctx.repeats, transport, ['--job', 'echo'], job);
         ctx.log(`ping-pong ${label} ${transport}: p50 ${results.map((r) => r.p50.toFixed(3)).join(', ')} ms`);
-        out.push(measure({ case: 'latency', metric: `${label} p50`, variant: transport, unit: 'ms', better: 'lower' }, results.map((r) => r.p50)));
-        out.push(measure({ case: 'latency', metric: `${label} p99`, variant: transport, unit: 'ms', better: 'lower' }, results.map((r) => r.p99)));
+        out.push(
+          measure(
+            { case: 'latency', metric: `${label} p50`, variant: transport, unit: 'ms', better: 'lower' },
+            results.map((r) => r.p50),
+          ),
+        );
+        out.push(
+          measure(
+            { case: 'latency', metric: `${label} p99`, variant: transport, unit: 'ms', better: 'lower' },
+            results.map((r) => r.p99),
+          ),
+        );
       }
     }
     return out;

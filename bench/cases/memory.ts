@@ -26,7 +26,11 @@ const perConnection = (before: Memory, after: Memory, count: number) => ({
 const IDLE = { enhanced: true };
 const SUSPENDING = { enhanced: true, failureTimeout: 1000, heartbeatInterval: 200 };
 
-async function hold(transport: string, count: number, inflight = 0): Promise<{ server: ReturnType<typeof perConnection>; client: ReturnType<typeof perConnection> }> {
+async function hold(
+  transport: string,
+  count: number,
+  inflight = 0,
+): Promise<{ server: ReturnType<typeof perConnection>; client: ReturnType<typeof perConnection> }> {
   // enhanced: measure rocks sessions only, never a connection that detection left plain.
   const sio = transport === 'socket.io';
   const common = sio ? [] : ['--transport', transport, '--options', JSON.stringify(inflight > 0 ? SUSPENDING : IDLE)];
@@ -35,7 +39,11 @@ async function hold(transport: string, count: number, inflight = 0): Promise<{ s
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
     server.send({ type: 'memory' });
     const serverBefore = await server.next<Memory & { type: string }>('memory');
-    const client = new Peer(sio ? 'sio-client' : 'client', [...common, '--job', 'hold', '--count', String(count), ...(sio ? [] : ['--inflight', String(inflight)]), '--port', String(port)], gc);
+    const client = new Peer(
+      sio ? 'sio-client' : 'client',
+      [...common, '--job', 'hold', '--count', String(count), ...(sio ? [] : ['--inflight', String(inflight)]), '--port', String(port)],
+      gc,
+    );
     try {
       const ready = await client.next<{ type: string; before: Memory; after: Memory; suspended: number }>('ready', 120_000);
       if (inflight > 0 && ready.suspended !== count) throw new Error(`only ${ready.suspended} of ${count} connections suspended`);
@@ -61,16 +69,39 @@ export const memory: BenchCase = {
       for (const transport of ['raw', 'rocks', 'socket.io']) {
         const runs = [];
         for (let i = 0; i < ctx.repeats; i++) runs.push(await hold(transport, count));
-        ctx.log(`memory ${count} ${transport}: server heap ${runs.map((r) => r.server.heap.toFixed(1)).join(', ')} KiB, client heap ${runs.map((r) => r.client.heap.toFixed(1)).join(', ')} KiB per connection`);
-        add(`${count} idle: server heap+external`, transport, runs.map((r) => r.server.heap));
-        add(`${count} idle: server RSS`, transport, runs.map((r) => r.server.rss));
-        add(`${count} idle: client heap+external`, transport, runs.map((r) => r.client.heap));
-        add(`${count} idle: client RSS`, transport, runs.map((r) => r.client.rss));
+        ctx.log(
+          `memory ${count} ${transport}: server heap ${runs.map((r) => r.server.heap.toFixed(1)).join(', ')} KiB, client heap ${runs.map((r) => r.client.heap.toFixed(1)).join(', ')} KiB per connection`,
+        );
+        add(
+          `${count} idle: server heap+external`,
+          transport,
+          runs.map((r) => r.server.heap),
+        );
+        add(
+          `${count} idle: server RSS`,
+          transport,
+          runs.map((r) => r.server.rss),
+        );
+        add(
+          `${count} idle: client heap+external`,
+          transport,
+          runs.map((r) => r.client.heap),
+        );
+        add(
+          `${count} idle: client RSS`,
+          transport,
+          runs.map((r) => r.client.rss),
+        );
       }
     }
     const runs = [];
     for (let i = 0; i < ctx.repeats; i++) runs.push(await hold('rocks', 1000, 64 * KIB));
-    add('suspended, 64 KiB in flight: client heap+external', 'rocks', runs.map((r) => r.client.heap), '1,000 connections, each suspended with 64 KiB unacknowledged');
+    add(
+      'suspended, 64 KiB in flight: client heap+external',
+      'rocks',
+      runs.map((r) => r.client.heap),
+      '1,000 connections, each suspended with 64 KiB unacknowledged',
+    );
     return out;
   },
 };

@@ -17,7 +17,13 @@ export const outage: BenchCase = {
   async run(ctx) {
     const out: Measure[] = [];
     const repeats = String(ctx.quick ? 1 : ctx.repeats);
-    const [d] = await repeat<{ type: string; detection: number[]; bound: number }>(1, 'rocks', ['--job', 'echo'], ['--job', 'detect', '--repeats', repeats], options);
+    const [d] = await repeat<{ type: string; detection: number[]; bound: number }>(
+      1,
+      'rocks',
+      ['--job', 'echo'],
+      ['--job', 'detect', '--repeats', repeats],
+      options,
+    );
     ctx.log(`detection: ${d.detection.map((x) => x.toFixed(0)).join(', ')} ms (bound ${d.bound})`);
     const note = `failureTimeout ${options.failureTimeout} ms, heartbeat ${options.heartbeatInterval} ms: bound ${d.bound} ms`;
     out.push(measure({ case: 'outage', metric: 'black hole to detection', variant: 'rocks', unit: 'ms', better: 'lower', note }, d.detection));
@@ -29,20 +35,55 @@ export const outage: BenchCase = {
       ['--job', 'detect', '--repeats', repeats],
     );
     ctx.log(`socket.io detection: ${sio.detection.map((x) => x.toFixed(0)).join(', ')} ms (bound ${sio.bound})`);
-    out.push(measure({ case: 'outage', metric: 'black hole to detection', variant: 'socket.io', unit: 'ms', better: 'lower', note: `pingInterval 500 + pingTimeout 500: bound ${sio.bound} ms` }, sio.detection));
-    const outageMs = ctx.quick ? 1000 : 3000;
-    const [r] = await repeat<{ type: string; resume: number[]; replayed: number[]; lost: number[]; timeline: [number, number][]; marks: [number, string][] }>(
-      1,
-      'rocks',
-      ['--job', 'echo'],
-      ['--job', 'resume', '--repeats', repeats, '--outage', String(outageMs)],
-      options,
+    out.push(
+      measure(
+        {
+          case: 'outage',
+          metric: 'black hole to detection',
+          variant: 'socket.io',
+          unit: 'ms',
+          better: 'lower',
+          note: `pingInterval 500 + pingTimeout 500: bound ${sio.bound} ms`,
+        },
+        sio.detection,
+      ),
     );
+    const outageMs = ctx.quick ? 1000 : 3000;
+    const [r] = await repeat<{
+      type: string;
+      resume: number[];
+      replayed: number[];
+      lost: number[];
+      timeline: [number, number][];
+      marks: [number, string][];
+    }>(1, 'rocks', ['--job', 'echo'], ['--job', 'resume', '--repeats', repeats, '--outage', String(outageMs)], options);
     ctx.log(`resume: ${r.resume.map((x) => x.toFixed(0)).join(', ')} ms; replayed ${r.replayed.join(', ')} bytes`);
-    out.push(measure({ case: 'outage', metric: `path back to first new byte (${outageMs / 1000} s black hole)`, variant: 'rocks', unit: 'ms', better: 'lower', note }, r.resume));
-    out.push(measure({ case: 'outage', metric: 'bytes replayed at resume', variant: 'rocks', unit: 'KiB', better: 'lower' }, r.replayed.map((b) => b / 1024)));
+    out.push(
+      measure(
+        {
+          case: 'outage',
+          metric: `path back to first new byte (${outageMs / 1000} s black hole)`,
+          variant: 'rocks',
+          unit: 'ms',
+          better: 'lower',
+          note,
+        },
+        r.resume,
+      ),
+    );
+    out.push(
+      measure(
+        { case: 'outage', metric: 'bytes replayed at resume', variant: 'rocks', unit: 'KiB', better: 'lower' },
+        r.replayed.map((b) => b / 1024),
+      ),
+    );
     const lostMetric = `bytes lost across the ${outageMs / 1000} s black hole`;
-    out.push(measure({ case: 'outage', metric: lostMetric, variant: 'rocks', unit: 'KiB', better: 'lower', note: 'written minus echoed back, at 4 MB/s each way' }, r.lost.map((b) => b / 1024)));
+    out.push(
+      measure(
+        { case: 'outage', metric: lostMetric, variant: 'rocks', unit: 'KiB', better: 'lower', note: 'written minus echoed back, at 4 MB/s each way' },
+        r.lost.map((b) => b / 1024),
+      ),
+    );
     const [sr] = await repeat<{ type: string; resume: number[]; lost: number[]; recovered: boolean[] }>(
       1,
       'socket.io',
@@ -50,11 +91,43 @@ export const outage: BenchCase = {
       // Each run waits out socket.io's 20 s connect timeout: two runs keep the full benchmark within its time.
       ['--job', 'resume', '--repeats', String(ctx.quick ? 1 : Math.min(ctx.repeats, 2)), '--outage', String(outageMs)],
     );
-    ctx.log(`socket.io resume: ${sr.resume.map((x) => x.toFixed(0)).join(', ')} ms; lost ${sr.lost.map((b) => (b / 1024).toFixed(0)).join(', ')} KiB; recovered ${sr.recovered.join(', ')}`);
-    const sioNote = 'connectionStateRecovery on, pingInterval 500 + pingTimeout 500, reconnection with its defaults (1 s delay, 20 s connect timeout); 40 KiB messages every 10 ms';
-    out.push(measure({ case: 'outage', metric: `path back to first new byte (${outageMs / 1000} s black hole)`, variant: 'socket.io', unit: 'ms', better: 'lower', note: sioNote }, sr.resume));
-    out.push(measure({ case: 'outage', metric: lostMetric, variant: 'socket.io', unit: 'KiB', better: 'lower', note: `messages sent and never echoed; ${sioNote}` }, sr.lost.map((b) => b / 1024)));
-    ctx.timelines.push({ title: `Bytes delivered around a ${outageMs / 1000} s black hole (echo at 4 MB/s each way)`, variant: 'rocks', points: r.timeline, marks: r.marks });
+    ctx.log(
+      `socket.io resume: ${sr.resume.map((x) => x.toFixed(0)).join(', ')} ms; lost ${sr.lost.map((b) => (b / 1024).toFixed(0)).join(', ')} KiB; recovered ${sr.recovered.join(', ')}`,
+    );
+    const sioNote =
+      'connectionStateRecovery on, pingInterval 500 + pingTimeout 500, reconnection with its defaults (1 s delay, 20 s connect timeout); 40 KiB messages every 10 ms';
+    out.push(
+      measure(
+        {
+          case: 'outage',
+          metric: `path back to first new byte (${outageMs / 1000} s black hole)`,
+          variant: 'socket.io',
+          unit: 'ms',
+          better: 'lower',
+          note: sioNote,
+        },
+        sr.resume,
+      ),
+    );
+    out.push(
+      measure(
+        {
+          case: 'outage',
+          metric: lostMetric,
+          variant: 'socket.io',
+          unit: 'KiB',
+          better: 'lower',
+          note: `messages sent and never echoed; ${sioNote}`,
+        },
+        sr.lost.map((b) => b / 1024),
+      ),
+    );
+    ctx.timelines.push({
+      title: `Bytes delivered around a ${outageMs / 1000} s black hole (echo at 4 MB/s each way)`,
+      variant: 'rocks',
+      points: r.timeline,
+      marks: r.marks,
+    });
     return out;
   },
 };

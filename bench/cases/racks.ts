@@ -19,7 +19,9 @@ const PORTS = { iperf: { raw: 5201, racks: 5202 }, pingpong: { raw: 5301, racks:
 
 /** A process on a bed host, its output kept. */
 function run(bed: NetBed, host: HostName, command: string, args: string[]): Program {
-  return new Program(bed.spawn(host, command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} on ${host}`, { limit: 20_000 });
+  return new Program(bed.spawn(host, command, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${command.split('/').pop()} on ${host}`, {
+    limit: 20_000,
+  });
 }
 
 /** iperf3 -c for `seconds`: received bits per second, as MB/s. */
@@ -34,7 +36,17 @@ function iperf(bed: NetBed, port: number, seconds: number): number {
 }
 
 async function pingpong(bed: NetBed, port: number, count: number): Promise<{ p50: number; p99: number }> {
-  const client = run(bed, 'client', process.execPath, [PINGPONG, '--role', 'client', '--host', bed.serverAddress, '--port', String(port), '--count', String(count)]);
+  const client = run(bed, 'client', process.execPath, [
+    PINGPONG,
+    '--role',
+    'client',
+    '--host',
+    bed.serverAddress,
+    '--port',
+    String(port),
+    '--count',
+    String(count),
+  ]);
   await once(client.child, 'close'); // exited, and all it printed read
   const result = parseJsonLines<{ type: string; p50: number; p99: number }>(client.output).find((m) => m.type === 'result');
   if (!result) throw new Error(`ping-pong on port ${port} gave no result:\n${client.output}`);
@@ -69,7 +81,11 @@ export const racks: BenchCase = {
         procs.push(echo);
         await echo.waitForOutput(/"ready"/, 15_000);
       }
-      const samples = { throughput: { raw: [] as number[], racks: [] as number[] }, p50: { raw: [] as number[], racks: [] as number[] }, p99: { raw: [] as number[], racks: [] as number[] } };
+      const samples = {
+        throughput: { raw: [] as number[], racks: [] as number[] },
+        p50: { raw: [] as number[], racks: [] as number[] },
+        p99: { raw: [] as number[], racks: [] as number[] },
+      };
       for (let i = 0; i < ctx.repeats; i++) {
         for (const variant of ['raw', 'racks'] as const) {
           const mbps = iperf(bed, PORTS.iperf[variant], seconds);
@@ -77,7 +93,9 @@ export const racks: BenchCase = {
           samples.throughput[variant].push(mbps);
           samples.p50[variant].push(rtt.p50);
           samples.p99[variant].push(rtt.p99);
-          ctx.log(`  racks ${i + 1}/${ctx.repeats} ${variant}: iperf3 ${mbps.toFixed(0)} MB/s, ping-pong p50 ${rtt.p50.toFixed(3)} ms, p99 ${rtt.p99.toFixed(3)} ms`);
+          ctx.log(
+            `  racks ${i + 1}/${ctx.repeats} ${variant}: iperf3 ${mbps.toFixed(0)} MB/s, ping-pong p50 ${rtt.p50.toFixed(3)} ms, p99 ${rtt.p99.toFixed(3)} ms`,
+          );
         }
       }
       // The same through a 1 Gbit/s link (tbf on the router), what a LAN gives: unshaped veth is
@@ -91,10 +109,19 @@ export const racks: BenchCase = {
           ctx.log(`  racks ${i + 1}/${ctx.repeats} ${variant}, 1 Gbit/s link: iperf3 ${mbps.toFixed(0)} MB/s`);
         }
       }
-      const note = 'client and server namespaces through a router namespace (veth, no shaping); rack up on both hosts; raw = the same hosts, an unprotected port';
+      const note =
+        'client and server namespaces through a router namespace (veth, no shaping); rack up on both hosts; raw = the same hosts, an unprotected port';
       const out: Measure[] = [];
       for (const variant of ['raw', 'racks'] as const) {
-        out.push({ case: 'racks', metric: `iperf3 -t ${seconds}, client to server`, variant, unit: 'MB/s', better: 'higher', samples: samples.throughput[variant], note });
+        out.push({
+          case: 'racks',
+          metric: `iperf3 -t ${seconds}, client to server`,
+          variant,
+          unit: 'MB/s',
+          better: 'higher',
+          samples: samples.throughput[variant],
+          note,
+        });
         out.push({
           case: 'racks',
           metric: `iperf3 -t ${seconds}, client to server, 1 Gbit/s link`,

@@ -43,7 +43,12 @@ interface Config {
   heartbeat: number;
   note: string;
 }
-const FULL: Config = { options: {}, failureTimeout: 5000, heartbeat: 1000, note: 'library defaults: failureTimeout 5000 ms, heartbeatInterval 1000 ms' };
+const FULL: Config = {
+  options: {},
+  failureTimeout: 5000,
+  heartbeat: 1000,
+  note: 'library defaults: failureTimeout 5000 ms, heartbeatInterval 1000 ms',
+};
 const QUICK: Config = {
   options: { failureTimeout: 2000, heartbeatInterval: 1000 },
   failureTimeout: 2000,
@@ -73,7 +78,10 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
     // Each proxy process dials the server from an address of its own (see scale-proxy.ts); only Linux routes all of 127/8 to loopback.
     const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.0.0.${10 + i}`] : []);
-    const proxies = Array.from({ length: Math.ceil(n / PER_PROXY) }, (_, i) => new Peer('scale-proxy', ['--port', String(port), '--proxies', '1', ...source(i)], { nofile: NOFILE }));
+    const proxies = Array.from(
+      { length: Math.ceil(n / PER_PROXY) },
+      (_, i) => new Peer('scale-proxy', ['--port', String(port), '--proxies', '1', ...source(i)], { nofile: NOFILE }),
+    );
     peers.push(...proxies);
     const ports = (await Promise.all(proxies.map((p) => p.next<{ type: 'ready'; ports: number[] }>('ready', 30_000)))).flatMap((r) => r.ports);
     const all = <T extends { type: string }>(type: string, ms: number): Promise<T[]> => Promise.all(proxies.map((p) => p.next<T>(type, ms)));
@@ -145,7 +153,9 @@ async function floorRound(n: number, idleMs: number, config: Config): Promise<{ 
     const server = new Peer('scale-beat', ['--role', 'server', ...beat], { nofile: NOFILE });
     peers.push(server);
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
-    const client = new Peer('scale-beat', ['--role', 'client', '--port', String(port), '--count', String(n), '--batch', String(BATCH), ...beat], { nofile: NOFILE });
+    const client = new Peer('scale-beat', ['--role', 'client', '--port', String(port), '--count', String(n), '--batch', String(BATCH), ...beat], {
+      nofile: NOFILE,
+    });
     peers.push(client);
     await client.next('ready', 120_000);
     await sleep(config.heartbeat * 2);
@@ -174,7 +184,9 @@ export const scale: BenchCase = {
     const floors: { serverCpu: number; clientCpu: number }[] = [];
     for (let i = 0; i < rounds; i++) {
       const f = await floorRound(n, idleMs, config);
-      ctx.log(`  scale: floor round ${i + 1}/${rounds}: ${n} plain connections beating 1 B each way every ${config.heartbeat} ms: server ${f.serverCpu.toFixed(2)}%, client ${f.clientCpu.toFixed(2)}% of a core`);
+      ctx.log(
+        `  scale: floor round ${i + 1}/${rounds}: ${n} plain connections beating 1 B each way every ${config.heartbeat} ms: server ${f.serverCpu.toFixed(2)}%, client ${f.clientCpu.toFixed(2)}% of a core`,
+      );
       floors.push(f);
     }
     const fewer = rounds < ctx.repeats ? `; ${rounds} round(s) of fresh processes, not ${ctx.repeats}: each is expensive` : '';
@@ -202,8 +214,18 @@ export const scale: BenchCase = {
     return [
       floor('server', (f) => f.serverCpu),
       floor('client', (f) => f.clientCpu),
-      m(`set-up of ${n} connections`, 'ms', (r) => r.setup, `${BATCH} at a time; EDP detection (probes until the verdict is cached); ${path}; ${defaults}`),
-      m(`heartbeat CPU, ${n} idle, server process`, '% of a core', (r) => r.serverCpu, `process.cpuUsage() over ${idleMs / 1000} s idle; target < 5% for 10,000; ${defaults}`),
+      m(
+        `set-up of ${n} connections`,
+        'ms',
+        (r) => r.setup,
+        `${BATCH} at a time; EDP detection (probes until the verdict is cached); ${path}; ${defaults}`,
+      ),
+      m(
+        `heartbeat CPU, ${n} idle, server process`,
+        '% of a core',
+        (r) => r.serverCpu,
+        `process.cpuUsage() over ${idleMs / 1000} s idle; target < 5% for 10,000; ${defaults}`,
+      ),
       m(
         `heartbeat CPU, ${n} idle, client process`,
         '% of a core',
@@ -217,7 +239,12 @@ export const scale: BenchCase = {
         (r) => r.resume,
         `each session resumes over a new connection (sessions still in a dial into the black hole wait out its handshake timeout, ${config.failureTimeout} ms); target: all within 10 s; ${defaults}`,
       ),
-      m(`heal to all ${n} outage writes echoed`, 'ms', (r) => r.echoed, `each connection wrote ${PAYLOAD} B into the dead path; the echo server returned them after the resume`),
+      m(
+        `heal to all ${n} outage writes echoed`,
+        'ms',
+        (r) => r.echoed,
+        `each connection wrote ${PAYLOAD} B into the dead path; the echo server returned them after the resume`,
+      ),
       m(`bytes lost in the outage (of ${n} x ${PAYLOAD} B)`, 'B', (r) => r.lost, 'counted and compared per connection; the case fails unless 0'),
     ];
   },

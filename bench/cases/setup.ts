@@ -24,10 +24,26 @@ export const setup: BenchCase = {
     const out: Measure[] = [];
     for (const [variant, transport, options, warm] of VARIANTS) {
       const job = ['--job', 'setup', '--count', String(count), '--concurrent', '100', ...(warm ? ['--warm'] : [])];
-      const results = await repeat<{ type: string; sequential: number[]; concurrent: number }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+      const results = await repeat<{ type: string; sequential: number[]; concurrent: number }>(
+        ctx.repeats,
+        transport,
+        ['--job', 'echo'],
+        job,
+        options,
+      );
       ctx.log(`setup ${variant}: sequential median ${results.map((r) => median(r.sequential).toFixed(2)).join(', ')} ms`);
-      out.push(measure({ case: 'setup', metric: 'sequential, median', variant, unit: 'ms', better: 'lower' }, results.map((r) => median(r.sequential))));
-      out.push(measure({ case: 'setup', metric: '100 concurrent, all echoed', variant, unit: 'ms', better: 'lower' }, results.map((r) => r.concurrent)));
+      out.push(
+        measure(
+          { case: 'setup', metric: 'sequential, median', variant, unit: 'ms', better: 'lower' },
+          results.map((r) => median(r.sequential)),
+        ),
+      );
+      out.push(
+        measure(
+          { case: 'setup', metric: '100 concurrent, all echoed', variant, unit: 'ms', better: 'lower' },
+          results.map((r) => r.concurrent),
+        ),
+      );
     }
     return out;
   },

@@ -22,10 +22,18 @@ export class Peer {
    * (a shell's ulimit: Node cannot), for cases with thousands of sockets; to
    * the hard limit when `nofile` is beyond it.
    */
-  constructor(readonly name: string, args: string[], { nofile, nodeArgs = [] }: { nofile?: number; nodeArgs?: string[] } = {}) {
+  constructor(
+    readonly name: string,
+    args: string[],
+    { nofile, nodeArgs = [] }: { nofile?: number; nodeArgs?: string[] } = {},
+  ) {
     const argv = [...nodeArgs, peerPath(name), ...args];
     const child = nofile
-      ? spawn('sh', ['-c', `(ulimit -n ${nofile} 2>/dev/null && exec "$0" "$@"); ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"`, process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'pipe'] })
+      ? spawn(
+          'sh',
+          ['-c', `(ulimit -n ${nofile} 2>/dev/null && exec "$0" "$@"); ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"`, process.execPath, ...argv],
+          { stdio: ['pipe', 'pipe', 'pipe'] },
+        )
       : spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.program = new Program(child, name, { keep: ['stderr'], limit: 4000 });
     readJsonLines<Message>(child.stdout!, (m) => {
@@ -51,7 +59,8 @@ export class Peer {
         if (m.type === 'fatal') throw new Error(`${this.name}: ${String(m.message)}`);
         return m as T;
       }
-      if (this.program.exited !== undefined) throw new Error(`${this.name} exited (${this.program.exited}) before sending '${type}':\n${this.program.output}`);
+      if (this.program.exited !== undefined)
+        throw new Error(`${this.name} exited (${this.program.exited}) before sending '${type}':\n${this.program.output}`);
       if (Date.now() > deadline) throw new Error(`${this.name}: no '${type}' after ${ms} ms:\n${this.program.output}`);
       // Woken by the next message or the exit, or at the deadline.
       await new Promise<void>((resolve) => {
@@ -74,7 +83,11 @@ export class Peer {
 }
 
 /** Runs a server peer and a client peer against it; resolves with the client's 'result'. */
-export async function runPair<T extends Message>(server: [string, string[]], client: [string, string[]], options: { nofile?: number } = {}): Promise<T> {
+export async function runPair<T extends Message>(
+  server: [string, string[]],
+  client: [string, string[]],
+  options: { nofile?: number } = {},
+): Promise<T> {
   const s = new Peer(server[0], server[1], options);
   try {
     const { port } = await s.next<{ type: 'ready'; port: number }>('ready', 30_000);

@@ -22,7 +22,13 @@ export function rows(measures: Measure[]): Row[] {
 }
 
 export function machine() {
-  return { cpus: cpus().length, model: cpus()[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release() };
+  return {
+    cpus: cpus().length,
+    model: cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    kernel: release(),
+  };
 }
 
 const fmt = (v: number): string => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
@@ -31,21 +37,46 @@ const fmt = (v: number): string => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs
 export function table(all: Row[]): string {
   const lines = [['case', 'metric', 'variant', 'median', 'spread', 'vs raw', 'runs']];
   for (const r of all) {
-    lines.push([r.case, r.metric, r.variant, `${fmt(r.median)} ${r.unit}`, `±${(r.spread * 100).toFixed(0)}%`, r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`, String(r.samples.length)]);
+    lines.push([
+      r.case,
+      r.metric,
+      r.variant,
+      `${fmt(r.median)} ${r.unit}`,
+      `±${(r.spread * 100).toFixed(0)}%`,
+      r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`,
+      String(r.samples.length),
+    ]);
   }
   const widths = lines[0].map((_, i) => Math.max(...lines.map((l) => l[i].length)));
-  return lines.map((l) => l.map((cell, i) => (i >= 3 ? cell.padStart(widths[i]) : cell.padEnd(widths[i]))).join('  ').trimEnd()).join('\n');
+  return lines
+    .map((l) =>
+      l
+        .map((cell, i) => (i >= 3 ? cell.padStart(widths[i]) : cell.padEnd(widths[i])))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 /** The same as a Markdown table, for the README. */
 export function markdown(all: Row[]): string {
   const out = ['| case | metric | variant | median | spread | vs raw |', '|---|---|---|---:|---:|---:|'];
-  for (const r of all) out.push(`| ${r.case} | ${r.metric} | ${r.variant} | ${fmt(r.median)} ${r.unit} | ±${(r.spread * 100).toFixed(0)}% | ${r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`} |`);
+  for (const r of all)
+    out.push(
+      `| ${r.case} | ${r.metric} | ${r.variant} | ${fmt(r.median)} ${r.unit} | ±${(r.spread * 100).toFixed(0)}% | ${r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`} |`,
+    );
   return out.join('\n');
 }
 
 const escapeXml = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const COLORS: Record<string, string> = { raw: '#888', rocks: '#1f77b4', 'rocks (probe)': '#6baed6', 'rocks (cached)': '#1f77b4', 'rocks (enhanced)': '#08519c', 'socket.io': '#d62728' };
+const COLORS: Record<string, string> = {
+  raw: '#888',
+  rocks: '#1f77b4',
+  'rocks (probe)': '#6baed6',
+  'rocks (cached)': '#1f77b4',
+  'rocks (enhanced)': '#08519c',
+  'socket.io': '#d62728',
+};
 const color = (variant: string): string => COLORS[variant] ?? '#2ca02c';
 
 /** One SVG: a bar per variant of every metric that has a raw row (relative to raw = 1), then the timelines. */
@@ -60,7 +91,9 @@ export function svg(all: Row[], timelines: Timeline[]): string {
   const barH = 14;
   const parts: string[] = [];
   let y = 30;
-  parts.push(`<text x="10" y="20" font-size="14" font-weight="bold">Relative to raw node:net (1.0 = raw; shorter is better for time and memory, longer for throughput)</text>`);
+  parts.push(
+    `<text x="10" y="20" font-size="14" font-weight="bold">Relative to raw node:net (1.0 = raw; shorter is better for time and memory, longer for throughput)</text>`,
+  );
   const scale = 250; // px per 1.0
   const left = 330;
   for (const [label, rs] of compared) {
@@ -69,7 +102,9 @@ export function svg(all: Row[], timelines: Timeline[]): string {
       const ratio = r.variant === 'raw' ? 1 : (r.ratio ?? 1);
       const w = Math.min(ratio, 2.4) * scale;
       parts.push(`<rect x="${left}" y="${y}" width="${w.toFixed(1)}" height="${barH - 2}" fill="${color(r.variant)}"/>`);
-      parts.push(`<text x="${left + w + 4}" y="${y + barH - 3}" font-size="10">${escapeXml(r.variant)} ${ratio.toFixed(2)}x (${fmt(r.median)} ${escapeXml(r.unit)})</text>`);
+      parts.push(
+        `<text x="${left + w + 4}" y="${y + barH - 3}" font-size="10">${escapeXml(r.variant)} ${ratio.toFixed(2)}x (${fmt(r.median)} ${escapeXml(r.unit)})</text>`,
+      );
       y += barH;
     }
     y += 8;
@@ -83,12 +118,18 @@ export function svg(all: Row[], timelines: Timeline[]): string {
     const x = (ms: number) => 60 + (ms / maxT) * (width - 100);
     const yy = (v: number) => y + 20 + h - (v / maxV) * h;
     parts.push(`<text x="10" y="${y + 10}" font-size="13" font-weight="bold">${escapeXml(t.title)}</text>`);
-    parts.push(`<polyline fill="none" stroke="${color(t.variant)}" stroke-width="2" points="${t.points.map((p) => `${x(p[0]).toFixed(1)},${yy(p[1]).toFixed(1)}`).join(' ')}"/>`);
+    parts.push(
+      `<polyline fill="none" stroke="${color(t.variant)}" stroke-width="2" points="${t.points.map((p) => `${x(p[0]).toFixed(1)},${yy(p[1]).toFixed(1)}`).join(' ')}"/>`,
+    );
     parts.push(`<line x1="60" y1="${y + 20 + h}" x2="${width - 40}" y2="${y + 20 + h}" stroke="#000"/>`);
-    parts.push(`<text x="60" y="${y + 36 + h}" font-size="10">0 s</text><text x="${width - 80}" y="${y + 36 + h}" font-size="10">${(maxT / 1000).toFixed(1)} s</text>`);
+    parts.push(
+      `<text x="60" y="${y + 36 + h}" font-size="10">0 s</text><text x="${width - 80}" y="${y + 36 + h}" font-size="10">${(maxT / 1000).toFixed(1)} s</text>`,
+    );
     parts.push(`<text x="10" y="${y + 28}" font-size="10">${(maxV / 2 ** 20).toFixed(1)} MiB</text>`);
     for (const [ms, label] of t.marks) {
-      parts.push(`<line x1="${x(ms).toFixed(1)}" y1="${y + 20}" x2="${x(ms).toFixed(1)}" y2="${y + 20 + h}" stroke="#d62728" stroke-dasharray="4,3"/>`);
+      parts.push(
+        `<line x1="${x(ms).toFixed(1)}" y1="${y + 20}" x2="${x(ms).toFixed(1)}" y2="${y + 20 + h}" stroke="#d62728" stroke-dasharray="4,3"/>`,
+      );
       parts.push(`<text x="${(x(ms) + 3).toFixed(1)}" y="${y + 32}" font-size="10" fill="#d62728">${escapeXml(label)}</text>`);
     }
     y += h + 40;

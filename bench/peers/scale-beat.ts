@@ -50,16 +50,18 @@ if (args.role === 'server') {
   const started = performance.now();
   for (let opened = 0; opened < count; opened += batch) {
     await Promise.all(
-      Array.from({ length: Math.min(batch, count - opened) }, () =>
-        new Promise<void>((resolve, reject) => {
-          const s = createConnection(Number(args.port), '127.0.0.1');
-          s.once('error', reject);
-          s.once('connect', () => {
-            s.off('error', reject);
-            beat(s);
-            resolve();
-          });
-        }),
+      Array.from(
+        { length: Math.min(batch, count - opened) },
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const s = createConnection(Number(args.port), '127.0.0.1');
+            s.once('error', reject);
+            s.once('connect', () => {
+              s.off('error', reject);
+              beat(s);
+              resolve();
+            });
+          }),
       ),
     ).catch(fatal);
   }

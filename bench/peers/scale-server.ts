@@ -28,7 +28,13 @@ server.listen(0, '127.0.0.1', Number(args.backlog), () => say({ type: 'ready', p
 readJsonLines<{ type: string; ms?: number }>(process.stdin, (command) => {
   if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c }));
   else if (command.type === 'stats') {
-    say({ type: 'stats', connections: sockets.size, sessions: server.sessionCount, suspended: server.suspendedCount, rss: process.memoryUsage().rss });
+    say({
+      type: 'stats',
+      connections: sockets.size,
+      sessions: server.sessionCount,
+      suspended: server.suspendedCount,
+      rss: process.memoryUsage().rss,
+    });
   }
 });
 process.on('SIGTERM', () => process.exit(0));

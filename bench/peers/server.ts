@@ -7,7 +7,11 @@ import { sendBulk } from './bulk.js';
 import { listen, peerArgs, say, type Stream, type Transport } from './transport.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 
-const args = peerArgs({ bytes: { type: 'string', default: '0' }, 'write-size': { type: 'string', default: '65536' }, both: { type: 'boolean', default: false } });
+const args = peerArgs({
+  bytes: { type: 'string', default: '0' },
+  'write-size': { type: 'string', default: '65536' },
+  both: { type: 'boolean', default: false },
+});
 const transport = args.transport as Transport;
 const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);

@@ -18,8 +18,6 @@ import { quantile } from '../core/stats.js';
 import { fatal, say } from './say.js';
 import { ACK_EVERY, sendBulk } from './sio-flow.js';
 
-
-
 const { values: args } = parseArgs({
   options: {
     port: { type: 'string' },

@@ -14,8 +14,6 @@ import { fatal, say } from './say.js';
 import { ACK_EVERY, sendBulk } from './sio-flow.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 
-
-
 const { values: args } = parseArgs({
   options: {
     job: { type: 'string' },

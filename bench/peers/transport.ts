@@ -10,7 +10,9 @@ export type Transport = 'raw' | 'rocks';
 
 export function listen(transport: Transport, options: object, onConnection: (s: Stream) => void): Promise<{ port: number; close(): void }> {
   const server =
-    transport === 'raw' ? netCreateServer({ allowHalfOpen: true, noDelay: true }, onConnection) : rocksCreateServer({ ...options, allowHalfOpen: true }, onConnection);
+    transport === 'raw'
+      ? netCreateServer({ allowHalfOpen: true, noDelay: true }, onConnection)
+      : rocksCreateServer({ ...options, allowHalfOpen: true }, onConnection);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as AddressInfo).port, close: () => server.close() }));
@@ -18,13 +20,18 @@ export function listen(transport: Transport, options: object, onConnection: (s: 
 }
 
 export function dial(transport: Transport, port: number, options: object): Stream {
-  const s = transport === 'raw' ? netConnect({ port, host: '127.0.0.1', allowHalfOpen: true }) : rocksConnect({ ...options, port, host: '127.0.0.1', allowHalfOpen: true });
+  const s =
+    transport === 'raw'
+      ? netConnect({ port, host: '127.0.0.1', allowHalfOpen: true })
+      : rocksConnect({ ...options, port, host: '127.0.0.1', allowHalfOpen: true });
   s.setNoDelay(true);
   return s;
 }
 
 /** The options every peer takes, plus the job's (all strings or booleans). */
-export function peerArgs(extra: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>): Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string } {
+export function peerArgs(
+  extra: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>,
+): Record<string, string | boolean | undefined> & { transport: string; job?: string; options: string } {
   return parseArgs({
     options: {
       transport: { type: 'string', default: 'raw' },

@@ -22,7 +22,10 @@ export class UsageError extends Error {}
 
 /** A failure with its own exit code (anything else that escapes is EXIT.FAILURE). */
 export class ExitError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
     super(message);
   }
 }
@@ -132,7 +135,8 @@ export function commonOptions(values: Record<string, string | boolean | undefine
   if (typeof values.heartbeat === 'string') session.heartbeatInterval = parseMs(values.heartbeat, '--heartbeat');
   if (typeof values['suspend-limit'] === 'string') session.suspendLimit = parseDuration(values['suspend-limit'], '--suspend-limit');
   const level = (values['log-level'] as string | undefined) ?? 'info';
-  if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
+  if (!(LOG_LEVELS as readonly string[]).includes(level))
+    throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
   const metrics = typeof values.metrics === 'string' ? parseEndpoint(values.metrics, '--metrics', '127.0.0.1') : undefined;
   return { session, logLevel: level as LogLevel, json: values.json === true, metrics };
 }

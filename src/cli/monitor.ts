@@ -25,7 +25,9 @@ export function textLines(line: string): string {
   const { level, time, msg, pid: _pid, hostname: _host, ...rest } = JSON.parse(line) as Record<string, unknown>;
   const fields = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
   const when = new Date(time as number).toISOString().slice(11, 23);
-  return `${when} ${String(pino.levels.labels[level as number] ?? level).toUpperCase().padEnd(5)} ${String(msg)}${fields.length ? ` ${fields.join(' ')}` : ''}\n`;
+  return `${when} ${String(pino.levels.labels[level as number] ?? level)
+    .toUpperCase()
+    .padEnd(5)} ${String(msg)}${fields.length ? ` ${fields.join(' ')}` : ''}\n`;
 }
 
 export class Monitor {
@@ -67,7 +69,12 @@ export class Monitor {
         buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300, 3600],
         registers,
       }),
-      replayed: new Counter({ name: 'rocks_replayed_bytes_total', help: 'Bytes sent again after resumes, by direction', labelNames: ['direction'] as const, registers }),
+      replayed: new Counter({
+        name: 'rocks_replayed_bytes_total',
+        help: 'Bytes sent again after resumes, by direction',
+        labelNames: ['direction'] as const,
+        registers,
+      }),
     };
   }
 
@@ -139,7 +146,11 @@ export class Monitor {
 
   private statusText(): string[] {
     return [...this.tracked.values()].slice(0, 20).map((t) => {
-      const state = !t.socket.reliable ? 'plain' : t.suspendedSince !== undefined ? `SUSPENDED ${Math.round((Date.now() - t.suspendedSince) / 1000)}s` : 'up';
+      const state = !t.socket.reliable
+        ? 'plain'
+        : t.suspendedSince !== undefined
+          ? `SUSPENDED ${Math.round((Date.now() - t.suspendedSince) / 1000)}s`
+          : 'up';
       return `  #${t.id} ${t.peer}  ${state}  in ${MiB(t.socket.bytesRead)}  out ${MiB(t.socket.bytesWritten)}  outages ${t.outages}`;
     });
   }

@@ -209,7 +209,14 @@ function tlsConnect(...args: unknown[]): Tls.TLSSocket {
  */
 function construct(target: typeof Net.Socket, args: unknown[], newTarget: NewableFunction): object {
   const options = (args[0] ?? {}) as AnyOptions;
-  if (newTarget !== SocketProxy || typeof options !== 'object' || options.fd !== undefined || options.handle !== undefined || options.onread !== undefined || fromRocks(construct)) {
+  if (
+    newTarget !== SocketProxy ||
+    typeof options !== 'object' ||
+    options.fd !== undefined ||
+    options.handle !== undefined ||
+    options.onread !== undefined ||
+    fromRocks(construct)
+  ) {
     return Reflect.construct(target, args, newTarget === SocketProxy ? target : newTarget);
   }
   const socket = new ReliableSocket({ ...sessionOptions, allowHalfOpen: options.allowHalfOpen === true });
@@ -240,9 +247,17 @@ function tcpListen(args: unknown[]): { rest: unknown[]; callback: (() => void) |
   const rest = callback ? args.slice(0, -1) : args;
   const first = rest[0];
   const tcp =
-    first === undefined || first === null || typeof first === 'number' ||
+    first === undefined ||
+    first === null ||
+    typeof first === 'number' ||
     (typeof first === 'string' && /^\d+$/.test(first)) ||
-    (typeof first === 'object' && first !== null && 'port' in first && !('path' in first) && !('handle' in first) && !('_handle' in first) && !('fd' in first));
+    (typeof first === 'object' &&
+      first !== null &&
+      'port' in first &&
+      !('path' in first) &&
+      !('handle' in first) &&
+      !('_handle' in first) &&
+      !('fd' in first));
   return tcp ? { rest, callback } : undefined;
 }
 

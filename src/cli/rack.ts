@@ -54,7 +54,8 @@ const controlPath = (tun: string): string => `\0rack-control-${tun}`;
 
 function positiveInt(text: string | undefined, what: string, fallback: number, max = 2 ** 31): number {
   if (text === undefined) return fallback;
-  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max) throw new UsageError(`${what}: expected a whole number from 1 to ${max}, got '${text}'`);
+  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max)
+    throw new UsageError(`${what}: expected a whole number from 1 to ${max}, got '${text}'`);
   return Number(text);
 }
 
@@ -110,10 +111,12 @@ async function up(args: string[]): Promise<number> {
     }
   });
   const level = (values['log-level'] as string | undefined) ?? 'info';
-  if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
+  if (!(LOG_LEVELS as readonly string[]).includes(level))
+    throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
   const failureTimeout = positiveInt(values['failure-timeout'] as string | undefined, '--failure-timeout', RACK_DEFAULTS.failureTimeout, 86_400_000);
   if (failureTimeout < 200) throw new UsageError(`--failure-timeout: at least 200 ms, got ${failureTimeout}`);
-  const suspendLimit = values['suspend-limit'] === undefined ? RACK_DEFAULTS.suspendLimit : parseDuration(values['suspend-limit'] as string, '--suspend-limit');
+  const suspendLimit =
+    values['suspend-limit'] === undefined ? RACK_DEFAULTS.suspendLimit : parseDuration(values['suspend-limit'] as string, '--suspend-limit');
   let secret: Buffer | undefined;
   if (typeof values['secret-file'] === 'string') {
     try {
@@ -215,8 +218,13 @@ function ask(tun: string, command: string): Promise<Record<string, unknown> | un
 
 async function status(args: string[]): Promise<number> {
   const { values } = parse(args, { json: { type: 'boolean' }, tun: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, false);
-  if (values.help) return help('Usage: rack status [--json] [--tun NAME]\n\nLists the protected connections of this host\'s rack daemon: peer, state, outage, bytes held.');
-  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as (RackStatus & { error?: unknown }) | undefined;
+  if (values.help)
+    return help(
+      "Usage: rack status [--json] [--tun NAME]\n\nLists the protected connections of this host's rack daemon: peer, state, outage, bytes held.",
+    );
+  const s = (await ask(checkTun((values.tun as string | undefined) ?? 'rack0'), 'status')) as unknown as
+    | (RackStatus & { error?: unknown })
+    | undefined;
   if (s === undefined) throw new ExitError('no rack daemon runs here', EXIT.FAILURE);
   if ('error' in s) throw new ExitError(`the daemon says: ${String(s.error)}`, EXIT.FAILURE);
   if (values.json) {
@@ -225,18 +233,31 @@ async function status(args: string[]): Promise<number> {
   }
   const out = [`rack ${s.pid}: protecting ${s.specs.join(', ')} (rack port ${s.port}, ${s.tun})`];
   for (const h of s.hosts) out.push(`host ${h.address}: ${h.verdict}${h.state ? `, carriage ${h.state}` : ''}`);
-  out.push(s.connections.length === 0 ? 'no protected connections' : `${'LOCAL'.padEnd(22)} ${'REMOTE'.padEnd(22)} ${'STATE'.padEnd(10)} ${'OUTAGE'.padStart(8)} ${'HELD'.padStart(10)}`);
+  out.push(
+    s.connections.length === 0
+      ? 'no protected connections'
+      : `${'LOCAL'.padEnd(22)} ${'REMOTE'.padEnd(22)} ${'STATE'.padEnd(10)} ${'OUTAGE'.padStart(8)} ${'HELD'.padStart(10)}`,
+  );
   for (const c of s.connections) {
-    out.push(`${c.local.padEnd(22)} ${c.remote.padEnd(22)} ${c.state.padEnd(10)} ${`${(c.outageMs / 1000).toFixed(1)} s`.padStart(8)} ${`${c.heldBytes} B`.padStart(10)}`);
+    out.push(
+      `${c.local.padEnd(22)} ${c.remote.padEnd(22)} ${c.state.padEnd(10)} ${`${(c.outageMs / 1000).toFixed(1)} s`.padStart(8)} ${`${c.heldBytes} B`.padStart(10)}`,
+    );
   }
-  out.push(`counters: ${Object.entries(s.counters).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  out.push(
+    `counters: ${Object.entries(s.counters)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+  );
   process.stdout.write(`${out.join('\n')}\n`);
   return EXIT.OK;
 }
 
 async function down(args: string[]): Promise<number> {
   const { values } = parse(args, { tun: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, false);
-  if (values.help) return help('Usage: rack down [--tun NAME]\n\nStops this host\'s rack daemon, which removes everything it installed. With no daemon\nrunning, removes what a killed one left (nftables table, rules, routes, TUN device).');
+  if (values.help)
+    return help(
+      "Usage: rack down [--tun NAME]\n\nStops this host's rack daemon, which removes everything it installed. With no daemon\nrunning, removes what a killed one left (nftables table, rules, routes, TUN device).",
+    );
   needRoot();
   const tun = checkTun((values.tun as string | undefined) ?? 'rack0');
   const answer = await ask(tun, 'down');

@@ -28,7 +28,10 @@ function shebang(path: string): string | undefined {
   try {
     fd = openSync(path, 'r');
     const buffer = Buffer.alloc(256);
-    const line = buffer.subarray(0, readSync(fd, buffer, 0, buffer.length, 0)).toString('latin1').split('\n')[0];
+    const line = buffer
+      .subarray(0, readSync(fd, buffer, 0, buffer.length, 0))
+      .toString('latin1')
+      .split('\n')[0];
     return line.startsWith('#!') ? line : undefined;
   } catch {
     return undefined;

@@ -43,24 +43,37 @@ export class LinkHandle {
   // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private readonly listeners: [string, (...args: any[]) => void][];
 
-  constructor(readonly id: LinkId, readonly socket: Socket, owner: LinkOwner) {
+  constructor(
+    readonly id: LinkId,
+    readonly socket: Socket,
+    owner: LinkOwner,
+  ) {
     this.owner = owner;
     this.listeners = [
       ['data', (chunk: Buffer) => this.owner?.onLinkData(id, chunk)],
       ['drain', () => this.owner?.onLinkDrain(id)],
-      ['end', () => {
-        if (this.owner?.onLinkEnd) this.owner.onLinkEnd(id);
-        else socket.destroy();
-      }],
-      ['error', (err: Error) => {
-        this.error = err;
-      }],
-      ['close', () => {
-        const owner = this.owner;
-        this.owner = undefined;
-        const err = this.error;
-        owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
-      }],
+      [
+        'end',
+        () => {
+          if (this.owner?.onLinkEnd) this.owner.onLinkEnd(id);
+          else socket.destroy();
+        },
+      ],
+      [
+        'error',
+        (err: Error) => {
+          this.error = err;
+        },
+      ],
+      [
+        'close',
+        () => {
+          const owner = this.owner;
+          this.owner = undefined;
+          const err = this.error;
+          owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
+        },
+      ],
     ];
     for (const [event, fn] of this.listeners) socket.on(event, fn);
   }
@@ -118,7 +131,11 @@ export class SessionDriver implements Timed, LinkOwner {
   private referenced = false;
   private noDelay = true;
 
-  constructor(session: Session, listener: SessionListener, private readonly server?: ServerSessionHooks) {
+  constructor(
+    session: Session,
+    listener: SessionListener,
+    private readonly server?: ServerSessionHooks,
+  ) {
     this.session = session;
     this.listener = listener;
   }

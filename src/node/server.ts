@@ -238,10 +238,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
 
 export function createServer(connectionListener?: (socket: ReliableSocket) => void): ReliableServer;
 export function createServer(options?: ReliableServerOptions, connectionListener?: (socket: ReliableSocket) => void): ReliableServer;
-export function createServer(
-  a?: ReliableServerOptions | ((socket: ReliableSocket) => void),
-  b?: (socket: ReliableSocket) => void,
-): ReliableServer {
+export function createServer(a?: ReliableServerOptions | ((socket: ReliableSocket) => void), b?: (socket: ReliableSocket) => void): ReliableServer {
   if (typeof a === 'function') return new ReliableServer({}, a);
   return new ReliableServer(a ?? {}, b);
 }

@@ -5,13 +5,7 @@
 // ordinary peer, which EDP detects, it is a thin pass-through over one plain
 // net.Socket and behaves exactly like one (`reliable` is false).
 
-import {
-  connect as netConnect,
-  type AddressInfo,
-  type NetConnectOpts,
-  type Socket,
-  type TcpNetConnectOpts,
-} from 'node:net';
+import { connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { Duplex } from 'node:stream';
 import { debuglog } from 'node:util';
 import { EDP_MAGIC } from '../edp/announcement.js';
@@ -88,7 +82,15 @@ export type ReliableConnectOptions = ReliableSocketOptions & {
 
 /** Connect options passed to net.connect for every dial; the rest are ours. */
 const DIAL_KEYS = [
-  'port', 'host', 'path', 'family', 'localAddress', 'hints', 'lookup', 'autoSelectFamily', 'autoSelectFamilyAttemptTimeout',
+  'port',
+  'host',
+  'path',
+  'family',
+  'localAddress',
+  'hints',
+  'lookup',
+  'autoSelectFamily',
+  'autoSelectFamilyAttemptTimeout',
 ] as const;
 
 interface Addresses {
@@ -142,11 +144,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   /** Wraps a server-side session (used by ReliableServer). */
-  static fromSession(
-    session: Session,
-    options: ReliableSocketOptions,
-    hooks: ServerSessionHooks,
-  ): { socket: ReliableSocket; driver: SessionDriver } {
+  static fromSession(session: Session, options: ReliableSocketOptions, hooks: ServerSessionHooks): { socket: ReliableSocket; driver: SessionDriver } {
     const socket = new ReliableSocket(options);
     const driver = new SessionDriver(session, socket, hooks);
     socket.driver = driver;
@@ -433,7 +431,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   override _writev(chunks: { chunk: Buffer }[], callback: Callback): void {
-    this.writeChunks(chunks.map((c) => c.chunk), callback);
+    this.writeChunks(
+      chunks.map((c) => c.chunk),
+      callback,
+    );
   }
 
   private writeChunks(chunks: Buffer[], callback: Callback): void {
@@ -654,7 +655,10 @@ function checkDetectOptions(o: ReliableConnectOptions): void {
   if (o.enhanced !== undefined && typeof o.enhanced !== 'boolean') {
     throw new RocksError('ERR_ROCKS_INVALID_OPTION', `enhanced must be true, false or undefined, got ${String(o.enhanced)}`);
   }
-  for (const [name, value, max] of [['probeTimeout', o.probeTimeout, 60_000], ['detectCacheTtl', o.detectCacheTtl, 7 * 86_400_000]] as const) {
+  for (const [name, value, max] of [
+    ['probeTimeout', o.probeTimeout, 60_000],
+    ['detectCacheTtl', o.detectCacheTtl, 7 * 86_400_000],
+  ] as const) {
     if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > max)) {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be a number from 0 to ${max}, got ${String(value)}`);
     }

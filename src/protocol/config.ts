@@ -39,12 +39,7 @@ function check(name: string, value: unknown, min: number, max: number): number {
 
 export function resolveSessionConfig(options: SessionOptions = {}): SessionConfig {
   const failureTimeout = check('failureTimeout', options.failureTimeout ?? 5000, 200, 24 * HOUR);
-  const heartbeatInterval = check(
-    'heartbeatInterval',
-    options.heartbeatInterval ?? Math.round(failureTimeout / 5),
-    10,
-    failureTimeout / 2,
-  );
+  const heartbeatInterval = check('heartbeatInterval', options.heartbeatInterval ?? Math.round(failureTimeout / 5), 10, failureTimeout / 2);
   const reconnectDelayMax = check('reconnectDelayMax', options.reconnectDelayMax ?? 2000, 1, HOUR);
   return {
     failureTimeout,

@@ -47,22 +47,80 @@ const PROOF_SIZE = 8 + 8 + MAC_SIZE;
 const ACK_SIZE = 16;
 const FIN_SIZE = 8;
 
-export interface HelloFrame { type: typeof FrameType.HELLO; minVersion: number; maxVersion: number; publicKey: Buffer; window: number }
-export interface WelcomeFrame { type: typeof FrameType.WELCOME; version: number; sessionId: Buffer; publicKey: Buffer; window: number; instance: Buffer }
-export interface ResumeFrame { type: typeof FrameType.RESUME; version: number; sessionId: Buffer; nonce: Buffer; instance: Buffer }
-export interface ChallengeFrame { type: typeof FrameType.CHALLENGE; nonce: Buffer; received: number; sent: number; mac: Buffer }
-export interface ProofFrame { type: typeof FrameType.PROOF; received: number; sent: number; mac: Buffer }
+export interface HelloFrame {
+  type: typeof FrameType.HELLO;
+  minVersion: number;
+  maxVersion: number;
+  publicKey: Buffer;
+  window: number;
+}
+export interface WelcomeFrame {
+  type: typeof FrameType.WELCOME;
+  version: number;
+  sessionId: Buffer;
+  publicKey: Buffer;
+  window: number;
+  instance: Buffer;
+}
+export interface ResumeFrame {
+  type: typeof FrameType.RESUME;
+  version: number;
+  sessionId: Buffer;
+  nonce: Buffer;
+  instance: Buffer;
+}
+export interface ChallengeFrame {
+  type: typeof FrameType.CHALLENGE;
+  nonce: Buffer;
+  received: number;
+  sent: number;
+  mac: Buffer;
+}
+export interface ProofFrame {
+  type: typeof FrameType.PROOF;
+  received: number;
+  sent: number;
+  mac: Buffer;
+}
 /** One piece of a DATA frame: `data` holds the stream bytes starting at `offset`. */
-export interface DataFrame { type: typeof FrameType.DATA; offset: number; data: Buffer }
-export interface AckFrame { type: typeof FrameType.ACK; received: number; window: number }
-export interface FinFrame { type: typeof FrameType.FIN; offset: number }
-export interface CloseFrame { type: typeof FrameType.CLOSE }
-export interface CloseAckFrame { type: typeof FrameType.CLOSE_ACK }
-export interface ErrorFrame { type: typeof FrameType.ERROR; code: number; message: string }
+export interface DataFrame {
+  type: typeof FrameType.DATA;
+  offset: number;
+  data: Buffer;
+}
+export interface AckFrame {
+  type: typeof FrameType.ACK;
+  received: number;
+  window: number;
+}
+export interface FinFrame {
+  type: typeof FrameType.FIN;
+  offset: number;
+}
+export interface CloseFrame {
+  type: typeof FrameType.CLOSE;
+}
+export interface CloseAckFrame {
+  type: typeof FrameType.CLOSE_ACK;
+}
+export interface ErrorFrame {
+  type: typeof FrameType.ERROR;
+  code: number;
+  message: string;
+}
 
 export type Frame =
-  | HelloFrame | WelcomeFrame | ResumeFrame | ChallengeFrame | ProofFrame
-  | DataFrame | AckFrame | FinFrame | CloseFrame | CloseAckFrame | ErrorFrame;
+  | HelloFrame
+  | WelcomeFrame
+  | ResumeFrame
+  | ChallengeFrame
+  | ProofFrame
+  | DataFrame
+  | AckFrame
+  | FinFrame
+  | CloseFrame
+  | CloseAckFrame
+  | ErrorFrame;
 
 // ---- encoding -------------------------------------------------------------
 
@@ -316,13 +374,16 @@ function decodeControl(type: number, body: Buffer): Frame {
     case FrameType.HELLO:
       checkMagic(body);
       return {
-        type, minVersion: body[4], maxVersion: body[5],
+        type,
+        minVersion: body[4],
+        maxVersion: body[5],
         publicKey: Buffer.from(body.subarray(6, 6 + KEY_SIZE)),
         window: body.readUInt32BE(6 + KEY_SIZE),
       };
     case FrameType.WELCOME:
       return {
-        type, version: body[0],
+        type,
+        version: body[0],
         sessionId: Buffer.from(body.subarray(1, 1 + SESSION_ID_SIZE)),
         publicKey: Buffer.from(body.subarray(1 + SESSION_ID_SIZE, 1 + SESSION_ID_SIZE + KEY_SIZE)),
         window: body.readUInt32BE(1 + SESSION_ID_SIZE + KEY_SIZE),
@@ -331,20 +392,25 @@ function decodeControl(type: number, body: Buffer): Frame {
     case FrameType.RESUME:
       checkMagic(body);
       return {
-        type, version: body[4],
+        type,
+        version: body[4],
         sessionId: Buffer.from(body.subarray(5, 5 + SESSION_ID_SIZE)),
         nonce: Buffer.from(body.subarray(5 + SESSION_ID_SIZE, 5 + SESSION_ID_SIZE + NONCE_SIZE)),
         instance: Buffer.from(body.subarray(5 + SESSION_ID_SIZE + NONCE_SIZE, 5 + SESSION_ID_SIZE + NONCE_SIZE + INSTANCE_SIZE)),
       };
     case FrameType.CHALLENGE:
       return {
-        type, nonce: Buffer.from(body.subarray(0, NONCE_SIZE)),
-        received: readU64(body, NONCE_SIZE), sent: readU64(body, NONCE_SIZE + 8),
+        type,
+        nonce: Buffer.from(body.subarray(0, NONCE_SIZE)),
+        received: readU64(body, NONCE_SIZE),
+        sent: readU64(body, NONCE_SIZE + 8),
         mac: Buffer.from(body.subarray(NONCE_SIZE + 16, NONCE_SIZE + 16 + MAC_SIZE)),
       };
     case FrameType.PROOF:
       return {
-        type, received: readU64(body, 0), sent: readU64(body, 8),
+        type,
+        received: readU64(body, 0),
+        sent: readU64(body, 8),
         mac: Buffer.from(body.subarray(16, 16 + MAC_SIZE)),
       };
     case FrameType.ACK:

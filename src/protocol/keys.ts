@@ -52,13 +52,7 @@ export function freshKeyPair(): KeyPair {
  * The key both ends derive at establishment: HKDF-SHA256 over the X25519
  * shared secret, salted with the session id and bound to both public keys.
  */
-export function deriveSessionKey(
-  own: KeyPair,
-  peerPublic: Buffer,
-  sessionId: Buffer,
-  clientPublic: Buffer,
-  serverPublic: Buffer,
-): Buffer {
+export function deriveSessionKey(own: KeyPair, peerPublic: Buffer, sessionId: Buffer, clientPublic: Buffer, serverPublic: Buffer): Buffer {
   let shared: Buffer;
   try {
     const publicKey = createPublicKey({

@@ -141,7 +141,13 @@ export class ServerCore implements SessionHost {
       if (p.detecting !== undefined) {
         // Silent: an ordinary client waiting for the server to speak first.
         this.pending.delete(link);
-        this.events.push({ type: 'plain', link, initial: p.detecting, ended: false, reason: 'ordinary client (waits for the server to speak first)' });
+        this.events.push({
+          type: 'plain',
+          link,
+          initial: p.detecting,
+          ended: false,
+          reason: 'ordinary client (waits for the server to speak first)',
+        });
       } else {
         this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time'));
       }

@@ -288,10 +288,12 @@ export class Session {
   /** A one-line summary of the session's state, for diagnostics. */
   describe(): string {
     const links = [...this.links.values()].map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
-    return `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
+    return (
+      `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
       ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.finReceived ? ' fin' : ''}]` +
-      `${this.writeBlocked ? ' write-blocked' : ''}${this.ackNeeded ? ' ack-needed' : ''}`;
+      `${this.writeBlocked ? ' write-blocked' : ''}${this.ackNeeded ? ' ack-needed' : ''}`
+    );
   }
 
   // ---- input --------------------------------------------------------------
@@ -692,7 +694,11 @@ export class Session {
       this.completeClose(now);
       return;
     }
-    this.fail(now, new RocksError(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`), undefined);
+    this.fail(
+      now,
+      new RocksError(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`),
+      undefined,
+    );
   }
 
   private onSessionFrame(l: Link, f: Frame, now: number): void {

@@ -254,7 +254,11 @@ export class RackDaemon {
       // daemon, which grows while a failure is not yet detected): it is dropped before the flow
       // counts it, so no ACK ever covers it, and its sender sends it again later, as after any
       // loss. A held sender still gets the hold ACK for what is in custody, which keeps it waiting.
-      if (!this.limitLogged.held) this.log.warn({ maxHeldBytes: this.options.maxHeldBytes }, 'held-bytes limit reached: packets beyond it are dropped (their senders will retransmit)');
+      if (!this.limitLogged.held)
+        this.log.warn(
+          { maxHeldBytes: this.options.maxHeldBytes },
+          'held-bytes limit reached: packets beyond it are dropped (their senders will retransmit)',
+        );
       this.limitLogged.held = true;
       this.counters.limitDrops++;
       const flow = carriage.suspended ? this.flows.find('out', p) : undefined;
@@ -264,7 +268,8 @@ export class RackDaemon {
     }
     const flow = this.flows.observe('out', p, this.clock.now());
     if (flow === 'full') {
-      if (!this.limitLogged.flows) this.log.warn({ maxFlows: this.options.maxFlows }, 'protected-connection limit reached: new connections go out unprotected');
+      if (!this.limitLogged.flows)
+        this.log.warn({ maxFlows: this.options.maxFlows }, 'protected-connection limit reached: new connections go out unprotected');
       this.limitLogged.flows = true;
       this.counters.unprotected++;
       this.bypass(p.src, p.srcPort, p.dst, p.dstPort);
@@ -402,7 +407,10 @@ export class RackDaemon {
     const since = this.suspendedSince.get(carriage);
     this.suspendedSince.delete(carriage);
     this.limitLogged.held = false;
-    this.log.info({ peer: carriage.socket.remoteAddress, outageMs: since === undefined ? undefined : Math.round(this.clock.now() - since) }, 'carriage resumed');
+    this.log.info(
+      { peer: carriage.socket.remoteAddress, outageMs: since === undefined ? undefined : Math.round(this.clock.now() - since) },
+      'carriage resumed',
+    );
     for (const flow of this.flows.values()) {
       if (this.carriageOf(flow) !== carriage) continue;
       const ack = this.flows.reopenAck(flow);
@@ -461,7 +469,10 @@ export class RackDaemon {
     this.bypass(flow.local.address, flow.local.port, flow.remote.address, flow.remote.port);
     this.flows.delete(flow);
     this.counters.bypassed++;
-    this.log.info({ local: `${flow.local.address}:${flow.local.port}`, remote: `${flow.remote.address}:${flow.remote.port}` }, 'a rocks connection: left to rocks');
+    this.log.info(
+      { local: `${flow.local.address}:${flow.local.port}`, remote: `${flow.remote.address}:${flow.remote.port}` },
+      'a rocks connection: left to rocks',
+    );
   }
 
   private bypass(srcAddress: string, srcPort: number, dstAddress: string, dstPort: number): void {

@@ -91,7 +91,11 @@ export class FlowTable {
 
   /** The flow `p` belongs to, if known, without recording anything. */
   find(direction: Direction, p: TcpPacket): Flow | undefined {
-    return this.flows.get(direction === 'out' ? flowKey({ address: p.src, port: p.srcPort }, { address: p.dst, port: p.dstPort }) : flowKey({ address: p.dst, port: p.dstPort }, { address: p.src, port: p.srcPort }));
+    return this.flows.get(
+      direction === 'out'
+        ? flowKey({ address: p.src, port: p.srcPort }, { address: p.dst, port: p.dstPort })
+        : flowKey({ address: p.dst, port: p.dstPort }, { address: p.src, port: p.srcPort }),
+    );
   }
 
   /**

@@ -52,7 +52,14 @@ export class RocksLinks implements CarriageLinks {
   dial(address: string): ReliableSocket {
     const o = this.options;
     const { host, port } = o.peer ? o.peer(address) : { host: address, port: o.port };
-    return connect({ host, port, failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit, connectTimeout: o.probeTimeout, probeTimeout: o.probeTimeout });
+    return connect({
+      host,
+      port,
+      failureTimeout: o.failureTimeout,
+      suspendLimit: o.suspendLimit,
+      connectTimeout: o.probeTimeout,
+      probeTimeout: o.probeTimeout,
+    });
   }
 
   close(): Promise<void> {

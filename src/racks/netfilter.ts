@@ -33,7 +33,9 @@ export class SpecError extends Error {
   readonly code = 'ERR_RACKS_BAD_SPEC';
 
   constructor(spec: string, why: string) {
-    super(`bad protect spec ${JSON.stringify(spec)}: ${why} (expected tcp:PORT, tcp:PORT@HOST or tcp:PORT@NET/LEN, e.g. tcp:22 or tcp:5432@10.0.0.0/24)`);
+    super(
+      `bad protect spec ${JSON.stringify(spec)}: ${why} (expected tcp:PORT, tcp:PORT@HOST or tcp:PORT@NET/LEN, e.g. tcp:22 or tcp:5432@10.0.0.0/24)`,
+    );
     this.name = 'SpecError';
   }
 }
@@ -78,7 +80,9 @@ const resolve = (config: Partial<RackKernelConfig>): Resolved => ({ ...DEFAULTS,
 function ipv4ToNumber(spec: string, text: string): number {
   const parts = text.split('.');
   if (parts.length !== 4 || !parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255)) {
-    const why = text.includes(':') ? `${JSON.stringify(text)} looks like IPv6, which racks does not handle yet` : `${JSON.stringify(text)} is not an IPv4 address (host names are not resolved)`;
+    const why = text.includes(':')
+      ? `${JSON.stringify(text)} looks like IPv6, which racks does not handle yet`
+      : `${JSON.stringify(text)} is not an IPv4 address (host names are not resolved)`;
     throw new SpecError(spec, why);
   }
   return parts.reduce((n, p) => n * 256 + Number(p), 0);
@@ -103,7 +107,8 @@ export function parseSpec(text: string): ProtectSpec {
   const address = ipv4ToNumber(text, addressText);
   let prefix = 32;
   if (prefixText !== undefined) {
-    if (!/^\d{1,2}$/.test(prefixText) || Number(prefixText) > 32) throw new SpecError(text, `prefix length ${JSON.stringify(prefixText)} is not in 0..32`);
+    if (!/^\d{1,2}$/.test(prefixText) || Number(prefixText) > 32)
+      throw new SpecError(text, `prefix length ${JSON.stringify(prefixText)} is not in 0..32`);
     prefix = Number(prefixText);
   }
   const hostBits = 2 ** (32 - prefix);
@@ -229,7 +234,8 @@ function checkAddress(address: string): string {
 }
 
 function checkName(what: string, name: string): void {
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new RangeError(`${what} name ${JSON.stringify(name)} must be 1..15 letters, digits, '_', '.' or '-'`);
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name))
+    throw new RangeError(`${what} name ${JSON.stringify(name)} must be 1..15 letters, digits, '_', '.' or '-'`);
 }
 
 // ---- install / remove --------------------------------------------------------------------------
@@ -311,8 +317,12 @@ const linkExists = (name: string): boolean => attempt('ip', ['link', 'show', 'de
 export function inspect(config: Partial<RackKernelConfig> = {}): { table: boolean; rules: string[]; routes: string[]; tun: boolean } {
   const c = resolve(config);
   const tables = run('nft', ['list', 'tables']);
-  const rules = run('ip', ['rule', 'show']).split('\n').filter((l) => l.startsWith(`${c.rulePriority}:`));
-  const routes = run('ip', ['route', 'show', 'table', String(c.routeTable)]).split('\n').filter(Boolean);
+  const rules = run('ip', ['rule', 'show'])
+    .split('\n')
+    .filter((l) => l.startsWith(`${c.rulePriority}:`));
+  const routes = run('ip', ['route', 'show', 'table', String(c.routeTable)])
+    .split('\n')
+    .filter(Boolean);
   return {
     table: tables.split('\n').some((l) => l.trim() === `table inet ${c.table}`),
     rules,

@@ -201,7 +201,8 @@ function parseOptions(raw: Buffer): TcpOptions {
     }
     if (i + 1 >= raw.length) throw new PacketError('ERR_RACKS_BAD_OPTION', `option ${kind} at byte ${i} has no length`);
     const len = raw[i + 1];
-    if (len < 2 || i + len > raw.length) throw new PacketError('ERR_RACKS_BAD_OPTION', `option ${kind} at byte ${i} has length ${len}, ${raw.length - i} bytes left`);
+    if (len < 2 || i + len > raw.length)
+      throw new PacketError('ERR_RACKS_BAD_OPTION', `option ${kind} at byte ${i} has length ${len}, ${raw.length - i} bytes left`);
     const expect = (want: boolean, what: string): void => {
       if (!want) throw new PacketError('ERR_RACKS_BAD_OPTION', `${what} option with length ${len}`);
     };
@@ -243,11 +244,13 @@ function parseOptions(raw: Buffer): TcpOptions {
 export function parseTcpPacket(buf: Buffer): TcpPacket {
   const { ihl, total } = ipBounds(buf);
   const fragment = buf.readUInt16BE(6);
-  if ((fragment & 0x3fff) !== 0) throw new PacketError('ERR_RACKS_FRAGMENT', `fragment (offset ${(fragment & 0x1fff) * 8}, more=${(fragment & 0x2000) !== 0})`);
+  if ((fragment & 0x3fff) !== 0)
+    throw new PacketError('ERR_RACKS_FRAGMENT', `fragment (offset ${(fragment & 0x1fff) * 8}, more=${(fragment & 0x2000) !== 0})`);
   tcpBounds(buf);
   const dataOffset = (buf[ihl + 12] >> 4) * 4;
   if (dataOffset < TCP_MIN_HEADER) throw new PacketError('ERR_RACKS_BAD_DATA_OFFSET', `TCP data offset of ${dataOffset} bytes is below 20`);
-  if (ihl + dataOffset > total) throw new PacketError('ERR_RACKS_BAD_DATA_OFFSET', `TCP header of ${dataOffset} bytes overruns the ${total - ihl} bytes of TCP`);
+  if (ihl + dataOffset > total)
+    throw new PacketError('ERR_RACKS_BAD_DATA_OFFSET', `TCP header of ${dataOffset} bytes overruns the ${total - ihl} bytes of TCP`);
   return {
     src: formatIPv4(buf, 12),
     dst: formatIPv4(buf, 16),

@@ -24,7 +24,10 @@ export class FaultProxy {
   upstreamAddress: string | undefined;
   connections = 0;
 
-  constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
+  constructor(
+    private readonly targetPort: number,
+    private readonly targetHost = '127.0.0.1',
+  ) {
     // Half-open both ways, like a NAT: a client's half-close (an EDP probe)
     // reaches the server, and the server's answer still comes back.
     this.server = createServer({ allowHalfOpen: true }, (s) => this.accept(s));

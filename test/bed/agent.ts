@@ -56,7 +56,10 @@ class PacedWriter {
   private waiting = false;
   private readonly timer: NodeJS.Timeout;
 
-  constructor(private readonly socket: Conn, id: number) {
+  constructor(
+    private readonly socket: Conn,
+    id: number,
+  ) {
     this.at = (id * 104_729) % pool.length;
     this.timer = setInterval(() => this.tick(), TICK);
     socket.on('drain', () => (this.waiting = false));
@@ -98,7 +101,15 @@ function watch(socket: Conn, id: number, side: 'client' | 'server', writer: Pace
   });
   socket.on('suspend', (info: { reason: string }) => report({ type: 'suspend', id, side, reason: info.reason }));
   socket.on('reconnect', (info: ReconnectInfo) => {
-    report({ type: 'resume', id, side, outage: Math.round(info.outage), replayedOut: info.replayedOut, replayedIn: info.replayedIn, remote: socket.remoteAddress });
+    report({
+      type: 'resume',
+      id,
+      side,
+      outage: Math.round(info.outage),
+      replayedOut: info.replayedOut,
+      replayedIn: info.replayedIn,
+      remote: socket.remoteAddress,
+    });
   });
   socket.on('error', (err: NodeJS.ErrnoException) => {
     error = err.code ?? err.message;
@@ -145,9 +156,7 @@ function client(): void {
   const writers: PacedWriter[] = [];
   let open = count;
   for (let id = 1; id <= count; id++) {
-    const socket: Conn = values.plain
-      ? netConnect({ ...to, allowHalfOpen: true })
-      : connect({ ...sessionOptions, ...to, allowHalfOpen: true });
+    const socket: Conn = values.plain ? netConnect({ ...to, allowHalfOpen: true }) : connect({ ...sessionOptions, ...to, allowHalfOpen: true });
     const writer = new PacedWriter(socket, id);
     writers.push(writer);
     socket.once('connect', () => report({ type: 'connected', id, side: 'client', reliable: 'reliable' in socket ? socket.reliable : false }));

@@ -140,7 +140,10 @@ export class NetBed {
     // Made inside the router, the peer moved into the host: no name is ever taken in the root namespace.
     this.ip(router, 'link', 'add', 'to-client', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client);
     this.ip(router, 'link', 'add', 'to-server', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', server);
-    for (const [host, side, subnet] of [[client, 'to-client', this.client], [server, 'to-server', SERVER]] as const) {
+    for (const [host, side, subnet] of [
+      [client, 'to-client', this.client],
+      [server, 'to-server', SERVER],
+    ] as const) {
       this.ip(router, 'addr', 'add', `${subnet.gateway}/24`, 'dev', side);
       this.ip(router, 'link', 'set', side, 'up');
       this.ip(host, 'addr', 'add', `${subnet.host}/24`, 'dev', 'eth0');
@@ -245,6 +248,8 @@ export class NetBed {
   /** What of this bed still exists (namespaces), for tests of the teardown. */
   leftovers(): string[] {
     const names = new Set(Object.values(this.ns));
-    return bedNamespaces().filter((n) => names.has(n.name)).map((n) => n.name);
+    return bedNamespaces()
+      .filter((n) => names.has(n.name))
+      .map((n) => n.name);
   }
 }

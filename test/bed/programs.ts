@@ -34,7 +34,10 @@ export interface AgentEvent {
 
 /** A process on a host of the bed, its standard error kept, stopped at the end whatever happens. */
 export class HostProcess extends Program {
-  constructor(child: ChildProcess, readonly label: string) {
+  constructor(
+    child: ChildProcess,
+    readonly label: string,
+  ) {
     super(child, label, { keep: ['stderr'], limit: 20_000 });
   }
 }
@@ -53,7 +56,11 @@ export class Agent extends HostProcess {
   }
 
   async waitFor(test: (a: Agent) => boolean, ms: number, what: string): Promise<void> {
-    await until(() => test(this), ms, () => `${this.label}: ${what} (exit ${this.exited}); last events ${JSON.stringify(this.events.slice(-5))}\n${this.output}`);
+    await until(
+      () => test(this),
+      ms,
+      () => `${this.label}: ${what} (exit ${this.exited}); last events ${JSON.stringify(this.events.slice(-5))}\n${this.output}`,
+    );
   }
 
   /** Tells a client to end its streams. */
@@ -71,7 +78,17 @@ export async function agentServer(bed: NetBed, port: number, options: object, ra
 
 /** `count` agent connections from the client host, once all are connected. */
 export async function agentClient(bed: NetBed, port: number, options: object, rate: number, count = 1, plain = false): Promise<Agent> {
-  const args = ['client', '--to', `${bed.serverAddress}:${port}`, '--count', String(count), '--rate', String(rate), '--options', JSON.stringify(options)];
+  const args = [
+    'client',
+    '--to',
+    `${bed.serverAddress}:${port}`,
+    '--count',
+    String(count),
+    '--rate',
+    String(rate),
+    '--options',
+    JSON.stringify(options),
+  ];
   const agent = new Agent(bed, 'client', plain ? [...args, '--plain'] : args);
   await agent.waitFor((a) => a.of('connected').length === count, 30_000, `${count} connections`);
   return agent;
@@ -107,7 +124,10 @@ export async function finishAndVerify(client: Agent, server: Agent, count: numbe
 /** A `rock` (or, given its path, `rack`) command on a host, ready once its JSON log says so. */
 export class RockProcess extends HostProcess {
   constructor(bed: NetBed, host: HostName, args: string[], command = ROCK) {
-    super(bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }), `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`);
+    super(
+      bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }),
+      `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`,
+    );
   }
 
   /** Its log lines, parsed. */
@@ -116,7 +136,11 @@ export class RockProcess extends HostProcess {
   }
 
   async ready(message: string): Promise<void> {
-    await until(() => this.logs().some((l) => l.msg === message), 10_000, () => `${this.label} to log '${message}' (exit ${this.exited}):\n${this.output}`);
+    await until(
+      () => this.logs().some((l) => l.msg === message),
+      10_000,
+      () => `${this.label} to log '${message}' (exit ${this.exited}):\n${this.output}`,
+    );
   }
 }
 
@@ -125,7 +149,10 @@ export function socatEcho(bed: NetBed, listen: string): HostProcess {
   const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
   // -t: once the client's end arrives, wait for cat to echo the rest instead of socat's 0.5 s,
   // after which socat would end the connection with the tail of the echo still in cat's pipe.
-  return new HostProcess(bed.spawn('server', 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }), 'socat echo');
+  return new HostProcess(
+    bed.spawn('server', 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }),
+    'socat echo',
+  );
 }
 
 /**
@@ -141,12 +168,18 @@ export class SocatStream {
   gotBytes = 0;
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly bed: NetBed, private readonly label: string) {}
+  constructor(
+    private readonly bed: NetBed,
+    private readonly label: string,
+  ) {}
 
   /** Starts writing `rate` bytes/s; resolves at the first echoed byte. */
   async start(target: string, rate: number, context: () => string = () => ''): Promise<void> {
     // -t: after our end, wait for the echo to finish instead of socat's 0.5 s.
-    const socat = new HostProcess(this.bed.spawn('client', 'socat', ['-t', '120', 'STDIO', `TCP:${target}`], { stdio: ['pipe', 'pipe', 'pipe'] }), 'socat client');
+    const socat = new HostProcess(
+      this.bed.spawn('client', 'socat', ['-t', '120', 'STDIO', `TCP:${target}`], { stdio: ['pipe', 'pipe', 'pipe'] }),
+      'socat client',
+    );
     this.socat = socat;
     socat.child.stdout!.on('data', (d: Buffer) => {
       this.got.update(d);
@@ -163,7 +196,11 @@ export class SocatStream {
       this.sentBytes += chunk.length;
       if (!stdin.write(chunk)) waiting = true;
     }, 50);
-    await until(() => this.gotBytes > 0, 10_000, () => `the first echoed bytes ${this.label} (socat: ${socat.exited ?? 'running'} ${socat.output})\n${context()}`);
+    await until(
+      () => this.gotBytes > 0,
+      10_000,
+      () => `the first echoed bytes ${this.label} (socat: ${socat.exited ?? 'running'} ${socat.output})\n${context()}`,
+    );
   }
 
   /** Whether socat is still running (it exits when its connection fails). */
@@ -179,7 +216,12 @@ export class SocatStream {
   async finishAndVerify(): Promise<{ bytes: number }> {
     clearInterval(this.timer);
     this.socat!.child.stdin!.end();
-    await until(() => this.socat!.exited !== undefined, 60_000, () => `socat ${this.label} to exit once its input ended: ${this.socat!.output}`, 50);
+    await until(
+      () => this.socat!.exited !== undefined,
+      60_000,
+      () => `socat ${this.label} to exit once its input ended: ${this.socat!.output}`,
+      50,
+    );
     if (this.socat!.exited !== 0) throw new Error(`socat exited ${this.socat!.exited}: ${this.socat!.output}`);
     if (this.gotBytes !== this.sentBytes) throw new Error(`socat sent ${this.sentBytes} bytes ${this.label}, got ${this.gotBytes} back`);
     if (this.got.digest('hex') !== this.sent.digest('hex')) throw new Error(`the echo ${this.label} differs from what was sent`);
@@ -212,7 +254,14 @@ export class CommandPath {
     this.serve = new RockProcess(this.bed, 'server', ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${echoPort}`, ...rockOptions]);
     this.processes.push(this.serve);
     await this.serve.ready('serving rocks, relaying to the target');
-    this.forward = new RockProcess(this.bed, 'client', ['forward', '--listen', `127.0.0.1:${port}`, '--to', `${this.bed.serverAddress}:${port}`, ...rockOptions]);
+    this.forward = new RockProcess(this.bed, 'client', [
+      'forward',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--to',
+      `${this.bed.serverAddress}:${port}`,
+      ...rockOptions,
+    ]);
     this.processes.push(this.forward);
     await this.forward.ready('forwarding over rocks');
     await this.stream.start(`127.0.0.1:${port}`, rate, () => `${this.forward!.output}\n${this.serve!.output}`);

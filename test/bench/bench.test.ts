@@ -20,7 +20,10 @@ describe('benchmarks', () => {
     try {
       const r = spawnSync(process.execPath, [RUN, '--quick', '--out', out], { encoding: 'utf8', timeout: 280_000 });
       assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`);
-      const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { rows: { case: string; variant: string; samples: number[] }[]; machine: { cpus: number } };
+      const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as {
+        rows: { case: string; variant: string; samples: number[] }[];
+        machine: { cpus: number };
+      };
       const variants = (id: string) => new Set(result.rows.filter((row) => row.case === id).map((row) => row.variant));
       assert.deepEqual(variants('bulk'), new Set(['raw', 'rocks', 'socket.io']));
       assert.deepEqual(variants('latency'), new Set(['raw', 'rocks', 'socket.io']));
@@ -31,11 +34,16 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('iperf'), new Set(['raw', 'rocks']));
       // racks needs root and the network test bed; without them the case measures nothing and says why.
       assert.deepEqual(variants('racks'), netbedSkip() ? new Set() : new Set(['raw', 'racks']));
-      assert.ok(result.rows.every((row) => row.samples.length > 0 && row.samples.every(Number.isFinite)), 'every measure has finite samples');
+      assert.ok(
+        result.rows.every((row) => row.samples.length > 0 && row.samples.every(Number.isFinite)),
+        'every measure has finite samples',
+      );
       assert.match(readFileSync(join(out, 'latest.svg'), 'utf8'), /^<svg [^>]*>.*<polyline/s, 'the chart has bars and the outage timeline');
       assert.match(readFileSync(join(out, 'latest.md'), 'utf8'), /\| bulk \|/);
       assert.match(r.stdout, /case +metric +variant +median +spread +vs raw/);
-      console.log(`# bench --quick: ${result.rows.length} measures in ${(JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { seconds: number }).seconds} s`);
+      console.log(
+        `# bench --quick: ${result.rows.length} measures in ${(JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { seconds: number }).seconds} s`,
+      );
     } finally {
       rmSync(out, { recursive: true, force: true });
     }

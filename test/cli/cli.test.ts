@@ -85,7 +85,9 @@ describe('rock: command line', () => {
 });
 
 describe('rock: forward and serve', () => {
-  test('a bulk transfer both ways through resets and a black hole arrives intact; JSON logs, metrics, clean SIGTERM', { timeout: 90_000 }, async () => {
+  test('a bulk transfer both ways through resets and a black hole arrives intact; JSON logs, metrics, clean SIGTERM', {
+    timeout: 90_000,
+  }, async () => {
     const echo = await echoServer();
     const servePort = await freePort();
     const metricsPort = await freePort();
@@ -98,7 +100,10 @@ describe('rock: forward and serve', () => {
     const proxy = new FaultProxy(servePort);
     const proxyPort = await proxy.listen();
     const forwardPort = await freePort();
-    const forward = await startRock(['forward', '--listen', `127.0.0.1:${forwardPort}`, '--to', `127.0.0.1:${proxyPort}`, ...timing], /forwarding over rocks/);
+    const forward = await startRock(
+      ['forward', '--listen', `127.0.0.1:${forwardPort}`, '--to', `127.0.0.1:${proxyPort}`, ...timing],
+      /forwarding over rocks/,
+    );
     try {
       // An ordinary client of the forward port: sends 32 MiB, reads the echo.
       const TOTAL = 32 * 1024 * 1024;

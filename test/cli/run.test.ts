@@ -20,7 +20,7 @@ import { preloadEnv, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { parseJsonLines, sleep, until, type Program } from '../support/helpers.js';
 import { closeServer, listen } from '../support/net.js';
-import { freePort, programs, run, start, waitForPort, } from '../support/programs.js';
+import { freePort, programs, run, start, waitForPort } from '../support/programs.js';
 import { startRock } from '../support/rock.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/cli/fixtures/', import.meta.url));
@@ -144,13 +144,19 @@ const REDIS_REPORT = (count: number): string =>
 describe('rock run: unmodified Node programs over rocks', () => {
   const redisFound = programs('redis-server');
 
-  test('ioredis through rock serve in front of redis-server: 2000 INCRs and SET/GETs through repeated resets, all correct, no client error', { skip: redisFound.skip, timeout: 90_000 }, async () => {
+  test('ioredis through rock serve in front of redis-server: 2000 INCRs and SET/GETs through repeated resets, all correct, no client error', {
+    skip: redisFound.skip,
+    timeout: 90_000,
+  }, async () => {
     const redisPort = await freePort();
     const redis = startRedis(redisFound.paths['redis-server'], redisPort);
     try {
       await waitForPort(redisPort, '127.0.0.1', 10_000, redis);
       const servePort = await freePort();
-      const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${redisPort}`, '--json', '--failure-timeout', '2000'], /serving rocks/);
+      const serve = await startRock(
+        ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${redisPort}`, '--json', '--failure-timeout', '2000'],
+        /serving rocks/,
+      );
       const proxy = new FaultProxy(servePort);
       try {
         const proxyPort = await proxy.listen();
@@ -175,7 +181,11 @@ describe('rock run: unmodified Node programs over rocks', () => {
         assert.deepEqual(modes, ['reliable'], 'one reliable session, the whole run');
         const resumes = lines.filter((l) => l.msg === 'resumed').length;
         assert.ok(resumes >= 1, `rock serve saw ${resumes} resumes`);
-        assert.deepEqual(lines.filter((l) => l.msg === 'connection failed'), [], 'the session ended cleanly, without an error');
+        assert.deepEqual(
+          lines.filter((l) => l.msg === 'connection failed'),
+          [],
+          'the session ended cleanly, without an error',
+        );
         console.log(`# ioredis through rock serve: ${faults.resets} resets, ${proxy.connections} connections, ${resumes} resumes, every reply right`);
       } finally {
         await proxy.close();
@@ -186,7 +196,10 @@ describe('rock run: unmodified Node programs over rocks', () => {
     }
   });
 
-  test('the same ioredis program against an ordinary redis-server: the same output as without rocks, over a plain connection', { skip: redisFound.skip, timeout: 60_000 }, async () => {
+  test('the same ioredis program against an ordinary redis-server: the same output as without rocks, over a plain connection', {
+    skip: redisFound.skip,
+    timeout: 60_000,
+  }, async () => {
     const port = await freePort();
     const redis = startRedis(redisFound.paths['redis-server'], port);
     try {
@@ -198,7 +211,10 @@ describe('rock run: unmodified Node programs over rocks', () => {
       assert.deepEqual(withRocks, without, 'stdout, stderr and exit code unchanged');
       const logged = await runNode(args, rocksEnv({}, { ROCKS_LOG: '1' }));
       assert.equal(logged.stdout, without.stdout);
-      assert.match(logged.stderr, new RegExp(`^rocks\\[\\d+\\]: connect 127\\.0\\.0\\.1:${port}: plain \\(ordinary server \\(probe: closed\\)\\)\n$`));
+      assert.match(
+        logged.stderr,
+        new RegExp(`^rocks\\[\\d+\\]: connect 127\\.0\\.0\\.1:${port}: plain \\(ordinary server \\(probe: closed\\)\\)\n$`),
+      );
     } finally {
       await redis.stop();
     }
@@ -245,7 +261,11 @@ describe('rock run: unmodified Node programs over rocks', () => {
       try {
         const proxyPort = await proxy.listen();
         const faults = resetRepeatedly(proxy, 60);
-        const result = await runNode([fixture('http-get.mjs'), `http://127.0.0.1:${proxyPort}/big?mib=32`], rocksEnv({ failureTimeout: 2000 }, { ROCKS_LOG: '1' }), 60_000);
+        const result = await runNode(
+          [fixture('http-get.mjs'), `http://127.0.0.1:${proxyPort}/big?mib=32`],
+          rocksEnv({ failureTimeout: 2000 }, { ROCKS_LOG: '1' }),
+          60_000,
+        );
         proxy.onChunk = undefined;
         const block = Buffer.alloc(1 << 20);
         for (let i = 0; i < block.length; i++) block[i] = (i * 7 + (i >> 10)) & 0xff;
@@ -266,7 +286,9 @@ describe('rock run: unmodified Node programs over rocks', () => {
     }
   });
 
-  test('every way to open a connection through node:net is a rocks socket: ESM named, namespace and default imports, require, new net.Socket; a Unix socket is left to node:net', { timeout: 30_000 }, async () => {
+  test('every way to open a connection through node:net is a rocks socket: ESM named, namespace and default imports, require, new net.Socket; a Unix socket is left to node:net', {
+    timeout: 30_000,
+  }, async () => {
     const echo = await rocksEcho();
     const dir = mkdtempSync(join(tmpdir(), 'rock-run-'));
     const path = join(dir, 'echo.sock');
@@ -278,8 +300,13 @@ describe('rock run: unmodified Node programs over rocks', () => {
       assert.equal(result.stderr, '');
       assert.equal(result.code, 0);
       const forms = [
-        'named import connect', 'named import createConnection', 'namespace import connect', 'default import connect',
-        "require('net').connect", 'new Socket().connect (as pg does)', "new (require('net').Socket)().connect",
+        'named import connect',
+        'named import createConnection',
+        'namespace import connect',
+        'default import connect',
+        "require('net').connect",
+        'new Socket().connect (as pg does)',
+        "new (require('net').Socket)().connect",
       ];
       assert.equal(result.stdout, [...forms.map((f) => `${f}: echo ok, reliable true`), 'Unix socket: echo ok, reliable false', ''].join('\n'));
       assert.deepEqual({ reliable: echo.seen.reliable, plain: echo.seen.plain }, { reliable: forms.length, plain: 0 });
@@ -320,7 +347,11 @@ describe('rock run: unmodified Node programs over rocks', () => {
   });
 
   test('bad ROCKS_OPTIONS: a clear message and exit code 2, before the program runs', { timeout: 30_000 }, async () => {
-    for (const [value, message] of [['{nope', /ROCKS_OPTIONS is not valid JSON/], ['[1]', /ROCKS_OPTIONS must be a JSON object/], ['{"failureTimeout":5}', /ROCKS_OPTIONS has a bad option: .*failureTimeout/]] as const) {
+    for (const [value, message] of [
+      ['{nope', /ROCKS_OPTIONS is not valid JSON/],
+      ['[1]', /ROCKS_OPTIONS must be a JSON object/],
+      ['{"failureTimeout":5}', /ROCKS_OPTIONS has a bad option: .*failureTimeout/],
+    ] as const) {
       const result = await runNode([fixture('exit.mjs'), 'code', '0'], rocksEnv({}, { ROCKS_OPTIONS: value }));
       assert.equal(result.code, 2, value);
       assert.match(result.stderr, message);
@@ -338,7 +369,9 @@ describe('runProgram', () => {
     await assert.rejects(runProgram(['no-such-program-rocks'], {}, log), /no-such-program-rocks: command not found/);
   });
 
-  test("runs .mjs files with this node and scripts whose #! runs node; exits with the program's code, 128+N for a signal", { timeout: 30_000 }, async () => {
+  test("runs .mjs files with this node and scripts whose #! runs node; exits with the program's code, 128+N for a signal", {
+    timeout: 30_000,
+  }, async () => {
     assert.equal(await runProgram([fixture('exit.mjs'), 'code', '3'], {}, log), 3);
     assert.equal(await runProgram([process.execPath, fixture('exit.mjs'), 'code', '0'], {}, log), 0);
     assert.equal(await runProgram([fixture('exit.mjs'), 'signal', 'SIGKILL'], {}, log), 128 + 9);

@@ -57,15 +57,34 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
     if (sshd === undefined) {
       sshd = await startSshd(join(scratch, 'sshd'));
       const servePort = await freePort();
-      serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${sshd.port}`, '--json', ...TIMING], /serving rocks/);
+      serve = await startRock(
+        ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${sshd.port}`, '--json', ...TIMING],
+        /serving rocks/,
+      );
       proxy = new FaultProxy(servePort);
       proxyPort = await proxy.listen();
     }
     const proxyCommand = [process.execPath, ROCK, 'stdio', `127.0.0.1:${proxyPort}`, '--log-level', 'warn', ...TIMING].join(' ');
-    return spawn(found.paths.ssh, [
-      '-i', sshd.clientKey, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-      '-o', 'LogLevel=ERROR', '-o', `ProxyCommand=${proxyCommand}`, `${userInfo().username}@rocks-test-host`, remote,
-    ], { stdio: ['pipe', 'pipe', 'pipe'] });
+    return spawn(
+      found.paths.ssh,
+      [
+        '-i',
+        sshd.clientKey,
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'LogLevel=ERROR',
+        '-o',
+        `ProxyCommand=${proxyCommand}`,
+        `${userInfo().username}@rocks-test-host`,
+        remote,
+      ],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
   }
 
   /** Runs `faults` at their times (ms from now); resolves with when each ran. */
@@ -102,15 +121,25 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
   async function checkOutages(t: FaultTimes, connectionsBefore: number): Promise<{ resumes: number; connections: number }> {
     const show = (): string => JSON.stringify(lastSession().map(({ msg, time, reason }) => ({ msg, at: time - t.reset, reason })));
     // Every byte arrived, so the session resumed after the heal; its log line may still be on its way.
-    await until(() => lastSession().some((l) => l.msg === 'resumed' && l.time >= t.heal), 5000, () => `rock serve to log a resume after the heal: ${show()}`);
+    await until(
+      () => lastSession().some((l) => l.msg === 'resumed' && l.time >= t.heal),
+      5000,
+      () => `rock serve to log a resume after the heal: ${show()}`,
+    );
     const session = lastSession();
     const suspends = session.filter((l) => l.msg === 'suspended');
     const resumes = session.filter((l) => l.msg === 'resumed');
     const between = (l: LogLine, from: number, to: number): boolean => l.time >= from && l.time < to;
-    assert.ok(suspends.every((l) => l.time >= t.reset), `no suspension before the first fault: ${show()}`);
+    assert.ok(
+      suspends.every((l) => l.time >= t.reset),
+      `no suspension before the first fault: ${show()}`,
+    );
     const byReset = suspends.find((l) => between(l, t.reset, t.blackhole));
     assert.ok(byReset, `the reset suspended the session: ${show()}`);
-    assert.ok(resumes.some((l) => between(l, byReset.time, t.blackhole)), `resumed after the reset, before the black hole: ${show()}`);
+    assert.ok(
+      resumes.some((l) => between(l, byReset.time, t.blackhole)),
+      `resumed after the reset, before the black hole: ${show()}`,
+    );
     const bySilence = suspends.find((l) => between(l, t.blackhole, t.heal));
     assert.match(bySilence?.reason ?? 'none', /nothing heard from the peer/, `the black hole suspended the session by silence: ${show()}`);
     const firstAfterHeal = resumes.find((l) => l.time >= t.heal)!;
@@ -124,7 +153,9 @@ describe('ssh over rock stdio and rock serve', { skip }, () => {
     return { resumes: resumes.length, connections };
   }
 
-  test('an interactive-style session keeps answering across a reset and a black hole longer than the failure timeout', { timeout: 60_000 }, async () => {
+  test('an interactive-style session keeps answering across a reset and a black hole longer than the failure timeout', {
+    timeout: 60_000,
+  }, async () => {
     const child = await ssh('cat');
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -97,7 +97,10 @@ describe('a rocks client with ordinary servers', () => {
 
   const sshFound = programs('sshd', 'ssh-keygen', 'nc');
   const sshSkip = sshFound.skip ?? (process.getuid?.() !== 0 ? 'sshd needs root here (privilege separation)' : undefined);
-  test("sshd speaks first: its banner arrives intact, the same bytes nc reads, and the key exchange follows", { skip: sshSkip, timeout: 30_000 }, async () => {
+  test('sshd speaks first: its banner arrives intact, the same bytes nc reads, and the key exchange follows', {
+    skip: sshSkip,
+    timeout: 30_000,
+  }, async () => {
     const sshd = await startSshd(join(scratch, 'sshd'));
     const port = sshd.port;
     try {
@@ -180,14 +183,21 @@ const BIG = randomBytes(1024 * 1024);
 
 /** A small HTTP/1.1 service: every response closes the connection. */
 const httpService: Service = (socket) => {
-  readUntil(socket, (b) => b.includes('\r\n\r\n')).then((request) => {
-    // The request names the port in Host:, so the echo leaves that line out.
-    const lines = request.toString('latin1').split('\r\n').filter((l) => !/^host:/i.test(l));
-    const path = lines[0].split(' ')[1] ?? '/';
-    const body = path === '/big' ? BIG : Buffer.from(`hello from ${path}, request sha256 ${createHash('sha256').update(lines.join('\r\n')).digest('hex')}\n`);
-    socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
-    socket.end(body);
-  }, () => socket.destroy());
+  readUntil(socket, (b) => b.includes('\r\n\r\n')).then(
+    (request) => {
+      // The request names the port in Host:, so the echo leaves that line out.
+      const lines = request
+        .toString('latin1')
+        .split('\r\n')
+        .filter((l) => !/^host:/i.test(l));
+      const path = lines[0].split(' ')[1] ?? '/';
+      const body =
+        path === '/big' ? BIG : Buffer.from(`hello from ${path}, request sha256 ${createHash('sha256').update(lines.join('\r\n')).digest('hex')}\n`);
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+      socket.end(body);
+    },
+    () => socket.destroy(),
+  );
 };
 
 const echoService: Service = (socket) => {
@@ -214,11 +224,23 @@ const redisService: Service = (socket) => {
       buffered = buffered.subarray(command.length);
       const [name, ...args] = command.items;
       switch (name?.toString().toUpperCase()) {
-        case 'PING': socket.write('+PONG\r\n'); break;
-        case 'ECHO': socket.write(bulk(args[0] ?? Buffer.alloc(0))); break;
-        case 'SET': store.set(args[0].toString(), args[1]); socket.write('+OK\r\n'); break;
-        case 'GET': { const v = store.get(args[0].toString()); socket.write(v ? bulk(v) : '$-1\r\n'); break; }
-        default: socket.write(`-ERR unknown command '${name?.toString()}'\r\n`);
+        case 'PING':
+          socket.write('+PONG\r\n');
+          break;
+        case 'ECHO':
+          socket.write(bulk(args[0] ?? Buffer.alloc(0)));
+          break;
+        case 'SET':
+          store.set(args[0].toString(), args[1]);
+          socket.write('+OK\r\n');
+          break;
+        case 'GET': {
+          const v = store.get(args[0].toString());
+          socket.write(v ? bulk(v) : '$-1\r\n');
+          break;
+        }
+        default:
+          socket.write(`-ERR unknown command '${name?.toString()}'\r\n`);
       }
     }
   });

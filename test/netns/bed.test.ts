@@ -14,7 +14,11 @@ const skip = netbedSkip();
 const NETBED = new URL('../bed/netbed.js', import.meta.url).href;
 const ECHO_PORT = 9000;
 
-const namespaces = (): string[] => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').map((l) => l.split(' ')[0]).filter(Boolean);
+const namespaces = (): string[] =>
+  execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter(Boolean);
 
 /** What a new TCP connection from the client host to the server's echo gets: 'ok FROM-ADDRESS' or the error code. */
 async function tryConnect(bed: NetBed, ms = 1500): Promise<string> {
@@ -40,7 +44,10 @@ async function bedInChild(signal: NodeJS.Signals): Promise<string[]> {
     setInterval(() => {}, 1000);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
   const names = await new Promise<string[]>((resolve) => readJsonLines(child.stdout!, resolve));
-  assert.ok(names.every((n) => namespaces().includes(n)), 'the child made its bed');
+  assert.ok(
+    names.every((n) => namespaces().includes(n)),
+    'the child made its bed',
+  );
   child.kill(signal);
   await once(child, 'exit');
   return names;
@@ -68,7 +75,11 @@ describe('network test bed', { skip }, () => {
         const before = bed.clientAddress;
         const after = bed.moveClient();
         assert.notEqual(after, before);
-        assert.doesNotMatch(bed.ip(bed.ns.client, 'addr', 'show', 'dev', 'eth0'), new RegExp(`${before.replaceAll('.', '\\.')}/`), 'the old address is gone');
+        assert.doesNotMatch(
+          bed.ip(bed.ns.client, 'addr', 'show', 'dev', 'eth0'),
+          new RegExp(`${before.replaceAll('.', '\\.')}/`),
+          'the old address is gone',
+        );
         assert.equal(await tryConnect(bed), `ok ${after}`, 'connections come from the new address');
 
         bed.linkDown();
@@ -99,17 +110,28 @@ describe('network test bed', { skip }, () => {
     assert.deepEqual(bed.leftovers(), []);
 
     const interrupted = await bedInChild('SIGTERM');
-    assert.deepEqual(interrupted.filter((n) => namespaces().includes(n)), [], 'an interrupted process deletes its bed on the way out');
+    assert.deepEqual(
+      interrupted.filter((n) => namespaces().includes(n)),
+      [],
+      'an interrupted process deletes its bed on the way out',
+    );
 
     const killed = await bedInChild('SIGKILL');
-    assert.deepEqual(killed.filter((n) => namespaces().includes(n)), killed, 'SIGKILL leaves the bed behind...');
+    assert.deepEqual(
+      killed.filter((n) => namespaces().includes(n)),
+      killed,
+      'SIGKILL leaves the bed behind...',
+    );
     const next = new NetBed();
     next.destroy();
-    assert.deepEqual(killed.filter((n) => namespaces().includes(n)), [], '...until the next bed sweeps it');
+    assert.deepEqual(
+      killed.filter((n) => namespaces().includes(n)),
+      [],
+      '...until the next bed sweeps it',
+    );
 
     // The veths, addresses, routes, qdiscs and nftables tables all lived in those namespaces; none reached this one.
     assert.equal(execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }).split('\n').length, linksBefore, 'no link left in the root namespace');
     assert.doesNotMatch(execFileSync('nft', ['list', 'tables'], { encoding: 'utf8' }), /rkbed/, 'no nftables table in the root namespace');
   });
 });
-

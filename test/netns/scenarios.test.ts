@@ -57,13 +57,18 @@ async function scenario(
     server = await agentServer(bed, AGENT_PORT, options, rate);
     client = await agentClient(bed, AGENT_PORT, options, rate, count);
     await command.start(ROCK_PORT, rockOptions, RATE);
-    assert.ok(client.of('connected').every((e) => e.reliable), 'the agent connections are reliable');
+    assert.ok(
+      client.of('connected').every((e) => e.reliable),
+      'the agent connections are reliable',
+    );
     await sleep(1000); // streaming before the fault
     await body({ bed, client, server, command });
     await sleep(1000); // and after it
     const agents = await finishAndVerify(client, server, count);
     const socat = await command.finishAndVerify();
-    console.log(`# ${name}: ${count} rocks connection(s) carried ${(agents.bytes / 2 ** 20).toFixed(1)} MiB, socat through rock forward + serve ${(socat.bytes / 2 ** 20).toFixed(1)} MiB; every byte intact both ways`);
+    console.log(
+      `# ${name}: ${count} rocks connection(s) carried ${(agents.bytes / 2 ** 20).toFixed(1)} MiB, socat through rock forward + serve ${(socat.bytes / 2 ** 20).toFixed(1)} MiB; every byte intact both ways`,
+    );
   } finally {
     await command.stop();
     await client?.stop();
@@ -93,7 +98,13 @@ function firstAfter(agent: Agent, type: AgentEvent['type'], since: number): Agen
 }
 
 /** Waits until every connection on both sides has resumed after `since`; returns the resume events. */
-async function allResumed(client: Agent, server: Agent, count: number, since: number, ms: number): Promise<{ client: AgentEvent[]; server: AgentEvent[] }> {
+async function allResumed(
+  client: Agent,
+  server: Agent,
+  count: number,
+  since: number,
+  ms: number,
+): Promise<{ client: AgentEvent[]; server: AgentEvent[] }> {
   await client.waitFor((a) => firstAfter(a, 'resume', since).length === count, ms, `${count} client resumes`);
   await server.waitFor((a) => firstAfter(a, 'resume', since).length === count, ms, `${count} server resumes`);
   return { client: firstAfter(client, 'resume', since), server: firstAfter(server, 'resume', since) };
@@ -101,7 +112,11 @@ async function allResumed(client: Agent, server: Agent, count: number, since: nu
 
 /** Waits until the command path's rocks connection resumed after `since`; returns [detection, resume] times from the forward's log. */
 async function commandResumed(command: CommandPath, since: number): Promise<{ suspended: number; resumed: number }> {
-  await until(() => command.outages().resumed.some((t) => t >= since), 60_000, () => `rock forward to resume:\n${command.forward?.output}`);
+  await until(
+    () => command.outages().resumed.some((t) => t >= since),
+    60_000,
+    () => `rock forward to resume:\n${command.forward?.output}`,
+  );
   const { suspended, resumed } = command.outages();
   return { suspended: suspended.find((t) => t >= since)!, resumed: resumed.find((t) => t >= since)! };
 }
@@ -111,7 +126,13 @@ async function commandResumed(command: CommandPath, since: number): Promise<{ su
  * (none failed) and resumed, prints detection (suspend − broken) and resume
  * (resume − healed) times for the agents and the command path.
  */
-async function outage(label: string, world: { client: Agent; server: Agent; command: CommandPath }, count: number, broken: number, heal: () => Promise<number>): Promise<void> {
+async function outage(
+  label: string,
+  world: { client: Agent; server: Agent; command: CommandPath },
+  count: number,
+  broken: number,
+  heal: () => Promise<number>,
+): Promise<void> {
   const { client, server, command } = world;
   // Waits longer than the bound, so that a late detection is reported with its time.
   await client.waitFor((a) => firstAfter(a, 'suspend', broken).length === count, 3 * FAILURE_TIMEOUT, `${count} suspensions`);
@@ -119,7 +140,9 @@ async function outage(label: string, world: { client: Agent; server: Agent; comm
   const resumes = await allResumed(client, server, count, healed, 30_000);
   const cmd = await commandResumed(command, broken);
   await server.waitFor((a) => firstAfter(a, 'suspend', broken).length === count, 30_000, `${count} server suspensions`);
-  const detection = [...firstAfter(client, 'suspend', broken), ...firstAfter(server, 'suspend', broken), { t: cmd.suspended }].map((e) => e.t - broken);
+  const detection = [...firstAfter(client, 'suspend', broken), ...firstAfter(server, 'suspend', broken), { t: cmd.suspended }].map(
+    (e) => e.t - broken,
+  );
   const resumeTimes = [...resumes.client, ...resumes.server].map((e) => e.t - healed);
   assert.deepEqual([...client.of('error'), ...server.of('error')], [], 'no connection failed');
   assert.equal(detection.length, 2 * count + 1, `every end suspended (the agents' both ends and rock forward): ${ms(detection)}`);
@@ -158,7 +181,13 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
     await scenario('black hole 30 s', async (world) => {
       const broken = Date.now();
       world.bed.blackhole();
-      await outage('black hole 30 s', world, 1, broken, restoreAfter(broken, 30_000, () => world.bed.heal()));
+      await outage(
+        'black hole 30 s',
+        world,
+        1,
+        broken,
+        restoreAfter(broken, 30_000, () => world.bed.heal()),
+      );
     });
   });
 
@@ -166,11 +195,19 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
     await scenario('link down 10 s', async (world) => {
       const broken = Date.now();
       world.bed.linkDown();
-      await outage('link down 10 s', world, 1, broken, restoreAfter(broken, 10_000, () => world.bed.linkUp()));
+      await outage(
+        'link down 10 s',
+        world,
+        1,
+        broken,
+        restoreAfter(broken, 10_000, () => world.bed.linkUp()),
+      );
     });
   });
 
-  test('an outage longer than plain TCP survives (tcp_retries2=5): the plain connection on the same path dies, rocks rides it out', { timeout: 180_000 }, async () => {
+  test('an outage longer than plain TCP survives (tcp_retries2=5): the plain connection on the same path dies, rocks rides it out', {
+    timeout: 180_000,
+  }, async () => {
     await scenario(
       'past plain TCP',
       async (world) => {
@@ -188,7 +225,13 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
           const plainLife = died.t - broken;
           const OUTAGE = 45_000;
           assert.ok(OUTAGE >= 3 * plainLife, `the outage (${OUTAGE} ms) is several times what plain TCP survived (${plainLife} ms)`);
-          await outage(`black hole ${OUTAGE / 1000} s, plain TCP died after ${(plainLife / 1000).toFixed(1)} s`, world, 1, broken, restoreAfter(broken, OUTAGE, () => bed.heal()));
+          await outage(
+            `black hole ${OUTAGE / 1000} s, plain TCP died after ${(plainLife / 1000).toFixed(1)} s`,
+            world,
+            1,
+            broken,
+            restoreAfter(broken, OUTAGE, () => bed.heal()),
+          );
           assert.equal(world.client.of('resume').length, 1);
         } finally {
           await plain.stop();
@@ -199,14 +242,22 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
     );
   });
 
-  test('200 rocks connections from one client host, all suspended by one outage and all resumed with every byte intact', { timeout: 180_000 }, async () => {
+  test('200 rocks connections from one client host, all suspended by one outage and all resumed with every byte intact', {
+    timeout: 180_000,
+  }, async () => {
     const COUNT = 200;
     await scenario(
       '200 connections',
       async (world) => {
         const broken = Date.now();
         world.bed.blackhole();
-        await outage(`black hole 10 s, ${COUNT} connections`, world, COUNT, broken, restoreAfter(broken, 10_000, () => world.bed.heal()));
+        await outage(
+          `black hole 10 s, ${COUNT} connections`,
+          world,
+          COUNT,
+          broken,
+          restoreAfter(broken, 10_000, () => world.bed.heal()),
+        );
       },
       { count: COUNT, rate: 16 * 1024 },
     );

@@ -198,7 +198,10 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
   });
 
   test('bad arguments get clear errors', () => {
-    assert.throws(() => connect(70000), (e: unknown) => e instanceof RocksError && e.code === 'ERR_ROCKS_INVALID_OPTION');
+    assert.throws(
+      () => connect(70000),
+      (e: unknown) => e instanceof RocksError && e.code === 'ERR_ROCKS_INVALID_OPTION',
+    );
     assert.throws(() => connect({ port: 1, failureTimeout: 10 }), /failureTimeout must be a number from 200/);
     assert.throws(() => connect({ host: 'x' }), /needs a port or a path/);
     assert.throws(() => new ReliableSocket().setTimeout(-1), RocksError);
@@ -222,7 +225,10 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
           ${calls}
           console.log(JSON.stringify({ type: 'connected', reliable: c.reliable }));
         });`;
-      return new Program(spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] }), `a child that calls ${calls}`);
+      return new Program(
+        spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] }),
+        `a child that calls ${calls}`,
+      );
     };
     // A process that nothing holds exits within milliseconds; one held stays for good.
     const WINDOW = 2000;
@@ -231,7 +237,12 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     try {
       for (const p of [unrefd, held]) await p.waitForOutput(/"type":"connected","reliable":true/);
       const connectedAt = Date.now();
-      await until(() => unrefd.exited !== undefined, WINDOW, () => `the unref()'d process to exit by itself:\n${unrefd.output}`, 20);
+      await until(
+        () => unrefd.exited !== undefined,
+        WINDOW,
+        () => `the unref()'d process to exit by itself:\n${unrefd.output}`,
+        20,
+      );
       assert.equal(unrefd.exited, 0, unrefd.output);
       console.log(`# unref(): the process exited by itself, ${Date.now() - connectedAt} ms after both children had connected`);
       await sleep(Math.max(0, WINDOW - (Date.now() - connectedAt)));
@@ -261,7 +272,11 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     }
     await closeServer(server);
     await until(() => server.sessionCount === 0, 5000, 'sessions to be released');
-    await until(() => sameResources(resources(), baseline), 5000, `no handles left (had ${JSON.stringify(baseline)}, now ${JSON.stringify(resources())})`);
+    await until(
+      () => sameResources(resources(), baseline),
+      5000,
+      `no handles left (had ${JSON.stringify(baseline)}, now ${JSON.stringify(resources())})`,
+    );
   });
 });
 

@@ -8,7 +8,14 @@ import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterEach, describe, test } from 'node:test';
 import {
-  connect, detectionCache, encodeAnnouncement, ROCKS, RocksError, type DetectInfo, type ReliableConnectOptions, type ReliableSocket,
+  connect,
+  detectionCache,
+  encodeAnnouncement,
+  ROCKS,
+  RocksError,
+  type DetectInfo,
+  type ReliableConnectOptions,
+  type ReliableSocket,
 } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { until } from '../support/helpers.js';
@@ -193,10 +200,15 @@ describe('EDP over real sockets', () => {
   test('a probe that nobody answers costs probeTimeout, then the server is taken for ordinary', async () => {
     // Accepts, never reads, never closes (not even after the probe's end).
     const held: Socket[] = [];
-    const { server, port, seen } = await ordinaryServer((s) => {
-      s.pause();
-      held.push(s);
-    }, '127.0.0.1', 0, true);
+    const { server, port, seen } = await ordinaryServer(
+      (s) => {
+        s.pause();
+        held.push(s);
+      },
+      '127.0.0.1',
+      0,
+      true,
+    );
     for (const probeTimeout of [200, undefined]) {
       detectionCache.clear();
       const start = performance.now();
@@ -236,7 +248,10 @@ describe('EDP over real sockets', () => {
 
   test('version negotiation: no rocks version in common means plain, or ERR_ROCKS_VERSION when rocks was required', async () => {
     // A server from the future: it speaks rocks 2-3 and racks 1, and announces that to probes and rocks clients alike.
-    const future = encodeAnnouncement([{ name: 'rocks', minVersion: 2, maxVersion: 3 }, { name: 'racks', minVersion: 1, maxVersion: 1 }]);
+    const future = encodeAnnouncement([
+      { name: 'rocks', minVersion: 2, maxVersion: 3 },
+      { name: 'racks', minVersion: 1, maxVersion: 1 },
+    ]);
     const { server, port } = await ordinaryServer((s) => {
       let spoke = false;
       s.once('data', () => {
@@ -303,7 +318,9 @@ describe('EDP over real sockets', () => {
     await endAll(c, server);
   });
 
-  test('IPv6: detection both ways on ::1, cached under the bracketed address', { skip: hasIPv6Loopback() ? undefined : 'no IPv6 loopback here' }, async () => {
+  test('IPv6: detection both ways on ::1, cached under the bracketed address', {
+    skip: hasIPv6Loopback() ? undefined : 'no IPv6 loopback here',
+  }, async () => {
     const rocks = await listen({}, rocksEcho, '::1');
     const { c, detect } = await connected({ port: rocks.port, host: '::1' });
     assert.equal(detect.reliable, true);

@@ -28,7 +28,6 @@ const FAULTS_OF_EACH_KIND = 50;
 /** How late one more timer may fire on a loaded machine, beyond what a heartbeat's worth already allows (ms). */
 const SCHEDULING_MARGIN = 25;
 
-
 /** Writes random data at a steady pace until stopped, honouring backpressure; hashes what it wrote. */
 class Writer {
   readonly hash = createHash('sha256');
@@ -73,14 +72,17 @@ describe('surviving faults on real sockets', () => {
     let serverResumes = 0;
     let serverWriter: Writer | undefined;
     let serverReader: ReturnType<typeof reader> | undefined;
-    const { server, port } = await listen(options, rocksOnly((s) => {
-      serverSockets.push(s);
-      serverReader = reader(s);
-      serverWriter = new Writer(s, EACH_WAY);
-      s.on('suspend', () => serverSuspends.push(performance.now()));
-      s.on('reconnect', () => serverResumes++);
-      s.on('error', (e) => assert.fail(`server socket error: ${e.message}`));
-    }, strays));
+    const { server, port } = await listen(
+      options,
+      rocksOnly((s) => {
+        serverSockets.push(s);
+        serverReader = reader(s);
+        serverWriter = new Writer(s, EACH_WAY);
+        s.on('suspend', () => serverSuspends.push(performance.now()));
+        s.on('reconnect', () => serverResumes++);
+        s.on('error', (e) => assert.fail(`server socket error: ${e.message}`));
+      }, strays),
+    );
     const proxy = new FaultProxy(port);
     const proxyPort = await proxy.listen();
 
@@ -110,8 +112,10 @@ describe('surviving faults on real sockets', () => {
     const watchdog = setInterval(() => {
       const now = `${phase} ${clientReader.count()} ${serverReader?.count()}`;
       if (now === progress) {
-        console.log(`stalled (${phase}); client: ${describe(c)}; server: ${describe(serverSockets[0])}; ` +
-          `read ${clientReader.count()}/${serverReader?.count()}, written ${clientWriter.written}/${serverWriter?.written}`);
+        console.log(
+          `stalled (${phase}); client: ${describe(c)}; server: ${describe(serverSockets[0])}; ` +
+            `read ${clientReader.count()}/${serverReader?.count()}, written ${clientWriter.written}/${serverWriter?.written}`,
+        );
       }
       progress = now;
     }, 20_000);
@@ -136,7 +140,11 @@ describe('surviving faults on real sockets', () => {
       const start = performance.now();
       fault('blackhole', round);
       proxy.blackhole();
-      await until(() => clientSuspends.length > suspendsBefore[0] && serverSuspends.length > suspendsBefore[1], 10_000, 'both ends to detect the black hole');
+      await until(
+        () => clientSuspends.length > suspendsBefore[0] && serverSuspends.length > suspendsBefore[1],
+        10_000,
+        'both ends to detect the black hole',
+      );
       detections.push(clientSuspends[clientSuspends.length - 1] - start, serverSuspends[serverSuspends.length - 1] - start);
       const healed = performance.now();
       proxy.heal();
@@ -178,7 +186,8 @@ describe('surviving faults on real sockets', () => {
       server: ends[i].serverResumes - f.serverResumes,
       connections: ends[i].connections - f.connections,
     }));
-    const show = (w: (typeof windows)[number]) => `${w.kind} in round ${w.round}: ${w.client} client and ${w.server} server resumes, ${w.connections} new connections`;
+    const show = (w: (typeof windows)[number]) =>
+      `${w.kind} in round ${w.round}: ${w.client} client and ${w.server} server resumes, ${w.connections} new connections`;
     for (const w of windows) {
       if (w.kind === 'reset' || w.kind === 'blackhole') {
         assert.ok(w.client === 1 && w.server === 1 && w.connections >= 1, `one resume at each end over a new connection after each ${show(w)}`);
@@ -192,12 +201,18 @@ describe('surviving faults on real sockets', () => {
     const sorted = [...detections].sort((a, b) => a - b);
     const resumeSorted = [...resumeTimes].sort((a, b) => a - b);
     const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))].toFixed(0);
-    console.log(`# ${(clientWriter.written / MIB).toFixed(0)} MiB up, ${(serverWriter!.written / MIB).toFixed(0)} MiB down; ` +
-      `${clientSuspends.length} client suspends, ${clientResumes.length} resumes; ` +
-      `${strays.length} links black-holed before their announcement, served plain and closed`);
-    console.log(`# black-hole detection (ms, both ends): median ${pct(sorted, 0.5)}, p90 ${pct(sorted, 0.9)}, max ${pct(sorted, 1)}; ` +
-      `bound failureTimeout + heartbeat = ${FAILURE_TIMEOUT + HEARTBEAT}`);
-    console.log(`# resume after the path returned (ms): median ${pct(resumeSorted, 0.5)}, p90 ${pct(resumeSorted, 0.9)}, max ${pct(resumeSorted, 1)}`);
+    console.log(
+      `# ${(clientWriter.written / MIB).toFixed(0)} MiB up, ${(serverWriter!.written / MIB).toFixed(0)} MiB down; ` +
+        `${clientSuspends.length} client suspends, ${clientResumes.length} resumes; ` +
+        `${strays.length} links black-holed before their announcement, served plain and closed`,
+    );
+    console.log(
+      `# black-hole detection (ms, both ends): median ${pct(sorted, 0.5)}, p90 ${pct(sorted, 0.9)}, max ${pct(sorted, 1)}; ` +
+        `bound failureTimeout + heartbeat = ${FAILURE_TIMEOUT + HEARTBEAT}`,
+    );
+    console.log(
+      `# resume after the path returned (ms): median ${pct(resumeSorted, 0.5)}, p90 ${pct(resumeSorted, 0.9)}, max ${pct(resumeSorted, 1)}`,
+    );
     for (const d of detections) {
       // The last byte may have arrived up to a heartbeat before the black hole began.
       assert.ok(d >= FAILURE_TIMEOUT - HEARTBEAT, `detected after ${d.toFixed(0)} ms, too early to be silence`);
@@ -260,10 +275,13 @@ describe('surviving faults on real sockets', () => {
   test('a suspension longer than suspendLimit ends in ERR_ROCKS_SUSPEND_TIMEOUT on both ends', { timeout: 30_000 }, async () => {
     const limits = { ...options, suspendLimit: 500 };
     let serverSide: ReliableSocket | undefined;
-    const { server, port } = await listen(limits, rocksOnly((s) => {
-      serverSide = s;
-      s.resume();
-    }));
+    const { server, port } = await listen(
+      limits,
+      rocksOnly((s) => {
+        serverSide = s;
+        s.resume();
+      }),
+    );
     const proxy = new FaultProxy(port);
     const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...limits });
     try {
@@ -291,9 +309,14 @@ describe('surviving faults on real sockets', () => {
       // timer may fire late: SCHEDULING_MARGIN.
       const earliest = FAILURE_TIMEOUT - HEARTBEAT + limits.suspendLimit;
       const latest = FAILURE_TIMEOUT + HEARTBEAT + limits.suspendLimit + SCHEDULING_MARGIN;
-      console.log(`# suspendLimit ${limits.suspendLimit} ms: both ends failed ${elapsed.toFixed(0)} ms after the black hole (bounds ${earliest}..${latest})`);
+      console.log(
+        `# suspendLimit ${limits.suspendLimit} ms: both ends failed ${elapsed.toFixed(0)} ms after the black hole (bounds ${earliest}..${latest})`,
+      );
       assert.ok(elapsed >= earliest, `failed after ${elapsed.toFixed(0)} ms, before failureTimeout - heartbeat + suspendLimit (${earliest})`);
-      assert.ok(elapsed <= latest, `failed after ${elapsed.toFixed(0)} ms, later than failureTimeout + heartbeat + suspendLimit + ${SCHEDULING_MARGIN} (${latest})`);
+      assert.ok(
+        elapsed <= latest,
+        `failed after ${elapsed.toFixed(0)} ms, later than failureTimeout + heartbeat + suspendLimit + ${SCHEDULING_MARGIN} (${latest})`,
+      );
       await clientClosed;
       await until(() => server.sessionCount === 0, 5000, 'server to release the session');
     } finally {
@@ -308,9 +331,12 @@ describe('surviving faults on real sockets', () => {
   test('writes buffer up to maxInflight while suspended; drain follows the resume', { timeout: 30_000 }, async () => {
     const small = { ...options, maxInflight: 256 * 1024 };
     let received = 0;
-    const { server, port } = await listen(small, rocksOnly((s) => {
-      s.on('data', (d: Buffer) => (received += d.length));
-    }));
+    const { server, port } = await listen(
+      small,
+      rocksOnly((s) => {
+        s.on('data', (d: Buffer) => (received += d.length));
+      }),
+    );
     const proxy = new FaultProxy(port);
     const c = connect({ port: await proxy.listen(), host: '127.0.0.1', ...small });
     c.resume();
@@ -335,10 +361,13 @@ describe('surviving faults on real sockets', () => {
 
   test('the client re-resolves the host at every attempt and the server follows it to a new address', { timeout: 30_000 }, async () => {
     let serverSide: ReliableSocket | undefined;
-    const { server, port } = await listen(options, rocksOnly((s) => {
-      serverSide = s;
-      s.pipe(s);
-    }));
+    const { server, port } = await listen(
+      options,
+      rocksOnly((s) => {
+        serverSide = s;
+        s.pipe(s);
+      }),
+    );
     const proxy = new FaultProxy(port);
     proxy.upstreamAddress = '127.0.0.2';
     const proxyPort = await proxy.listen();

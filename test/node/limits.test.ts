@@ -50,10 +50,13 @@ describe('server limits', () => {
     const proxy = new FaultProxy(port);
     const proxyPort = await proxy.listen();
     const clients = [connect({ port: proxyPort, host: '127.0.0.1', ...fast }), connect({ port: proxyPort, host: '127.0.0.1', ...fast })];
-    const outcomes = clients.map((c) => new Promise<string>((resolve) => {
-      c.on('error', (e: RocksError) => resolve(e.code));
-      c.on('reconnect', () => resolve('resumed'));
-    }));
+    const outcomes = clients.map(
+      (c) =>
+        new Promise<string>((resolve) => {
+          c.on('error', (e: RocksError) => resolve(e.code));
+          c.on('reconnect', () => resolve('resumed'));
+        }),
+    );
     for (const c of clients) c.resume();
     await Promise.all(clients.map((c) => once(c, 'connect')));
     await until(() => accepted === 2 && server.sessionCount === 2, 5000, 'two sessions');

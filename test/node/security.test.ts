@@ -126,7 +126,10 @@ describe('authenticated resumption', () => {
     const recorded = Buffer.concat(live.wire.get(connectionsBefore + 1)!.up);
     const sent = framesOf(recorded);
     assert.ok(sent.announced, 'the resume opens with the announcement');
-    assert.deepEqual(sent.frames.slice(0, 2).map((f) => f.type), [FrameType.RESUME, FrameType.PROOF]);
+    assert.deepEqual(
+      sent.frames.slice(0, 2).map((f) => f.type),
+      [FrameType.RESUME, FrameType.PROOF],
+    );
     const eventsBefore = [...live.serverEvents];
 
     // The recording holds the announcement already.
@@ -158,7 +161,10 @@ describe('authenticated resumption', () => {
     const unknown = await stranger(live.port, encodeResume(1, randomBytes(16), randomBytes(16), randomBytes(8)));
     assert.ok(unknown.frames[0]?.type === FrameType.ERROR && unknown.frames[0].code === ERROR_CODES.ERR_ROCKS_UNKNOWN_SESSION.wire);
     await until(() => errors.length === 3, 5000, 'clientError events');
-    assert.deepEqual(errors.map((e) => (e as { code?: string }).code), ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION']);
+    assert.deepEqual(
+      errors.map((e) => (e as { code?: string }).code),
+      ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION'],
+    );
     await live.roundTrip('still fine');
     assert.deepEqual(live.serverEvents, []);
     await live.close();

@@ -23,8 +23,16 @@ test('a server forgets each session once it is released, also after the applicat
   }
   await Promise.all(clients);
   // The closing handshake ends with CLOSE_ACK, after the sockets closed.
-  await until(() => server.sessionCount === 0, 10_000, () => `${server.sessionCount} sessions still held`);
-  await until(() => driverCount(server) === 0, 2000, () => `${driverCount(server)} drivers kept after their sessions were released`);
+  await until(
+    () => server.sessionCount === 0,
+    10_000,
+    () => `${server.sessionCount} sessions still held`,
+  );
+  await until(
+    () => driverCount(server) === 0,
+    2000,
+    () => `${driverCount(server)} drivers kept after their sessions were released`,
+  );
 });
 
 test('pauseOnConnect: the server hands sockets over paused, and nothing is read until resume()', async () => {
@@ -44,7 +52,11 @@ test('pauseOnConnect: the server hands sockets over paused, and nothing is read 
     await sleep(200);
     assert.equal(early, 0, 'a paused socket delivered data');
     s.resume();
-    await until(() => early === 5, 5000, () => `${early} of 5 bytes after resume()`);
+    await until(
+      () => early === 5,
+      5000,
+      () => `${early} of 5 bytes after resume()`,
+    );
   } finally {
     c.destroy();
     serverSide?.destroy();
@@ -70,7 +82,11 @@ test('pauseOnConnect also holds a connection from an ordinary client', async () 
     await sleep(200);
     assert.equal(got, '');
     s.resume();
-    await until(() => got === 'plain bytes', 5000, () => `got ${JSON.stringify(got)}`);
+    await until(
+      () => got === 'plain bytes',
+      5000,
+      () => `got ${JSON.stringify(got)}`,
+    );
   } finally {
     c.destroy();
     serverSide?.destroy();

@@ -2,8 +2,21 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { RocksError } from '../../src/protocol/errors.js';
 import {
-  encodeAck, encodeChallenge, encodeClose, encodeCloseAck, encodeDataHeader, encodeError, encodeFin, encodeHello,
-  encodeProof, encodeResume, encodeWelcome, FrameParser, FrameType, MAX_DATA_PAYLOAD, type Frame,
+  encodeAck,
+  encodeChallenge,
+  encodeClose,
+  encodeCloseAck,
+  encodeDataHeader,
+  encodeError,
+  encodeFin,
+  encodeHello,
+  encodeProof,
+  encodeResume,
+  encodeWelcome,
+  FrameParser,
+  FrameType,
+  MAX_DATA_PAYLOAD,
+  type Frame,
 } from '../../src/protocol/frames.js';
 
 const key = Buffer.alloc(32, 7);
@@ -56,9 +69,17 @@ describe('frames', () => {
     const whole = parse(stream, () => stream.length);
     assert.equal(whole.length, 11);
     for (const size of [1, 2, 3, 7, 13, 64]) {
-      assert.deepEqual(parse(stream, () => size), whole, `chunks of ${size}`);
+      assert.deepEqual(
+        parse(stream, () => size),
+        whole,
+        `chunks of ${size}`,
+      );
     }
-    assert.deepEqual(parse(stream, (i) => (i * 7919) % 23), whole, 'irregular chunks');
+    assert.deepEqual(
+      parse(stream, (i) => (i * 7919) % 23),
+      whole,
+      'irregular chunks',
+    );
     const hello = whole[0];
     assert.equal(hello.type, FrameType.HELLO);
     if (hello.type === FrameType.HELLO) {
@@ -101,15 +122,32 @@ describe('frames', () => {
     ['empty DATA', encodeDataHeader(0, 0)],
     ['oversized DATA', encodeDataHeader(0, MAX_DATA_PAYLOAD + 1)],
     ['ACK of wrong size', Buffer.from([FrameType.ACK, 0, 0, 0, 15, ...Buffer.alloc(15)])],
-    ['HELLO with bad magic', (() => { const h = encodeHello(1, 1, key, 1); h[5] = 0x41; return h; })()],
-    ['offset beyond 2^53', (() => { const a = encodeAck(0, 0); a[5] = 0xff; return a; })()],
+    [
+      'HELLO with bad magic',
+      (() => {
+        const h = encodeHello(1, 1, key, 1);
+        h[5] = 0x41;
+        return h;
+      })(),
+    ],
+    [
+      'offset beyond 2^53',
+      (() => {
+        const a = encodeAck(0, 0);
+        a[5] = 0xff;
+        return a;
+      })(),
+    ],
     ['ERROR longer than allowed', Buffer.from([FrameType.ERROR, 0, 0, 4, 0])],
   ];
   for (const [name, bytes] of bad) {
     test(`refuses ${name} with ERR_ROCKS_PROTOCOL`, () => {
       const p = new FrameParser();
       p.push(bytes);
-      assert.throws(() => p.next(), (e: unknown) => e instanceof RocksError && e.code === 'ERR_ROCKS_PROTOCOL');
+      assert.throws(
+        () => p.next(),
+        (e: unknown) => e instanceof RocksError && e.code === 'ERR_ROCKS_PROTOCOL',
+      );
     });
   }
 

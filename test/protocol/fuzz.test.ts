@@ -15,9 +15,30 @@ import fc from 'fast-check';
 import { resolveServerLimits, resolveSessionConfig, type SessionOptions } from '../../src/protocol/config.js';
 import { ERROR_CODES, RocksError, codeFromWire, type RocksErrorCode } from '../../src/protocol/errors.js';
 import {
-  encodeAck, encodeChallenge, encodeClose, encodeCloseAck, encodeDataHeader, encodeError, encodeFin, encodeHello,
-  encodeProof, encodeResume, encodeWelcome, FrameParser, FrameType, DATA_HEADER_SIZE, HEADER_SIZE, KEY_SIZE,
-  MAX_ERROR_MESSAGE, MAX_HELLO_EXTENSION, MAX_OFFSET, NONCE_SIZE, SESSION_ID_SIZE, MAC_SIZE, INSTANCE_SIZE, type Frame,
+  encodeAck,
+  encodeChallenge,
+  encodeClose,
+  encodeCloseAck,
+  encodeDataHeader,
+  encodeError,
+  encodeFin,
+  encodeHello,
+  encodeProof,
+  encodeResume,
+  encodeWelcome,
+  FrameParser,
+  FrameType,
+  DATA_HEADER_SIZE,
+  HEADER_SIZE,
+  KEY_SIZE,
+  MAX_ERROR_MESSAGE,
+  MAX_HELLO_EXTENSION,
+  MAX_OFFSET,
+  NONCE_SIZE,
+  SESSION_ID_SIZE,
+  MAC_SIZE,
+  INSTANCE_SIZE,
+  type Frame,
 } from '../../src/protocol/frames.js';
 import { systemRandom } from '../../src/protocol/random.js';
 import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
@@ -55,12 +76,14 @@ const CONTROL_PAYLOAD_MAX = Math.max(
 const RESIDUE_BOUND = Math.max(HEADER_SIZE + CONTROL_PAYLOAD_MAX - 1, DATA_HEADER_SIZE - 1);
 
 /** Codes a peer may be refused with, or fail a session with: every documented code but the internal one. */
-const WIRE_CODES = new Set(
-  (Object.keys(ERROR_CODES) as RocksErrorCode[]).filter((c) => ERROR_CODES[c].wire !== 0),
-);
+const WIRE_CODES = new Set((Object.keys(ERROR_CODES) as RocksErrorCode[]).filter((c) => ERROR_CODES[c].wire !== 0));
 /** What ServerCore may refuse a new link with. */
 const HANDSHAKE_CODES = new Set<RocksErrorCode>([
-  'ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_VERSION', 'ERR_ROCKS_UNKNOWN_SESSION', 'ERR_ROCKS_UNCONFIRMED_SESSION', 'ERR_ROCKS_SERVER_BUSY',
+  'ERR_ROCKS_PROTOCOL',
+  'ERR_ROCKS_VERSION',
+  'ERR_ROCKS_UNKNOWN_SESSION',
+  'ERR_ROCKS_UNCONFIRMED_SESSION',
+  'ERR_ROCKS_SERVER_BUSY',
   'ERR_ROCKS_HANDSHAKE_TIMEOUT',
 ]);
 
@@ -133,55 +156,69 @@ interface Encoded {
 
 const helloFrame = fc
   .record({ min: u8, max: u8, key: publicKey, window: u32, extension: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: MAX_HELLO_EXTENSION })) })
-  .chain((h) => bytes(h.extension).map((ext): Encoded => {
-    const base = encodeHello(h.min, h.max, h.key, h.window);
-    const buf = Buffer.concat([base, ext]);
-    buf.writeUInt32BE(base.length - HEADER_SIZE + ext.length, 1);
-    return { bytes: buf, frame: { type: FrameType.HELLO, minVersion: h.min, maxVersion: h.max, publicKey: h.key, window: h.window } };
-  }));
+  .chain((h) =>
+    bytes(h.extension).map((ext): Encoded => {
+      const base = encodeHello(h.min, h.max, h.key, h.window);
+      const buf = Buffer.concat([base, ext]);
+      buf.writeUInt32BE(base.length - HEADER_SIZE + ext.length, 1);
+      return { bytes: buf, frame: { type: FrameType.HELLO, minVersion: h.min, maxVersion: h.max, publicKey: h.key, window: h.window } };
+    }),
+  );
 
 /** UTF-8 text that survives encodeError and decoding unchanged. */
 const errorMessage = fc
   .string({ unit: 'binary', maxLength: 200 })
   .filter((s) => Buffer.byteLength(s, 'utf8') <= MAX_ERROR_MESSAGE && Buffer.from(s, 'utf8').toString('utf8') === s);
 
-const dataFrame = fc
-  .uint8Array({ minLength: 1, maxLength: 300 })
-  .chain((data) => fc.integer({ min: 0, max: MAX_OFFSET - data.length }).map((offset): Encoded => {
+const dataFrame = fc.uint8Array({ minLength: 1, maxLength: 300 }).chain((data) =>
+  fc.integer({ min: 0, max: MAX_OFFSET - data.length }).map((offset): Encoded => {
     const payload = Buffer.from(data);
     return { bytes: Buffer.concat([encodeDataHeader(offset, payload.length), payload]), frame: { type: FrameType.DATA, offset, data: payload } };
-  }));
+  }),
+);
 
 const anyFrame: fc.Arbitrary<Encoded> = fc.oneof(
   helloFrame,
-  fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), key: bytes(KEY_SIZE), window: u32, instance: bytes(INSTANCE_SIZE) }).map(({ v, id, key, window, instance }): Encoded => ({
-    bytes: encodeWelcome(v, id, key, window, instance),
-    frame: { type: FrameType.WELCOME, version: v, sessionId: id, publicKey: key, window, instance },
-  })),
-  fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE), instance: bytes(INSTANCE_SIZE) }).map(({ v, id, nonce, instance }): Encoded => ({
-    bytes: encodeResume(v, id, nonce, instance),
-    frame: { type: FrameType.RESUME, version: v, sessionId: id, nonce, instance },
-  })),
-  fc.record({ nonce: bytes(NONCE_SIZE), received: u53, sent: u53, mac: bytes(MAC_SIZE) }).map(({ nonce, received, sent, mac }): Encoded => ({
-    bytes: encodeChallenge(nonce, received, sent, mac),
-    frame: { type: FrameType.CHALLENGE, nonce, received, sent, mac },
-  })),
-  fc.record({ received: u53, sent: u53, mac: bytes(MAC_SIZE) }).map(({ received, sent, mac }): Encoded => ({
-    bytes: encodeProof(received, sent, mac),
-    frame: { type: FrameType.PROOF, received, sent, mac },
-  })),
+  fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), key: bytes(KEY_SIZE), window: u32, instance: bytes(INSTANCE_SIZE) }).map(
+    ({ v, id, key, window, instance }): Encoded => ({
+      bytes: encodeWelcome(v, id, key, window, instance),
+      frame: { type: FrameType.WELCOME, version: v, sessionId: id, publicKey: key, window, instance },
+    }),
+  ),
+  fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE), instance: bytes(INSTANCE_SIZE) }).map(
+    ({ v, id, nonce, instance }): Encoded => ({
+      bytes: encodeResume(v, id, nonce, instance),
+      frame: { type: FrameType.RESUME, version: v, sessionId: id, nonce, instance },
+    }),
+  ),
+  fc.record({ nonce: bytes(NONCE_SIZE), received: u53, sent: u53, mac: bytes(MAC_SIZE) }).map(
+    ({ nonce, received, sent, mac }): Encoded => ({
+      bytes: encodeChallenge(nonce, received, sent, mac),
+      frame: { type: FrameType.CHALLENGE, nonce, received, sent, mac },
+    }),
+  ),
+  fc.record({ received: u53, sent: u53, mac: bytes(MAC_SIZE) }).map(
+    ({ received, sent, mac }): Encoded => ({
+      bytes: encodeProof(received, sent, mac),
+      frame: { type: FrameType.PROOF, received, sent, mac },
+    }),
+  ),
   dataFrame,
-  fc.record({ received: u53, window: u53 }).map(({ received, window }): Encoded => ({
-    bytes: encodeAck(received, window),
-    frame: { type: FrameType.ACK, received, window },
-  })),
+  fc.record({ received: u53, window: u53 }).map(
+    ({ received, window }): Encoded => ({
+      bytes: encodeAck(received, window),
+      frame: { type: FrameType.ACK, received, window },
+    }),
+  ),
   u53.map((offset): Encoded => ({ bytes: encodeFin(offset), frame: { type: FrameType.FIN, offset } })),
   fc.constant<Encoded>({ bytes: encodeClose(), frame: { type: FrameType.CLOSE } }),
   fc.constant<Encoded>({ bytes: encodeCloseAck(), frame: { type: FrameType.CLOSE_ACK } }),
-  fc.record({ code: u16, message: errorMessage }).map(({ code, message }): Encoded => ({
-    bytes: encodeError(code, message),
-    frame: { type: FrameType.ERROR, code, message },
-  })),
+  fc.record({ code: u16, message: errorMessage }).map(
+    ({ code, message }): Encoded => ({
+      bytes: encodeError(code, message),
+      frame: { type: FrameType.ERROR, code, message },
+    }),
+  ),
 );
 
 const validStream = fc.array(anyFrame, { minLength: 1, maxLength: 12 });
@@ -199,7 +236,11 @@ type Mutation =
 
 const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   fc.record({ op: fc.constant('flip' as const), pos: fc.nat(), mask: fc.integer({ min: 1, max: 0xff }) }),
-  fc.record({ op: fc.constant('set' as const), pos: fc.nat(), value: fc.constantFrom(0, 1, 2, 3, 4, 5, 0x10, 0x11, 0x12, 0x13, 0x14, 0x1f, 0x7f, 0xff) }),
+  fc.record({
+    op: fc.constant('set' as const),
+    pos: fc.nat(),
+    value: fc.constantFrom(0, 1, 2, 3, 4, 5, 0x10, 0x11, 0x12, 0x13, 0x14, 0x1f, 0x7f, 0xff),
+  }),
   fc.record({ op: fc.constant('truncate' as const), keep: fc.nat() }),
   fc.record({ op: fc.constant('insert' as const), pos: fc.nat(), data: fc.uint8Array({ minLength: 1, maxLength: 40 }).map((a) => Buffer.from(a)) }),
   fc.record({ op: fc.constant('delete' as const), pos: fc.nat(), len: fc.integer({ min: 1, max: 40 }) }),
@@ -400,7 +441,7 @@ class Harness {
   }
 
   pump(): void {
-    for (let again = true; again;) {
+    for (let again = true; again; ) {
       again = false;
       for (let ev = this.core.pollEvent(); ev !== undefined; ev = this.core.pollEvent()) {
         again = true;
@@ -585,25 +626,20 @@ describe('fuzz: FrameParser', () => {
     // readU64 refuses offsets beyond 2^53 because they must stay exact in a
     // JS number; the offsets of later pieces of the same frame must, too.
     fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 64 }),
-        fc.integer({ min: 0, max: 64 }),
-        fc.integer({ min: 1, max: 16 }),
-        (length, below, piece) => {
-          const offset = MAX_OFFSET - Math.min(below, MAX_OFFSET);
-          const payload = Buffer.alloc(length, 0x61);
-          const stream = Buffer.concat([encodeDataHeader(offset, length), payload]);
-          const out = parseChecked([stream.subarray(0, DATA_HEADER_SIZE), ...split(stream.subarray(DATA_HEADER_SIZE), [piece])]);
-          if (out.error !== undefined) return; // refusing the frame is fine
-          let expected = offset;
-          for (const f of out.frames) {
-            assert.ok(f.type === FrameType.DATA);
-            assert.ok(Number.isSafeInteger(f.offset), `DATA piece at offset ${f.offset}, beyond 2^53 - 1`);
-            assert.equal(f.offset, expected, 'pieces are contiguous');
-            expected += f.data.length;
-          }
-        },
-      ),
+      fc.property(fc.integer({ min: 1, max: 64 }), fc.integer({ min: 0, max: 64 }), fc.integer({ min: 1, max: 16 }), (length, below, piece) => {
+        const offset = MAX_OFFSET - Math.min(below, MAX_OFFSET);
+        const payload = Buffer.alloc(length, 0x61);
+        const stream = Buffer.concat([encodeDataHeader(offset, length), payload]);
+        const out = parseChecked([stream.subarray(0, DATA_HEADER_SIZE), ...split(stream.subarray(DATA_HEADER_SIZE), [piece])]);
+        if (out.error !== undefined) return; // refusing the frame is fine
+        let expected = offset;
+        for (const f of out.frames) {
+          assert.ok(f.type === FrameType.DATA);
+          assert.ok(Number.isSafeInteger(f.offset), `DATA piece at offset ${f.offset}, beyond 2^53 - 1`);
+          assert.equal(f.offset, expected, 'pieces are contiguous');
+          expected += f.data.length;
+        }
+      }),
       runs(300),
     );
   });
@@ -620,9 +656,22 @@ const validHello = bytes(KEY_SIZE)
 const handshakeGarbage = fc.oneof(
   randomBytes,
   frameishStream,
-  fc.tuple(fc.oneof(helloFrame, validHello.map((b) => ({ bytes: b }))), fc.oneof(fc.constant(Buffer.alloc(0)), randomBytes, validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes)))), mutations)
+  fc
+    .tuple(
+      fc.oneof(
+        helloFrame,
+        validHello.map((b) => ({ bytes: b })),
+      ),
+      fc.oneof(
+        fc.constant(Buffer.alloc(0)),
+        randomBytes,
+        validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes))),
+      ),
+      mutations,
+    )
     .map(([hello, tail, ops]) => mutate(Buffer.concat([hello.bytes, tail]), ops)),
-  fc.tuple(fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE) }), mutations)
+  fc
+    .tuple(fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE) }), mutations)
     .map(([r, ops]) => mutate(encodeResume(r.v, r.id, r.nonce, Buffer.alloc(INSTANCE_SIZE)), ops)),
   fc.tuple(validStream, mutations).map(([fs, ops]) => mutate(Buffer.concat(fs.map((f) => f.bytes)), ops)),
 );
@@ -631,7 +680,8 @@ const handshakeGarbage = fc.oneof(
 const nonHelloGarbage = fc.oneof(
   randomBytes,
   frameishStream.filter((b) => b[0] !== FrameType.HELLO),
-  fc.tuple(fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE) }), mutations)
+  fc
+    .tuple(fc.record({ v: u8, id: bytes(SESSION_ID_SIZE), nonce: bytes(NONCE_SIZE) }), mutations)
     .map(([r, ops]) => mutate(encodeResume(r.v, r.id, r.nonce, Buffer.alloc(INSTANCE_SIZE)), ops)),
 );
 
@@ -665,14 +715,10 @@ function assertGarbageLinkSettled(h: Harness, link: LinkId): void {
 
 // ---- EDP detection on a new link (ServerCore) ---------------------------------------------
 
-const enhancementName = fc.oneof(
-  fc.constantFrom('rocks', 'racks'),
-  fc.stringMatching(/^[a-z0-9-]{1,32}$/),
-);
-const enhancements = fc.array(
-  fc.record({ name: enhancementName, minVersion: u8, maxVersion: u8 }),
-  { minLength: 1, maxLength: 16 },
-).map((es) => es.map((e) => ({ ...e })));
+const enhancementName = fc.oneof(fc.constantFrom('rocks', 'racks'), fc.stringMatching(/^[a-z0-9-]{1,32}$/));
+const enhancements = fc
+  .array(fc.record({ name: enhancementName, minVersion: u8, maxVersion: u8 }), { minLength: 1, maxLength: 16 })
+  .map((es) => es.map((e) => ({ ...e })));
 
 /** What a new link may open with: an ordinary client's bytes, a broken or foreign announcement, or a good one. */
 const firstBytes = fc.oneof(
@@ -763,7 +809,11 @@ describe('fuzz: EDP detection', () => {
             h.pump();
             assert.deepEqual(edpEvents(h, 1), [], 'not before detectTimeout');
             h.timeout(LATER);
-            assert.deepEqual(edpEvents(h, 1), [`plain ${fed.toString('hex')} ended=false`], 'a silent client is served as one that waits for the server');
+            assert.deepEqual(
+              edpEvents(h, 1),
+              [`plain ${fed.toString('hex')} ended=false`],
+              'a silent client is served as one that waits for the server',
+            );
           }
         }
         if (verdict.kind !== 'announcement') {
@@ -784,7 +834,10 @@ describe('fuzz: EDP detection', () => {
         for (const chunk of split(input, sizes)) h.feed(1, chunk);
         h.feed(2, hello);
         const good = h.coreEvents.filter((e) => 'link' in e && e.link === 2);
-        assert.deepEqual(good.map((e) => e.type), ['session']);
+        assert.deepEqual(
+          good.map((e) => e.type),
+          ['session'],
+        );
       }),
       runs(1000),
     );
@@ -819,55 +872,74 @@ describe('fuzz: ServerCore handshake', () => {
 
   test('HELLO followed in the same chunk by bytes that end the new session: ServerCore forgets it', () => {
     fc.assert(
-      fc.property(validHello, fc.oneof(randomBytes, frameishStream, validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes)))), (hello, tail) => {
-        const h = new Harness(newCore());
-        h.open(1);
-        h.feed(1, Buffer.concat([hello, tail]));
-        const outcome = linkOutcome(h, 1);
-        assert.equal(outcome, 'session', 'a valid HELLO makes a session');
-        assertGarbageLinkSettled(h, 1);
-      }),
+      fc.property(
+        validHello,
+        fc.oneof(
+          randomBytes,
+          frameishStream,
+          validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes))),
+        ),
+        (hello, tail) => {
+          const h = new Harness(newCore());
+          h.open(1);
+          h.feed(1, Buffer.concat([hello, tail]));
+          const outcome = linkOutcome(h, 1);
+          assert.equal(outcome, 'session', 'a valid HELLO makes a session');
+          assertGarbageLinkSettled(h, 1);
+        },
+      ),
       runs(1000),
     );
   });
 
   test("garbage on one link never disturbs another link's valid HELLO", () => {
     fc.assert(
-      fc.property(nonHelloGarbage, chunking, validHello, chunking, fc.array(fc.boolean(), { minLength: 1, maxLength: 32 }), (garbage, gSizes, hello, hSizes, order) => {
-        const h = new Harness(newCore());
-        h.open(1);
-        h.open(2);
-        const g = split(garbage, gSizes);
-        const v = split(hello, hSizes);
-        for (let i = 0; g.length > 0 || v.length > 0; i++) {
-          const takeGarbage = v.length === 0 || (g.length > 0 && order[i % order.length]);
-          if (takeGarbage) h.feed(1, g.shift()!);
-          else h.feed(2, v.shift()!);
-        }
-        const good = h.coreEvents.filter((e) => 'link' in e && e.link === 2);
-        assert.equal(good.length, 1, `valid HELLO got ${good.map((e) => e.type).join(', ')}`);
-        assert.ok(good[0].type === 'session', `valid HELLO got ${good[0].type}`);
-        const session = good[0].session;
-        assert.equal(session.state, 'accepting');
-        assert.deepEqual(h.sessionEvents.get(session), [], 'a new server session says nothing before the client speaks');
-        const welcome = parseAll(session.pollTransmit(2, h.now, 1 << 20) ?? []);
-        assert.ok(welcome.length === 1 && welcome[0].type === FrameType.WELCOME, 'the session sends WELCOME');
-        assert.ok(welcome[0].sessionId.equals(session.sessionId!));
+      fc.property(
+        nonHelloGarbage,
+        chunking,
+        validHello,
+        chunking,
+        fc.array(fc.boolean(), { minLength: 1, maxLength: 32 }),
+        (garbage, gSizes, hello, hSizes, order) => {
+          const h = new Harness(newCore());
+          h.open(1);
+          h.open(2);
+          const g = split(garbage, gSizes);
+          const v = split(hello, hSizes);
+          for (let i = 0; g.length > 0 || v.length > 0; i++) {
+            const takeGarbage = v.length === 0 || (g.length > 0 && order[i % order.length]);
+            if (takeGarbage) h.feed(1, g.shift()!);
+            else h.feed(2, v.shift()!);
+          }
+          const good = h.coreEvents.filter((e) => 'link' in e && e.link === 2);
+          assert.equal(good.length, 1, `valid HELLO got ${good.map((e) => e.type).join(', ')}`);
+          assert.ok(good[0].type === 'session', `valid HELLO got ${good[0].type}`);
+          const session = good[0].session;
+          assert.equal(session.state, 'accepting');
+          assert.deepEqual(h.sessionEvents.get(session), [], 'a new server session says nothing before the client speaks');
+          const welcome = parseAll(session.pollTransmit(2, h.now, 1 << 20) ?? []);
+          assert.ok(welcome.length === 1 && welcome[0].type === FrameType.WELCOME, 'the session sends WELCOME');
+          assert.ok(welcome[0].sessionId.equals(session.sessionId!));
 
-        const bad = linkOutcome(h, 1);
-        assert.notEqual(bad, 'session');
-        assert.equal(h.core.sessionCount, 1);
-        if (bad === 'pending') {
-          assert.equal(h.core.pendingLinkCount, 1);
-          h.core.handleTimeout(h.now + 1); // too early for anyone
-          h.pump();
-          assert.equal(h.core.pendingLinkCount, 1);
-          h.timeout(LATER);
-          const err = assertRefused(h.coreEvents.filter((e) => 'link' in e && e.link === 1), 1, HANDSHAKE_CODES);
-          assert.equal(err.code, 'ERR_ROCKS_HANDSHAKE_TIMEOUT');
-        }
-        assert.equal(h.core.pendingLinkCount, 0);
-      }),
+          const bad = linkOutcome(h, 1);
+          assert.notEqual(bad, 'session');
+          assert.equal(h.core.sessionCount, 1);
+          if (bad === 'pending') {
+            assert.equal(h.core.pendingLinkCount, 1);
+            h.core.handleTimeout(h.now + 1); // too early for anyone
+            h.pump();
+            assert.equal(h.core.pendingLinkCount, 1);
+            h.timeout(LATER);
+            const err = assertRefused(
+              h.coreEvents.filter((e) => 'link' in e && e.link === 1),
+              1,
+              HANDSHAKE_CODES,
+            );
+            assert.equal(err.code, 'ERR_ROCKS_HANDSHAKE_TIMEOUT');
+          }
+          assert.equal(h.core.pendingLinkCount, 0);
+        },
+      ),
       runs(1000),
     );
   });
@@ -878,7 +950,11 @@ describe('fuzz: ServerCore handshake', () => {
         validHello,
         fc.boolean(),
         bytes(NONCE_SIZE),
-        fc.oneof(fc.constant(Buffer.alloc(0)), randomBytes, validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes)))),
+        fc.oneof(
+          fc.constant(Buffer.alloc(0)),
+          randomBytes,
+          validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes))),
+        ),
         fc.oneof(fc.constant([] as Mutation[]), mutations),
         chunking,
         (hello, confirm, nonce, tail, ops, sizes) => {
@@ -916,7 +992,11 @@ describe('fuzz: ServerCore handshake', () => {
           } else if (outcome === 'pending') {
             h.core.handleTimeout(LATER);
             h.pump();
-            const err = assertRefused(h.coreEvents.filter((e) => 'link' in e && e.link === 2), 2, HANDSHAKE_CODES);
+            const err = assertRefused(
+              h.coreEvents.filter((e) => 'link' in e && e.link === 2),
+              2,
+              HANDSHAKE_CODES,
+            );
             assert.equal(err.code, 'ERR_ROCKS_HANDSHAKE_TIMEOUT');
           }
           assert.equal(h.core.pendingLinkCount, 0);
@@ -927,7 +1007,9 @@ describe('fuzz: ServerCore handshake', () => {
           const fresh = outcome === 'session' ? h.coreEvents.find((e) => e.type === 'session' && e.link === 2) : undefined;
           const freshAlive = fresh?.type === 'session' && fresh.session.state !== 'done';
           assert.equal(h.core.sessionCount, freshAlive ? 2 : 1);
-          assert.ok(!h.sessionEvents.get(session)!.some((e) => e.type === 'error' || e.type === 'released' || (e.type === 'close-link' && e.link === 1)));
+          assert.ok(
+            !h.sessionEvents.get(session)!.some((e) => e.type === 'error' || e.type === 'released' || (e.type === 'close-link' && e.link === 1)),
+          );
         },
       ),
       runs(1000),
@@ -1065,7 +1147,10 @@ describe('fuzz: established server session', () => {
         const received = Buffer.concat(log.flatMap((e) => (e.type === 'data' ? [e.data] : [])));
         if (stream.data.length > window) {
           const err = log.find((e) => e.type === 'error');
-          assert.ok(err?.type === 'error' && err.error instanceof RocksError && err.error.code === 'ERR_ROCKS_FLOW_CONTROL', `no flow-control error: ${types.join(', ')}`);
+          assert.ok(
+            err?.type === 'error' && err.error instanceof RocksError && err.error.code === 'ERR_ROCKS_FLOW_CONTROL',
+            `no flow-control error: ${types.join(', ')}`,
+          );
           assert.ok(received.length <= window);
           assert.deepEqual(received, stream.data.subarray(0, received.length));
           return;

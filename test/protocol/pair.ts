@@ -200,7 +200,10 @@ export class Link {
   private epoch = 0;
   private blackholed = false;
 
-  constructor(private readonly pair: Pair, readonly id: LinkId) {}
+  constructor(
+    private readonly pair: Pair,
+    readonly id: LinkId,
+  ) {}
 
   /** The frames `side` sent on this link, as short lines ('EDP' for its announcement). */
   sentBy(side: Side): string[] {
@@ -309,7 +312,10 @@ export class Peer {
   /** The links the session uses, by its own link ids. */
   readonly links = new Map<LinkId, Link>();
 
-  constructor(private readonly pair: Pair, readonly session: Session) {}
+  constructor(
+    private readonly pair: Pair,
+    readonly session: Session,
+  ) {}
 
   /** Every data byte delivered to the application, in order. */
   get received(): Buffer {
@@ -502,14 +508,16 @@ export class Pair {
 
   /** ServerCore's events, described: 'session #1', 'bind #2', 'rejected #1000 ERR_ROCKS_VERSION', 'close-link #1000'... */
   coreNames(): string[] {
-    return this.coreEvents.filter((e) => e.type !== 'wake' && e.type !== 'send').map((e) => {
-      switch (e.type) {
-        case 'rejected':
-          return `rejected #${e.link} ${e.error.code}`;
-        default:
-          return `${e.type} #${e.link}`;
-      }
-    });
+    return this.coreEvents
+      .filter((e) => e.type !== 'wake' && e.type !== 'send')
+      .map((e) => {
+        switch (e.type) {
+          case 'rejected':
+            return `rejected #${e.link} ${e.error.code}`;
+          default:
+            return `${e.type} #${e.link}`;
+        }
+      });
   }
 
   // ---- time ------------------------------------------------------------------
@@ -580,7 +588,6 @@ export class Pair {
   planDials(...plans: DialPlan[]): void {
     this.dialPlans.push(...plans);
   }
-
 
   /** A raw client: a new link to the real server, connected after one latency, on which the test speaks for the client. */
   rawClient(): RawPeer {

@@ -102,7 +102,10 @@ test('send buffer: large writes and many blocks compact as they are acknowledged
   }
   b.rewind(b.start);
   const rest = readViews(b);
-  assert.equal(rest.reduce((n, v) => n + v.length, 0), b.length);
+  assert.equal(
+    rest.reduce((n, v) => n + v.length, 0),
+    b.length,
+  );
   assert.equal(b.length, total - b.start);
   const stillHeld = new Set(rest.map((v) => v.buffer));
   rest.length = 0;
@@ -119,12 +122,20 @@ test('send buffer: large writes and many blocks compact as they are acknowledged
 
 test('send buffer: any sequence of operations reads back exactly the bytes written (model check)', () => {
   type Op =
-    | { kind: 'append'; n: number } | { kind: 'read'; max: number } | { kind: 'trim'; at: number }
+    | { kind: 'append'; n: number }
+    | { kind: 'read'; max: number }
+    | { kind: 'trim'; at: number }
     | { kind: 'edge'; pick: number; delta: number }
-    | { kind: 'ack' } | { kind: 'rewind'; at: number } | { kind: 'idle' } | { kind: 'check' };
+    | { kind: 'ack' }
+    | { kind: 'rewind'; at: number }
+    | { kind: 'idle' }
+    | { kind: 'check' };
   const op: fc.Arbitrary<Op> = fc.oneof(
     // Block-sized writes fill blocks exactly, which puts the cursor on block boundaries.
-    fc.record({ kind: fc.constant('append' as const), n: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 70_000 }), fc.constantFrom(16_384, 65_536)) }),
+    fc.record({
+      kind: fc.constant('append' as const),
+      n: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 70_000 }), fc.constantFrom(16_384, 65_536)),
+    }),
     fc.record({ kind: fc.constant('read' as const), max: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 200_000 })) }),
     fc.record({ kind: fc.constant('trim' as const), at: fc.double({ min: 0, max: 1, noNaN: true }) }),
     // Acknowledgements next to a block's end, where off-by-one errors live.

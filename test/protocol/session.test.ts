@@ -16,9 +16,25 @@ import { describe, test } from 'node:test';
 import { encodeAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { ERROR_CODES, type RocksErrorCode } from '../../src/protocol/errors.js';
 import {
-  encodeAck, encodeChallenge, encodeClose, encodeCloseAck, encodeDataHeader, encodeError, encodeFin, encodeHello,
-  encodeProof, encodeResume, encodeWelcome, FrameType, INSTANCE_SIZE, KEY_SIZE, MAC_SIZE, NONCE_SIZE, SESSION_ID_SIZE,
-  type HelloFrame, type ResumeFrame,
+  encodeAck,
+  encodeChallenge,
+  encodeClose,
+  encodeCloseAck,
+  encodeDataHeader,
+  encodeError,
+  encodeFin,
+  encodeHello,
+  encodeProof,
+  encodeResume,
+  encodeWelcome,
+  FrameType,
+  INSTANCE_SIZE,
+  KEY_SIZE,
+  MAC_SIZE,
+  NONCE_SIZE,
+  SESSION_ID_SIZE,
+  type HelloFrame,
+  type ResumeFrame,
 } from '../../src/protocol/frames.js';
 import { deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
 import { CLIENT_ANNOUNCEMENT, fakeServer, Pair, SERVER_ANNOUNCEMENT, type PairOptions, type RawPeer } from './pair.js';
@@ -179,7 +195,7 @@ describe('establishment', () => {
     assert.equal(p.core.sessionCount, 1);
   });
 
-  test('link cut after WELCOME, before the client\'s first frame: told UNCONFIRMED_SESSION, the client restarts and sends everything again', () => {
+  test("link cut after WELCOME, before the client's first frame: told UNCONFIRMED_SESSION, the client restarts and sends everything again", () => {
     const p = new Pair();
     p.runFor(20);
     p.link(1).hold('client'); // the ACK (and data) after WELCOME never arrive
@@ -191,9 +207,18 @@ describe('establishment', () => {
     p.runUntil(() => p.servers.length === 2 && p.servers[1].session.state === 'open');
     p.runFor(100);
     assert.deepEqual(p.client.events.names(), [
-      'dial #1', 'link-active #1', 'connect',
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'close-link #2', // RESUME answered with ERROR(11)
-      'reconnect-attempt 2', 'dial #3', 'link-active #3', 'resume', // a new session, shown as a resume
+      'dial #1',
+      'link-active #1',
+      'connect',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'close-link #2', // RESUME answered with ERROR(11)
+      'reconnect-attempt 2',
+      'dial #3',
+      'link-active #3',
+      'resume', // a new session, shown as a resume
     ]);
     assert.equal(p.client.events.of('dial')[2].at, p.client.events.of('close-link')[1].at, 'the restart dials at once');
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME']);
@@ -307,7 +332,10 @@ describe('resume', () => {
     p.runFor(1);
     p.link(1).cut(['client'], { keepInFlight: true }); // only the client's side failed
     p.runUntil(() => p.links.has(2) && p.link(2).sentBy('server').includes('CHALLENGE'));
-    const challenge = p.link(2).framesSentBy('server').find((f) => f.type === FrameType.CHALLENGE);
+    const challenge = p
+      .link(2)
+      .framesSentBy('server')
+      .find((f) => f.type === FrameType.CHALLENGE);
     assert.equal(challenge?.type === FrameType.CHALLENGE && challenge.received, 0);
     p.link(1).release('client'); // a arrives at the server on the old link, after CHALLENGE said it held 0
     untilResumed(p);
@@ -349,7 +377,14 @@ describe('resume', () => {
     untilResumed(p);
     p.runFor(100);
     assert.deepEqual(p.client.events.take(), [
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'reconnect-attempt 2', 'dial #3', 'link-active #3', 'resume',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'reconnect-attempt 2',
+      'dial #3',
+      'link-active #3',
+      'resume',
     ]);
     assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #3', 'resume']);
     assert.equal(p.client.events.of('resume')[0].replayedOut, 1000);
@@ -392,8 +427,18 @@ describe('resume', () => {
     p.runUntil(() => p.client.events.of('resume').length === 2 && p.server.session.state === 'open');
     p.runFor(100);
     assert.deepEqual(p.client.events.take(), [
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'link-active #2', 'resume',
-      'close-link #2', 'suspend', 'reconnect-attempt 1', 'dial #3', 'link-active #3', 'resume',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'link-active #2',
+      'resume',
+      'close-link #2',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #3',
+      'link-active #3',
+      'resume',
     ]);
     assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #3', 'resume']);
     const [, second] = p.client.events.of('resume');
@@ -437,7 +482,15 @@ describe('resume', () => {
     fake.send(SERVER_ANNOUNCEMENT, encodeChallenge(Buffer.alloc(NONCE_SIZE, 2), 0, 0, Buffer.alloc(MAC_SIZE, 0xcd)));
     untilResumed(p);
     assert.deepEqual(p.client.events.take(), [
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'close-link #2', 'reconnect-attempt 2', 'dial #3', 'link-active #3', 'resume',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'close-link #2',
+      'reconnect-attempt 2',
+      'dial #3',
+      'link-active #3',
+      'resume',
     ]);
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME'], 'no PROOF, no ERROR');
     assert.deepEqual(fake.closedBy, { graceful: false, reason: 'ECONNRESET' });
@@ -452,8 +505,20 @@ describe('resume', () => {
       return raw;
     });
     p.runFor(50);
-    assert.deepEqual(raws.map((r) => r.received), [['EDP', 'CHALLENGE'], ['EDP', 'CHALLENGE'], ['EDP', 'CHALLENGE'], ['EDP', 'CHALLENGE'], ['EDP', 'CHALLENGE']]);
-    assert.deepEqual(raws.map((r) => r.closedBy?.reason), ['ECONNRESET', undefined, undefined, undefined, undefined]);
+    assert.deepEqual(
+      raws.map((r) => r.received),
+      [
+        ['EDP', 'CHALLENGE'],
+        ['EDP', 'CHALLENGE'],
+        ['EDP', 'CHALLENGE'],
+        ['EDP', 'CHALLENGE'],
+        ['EDP', 'CHALLENGE'],
+      ],
+    );
+    assert.deepEqual(
+      raws.map((r) => r.closedBy?.reason),
+      ['ECONNRESET', undefined, undefined, undefined, undefined],
+    );
     assert.equal(p.server.session.state, 'open');
   });
 
@@ -530,11 +595,17 @@ describe('timers', () => {
     const t = p.now;
     p.client.setIdleTimeout(500);
     p.runFor(1200);
-    assert.deepEqual(p.client.events.of('timeout').map((e) => e.at), [t + 500]);
+    assert.deepEqual(
+      p.client.events.of('timeout').map((e) => e.at),
+      [t + 500],
+    );
     p.server.write(pattern(10)); // arrives 10 ms later
     const dataAt = p.now + 10;
     p.runFor(600);
-    assert.deepEqual(p.client.events.of('timeout').map((e) => e.at), [t + 500, dataAt + 500]);
+    assert.deepEqual(
+      p.client.events.of('timeout').map((e) => e.at),
+      [t + 500, dataAt + 500],
+    );
   });
 
   test('suspendLimit: a suspended session fails with ERR_ROCKS_SUSPEND_TIMEOUT at exactly suspendedAt + suspendLimit', () => {
@@ -545,12 +616,15 @@ describe('timers', () => {
     p.runUntil(() => p.client.session.state === 'done' && p.server.session.state === 'done');
     assert.equal(p.client.events.at('error'), cutAt + 10_000);
     assert.equal(p.server.events.at('error'), cutAt + 10_000);
-    assert.deepEqual(p.client.events.take().filter((e) => !/dial|reconnect|close-link/.test(e)), ['suspend', 'error ERR_ROCKS_SUSPEND_TIMEOUT', 'released']);
+    assert.deepEqual(
+      p.client.events.take().filter((e) => !/dial|reconnect|close-link/.test(e)),
+      ['suspend', 'error ERR_ROCKS_SUSPEND_TIMEOUT', 'released'],
+    );
     assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'error ERR_ROCKS_SUSPEND_TIMEOUT', 'released']);
     assert.equal(p.core.sessionCount, 0);
   });
 
-  test('a session the server let expire: the client\'s RESUME hears ERROR(7) and fails with ERR_ROCKS_SUSPEND_TIMEOUT', () => {
+  test("a session the server let expire: the client's RESUME hears ERROR(7) and fails with ERR_ROCKS_SUSPEND_TIMEOUT", () => {
     const p = established({ server: { suspendLimit: 1000 }, jitter: 0.5 });
     p.planDials('hang');
     p.link(1).cut();
@@ -565,11 +639,18 @@ describe('timers', () => {
     p.runUntil(() => p.client.session.state === 'done');
     assert.equal(p.now, 3000);
     // The silent first dial does not hold up a second at reconnectDelayMax (2000).
-    assert.deepEqual(p.client.events.names(), ['dial #1', 'dial #2', 'error ERR_ROCKS_CONNECT_TIMEOUT', 'close-link #1', 'close-link #2', 'released']);
+    assert.deepEqual(p.client.events.names(), [
+      'dial #1',
+      'dial #2',
+      'error ERR_ROCKS_CONNECT_TIMEOUT',
+      'close-link #1',
+      'close-link #2',
+      'released',
+    ]);
     assert.equal(p.client.events.of('dial')[1].at, 2000);
   });
 
-  test('the first dial refused: the connection fails with the transport\'s error', () => {
+  test("the first dial refused: the connection fails with the transport's error", () => {
     const p = new Pair({ dials: ['refuse'] });
     p.runUntil(() => p.client.session.state === 'done');
     assert.deepEqual(p.client.events.names(), ['dial #1', 'error ECONNREFUSED', 'released']);
@@ -587,7 +668,10 @@ describe('timers', () => {
     p.planDials('refuse', 'refuse');
     p.link(1).cut();
     untilResumed(p);
-    assert.deepEqual(p.client.events.take().filter((e) => !e.startsWith('reconnect')), ['close-link #1', 'suspend', 'dial #2', 'dial #3', 'dial #4', 'link-active #4', 'resume']);
+    assert.deepEqual(
+      p.client.events.take().filter((e) => !e.startsWith('reconnect')),
+      ['close-link #1', 'suspend', 'dial #2', 'dial #3', 'dial #4', 'link-active #4', 'resume'],
+    );
   });
 });
 
@@ -605,11 +689,25 @@ describe('reconnection', () => {
       const cutAt = p.now;
       untilResumed(p);
       const attempts = p.client.events.of('reconnect-attempt');
-      assert.deepEqual(attempts.map((a) => a.delay), expected, `jitter ${jitter}`);
-      assert.deepEqual(attempts.map((a) => a.attempt), [1, 2, 3, 4, 5, 6, 7, 8]);
+      assert.deepEqual(
+        attempts.map((a) => a.delay),
+        expected,
+        `jitter ${jitter}`,
+      );
+      assert.deepEqual(
+        attempts.map((a) => a.attempt),
+        [1, 2, 3, 4, 5, 6, 7, 8],
+      );
       let t = cutAt;
-      const dials = p.client.events.of('dial').slice(1).map((d) => d.at);
-      assert.deepEqual(dials, expected.map((d) => (t += d)), `dial times with jitter ${jitter}`);
+      const dials = p.client.events
+        .of('dial')
+        .slice(1)
+        .map((d) => d.at);
+      assert.deepEqual(
+        dials,
+        expected.map((d) => (t += d)),
+        `dial times with jitter ${jitter}`,
+      );
     }
   });
 
@@ -634,7 +732,15 @@ describe('reconnection', () => {
     const cutAt = p.now;
     untilResumed(p);
     assert.deepEqual(p.client.events.take(), [
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'reconnect-attempt 2', 'dial #3', 'close-link #2', 'link-active #3', 'resume',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'reconnect-attempt 2',
+      'dial #3',
+      'close-link #2',
+      'link-active #3',
+      'resume',
     ]);
     assert.equal(p.client.events.of('dial')[2].at, cutAt + 2000);
   });
@@ -645,9 +751,15 @@ describe('reconnection', () => {
     p.link(1).cut();
     const cutAt = p.now;
     untilResumed(p);
-    const dials = p.client.events.of('dial').slice(1).map((d) => d.at - cutAt);
+    const dials = p.client.events
+      .of('dial')
+      .slice(1)
+      .map((d) => d.at - cutAt);
     assert.deepEqual(dials, [0, 2000, 5000]);
-    assert.deepEqual(p.client.events.of('close-link').map((c) => `#${c.link}@${c.at - cutAt}`), ['#1@0', '#2@5000', '#3@5030']);
+    assert.deepEqual(
+      p.client.events.of('close-link').map((c) => `#${c.link}@${c.at - cutAt}`),
+      ['#1@0', '#2@5000', '#3@5030'],
+    );
   });
 
   test('an attempt that has heard from the server is given its whole handshakeTimeout', () => {
@@ -659,7 +771,10 @@ describe('reconnection', () => {
     p.runUntil(() => slow.received.length > 0);
     slow.send(SERVER_ANNOUNCEMENT); // and then nothing
     untilResumed(p);
-    const dials = p.client.events.of('dial').slice(1).map((d) => d.at - cutAt);
+    const dials = p.client.events
+      .of('dial')
+      .slice(1)
+      .map((d) => d.at - cutAt);
     assert.deepEqual(dials, [0, 5000]);
     assert.deepEqual(slow.closedBy, { graceful: false, reason: 'ECONNRESET' });
   });
@@ -736,11 +851,14 @@ describe('closing', () => {
     p.runFor(50);
     assert.equal(p.client.events.of('resume')[0].replayedOut, 1, 'the FIN is one unit');
     assert.ok(p.link(2).sentBy('client').includes('FIN 0'));
-    assert.deepEqual(p.server.events.names().filter((e) => e === 'end'), ['end']);
+    assert.deepEqual(
+      p.server.events.names().filter((e) => e === 'end'),
+      ['end'],
+    );
     assert.deepEqual(p.client.events.take().slice(-1), ['fin-acked']);
   });
 
-  test('cut while the server\'s FIN is in flight: the resume replays it and the close completes', () => {
+  test("cut while the server's FIN is in flight: the resume replays it and the close completes", () => {
     const p = established();
     p.client.end();
     p.runFor(50);
@@ -750,12 +868,29 @@ describe('closing', () => {
     p.link(1).cut();
     p.runUntil(() => p.client.session.state === 'done' && p.server.session.state === 'done');
     assert.deepEqual(p.client.events.take(), [
-      'fin-acked', 'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'link-active #2', 'resume',
-      'end', 'close-link #2 graceful', 'closed', 'released',
+      'fin-acked',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'link-active #2',
+      'resume',
+      'end',
+      'close-link #2 graceful',
+      'closed',
+      'released',
     ]);
     assert.equal(p.client.received.toString(), 'last');
     assert.deepEqual(p.server.events.take(), [
-      'end', 'close-link #1', 'suspend', 'link-active #2', 'resume', 'fin-acked', 'closed', 'close-link #2 graceful', 'released',
+      'end',
+      'close-link #1',
+      'suspend',
+      'link-active #2',
+      'resume',
+      'fin-acked',
+      'closed',
+      'close-link #2 graceful',
+      'released',
     ]);
   });
 
@@ -767,11 +902,28 @@ describe('closing', () => {
     p.link(1).cut(); // CLOSE is lost
     p.runUntil(() => p.client.session.state === 'done' && p.server.session.state === 'done');
     assert.deepEqual(p.client.events.take(), [
-      'end', 'fin-acked', 'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'link-active #2', 'resume',
-      'close-link #2 graceful', 'closed', 'released',
+      'end',
+      'fin-acked',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'link-active #2',
+      'resume',
+      'close-link #2 graceful',
+      'closed',
+      'released',
     ]);
     assert.deepEqual(p.server.events.take(), [
-      'end', 'fin-acked', 'closed', 'close-link #1', 'suspend', 'link-active #2', 'resume', 'close-link #2 graceful', 'released',
+      'end',
+      'fin-acked',
+      'closed',
+      'close-link #1',
+      'suspend',
+      'link-active #2',
+      'resume',
+      'close-link #2 graceful',
+      'released',
     ]);
     // The ACK every newly active link starts with, then the ACK that goes with CLOSE.
     assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'CHALLENGE', 'ACK 1', 'ACK 1', 'CLOSE']);
@@ -810,7 +962,7 @@ describe('closing', () => {
     assert.deepEqual(rawResume(p, p.client.session.sessionId!).received, ['EDP', 'ERROR(12)']);
   });
 
-  test('a client whose FIN\'s acknowledgement was lost hears ERROR(12) on its RESUME after the server let go, and completes its close', () => {
+  test("a client whose FIN's acknowledgement was lost hears ERROR(12) on its RESUME after the server let go, and completes its close", () => {
     const p = established({ options: { closeLinger: 1000, reconnectDelay: 100 }, jitter: 0 });
     p.server.end();
     p.runFor(50); // the client holds the server's FIN; the server's FIN is acknowledged
@@ -822,9 +974,10 @@ describe('closing', () => {
     p.link(1).cut();
     p.runUntil(() => p.client.session.state === 'done');
     assert.ok(p.server.events.at('released') < p.client.events.at('closed'));
-    assert.deepEqual(p.client.events.take().filter((e) => !/dial|reconnect/.test(e)), [
-      'end', 'close-link #1', 'suspend', 'close-link #7', 'fin-acked', 'closed', 'released',
-    ]);
+    assert.deepEqual(
+      p.client.events.take().filter((e) => !/dial|reconnect/.test(e)),
+      ['end', 'close-link #1', 'suspend', 'close-link #7', 'fin-acked', 'closed', 'released'],
+    );
     assert.deepEqual(p.link(7).sentBy('server'), ['EDP', 'ERROR(12)']);
   });
 });
@@ -939,7 +1092,10 @@ describe('errors: a new link at the server', () => {
     raw.send(CLIENT_ANNOUNCEMENT); // arrives at 10
     p.runFor(1000);
     assert.deepEqual(raw.received, ['EDP', 'ERROR(9)']);
-    assert.deepEqual(p.coreEvents.filter((e) => e.type === 'rejected').map((e) => e.at), [10 + 700]);
+    assert.deepEqual(
+      p.coreEvents.filter((e) => e.type === 'rejected').map((e) => e.at),
+      [10 + 700],
+    );
   });
 
   test('a link that ends after its announcement, before HELLO, is refused with ERROR(9)', () => {
@@ -1009,7 +1165,10 @@ describe('errors: a server session', () => {
       p.runFor(50);
       assert.deepEqual(s.raw.received.slice(-1), [`ERROR(${wire(code)})`]);
       assert.equal(s.raw.closedBy?.graceful, true);
-      assert.deepEqual(p.server.events.take().filter((e) => e !== 'end'), ['close-link #1000 graceful', `error ${code}`, 'released']);
+      assert.deepEqual(
+        p.server.events.take().filter((e) => e !== 'end'),
+        ['close-link #1000 graceful', `error ${code}`, 'released'],
+      );
       assert.deepEqual(rawResume(p, s.sessionId).received, ['EDP', `ERROR(${wire(code)})`]);
     });
   }
@@ -1052,13 +1211,16 @@ describe('errors: a server session', () => {
     assert.deepEqual(p.server.events.take().slice(-3), ['suspend', 'link-active #1001', 'resume']);
   });
 
-  test('EVICTED: past maxSuspendedSessions the suspended session is failed, and the client\'s RESUME hears ERROR(10)', () => {
+  test("EVICTED: past maxSuspendedSessions the suspended session is failed, and the client's RESUME hears ERROR(10)", () => {
     const p = established({ limits: { maxSuspendedSessions: 0 } });
     p.link(1).cut();
     p.runUntil(() => p.client.session.state === 'done');
     assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'error ERR_ROCKS_EVICTED', 'released']);
     assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'ERROR(10)']);
-    assert.deepEqual(p.client.events.take().filter((e) => !/dial|reconnect|close-link/.test(e)), ['suspend', 'error ERR_ROCKS_EVICTED', 'released']);
+    assert.deepEqual(
+      p.client.events.take().filter((e) => !/dial|reconnect|close-link/.test(e)),
+      ['suspend', 'error ERR_ROCKS_EVICTED', 'released'],
+    );
   });
 
   test('the server application aborts: the client gets ERROR(6) and fails with ERR_ROCKS_PEER_ABORTED', () => {
@@ -1071,7 +1233,7 @@ describe('errors: a server session', () => {
     assert.match(p.client.events.of('error')[0].error.message, /bye/);
   });
 
-  test('the server application aborts a suspended session: nothing is sent, the client\'s RESUME hears ERROR(6)', () => {
+  test("the server application aborts a suspended session: nothing is sent, the client's RESUME hears ERROR(6)", () => {
     const p = established();
     p.link(1).cut(['server']);
     p.runFor(1);
@@ -1124,9 +1286,10 @@ describe('errors: the client', () => {
     p.runUntil(() => plain.received.length > 0);
     plain.send(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n'));
     untilResumed(p);
-    assert.deepEqual(p.client.events.take().filter((e) => !e.startsWith('reconnect')), [
-      'close-link #1', 'suspend', 'dial #2', 'close-link #2', 'dial #3', 'link-active #3', 'resume',
-    ]);
+    assert.deepEqual(
+      p.client.events.take().filter((e) => !e.startsWith('reconnect')),
+      ['close-link #1', 'suspend', 'dial #2', 'close-link #2', 'dial #3', 'link-active #3', 'resume'],
+    );
   });
 
   test('a server announcement with no rocks version in common: ERR_ROCKS_VERSION', () => {
@@ -1188,7 +1351,7 @@ describe('errors: the client', () => {
     });
   }
 
-  test('DATA beyond the client\'s window: the client sends ERROR(8) and fails with ERR_ROCKS_FLOW_CONTROL', () => {
+  test("DATA beyond the client's window: the client sends ERROR(8) and fails with ERR_ROCKS_FLOW_CONTROL", () => {
     const { p, fake } = establishedWithFake({ client: { receiveWindow: 1024 } });
     fake.send(encodeDataHeader(0, 1025), Buffer.alloc(1025));
     p.runFor(50);
@@ -1204,7 +1367,11 @@ describe('errors: the client', () => {
     assert.deepEqual(p.client.events.names().slice(-3), ['close-link #1 graceful', 'error ERR_ROCKS_PROTOCOL', 'released']);
   });
 
-  for (const [sent, code] of [[6, 'ERR_ROCKS_PEER_ABORTED'], [8, 'ERR_ROCKS_FLOW_CONTROL'], [999, 'ERR_ROCKS_PROTOCOL']] as const) {
+  for (const [sent, code] of [
+    [6, 'ERR_ROCKS_PEER_ABORTED'],
+    [8, 'ERR_ROCKS_FLOW_CONTROL'],
+    [999, 'ERR_ROCKS_PROTOCOL'],
+  ] as const) {
     test(`ERROR(${sent}) on the active link: the client fails with ${code}, sending nothing back`, () => {
       const { p, fake } = establishedWithFake();
       fake.send(encodeError(sent, 'x'));
@@ -1248,7 +1415,15 @@ describe('errors: the client', () => {
       fake.send(SERVER_ANNOUNCEMENT, encodeError(wire(code), 'not now'));
       untilResumed(p);
       assert.deepEqual(p.client.events.take(), [
-        'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'close-link #2', 'reconnect-attempt 2', 'dial #3', 'link-active #3', 'resume',
+        'close-link #1',
+        'suspend',
+        'reconnect-attempt 1',
+        'dial #2',
+        'close-link #2',
+        'reconnect-attempt 2',
+        'dial #3',
+        'link-active #3',
+        'resume',
       ]);
     });
   }
@@ -1269,7 +1444,15 @@ describe('errors: the client', () => {
       resumeToFake(p, fake);
       fake.send(SERVER_ANNOUNCEMENT, encodeError(sent, 'gone'));
       p.runFor(15);
-      assert.deepEqual(p.client.events.take(), ['close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', `error ${code}`, 'close-link #2', 'released']);
+      assert.deepEqual(p.client.events.take(), [
+        'close-link #1',
+        'suspend',
+        'reconnect-attempt 1',
+        'dial #2',
+        `error ${code}`,
+        'close-link #2',
+        'released',
+      ]);
       assert.deepEqual(fake.received, ['EDP', 'RESUME'], 'nothing sent back');
     });
   }
@@ -1316,7 +1499,15 @@ describe('errors: the client', () => {
     untilResumed(p);
     assert.deepEqual(fake.received, ['EDP', 'RESUME', 'ERROR(1)']);
     assert.deepEqual(p.client.events.take(), [
-      'close-link #1', 'suspend', 'reconnect-attempt 1', 'dial #2', 'close-link #2 graceful', 'reconnect-attempt 2', 'dial #3', 'link-active #3', 'resume',
+      'close-link #1',
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #2',
+      'close-link #2 graceful',
+      'reconnect-attempt 2',
+      'dial #3',
+      'link-active #3',
+      'resume',
     ]);
   });
 });

@@ -35,7 +35,11 @@ async function pair(clientOptions: Partial<RackOptions> = {}, serverOptions: Par
 /** Feeds packets into `from`'s TUN, then waits until `to` has written `count` packets into its kernel. */
 async function across(from: MemoryHost, to: MemoryHost, packets: Buffer[], count: number): Promise<void> {
   for (const p of packets) from.tun.fromKernel(p);
-  await until(() => to.tun.written.length >= count, 5000, () => `${count} packets into ${to.address}'s kernel, got ${to.tun.written.length}; ${JSON.stringify(from.daemon.status())}`);
+  await until(
+    () => to.tun.written.length >= count,
+    5000,
+    () => `${count} packets into ${to.address}'s kernel, got ${to.tun.written.length}; ${JSON.stringify(from.daemon.status())}`,
+  );
 }
 
 /**
@@ -142,7 +146,10 @@ describe('rack daemon from in-memory parts: probing (EDP for racks)', () => {
     await until(() => a.raw.sent.length === 2, 5000, 'the held SYNs');
     assert.ok(performance.now() - t0 >= probeTimeout - 5, `held ${performance.now() - t0} ms, probeTimeout ${probeTimeout}`);
     // Copies: the TUN's read buffer was scribbled over right after each read.
-    assert.deepEqual(a.raw.sent, syns.map((s) => s.subarray(VNET_HEADER)));
+    assert.deepEqual(
+      a.raw.sent,
+      syns.map((s) => s.subarray(VNET_HEADER)),
+    );
     assert.deepEqual(net.dialed, [plainHost.address], 'one question for both');
   });
 

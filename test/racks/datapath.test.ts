@@ -51,14 +51,22 @@ class Helper {
 
   async next(event: string, ms = 10_000): Promise<HelperEvent> {
     const seen = this.events.length;
-    await until(() => this.events.slice(seen).some((e) => e.event === event) || this.child.exitCode !== null, ms, () => `helper event ${event}; stderr: ${this.stderr}`);
+    await until(
+      () => this.events.slice(seen).some((e) => e.event === event) || this.child.exitCode !== null,
+      ms,
+      () => `helper event ${event}; stderr: ${this.stderr}`,
+    );
     const found = this.events.slice(seen).find((e) => e.event === event);
     if (!found) throw new Error(`helper exited (${this.child.exitCode}) before ${event}: ${this.stderr}`);
     return found;
   }
 
   async waitFor(event: string, ms = 10_000): Promise<HelperEvent> {
-    await until(() => this.events.some((e) => e.event === event) || this.child.exitCode !== null, ms, () => `helper event ${event}; stderr: ${this.stderr}`);
+    await until(
+      () => this.events.some((e) => e.event === event) || this.child.exitCode !== null,
+      ms,
+      () => `helper event ${event}; stderr: ${this.stderr}`,
+    );
     const found = this.events.find((e) => e.event === event);
     if (!found) throw new Error(`helper exited (${this.child.exitCode}) before ${event}: ${this.stderr}`);
     return found;
@@ -94,7 +102,11 @@ async function runToExit(child: ChildProcess, what: string): Promise<string> {
 const sha256 = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 function waitListening(bed: NetBed, port: number): Promise<void> {
-  return until(() => execFileSync('ip', ['netns', 'exec', bed.ns.server, 'ss', '-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '', 5000, `socat listening on ${port}`);
+  return until(
+    () => execFileSync('ip', ['netns', 'exec', bed.ns.server, 'ss', '-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '',
+    5000,
+    `socat listening on ${port}`,
+  );
 }
 
 /**
@@ -102,7 +114,13 @@ function waitListening(bed: NetBed, port: number): Promise<void> {
  * `down`, at the same time. Returns what arrived, the client address the
  * server saw, and the time taken.
  */
-async function exchange(bed: NetBed, dir: string, port: number, up: string, down: string): Promise<{ upHash: string; downHash: string; peer: string; ms: number }> {
+async function exchange(
+  bed: NetBed,
+  dir: string,
+  port: number,
+  up: string,
+  down: string,
+): Promise<{ upHash: string; downHash: string; peer: string; ms: number }> {
   const gotUp = join(dir, `up-${port}`);
   const gotDown = join(dir, `down-${port}`);
   // socat's STDIO, with the files as its stdin and stdout: at the end of its stdin it shuts down the
@@ -129,7 +147,10 @@ async function bulk(bed: NetBed, file: string, port: number): Promise<number> {
   const serverDone = runToExit(server, 'socat bulk server');
   await waitListening(bed, port);
   const start = performance.now();
-  await runToExit(bed.spawn('client', 'socat', ['-u', `OPEN:${file}`, `TCP:${bed.serverAddress}:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] }), 'socat bulk client');
+  await runToExit(
+    bed.spawn('client', 'socat', ['-u', `OPEN:${file}`, `TCP:${bed.serverAddress}:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] }),
+    'socat bulk client',
+  );
   await serverDone;
   const seconds = (performance.now() - start) / 1000;
   return readFileSync(file).length / seconds / 1e6;
@@ -155,7 +176,15 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       bed.hostSysctl('net.ipv4.conf.all.rp_filter', '1');
       bed.hostSysctl('net.ipv4.conf.default.rp_filter', '1');
       const specs = [`tcp:${PROTECTED}@${bed.serverAddress}`];
-      const server = new Helper(bed, 'server', { role: 'listen', host: bed.serverAddress, port: CARRIAGE, tun: 'rack0', specs, capture: 40, clients: [bed.clientAddress] });
+      const server = new Helper(bed, 'server', {
+        role: 'listen',
+        host: bed.serverAddress,
+        port: CARRIAGE,
+        tun: 'rack0',
+        specs,
+        capture: 40,
+        clients: [bed.clientAddress],
+      });
       helpers.push(server);
       await server.waitFor('installed');
       const client = new Helper(bed, 'client', { role: 'connect', host: bed.serverAddress, port: CARRIAGE, tun: 'rack0', specs, capture: 40 });
@@ -171,7 +200,7 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       const racked = await exchange(bed, dir, PROTECTED, up, down);
       assert.equal(racked.upHash, sha256(up), 'client → server bytes through racks');
       assert.equal(racked.downHash, sha256(down), 'server → client bytes through racks');
-      assert.equal(racked.peer, bed.clientAddress, 'the server sees the client\'s own address');
+      assert.equal(racked.peer, bed.clientAddress, "the server sees the client's own address");
       const [c1, s1] = [await client.stats(), await server.stats()];
       // At least one packet per 1500 bytes sent (more: the MSS is 1448, and ACKs go the same way).
       assert.ok((c1.counts.fromTun[PROTECTED] ?? 0) > (4 * MiB) / 1500, `client TUN carried the upload: ${JSON.stringify(c1.counts)}`);
@@ -185,7 +214,10 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       assert.equal(plain.downHash, sha256(down));
       assert.equal(plain.peer, bed.clientAddress);
       const [c2, s2] = [await client.stats(), await server.stats()];
-      for (const [name, s] of [['client', c2], ['server', s2]] as const) {
+      for (const [name, s] of [
+        ['client', c2],
+        ['server', s2],
+      ] as const) {
         assert.equal(s.counts.fromTun[UNPROTECTED], undefined, `${name}: an unprotected port went through the TUN`);
         assert.equal(s.counts.toTun[UNPROTECTED], undefined, `${name}: an unprotected port came out of the TUN`);
       }
@@ -208,7 +240,9 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       t.diagnostic(`exchange 4 MiB up + 3 MiB down: through racks ${racked.ms.toFixed(0)} ms, plain ${plain.ms.toFixed(0)} ms`);
       t.diagnostic(`bulk 32 MiB one way: through racks ${viaRacks.toFixed(1)} MB/s, plain ${direct.toFixed(1)} MB/s`);
       const [c3, s3] = [await client.stats(), await server.stats()];
-      t.diagnostic(`TUN packets: client read ${c3.stats.packetsIn} wrote ${c3.stats.packetsOut}; server read ${s3.stats.packetsIn} wrote ${s3.stats.packetsOut}`);
+      t.diagnostic(
+        `TUN packets: client read ${c3.stats.packetsIn} wrote ${c3.stats.packetsOut}; server read ${s3.stats.packetsIn} wrote ${s3.stats.packetsOut}`,
+      );
       for (const h of helpers) await h.close();
       assert.deepEqual(await inspectIn(bed, 'client'), nothing);
       assert.deepEqual(await inspectIn(bed, 'server'), nothing);
@@ -245,14 +279,20 @@ describe('racks data path through TUN devices (netns)', { skip }, () => {
       assert.equal(left.tun, false, 'a TUN that is not persistent goes with its process');
       assert.deepEqual(left.routes, [], 'routes through the TUN go with it');
       for (let i = 0; i < 2; i++) {
-        await runToExit(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
+        await runToExit(
+          bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }),
+          'removeLeftovers',
+        );
         assert.deepEqual(await inspectIn(bed, 'client'), nothing, `after removeLeftovers() #${i + 1}`);
       }
 
       // A device that outlived its daemon (persistent) is deleted too.
       bed.ip(bed.ns.client, 'tuntap', 'add', 'dev', 'rack0', 'mode', 'tun');
       assert.equal((await inspectIn(bed, 'client')).tun, true);
-      await runToExit(bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }), 'removeLeftovers');
+      await runToExit(
+        bed.spawn('client', process.execPath, [KERNEL, 'remove-leftovers'], { stdio: ['ignore', 'ignore', 'pipe'] }),
+        'removeLeftovers',
+      );
       assert.deepEqual(await inspectIn(bed, 'client'), nothing);
     } finally {
       bed.destroy();

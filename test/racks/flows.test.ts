@@ -9,7 +9,14 @@ import { buildTcpPacket, parseTcpPacket, TcpFlags, verifyChecksums, type TcpPack
 const CLIENT = { address: '10.1.1.2', port: 40_000 };
 const SERVER = { address: '10.2.2.2', port: 22 };
 
-function packet(from: typeof CLIENT, to: typeof CLIENT, seq: number, ack: number, flags: number, extra: { payload?: Buffer; window?: number; ts?: [number, number] } = {}): TcpPacket {
+function packet(
+  from: typeof CLIENT,
+  to: typeof CLIENT,
+  seq: number,
+  ack: number,
+  flags: number,
+  extra: { payload?: Buffer; window?: number; ts?: [number, number] } = {},
+): TcpPacket {
   return parseTcpPacket(
     buildTcpPacket({
       src: from.address,
@@ -32,7 +39,11 @@ function established(table: FlowTable, clientIsn: number, serverIsn: number, ts 
   table.observe('out', packet(CLIENT, SERVER, clientIsn, 0, TcpFlags.SYN, { ts: t(1000, 0) }), 0);
   table.observe('in', packet(SERVER, CLIENT, serverIsn, clientIsn + 1, TcpFlags.SYN | TcpFlags.ACK, { window: 65160, ts: t(5000, 1000) }), 1);
   table.observe('out', packet(CLIENT, SERVER, clientIsn + 1, serverIsn + 1, TcpFlags.ACK, { ts: t(1001, 5000) }), 2);
-  const flow = table.observe('out', packet(CLIENT, SERVER, clientIsn + 1, serverIsn + 1, TcpFlags.ACK | TcpFlags.PSH, { payload: Buffer.alloc(100, 7), ts: t(1002, 5000) }), 3);
+  const flow = table.observe(
+    'out',
+    packet(CLIENT, SERVER, clientIsn + 1, serverIsn + 1, TcpFlags.ACK | TcpFlags.PSH, { payload: Buffer.alloc(100, 7), ts: t(1002, 5000) }),
+    3,
+  );
   assert.ok(flow !== undefined && flow !== 'full');
   return flow;
 }

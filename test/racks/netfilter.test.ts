@@ -32,7 +32,11 @@ describe('racks netfilter: protect specs', () => {
       ['tcp:22@fe80::1', /IPv6/],
     ];
     for (const [spec, message] of cases) {
-      assert.throws(() => parseSpec(spec), (err: unknown) => err instanceof SpecError && err.code === 'ERR_RACKS_BAD_SPEC' && message.test(err.message), spec);
+      assert.throws(
+        () => parseSpec(spec),
+        (err: unknown) => err instanceof SpecError && err.code === 'ERR_RACKS_BAD_SPEC' && message.test(err.message),
+        spec,
+      );
     }
   });
 });

@@ -10,8 +10,20 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import {
-  buildAck, buildTcpPacket, classify, fixChecksums, ipv4HeaderChecksum, PacketError, parseIPv4, parseTcpPacket, rewriteTcp,
-  tcpChecksum, TcpFlags, verifyChecksums, type PacketErrorCode, type TcpPacketSpec,
+  buildAck,
+  buildTcpPacket,
+  classify,
+  fixChecksums,
+  ipv4HeaderChecksum,
+  PacketError,
+  parseIPv4,
+  parseTcpPacket,
+  rewriteTcp,
+  tcpChecksum,
+  TcpFlags,
+  verifyChecksums,
+  type PacketErrorCode,
+  type TcpPacketSpec,
 } from '../../src/racks/packet.js';
 
 // Read from a TUN (10.99.0.1 → 10.99.0.2:5000) on Linux 6.18: the kernel computed these checksums.
@@ -63,11 +75,44 @@ function checkInBounds(bytes: Buffer): boolean {
   const thl = (own[ihl + 12] >> 4) * 4;
   assert.ok(total <= own.length && ihl + thl <= total, `a packet of ${total} bytes (IP ${ihl}, TCP ${thl}) parsed from ${own.length} bytes`);
   assert.deepEqual(
-    [p.ipHeaderLength, p.totalLength, p.tcpHeaderLength, p.srcPort, p.dstPort, p.seq, p.ack, p.flags, p.window, p.tcpChecksum, p.urgent, p.ttl, p.id, p.tos],
-    [ihl, total, thl, own.readUInt16BE(ihl), own.readUInt16BE(ihl + 2), own.readUInt32BE(ihl + 4), own.readUInt32BE(ihl + 8), own[ihl + 13], own.readUInt16BE(ihl + 14), own.readUInt16BE(ihl + 16), own.readUInt16BE(ihl + 18), own[8], own.readUInt16BE(4), own[1]],
+    [
+      p.ipHeaderLength,
+      p.totalLength,
+      p.tcpHeaderLength,
+      p.srcPort,
+      p.dstPort,
+      p.seq,
+      p.ack,
+      p.flags,
+      p.window,
+      p.tcpChecksum,
+      p.urgent,
+      p.ttl,
+      p.id,
+      p.tos,
+    ],
+    [
+      ihl,
+      total,
+      thl,
+      own.readUInt16BE(ihl),
+      own.readUInt16BE(ihl + 2),
+      own.readUInt32BE(ihl + 4),
+      own.readUInt32BE(ihl + 8),
+      own[ihl + 13],
+      own.readUInt16BE(ihl + 14),
+      own.readUInt16BE(ihl + 16),
+      own.readUInt16BE(ihl + 18),
+      own[8],
+      own.readUInt16BE(4),
+      own[1],
+    ],
   );
   assert.deepEqual([p.src, p.dst], [own.subarray(12, 16).join('.'), own.subarray(16, 20).join('.')]);
-  for (const [name, part, start, end] of [['payload', p.payload, ihl + thl, total], ['options', p.options.raw, ihl + 20, ihl + thl]] as const) {
+  for (const [name, part, start, end] of [
+    ['payload', p.payload, ihl + thl, total],
+    ['options', p.options.raw, ihl + 20, ihl + thl],
+  ] as const) {
     assert.equal(part.buffer, slab.buffer, `${name} is a view`);
     assert.equal(part.byteOffset, view.byteOffset + start, `${name} starts at byte ${start}`);
     assert.equal(part.length, end - start, `${name} is ${end - start} bytes`);
@@ -78,7 +123,7 @@ function checkInBounds(bytes: Buffer): boolean {
 }
 
 describe('racks packet: kernel-made packets', () => {
-  test('checksums verify and recompute to the kernel\'s values', () => {
+  test("checksums verify and recompute to the kernel's values", () => {
     for (const raw of kernel) {
       assert.deepEqual(verifyChecksums(raw), { ip: true, tcp: true });
       assert.equal(ipv4HeaderChecksum(raw), raw.readUInt16BE(10));
@@ -152,7 +197,8 @@ describe('racks packet: building', () => {
         const buf = buildTcpPacket(spec);
         assert.deepEqual(verifyChecksums(buf), { ip: true, tcp: true });
         const p = parseTcpPacket(buf);
-        for (const key of ['src', 'dst', 'srcPort', 'dstPort', 'seq', 'ack', 'flags', 'window', 'ttl', 'id'] as const) assert.equal(p[key], spec[key], key);
+        for (const key of ['src', 'dst', 'srcPort', 'dstPort', 'seq', 'ack', 'flags', 'window', 'ttl', 'id'] as const)
+          assert.equal(p[key], spec[key], key);
         const o = spec.options as { mss?: number; windowScale?: number; sackPermitted: boolean; timestamp?: { value: number; echo: number } };
         assert.equal(p.options.mss, o.mss);
         assert.equal(p.options.windowScale, o.windowScale);
@@ -252,7 +298,11 @@ describe('racks packet: malformed input', () => {
       ['empty', Buffer.alloc(0), 'ERR_RACKS_TRUNCATED'],
     ];
     for (const [name, buf, code] of cases) {
-      assert.throws(() => parseTcpPacket(buf), (err: unknown) => err instanceof PacketError && err.code === code, name);
+      assert.throws(
+        () => parseTcpPacket(buf),
+        (err: unknown) => err instanceof PacketError && err.code === code,
+        name,
+      );
       const c = classify(buf);
       assert.ok('error' in c && c.error.code === code, name);
     }
@@ -291,7 +341,12 @@ describe('racks packet: malformed input', () => {
   });
 
   test('random bytes: only PacketError; what parses lies within the bytes given, exactly (property)', () => {
-    const input = fc.record({ bytes: fc.uint8Array({ minLength: 1, maxLength: 80, size: 'max' }), short: fc.nat({ max: 8 }), whole: fc.boolean(), bareTcp: fc.boolean() });
+    const input = fc.record({
+      bytes: fc.uint8Array({ minLength: 1, maxLength: 80, size: 'max' }),
+      short: fc.nat({ max: 8 }),
+      whole: fc.boolean(),
+      bareTcp: fc.boolean(),
+    });
     let parsed = 0;
     fc.assert(
       fc.property(input, ({ bytes, short, whole, bareTcp }) => {

@@ -41,7 +41,12 @@ const DETECT_MAX = FAILURE_TIMEOUT + HEARTBEAT;
 const RESUME_MAX = RECONNECT_DELAY_MAX + 1000;
 
 function rackUp(bed: NetBed, host: HostName, extra: string[] = []): Promise<RockProcess> {
-  const rack = new RockProcess(bed, host, ['up', '--protect', `tcp:${ECHO}`, '--protect', `tcp:${AGENT}`, '--failure-timeout', String(FAILURE_TIMEOUT), ...extra], RACK);
+  const rack = new RockProcess(
+    bed,
+    host,
+    ['up', '--protect', `tcp:${ECHO}`, '--protect', `tcp:${AGENT}`, '--failure-timeout', String(FAILURE_TIMEOUT), ...extra],
+    RACK,
+  );
   return rack.ready('rack up').then(() => rack);
 }
 
@@ -75,7 +80,11 @@ function peersOn(bed: NetBed, host: HostName, port: number): string[] {
 }
 
 /** Times (ms, wall clock) of a rack's log lines with message `msg`. */
-const logTimes = (rack: RockProcess, msg: string): number[] => rack.logs().filter((l) => l.msg.startsWith(msg)).map((l) => l.time);
+const logTimes = (rack: RockProcess, msg: string): number[] =>
+  rack
+    .logs()
+    .filter((l) => l.msg.startsWith(msg))
+    .map((l) => l.time);
 
 interface World {
   bed: NetBed;
@@ -118,16 +127,26 @@ function checkTimes(label: string, racks: RockProcess[], broken: number, healed:
   const after = (r: RockProcess, msg: string, t0: number): number => (logTimes(r, msg).find((t) => t >= t0) ?? NaN) - t0;
   const detect = racks.map((r) => after(r, 'carriage suspended', broken));
   const resume = racks.map((r) => after(r, 'carriage resumed', healed));
-  console.log(`# ${label}: carriage detection ${detect.join(' / ')} ms (failure timeout ${FAILURE_TIMEOUT}), resumed ${resume.join(' / ')} ms after the path was back (client / server)`);
+  console.log(
+    `# ${label}: carriage detection ${detect.join(' / ')} ms (failure timeout ${FAILURE_TIMEOUT}), resumed ${resume.join(' / ')} ms after the path was back (client / server)`,
+  );
   const logs = (): string => racks.map((r) => r.output).join('\n');
   for (const [i, host] of ['client', 'server'].entries()) {
-    assert.ok(detect[i] >= DETECT_MIN && detect[i] <= DETECT_MAX, `${label}: the ${host} daemon detected the failure after ${detect[i]} ms, expected ${DETECT_MIN}..${DETECT_MAX}\n${logs()}`);
-    assert.ok(resume[i] >= 0 && resume[i] <= resumeMax, `${label}: the ${host} daemon resumed ${resume[i]} ms after the path was back, expected at most ${resumeMax}\n${logs()}`);
+    assert.ok(
+      detect[i] >= DETECT_MIN && detect[i] <= DETECT_MAX,
+      `${label}: the ${host} daemon detected the failure after ${detect[i]} ms, expected ${DETECT_MIN}..${DETECT_MAX}\n${logs()}`,
+    );
+    assert.ok(
+      resume[i] >= 0 && resume[i] <= resumeMax,
+      `${label}: the ${host} daemon resumed ${resume[i]} ms after the path was back, expected at most ${resumeMax}\n${logs()}`,
+    );
   }
 }
 
 describe('rack up on both hosts', { skip }, () => {
-  test("a socat stream keeps going while the client's address changes; the server sees the client's original address", { timeout: 90_000 }, async () => {
+  test("a socat stream keeps going while the client's address changes; the server sees the client's original address", {
+    timeout: 90_000,
+  }, async () => {
     await withBed(async (w) => {
       const { bed } = w;
       const original = bed.clientAddress;
@@ -139,12 +158,23 @@ describe('rack up on both hosts', { skip }, () => {
       await sleep(1000);
       const moved = Date.now();
       const now = bed.moveClient();
-      await until(() => logTimes(racks[0], 'carriage resumed').some((t) => t >= moved) && stream.gotBytes > 0, 20_000, () => racks.map((r) => r.output).join('\n'));
+      await until(
+        () => logTimes(racks[0], 'carriage resumed').some((t) => t >= moved) && stream.gotBytes > 0,
+        20_000,
+        () => racks.map((r) => r.output).join('\n'),
+      );
       const before = stream.gotBytes;
-      await until(() => stream.gotBytes > before + RATE, 10_000, () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`);
+      await until(
+        () => stream.gotBytes > before + RATE,
+        10_000,
+        () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`,
+      );
       // The move is both the break and the heal: the new address works at once, once the failure is detected.
       checkTimes(`address change ${original} → ${now}`, racks, moved, moved, DETECT_MAX + RESUME_MAX);
-      assert.ok(racks[0].logs().some((l) => l.msg.startsWith('local address gone') && l.address === original), `the client's daemon kept ${original} on the TUN:\n${racks[0].output}`);
+      assert.ok(
+        racks[0].logs().some((l) => l.msg.startsWith('local address gone') && l.address === original),
+        `the client's daemon kept ${original} on the TUN:\n${racks[0].output}`,
+      );
       assert.ok(stream.alive, `socat died: ${stream.output}`);
       assert.deepEqual(peersOn(bed, 'server', ECHO), [original], 'the server still sees the original address');
       const { bytes } = await stream.finishAndVerify();
@@ -167,7 +197,11 @@ describe('rack up on both hosts', { skip }, () => {
       await sleep(1000);
       const broken = Date.now();
       bed.blackhole();
-      await until(() => !plain.alive, 30_000, () => 'the plain stream to die');
+      await until(
+        () => !plain.alive,
+        30_000,
+        () => 'the plain stream to die',
+      );
       const died = Date.now() - broken;
       console.log(`# without rack: socat died ${died} ms into the black hole: ${plain.output.trim().split('\n').pop()}`);
       await sleep(Math.max(0, 3 * died - (Date.now() - broken)));
@@ -178,12 +212,17 @@ describe('rack up on both hosts', { skip }, () => {
         assert.ok(held.connections[0].outageMs > 2 * died, JSON.stringify(held));
         // The client's socat kept writing into the dead path, so its daemon must have held it; the
         // server's echo may have had nothing in flight when the path broke, and then needed no holding.
-        if (host === 'client') assert.ok(held.counters.holdAcks > 0, `the client's daemon held its sender with zero-window ACKs: ${JSON.stringify(held)}`);
+        if (host === 'client')
+          assert.ok(held.counters.holdAcks > 0, `the client's daemon held its sender with zero-window ACKs: ${JSON.stringify(held)}`);
       }
       const healed = Date.now();
       bed.heal();
       const before = carried.gotBytes;
-      await until(() => carried.gotBytes > before + RATE, 20_000, () => `the echo to flow again after the heal\n${racks.map((r) => r.output).join('\n')}`);
+      await until(
+        () => carried.gotBytes > before + RATE,
+        20_000,
+        () => `the echo to flow again after the heal\n${racks.map((r) => r.output).join('\n')}`,
+      );
       checkTimes(`black hole ${Math.round((healed - broken) / 1000)} s (tcp_retries2=5)`, racks, broken, healed);
       const { bytes } = await carried.finishAndVerify();
       console.log(`# ${(bytes / 1e6).toFixed(1)} MB echoed intact through the black hole`);
@@ -201,7 +240,11 @@ describe('rack up on both hosts', { skip }, () => {
       const healed = Date.now();
       bed.linkUp();
       const before = stream.gotBytes;
-      await until(() => stream.gotBytes > before + RATE, 20_000, () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`);
+      await until(
+        () => stream.gotBytes > before + RATE,
+        20_000,
+        () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`,
+      );
       checkTimes('link down 8 s', racks, broken, healed);
       await stream.finishAndVerify();
     });
@@ -217,7 +260,11 @@ describe('rack up on both hosts', { skip }, () => {
       w.processes.push(server);
       const client = await agentClient(bed, AGENT, options, 500_000, 1);
       w.processes.push(client);
-      await until(() => status(bed, 'client').counters.bypassed >= 1 && status(bed, 'server').counters.bypassed >= 1, 10_000, () => racks.map((r) => r.output).join('\n'));
+      await until(
+        () => status(bed, 'client').counters.bypassed >= 1 && status(bed, 'server').counters.bypassed >= 1,
+        10_000,
+        () => racks.map((r) => r.output).join('\n'),
+      );
       assert.equal(client.of('connected')[0]?.reliable, true, 'rocks still speaks rocks between rack hosts');
       await sleep(1000);
       const broken = Date.now();
@@ -240,9 +287,16 @@ describe('rack up on both hosts', { skip }, () => {
       const { bed } = w;
       const { stream } = await carriedStream(w);
       for (const junk of ['GET / HTTP/1.0\r\n\r\n', '\x00\x00\x00\x05\x01hello', 'RCKS'.repeat(300)]) {
-        execFileSync('ip', ['netns', 'exec', bed.ns.client, 'socat', '-t', '1', '-', `TCP:${bed.serverAddress}:7225`], { input: junk, timeout: 10_000 });
+        execFileSync('ip', ['netns', 'exec', bed.ns.client, 'socat', '-t', '1', '-', `TCP:${bed.serverAddress}:7225`], {
+          input: junk,
+          timeout: 10_000,
+        });
       }
-      await until(() => status(bed, 'server').counters.strayConnections >= 3, 10_000, () => JSON.stringify(status(bed, 'server')));
+      await until(
+        () => status(bed, 'server').counters.strayConnections >= 3,
+        10_000,
+        () => JSON.stringify(status(bed, 'server')),
+      );
       await stream.finishAndVerify();
     });
   });
@@ -266,7 +320,12 @@ describe('rack up on one host only', { skip }, () => {
         await sleep(500);
         const s = status(bed, host);
         assert.equal(s.connections.length, 0, `nothing carried: ${JSON.stringify(s)}`);
-        if (host === 'client') assert.deepEqual(s.hosts.map((h) => h.verdict), ['plain'], JSON.stringify(s));
+        if (host === 'client')
+          assert.deepEqual(
+            s.hosts.map((h) => h.verdict),
+            ['plain'],
+            JSON.stringify(s),
+          );
         assert.equal(s.counters.packetsCarried, 0, JSON.stringify(s));
         assert.deepEqual(peersOn(bed, 'server', ECHO), [bed.clientAddress]);
         assert.match(nft('list table inet count'), /counter packets 1 /, 'the server got exactly one SYN');
@@ -277,7 +336,9 @@ describe('rack up on one host only', { skip }, () => {
 });
 
 describe('rack limits', { skip }, () => {
-  test('past --max-connections a connection goes out unprotected; past --max-held packets wait for the resume; both are logged and nothing is lost', { timeout: 90_000 }, async () => {
+  test('past --max-connections a connection goes out unprotected; past --max-held packets wait for the resume; both are logged and nothing is lost', {
+    timeout: 90_000,
+  }, async () => {
     await withBed(async (w) => {
       const { bed } = w;
       const limits = ['--max-connections', '1', '--max-held', '64KiB'];
@@ -290,7 +351,10 @@ describe('rack limits', { skip }, () => {
       await second.start(`${bed.serverAddress}:${ECHO}`, RATE);
       const s = status(bed, 'client');
       assert.equal(s.connections.length, 1, `one connection protected: ${JSON.stringify(s)}`);
-      assert.ok(racks[0].logs().some((l) => l.msg.startsWith('protected-connection limit reached')), racks[0].output);
+      assert.ok(
+        racks[0].logs().some((l) => l.msg.startsWith('protected-connection limit reached')),
+        racks[0].output,
+      );
       assert.ok(s.counters.unprotected >= 1, JSON.stringify(s.counters));
       await first.finishAndVerify();
       await second.finishAndVerify();
@@ -302,7 +366,11 @@ describe('rack limits', { skip }, () => {
       await held.start(`${bed.serverAddress}:${ECHO}`, RATE);
       await sleep(500);
       bed.blackhole();
-      await until(() => racks[0].logs().some((l) => l.msg.startsWith('held-bytes limit reached')), 15_000, () => racks[0].output);
+      await until(
+        () => racks[0].logs().some((l) => l.msg.startsWith('held-bytes limit reached')),
+        15_000,
+        () => racks[0].output,
+      );
       assert.ok(status(bed, 'client').counters.limitDrops > 0);
       bed.heal();
       await held.finishAndVerify();
@@ -316,7 +384,10 @@ describe('what rack leaves behind', { skip }, () => {
       const { bed } = w;
       const rack = await rackUp(bed, 'client');
       w.processes.push(rack);
-      assert.deepEqual(leftovers(bed, 'client').sort(), ['link rack0', 'nft table inet rack', 'routes default dev rack0 scope link', `rule 7225:\tfrom all fwmark 0x7225 lookup 7225`].sort());
+      assert.deepEqual(
+        leftovers(bed, 'client').sort(),
+        ['link rack0', 'nft table inet rack', 'routes default dev rack0 scope link', `rule 7225:\tfrom all fwmark 0x7225 lookup 7225`].sort(),
+      );
       rackCommand(bed, 'client', ['down']);
       await rack.exit;
       assert.equal(rack.exited, 0, rack.output);

@@ -46,7 +46,10 @@ describe('racks TUN device (netns)', { skip }, () => {
       const started = Date.now();
       const [code] = (await once(child, 'exit')) as [number];
       assert.equal(code, 0, out);
-      const [read, closed] = out.trim().split('\n').map((l) => JSON.parse(l));
+      const [read, closed] = out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.match(read.name, /^racktest\d+$/);
       assert.deepEqual([read.src, read.dst, read.ttl, read.payload], ['10.99.0.3', '10.99.0.2', 63, 'round trip']);
       assert.equal(closed.closed, true);

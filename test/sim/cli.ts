@@ -23,9 +23,10 @@ function positive(name: string, text: string): number {
   return n;
 }
 
-const seeds = values.seed !== undefined
-  ? [positive('seed', values.seed)]
-  : Array.from({ length: positive('seeds', values.seeds!) }, (_, i) => positive('start', values.start!) + i);
+const seeds =
+  values.seed !== undefined
+    ? [positive('seed', values.seed)]
+    : Array.from({ length: positive('seeds', values.seeds!) }, (_, i) => positive('start', values.start!) + i);
 
 let failed = 0;
 const started = Date.now();
@@ -36,10 +37,18 @@ for (const seed of seeds) {
     console.log(`seed ${seed} FAILED after ${r.simTime.toFixed(0)} simulated ms`);
     console.log(`  drawn: ${JSON.stringify(r.drawn)}`);
     for (const f of r.failures) console.log(`  ${f}`);
-    if (!values.verbose) console.log(r.trace.slice(-40).map((l) => `    ${l}`).join('\n'));
+    if (!values.verbose)
+      console.log(
+        r.trace
+          .slice(-40)
+          .map((l) => `    ${l}`)
+          .join('\n'),
+      );
     console.log(`  replay: npm run sim -- --seed ${seed} --verbose`);
   } else if (seeds.length === 1) {
-    console.log(`seed ${seed} ok: ${r.bytes} bytes, ${r.faults} faults, ${r.suspends} suspends, ${r.resumes} resumes, ${r.simTime.toFixed(0)} simulated ms`);
+    console.log(
+      `seed ${seed} ok: ${r.bytes} bytes, ${r.faults} faults, ${r.suspends} suspends, ${r.resumes} resumes, ${r.simTime.toFixed(0)} simulated ms`,
+    );
   }
 }
 console.log(`${seeds.length - failed}/${seeds.length} seeds passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -14,7 +14,10 @@ export class EventGrammar {
   private readonly seen = new Set<SessionEvent['type']>();
   readonly violations: string[] = [];
 
-  constructor(private readonly name: string, private readonly role: 'client' | 'server') {}
+  constructor(
+    private readonly name: string,
+    private readonly role: 'client' | 'server',
+  ) {}
 
   see(ev: SessionEvent): void {
     const bad = (why: string): void => {

@@ -115,7 +115,10 @@ export class SimLink {
     dir.shut = true;
     this.told[side] = true;
     const other = (1 - side) as 0 | 1;
-    const arrival = graceful || this.random.chance(SIM_OPTIONS.network.resetAfterData) ? Math.max(dir.lastArrival, this.clock.now + this.shape.latency) : this.clock.now + this.shape.latency;
+    const arrival =
+      graceful || this.random.chance(SIM_OPTIONS.network.resetAfterData)
+        ? Math.max(dir.lastArrival, this.clock.now + this.shape.latency)
+        : this.clock.now + this.shape.latency;
     this.clock.at(arrival, () => {
       if (!this.stalled) this.tell(other, graceful ? 'closed by peer' : 'ECONNRESET');
     });

@@ -62,15 +62,19 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     handshakeTimeout: Math.max(failureTimeout, 12 * latency + 100),
   });
   Object.assign(drawn, { latency, faultEnd, config });
-  const world = new World(random.fork(), {
-    config,
-    limits: resolveServerLimits({}),
-    shape: () => ({
-      latency: latency * (0.5 + random.fraction()),
-      bandwidth: spread(network.bandwidth),
-      sendBuffer: spread(network.sendBuffer),
-    }),
-  }, trace);
+  const world = new World(
+    random.fork(),
+    {
+      config,
+      limits: resolveServerLimits({}),
+      shape: () => ({
+        latency: latency * (0.5 + random.fraction()),
+        bandwidth: spread(network.bandwidth),
+        sendBuffer: spread(network.sendBuffer),
+      }),
+    },
+    trace,
+  );
   world.verbose = verbose;
 
   const clientCount = random.int(1, apps.maxClients);
@@ -93,8 +97,12 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
       maxWrite,
       writePause: Math.min(spread(apps.writePause), Math.floor(60_000 / Math.max(1, writes))),
       // A slow reader with a small window is worth testing too, within the same minute.
-      clientReadPause: random.chance(apps.readsAtOnce) ? 0 : Math.min(spread(apps.readPause), Math.floor(60_000 * config.receiveWindow / Math.max(1, down))),
-      serverReadPause: random.chance(apps.readsAtOnce) ? 0 : Math.min(spread(apps.readPause), Math.floor(60_000 * config.receiveWindow / Math.max(1, up))),
+      clientReadPause: random.chance(apps.readsAtOnce)
+        ? 0
+        : Math.min(spread(apps.readPause), Math.floor((60_000 * config.receiveWindow) / Math.max(1, down))),
+      serverReadPause: random.chance(apps.readsAtOnce)
+        ? 0
+        : Math.min(spread(apps.readPause), Math.floor((60_000 * config.receiveWindow) / Math.max(1, up))),
     };
   });
 
@@ -109,8 +117,12 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   });
 
   drawn.clients = plans.map((p) => ({
-    up: p.up.length, down: p.down.length, maxWrite: p.maxWrite, writePause: p.writePause,
-    clientReadPause: p.clientReadPause, serverReadPause: p.serverReadPause,
+    up: p.up.length,
+    down: p.down.length,
+    maxWrite: p.maxWrite,
+    writePause: p.writePause,
+    clientReadPause: p.clientReadPause,
+    serverReadPause: p.serverReadPause,
   }));
 
   let faults = 0;
@@ -175,15 +187,24 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   for (let i = 0; i < clientCount; i++) {
     const p = plans[i];
     world.clients.push(
-      new ClientEndpoint(world, `client${i}`, random.fork(), {
-        outgoing: p.up, incoming: p.down, maxWrite: p.maxWrite, writePause: p.writePause, readPause: p.clientReadPause,
-      }, random.fork()),
+      new ClientEndpoint(
+        world,
+        `client${i}`,
+        random.fork(),
+        {
+          outgoing: p.up,
+          incoming: p.down,
+          maxWrite: p.maxWrite,
+          writePause: p.writePause,
+          readPause: p.clientReadPause,
+        },
+        random.fork(),
+      ),
     );
   }
 
   const failures: string[] = [];
-  const finishedAll = (): boolean =>
-    world.clients.every((c) => c.released && c.app!.done) && world.server.live.size === 0;
+  const finishedAll = (): boolean => world.clients.every((c) => c.released && c.app!.done) && world.server.live.size === 0;
 
   try {
     // Run until nothing at all is left to happen: no session, no timer, no

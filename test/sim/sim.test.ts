@@ -41,8 +41,14 @@ test(`simulation: seeds 1-${fixed} and ${extra} seeds from ${start}`, { timeout:
   const resumes = reports.reduce((n, r) => n + r.resumes, 0);
   console.log(`# ${seeds.length} seeds, ${faults} faults injected, ${resumes} client resumes`);
   for (const f of failures) {
-    console.log(`seed ${f.seed} failed\n  drawn: ${JSON.stringify(f.drawn)}\n  ${f.failures.join('\n  ')}\n${f.trace.map((l) => `    ${l}`).join('\n')}`);
+    console.log(
+      `seed ${f.seed} failed\n  drawn: ${JSON.stringify(f.drawn)}\n  ${f.failures.join('\n  ')}\n${f.trace.map((l) => `    ${l}`).join('\n')}`,
+    );
     console.log(`  replay: npm run sim -- --seed ${f.seed} --verbose`);
   }
-  assert.deepEqual(failures.map((f) => f.seed), [], 'seeds that failed (see above for how to replay them)');
+  assert.deepEqual(
+    failures.map((f) => f.seed),
+    [],
+    'seeds that failed (see above for how to replay them)',
+  );
 });

@@ -272,8 +272,10 @@ export class ServerEndpoint extends Endpoint {
           // taken for an ordinary client would be a failure of EDP.
           const sl = this.serverLinks.get(ev.link);
           const seen = parseAnnouncement(ev.initial).kind;
-          if (ev.initial.length > 0 && seen !== 'incomplete') this.errors.push(`link ${ev.link} taken for an ordinary client (${seen}): ${ev.reason}`);
-          else if (sl !== undefined && !sl.link.stalled) this.errors.push(`link ${ev.link} taken for an ordinary client after ${ev.initial.length} bytes, yet no fault cut it`);
+          if (ev.initial.length > 0 && seen !== 'incomplete')
+            this.errors.push(`link ${ev.link} taken for an ordinary client (${seen}): ${ev.reason}`);
+          else if (sl !== undefined && !sl.link.stalled)
+            this.errors.push(`link ${ev.link} taken for an ordinary client after ${ev.initial.length} bytes, yet no fault cut it`);
           else this.world.trace(`server: link ${ev.link} cut before its announcement, served as a plain connection`);
           this.serverLinks.delete(ev.link);
           sl?.link.close(SERVER, false);
@@ -387,7 +389,11 @@ export class World {
   verbose = false;
 
   /** `traceLines` receives the last 400 lines of the trace. */
-  constructor(random: SimRandom, options: WorldOptions, private readonly traceLines: string[] = []) {
+  constructor(
+    random: SimRandom,
+    options: WorldOptions,
+    private readonly traceLines: string[] = [],
+  ) {
     this.random = random;
     this.options = options;
   }

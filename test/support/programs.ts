@@ -102,11 +102,22 @@ export async function startSshd(dir: string): Promise<Sshd> {
   copyFileSync(join(dir, 'client_key.pub'), join(dir, 'authorized_keys'));
   const port = await freePort();
   const config = join(dir, 'sshd_config');
-  writeFileSync(config, [
-    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host_key')}`, `PidFile ${join(dir, 'sshd.pid')}`,
-    `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`, 'StrictModes no', 'PermitRootLogin prohibit-password',
-    'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', '',
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `Port ${port}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${join(dir, 'host_key')}`,
+      `PidFile ${join(dir, 'sshd.pid')}`,
+      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      'StrictModes no',
+      'PermitRootLogin prohibit-password',
+      'UsePAM no',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      '',
+    ].join('\n'),
+  );
   const sshd = start(paths.sshd, ['-D', '-e', '-f', config]);
   await waitForPort(port, '127.0.0.1', 10_000, sshd);
   return { port, clientKey: join(dir, 'client_key'), process: sshd, stop: () => sshd.stop() };

@@ -35,4 +35,3 @@ export function programs(...names: string[]): Found {
   }
   return { paths, skip: `needs ${missing.join(', ')} (apt-get install ${packages}, as root)` };
 }
-
