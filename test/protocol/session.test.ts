@@ -1183,30 +1183,29 @@ describe('errors: a server session', () => {
     assert.deepEqual(rawResume(p, s.sessionId).received, ['EDP', 'ERROR(6)']);
   });
 
-  test('a valid PROOF claiming more than the server sent: ERROR(1), the session fails with ERR_ROCKS_PROTOCOL', () => {
-    const p = new Pair({ connect: false });
+  /** A raw client's session, cut, then resumed with a correctly signed PROOF that claims `received` of the server's units. */
+  function resumeWithProof(p: Pair, received: number) {
     const s = rawSession(p);
     s.raw.close(false);
     p.runFor(50);
     const raw = rawResume(p, s.sessionId, s.instance, Buffer.alloc(NONCE_SIZE, 4));
     const challenge = raw.last(FrameType.CHALLENGE);
-    const t = { version: 1, sessionId: s.sessionId, clientNonce: Buffer.alloc(NONCE_SIZE, 4), serverNonce: challenge.nonce, received: 7, sent: 0 };
-    raw.send(encodeProof(7, 0, resumeMac(s.key, 'client', t)));
+    const t = { version: 1, sessionId: s.sessionId, clientNonce: Buffer.alloc(NONCE_SIZE, 4), serverNonce: challenge.nonce, received, sent: 0 };
+    raw.send(encodeProof(received, 0, resumeMac(s.key, 'client', t)));
     p.runFor(50);
+    return raw;
+  }
+
+  test('a valid PROOF claiming more than the server sent: ERROR(1), the session fails with ERR_ROCKS_PROTOCOL', () => {
+    const p = new Pair({ connect: false });
+    const raw = resumeWithProof(p, 7);
     assert.deepEqual(raw.received, ['EDP', 'CHALLENGE', 'ERROR(1)']);
     assert.deepEqual(p.server.events.take().slice(-3), ['close-link #1001 graceful', 'error ERR_ROCKS_PROTOCOL', 'released']);
   });
 
   test('a valid PROOF from a raw client resumes its session (the check above is the only difference)', () => {
     const p = new Pair({ connect: false });
-    const s = rawSession(p);
-    s.raw.close(false);
-    p.runFor(50);
-    const raw = rawResume(p, s.sessionId, s.instance, Buffer.alloc(NONCE_SIZE, 4));
-    const challenge = raw.last(FrameType.CHALLENGE);
-    const t = { version: 1, sessionId: s.sessionId, clientNonce: Buffer.alloc(NONCE_SIZE, 4), serverNonce: challenge.nonce, received: 0, sent: 0 };
-    raw.send(encodeProof(0, 0, resumeMac(s.key, 'client', t)));
-    p.runFor(50);
+    const raw = resumeWithProof(p, 0);
     assert.deepEqual(raw.received, ['EDP', 'CHALLENGE', 'ACK 0']);
     assert.deepEqual(p.server.events.take().slice(-3), ['suspend', 'link-active #1001', 'resume']);
   });
