@@ -59,10 +59,14 @@ that resets, black-holes and delays the connection while 48 MiB go each way,
 then compares SHA-256 digests of everything sent and received.`,
 };
 
-/** Resolves with the signal's name at the first SIGINT or SIGTERM. */
+/**
+ * Resolves with the signal's name at the first SIGINT, SIGTERM or SIGHUP
+ * (ssh hangs up its ProxyCommand, `rock stdio`, when it exits: without a
+ * handler the session would die unannounced and stay suspended at the server).
+ */
 function stopSignal(): Promise<string> {
   return new Promise((resolve) => {
-    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => resolve(signal));
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => resolve(signal));
   });
 }
 

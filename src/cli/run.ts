@@ -89,7 +89,7 @@ export async function runProgram(command: string[], sessionOptions: Record<strin
   const forward = (signal: NodeJS.Signals): void => {
     child.kill(signal);
   };
-  const signals = ['SIGINT', 'SIGTERM'] as const;
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
   for (const signal of signals) process.on(signal, forward);
   try {
     return await new Promise<number>((resolve, reject) => {

@@ -11,7 +11,7 @@ import { connect as netConnect, createServer as netCreateServer, type AddressInf
 import { describe, test } from 'node:test';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { parseJsonLines, sleep } from '../support/helpers.js';
-import { freePort, run } from '../support/programs.js';
+import { freePort, run, start } from '../support/programs.js';
 import { ROCK, startRock } from '../support/rock.js';
 
 const rock = (...args: string[]) => run(process.execPath, [ROCK, ...args], { timeout: 15_000 });
@@ -168,6 +168,24 @@ describe('rock: forward and serve', () => {
       await serve.stop();
       await forward.stop();
       await proxy.close();
+      echo.server.close();
+    }
+  });
+
+  test('rock stdio hung up (SIGHUP, as ssh does to its ProxyCommand) ends its session: rock serve does not keep it suspended', { timeout: 30_000 }, async () => {
+    const echo = await echoServer();
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`], /serving rocks/);
+    const stdio = start(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`]);
+    try {
+      await serve.waitForOutput(/connection .*mode=reliable/, 10_000);
+      stdio.child.kill('SIGHUP');
+      await stdio.exit;
+      await serve.waitForOutput(/closed/, 5000);
+      assert.doesNotMatch(serve.output, /suspended/);
+    } finally {
+      await stdio.stop();
+      await serve.stop();
       echo.server.close();
     }
   });

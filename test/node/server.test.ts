@@ -1,10 +1,10 @@
 // ReliableServer's own bookkeeping and the net.Server options it takes.
 
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
 import { connect, type ReliableServer, type ReliableSocket } from '../../src/index.js';
-import { closeServer, collect, listen, until } from '../support/net.js';
+import { sleep, until } from '../support/helpers.js';
+import { closeServer, collect, listen } from '../support/net.js';
 
 /** The server's table of the sessions it drives (private: what this test is about). */
 function driverCount(server: ReliableServer): number {

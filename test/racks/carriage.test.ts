@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { describe, test } from 'node:test';
 import { connect, createServer, type ReliableSocket } from '../../src/index.js';
 import { Carriage } from '../../src/racks/carriage.js';
-import { until } from '../support/net.js';
+import { until } from '../support/helpers.js';
 
 async function pair(clientSecret?: Buffer, serverSecret?: Buffer): Promise<{ client: Carriage; server: Carriage; close: () => Promise<void> }> {
   let server!: Carriage;

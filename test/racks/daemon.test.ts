@@ -7,11 +7,10 @@
 
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { RackOptions } from '../../src/racks/daemon.js';
 import { TcpFlags, verifyChecksums, type Endpoint } from '../../src/racks/packet.js';
 import { VNET_HEADER, VNET_NEEDS_CSUM } from '../../src/racks/tun.js';
-import { until } from '../support/net.js';
+import { sleep, until } from '../support/helpers.js';
 import { LoopbackNet, tcpOf, tunPacket, type MemoryHost } from './memory-parts.js';
 
 const CLIENT: Endpoint = { address: '10.1.1.2', port: 40_000 };

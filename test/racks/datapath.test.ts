@@ -17,12 +17,11 @@ import { once } from 'node:events';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseTcpPacket, verifyChecksums, buildTcpPacket } from '../../src/racks/packet.js';
 import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
-import { until } from '../support/net.js';
+import { readJsonLines, until } from '../support/helpers.js';
 
 const skip = netbedSkip();
 const RELAY = fileURLToPath(new URL('./relay-helper.js', import.meta.url));
@@ -45,7 +44,7 @@ class Helper {
 
   constructor(bed: NetBed, host: HostName, config: object) {
     this.child = bed.spawn(host, process.execPath, [RELAY, JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    createInterface({ input: this.child.stdout! }).on('line', (line) => this.events.push(JSON.parse(line) as HelperEvent));
+    readJsonLines<HelperEvent>(this.child.stdout!, (e) => this.events.push(e));
     this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
   }
 

@@ -6,14 +6,13 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
 import type { RackStatus } from '../../src/racks/daemon.js';
 import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
 import { agentClient, agentServer, finishAndVerify, RockProcess, SocatStream, socatEcho } from '../bed/programs.js';
-import { until } from '../support/net.js';
+import { sleep, until } from '../support/helpers.js';
 
 const skip = netbedSkip();
 const RACK = fileURLToPath(new URL('../../src/cli/rack.js', import.meta.url));

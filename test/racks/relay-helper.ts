@@ -16,6 +16,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { classify } from '../../src/racks/packet.js';
 import { addClient, install, parseSpec, remove } from '../../src/racks/netfilter.js';
 import { TunDevice } from '../../src/racks/tun.js';
+import { sleep } from '../support/helpers.js';
 
 interface Config {
   role: 'listen' | 'connect';
@@ -72,7 +73,7 @@ async function carriage(): Promise<Socket> {
       });
     } catch (err) {
       if (attempt > 100) throw err;
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   }
 }

@@ -7,8 +7,6 @@ import { createServer, type ReliableServer, type ReliableServerOptions, type Rel
 import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { until } from './helpers.js';
 
-// test/racks still imports until from here; the lead switches them to helpers.js after the merge.
-export { until };
 
 /** A rocks server listening on an ephemeral port of `host`. */
 export async function listen(
