@@ -104,7 +104,12 @@ export async function agentClient(bed: NetBed, port: number, options: object, ra
  */
 export function strays(client: Agent, server: Agent): Set<number> {
   if (!client.of('connected').every((e) => e.reliable)) return new Set();
-  return new Set(server.of('connected').filter((e) => !e.reliable).map((e) => e.id!));
+  return new Set(
+    server
+      .of('connected')
+      .filter((e) => !e.reliable)
+      .map((e) => e.id!),
+  );
 }
 
 /**

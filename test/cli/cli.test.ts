@@ -172,13 +172,16 @@ describe('rock: forward and serve', () => {
     }
   });
 
-  test('rock stdio hung up (SIGHUP, as ssh does to its ProxyCommand) ends its session: rock serve does not keep it suspended', { timeout: 30_000 }, async () => {
+  test('rock stdio on SIGHUP (ssh hangs up its ProxyCommand) ends its session; rock serve never suspends it', { timeout: 30_000 }, async () => {
     const echo = await echoServer();
     const servePort = await freePort();
     const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`], /serving rocks/);
-    const stdio = start(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`]);
+    // Standard input stays open, as ssh keeps it: an EOF would end the session cleanly by itself.
+    const stdio = start(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`], { stdio: ['pipe', 'pipe', 'pipe'] });
     try {
       await serve.waitForOutput(/connection .*mode=reliable/, 10_000);
+      await sleep(200);
+      assert.equal(stdio.exited, undefined, 'rock stdio ended before it was hung up');
       stdio.child.kill('SIGHUP');
       await stdio.exit;
       await serve.waitForOutput(/closed/, 5000);

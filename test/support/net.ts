@@ -7,7 +7,6 @@ import { createServer, type ReliableServer, type ReliableServerOptions, type Rel
 import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { until } from './helpers.js';
 
-
 /** A rocks server listening on an ephemeral port of `host`. */
 export async function listen(
   options: ReliableServerOptions,
