@@ -17,10 +17,19 @@ export type { Verdict } from './node/detect.js';
 export { ROCKS, EDP_VERSION, encodeAnnouncement, parseAnnouncement } from './edp/announcement.js';
 export type { Enhancement } from './edp/announcement.js';
 export { ReliableServer, createServer } from './node/server.js';
+export {
+  routeLink,
+  ownerOf,
+  FIRST_FRAME_TYPE_OFFSET,
+  RESUME_SESSION_ID_OFFSET,
+  RESUME_NODE_OFFSET,
+  RESUME_WORKER_OFFSET,
+} from './protocol/routing.js';
+export type { LinkRoute, SessionOwner } from './protocol/routing.js';
 export type { ReliableServerOptions } from './node/server.js';
 export { RocksError, ERROR_CODES } from './protocol/errors.js';
 export type { RocksErrorCode } from './protocol/errors.js';
-export type { SessionOptions, ServerLimitOptions } from './protocol/config.js';
+export type { SessionOptions, ServerLimitOptions, ServerRoutingOptions } from './protocol/config.js';
 export { PROTOCOL_VERSION } from './protocol/session.js';
 
 /** Opens a reliable connection, with the argument forms of net.connect. */

@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { createServer as netCreateServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
-import { resolveServerLimits, resolveSessionConfig, type ServerLimitOptions } from '../protocol/config.js';
+import { resolveNodeId, resolveServerLimits, resolveSessionConfig, type ServerLimitOptions, type ServerRoutingOptions } from '../protocol/config.js';
 import type { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
 import { ServerCore } from '../protocol/server-core.js';
@@ -17,7 +17,7 @@ import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
 
 const debug = debuglog('rocks');
 
-export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions {
+export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions, ServerRoutingOptions {
   /** As net.createServer: each socket is handed to 'connection' paused, and nothing is read until it is resumed. */
   pauseOnConnect?: boolean;
 }
@@ -39,7 +39,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
-    this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom);
+    this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom, { nodeId: resolveNodeId(options) });
     // Half-open, so that we can still answer a probe after it ended its side.
     this.server = netCreateServer({ allowHalfOpen: true }, (s) => this.onTcpConnection(s));
     this.server.on('listening', () => this.emit('listening'));
@@ -92,6 +92,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     const count = this.open.size;
     queueMicrotask(() => callback(null, count));
     return this;
+  }
+
+  /** The node id in every session id this server issues (the nodeId option, or a random one). */
+  get nodeId(): number {
+    return this.core.nodeId;
   }
 
   /** Sessions held, suspended ones included (a diagnostic, not part of net.Server). */

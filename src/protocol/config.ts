@@ -73,6 +73,23 @@ export interface ServerLimitOptions {
 
 export type ServerLimits = Required<ServerLimitOptions>;
 
+export interface ServerRoutingOptions {
+  /**
+   * This server's node id, written into every session id it issues so that a
+   * balancer or another node can send a resume to it (PROTOCOL.md §3.6).
+   * Unique within a deployment; an integer from 0 to 4294967295. Random when unset.
+   */
+  nodeId?: number;
+}
+
+/** The node id option, checked; undefined when unset. */
+export function resolveNodeId(options: ServerRoutingOptions = {}): number | undefined {
+  const id = options.nodeId;
+  if (id === undefined) return undefined;
+  if (!Number.isInteger(id)) throw new RocksError('ERR_ROCKS_INVALID_OPTION', `nodeId must be an integer from 0 to 4294967295, got ${String(id)}`);
+  return check('nodeId', id, 0, 0xffff_ffff);
+}
+
 export function resolveServerLimits(options: ServerLimitOptions = {}): ServerLimits {
   return {
     maxSessions: check('maxSessions', options.maxSessions ?? 100_000, 1, 2 ** 31),

@@ -13,6 +13,7 @@ import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, ty
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
 import { invariant, isInvariantBreach } from './invariant.js';
+import { makeSessionId, type SessionOwner } from './routing.js';
 
 export type ServerEvent =
   /** A new session now owns `link`; drive it and route the link's bytes to it. */
@@ -61,15 +62,29 @@ export class ServerCore implements SessionHost {
   private buffered = 0;
   /** This run of the server; a client resuming with another one knows the server restarted. */
   readonly instance: Buffer;
+  private readonly owner: SessionOwner;
 
   private events: ServerEvent[] = [];
   private eventHead = 0;
 
-  constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource) {
+  /**
+   * @param owner where the sessions it creates live (routing.ts); a random
+   * node id when not given.
+   */
+  constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource, owner?: Partial<SessionOwner>) {
     this.config = config;
     this.limits = limits;
     this.random = random;
     this.instance = random.bytes(INSTANCE_SIZE);
+    this.owner = {
+      nodeId: owner?.nodeId ?? random.bytes(4).readUInt32BE(0),
+      workerId: owner?.workerId ?? 0,
+    };
+  }
+
+  /** The node and worker every session id this server issues names. */
+  get nodeId(): number {
+    return this.owner.nodeId;
   }
 
   get sessionCount(): number {
@@ -272,7 +287,8 @@ export class ServerCore implements SessionHost {
       return;
     }
     // Register first: the bytes that came with the HELLO may end the session at once.
-    const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance);
+    const sessionId = makeSessionId(this.owner, this.random);
+    const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId);
     this.sessions.set(session.sessionId!.toString('hex'), session);
     this.events.push({ type: 'session', session, link });
     session.processBuffered(link, now);

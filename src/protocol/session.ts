@@ -33,7 +33,6 @@ import {
   FrameParser,
   FrameType,
   NONCE_SIZE,
-  SESSION_ID_SIZE,
   INSTANCE_SIZE,
   type ChallengeFrame,
   type Frame,
@@ -230,9 +229,10 @@ export class Session {
     parser: FrameParser,
     hello: HelloFrame,
     instance: Buffer,
+    sessionId: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
-    s._sessionId = Buffer.from(random.bytes(SESSION_ID_SIZE)); // into the shared pool
+    s._sessionId = sessionId;
     const keys = drawKeyPair(random);
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
     s.peerWindow = hello.window;
