@@ -90,7 +90,13 @@ export function parse(
     return { values: values as Record<string, string | boolean | undefined>, positionals };
   } catch (err) {
     // parseArgs says e.g. "Unknown option '--x'. To specify a positional ...": keep the first sentence.
-    throw new UsageError((err as Error).message.split('. ')[0].replace(/\.$/, ''));
+    // A value that starts with a dash ("--node-id -1") gets three lines: say it in one.
+    const message = (err as Error).message;
+    if (/argument is ambiguous/.test(message)) {
+      const option = /'(--[^']+)'/.exec(message)?.[1] ?? 'the option';
+      throw new UsageError(`${option} takes a value; for one that starts with a dash write ${option}=VALUE`);
+    }
+    throw new UsageError(message.split('. ')[0].replace(/\.$/, ''));
   }
 }
 

@@ -28,7 +28,14 @@ async function reachable(to: Endpoint): Promise<void> {
 }
 
 /** Runs a relay until `stop` resolves (a signal); resolves once everything is closed. */
-export async function relay(kind: RelayKind, listen: Endpoint, to: Endpoint, common: CommonOptions, stop: Promise<string>): Promise<void> {
+export async function relay(
+  kind: RelayKind,
+  listen: Endpoint,
+  to: Endpoint,
+  common: CommonOptions,
+  stop: Promise<string>,
+  nodeId?: number,
+): Promise<void> {
   const monitor = new Monitor(common);
   const log = monitor.log;
   await reachable(to);
@@ -48,7 +55,7 @@ export async function relay(kind: RelayKind, listen: Endpoint, to: Endpoint, com
 
   let server: Server | ReliableServer;
   if (kind === 'serve') {
-    server = rocksCreateServer({ ...common.session, allowHalfOpen: true }, (socket) => {
+    server = rocksCreateServer({ ...common.session, allowHalfOpen: true, nodeId }, (socket) => {
       const upstream = netConnect({ port: to.port, host: to.host, allowHalfOpen: true });
       upstream.on('error', (err) => log.warn({ to: show(to), err: err.message }, 'target refused a connection'));
       carry(socket, upstream, socket, `${socket.remoteAddress}:${socket.remotePort}`);
@@ -66,7 +73,9 @@ export async function relay(kind: RelayKind, listen: Endpoint, to: Endpoint, com
     throw new ExitError(`cannot listen on ${show(listen)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.LISTEN);
   }
   await monitor.start();
-  log.info({ listen: show(listen), to: show(to) }, kind === 'serve' ? 'serving rocks, relaying to the target' : 'forwarding over rocks');
+  if (kind === 'serve')
+    log.info({ listen: show(listen), to: show(to), nodeId: (server as ReliableServer).nodeId }, 'serving rocks, relaying to the target');
+  else log.info({ listen: show(listen), to: show(to) }, 'forwarding over rocks');
 
   const signal = await stop;
   log.info({ signal, open: open.size / 2 }, 'shutting down');

@@ -33,10 +33,14 @@ Child Node processes inherit it. For programs in other languages use
 rock forward, or rock stdio as an ssh ProxyCommand.
 
 ${COMMON_HELP.replace(/\n {2}--metrics[^\n]*/, '')}`,
-  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [options]
+  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [options]
 
 Accepts reliable connections on --listen and relays each to the ordinary TCP
 server at --to (the paper's rockd). Ordinary clients are relayed too.
+
+  --node-id N              this node's id (0-4294967295) in every session id it
+                           issues, for balancers that route resumes by it
+                           (docs/PROTOCOL.md §3.6); random by default
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -83,12 +87,21 @@ function common(values: Record<string, string | boolean | undefined>): CommonOpt
 }
 
 async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
-  const { values } = parse(args, { ...COMMON_OPTIONS, listen: { type: 'string' }, to: { type: 'string' } }, false);
+  const options = { ...COMMON_OPTIONS, listen: { type: 'string' }, to: { type: 'string' } } as const;
+  const { values } = parse(args, kind === 'serve' ? { ...options, 'node-id': { type: 'string' } } : options, false);
   if (values.help) return help(kind);
   const listen = parseEndpoint(values.listen as string | undefined, '--listen', kind === 'forward' ? '127.0.0.1' : '0.0.0.0');
   const to = parseEndpoint(values.to as string | undefined, '--to');
-  await relay(kind, listen, to, common(values), stopSignal());
+  const nodeId = parseNodeId(values['node-id'] as string | undefined);
+  await relay(kind, listen, to, common(values), stopSignal(), nodeId);
   return EXIT.OK;
+}
+
+function parseNodeId(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = /^\d{1,10}$/.test(text) ? Number(text) : Number.NaN;
+  if (!(n <= 0xffff_ffff)) throw new UsageError(`--node-id must be a whole number from 0 to 4294967295, got ${JSON.stringify(text)}`);
+  return n;
 }
 
 async function stdioCommand(args: string[]): Promise<number> {

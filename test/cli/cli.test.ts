@@ -36,6 +36,14 @@ describe('rock: command line', () => {
       [['serve', '--listen', '7000', '--to', 'h:1', '--failure-timeout', 'soon'], /--failure-timeout: expected milliseconds/],
       [['serve', '--listen', '7000', '--to', 'h:1', '--suspend-limit', 'forever'], /--suspend-limit: expected a duration/],
       [['serve', '--listen', '7000', '--to', 'h:1', '--log-level', 'loud'], /--log-level: expected one of error, warn, info, debug/],
+      [
+        ['serve', '--listen', '7000', '--to', 'h:1', '--node-id', '-1'],
+        /--node-id takes a value; for one that starts with a dash write --node-id=VALUE/,
+      ],
+      [['serve', '--listen', '7000', '--to', 'h:1', '--node-id=-1'], /--node-id must be a whole number from 0 to 4294967295, got "-1"/],
+      [['serve', '--listen', '7000', '--to', 'h:1', '--node-id', '4294967296'], /--node-id must be a whole number/],
+      [['serve', '--listen', '7000', '--to', 'h:1', '--node-id', '0x10'], /--node-id must be a whole number/],
+      [['forward', '--listen', '7000', '--to', 'h:1', '--node-id', '1'], /Unknown option '--node-id'/],
       [['stdio'], /stdio takes one HOST:PORT, got none/],
       [['stdio', 'a:1', 'b:2'], /stdio takes one HOST:PORT/],
       [['run'], /run needs a command/],
@@ -175,7 +183,11 @@ describe('rock: forward and serve', () => {
   test('rock stdio on SIGHUP (ssh hangs up its ProxyCommand) ends its session; rock serve never suspends it', { timeout: 30_000 }, async () => {
     const echo = await echoServer();
     const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`], /serving rocks/);
+    const serve = await startRock(
+      ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`, '--node-id', '4000000000'],
+      /serving rocks/,
+    );
+    assert.match(serve.output, /nodeId=4000000000/);
     // Standard input stays open, as ssh keeps it: an EOF would end the session cleanly by itself.
     const stdio = start(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`], { stdio: ['pipe', 'pipe', 'pipe'] });
     try {
