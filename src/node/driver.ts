@@ -36,9 +36,11 @@ export interface LinkOwner {
   onLinkEnd?(link: LinkId): void;
 }
 
-/** A socket and the owner its events go to; the owner changes when a server hands a link to a session. */
+/** A socket and the owner its events go to (a client's session driver, or a server for all its links). */
 export class LinkHandle {
   owner: LinkOwner | undefined;
+  /** The socket emitted 'close'. */
+  closed = false;
   private error: Error | undefined;
   // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private readonly listeners: [string, (...args: any[]) => void][];
@@ -68,6 +70,7 @@ export class LinkHandle {
       [
         'close',
         () => {
+          this.closed = true;
           const owner = this.owner;
           this.owner = undefined;
           const err = this.error;
@@ -85,9 +88,12 @@ export class LinkHandle {
     return this.socket;
   }
 
-  /** Writes `final` and ends the socket, or destroys it at once. The owner hears no more of it. */
+  /**
+   * Writes `final` and ends the socket, or destroys it at once. The owner
+   * still hears it close (a server's core forgets the link then); whatever
+   * else comes meanwhile goes to a session that already let the link go.
+   */
   close(final: Buffer[] | undefined, graceful: boolean): void {
-    this.owner = undefined;
     const s = this.socket;
     if (s.destroyed) return;
     if (!graceful) {
@@ -140,9 +146,11 @@ export class SessionDriver implements Timed, LinkOwner {
     this.listener = listener;
   }
 
-  /** Takes over a link whose socket is already connected (server side). */
+  /**
+   * Writes on a link whose socket is already connected (server side); its
+   * input keeps going to the server, whose core routes it to the session.
+   */
   adopt(handle: LinkHandle): void {
-    handle.owner = this;
     this.links.set(handle.id, handle);
     handle.socket.setNoDelay(this.noDelay);
   }
@@ -273,6 +281,7 @@ export class SessionDriver implements Timed, LinkOwner {
     const now = monotonicNow();
     for (const [id, h] of this.links) {
       const s = h.socket;
+      if (h.closed) this.links.delete(id); // a server link: the core told the session
       if (s.destroyed || s.connecting) continue;
       const out = this.session.pollTransmit(id, now, LINK_HIGH_WATER - s.writableLength);
       if (out === undefined) continue;

@@ -1,7 +1,8 @@
 // ReliableServer: the net.Server surface over a protocol ServerCore. It
-// accepts TCP connections, lets the core read their first frame, and hands
-// each one to the session it belongs to: a new ReliableSocket for a HELLO, an
-// existing one for a RESUME.
+// accepts TCP connections and feeds everything that happens on them to the
+// core, which routes it to the session the link belongs to; it then does what
+// the core's events say: a new ReliableSocket for a HELLO, drive a session
+// that has input, serve an ordinary client as a plain connection.
 
 import { EventEmitter } from 'node:events';
 import { createServer as netCreateServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
@@ -9,7 +10,7 @@ import { debuglog } from 'node:util';
 import { resolveNodeId, resolveServerLimits, resolveSessionConfig, type ServerLimitOptions, type ServerRoutingOptions } from '../protocol/config.js';
 import type { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
-import { ServerCore } from '../protocol/server-core.js';
+import { relayRefusal, ServerCore } from '../protocol/server-core.js';
 import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
@@ -27,8 +28,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly server: Server;
   private readonly core: ServerCore;
   private readonly options: ReliableServerOptions;
-  /** Links no session owns yet. */
-  private readonly pending = new Map<LinkId, LinkHandle>();
+  /** Every link of the server; the core knows which session owns which. */
+  private readonly links = new Map<LinkId, LinkHandle>();
   private readonly drivers = new Map<Session, { driver: SessionDriver; socket: ReliableSocket }>();
   /** Sockets the application holds (emitted by 'connection' and not yet closed). */
   private readonly open = new Set<ReliableSocket>();
@@ -39,7 +40,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
-    this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom, { nodeId: resolveNodeId(options) });
+    this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom, {
+      owner: { nodeId: resolveNodeId(options) },
+    });
     // Half-open, so that we can still answer a probe after it ended its side.
     this.server = netCreateServer({ allowHalfOpen: true }, (s) => this.onTcpConnection(s));
     this.server.on('listening', () => this.emit('listening'));
@@ -71,8 +74,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       }
     }
     if (this.server.listening) this.server.close();
-    for (const h of this.pending.values()) h.close(undefined, false);
-    this.pending.clear();
+    // Links still being detected or handshaking: nobody holds them yet.
+    for (const id of this.core.pendingLinks()) this.links.get(id)?.close(undefined, false);
     // With no socket of the application's left, we are closed now: the TCP
     // server's own 'close' may wait for links still finishing their closing
     // handshake, unref'd, and a program could exit before it came.
@@ -126,7 +129,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       return;
     }
     const id = this.nextLinkId++;
-    this.pending.set(id, new LinkHandle(id, socket, this));
+    this.links.set(id, new LinkHandle(id, socket, this));
     this.core.handleLinkOpen(id, monotonicNow());
     this.drainCore();
   }
@@ -136,13 +139,16 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.drainCore();
   }
 
-  onLinkClosed(link: LinkId): void {
-    this.pending.delete(link);
-    this.core.handleLinkClosed(link);
+  onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void {
+    this.links.delete(link);
+    this.core.handleLinkClosed(link, monotonicNow(), reason, error);
     this.drainCore();
   }
 
-  onLinkDrain(): void {}
+  onLinkDrain(link: LinkId): void {
+    this.core.handleLinkDrain(link);
+    this.drainCore();
+  }
 
   onLinkEnd(link: LinkId): void {
     this.core.handleLinkEnd(link);
@@ -166,44 +172,39 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
             afterDrive: () => this.drainCore(),
           });
           this.drivers.set(session, { driver, socket });
-          this.handOver(ev.link, driver);
-          driver.drive();
+          this.bindLink(ev.link, driver);
           break;
         }
         case 'bind': {
           const entry = this.drivers.get(ev.session);
-          if (entry === undefined) {
-            this.pending.get(ev.link)?.close(undefined, false);
-            this.pending.delete(ev.link);
-            break;
-          }
-          this.handOver(ev.link, entry.driver);
-          entry.driver.drive();
+          if (entry === undefined) this.links.get(ev.link)?.close(undefined, false);
+          else this.bindLink(ev.link, entry.driver);
           break;
         }
-        case 'close-link': {
-          const h = this.pending.get(ev.link);
-          this.pending.delete(ev.link);
-          h?.close(ev.final, true);
+        case 'drive':
+          this.drivers.get(ev.session)?.driver.drive();
           break;
-        }
+        case 'close-link':
+          this.links.get(ev.link)?.close(ev.final, ev.final !== undefined);
+          break;
         case 'send':
-          this.pending.get(ev.link)?.socket.write(ev.bytes);
+          this.links.get(ev.link)?.socket.write(ev.bytes);
           break;
         case 'plain': {
-          const h = this.pending.get(ev.link);
+          const h = this.links.get(ev.link);
           if (h === undefined) break;
-          this.pending.delete(ev.link);
+          this.links.delete(ev.link);
           debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
           const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.options);
           this.handToApplication(socket);
           break;
         }
+        case 'relay':
+          // Not yet: without relays configured the core never asks.
+          this.links.get(ev.link)?.close(relayRefusal(`no route to node ${ev.nodeId}`), true);
+          break;
         case 'rejected':
           this.onRejected(ev.link, ev.error);
-          break;
-        case 'wake':
-          this.drivers.get(ev.session)?.driver.drive();
           break;
       }
     }
@@ -220,15 +221,14 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.emit('connection', socket);
   }
 
-  private handOver(link: LinkId, driver: SessionDriver): void {
-    const h = this.pending.get(link);
-    if (h === undefined) return;
-    this.pending.delete(link);
-    driver.adopt(h);
+  /** The session's driver writes on the link from now on; its input still comes through the core. */
+  private bindLink(link: LinkId, driver: SessionDriver): void {
+    const h = this.links.get(link);
+    if (h !== undefined) driver.adopt(h);
   }
 
   private onRejected(link: LinkId, error: RocksError): void {
-    const socket = this.pending.get(link)?.socket;
+    const socket = this.links.get(link)?.socket;
     debug('refused a connection from %s: %s', socket?.remoteAddress, error.message);
     if (this.listenerCount('clientError') > 0) this.emit('clientError', error, socket);
   }

@@ -1,10 +1,14 @@
-// The server's side before a link belongs to a session, and the book of all
-// sessions. Each new link first goes through EDP detection: an announcement
-// means a rocks client, end-of-stream before any byte means a probe, anything
-// else (or silence for detectTimeout) an ordinary client, handed back to the
-// caller as a plain connection. A rocks link's first frame then creates a
-// session (HELLO) or names one (RESUME). It enforces the server's limits.
-// Like Session, it does no I/O.
+// The server's endpoint: every link of the server goes through it, and it
+// routes each one's bytes, end and close to the session that owns it, so the
+// Node server and the simulator share one routing path (quinn-proto's
+// Endpoint is the model). A new link first goes through EDP detection: an
+// announcement means a rocks client, end-of-stream before any byte means a
+// probe, anything else (or silence for detectTimeout) an ordinary client,
+// handed back to the caller as a plain connection. A rocks link's first frame
+// then creates a session (HELLO) or names one (RESUME); a RESUME of a session
+// another node of the deployment holds is handed back to be relayed there.
+// The endpoint enforces the server's limits and keeps the book of sessions.
+// What the caller must do is polled as events. Like Session, it does no I/O.
 
 import type { ServerLimits, SessionConfig } from './config.js';
 import { RocksError, codeFromWire } from './errors.js';
@@ -13,15 +17,20 @@ import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, ty
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
 import { invariant, isInvariantBreach } from './invariant.js';
-import { makeSessionId, type SessionOwner } from './routing.js';
+import { makeSessionId, routeLink, type SessionOwner } from './routing.js';
 
 export type ServerEvent =
-  /** A new session now owns `link`; drive it and route the link's bytes to it. */
+  /** A new session owns `link`: give it a driver (and, once it opens, to the application). */
   | { type: 'session'; session: Session; link: LinkId }
-  /** An existing session now owns `link` (a resume attempt). */
+  /** An existing session now also owns `link` (a resume attempt). */
   | { type: 'bind'; session: Session; link: LinkId }
-  /** Close a link no session owns: after writing `final`, by ending it. */
-  | { type: 'close-link'; link: LinkId; final: Buffer[] }
+  /** The session has new input or was changed from outside: poll it (transmit, events, timeout). */
+  | { type: 'drive'; session: Session }
+  /**
+   * Close a link no session drives: after writing `final`, by ending it; with
+   * `final` undefined, at once.
+   */
+  | { type: 'close-link'; link: LinkId; final: Buffer[] | undefined }
   /** Write these bytes on a link no session owns yet (our EDP announcement). */
   | { type: 'send'; link: LinkId; bytes: Buffer }
   /**
@@ -29,10 +38,14 @@ export type ServerEvent =
    * the bytes already read (`ended`: the client also closed its side).
    */
   | { type: 'plain'; link: LinkId; initial: Buffer; ended: boolean; reason: string }
+  /**
+   * A resume for a session that node `nodeId` holds: carry the link there,
+   * starting with `initial` (every byte read so far). The endpoint forgets
+   * the link; if the relay cannot start, answer with relayRefusal().
+   */
+  | { type: 'relay'; link: LinkId; nodeId: number; initial: Buffer }
   /** A link was refused; for logs and counters. */
-  | { type: 'rejected'; link: LinkId; error: RocksError }
-  /** Something changed for this session outside its own calls: poll it. */
-  | { type: 'wake'; session: Session };
+  | { type: 'rejected'; link: LinkId; error: RocksError };
 
 /** How many released session ids the server remembers, to tell a resuming client what became of its session. */
 const REMEMBERED_ENDINGS = 65_536;
@@ -41,18 +54,34 @@ const REMEMBERED_ENDINGS = 65_536;
 const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
 interface PendingLink {
-  /** Bytes read while detecting; undefined once the link announced rocks. */
+  /** Bytes read while detecting and routing; undefined once the link is ours to parse. */
   detecting: Buffer | undefined;
+  /** The announcement was read: only routing waits for more bytes (relays on). */
+  announced: boolean;
   parser: FrameParser;
   deadline: number;
+}
+
+export interface EndpointOptions {
+  /** Where the sessions it creates live (routing.ts); a random node id when not given. */
+  owner?: Partial<SessionOwner>;
+  /**
+   * Resumes of sessions that other nodes hold are handed back as `relay`
+   * events instead of being refused here. Without it (one node) the server
+   * answers as soon as it reads an announcement.
+   */
+  relays?: boolean;
 }
 
 export class ServerCore implements SessionHost {
   private readonly config: SessionConfig;
   private readonly limits: ServerLimits;
   private readonly random: RandomSource;
+  private readonly relays: boolean;
 
   private readonly pending = new Map<LinkId, PendingLink>();
+  /** Links a session owns: their input goes to it. */
+  private readonly owned = new Map<LinkId, Session>();
   private readonly sessions = new Map<string, Session>();
   /** Suspended sessions in the order they were suspended (oldest first). */
   private readonly suspendedSessions = new Set<Session>();
@@ -66,19 +95,18 @@ export class ServerCore implements SessionHost {
 
   private events: ServerEvent[] = [];
   private eventHead = 0;
+  /** Sessions with a `drive` event in the queue: one is enough. */
+  private readonly toDrive = new Set<Session>();
 
-  /**
-   * @param owner where the sessions it creates live (routing.ts); a random
-   * node id when not given.
-   */
-  constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource, owner?: Partial<SessionOwner>) {
+  constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource, options: EndpointOptions = {}) {
     this.config = config;
     this.limits = limits;
     this.random = random;
+    this.relays = options.relays ?? false;
     this.instance = random.bytes(INSTANCE_SIZE);
     this.owner = {
-      nodeId: owner?.nodeId ?? random.bytes(4).readUInt32BE(0),
-      workerId: owner?.workerId ?? 0,
+      nodeId: options.owner?.nodeId ?? random.bytes(4).readUInt32BE(0),
+      workerId: options.owner?.workerId ?? 0,
     };
   }
 
@@ -103,14 +131,29 @@ export class ServerCore implements SessionHost {
     return this.pending.size;
   }
 
+  /** Whether this server holds the session with this id (hex or bytes). */
+  hasSession(id: Buffer | string): boolean {
+    return this.sessions.has(typeof id === 'string' ? id : id.toString('hex'));
+  }
+
   // ---- input --------------------------------------------------------------
 
   handleLinkOpen(link: LinkId, now: number): void {
-    this.pending.set(link, { detecting: Buffer.alloc(0), parser: new FrameParser(), deadline: now + this.limits.detectTimeout });
+    this.pending.set(link, {
+      detecting: Buffer.alloc(0),
+      announced: false,
+      parser: new FrameParser(),
+      deadline: now + this.limits.detectTimeout,
+    });
   }
 
-  /** Bytes on a link no session owns yet. */
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
+    const session = this.owned.get(link);
+    if (session !== undefined) {
+      session.handleLinkData(link, chunk, now);
+      this.drive(session);
+      return;
+    }
     const p = this.pending.get(link);
     if (p === undefined) return;
     if (p.detecting !== undefined) {
@@ -131,29 +174,49 @@ export class ServerCore implements SessionHost {
     }
   }
 
-  /** The peer ended its side of a link no session owns yet. */
+  /** The link can take more bytes: its session may have some to send. */
+  handleLinkDrain(link: LinkId): void {
+    const session = this.owned.get(link);
+    if (session !== undefined) this.drive(session);
+  }
+
+  /** The peer ended its side of a link. */
   handleLinkEnd(link: LinkId): void {
     const p = this.pending.get(link);
-    if (p === undefined) return;
+    if (p === undefined) {
+      // A session's link, or one we are closing: a rocks peer that ends its
+      // side has nothing more to say on it.
+      this.events.push({ type: 'close-link', link, final: undefined });
+      return;
+    }
     this.pending.delete(link);
     if (p.detecting !== undefined && p.detecting.length === 0) {
       // A probe: connect, half-close at once, read what we say. Tell it.
       this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
-    } else if (p.detecting !== undefined) {
+    } else if (p.detecting !== undefined && !p.announced) {
       this.events.push({ type: 'plain', link, initial: p.detecting, ended: true, reason: 'ordinary client (closed its side)' });
     } else {
       this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'the client closed before HELLO or RESUME'));
     }
   }
 
-  handleLinkClosed(link: LinkId): void {
+  /** A link's transport closed or failed (whoever closed it). */
+  handleLinkClosed(link: LinkId, now: number, reason = 'closed', error?: Error): void {
+    const session = this.owned.get(link);
+    if (session !== undefined) {
+      this.owned.delete(link);
+      session.handleLinkClosed(link, now, reason, error);
+      this.drive(session);
+      return;
+    }
     this.pending.delete(link);
   }
 
+  /** Deadlines of links no session owns yet (sessions keep their own timers). */
   handleTimeout(now: number): void {
     for (const [link, p] of this.pending) {
       if (p.deadline > now) continue;
-      if (p.detecting !== undefined) {
+      if (p.detecting !== undefined && !p.announced) {
         // Silent: an ordinary client waiting for the server to speak first.
         this.pending.delete(link);
         this.events.push({
@@ -169,7 +232,10 @@ export class ServerCore implements SessionHost {
     }
   }
 
-  /** EDP on a new link. Returns the bytes after a rocks announcement, or undefined. */
+  /**
+   * EDP on a new link, then (relays on) where it belongs. Returns the bytes
+   * after a rocks announcement once the link is ours, or undefined.
+   */
   private detect(link: LinkId, p: PendingLink, chunk: Buffer, now: number): Buffer | undefined {
     const bytes = p.detecting!.length === 0 ? chunk : Buffer.concat([p.detecting!, chunk]);
     const r = parseAnnouncement(bytes);
@@ -187,8 +253,10 @@ export class ServerCore implements SessionHost {
         this.events.push({ type: 'close-link', link, final: [] });
         return undefined;
       case 'announcement':
-        p.detecting = undefined;
-        p.deadline = now + this.config.handshakeTimeout;
+        if (!p.announced) {
+          p.announced = true;
+          p.deadline = now + this.config.handshakeTimeout;
+        }
         // Our announcement names our versions; with none in common the client
         // falls back on its own, so we say it and close.
         if (commonVersion(ROCKS, r.enhancements) === undefined) {
@@ -196,6 +264,21 @@ export class ServerCore implements SessionHost {
           this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
           return undefined;
         }
+        if (this.relays) {
+          // Another node may hold the session: it must be the one to answer,
+          // so we say nothing until the first frame names the session.
+          const route = routeLink(bytes);
+          if (route.kind === 'incomplete') {
+            p.detecting = bytes;
+            return undefined;
+          }
+          if (route.kind === 'resume' && route.owner.nodeId !== this.owner.nodeId) {
+            this.pending.delete(link);
+            this.events.push({ type: 'relay', link, nodeId: route.owner.nodeId, initial: bytes });
+            return undefined;
+          }
+        }
+        p.detecting = undefined;
         this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
         return bytes.subarray(r.length);
     }
@@ -210,6 +293,7 @@ export class ServerCore implements SessionHost {
       this.events.length = 0;
       this.eventHead = 0;
     }
+    if (ev.type === 'drive') this.toDrive.delete(ev.session);
     return ev;
   }
 
@@ -217,6 +301,18 @@ export class ServerCore implements SessionHost {
     let t = Infinity;
     for (const p of this.pending.values()) if (p.deadline < t) t = p.deadline;
     return t === Infinity ? undefined : t;
+  }
+
+  /** Asks the caller to drive the session (once, however often asked before it polls). */
+  private drive(session: Session): void {
+    if (this.toDrive.has(session)) return;
+    this.toDrive.add(session);
+    this.events.push({ type: 'drive', session });
+  }
+
+  /** Links no session owns yet (for shutdown). */
+  pendingLinks(): IterableIterator<LinkId> {
+    return this.pending.keys();
   }
 
   /** Every live session (for shutdown). */
@@ -234,7 +330,7 @@ export class ServerCore implements SessionHost {
       this.budgetWaiters.clear();
       for (const s of waiters) {
         s.recheck();
-        this.events.push({ type: 'wake', session: s });
+        this.drive(s);
       }
     }
   }
@@ -252,7 +348,7 @@ export class ServerCore implements SessionHost {
     if (this.suspendedSessions.size > this.limits.maxSuspendedSessions) {
       const oldest = this.suspendedSessions.values().next().value as Session;
       oldest.evict(now);
-      this.events.push({ type: 'wake', session: oldest });
+      this.drive(oldest);
     }
   }
 
@@ -290,8 +386,10 @@ export class ServerCore implements SessionHost {
     const sessionId = makeSessionId(this.owner, this.random);
     const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId);
     this.sessions.set(session.sessionId!.toString('hex'), session);
+    this.owned.set(link, session);
     this.events.push({ type: 'session', session, link });
     session.processBuffered(link, now);
+    this.drive(session);
   }
 
   private onResume(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
@@ -306,8 +404,10 @@ export class ServerCore implements SessionHost {
       return;
     }
     session.handleResumeLink(link, parser, resume, now);
+    this.owned.set(link, session);
     this.events.push({ type: 'bind', session, link });
     session.processBuffered(link, now);
+    this.drive(session);
   }
 
   /**
@@ -331,6 +431,16 @@ export class ServerCore implements SessionHost {
     this.events.push({ type: 'rejected', link, error });
     this.events.push({ type: 'close-link', link, final });
   }
+}
+
+/**
+ * What a node answers on a resuming link it cannot carry to the session's
+ * owner (no such node, or the node is gone): our announcement, then why, so
+ * the client ends the session at once instead of retrying for hours.
+ */
+export function relayRefusal(message: string): Buffer[] {
+  const error = new RocksError('ERR_ROCKS_UNKNOWN_SESSION', message);
+  return [SERVER_ANNOUNCEMENT, encodeError(error.wireCode, error.message)];
 }
 
 function versionError(min: number, max: number): RocksError {

@@ -265,6 +265,11 @@ export class Session {
     return this.current?.id;
   }
 
+  /** The links the session holds (it may have something to send on any of them). */
+  linkIds(): IterableIterator<LinkId> {
+    return this.links.keys();
+  }
+
   /** Bytes written by the application and not yet acknowledged by the peer. */
   get bufferedAmount(): number {
     return this.send.length;

@@ -459,7 +459,6 @@ export class Pair {
   private readonly _client: Peer | undefined;
   private readonly serverPeers = new Map<Session, Peer>();
   /** Which server session owns each server-side link. */
-  private readonly owners = new Map<LinkId, Session>();
   private nextRawLink = RAW_LINK_IDS;
   private stepsAtNow = 0;
 
@@ -509,7 +508,7 @@ export class Pair {
   /** ServerCore's events, described: 'session #1', 'bind #2', 'rejected #1000 ERR_ROCKS_VERSION', 'close-link #1000'... */
   coreNames(): string[] {
     return this.coreEvents
-      .filter((e) => e.type !== 'wake' && e.type !== 'send')
+      .filter((e) => e.type !== 'drive' && e.type !== 'send')
       .map((e) => {
         switch (e.type) {
           case 'rejected':
@@ -648,31 +647,17 @@ export class Pair {
   /** The real server accepts `link`. */
   private serverAccepts(link: Link): void {
     const id = link.id;
+    // As src/node/server.ts: everything on a server link goes to the core, which routes it.
     link.ends.server = {
       data: (chunk) => {
-        const owner = this.owners.get(id);
-        if (owner === undefined) {
-          this.core.handleLinkData(id, chunk, this.now);
-          this.drainCore();
-        } else {
-          owner.handleLinkData(id, chunk, this.now);
-          this.drive(this.serverPeers.get(owner)!);
-        }
+        this.core.handleLinkData(id, chunk, this.now);
+        this.drainCore();
       },
       closed: (graceful, reason) => {
-        const owner = this.owners.get(id);
-        if (owner === undefined) {
-          // As src/node/server.ts: an end of stream on a link no session owns is a probe's or a quitter's.
-          if (graceful) this.core.handleLinkEnd(id);
-          this.core.handleLinkClosed(id);
-          this.drainCore();
-          return;
-        }
-        this.owners.delete(id);
-        const peer = this.serverPeers.get(owner);
-        peer?.links.delete(id);
-        owner.handleLinkClosed(id, this.now, reason);
-        if (peer) this.drive(peer);
+        for (const peer of this.serverPeers.values()) peer.links.delete(id);
+        if (graceful) this.core.handleLinkEnd(id);
+        this.core.handleLinkClosed(id, this.now, reason);
+        this.drainCore();
       },
     };
     this.core.handleLinkOpen(id, this.now);
@@ -701,7 +686,6 @@ export class Pair {
         case 'close-link': {
           const link = peer.links.get(ev.link);
           peer.links.delete(ev.link);
-          if (side === 'server') this.owners.delete(ev.link);
           if (link === undefined) break;
           if (ev.final) link.send(side, Buffer.concat(ev.final));
           link.close(side, ev.graceful);
@@ -729,14 +713,17 @@ export class Pair {
             this.servers.push(peer);
           }
           peer.links.set(ev.link, this.link(ev.link));
-          this.owners.set(ev.link, ev.session);
-          this.drive(peer);
+          break;
+        }
+        case 'drive': {
+          const peer = this.serverPeers.get(ev.session);
+          if (peer) this.drive(peer);
           break;
         }
         case 'close-link': {
           const link = this.link(ev.link);
-          link.send('server', Buffer.concat(ev.final));
-          link.close('server', true);
+          if (ev.final) link.send('server', Buffer.concat(ev.final));
+          link.close('server', ev.final !== undefined);
           break;
         }
         case 'send':
@@ -745,11 +732,7 @@ export class Pair {
         case 'plain':
           this.link(ev.link).close('server', false);
           break;
-        case 'wake': {
-          const peer = this.serverPeers.get(ev.session);
-          if (peer) this.drive(peer);
-          break;
-        }
+        case 'relay':
         case 'rejected':
           break;
       }

@@ -54,7 +54,7 @@ describe('routable session ids', () => {
   });
 
   test('a server writes its node id into every session id it issues; the random rest differs', () => {
-    const core = new ServerCore(resolveSessionConfig(), resolveServerLimits(), new SimRandom(2), { nodeId: 0xdeadbeef });
+    const core = new ServerCore(resolveSessionConfig(), resolveServerLimits(), new SimRandom(2), { owner: { nodeId: 0xdeadbeef } });
     assert.equal(core.nodeId, 0xdeadbeef);
     const tails = new Set<string>();
     for (let link = 1; link <= 200; link++) {

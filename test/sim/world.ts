@@ -149,15 +149,10 @@ interface ServerRecord {
   closed: boolean;
 }
 
-interface ServerLink {
-  link: SimLink;
-  owner: Session | undefined;
-}
-
 export class ServerEndpoint extends Endpoint {
   readonly core: ServerCore;
-  private readonly serverLinks = new Map<LinkId, ServerLink>();
-  private readonly sessionLinks = new Map<Session, Map<LinkId, SimLink>>();
+  /** Every link of the server; the core routes their input to sessions. */
+  private readonly serverLinks = new Map<LinkId, SimLink>();
   readonly apps = new Map<Session, SimApp>();
   readonly finished: ServerRecord[] = [];
   private readonly records = new Map<Session, ServerRecord>();
@@ -177,27 +172,24 @@ export class ServerEndpoint extends Endpoint {
     this.core = new ServerCore(world.options.config, world.options.limits, random);
   }
 
-  /** A new connection arrives. */
+  /** A new connection arrives. As src/node/server.ts: all its input goes to the core. */
   accept(link: SimLink): void {
     const id = this.nextLinkId++;
-    this.serverLinks.set(id, { link, owner: undefined });
+    this.serverLinks.set(id, link);
+    const now = () => this.world.clock.now;
     link.attach(SERVER, {
-      onData: (chunk) => this.onLinkData(id, chunk),
-      onClosed: (reason) => this.onLinkClosed(id, reason),
-      onDrain: () => {
-        const owner = this.serverLinks.get(id)?.owner;
-        if (owner) this.drive(owner);
+      onData: (chunk) => this.fromLink(() => this.core.handleLinkData(id, chunk, now())),
+      onClosed: (reason) => {
+        this.serverLinks.delete(id);
+        this.fromLink(() => this.core.handleLinkClosed(id, now(), reason));
       },
+      onDrain: () => this.fromLink(() => this.core.handleLinkDrain(id)),
     });
-    this.core.handleLinkOpen(id, this.world.clock.now);
-    this.drainCore();
+    this.fromLink(() => this.core.handleLinkOpen(id, now()));
   }
 
   handleTimeouts(now: number): void {
-    if ((this.core.pollTimeout() ?? Infinity) <= now) {
-      this.core.handleTimeout(now);
-      this.drainCore();
-    }
+    if ((this.core.pollTimeout() ?? Infinity) <= now) this.fromLink(() => this.core.handleTimeout(now));
     for (const s of [...this.live]) {
       if ((s.pollTimeout() ?? Infinity) <= now) {
         s.handleTimeout(now);
@@ -212,30 +204,15 @@ export class ServerEndpoint extends Endpoint {
     return t;
   }
 
-  private onLinkData(id: LinkId, chunk: Buffer): void {
-    const sl = this.serverLinks.get(id);
-    if (sl === undefined) return;
-    if (sl.owner === undefined) {
-      this.core.handleLinkData(id, chunk, this.world.clock.now);
-      this.drainCore();
-    } else {
-      sl.owner.handleLinkData(id, chunk, this.world.clock.now);
-      this.drive(sl.owner);
-    }
+  private fromLink(input: () => void): void {
+    input();
+    this.drainCore();
   }
 
-  private onLinkClosed(id: LinkId, reason: string): void {
-    const sl = this.serverLinks.get(id);
-    if (sl === undefined) return;
-    this.serverLinks.delete(id);
-    if (sl.owner === undefined) {
-      this.core.handleLinkClosed(id);
-      this.drainCore();
-    } else {
-      this.sessionLinks.get(sl.owner)?.delete(id);
-      sl.owner.handleLinkClosed(id, this.world.clock.now, reason);
-      this.drive(sl.owner);
-    }
+  /** As the Node server's driver: after driving a session, handle what it told the core. */
+  override drive(session: Session): void {
+    super.drive(session);
+    this.drainCore();
   }
 
   private drainCore(): void {
@@ -244,25 +221,22 @@ export class ServerEndpoint extends Endpoint {
       if (ev === undefined) break;
       switch (ev.type) {
         case 'session':
-        case 'bind': {
-          const sl = this.serverLinks.get(ev.link)!;
-          sl.owner = ev.session;
-          if (!this.sessionLinks.has(ev.session)) this.sessionLinks.set(ev.session, new Map());
-          this.sessionLinks.get(ev.session)!.set(ev.link, sl.link);
+        case 'bind':
           this.live.add(ev.session);
-          this.drive(ev.session);
           break;
-        }
+        case 'drive':
+          super.drive(ev.session);
+          break;
         case 'close-link': {
-          const sl = this.serverLinks.get(ev.link);
-          if (sl === undefined) break;
-          this.serverLinks.delete(ev.link);
-          sl.link.send(SERVER, ev.final);
-          sl.link.close(SERVER, true);
+          const link = this.serverLinks.get(ev.link);
+          if (link === undefined) break;
+          if (ev.final) link.send(SERVER, ev.final);
+          link.close(SERVER, ev.final !== undefined);
+          this.forget(ev.link);
           break;
         }
         case 'send':
-          this.serverLinks.get(ev.link)?.link.send(SERVER, [ev.bytes]);
+          this.serverLinks.get(ev.link)?.send(SERVER, [ev.bytes]);
           break;
         case 'plain': {
           // Only rocks clients live in this world. A link that went silent
@@ -270,32 +244,38 @@ export class ServerEndpoint extends Endpoint {
           // ordinary client, but only if a fault black-holed or reset it
           // (a client always sends its announcement at once); anything else
           // taken for an ordinary client would be a failure of EDP.
-          const sl = this.serverLinks.get(ev.link);
+          const link = this.serverLinks.get(ev.link);
           const seen = parseAnnouncement(ev.initial).kind;
           if (ev.initial.length > 0 && seen !== 'incomplete')
             this.errors.push(`link ${ev.link} taken for an ordinary client (${seen}): ${ev.reason}`);
-          else if (sl !== undefined && !sl.link.stalled)
+          else if (link !== undefined && !link.stalled)
             this.errors.push(`link ${ev.link} taken for an ordinary client after ${ev.initial.length} bytes, yet no fault cut it`);
           else this.world.trace(`server: link ${ev.link} cut before its announcement, served as a plain connection`);
-          this.serverLinks.delete(ev.link);
-          sl?.link.close(SERVER, false);
+          link?.close(SERVER, false);
+          this.forget(ev.link);
           break;
         }
+        case 'relay':
+          this.errors.push(`link ${ev.link}: a single server was asked to relay to node ${ev.nodeId}`);
+          break;
         case 'rejected':
           this.world.trace(`server rejected link ${ev.link}: ${ev.error.message}`);
-          break;
-        case 'wake':
-          this.drive(ev.session);
           break;
       }
     }
   }
 
+  /** We closed the link ourselves: the simulated network tells only the far end, so tell the core. */
+  private forget(link: LinkId): void {
+    this.serverLinks.delete(link);
+    this.core.handleLinkClosed(link, this.world.clock.now, 'closed');
+  }
+
   protected linksOf(session: Session): Map<LinkId, SimLink> {
-    let m = this.sessionLinks.get(session);
-    if (m === undefined) {
-      m = new Map();
-      this.sessionLinks.set(session, m);
+    const m = new Map<LinkId, SimLink>();
+    for (const id of session.linkIds()) {
+      const link = this.serverLinks.get(id);
+      if (link !== undefined) m.set(id, link);
     }
     return m;
   }
@@ -312,9 +292,11 @@ export class ServerEndpoint extends Endpoint {
     const app = this.apps.get(session);
     switch (ev.type) {
       case 'close-link': {
-        this.closeLink(session, ev);
-        const sl = this.serverLinks.get(ev.link);
-        if (sl && sl.owner === session) this.serverLinks.delete(ev.link);
+        const link = this.serverLinks.get(ev.link);
+        if (link === undefined) break;
+        if (ev.final) link.send(SERVER, ev.final);
+        link.close(SERVER, ev.graceful);
+        this.forget(ev.link);
         break;
       }
       case 'open': {
@@ -362,7 +344,6 @@ export class ServerEndpoint extends Endpoint {
       }
       case 'released': {
         this.live.delete(session);
-        this.sessionLinks.delete(session);
         const r = this.records.get(session);
         if (r) this.finished.push(r);
         this.records.delete(session);
