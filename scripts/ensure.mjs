@@ -40,6 +40,8 @@ export const PROGRAMS = {
   ip: 'iproute2',
   tc: 'iproute2',
   nft: 'nftables',
+  // PROXY protocol headers checked against a real writer and reader (test/protocol/proxy-header.test.ts).
+  haproxy: 'haproxy',
   // The benchmark's real client (bench/cases/iperf.ts).
   iperf3: 'iperf3',
 };
