@@ -5,6 +5,7 @@
 
 import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
+import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 
@@ -41,6 +42,8 @@ export class LinkHandle {
   owner: LinkOwner | undefined;
   /** The socket emitted 'close'. */
   closed = false;
+  /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
+  clientAddress: ProxyAddress | undefined;
   private error: Error | undefined;
   // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private readonly listeners: [string, (...args: any[]) => void][];

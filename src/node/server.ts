@@ -11,6 +11,9 @@ import { resolveNodeId, resolveServerLimits, resolveSessionConfig, type ServerLi
 import type { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
 import { relayRefusal, ServerCore } from '../protocol/server-core.js';
+import { type DeploymentOptions, openDirectory, reachableAt } from './deployment.js';
+import type { NodeDirectory } from './directory.js';
+import { relayLink } from './node-relay.js';
 import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
@@ -18,7 +21,7 @@ import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
 
 const debug = debuglog('rocks');
 
-export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions, ServerRoutingOptions {
+export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions, ServerRoutingOptions, DeploymentOptions {
   /** As net.createServer: each socket is handed to 'connection' paused, and nothing is read until it is resumed. */
   pauseOnConnect?: boolean;
 }
@@ -33,6 +36,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly drivers = new Map<Session, { driver: SessionDriver; socket: ReliableSocket }>();
   /** Sockets the application holds (emitted by 'connection' and not yet closed). */
   private readonly open = new Set<ReliableSocket>();
+  /** Where the other nodes of the deployment are, when there are any. */
+  private readonly directory: NodeDirectory | undefined;
+  private relayed = 0;
   private nextLinkId = 1;
   private closing = false;
   private closeEmitted = false;
@@ -40,12 +46,15 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
+    const nodeId = resolveNodeId(options) ?? systemRandom.bytes(4).readUInt32BE(0);
+    this.directory = openDirectory(options, nodeId);
     this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom, {
-      owner: { nodeId: resolveNodeId(options) },
+      owner: { nodeId },
+      relays: this.directory !== undefined,
     });
     // Half-open, so that we can still answer a probe after it ended its side.
     this.server = netCreateServer({ allowHalfOpen: true }, (s) => this.onTcpConnection(s));
-    this.server.on('listening', () => this.emit('listening'));
+    this.server.on('listening', () => this.onListening());
     this.server.on('error', (err) => this.emit('error', err));
     this.server.on('close', () => this.maybeClosed());
     if (connectionListener) this.on('connection', connectionListener);
@@ -74,6 +83,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       }
     }
     if (this.server.listening) this.server.close();
+    void this.directory?.close().catch((err) => this.emit('error', err));
     // Links still being detected or handshaking: nobody holds them yet.
     for (const id of this.core.pendingLinks()) this.links.get(id)?.close(undefined, false);
     // With no socket of the application's left, we are closed now: the TCP
@@ -100,6 +110,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   /** The node id in every session id this server issues (the nodeId option, or a random one). */
   get nodeId(): number {
     return this.core.nodeId;
+  }
+
+  /** Resuming links this node carried to the node that holds their session. */
+  get relayedLinks(): number {
+    return this.relayed;
   }
 
   /** Sessions held, suspended ones included (a diagnostic, not part of net.Server). */
@@ -130,8 +145,24 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     }
     const id = this.nextLinkId++;
     this.links.set(id, new LinkHandle(id, socket, this));
-    this.core.handleLinkOpen(id, monotonicNow());
+    const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
+    this.core.handleLinkOpen(id, monotonicNow(), fromMember);
     this.drainCore();
+  }
+
+  /** The directory starts once we listen: a node advertises where it can be reached. */
+  private onListening(): void {
+    if (this.directory === undefined) {
+      this.emit('listening');
+      return;
+    }
+    this.directory.start(this.server.address()).then(
+      () => this.emit('listening'),
+      (err) => {
+        this.server.close();
+        this.emit('error', err);
+      },
+    );
   }
 
   onLinkData(link: LinkId, chunk: Buffer): void {
@@ -199,16 +230,59 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           this.handToApplication(socket);
           break;
         }
-        case 'relay':
-          // Not yet: without relays configured the core never asks.
-          this.links.get(ev.link)?.close(relayRefusal(`no route to node ${ev.nodeId}`), true);
+        case 'relay': {
+          const h = this.links.get(ev.link);
+          if (h === undefined) break;
+          this.links.delete(ev.link);
+          h.socket.pause(); // nothing may be read until the relay pipes it
+          this.relay(h.handOff(), ev.initial, ev.nodeId);
           break;
+        }
+        case 'client-address': {
+          const h = this.links.get(ev.link);
+          if (h !== undefined) h.clientAddress = ev.address;
+          break;
+        }
         case 'rejected':
           this.onRejected(ev.link, ev.error);
           break;
       }
     }
     sharedScheduler.schedule(this, this.core.pollTimeout());
+  }
+
+  /** Carries a resuming link to the node that holds its session, or tells the client why it cannot. */
+  private relay(socket: Socket, initial: Buffer, nodeId: number): void {
+    const node = `node ${nodeId.toString(16).padStart(8, '0')}`;
+    const from = `${socket.remoteAddress}:${socket.remotePort}`;
+    const refuse = (why: string) => {
+      debug('cannot relay %s to %s: %s', from, node, why);
+      this.emit('relay', { nodeId, remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, outcome: 'refused', reason: why });
+      if (socket.destroyed) return;
+      for (const b of relayRefusal(`${node} ${why}`)) socket.write(b);
+      socket.end();
+    };
+    const directory = this.directory!;
+    const known = directory.addressOf(nodeId);
+    const found = known !== undefined ? Promise.resolve(known) : directory.resolve(nodeId);
+    found.then(
+      (address) => {
+        if (address === undefined) {
+          refuse('is not in this deployment');
+          return;
+        }
+        relayLink(socket, initial, address, reachableAt(this.server.address())?.host, (outcome) => {
+          if (outcome.kind === 'refused') {
+            refuse('is gone');
+            return;
+          }
+          if (outcome.kind === 'relayed') this.relayed++;
+          debug('relay %s to %s: %s', from, node, outcome.kind === 'relayed' ? 'started' : outcome.reason);
+          this.emit('relay', { nodeId, remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, outcome: outcome.kind });
+        });
+      },
+      (err) => refuse(`could not be looked up: ${err instanceof Error ? err.message : String(err)}`),
+    );
   }
 
   private handToApplication(socket: ReliableSocket): void {

@@ -5,12 +5,13 @@
 // ordinary peer, which EDP detects, it is a thin pass-through over one plain
 // net.Socket and behaves exactly like one (`reliable` is false).
 
-import { connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
+import { isIPv6, connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { Duplex } from 'node:stream';
 import { debuglog } from 'node:util';
 import { EDP_MAGIC } from '../edp/announcement.js';
 import { resolveSessionConfig, type SessionOptions } from '../protocol/config.js';
 import { RocksError } from '../protocol/errors.js';
+import type { ProxyAddress } from '../protocol/proxy-header.js';
 import { systemRandom } from '../protocol/random.js';
 import { Session, type SessionEvent } from '../protocol/session.js';
 import { destinationKey, detectionCache, probe, type Verdict } from './detect.js';
@@ -550,12 +551,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (!this.push(chunk)) this.raw?.pause();
   }
 
-  private learnFrom(s: Socket): void {
+  /** `client`: the client a relayed link carries, who is then our remote end. */
+  private learnFrom(s: Socket, client?: ProxyAddress): void {
     const local = s.address();
     this.addresses = {
-      remoteAddress: s.remoteAddress,
-      remotePort: s.remotePort,
-      remoteFamily: s.remoteFamily,
+      remoteAddress: client?.address ?? s.remoteAddress,
+      remotePort: client?.port ?? s.remotePort,
+      remoteFamily: client === undefined ? s.remoteFamily : isIPv6(client.address) ? 'IPv6' : 'IPv4',
       localAddress: s.localAddress,
       localPort: s.localPort,
       local: 'port' in local ? (local as AddressInfo) : undefined,
@@ -580,8 +582,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
         this.becomeConnected();
         return;
       case 'link-active': {
-        const s = this.driver?.links.get(ev.link)?.socket;
-        if (s !== undefined) this.learnFrom(s);
+        const h = this.driver?.links.get(ev.link);
+        if (h !== undefined) this.learnFrom(h.socket, h.clientAddress);
         return;
       }
       case 'writable': {

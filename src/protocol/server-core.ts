@@ -17,6 +17,7 @@ import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, ty
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
 import { invariant, isInvariantBreach } from './invariant.js';
+import { parseProxyHeader, type ProxyAddress } from './proxy-header.js';
 import { makeSessionId, routeLink, type SessionOwner } from './routing.js';
 
 export type ServerEvent =
@@ -44,6 +45,8 @@ export type ServerEvent =
    * the link; if the relay cannot start, answer with relayRefusal().
    */
   | { type: 'relay'; link: LinkId; nodeId: number; initial: Buffer }
+  /** A relayed link names the client it carries (PROXY header): its address for remoteAddress and logs. */
+  | { type: 'client-address'; link: LinkId; address: ProxyAddress }
   /** A link was refused; for logs and counters. */
   | { type: 'rejected'; link: LinkId; error: RocksError };
 
@@ -58,6 +61,10 @@ interface PendingLink {
   detecting: Buffer | undefined;
   /** The announcement was read: only routing waits for more bytes (relays on). */
   announced: boolean;
+  /** The link comes from a node of the deployment: it may carry a PROXY header. */
+  fromMember: boolean;
+  /** It did: another node relayed it here, so it is never relayed again. */
+  relayed: boolean;
   parser: FrameParser;
   deadline: number;
 }
@@ -138,10 +145,13 @@ export class ServerCore implements SessionHost {
 
   // ---- input --------------------------------------------------------------
 
-  handleLinkOpen(link: LinkId, now: number): void {
+  /** A new link; `fromMember`: its peer is a node of the deployment (a relay may come from it). */
+  handleLinkOpen(link: LinkId, now: number, fromMember = false): void {
     this.pending.set(link, {
       detecting: Buffer.alloc(0),
       announced: false,
+      fromMember,
+      relayed: false,
       parser: new FrameParser(),
       deadline: now + this.limits.detectTimeout,
     });
@@ -237,7 +247,16 @@ export class ServerCore implements SessionHost {
    * after a rocks announcement once the link is ours, or undefined.
    */
   private detect(link: LinkId, p: PendingLink, chunk: Buffer, now: number): Buffer | undefined {
-    const bytes = p.detecting!.length === 0 ? chunk : Buffer.concat([p.detecting!, chunk]);
+    let bytes = p.detecting!.length === 0 ? chunk : Buffer.concat([p.detecting!, chunk]);
+    if (this.relays && !p.relayed && !p.announced) {
+      const rest = this.readProxyHeader(link, p, bytes);
+      if (rest === undefined) return undefined;
+      bytes = rest;
+      if (bytes.length === 0) {
+        p.detecting = bytes;
+        return undefined;
+      }
+    }
     const r = parseAnnouncement(bytes);
     switch (r.kind) {
       case 'incomplete':
@@ -272,7 +291,7 @@ export class ServerCore implements SessionHost {
             p.detecting = bytes;
             return undefined;
           }
-          if (route.kind === 'resume' && route.owner.nodeId !== this.owner.nodeId) {
+          if (route.kind === 'resume' && route.owner.nodeId !== this.owner.nodeId && !p.relayed) {
             this.pending.delete(link);
             this.events.push({ type: 'relay', link, nodeId: route.owner.nodeId, initial: bytes });
             return undefined;
@@ -281,6 +300,34 @@ export class ServerCore implements SessionHost {
         p.detecting = undefined;
         this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
         return bytes.subarray(r.length);
+    }
+  }
+
+  /**
+   * A link that another node relays starts with a PROXY header naming the
+   * client. Returns the bytes after it (all of them when there is none), or
+   * undefined when the link must wait for more or was refused.
+   */
+  private readProxyHeader(link: LinkId, p: PendingLink, bytes: Buffer): Buffer | undefined {
+    const h = parseProxyHeader(bytes);
+    switch (h.kind) {
+      case 'none':
+        return bytes;
+      case 'incomplete':
+        p.detecting = bytes;
+        return undefined;
+      case 'malformed':
+        this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `malformed PROXY header: ${h.reason}`));
+        return undefined;
+      case 'header':
+        // Anyone can write a header: only a node of the deployment may speak for a client.
+        if (!p.fromMember) {
+          this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', 'a relayed link from outside the deployment'));
+          return undefined;
+        }
+        p.relayed = true;
+        if (h.source !== undefined) this.events.push({ type: 'client-address', link, address: h.source });
+        return bytes.subarray(h.length);
     }
   }
 

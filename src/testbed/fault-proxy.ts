@@ -1,6 +1,8 @@
 // An in-process TCP proxy that breaks connections on command: reset them
 // (RST both ways), black-hole them (forward nothing, close nothing) and delay
 // them. Tests and the demo put it between a rocks client and server on loopback.
+// Given several targets it is also a non-sticky L4 balancer: each new
+// connection goes to the next target in turn, whoever the client is.
 
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 
@@ -23,11 +25,11 @@ export class FaultProxy {
   /** Local address new upstream connections come from: set it to show the server a client that moved. */
   upstreamAddress: string | undefined;
   connections = 0;
+  private readonly targets: { port: number; host: string }[];
+  private pick: 'round-robin' | 'random' = 'round-robin';
 
-  constructor(
-    private readonly targetPort: number,
-    private readonly targetHost = '127.0.0.1',
-  ) {
+  constructor(targetPort: number, targetHost = '127.0.0.1') {
+    this.targets = [{ port: targetPort, host: targetHost }];
     // Half-open both ways, like a NAT: a client's half-close (an EDP probe)
     // reaches the server, and the server's answer still comes back.
     this.server = createServer({ allowHalfOpen: true }, (s) => this.accept(s));
@@ -58,6 +60,18 @@ export class FaultProxy {
     this.blackholed = false;
   }
 
+  /**
+   * Spreads new connections over `targets` from now on, a balancer with no
+   * stickiness: in turn, or each to a target drawn at random (then clients
+   * that reconnect in the order they first connected do not land where they
+   * were by chance).
+   */
+  spread(targets: { port: number; host?: string }[], how: 'round-robin' | 'random' = 'round-robin'): void {
+    this.pick = how;
+    this.targets.length = 0;
+    for (const t of targets) this.targets.push({ port: t.port, host: t.host ?? '127.0.0.1' });
+  }
+
   /** Adds `ms` of delay to every chunk forwarded (0 removes it). */
   setDelay(ms: number): void {
     this.delay = ms;
@@ -80,7 +94,9 @@ export class FaultProxy {
       // client's connection (accepted here by our kernel) leads nowhere.
       return;
     }
-    const upstream = connect({ port: this.targetPort, host: this.targetHost, localAddress: this.upstreamAddress, allowHalfOpen: true });
+    const n = this.targets.length;
+    const target = this.targets[this.pick === 'random' ? Math.floor(Math.random() * n) : (connection - 1) % n];
+    const upstream = connect({ port: target.port, host: target.host, localAddress: this.upstreamAddress, allowHalfOpen: true });
     const pair: Pair = { downstream, upstream, dead: false };
     this.pairs.add(pair);
     this.sockets.add(upstream);
