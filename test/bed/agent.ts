@@ -2,7 +2,7 @@
 // server or client whose connections carry a paced stream of random bytes
 // both ways, hashed on each side. It reports on stdout, one JSON object per
 // line with a wall-clock time `t` (the test compares it with when it broke
-// the network): connected, suspend, resume, error, and at each connection's
+// the network): connected (a client's with its session id), suspend, resume, error, and at each connection's
 // close a result with the bytes and SHA-256 of each direction.
 //
 //   node agent.js server --listen HOST:PORT [--rate B/s] [--options JSON]
@@ -159,7 +159,16 @@ function client(): void {
     const socket: Conn = values.plain ? netConnect({ ...to, allowHalfOpen: true }) : connect({ ...sessionOptions, ...to, allowHalfOpen: true });
     const writer = new PacedWriter(socket, id);
     writers.push(writer);
-    socket.once('connect', () => report({ type: 'connected', id, side: 'client', reliable: 'reliable' in socket ? socket.reliable : false }));
+    socket.once('connect', () =>
+      report({
+        type: 'connected',
+        id,
+        side: 'client',
+        reliable: 'reliable' in socket ? socket.reliable : false,
+        // Names the node that holds the session (PROTOCOL.md §3.6): where a balancer put it.
+        session: 'sessionId' in socket ? socket.sessionId : undefined,
+      }),
+    );
     socket.on('end', () => socket.end());
     watch(socket, id, 'client', writer, () => {
       if (--open === 0) {

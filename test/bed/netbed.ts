@@ -1,17 +1,28 @@
-// A real network on this kernel for tests: a client host and a server host,
-// each a network namespace, joined by veth pairs through a router namespace
-// that forwards between them, with its own nftables table for faults.
+// A real network on this kernel for tests: a client host and one or more
+// server hosts, each a network namespace, joined by veth pairs through a
+// router namespace that forwards between them, with its own nftables table
+// for faults.
 //
-//   client (10.1.1.2/24) ── eth0 ═ to-client ── router ── to-server ═ eth0 ── server (10.2.2.2/24)
+//   client (10.1.1.2/24) ── eth0 ═ to-client ── router ── to-server  ═ eth0 ── server  (10.2.2.2/24)
+//                                                  ├───── to-server1 ═ eth0 ── server1 (10.2.3.2/24)
+//                                                  └───── ...                  serverI (10.2.(I+2).2/24)
+//
+// With several servers (`new NetBed({ servers: 3 })`) the router is also a
+// non-sticky L4 balancer, as kube-proxy makes one: new connections to the
+// service address (10.9.9.9, any port) are spread round robin over the
+// servers by DNAT (`numgen inc mod N`); conntrack keeps each connection on
+// its server, nothing keeps a client on one across connections. Servers
+// reach each other directly through the router.
 //
 // Faults act where they would in the world: a black hole or a reset is a
-// rule on the router, a move removes the client's address and gives it one
-// on another subnet, a link goes down on the client's side, a bandwidth
-// limit is a tbf qdisc on the router. Everything a bed creates lives inside
-// its three namespaces, so deleting them removes every veth, route, address,
-// qdisc and nftables table with them; a bed deletes them when destroyed, when
-// its process exits or is interrupted, and the next bed deletes those of a
-// process that was killed before it could.
+// rule on the router that matches the client's traffic (node-to-node
+// traffic passes unless asked otherwise), a move removes the client's
+// address and gives it one on another subnet, a link goes down on the
+// client's side, a bandwidth limit is a tbf qdisc on the router. Everything
+// a bed creates lives inside its namespaces, so deleting them removes every
+// veth, route, address, qdisc and nftables table with them; a bed deletes
+// them when destroyed, when its process exits or is interrupted, and the
+// next bed deletes those of a process that was killed before it could.
 //
 // Needs root (CI runs as root); `netbedSkip()` says why not, for tests to skip.
 
@@ -21,7 +32,22 @@ import { programs } from '../support/which.js';
 const PREFIX = 'rkbed';
 const NFT_TABLE = 'rkbed';
 
-export type HostName = 'client' | 'server';
+/** A host of the bed: the client, or a server ('server' is server 0, 'server1' server 1, ...). */
+export type HostName = 'client' | 'server' | `server${number}`;
+
+/** The name of server `index`'s host. */
+export const serverHost = (index: number): HostName => (index === 0 ? 'server' : `server${index}`);
+
+/** The virtual service address that the router balances over the servers. */
+export const SERVICE_ADDRESS = '10.9.9.9';
+
+/** Which traffic a fault rule matches: the client's (to or from it; the default), or everything the router forwards. */
+export type FaultScope = 'client' | 'all';
+
+export interface NetBedOptions {
+  /** How many server hosts (default 1). */
+  servers?: number;
+}
 
 /** Why network-namespace tests cannot run here, or undefined when they can. */
 export function netbedSkip(): string | undefined {
@@ -100,22 +126,35 @@ interface Subnet {
 }
 
 const clientSubnet = (n: number): Subnet => ({ host: `10.1.${n}.2`, gateway: `10.1.${n}.1` });
-const SERVER: Subnet = { host: '10.2.2.2', gateway: '10.2.2.1' };
+const serverSubnet = (index: number): Subnet => ({ host: `10.2.${index + 2}.2`, gateway: `10.2.${index + 2}.1` });
+/** The router's side of server `index`'s link. */
+const serverSide = (index: number): string => (index === 0 ? 'to-server' : `to-server${index}`);
 
 export class NetBed {
-  /** Namespace names. */
-  readonly ns: Record<HostName | 'router', string>;
-  /** The server's address, which never changes. */
-  readonly serverAddress = SERVER.host;
+  /** Namespace names: client, router, server (server 0), and server1... when there are more. */
+  readonly ns: { client: string; server: string; router: string } & Record<string, string>;
+  /** How many server hosts. */
+  readonly servers: number;
+  /** Each server's address, by index; they never change. */
+  readonly serverAddresses: string[];
+  /** Server 0's address. */
+  readonly serverAddress: string;
+  /** The address the router balances over every server, round robin per new connection. */
+  readonly serviceAddress = SERVICE_ADDRESS;
   private client: Subnet = clientSubnet(1);
   private moves = 1;
   private destroyed = false;
 
-  constructor() {
+  constructor({ servers = 1 }: NetBedOptions = {}) {
+    if (!Number.isInteger(servers) || servers < 1 || servers > 200) throw new RangeError(`servers must be an integer from 1 to 200, got ${servers}`);
     hookExit();
     sweepLeftovers();
     const id = `${PREFIX}${process.pid}-${++beds}`;
+    this.servers = servers;
+    this.serverAddresses = Array.from({ length: servers }, (_, i) => serverSubnet(i).host);
+    this.serverAddress = this.serverAddresses[0];
     this.ns = { client: `${id}-c`, server: `${id}-s`, router: `${id}-r` };
+    for (let i = 1; i < servers; i++) this.ns[serverHost(i)] = `${id}-s${i}`;
     live.add(this);
     try {
       this.build();
@@ -130,20 +169,30 @@ export class NetBed {
     return this.client.host;
   }
 
+  /** The hosts' names: the client, then the servers in order. */
+  get hosts(): HostName[] {
+    return ['client', ...Array.from({ length: this.servers }, (_, i) => serverHost(i))];
+  }
+
+  /** The namespace of `host`; throws on a host this bed does not have. */
+  private namespaceOf(host: HostName): string {
+    const ns = this.ns[host];
+    if (ns === undefined || (host as string) === 'router') throw new RangeError(`this bed has no host '${host}' (hosts: ${this.hosts.join(', ')})`);
+    return ns;
+  }
+
   private build(): void {
-    const { client, server, router } = this.ns;
-    for (const ns of [client, server, router]) {
+    const { client, router } = this.ns;
+    for (const ns of Object.values(this.ns)) {
       run('ip', ['netns', 'add', ns]);
       this.ip(ns, 'link', 'set', 'lo', 'up');
     }
     this.sysctl(router, 'net.ipv4.ip_forward', '1');
-    // Made inside the router, the peer moved into the host: no name is ever taken in the root namespace.
-    this.ip(router, 'link', 'add', 'to-client', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client);
-    this.ip(router, 'link', 'add', 'to-server', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', server);
-    for (const [host, side, subnet] of [
-      [client, 'to-client', this.client],
-      [server, 'to-server', SERVER],
-    ] as const) {
+    const links: [string, string, Subnet][] = [[client, 'to-client', this.client]];
+    for (let i = 0; i < this.servers; i++) links.push([this.ns[serverHost(i)], serverSide(i), serverSubnet(i)]);
+    for (const [host, side, subnet] of links) {
+      // Made inside the router, the peer moved into the host: no name is ever taken in the root namespace.
+      this.ip(router, 'link', 'add', side, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host);
       this.ip(router, 'addr', 'add', `${subnet.gateway}/24`, 'dev', side);
       this.ip(router, 'link', 'set', side, 'up');
       this.ip(host, 'addr', 'add', `${subnet.host}/24`, 'dev', 'eth0');
@@ -152,6 +201,11 @@ export class NetBed {
     }
     this.nft(`add table inet ${NFT_TABLE}`);
     this.nft(`add chain inet ${NFT_TABLE} forward { type filter hook forward priority 0; policy accept; }`);
+    // The balancer: NAT rules see only a connection's first packet, so each new connection
+    // takes the next server and conntrack keeps the rest of it there (kube-proxy's nftables mode).
+    const servers = this.serverAddresses.map((address, i) => `${i} : ${address}`).join(', ');
+    this.nft(`add chain inet ${NFT_TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }`);
+    this.nft(`add rule inet ${NFT_TABLE} prerouting ip daddr ${SERVICE_ADDRESS} dnat ip to numgen inc mod ${this.servers} map { ${servers} }`);
   }
 
   ip(ns: string, ...args: string[]): string {
@@ -162,31 +216,67 @@ export class NetBed {
     run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${key}=${value}`]);
   }
 
-  /** Sets a sysctl on both hosts (tcp_retries2, for one). */
+  /** Sets a sysctl on every host, the client and each server (tcp_retries2, for one). */
   hostSysctl(key: string, value: string): void {
-    this.sysctl(this.ns.client, key, value);
-    this.sysctl(this.ns.server, key, value);
+    for (const host of this.hosts) this.sysctl(this.namespaceOf(host), key, value);
   }
 
   private nft(command: string): void {
     run('ip', ['netns', 'exec', this.ns.router, 'nft', command]);
   }
 
-  /** Starts `command` inside a host. */
+  /**
+   * Starts `command` inside a host. `ip netns exec` execs it, so the child's
+   * pid is the command's own: kill() reaches it, SIGKILL included.
+   */
   spawn(host: HostName, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
-    return spawn('ip', ['netns', 'exec', this.ns[host], command, ...args], options);
+    return spawn('ip', ['netns', 'exec', this.namespaceOf(host), command, ...args], options);
+  }
+
+  /** Starts `command` on server `index` (0 is 'server'). */
+  spawnOn(index: number, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
+    return this.spawn(serverHost(index), command, args, options);
+  }
+
+  /**
+   * The host dies: SIGKILL to every process running in it (its sockets
+   * close as the kernel closes a killed process's). Returns their pids.
+   */
+  killHost(host: HostName): number[] {
+    const pids = run('ip', ['netns', 'pids', this.namespaceOf(host)])
+      .split('\n')
+      .filter(Boolean)
+      .map(Number);
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {}
+    }
+    return pids;
   }
 
   // ---- faults --------------------------------------------------------------------------------
 
-  /** The router forwards nothing either way, and tells nobody: packets vanish. */
-  blackhole(): void {
-    this.nft(`add rule inet ${NFT_TABLE} forward counter drop comment "blackhole"`);
+  /** Adds `verdict` to the forward chain for `scope`'s traffic, both ways. */
+  private fault(scope: FaultScope, match: string, verdict: string, comment: string): void {
+    if (scope === 'all') {
+      this.nft(`add rule inet ${NFT_TABLE} forward ${match} counter ${verdict} comment "${comment}"`);
+      return;
+    }
+    // The client's side of the router, whatever its address: it survives moves and spares node-to-node traffic.
+    for (const dir of ['iifname', 'oifname']) {
+      this.nft(`add rule inet ${NFT_TABLE} forward ${dir} "to-client" ${match} counter ${verdict} comment "${comment}"`);
+    }
   }
 
-  /** The router answers every TCP segment it would forward with a reset (both ends get one when they next send). */
-  reject(): void {
-    this.nft(`add rule inet ${NFT_TABLE} forward meta l4proto tcp counter reject with tcp reset comment "reset"`);
+  /** The router forwards nothing of `scope`'s traffic either way, and tells nobody: packets vanish. */
+  blackhole(scope: FaultScope = 'client'): void {
+    this.fault(scope, '', 'drop', 'blackhole');
+  }
+
+  /** The router answers every TCP segment of `scope`'s traffic with a reset (both ends get one when they next send). */
+  reject(scope: FaultScope = 'client'): void {
+    this.fault(scope, 'meta l4proto tcp', 'reject with tcp reset', 'reset');
   }
 
   /** Removes every fault rule: the path works again. */
@@ -228,9 +318,9 @@ export class NetBed {
     this.ip(this.ns.client, 'route', 'replace', 'default', 'via', this.client.gateway);
   }
 
-  /** Limits what the router forwards to each host to `mbit` megabits per second (tbf). */
+  /** Limits what the router forwards to each host to `mbit` megabits per second (tbf; node-to-node traffic too). */
   shape(mbit: number): void {
-    for (const side of ['to-client', 'to-server']) {
+    for (const side of ['to-client', ...Array.from({ length: this.servers }, (_, i) => serverSide(i))]) {
       run('tc', ['-n', this.ns.router, 'qdisc', 'replace', 'dev', side, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '64kb', 'latency', '100ms']);
     }
   }

@@ -24,6 +24,8 @@ export interface AgentEvent {
   replayedIn?: number;
   /** The peer's address (on a resume: where the session came back from). */
   remote?: string;
+  /** A client's session id (hex), on connected. */
+  session?: string;
   code?: string;
   received?: number;
   receivedSha?: string;
@@ -76,19 +78,17 @@ export async function agentServer(bed: NetBed, port: number, options: object, ra
   return agent;
 }
 
-/** `count` agent connections from the client host, once all are connected. */
-export async function agentClient(bed: NetBed, port: number, options: object, rate: number, count = 1, plain = false): Promise<Agent> {
-  const args = [
-    'client',
-    '--to',
-    `${bed.serverAddress}:${port}`,
-    '--count',
-    String(count),
-    '--rate',
-    String(rate),
-    '--options',
-    JSON.stringify(options),
-  ];
+/** `count` agent connections from the client host to `to` (server 0 by default), once all are connected. */
+export async function agentClient(
+  bed: NetBed,
+  port: number,
+  options: object,
+  rate: number,
+  count = 1,
+  plain = false,
+  to = bed.serverAddress,
+): Promise<Agent> {
+  const args = ['client', '--to', `${to}:${port}`, '--count', String(count), '--rate', String(rate), '--options', JSON.stringify(options)];
   const agent = new Agent(bed, 'client', plain ? [...args, '--plain'] : args);
   await agent.waitFor((a) => a.of('connected').length === count, 30_000, `${count} connections`);
   return agent;
@@ -156,21 +156,25 @@ export class RockProcess extends HostProcess {
 
   async ready(message: string): Promise<void> {
     await until(
-      () => this.logs().some((l) => l.msg === message),
+      () => {
+        if (this.logs().some((l) => l.msg === message)) return true;
+        if (this.exited !== undefined) throw new Error(`${this.label} exited (${this.exited}) before logging '${message}':\n${this.output}`);
+        return false;
+      },
       10_000,
       () => `${this.label} to log '${message}' (exit ${this.exited}):\n${this.output}`,
     );
   }
 }
 
-/** `socat ... EXEC:cat` on the server host, listening on `listen` (HOST:PORT). */
-export function socatEcho(bed: NetBed, listen: string): HostProcess {
-  const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
+/** `socat ... EXEC:cat` on a server host (server 0 by default), listening on `listen` (HOST:PORT). */
+export function socatEcho(bed: NetBed, listen: string, host: HostName = 'server'): HostProcess {
+  const [address, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
   // -t: once the client's end arrives, wait for cat to echo the rest instead of socat's 0.5 s,
   // after which socat would end the connection with the tail of the echo still in cat's pipe.
   return new HostProcess(
-    bed.spawn('server', 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${host},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }),
-    'socat echo',
+    bed.spawn(host, 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${address},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }),
+    `socat echo on ${host}`,
   );
 }
 

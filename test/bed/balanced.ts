@@ -1,0 +1,231 @@
+// Many rocks nodes behind a non-sticky L4 balancer, the deployment issue 15
+// is about: a bed with N server hosts behind the router's round-robin DNAT
+// (test/bed/netbed.ts), `rock serve` on every node relaying to an echo on
+// that node, and reliable connections from the client host to the service
+// address while the client's path fails in turn (black holes, resets, a
+// move). Each fault sends every session back through the balancer, which
+// picks a node with no regard for who holds the session.
+//
+// The scenario checks every byte of every connection that survives (SHA-256
+// of what the client sent against what the echo brought back) and counts
+// the rest by error code, so one run without relays shows sessions lost to
+// scattering and the same run with relays (extra `rock serve` arguments per
+// node) can demand that none are.
+
+import { ownerOf } from '../../src/protocol/routing.js';
+import { sleep } from '../support/helpers.js';
+import { NetBed, serverHost } from './netbed.js';
+import { type Agent, agentClient, type AgentEvent, type HostProcess, RockProcess, socatEcho } from './programs.js';
+
+export type BalancedFault =
+  /** The client's path black-holed for `ms` (held until every live session noticed). */
+  | { kind: 'blackhole'; ms: number }
+  /** Every segment of the client's path answered with a reset for `ms`. */
+  | { kind: 'reset'; ms: number }
+  /** The client's address changes (bed.moveClient()). */
+  | { kind: 'move' };
+
+/** What one node is told: its index, the node id it runs with, and where everything is. */
+export interface BalancedNode {
+  index: number;
+  nodeId: number;
+  bed: NetBed;
+  port: number;
+}
+
+export interface BalancedOptions {
+  servers?: number;
+  /** Reliable connections from the client. */
+  count?: number;
+  /** Bytes a second each connection sends (and gets back). */
+  rate?: number;
+  faults?: BalancedFault[];
+  /** Extra `rock serve` arguments for each node (--peers, say), after --listen, --to and --node-id. */
+  serveArgs?: (node: BalancedNode) => string[];
+  /** The port rock serve listens on (the echo is on port + 1, on 127.0.0.1). */
+  port?: number;
+}
+
+/** What happened in one fault. */
+export interface FaultOutcome {
+  fault: string;
+  /** Sessions alive when it began. */
+  live: number;
+  resumed: number;
+  lost: number;
+}
+
+export interface BalancedReport {
+  connections: number;
+  /** New sessions per node, by index: where the balancer put them. */
+  spread: number[];
+  /** Connections that ended with every byte intact both ways. */
+  intact: number;
+  /** Connections that failed, by error code. */
+  lost: Record<string, number>;
+  lostTotal: number;
+  /** Resumes the client made (all faults). */
+  resumes: number;
+  faults: FaultOutcome[];
+  /** Bytes carried by the intact connections, both ways. */
+  bytes: number;
+}
+
+export const FAILURE_TIMEOUT = 2000;
+const HEARTBEAT = 400;
+const sessionOptions = { failureTimeout: FAILURE_TIMEOUT, reconnectDelayMax: 1000 };
+const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat', String(HEARTBEAT)];
+
+export const DEFAULT_FAULTS: BalancedFault[] = [
+  { kind: 'blackhole', ms: 3000 },
+  { kind: 'reset', ms: 1000 },
+  { kind: 'move' },
+  { kind: 'blackhole', ms: 3000 },
+];
+
+/** The node id server `index` runs with. */
+export const nodeIdOf = (index: number): number => index + 1;
+
+/** `ID=HOST:PORT,...` for every node of `bed`: a static peer list (`rock serve --peers`). */
+export function peersOf(bed: NetBed, port: number): string {
+  return bed.serverAddresses.map((address, i) => `${nodeIdOf(i)}=${address}:${port}`).join(',');
+}
+
+const describeFault = (f: BalancedFault): string => (f.kind === 'move' ? 'move' : `${f.kind} ${f.ms / 1000} s`);
+
+/** The client connections (ids) still open: connected and no error yet. */
+function alive(client: Agent): number[] {
+  const failed = new Set(client.of('error').map((e) => e.id));
+  return client
+    .of('connected')
+    .map((e) => e.id!)
+    .filter((id) => !failed.has(id));
+}
+
+/** Of `ids`, those with an event of `type` at or after `since`. */
+function withEventSince(client: Agent, type: AgentEvent['type'], ids: number[], since: number): number[] {
+  const seen = new Set(client.events.filter((e) => e.type === type && e.t >= since).map((e) => e.id));
+  return ids.filter((id) => seen.has(id));
+}
+
+/** Applies one fault, lifts it, and waits until every session alive before it resumed or failed. */
+async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault): Promise<FaultOutcome> {
+  const live = alive(client);
+  const broken = Date.now();
+  if (fault.kind === 'blackhole') bed.blackhole();
+  else if (fault.kind === 'reset') bed.reject();
+  else bed.moveClient();
+  const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
+  // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
+  await client.waitFor(
+    () => withEventSince(client, 'suspend', live, broken).length + failedSince().length >= live.length,
+    5 * FAILURE_TIMEOUT,
+    `every live session to notice the ${describeFault(fault)}`,
+  );
+  if (fault.kind !== 'move') {
+    await sleep(Math.max(0, fault.ms - (Date.now() - broken)));
+    bed.heal();
+  }
+  const settled = (): boolean => {
+    const failed = new Set(failedSince());
+    return live.every((id) => failed.has(id) || withEventSince(client, 'resume', [id], broken).length > 0);
+  };
+  await client.waitFor(settled, 30_000, `every session to resume or fail after the ${describeFault(fault)}`);
+  const lost = failedSince().length;
+  return { fault: describeFault(fault), live: live.length, resumed: live.length - lost, lost };
+}
+
+/**
+ * Runs the scenario on a fresh bed and tears it down whatever happens.
+ * Throws if a connection that did not fail lost, duplicated or changed a
+ * byte; failures are counted, not thrown: judging them is the caller's part.
+ */
+export async function balancedScenario({
+  servers = 3,
+  count = 50,
+  rate = 16 * 1024,
+  faults = DEFAULT_FAULTS,
+  serveArgs = () => [],
+  port = 7400,
+}: BalancedOptions = {}): Promise<BalancedReport> {
+  const bed = new NetBed({ servers });
+  const processes: HostProcess[] = [];
+  try {
+    const serves: RockProcess[] = [];
+    for (let index = 0; index < servers; index++) {
+      const host = serverHost(index);
+      processes.push(socatEcho(bed, `127.0.0.1:${port + 1}`, host));
+      const nodeId = nodeIdOf(index);
+      const args = ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${port + 1}`, '--node-id', String(nodeId), ...rockOptions];
+      const serve = new RockProcess(bed, host, [...args, ...serveArgs({ index, nodeId, bed, port })]);
+      processes.push(serve);
+      serves.push(serve);
+    }
+    await Promise.all(serves.map((s) => s.ready('serving rocks, relaying to the target')));
+
+    const client = await agentClient(bed, port, sessionOptions, rate, count, false, bed.serviceAddress);
+    processes.push(client);
+    const connected = client.of('connected');
+    const plain = connected.filter((e) => !e.reliable).length;
+    if (plain > 0) throw new Error(`${plain} of ${count} connections fell back to plain TCP`);
+    const spread = Array.from({ length: servers }, () => 0);
+    for (const e of connected) {
+      const owner = ownerOf(Buffer.from(e.session ?? '', 'hex'));
+      const index = owner === undefined ? -1 : owner.nodeId - 1;
+      if (spread[index] === undefined) throw new Error(`connection ${e.id}: session ${e.session} names no node of this bed`);
+      spread[index]++;
+    }
+
+    await sleep(1000); // streaming before the first fault
+    const outcomes: FaultOutcome[] = [];
+    for (const fault of faults) {
+      outcomes.push(await applyFault(bed, client, fault));
+      await sleep(500);
+    }
+    await sleep(1000); // and after the last
+
+    client.finish();
+    await client.waitFor((a) => a.of('done').length === 1, 60_000, 'every connection to close');
+    const lost: Record<string, number> = {};
+    let intact = 0;
+    let bytes = 0;
+    for (const r of client.of('result')) {
+      if (r.error !== undefined) {
+        lost[r.error] = (lost[r.error] ?? 0) + 1;
+        continue;
+      }
+      // The echo sends back what it got: equal bytes and digests prove both directions whole.
+      if (r.received !== r.sent || r.receivedSha !== r.sentSha) {
+        throw new Error(`connection ${r.id} sent ${r.sent} bytes (${r.sentSha}) and got back ${r.received} (${r.receivedSha})`);
+      }
+      intact++;
+      bytes += r.sent! + r.received!;
+    }
+    return {
+      connections: count,
+      spread,
+      intact,
+      lost,
+      lostTotal: Object.values(lost).reduce((a, b) => a + b, 0),
+      resumes: client.of('resume').length,
+      faults: outcomes,
+      bytes,
+    };
+  } finally {
+    await Promise.all(processes.map((p) => p.stop()));
+    bed.destroy();
+  }
+}
+
+/** One line for the test's output. */
+export function describeReport(label: string, r: BalancedReport): string {
+  const lost = Object.entries(r.lost)
+    .map(([code, n]) => `${n} ${code}`)
+    .join(', ');
+  const faults = r.faults.map((f) => `${f.fault}: ${f.resumed}/${f.live} resumed`).join('; ');
+  return (
+    `# ${label}: ${r.connections} sessions spread ${r.spread.join('/')} over ${r.spread.length} nodes; ` +
+    `${r.intact} intact (${(r.bytes / 2 ** 20).toFixed(1)} MiB checked both ways), ${r.lostTotal} lost${lost ? ` (${lost})` : ''}; ` +
+    `${r.resumes} resumes; ${faults}`
+  );
+}
