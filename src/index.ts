@@ -26,7 +26,9 @@ export {
   RESUME_WORKER_OFFSET,
 } from './protocol/routing.js';
 export type { LinkRoute, SessionOwner } from './protocol/routing.js';
-export type { ReliableServerOptions } from './node/server.js';
+export type { RelayInfo, ReliableServerOptions } from './node/server.js';
+export type { DeploymentOptions } from './node/deployment.js';
+export type { NodeAddress, PeerEntry } from './node/directory.js';
 export { RocksError, ERROR_CODES } from './protocol/errors.js';
 export type { RocksErrorCode } from './protocol/errors.js';
 export type { SessionOptions, ServerLimitOptions, ServerRoutingOptions } from './protocol/config.js';

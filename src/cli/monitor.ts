@@ -118,7 +118,10 @@ export class Monitor {
       this.metrics.outages.observe(info.outage / 1000);
       this.metrics.replayed.inc({ direction: 'out' }, info.replayedOut);
       this.metrics.replayed.inc({ direction: 'in' }, info.replayedIn);
-      log.info({ outageMs: Math.round(info.outage), replayedOut: info.replayedOut, replayedIn: info.replayedIn }, 'resumed');
+      log.info(
+        { outageMs: Math.round(info.outage), replayedOut: info.replayedOut, replayedIn: info.replayedIn, relayed: info.relayed || undefined },
+        'resumed',
+      );
     });
     socket.once('close', () => {
       this.tracked.delete(t.id);

@@ -6,7 +6,7 @@
 import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type Server, type Socket } from 'node:net';
 import { connect as rocksConnect, createServer as rocksCreateServer } from '../index.js';
-import type { ReliableServer, ReliableSocket } from '../index.js';
+import type { PeerEntry, RelayInfo, ReliableServer, ReliableSocket } from '../index.js';
 import { type CommonOptions, type Endpoint, EXIT, ExitError } from './args.js';
 import { bridge } from './bridge.js';
 import { Monitor } from './monitor.js';
@@ -34,7 +34,7 @@ export async function relay(
   to: Endpoint,
   common: CommonOptions,
   stop: Promise<string>,
-  nodeId?: number,
+  deployment: { nodeId?: number; peers?: PeerEntry[] } = {},
 ): Promise<void> {
   const monitor = new Monitor(common);
   const log = monitor.log;
@@ -55,7 +55,7 @@ export async function relay(
 
   let server: Server | ReliableServer;
   if (kind === 'serve') {
-    server = rocksCreateServer({ ...common.session, allowHalfOpen: true, nodeId }, (socket) => {
+    server = rocksCreateServer({ ...common.session, allowHalfOpen: true, ...deployment }, (socket) => {
       const upstream = netConnect({ port: to.port, host: to.host, allowHalfOpen: true });
       upstream.on('error', (err) => log.warn({ to: show(to), err: err.message }, 'target refused a connection'));
       carry(socket, upstream, socket, `${socket.remoteAddress}:${socket.remotePort}`);
@@ -73,9 +73,14 @@ export async function relay(
     throw new ExitError(`cannot listen on ${show(listen)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.LISTEN);
   }
   await monitor.start();
-  if (kind === 'serve')
+  if (kind === 'serve') {
     log.info({ listen: show(listen), to: show(to), nodeId: (server as ReliableServer).nodeId }, 'serving rocks, relaying to the target');
-  else log.info({ listen: show(listen), to: show(to) }, 'forwarding over rocks');
+    (server as ReliableServer).on('relay', (r: RelayInfo) => {
+      const fields = { nodeId: r.nodeId, client: `${r.remoteAddress}:${r.remotePort}`, outcome: r.outcome, reason: r.reason };
+      if (r.outcome === 'relayed') log.info(fields, 'resume relayed to the node that holds the session');
+      else log.warn(fields, 'resume not relayed');
+    });
+  } else log.info({ listen: show(listen), to: show(to) }, 'forwarding over rocks');
 
   const signal = await stop;
   log.info({ signal, open: open.size / 2 }, 'shutting down');

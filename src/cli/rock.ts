@@ -5,6 +5,7 @@
 
 import { resolveSessionConfig } from '../protocol/config.js';
 import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
+import type { PeerEntry } from '../node/directory.js';
 import { relay, type RelayKind } from './relay.js';
 
 const USAGE = `Usage: rock COMMAND [options]
@@ -33,7 +34,7 @@ Child Node processes inherit it. For programs in other languages use
 rock forward, or rock stdio as an ssh ProxyCommand.
 
 ${COMMON_HELP.replace(/\n {2}--metrics[^\n]*/, '')}`,
-  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [options]
+  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [--peers LIST] [options]
 
 Accepts reliable connections on --listen and relays each to the ordinary TCP
 server at --to (the paper's rockd). Ordinary clients are relayed too.
@@ -41,6 +42,10 @@ server at --to (the paper's rockd). Ordinary clients are relayed too.
   --node-id N              this node's id (0-4294967295) in every session id it
                            issues, for balancers that route resumes by it
                            (docs/PROTOCOL.md §3.6); random by default
+  --peers ID=HOST:PORT,... the nodes of the deployment (this one may be listed):
+                           a resume that reaches this node for a session another
+                           holds is relayed there; relays are accepted only from
+                           these hosts
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -88,19 +93,35 @@ function common(values: Record<string, string | boolean | undefined>): CommonOpt
 
 async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   const options = { ...COMMON_OPTIONS, listen: { type: 'string' }, to: { type: 'string' } } as const;
-  const { values } = parse(args, kind === 'serve' ? { ...options, 'node-id': { type: 'string' } } : options, false);
+  const serveOptions = { 'node-id': { type: 'string' }, peers: { type: 'string' } } as const;
+  const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : options, false);
   if (values.help) return help(kind);
   const listen = parseEndpoint(values.listen as string | undefined, '--listen', kind === 'forward' ? '127.0.0.1' : '0.0.0.0');
   const to = parseEndpoint(values.to as string | undefined, '--to');
-  const nodeId = parseNodeId(values['node-id'] as string | undefined);
-  await relay(kind, listen, to, common(values), stopSignal(), nodeId);
+  const nodeId = parseNodeId(values['node-id'] as string | undefined, '--node-id');
+  const peers = parsePeers(values.peers as string | undefined);
+  await relay(kind, listen, to, common(values), stopSignal(), { nodeId, peers });
   return EXIT.OK;
 }
 
-function parseNodeId(text: string | undefined): number | undefined {
+/** --peers ID=HOST:PORT[,ID=HOST:PORT...] */
+function parsePeers(text: string | undefined): PeerEntry[] | undefined {
+  if (text === undefined) return undefined;
+  const peers: PeerEntry[] = [];
+  for (const item of text.split(',')) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--peers: expected ID=HOST:PORT, got '${item}'`);
+    const nodeId = parseNodeId(item.slice(0, eq), '--peers: a node id')!;
+    if (peers.some((p) => p.nodeId === nodeId)) throw new UsageError(`--peers names node ${nodeId} twice`);
+    peers.push({ nodeId, ...parseEndpoint(item.slice(eq + 1), `--peers (node ${nodeId})`) });
+  }
+  return peers;
+}
+
+function parseNodeId(text: string | undefined, what: string): number | undefined {
   if (text === undefined) return undefined;
   const n = /^\d{1,10}$/.test(text) ? Number(text) : Number.NaN;
-  if (!(n <= 0xffff_ffff)) throw new UsageError(`--node-id must be a whole number from 0 to 4294967295, got ${JSON.stringify(text)}`);
+  if (!(n <= 0xffff_ffff)) throw new UsageError(`${what} must be a whole number from 0 to 4294967295, got ${JSON.stringify(text)}`);
   return n;
 }
 

@@ -26,6 +26,15 @@ export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimi
   pauseOnConnect?: boolean;
 }
 
+/** What the 'relay' event tells about a resuming link this node carried (or could not carry) to another node. */
+export interface RelayInfo {
+  nodeId: number;
+  remoteAddress: string | undefined;
+  remotePort: number | undefined;
+  outcome: 'relayed' | 'refused' | 'unreachable';
+  reason?: string;
+}
+
 export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   scheduledAt: number | undefined;
   private readonly server: Server;
@@ -257,7 +266,13 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     const from = `${socket.remoteAddress}:${socket.remotePort}`;
     const refuse = (why: string) => {
       debug('cannot relay %s to %s: %s', from, node, why);
-      this.emit('relay', { nodeId, remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, outcome: 'refused', reason: why });
+      this.emit('relay', {
+        nodeId,
+        remoteAddress: socket.remoteAddress,
+        remotePort: socket.remotePort,
+        outcome: 'refused',
+        reason: why,
+      } satisfies RelayInfo);
       if (socket.destroyed) return;
       for (const b of relayRefusal(`${node} ${why}`)) socket.write(b);
       socket.end();
@@ -278,7 +293,14 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           }
           if (outcome.kind === 'relayed') this.relayed++;
           debug('relay %s to %s: %s', from, node, outcome.kind === 'relayed' ? 'started' : outcome.reason);
-          this.emit('relay', { nodeId, remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, outcome: outcome.kind });
+          const reason = outcome.kind === 'unreachable' ? outcome.reason : undefined;
+          this.emit('relay', {
+            nodeId,
+            remoteAddress: socket.remoteAddress,
+            remotePort: socket.remotePort,
+            outcome: outcome.kind,
+            reason,
+          } satisfies RelayInfo);
         });
       },
       (err) => refuse(`could not be looked up: ${err instanceof Error ? err.message : String(err)}`),

@@ -16,7 +16,7 @@ import { systemRandom } from '../protocol/random.js';
 import { Session, type SessionEvent } from '../protocol/session.js';
 import { destinationKey, detectionCache, probe, type Verdict } from './detect.js';
 import { normalizeConnectArgs } from './connect-args.js';
-import { SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
+import { type LinkHandle, SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
 
 const debug = debuglog('rocks');
@@ -34,6 +34,8 @@ export interface ReconnectInfo {
   replayedOut: number;
   /** Bytes the peer sent again to this side. */
   replayedIn: number;
+  /** Server side: the resume reached this node through another node of the deployment (a relay). */
+  relayed: boolean;
 }
 
 /** What the `reconnect-attempt` event carries. */
@@ -552,6 +554,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   /** `client`: the client a relayed link carries, who is then our remote end. */
+  private activeHandle(): LinkHandle | undefined {
+    const id = this.driver?.session.activeLink;
+    return id === undefined ? undefined : this.driver?.links.get(id);
+  }
+
   private learnFrom(s: Socket, client?: ProxyAddress): void {
     const local = s.address();
     this.addresses = {
@@ -602,7 +609,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
         this.emit('suspend', { reason: ev.reason } satisfies SuspendInfo);
         return;
       case 'resume':
-        this.emit('reconnect', { outage: ev.outage, replayedOut: ev.replayedOut, replayedIn: ev.replayedIn } satisfies ReconnectInfo);
+        this.emit('reconnect', {
+          outage: ev.outage,
+          replayedOut: ev.replayedOut,
+          replayedIn: ev.replayedIn,
+          relayed: this.activeHandle()?.clientAddress !== undefined,
+        } satisfies ReconnectInfo);
         return;
       case 'reconnect-attempt':
         this.emit('reconnect-attempt', { attempt: ev.attempt, delay: ev.delay } satisfies ReconnectAttemptInfo);

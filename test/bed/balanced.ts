@@ -35,6 +35,8 @@ export interface BalancedNode {
 
 export interface BalancedOptions {
   servers?: number;
+  /** How the balancer picks a node for a new connection (NetBedOptions.spread). */
+  spread?: 'inc' | 'random';
   /** Reliable connections from the client. */
   count?: number;
   /** Bytes a second each connection sends (and gets back). */
@@ -66,6 +68,12 @@ export interface BalancedReport {
   lostTotal: number;
   /** Resumes the client made (all faults). */
   resumes: number;
+  /** Resumes that reached the node holding the session through another node (the owners' logs). */
+  relayed: number;
+  /** Resuming links a node carried to another (attempts, some cut by the faults before they resumed). */
+  relayedLinks: number;
+  /** Resuming links a node could not carry (unknown or dead owner). */
+  notRelayed: number;
   faults: FaultOutcome[];
   /** Bytes carried by the intact connections, both ways. */
   bytes: number;
@@ -142,13 +150,14 @@ async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault): Pro
  */
 export async function balancedScenario({
   servers = 3,
+  spread = 'inc',
   count = 50,
   rate = 16 * 1024,
   faults = DEFAULT_FAULTS,
   serveArgs = () => [],
   port = 7400,
 }: BalancedOptions = {}): Promise<BalancedReport> {
-  const bed = new NetBed({ servers });
+  const bed = new NetBed({ servers, spread });
   const processes: HostProcess[] = [];
   try {
     const serves: RockProcess[] = [];
@@ -208,6 +217,9 @@ export async function balancedScenario({
       lost,
       lostTotal: Object.values(lost).reduce((a, b) => a + b, 0),
       resumes: client.of('resume').length,
+      relayedLinks: serves.reduce((n, s) => n + (s.counts.get(RELAYED) ?? 0), 0),
+      relayed: serves.reduce((n, s) => n + (s.counts.get('resumed (relayed)') ?? 0), 0),
+      notRelayed: serves.reduce((n, s) => n + (s.counts.get(NOT_RELAYED) ?? 0), 0),
       faults: outcomes,
       bytes,
     };
@@ -216,6 +228,10 @@ export async function balancedScenario({
     bed.destroy();
   }
 }
+
+/** What `rock serve` logs for each resume it relays, or cannot. */
+const RELAYED = 'resume relayed to the node that holds the session';
+const NOT_RELAYED = 'resume not relayed';
 
 /** One line for the test's output. */
 export function describeReport(label: string, r: BalancedReport): string {
@@ -226,6 +242,6 @@ export function describeReport(label: string, r: BalancedReport): string {
   return (
     `# ${label}: ${r.connections} sessions spread ${r.spread.join('/')} over ${r.spread.length} nodes; ` +
     `${r.intact} intact (${(r.bytes / 2 ** 20).toFixed(1)} MiB checked both ways), ${r.lostTotal} lost${lost ? ` (${lost})` : ''}; ` +
-    `${r.resumes} resumes; ${faults}`
+    `${r.resumes} resumes, ${r.relayed} of them relayed (${r.relayedLinks} links relayed)${r.notRelayed > 0 ? `, ${r.notRelayed} not relayed` : ''}; ${faults}`
   );
 }

@@ -47,6 +47,14 @@ export type FaultScope = 'client' | 'all';
 export interface NetBedOptions {
   /** How many server hosts (default 1). */
   servers?: number;
+  /**
+   * How the balancer picks a server for a new connection: in turn (`numgen
+   * inc`, the default) or at random (`numgen random`, as kube-proxy's
+   * nftables mode). In turn, clients that reconnect in the order they first
+   * connected tend to land where they were; at random two resumes in three
+   * land elsewhere with three servers.
+   */
+  spread?: 'inc' | 'random';
 }
 
 /** Why network-namespace tests cannot run here, or undefined when they can. */
@@ -145,12 +153,16 @@ export class NetBed {
   private moves = 1;
   private destroyed = false;
 
-  constructor({ servers = 1 }: NetBedOptions = {}) {
+  /** How the balancer picks a server (NetBedOptions.spread). */
+  readonly spread: 'inc' | 'random';
+
+  constructor({ servers = 1, spread = 'inc' }: NetBedOptions = {}) {
     if (!Number.isInteger(servers) || servers < 1 || servers > 200) throw new RangeError(`servers must be an integer from 1 to 200, got ${servers}`);
     hookExit();
     sweepLeftovers();
     const id = `${PREFIX}${process.pid}-${++beds}`;
     this.servers = servers;
+    this.spread = spread;
     this.serverAddresses = Array.from({ length: servers }, (_, i) => serverSubnet(i).host);
     this.serverAddress = this.serverAddresses[0];
     this.ns = { client: `${id}-c`, server: `${id}-s`, router: `${id}-r` };
@@ -205,7 +217,9 @@ export class NetBed {
     // takes the next server and conntrack keeps the rest of it there (kube-proxy's nftables mode).
     const servers = this.serverAddresses.map((address, i) => `${i} : ${address}`).join(', ');
     this.nft(`add chain inet ${NFT_TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }`);
-    this.nft(`add rule inet ${NFT_TABLE} prerouting ip daddr ${SERVICE_ADDRESS} dnat ip to numgen inc mod ${this.servers} map { ${servers} }`);
+    this.nft(
+      `add rule inet ${NFT_TABLE} prerouting ip daddr ${SERVICE_ADDRESS} dnat ip to numgen ${this.spread} mod ${this.servers} map { ${servers} }`,
+    );
   }
 
   ip(ns: string, ...args: string[]): string {

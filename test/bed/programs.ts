@@ -142,11 +142,18 @@ export async function finishAndVerify(client: Agent, server: Agent, count: numbe
 
 /** A `rock` (or, given its path, `rack`) command on a host, ready once its JSON log says so. */
 export class RockProcess extends HostProcess {
+  /** How many log lines of each message it wrote in all (the kept output is only the tail). */
+  readonly counts = new Map<string, number>();
+
   constructor(bed: NetBed, host: HostName, args: string[], command = ROCK) {
     super(
       bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }),
       `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`,
     );
+    readJsonLines<{ msg: string; relayed?: boolean }>(this.child.stderr!, (l) => {
+      const key = l.relayed ? `${l.msg} (relayed)` : l.msg;
+      this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    });
   }
 
   /** Its log lines, parsed. */

@@ -46,10 +46,10 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   return port;
 }
 
-/** Calls `onValue` with each line of `stream` parsed as JSON (blank lines skipped). */
+/** Calls `onValue` with each line of `stream` that holds a JSON object, parsed. */
 export function readJsonLines<T>(stream: Readable, onValue: (value: T) => void): void {
   createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
-    if (line.trim() !== '') onValue(JSON.parse(line) as T);
+    if (line.startsWith('{')) onValue(JSON.parse(line) as T); // a program's other lines (a crash's trace) are not events
   });
 }
 
