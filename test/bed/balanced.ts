@@ -22,6 +22,8 @@ export type BalancedFault =
   | { kind: 'blackhole'; ms: number }
   /** Every segment of the client's path answered with a reset for `ms`. */
   | { kind: 'reset'; ms: number }
+  /** Node `index` dies: its rock serve gets SIGKILL (its sessions must end, the others flow on). */
+  | { kind: 'kill'; index: number }
   /** The client's address changes (bed.moveClient()). */
   | { kind: 'move' };
 
@@ -55,6 +57,8 @@ export interface FaultOutcome {
   live: number;
   resumed: number;
   lost: number;
+  /** The sessions it ended: connection id, error code, ms from the fault to the error. */
+  ended: { id: number; code: string | undefined; ms: number }[];
 }
 
 export interface BalancedReport {
@@ -99,7 +103,8 @@ export function peersOf(bed: NetBed, port: number): string {
   return bed.serverAddresses.map((address, i) => `${nodeIdOf(i)}=${address}:${port}`).join(',');
 }
 
-const describeFault = (f: BalancedFault): string => (f.kind === 'move' ? 'move' : `${f.kind} ${f.ms / 1000} s`);
+const describeFault = (f: BalancedFault): string =>
+  f.kind === 'move' ? 'move' : f.kind === 'kill' ? `kill node ${nodeIdOf(f.index)}` : `${f.kind} ${f.ms / 1000} s`;
 
 /** The client connections (ids) still open: connected and no error yet. */
 function alive(client: Agent): number[] {
@@ -116,12 +121,34 @@ function withEventSince(client: Agent, type: AgentEvent['type'], ids: number[], 
   return ids.filter((id) => seen.has(id));
 }
 
+/**
+ * Kills a node and waits until each of its sessions ended (their links
+ * break; the resume reaches another node, whose relay finds the owner gone,
+ * or the dead node's port itself). The other sessions must not notice.
+ */
+async function killNode(client: Agent, fault: { index: number }, serves: RockProcess[], live: number[], broken: number): Promise<FaultOutcome> {
+  serves[fault.index].child.kill('SIGKILL');
+  const owner = new Map(client.of('connected').map((e) => [e.id!, ownerOf(Buffer.from(e.session ?? '', 'hex'))?.nodeId]));
+  const orphans = live.filter((id) => owner.get(id) === nodeIdOf(fault.index));
+  await client.waitFor(
+    () => withEventSince(client, 'error', orphans, broken).length === orphans.length,
+    5 * FAILURE_TIMEOUT + 10_000,
+    `every session of node ${nodeIdOf(fault.index)} to end`,
+  );
+  await sleep(2 * FAILURE_TIMEOUT); // long enough for any other session that noticed to show it
+  const ended = client.events
+    .filter((e) => e.type === 'error' && e.t >= broken && live.includes(e.id!))
+    .map((e) => ({ id: e.id!, code: e.code, ms: e.t - broken }));
+  return { fault: describeFault({ kind: 'kill', ...fault }), live: live.length, resumed: live.length - ended.length, lost: ended.length, ended };
+}
+
 /** Applies one fault, lifts it, and waits until every session alive before it resumed or failed. */
-async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault): Promise<FaultOutcome> {
+async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault, serves: RockProcess[]): Promise<FaultOutcome> {
   const live = alive(client);
   const broken = Date.now();
   if (fault.kind === 'blackhole') bed.blackhole();
   else if (fault.kind === 'reset') bed.reject();
+  else if (fault.kind === 'kill') return killNode(client, fault, serves, live, broken);
   else bed.moveClient();
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
@@ -130,7 +157,7 @@ async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault): Pro
     5 * FAILURE_TIMEOUT,
     `every live session to notice the ${describeFault(fault)}`,
   );
-  if (fault.kind !== 'move') {
+  if (fault.kind === 'blackhole' || fault.kind === 'reset') {
     await sleep(Math.max(0, fault.ms - (Date.now() - broken)));
     bed.heal();
   }
@@ -140,7 +167,10 @@ async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault): Pro
   };
   await client.waitFor(settled, 30_000, `every session to resume or fail after the ${describeFault(fault)}`);
   const lost = failedSince().length;
-  return { fault: describeFault(fault), live: live.length, resumed: live.length - lost, lost };
+  const ended = client.events
+    .filter((e) => e.type === 'error' && e.t >= broken && live.includes(e.id!))
+    .map((e) => ({ id: e.id!, code: e.code, ms: e.t - broken }));
+  return { fault: describeFault(fault), live: live.length, resumed: live.length - lost, lost, ended };
 }
 
 /**
@@ -188,7 +218,7 @@ export async function balancedScenario({
     await sleep(1000); // streaming before the first fault
     const outcomes: FaultOutcome[] = [];
     for (const fault of faults) {
-      outcomes.push(await applyFault(bed, client, fault));
+      outcomes.push(await applyFault(bed, client, fault, serves));
       await sleep(500);
     }
     await sleep(1000); // and after the last

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
-import { balancedScenario, describeReport, peersOf } from '../bed/balanced.js';
+import { balancedScenario, describeReport, FAILURE_TIMEOUT, peersOf } from '../bed/balanced.js';
 import { type HostName, NetBed, netbedSkip, serverHost } from '../bed/netbed.js';
 import { HostProcess } from '../bed/programs.js';
 import { until } from '../support/helpers.js';
@@ -164,5 +164,32 @@ describe('many server hosts behind a non-sticky balancer (namespaces, nftables D
     // The balancer picks a node per connection: most resumes land on a node that does not hold the session.
     assert.ok(report.relayed >= report.resumes / 3, `${report.relayed} of ${report.resumes} resumes relayed`);
     assert.equal(report.notRelayed, 0);
+  });
+
+  test('a node that dies: its sessions end with ERR_ROCKS_UNKNOWN_SESSION, the others flow on', { timeout: 120_000 }, async () => {
+    const report = await balancedScenario({
+      servers: SERVERS,
+      spread: 'random',
+      count: 60,
+      faults: [
+        { kind: 'reset', ms: 1000 },
+        { kind: 'kill', index: 1 },
+        { kind: 'blackhole', ms: 3000 },
+      ],
+      serveArgs: ({ bed, port }) => ['--peers', peersOf(bed, port)],
+    });
+    console.log(describeReport('node death', report));
+    const kill = report.faults[1];
+    const times = kill.ended.map((e) => e.ms).sort((a, b) => a - b);
+    console.log(
+      `# node 2 killed: ${kill.ended.length} of its ${report.spread[1]} sessions ended, after ${times[0]}-${times[times.length - 1]} ms (failure timeout ${FAILURE_TIMEOUT} ms)`,
+    );
+    assert.equal(kill.ended.length, report.spread[1], "exactly the dead node's sessions ended");
+    assert.ok(
+      kill.ended.every((e) => e.code === 'ERR_ROCKS_UNKNOWN_SESSION'),
+      `codes: ${[...new Set(kill.ended.map((e) => e.code))].join(', ')}`,
+    );
+    assert.deepEqual(report.lost, { ERR_ROCKS_UNKNOWN_SESSION: report.spread[1] });
+    assert.equal(report.intact, report.connections - report.spread[1], 'every other session intact through the later faults');
   });
 });
