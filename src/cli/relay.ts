@@ -34,7 +34,7 @@ export async function relay(
   to: Endpoint,
   common: CommonOptions,
   stop: Promise<string>,
-  deployment: { nodeId?: number; peers?: PeerEntry[] } = {},
+  deployment: { nodeId?: number; peers?: PeerEntry[]; directory?: string; advertise?: Endpoint } = {},
 ): Promise<void> {
   const monitor = new Monitor(common);
   const log = monitor.log;
@@ -75,6 +75,7 @@ export async function relay(
   await monitor.start();
   if (kind === 'serve') {
     log.info({ listen: show(listen), to: show(to), nodeId: (server as ReliableServer).nodeId }, 'serving rocks, relaying to the target');
+    (server as ReliableServer).on('directoryError', (err: Error) => log.warn({ err: err.message }, 'node directory'));
     (server as ReliableServer).on('relay', (r: RelayInfo) => {
       const fields = { nodeId: r.nodeId, client: `${r.remoteAddress}:${r.remotePort}`, outcome: r.outcome, reason: r.reason };
       if (r.outcome === 'relayed') log.info(fields, 'resume relayed to the node that holds the session');

@@ -46,6 +46,11 @@ server at --to (the paper's rockd). Ordinary clients are relayed too.
                            a resume that reaches this node for a session another
                            holds is relayed there; relays are accepted only from
                            these hosts
+  --directory redis://HOST:PORT
+                           or: find the other nodes in Redis (one key per node,
+                           with a lease); needs --node-id
+  --advertise HOST:PORT    with --directory: where the other nodes reach this one
+                           (default: --listen, if not a wildcard)
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -93,14 +98,27 @@ function common(values: Record<string, string | boolean | undefined>): CommonOpt
 
 async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   const options = { ...COMMON_OPTIONS, listen: { type: 'string' }, to: { type: 'string' } } as const;
-  const serveOptions = { 'node-id': { type: 'string' }, peers: { type: 'string' } } as const;
+  const serveOptions = {
+    'node-id': { type: 'string' },
+    peers: { type: 'string' },
+    directory: { type: 'string' },
+    advertise: { type: 'string' },
+  } as const;
   const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : options, false);
   if (values.help) return help(kind);
   const listen = parseEndpoint(values.listen as string | undefined, '--listen', kind === 'forward' ? '127.0.0.1' : '0.0.0.0');
   const to = parseEndpoint(values.to as string | undefined, '--to');
   const nodeId = parseNodeId(values['node-id'] as string | undefined, '--node-id');
   const peers = parsePeers(values.peers as string | undefined);
-  await relay(kind, listen, to, common(values), stopSignal(), { nodeId, peers });
+  const directory = values.directory as string | undefined;
+  const advertiseText = values.advertise as string | undefined;
+  if (peers !== undefined && directory !== undefined) throw new UsageError('give --peers or --directory, not both');
+  if (directory !== undefined && !/^rediss?:\/\/./.test(directory))
+    throw new UsageError(`--directory: expected redis://HOST:PORT, got '${directory}'`);
+  if (directory !== undefined && nodeId === undefined) throw new UsageError('--directory needs --node-id (each node of a deployment has its own)');
+  if (advertiseText !== undefined && directory === undefined) throw new UsageError('--advertise goes with --directory');
+  const advertise = advertiseText === undefined ? undefined : parseEndpoint(advertiseText, '--advertise');
+  await relay(kind, listen, to, common(values), stopSignal(), { nodeId, peers, directory, advertise });
   return EXIT.OK;
 }
 

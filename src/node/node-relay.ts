@@ -37,6 +37,8 @@ export function relayLink(
   localAddress: string | undefined,
   done: (outcome: RelayOutcome) => void,
 ): void {
+  // The client may reset while we connect: its error must not go unheard (and crash the process).
+  client.on('error', () => client.destroy());
   const upstream = connect({ host: target.host, port: target.port, localAddress, allowHalfOpen: true });
   let connected = false;
   const fail = (err: Error) => {

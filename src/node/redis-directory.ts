@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { reachableAt } from './deployment.js';
 import {
   type DirectoryEvents,
@@ -190,7 +190,9 @@ export class RedisDirectory extends EventEmitter<DirectoryEvents> implements Nod
     }
     const advertise = this.advertise;
     this.entry = JSON.stringify(advertise);
-    const redis = new Redis(this.url, {
+    // Loaded here: a program that uses rocks without a directory never loads ioredis.
+    const { Redis: RedisClient } = await import('ioredis');
+    const redis = new RedisClient(this.url, {
       lazyConnect: true,
       // Fail a command at once while disconnected rather than queue it: every
       // use here is periodic or has a fallback (the last known entries).

@@ -57,6 +57,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.options = options;
     const nodeId = resolveNodeId(options) ?? systemRandom.bytes(4).readUInt32BE(0);
     this.directory = openDirectory(options, nodeId);
+    // Directory trouble (Redis away, a bad entry) never stops the server: it is told, not thrown.
+    this.directory?.on('error', (err) => {
+      debug('directory: %s', err.message);
+      this.emit('directoryError', err);
+    });
     this.core = new ServerCore(resolveSessionConfig(options), resolveServerLimits(options), systemRandom, {
       owner: { nodeId },
       relays: this.directory !== undefined,
@@ -244,7 +249,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           if (h === undefined) break;
           this.links.delete(ev.link);
           h.socket.pause(); // nothing may be read until the relay pipes it
-          this.relay(h.handOff(), ev.initial, ev.nodeId);
+          const socket = h.handOff();
+          socket.on('error', () => socket.destroy()); // a reset while we look the owner up
+          this.relay(socket, ev.initial, ev.nodeId);
           break;
         }
         case 'client-address': {

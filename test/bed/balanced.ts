@@ -13,15 +13,17 @@
 // node) can demand that none are.
 
 import { ownerOf } from '../../src/protocol/routing.js';
-import { sleep } from '../support/helpers.js';
+import { Program, sleep } from '../support/helpers.js';
 import { NetBed, serverHost } from './netbed.js';
-import { type Agent, agentClient, type AgentEvent, type HostProcess, RockProcess, socatEcho } from './programs.js';
+import { type Agent, agentClient, type AgentEvent, RockProcess, socatEcho } from './programs.js';
 
 export type BalancedFault =
   /** The client's path black-holed for `ms` (held until every live session noticed). */
   | { kind: 'blackhole'; ms: number }
   /** Every segment of the client's path answered with a reset for `ms`. */
   | { kind: 'reset'; ms: number }
+  /** The Redis of the node directory dies (BalancedOptions.redis): nothing may change for the sessions. */
+  | { kind: 'redis-down' }
   /** Node `index` dies: its rock serve gets SIGKILL (its sessions must end, the others flow on). */
   | { kind: 'kill'; index: number }
   /** The client's address changes (bed.moveClient()). */
@@ -48,7 +50,11 @@ export interface BalancedOptions {
   serveArgs?: (node: BalancedNode) => string[];
   /** The port rock serve listens on (the echo is on port + 1, on 127.0.0.1). */
   port?: number;
+  /** Runs a redis-server on server 0 (at REDIS_PORT) for a node directory, started before the nodes. */
+  redis?: boolean;
 }
+
+export const REDIS_PORT = 6379;
 
 /** What happened in one fault. */
 export interface FaultOutcome {
@@ -104,7 +110,7 @@ export function peersOf(bed: NetBed, port: number): string {
 }
 
 const describeFault = (f: BalancedFault): string =>
-  f.kind === 'move' ? 'move' : f.kind === 'kill' ? `kill node ${nodeIdOf(f.index)}` : `${f.kind} ${f.ms / 1000} s`;
+  f.kind === 'move' || f.kind === 'redis-down' ? f.kind : f.kind === 'kill' ? `kill node ${nodeIdOf(f.index)}` : `${f.kind} ${f.ms / 1000} s`;
 
 /** The client connections (ids) still open: connected and no error yet. */
 function alive(client: Agent): number[] {
@@ -143,19 +149,35 @@ async function killNode(client: Agent, fault: { index: number }, serves: RockPro
 }
 
 /** Applies one fault, lifts it, and waits until every session alive before it resumed or failed. */
-async function applyFault(bed: NetBed, client: Agent, fault: BalancedFault, serves: RockProcess[]): Promise<FaultOutcome> {
+async function applyFault(
+  bed: NetBed,
+  client: Agent,
+  fault: BalancedFault,
+  serves: RockProcess[],
+  redis: Program | undefined,
+): Promise<FaultOutcome> {
   const live = alive(client);
   const broken = Date.now();
+  if (fault.kind === 'redis-down') {
+    if (redis === undefined) throw new Error('a redis-down fault needs the redis option');
+    redis.child.kill('SIGKILL');
+    await redis.exit;
+    return { fault: 'redis-down', live: live.length, resumed: live.length, lost: 0, ended: [] };
+  }
   if (fault.kind === 'blackhole') bed.blackhole();
   else if (fault.kind === 'reset') bed.reject();
   else if (fault.kind === 'kill') return killNode(client, fault, serves, live, broken);
   else bed.moveClient();
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
+  const unnoticed = (): number[] => {
+    const noticed = new Set([...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
+    return live.filter((id) => !noticed.has(id));
+  };
   await client.waitFor(
-    () => withEventSince(client, 'suspend', live, broken).length + failedSince().length >= live.length,
+    () => unnoticed().length === 0,
     5 * FAILURE_TIMEOUT,
-    `every live session to notice the ${describeFault(fault)}`,
+    () => `every live session to notice the ${describeFault(fault)} (not yet: ${unnoticed().join(', ')})`,
   );
   if (fault.kind === 'blackhole' || fault.kind === 'reset') {
     await sleep(Math.max(0, fault.ms - (Date.now() - broken)));
@@ -186,10 +208,18 @@ export async function balancedScenario({
   faults = DEFAULT_FAULTS,
   serveArgs = () => [],
   port = 7400,
+  redis = false,
 }: BalancedOptions = {}): Promise<BalancedReport> {
   const bed = new NetBed({ servers, spread });
-  const processes: HostProcess[] = [];
+  const processes: Program[] = [];
+  let redisServer: Program | undefined;
   try {
+    if (redis) {
+      const args = ['--bind', bed.serverAddress, '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
+      redisServer = new Program(bed.spawn('server', 'redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] }), 'redis-server');
+      processes.push(redisServer);
+      await redisServer.waitForOutput(/Ready to accept connections/);
+    }
     const serves: RockProcess[] = [];
     for (let index = 0; index < servers; index++) {
       const host = serverHost(index);
@@ -218,7 +248,7 @@ export async function balancedScenario({
     await sleep(1000); // streaming before the first fault
     const outcomes: FaultOutcome[] = [];
     for (const fault of faults) {
-      outcomes.push(await applyFault(bed, client, fault, serves));
+      outcomes.push(await applyFault(bed, client, fault, serves, redisServer));
       await sleep(500);
     }
     await sleep(1000); // and after the last

@@ -57,11 +57,12 @@ export class Agent extends HostProcess {
     return this.events.filter((e) => e.type === type);
   }
 
-  async waitFor(test: (a: Agent) => boolean, ms: number, what: string): Promise<void> {
+  async waitFor(test: (a: Agent) => boolean, ms: number, what: string | (() => string)): Promise<void> {
     await until(
       () => test(this),
       ms,
-      () => `${this.label}: ${what} (exit ${this.exited}); last events ${JSON.stringify(this.events.slice(-5))}\n${this.output}`,
+      () =>
+        `${this.label}: ${typeof what === 'string' ? what : what()} (exit ${this.exited}); last events ${JSON.stringify(this.events.slice(-5))}\n${this.output}`,
     );
   }
 

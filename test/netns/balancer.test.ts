@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
-import { balancedScenario, describeReport, FAILURE_TIMEOUT, peersOf } from '../bed/balanced.js';
+import { balancedScenario, describeReport, FAILURE_TIMEOUT, peersOf, REDIS_PORT } from '../bed/balanced.js';
 import { type HostName, NetBed, netbedSkip, serverHost } from '../bed/netbed.js';
 import { HostProcess } from '../bed/programs.js';
 import { until } from '../support/helpers.js';
@@ -163,6 +163,38 @@ describe('many server hosts behind a non-sticky balancer (namespaces, nftables D
     );
     // The balancer picks a node per connection: most resumes land on a node that does not hold the session.
     assert.ok(report.relayed >= report.resumes / 3, `${report.relayed} of ${report.resumes} resumes relayed`);
+    assert.equal(report.notRelayed, 0);
+  });
+
+  test('with a Redis directory (rock serve --directory), Redis killed mid-run: no session lost', { timeout: 120_000 }, async () => {
+    const report = await balancedScenario({
+      servers: SERVERS,
+      spread: 'random',
+      count: 100,
+      redis: true,
+      faults: [
+        { kind: 'blackhole', ms: 3000 },
+        { kind: 'redis-down' },
+        { kind: 'reset', ms: 1000 },
+        { kind: 'move' },
+        { kind: 'blackhole', ms: 3000 },
+      ],
+      serveArgs: ({ bed, port, index }) => [
+        '--directory',
+        `redis://${bed.serverAddress}:${REDIS_PORT}`,
+        '--advertise',
+        `${bed.serverAddresses[index]}:${port}`,
+      ],
+    });
+    console.log(describeReport('redis directory', report));
+    assert.deepEqual(report.lost, {}, 'no session lost');
+    assert.equal(report.intact, report.connections);
+    const afterRedis = report.faults.slice(2);
+    assert.ok(
+      afterRedis.every((f) => f.resumed === report.connections),
+      'every session resumed after every fault with Redis gone',
+    );
+    assert.ok(report.relayed > 0, 'resumes were relayed');
     assert.equal(report.notRelayed, 0);
   });
 
