@@ -44,6 +44,8 @@ export const PROGRAMS = {
   haproxy: 'haproxy',
   // The benchmark's real client (bench/cases/iperf.ts).
   iperf3: 'iperf3',
+  // A real load balancer routing resumes by node id (docs/haproxy.cfg).
+  haproxy: 'haproxy',
 };
 
 /** The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or undefined. */

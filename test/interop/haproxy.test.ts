@@ -1,0 +1,398 @@
+// A real HAProxy routing rocks links by their first bytes, with the
+// configuration of docs/haproxy.cfg as written (only addresses, ports and the
+// map's path replaced): three rocks echo servers with node ids behind it, a
+// fault proxy in front that resets every link, three times. Every resume must
+// reach the node its session id names, with no relay and no session lost. The
+// control run, the same file without its use_backend rule, must lose
+// sessions: it proves that haproxy scatters resumes and that the rule is what
+// saves them. EDP is checked through both hops too: a probe's half-close must
+// reach the server, or every client would take it for an ordinary one.
+
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { connect, detectionCache, type DetectInfo, type ReliableServer, type ReliableSocket, RocksError } from '../../src/index.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { readRepoFile } from '../docs/markdown.js';
+import { sleep, until } from '../support/helpers.js';
+import { closeServer, listen } from '../support/net.js';
+import { freePort, programs, start, waitForPort } from '../support/programs.js';
+import type { Program } from '../support/helpers.js';
+
+const NODE_IDS = [0x11, 0x22, 0x33];
+const CLIENTS = 30;
+const ROUNDS = 3;
+const FAILURE_TIMEOUT = 1000;
+const banner = (nodeId: number) => `220 node ${nodeId} ready\r\n`;
+
+/** What one rocks server saw. */
+interface Node {
+  nodeId: number;
+  port: number;
+  server: ReliableServer;
+  /** Sessions it held, by id (hex): what it received and how often the session resumed here. */
+  sessions: Map<string, { received: ReturnType<typeof createHash>; digest: string | undefined; resumes: number }>;
+  /** Links it refused, by error code (a resume of a session it does not hold, say). */
+  refused: Map<string, number>;
+  plain: number;
+  /** Its sockets still open (the control run leaves sessions suspended, their clients gone). */
+  open: Set<ReliableSocket>;
+}
+
+/** A rocks echo server (ordinary clients get a banner first, then the echo). */
+async function startNode(nodeId: number): Promise<Node> {
+  const sessions: Node['sessions'] = new Map();
+  const refused = new Map<string, number>();
+  const open = new Set<ReliableSocket>();
+  const node = { nodeId, sessions, refused, plain: 0, open } as Node;
+  const { server, port } = await listen({ nodeId, failureTimeout: FAILURE_TIMEOUT }, (socket) => {
+    socket.on('error', () => {});
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+    if (!socket.reliable) {
+      node.plain++;
+      socket.write(banner(nodeId));
+      socket.pipe(socket);
+      return;
+    }
+    const held = { received: createHash('sha256'), digest: undefined as string | undefined, resumes: 0 };
+    sessions.set(socket.sessionId!, held);
+    socket.on('reconnect', () => held.resumes++);
+    socket.on('data', (d: Buffer) => held.received.update(d));
+    socket.once('end', () => (held.digest = held.received.digest('hex')));
+    socket.pipe(socket);
+  });
+  server.on('clientError', (err: RocksError) => refused.set(err.code, (refused.get(err.code) ?? 0) + 1));
+  return Object.assign(node, { server, port });
+}
+
+/**
+ * docs/haproxy.cfg for this test bed: the frontend on 127.0.0.1:`port`, each
+ * node's server lines on its port, nodes.map (written as the file's comment
+ * gives it) in `dir`. `routed: false` drops the use_backend rule.
+ */
+function haproxyConfig(dir: string, port: number, nodes: Node[], routed: boolean): string {
+  const doc = readRepoFile('docs/haproxy.cfg');
+  const map = [...doc.matchAll(/^#\s+(\d+) (rocks_node_\d+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+  assert.deepEqual(
+    map.map((line) => Number(line.split(' ')[0])),
+    NODE_IDS,
+    'the example nodes.map in docs/haproxy.cfg names the nodes 0x11, 0x22, 0x33',
+  );
+  const mapPath = join(dir, 'nodes.map');
+  writeFileSync(mapPath, `${map.join('\n')}\n`);
+  let servers = 0;
+  let config = doc
+    .replace(/^(\s*bind) :7000$/m, `$1 127.0.0.1:${port}`)
+    .replace(/^(\s*server node_(\d+)) \S+/gm, (_, head: string, id: string) => {
+      servers++;
+      const node = nodes.find((n) => n.nodeId === Number(id));
+      assert.ok(node, `docs/haproxy.cfg has a server for node ${id}, which the test does not run`);
+      return `${head} 127.0.0.1:${node.port}`;
+    })
+    .replaceAll('/etc/haproxy/nodes.map', mapPath);
+  assert.match(config, new RegExp(`^\\s*bind 127\\.0\\.0\\.1:${port}$`, 'm'), 'the frontend binds our port');
+  assert.equal(servers, 2 * NODE_IDS.length, 'a server line per node in rocks_any and in each node backend');
+  if (!routed) {
+    const lines = config.split('\n');
+    const kept = lines.filter((l) => !/^\s*use_backend /.test(l));
+    assert.equal(lines.length - kept.length, 1, 'one use_backend rule to drop');
+    config = kept.join('\n');
+  }
+  return config;
+}
+
+/** One line of haproxy's log (the doc's log-format): where a link went, and the node id its resume named. */
+interface Routed {
+  backend: string;
+  server: string;
+  resumeOf: number | undefined;
+}
+
+interface Haproxy {
+  port: number;
+  process: Program;
+  /** The log lines so far (haproxy logs a link when it closes). */
+  log: Routed[];
+  /** Its other log lines (a health check's news, say). */
+  other: string[];
+  stop(): Promise<void>;
+}
+
+async function startHaproxy(dir: string, nodes: Node[], routed: boolean): Promise<Haproxy> {
+  const port = await freePort();
+  const file = join(dir, routed ? 'routed.cfg' : 'control.cfg');
+  writeFileSync(file, haproxyConfig(dir, port, nodes, routed));
+  const program = start(found.paths.haproxy, ['-db', '-f', file]);
+  const log: Routed[] = [];
+  const other: string[] = [];
+  let partial = '';
+  program.child.stdout!.on('data', (d: Buffer) => {
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) {
+      const m = /^\S+ \[[^\]]+\] rocks (\S+)\/(\S+) .* rocks_node=(\S+)$/.exec(line);
+      if (m) log.push({ backend: m[1], server: m[2], resumeOf: m[3] === '-' ? undefined : Number(m[3]) });
+      else other.push(line);
+    }
+  });
+  await waitForPort(port, '127.0.0.1', 10_000, program);
+  return { port, process: program, log, other, stop: () => program.stop() };
+}
+
+/** A rocks client that streams random bytes to an echo server and hashes both directions. */
+class Streamer {
+  readonly socket: ReliableSocket;
+  private readonly sent = createHash('sha256');
+  private readonly received = createHash('sha256');
+  sentDigest: string | undefined;
+  receivedDigest: string | undefined;
+  sentBytes = 0;
+  receivedBytes = 0;
+  reconnects = 0;
+  detect: DetectInfo | undefined;
+  error: RocksError | undefined;
+  /** The session id it ended with (a restarted session gets a new one). */
+  sessionId: string | undefined;
+  readonly closed: Promise<void>;
+  private writer: NodeJS.Timeout | undefined;
+
+  constructor(port: number) {
+    this.socket = connect({ port, host: '127.0.0.1', failureTimeout: FAILURE_TIMEOUT });
+    this.socket.once('detect', (info) => (this.detect = info));
+    this.socket.on('reconnect', () => this.reconnects++);
+    this.socket.on('data', (d: Buffer) => {
+      this.received.update(d);
+      this.receivedBytes += d.length;
+    });
+    this.socket.once('end', () => {
+      this.receivedDigest = this.received.digest('hex');
+      this.sessionId = this.socket.sessionId;
+    });
+    this.socket.once('error', (err) => {
+      this.error = err as RocksError;
+      this.stopWriting();
+    });
+    // Not once(): it would reject on 'error', which the listener above records.
+    this.closed = new Promise((resolve) => this.socket.once('close', () => resolve()));
+    this.closed.then(() => this.stopWriting());
+    this.socket.once('connect', () => {
+      this.writer = setInterval(() => this.write(randomBytes(2048)), 20);
+    });
+  }
+
+  private write(chunk: Buffer): void {
+    // A suspended session buffers what is written; keep that small.
+    if (this.socket.bufferedAmount > 256 * 1024) return;
+    this.sent.update(chunk);
+    this.sentBytes += chunk.length;
+    this.socket.write(chunk);
+  }
+
+  private stopWriting(): void {
+    clearInterval(this.writer);
+    this.writer = undefined;
+  }
+
+  /** Stops streaming and ends its side; the echo ends the other. */
+  finish(): void {
+    if (this.error !== undefined) return;
+    this.stopWriting();
+    this.sentDigest = this.sent.digest('hex');
+    this.socket.end();
+  }
+
+  get alive(): boolean {
+    return this.error === undefined && !this.socket.destroyed;
+  }
+}
+
+/** Where the node that holds a session is named: its id's bytes 1..4 (PROTOCOL.md §3.6). */
+const nodeOf = (sessionId: string): number => Buffer.from(sessionId, 'hex').readUInt32BE(1);
+
+/**
+ * 30 clients stream through `proxy` (in front of haproxy) while the proxy
+ * resets every link, `ROUNDS` times; each round waits until every client
+ * still alive has resumed (and, when `routed`, its node has seen the resume).
+ */
+async function streamThroughResets(proxyPort: number, proxy: FaultProxy, nodes: Node[], routed: boolean): Promise<Streamer[]> {
+  const clients = Array.from({ length: CLIENTS }, () => new Streamer(proxyPort));
+  // Every session confirmed both ways (echoed bytes came back) before the first reset.
+  await until(
+    () => clients.every((c) => c.receivedBytes > 0 || c.error !== undefined),
+    15_000,
+    () => `echoes on every client (${clients.filter((c) => c.receivedBytes > 0).length} of ${CLIENTS})`,
+  );
+  const heldBy = (id: string | undefined) => (id === undefined ? undefined : nodes.find((n) => n.sessions.has(id))?.sessions.get(id));
+  for (let round = 1; round <= ROUNDS; round++) {
+    await sleep(200);
+    proxy.reset();
+    await until(
+      () =>
+        clients.every(
+          (c) => !c.alive || (c.reconnects >= round && !c.socket.suspended && (!routed || (heldBy(c.socket.sessionId)?.resumes ?? 0) >= round)),
+        ),
+      15_000,
+      () => `every client to resume after reset ${round}: ${clients.filter((c) => c.alive && c.reconnects < round).length} not yet`,
+    );
+  }
+  await sleep(200);
+  for (const c of clients) c.finish();
+  await Promise.all(clients.map((c) => c.closed));
+  return clients;
+}
+
+const found = programs('haproxy');
+
+describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.skip, timeout: 90_000 }, () => {
+  let dir: string;
+  const nodes: Node[] = [];
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'rocks-haproxy-'));
+    for (const id of NODE_IDS) nodes.push(await startNode(id));
+  });
+  after(async () => {
+    for (const n of nodes) for (const s of n.open) s.destroy();
+    await Promise.all(nodes.map((n) => closeServer(n.server)));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('EDP through haproxy and the fault proxy: probes get the rocks verdict; ordinary clients pass', async () => {
+    const haproxy = await startHaproxy(dir, nodes, true);
+    const viaHaproxy = new FaultProxy(haproxy.port);
+    const viaProxyOnly = new FaultProxy(nodes[0].port);
+    try {
+      detectionCache.clear();
+      for (const [path, port] of [
+        ['haproxy', haproxy.port],
+        ['fault proxy, haproxy', await viaHaproxy.listen()],
+        ['fault proxy', await viaProxyOnly.listen()],
+      ] as const) {
+        const c = connect({ port, host: '127.0.0.1' });
+        const [[detect]] = (await Promise.all([once(c, 'detect'), once(c, 'connect')])) as [[DetectInfo], unknown];
+        // The server answers a probe only once the probe's half-close reached it.
+        assert.deepEqual(detect, { reliable: true, reason: 'the server announced rocks', cached: false }, `through ${path}`);
+        c.write('ping');
+        const [echo] = (await once(c, 'data')) as [Buffer];
+        assert.equal(echo.toString(), 'ping');
+        c.end();
+        await once(c, 'close');
+      }
+
+      // An ordinary client that speaks first goes on at once; a silent one once the inspect delay is over.
+      const talker = netConnect(haproxy.port, '127.0.0.1');
+      let started = performance.now();
+      talker.write('EHLO rocks.test\r\n');
+      let heard = '';
+      talker.on('data', (d: Buffer) => (heard += d.toString()));
+      await until(
+        () => heard.endsWith('EHLO rocks.test\r\n'),
+        10_000,
+        () => `the echo, got ${JSON.stringify(heard)}`,
+      );
+      const talkerWaited = performance.now() - started;
+      assert.match(heard, /^220 node \d+ ready\r\nEHLO rocks\.test\r\n$/);
+      talker.destroy();
+
+      const silent = netConnect(haproxy.port, '127.0.0.1');
+      started = performance.now();
+      const [greeting] = (await once(silent, 'data')) as [Buffer];
+      const silentWaited = performance.now() - started;
+      assert.match(greeting.toString(), /^220 node \d+ ready\r\n$/);
+      silent.destroy();
+      console.log(
+        `# ordinary clients through haproxy: one that spoke first had its echo after ${talkerWaited.toFixed(0)} ms; ` +
+          `a silent one had the banner after ${silentWaited.toFixed(0)} ms (inspect-delay 2 s, then the server's detectTimeout 500 ms)`,
+      );
+    } finally {
+      await Promise.all([viaHaproxy.close(), viaProxyOnly.close()]);
+      await haproxy.stop();
+    }
+  });
+
+  test('30 sessions through 3 rounds of resets: every resume reaches its node, every byte arrives', async () => {
+    const haproxy = await startHaproxy(dir, nodes, true);
+    const proxy = new FaultProxy(haproxy.port);
+    for (const n of nodes) {
+      n.sessions.clear();
+      n.refused.clear();
+    }
+    try {
+      const clients = await streamThroughResets(await proxy.listen(), proxy, nodes, true);
+      for (const [i, c] of clients.entries()) {
+        assert.equal(c.error, undefined, `client ${i} failed: ${c.error?.code} ${c.error?.message}`);
+        assert.equal(c.detect?.reliable, true, `client ${i} detected rocks`);
+        assert.ok(c.sessionId !== undefined && c.sentDigest !== undefined);
+        assert.equal(c.receivedDigest, c.sentDigest, `client ${i}: the echo of its ${c.sentBytes} bytes came back exactly`);
+        const owner = nodes.find((n) => n.sessions.has(c.sessionId!));
+        assert.ok(owner, `client ${i}: some node held session ${c.sessionId}`);
+        assert.equal(owner.nodeId, nodeOf(c.sessionId), `client ${i}: the node that held the session is the one its id names`);
+        const held = owner.sessions.get(c.sessionId)!;
+        assert.equal(held.digest, c.sentDigest, `client ${i}: node ${owner.nodeId} received exactly the ${c.sentBytes} bytes sent`);
+        assert.equal(held.resumes, c.reconnects, `client ${i}: each of its ${c.reconnects} resumes reached node ${owner.nodeId}`);
+        assert.ok(c.reconnects >= ROUNDS);
+      }
+      for (const n of nodes) {
+        assert.deepEqual(Object.fromEntries(n.refused), {}, `node ${n.nodeId} refused no link (no resume of a session it does not hold)`);
+      }
+      // haproxy's own word: every resuming link went to the backend of the node it named.
+      const resumeCount = clients.reduce((sum, c) => sum + c.reconnects, 0);
+      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= resumeCount, 10_000, 'haproxy to log every resume');
+      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
+      for (const l of resumes) assert.equal(l.backend, `rocks_node_${l.resumeOf}`, `a resume of node ${l.resumeOf}'s session went to ${l.backend}`);
+
+      const perNode = nodes.map((n) => {
+        const ids = clients.map((c) => c.sessionId).filter((id) => n.sessions.has(id!));
+        const resumed = ids.reduce((sum, id) => sum + n.sessions.get(id!)!.resumes, 0);
+        return `node ${n.nodeId}: ${ids.length} sessions, ${resumed} resumes`;
+      });
+      const bytes = clients.reduce((sum, c) => sum + c.sentBytes, 0);
+      console.log(
+        `# haproxy routed: ${CLIENTS} sessions, ${resumeCount} resumes (${resumes.length} resuming links logged, all to their node), ` +
+          `none lost, ${(bytes / 2 ** 20).toFixed(1)} MiB each way checked; ${perNode.join('; ')}`,
+      );
+    } finally {
+      await proxy.close();
+      await haproxy.stop();
+    }
+  });
+
+  test('control: without the use_backend rule haproxy scatters resumes and sessions are lost', async () => {
+    const haproxy = await startHaproxy(dir, nodes, false);
+    const proxy = new FaultProxy(haproxy.port);
+    for (const n of nodes) {
+      n.sessions.clear();
+      n.refused.clear();
+    }
+    try {
+      const clients = await streamThroughResets(await proxy.listen(), proxy, nodes, false);
+      const lost = clients.filter((c) => c.error !== undefined);
+      for (const c of lost) {
+        assert.ok(c.error instanceof RocksError);
+        assert.ok(
+          ['ERR_ROCKS_UNKNOWN_SESSION', 'ERR_ROCKS_UNCONFIRMED_SESSION'].includes(c.error.code),
+          `lost with ${c.error.code}: ${c.error.message}`,
+        );
+      }
+      assert.ok(lost.length > 0, 'sessions were lost');
+      // The survivors' bytes are still exact.
+      for (const c of clients.filter((c) => c.error === undefined)) assert.equal(c.receivedDigest, c.sentDigest);
+      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= lost.length, 10_000, 'haproxy to log the resumes');
+      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
+      const elsewhere = resumes.filter((l) => l.server !== `node_${l.resumeOf}`).length;
+      const refused = nodes.map((n) => `node ${n.nodeId} refused ${JSON.stringify(Object.fromEntries(n.refused))}`);
+      console.log(
+        `# haproxy without the rule: ${lost.length} of ${CLIENTS} sessions lost; ${elsewhere} of ${resumes.length} resuming links went to another node; ${refused.join('; ')}`,
+      );
+      assert.ok(elsewhere > 0);
+    } finally {
+      await proxy.close();
+      await haproxy.stop();
+    }
+  });
+});
