@@ -157,7 +157,8 @@ class Streamer {
   reconnects = 0;
   detect: DetectInfo | undefined;
   error: RocksError | undefined;
-  /** The session id it ended with (a restarted session gets a new one). */
+  /** The session id it opened with, and the one it ended with (a restarted session gets a new one). */
+  firstSessionId: string | undefined;
   sessionId: string | undefined;
   readonly closed: Promise<void>;
   private writer: NodeJS.Timeout | undefined;
@@ -165,6 +166,7 @@ class Streamer {
   constructor(port: number) {
     this.socket = connect({ port, host: '127.0.0.1', failureTimeout: FAILURE_TIMEOUT });
     this.socket.once('detect', (info) => (this.detect = info));
+    this.socket.once('connect', () => (this.firstSessionId = this.socket.sessionId));
     this.socket.on('reconnect', () => this.reconnects++);
     this.socket.on('data', (d: Buffer) => {
       this.received.update(d);
@@ -284,9 +286,17 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
         await once(c, 'close');
       }
 
-      // An ordinary client that speaks first goes on at once; a silent one once the inspect delay is over.
+      // Ordinary clients: one that waits for the server to speak first is
+      // held for the inspect delay (haproxy cannot tell it from a rocks
+      // client whose bytes are late), then served; one that speaks first is
+      // served while the silent one still waits. That it goes on at once
+      // (not after the delay) shows in the figures printed.
+      const started = performance.now();
+      const silent = netConnect(haproxy.port, '127.0.0.1');
+      let greeting = '';
+      silent.on('data', (d: Buffer) => (greeting += d.toString()));
+      await once(silent, 'connect');
       const talker = netConnect(haproxy.port, '127.0.0.1');
-      let started = performance.now();
       talker.write('EHLO rocks.test\r\n');
       let heard = '';
       talker.on('data', (d: Buffer) => (heard += d.toString()));
@@ -297,13 +307,11 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       );
       const talkerWaited = performance.now() - started;
       assert.match(heard, /^220 node \d+ ready\r\nEHLO rocks\.test\r\n$/);
+      assert.equal(greeting, '', 'the client that spoke first was served while the silent one waited');
       talker.destroy();
-
-      const silent = netConnect(haproxy.port, '127.0.0.1');
-      started = performance.now();
-      const [greeting] = (await once(silent, 'data')) as [Buffer];
+      await until(() => greeting !== '', 10_000, 'the banner for the silent client');
       const silentWaited = performance.now() - started;
-      assert.match(greeting.toString(), /^220 node \d+ ready\r\n$/);
+      assert.match(greeting, /^220 node \d+ ready\r\n$/);
       silent.destroy();
       console.log(
         `# ordinary clients through haproxy: one that spoke first had its echo after ${talkerWaited.toFixed(0)} ms; ` +
@@ -355,6 +363,78 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       console.log(
         `# haproxy routed: ${CLIENTS} sessions, ${resumeCount} resumes (${resumes.length} resuming links logged, all to their node), ` +
           `none lost, ${(bytes / 2 ** 20).toFixed(1)} MiB each way checked; ${perNode.join('; ')}`,
+      );
+    } finally {
+      await proxy.close();
+      await haproxy.stop();
+    }
+  });
+
+  test('resets during the handshake: unconfirmed sessions are refused by their own node and restart anywhere', async () => {
+    // A session is unconfirmed from WELCOME until the client's first frame
+    // reaches the server (PROTOCOL.md §3.4); a link that fails in between
+    // makes the server drop it. The client's resume still reaches that node,
+    // which answers ERR_ROCKS_UNCONFIRMED_SESSION, and the client restarts
+    // with a new HELLO that round robin may send to another node (§3.5).
+    // The proxy delays every chunk 30 ms and resets every link the moment the
+    // 15th client has its WELCOME: its confirmation is still in the proxy.
+    const haproxy = await startHaproxy(dir, nodes, true);
+    const proxy = new FaultProxy(haproxy.port);
+    for (const n of nodes) {
+      n.sessions.clear();
+      n.refused.clear();
+    }
+    try {
+      const port = await proxy.listen();
+      proxy.setDelay(30);
+      let connected = 0;
+      const clients = Array.from({ length: CLIENTS }, () => new Streamer(port));
+      for (const c of clients) {
+        c.socket.once('connect', () => {
+          if (++connected !== CLIENTS / 2) return;
+          proxy.reset();
+          proxy.setDelay(0);
+        });
+      }
+      await until(
+        () => clients.every((c) => !c.alive || (!c.socket.connecting && !c.socket.suspended && c.receivedBytes > 0)),
+        15_000,
+        () => `every client to stream again (${clients.filter((c) => c.receivedBytes > 0).length} of ${CLIENTS})`,
+      );
+      await sleep(200);
+      for (const c of clients) c.finish();
+      await Promise.all(clients.map((c) => c.closed));
+
+      const restarted = clients.filter((c) => c.firstSessionId !== c.sessionId);
+      for (const [i, c] of clients.entries()) {
+        assert.equal(c.error, undefined, `client ${i} failed: ${c.error?.code} ${c.error?.message}`);
+        assert.equal(c.receivedDigest, c.sentDigest, `client ${i}: its echo came back exactly`);
+        const owner = nodes.find((n) => n.sessions.has(c.sessionId!));
+        assert.equal(owner?.nodeId, nodeOf(c.sessionId!), `client ${i}: its session is held by the node its id names`);
+        assert.equal(owner.sessions.get(c.sessionId!)!.digest, c.sentDigest, `client ${i}: node ${owner.nodeId} received exactly what it sent`);
+      }
+      // Each restart followed one refusal, and every refusal was of an unconfirmed session by its own node.
+      const refusals = nodes.map((n) => {
+        assert.deepEqual(
+          [...n.refused.keys()].filter((code) => code !== 'ERR_ROCKS_UNCONFIRMED_SESSION'),
+          [],
+          `node ${n.nodeId}'s refusals`,
+        );
+        return n.refused.get('ERR_ROCKS_UNCONFIRMED_SESSION') ?? 0;
+      });
+      assert.ok(restarted.length >= 1, 'at least the 15th client restarted');
+      assert.equal(
+        refusals.reduce((a, b) => a + b),
+        restarted.length,
+      );
+      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= restarted.length, 10_000, 'haproxy to log the resumes');
+      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
+      for (const l of resumes) assert.equal(l.backend, `rocks_node_${l.resumeOf}`, `a resume of node ${l.resumeOf}'s session went to ${l.backend}`);
+      const moved = restarted.filter((c) => nodeOf(c.firstSessionId!) !== nodeOf(c.sessionId!)).length;
+      console.log(
+        `# haproxy, resets during the handshake: ${restarted.length} of ${CLIENTS} sessions restarted after ERR_ROCKS_UNCONFIRMED_SESSION ` +
+          `(refused by nodes ${NODE_IDS.map((id, i) => `${id}: ${refusals[i]}`).join(', ')}), ${moved} of them on another node; ` +
+          `${resumes.length} resuming links, all to their node; none lost`,
       );
     } finally {
       await proxy.close();
