@@ -40,12 +40,11 @@ export const PROGRAMS = {
   ip: 'iproute2',
   tc: 'iproute2',
   nft: 'nftables',
-  // PROXY protocol headers checked against a real writer and reader (test/protocol/proxy-header.test.ts).
+  // PROXY protocol headers checked against a real writer and reader (test/protocol/proxy-header.test.ts),
+  // and a real load balancer routing resumes by node id (docs/haproxy.cfg).
   haproxy: 'haproxy',
   // The benchmark's real client (bench/cases/iperf.ts).
   iperf3: 'iperf3',
-  // A real load balancer routing resumes by node id (docs/haproxy.cfg).
-  haproxy: 'haproxy',
   // A proxy that breaks EDP probes unless told to pass half-closes (docs/BALANCERS.md),
   // and its stream module (a file, not a program: found by its full path).
   nginx: 'nginx',
