@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
+import { type AddressInfo, connect as netConnect, createServer as netCreateServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -22,6 +22,7 @@ import { readRepoFile } from '../docs/markdown.js';
 import { sleep, until } from '../support/helpers.js';
 import { closeServer, listen } from '../support/net.js';
 import { freePort, programs, start, waitForPort } from '../support/programs.js';
+import { startRock } from '../support/rock.js';
 import type { Program } from '../support/helpers.js';
 
 const NODE_IDS = [0x11, 0x22, 0x33];
@@ -30,10 +31,14 @@ const ROUNDS = 3;
 const FAILURE_TIMEOUT = 1000;
 const banner = (nodeId: number) => `220 node ${nodeId} ready\r\n`;
 
-/** What one rocks server saw. */
-interface Node {
+/** A rocks server of the bed: its node id and port. */
+interface Listening {
   nodeId: number;
   port: number;
+}
+
+/** What one rocks server saw. */
+interface Node extends Listening {
   server: ReliableServer;
   /** Sessions it held, by id (hex): what it received and how often the session resumed here. */
   sessions: Map<string, { received: ReturnType<typeof createHash>; digest: string | undefined; resumes: number }>;
@@ -76,7 +81,7 @@ async function startNode(nodeId: number): Promise<Node> {
  * node's server lines on its port, nodes.map (written as the file's comment
  * gives it) in `dir`. `routed: false` drops the use_backend rule.
  */
-function haproxyConfig(dir: string, port: number, nodes: Node[], routed: boolean): string {
+function haproxyConfig(dir: string, port: number, nodes: Listening[], routed: boolean): string {
   const doc = readRepoFile('docs/haproxy.cfg');
   const map = [...doc.matchAll(/^#\s+(\d+) (rocks_node_\d+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
   assert.deepEqual(
@@ -97,7 +102,8 @@ function haproxyConfig(dir: string, port: number, nodes: Node[], routed: boolean
     })
     .replaceAll('/etc/haproxy/nodes.map', mapPath);
   assert.match(config, new RegExp(`^\\s*bind 127\\.0\\.0\\.1:${port}$`, 'm'), 'the frontend binds our port');
-  assert.equal(servers, 2 * NODE_IDS.length, 'a server line per node in rocks_any and in each node backend');
+  // rocks_any's, and in each node's backend the node and the others as backups.
+  assert.equal(servers, NODE_IDS.length + NODE_IDS.length ** 2, 'the server lines of docs/haproxy.cfg');
   if (!routed) {
     const lines = config.split('\n');
     const kept = lines.filter((l) => !/^\s*use_backend /.test(l));
@@ -124,7 +130,7 @@ interface Haproxy {
   stop(): Promise<void>;
 }
 
-async function startHaproxy(dir: string, nodes: Node[], routed: boolean): Promise<Haproxy> {
+async function startHaproxy(dir: string, nodes: Listening[], routed: boolean): Promise<Haproxy> {
   const port = await freePort();
   const file = join(dir, routed ? 'routed.cfg' : 'control.cfg');
   writeFileSync(file, haproxyConfig(dir, port, nodes, routed));
@@ -144,6 +150,9 @@ async function startHaproxy(dir: string, nodes: Node[], routed: boolean): Promis
   await waitForPort(port, '127.0.0.1', 10_000, program);
   return { port, process: program, log, other, stop: () => program.stop() };
 }
+
+/** Every Streamer not yet closed: a failed test leaves some streaming, and they would keep the file's process alive. */
+const streaming = new Set<Streamer>();
 
 /** A rocks client that streams random bytes to an echo server and hashes both directions. */
 class Streamer {
@@ -182,7 +191,11 @@ class Streamer {
     });
     // Not once(): it would reject on 'error', which the listener above records.
     this.closed = new Promise((resolve) => this.socket.once('close', () => resolve()));
-    this.closed.then(() => this.stopWriting());
+    streaming.add(this);
+    this.closed.then(() => {
+      this.stopWriting();
+      streaming.delete(this);
+    });
     this.socket.once('connect', () => {
       this.writer = setInterval(() => this.write(randomBytes(2048)), 20);
     });
@@ -259,6 +272,7 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
     for (const id of NODE_IDS) nodes.push(await startNode(id));
   });
   after(async () => {
+    for (const c of streaming) c.socket.destroy();
     for (const n of nodes) for (const s of n.open) s.destroy();
     await Promise.all(nodes.map((n) => closeServer(n.server)));
     rmSync(dir, { recursive: true, force: true });
@@ -352,7 +366,7 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       const resumeCount = clients.reduce((sum, c) => sum + c.reconnects, 0);
       await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= resumeCount, 10_000, 'haproxy to log every resume');
       const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
-      for (const l of resumes) assert.equal(l.backend, `rocks_node_${l.resumeOf}`, `a resume of node ${l.resumeOf}'s session went to ${l.backend}`);
+      for (const l of resumes) assert.deepEqual(l, { backend: `rocks_node_${l.resumeOf}`, server: `node_${l.resumeOf}`, resumeOf: l.resumeOf });
 
       const perNode = nodes.map((n) => {
         const ids = clients.map((c) => c.sessionId).filter((id) => n.sessions.has(id!));
@@ -429,7 +443,7 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       );
       await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= restarted.length, 10_000, 'haproxy to log the resumes');
       const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
-      for (const l of resumes) assert.equal(l.backend, `rocks_node_${l.resumeOf}`, `a resume of node ${l.resumeOf}'s session went to ${l.backend}`);
+      for (const l of resumes) assert.deepEqual(l, { backend: `rocks_node_${l.resumeOf}`, server: `node_${l.resumeOf}`, resumeOf: l.resumeOf });
       const moved = restarted.filter((c) => nodeOf(c.firstSessionId!) !== nodeOf(c.sessionId!)).length;
       console.log(
         `# haproxy, resets during the handshake: ${restarted.length} of ${CLIENTS} sessions restarted after ERR_ROCKS_UNCONFIRMED_SESSION ` +
@@ -439,6 +453,66 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
     } finally {
       await proxy.close();
       await haproxy.stop();
+    }
+  });
+
+  test('a node killed: its sessions end with ERR_ROCKS_UNKNOWN_SESSION at their next resume, the others flow on', async () => {
+    // Real processes this time, so that one can die without a word: three
+    // `rock serve --node-id` relaying to one plain echo server.
+    const echo = netCreateServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    echo.listen(0, '127.0.0.1');
+    await once(echo, 'listening');
+    const echoPort = (echo.address() as AddressInfo).port;
+    const serves: (Listening & { rock: Program })[] = [];
+    let haproxy: Haproxy | undefined;
+    try {
+      for (const nodeId of NODE_IDS) {
+        const port = await freePort();
+        const args = ['serve', '--listen', `127.0.0.1:${port}`, '--to', `127.0.0.1:${echoPort}`, '--node-id', String(nodeId)];
+        serves.push({ nodeId, port, rock: await startRock([...args, '--failure-timeout', String(FAILURE_TIMEOUT)], /serving rocks/) });
+      }
+      haproxy = await startHaproxy(dir, serves, true);
+      const clients = Array.from({ length: CLIENTS }, () => new Streamer(haproxy!.port));
+      await until(() => clients.every((c) => c.receivedBytes > 0), 15_000, 'echoes on every client');
+      const victim = serves[1];
+      const doomed = clients.filter((c) => nodeOf(c.firstSessionId!) === victim.nodeId);
+      const spared = clients.filter((c) => !doomed.includes(c));
+      const killedAt = performance.now();
+      const endedAfter: number[] = [];
+      for (const c of doomed) c.socket.once('close', () => endedAfter.push(performance.now() - killedAt));
+      victim.rock.child.kill('SIGKILL');
+      await until(
+        () => doomed.every((c) => c.error !== undefined),
+        15_000,
+        () => `${doomed.filter((c) => c.alive).length} sessions of the dead node still open`,
+      );
+      for (const c of doomed) assert.equal(c.error?.code, 'ERR_ROCKS_UNKNOWN_SESSION', `${c.error?.code}: ${c.error?.message}`);
+      // The others never noticed: they stream on, and every byte comes back.
+      const before = spared.map((c) => c.receivedBytes);
+      await until(() => spared.every((c, i) => c.receivedBytes > before[i]), 10_000, 'the other sessions to stream on');
+      for (const c of spared) c.finish();
+      await Promise.all(spared.map((c) => c.closed));
+      for (const c of spared) {
+        assert.equal(c.error, undefined, `${c.error?.code}: ${c.error?.message}`);
+        assert.equal(c.receivedDigest, c.sentDigest);
+        assert.equal(c.reconnects, 0, 'untouched by the death');
+      }
+      await until(() => haproxy!.log.filter((l) => l.resumeOf === victim.nodeId).length >= doomed.length, 10_000, 'haproxy to log the resumes');
+      const toBackup = haproxy.log.filter((l) => l.resumeOf === victim.nodeId && l.server !== `node_${victim.nodeId}`).length;
+      console.log(
+        `# haproxy, node ${victim.nodeId} killed: its ${doomed.length} sessions ended with ERR_ROCKS_UNKNOWN_SESSION ` +
+          `${Math.round(Math.min(...endedAfter))} to ${Math.round(Math.max(...endedAfter))} ms after (failureTimeout ${FAILURE_TIMEOUT} ms); ` +
+          `${toBackup} of their resuming links went to a backup node; the other ${spared.length} streamed on, every byte checked`,
+      );
+      assert.equal(doomed.length + spared.length, CLIENTS);
+      assert.ok(doomed.length > 0 && toBackup > 0);
+    } finally {
+      await haproxy?.stop();
+      await Promise.all(serves.map((s) => s.rock.stop()));
+      await new Promise((resolve) => echo.close(resolve));
     }
   });
 
