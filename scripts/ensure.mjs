@@ -40,14 +40,23 @@ export const PROGRAMS = {
   ip: 'iproute2',
   tc: 'iproute2',
   nft: 'nftables',
-  // PROXY protocol headers checked against a real writer and reader (test/protocol/proxy-header.test.ts).
+  // PROXY protocol headers checked against a real writer and reader (test/protocol/proxy-header.test.ts),
+  // and a real load balancer routing resumes by node id (docs/haproxy.cfg).
   haproxy: 'haproxy',
   // The benchmark's real client (bench/cases/iperf.ts).
   iperf3: 'iperf3',
+  // A proxy that breaks EDP probes unless told to pass half-closes (docs/BALANCERS.md),
+  // and its stream module (a file, not a program: found by its full path).
+  nginx: 'nginx',
+  '/usr/lib/nginx/modules/ngx_stream_module.so': 'libnginx-mod-stream',
 };
 
-/** The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or undefined. */
+/**
+ * The full path of `program` on PATH (or in /usr/sbin, where sshd lives), or
+ * undefined. A full path names a file that must exist (a module, say).
+ */
 export function findProgram(program) {
+  if (program.startsWith('/')) return existsSync(program) ? program : undefined;
   const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'];
   for (const dir of dirs) {
     if (dir === '') continue;
