@@ -17,6 +17,7 @@ export type { Verdict } from './node/detect.js';
 export { ROCKS, EDP_VERSION, encodeAnnouncement, parseAnnouncement } from './edp/announcement.js';
 export type { Enhancement } from './edp/announcement.js';
 export { ReliableServer, createServer } from './node/server.js';
+export { setupPrimary } from './node/cluster.js';
 export {
   routeLink,
   ownerOf,

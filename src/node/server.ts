@@ -14,6 +14,7 @@ import { relayRefusal, ServerCore } from '../protocol/server-core.js';
 import { type DeploymentOptions, openDirectory, reachableAt } from './deployment.js';
 import type { NodeDirectory } from './directory.js';
 import { relayLink } from './node-relay.js';
+import { listenThroughPrimary, type PrimaryListen } from './cluster.js';
 import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
@@ -49,6 +50,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly directory: NodeDirectory | undefined;
   private relayed = 0;
   private nextLinkId = 1;
+  /** In a cluster worker: the listen the primary does for us (cluster.ts). */
+  private cluster: PrimaryListen | undefined;
   private closing = false;
   private closeEmitted = false;
 
@@ -81,7 +84,15 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   listen(path: string, listeningListener?: () => void): this;
   listen(options: ListenOptions, listeningListener?: () => void): this;
   listen(...args: unknown[]): this {
-    (this.server.listen as (...a: unknown[]) => Server)(...args);
+    this.cluster = listenThroughPrimary(args, this.options, {
+      listening: (owner) => {
+        this.core.assignOwner(owner);
+        this.onListening();
+      },
+      error: (err) => this.emit('error', err),
+      link: (socket, initial, age) => this.acceptLink(socket, initial, age),
+    });
+    if (this.cluster === undefined) (this.server.listen as (...a: unknown[]) => Server)(...args);
     return this;
   }
 
@@ -89,7 +100,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   close(callback?: (err?: Error) => void): this {
     this.closing = true;
     if (callback) {
-      if (!this.server.listening) {
+      if (!this.listening) {
         const err = Object.assign(new Error('Server is not running.'), { code: 'ERR_SERVER_NOT_RUNNING' });
         queueMicrotask(() => callback(err));
       } else {
@@ -97,6 +108,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       }
     }
     if (this.server.listening) this.server.close();
+    this.cluster?.close();
     void this.directory?.close().catch((err) => this.emit('error', err));
     // Links still being detected or handshaking: nobody holds them yet.
     for (const id of this.core.pendingLinks()) this.links.get(id)?.close(undefined, false);
@@ -108,11 +120,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   }
 
   address(): AddressInfo | string | null {
-    return this.server.address();
+    return this.cluster ? this.cluster.address() : this.server.address();
   }
 
   get listening(): boolean {
-    return this.server.listening;
+    return this.cluster?.listening ?? this.server.listening;
   }
 
   getConnections(callback: (err: Error | null, count: number) => void): this {
@@ -142,25 +154,40 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
 
   ref(): this {
     this.server.ref();
+    this.cluster?.ref();
     return this;
   }
 
   unref(): this {
     this.server.unref();
+    this.cluster?.unref();
     return this;
   }
 
   // ---- links before they belong to a session -------------------------------------------
 
   private onTcpConnection(socket: Socket): void {
+    this.acceptLink(socket, Buffer.alloc(0));
+  }
+
+  /**
+   * Serves a TCP connection accepted elsewhere (a cluster primary, a balancer
+   * of your own) as if this server had accepted it: `initial` holds the bytes
+   * already read from it, `age` how long ago (ms) it was accepted, so that a
+   * silent client is not kept waiting for detectTimeout twice.
+   */
+  acceptLink(socket: Socket, initial: Buffer, age = 0): void {
     if (this.closing) {
       socket.destroy();
       return;
     }
+    // A socket passed between processes comes without it; a probe's answer needs it.
+    socket.allowHalfOpen = true;
     const id = this.nextLinkId++;
     this.links.set(id, new LinkHandle(id, socket, this));
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
-    this.core.handleLinkOpen(id, monotonicNow(), fromMember);
+    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember);
+    if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());
     this.drainCore();
   }
 
@@ -170,7 +197,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       this.emit('listening');
       return;
     }
-    this.directory.start(this.server.address()).then(
+    this.directory.start(this.address()).then(
       () => this.emit('listening'),
       (err) => {
         this.server.close();
@@ -293,7 +320,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           refuse('is not in this deployment');
           return;
         }
-        relayLink(socket, initial, address, reachableAt(this.server.address())?.host, (outcome) => {
+        relayLink(socket, initial, address, reachableAt(this.address())?.host, (outcome) => {
           if (outcome.kind === 'refused') {
             refuse('is gone');
             return;
@@ -337,7 +364,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   }
 
   private maybeClosed(): void {
-    if (this.closing && !this.server.listening && this.open.size === 0 && !this.closeEmitted) {
+    if (this.closing && !this.listening && this.open.size === 0 && !this.closeEmitted) {
       this.closeEmitted = true;
       this.emit('close');
     }

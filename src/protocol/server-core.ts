@@ -98,7 +98,7 @@ export class ServerCore implements SessionHost {
   private buffered = 0;
   /** This run of the server; a client resuming with another one knows the server restarted. */
   readonly instance: Buffer;
-  private readonly owner: SessionOwner;
+  private owner: SessionOwner;
 
   private events: ServerEvent[] = [];
   private eventHead = 0;
@@ -120,6 +120,11 @@ export class ServerCore implements SessionHost {
   /** The node and worker every session id this server issues names. */
   get nodeId(): number {
     return this.owner.nodeId;
+  }
+
+  /** Names another owner in the sessions created from now on (a cluster worker learns its own when it listens). */
+  assignOwner(owner: SessionOwner): void {
+    this.owner = { ...owner };
   }
 
   get sessionCount(): number {

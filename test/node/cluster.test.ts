@@ -1,0 +1,338 @@
+// Node cluster: a real cluster program (test/node/fixtures/cluster-echo.mjs,
+// 3 workers each running a rocks echo server through the library) behind a
+// fault proxy on loopback. The primary routes every link by its first bytes:
+// resumes reach the worker that holds their session through resets and a
+// black hole; without rocks in the primary (Node's own round robin) they do
+// not; a worker that dies takes only its own sessions, which end promptly
+// with ERR_ROCKS_UNKNOWN_SESSION; odd links are answered on their own.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { encodeAnnouncement, ROCKS } from '../../src/index.js';
+import { EDP_MAGIC } from '../../src/edp/announcement.js';
+import { encodeResume, FrameParser, FrameType } from '../../src/protocol/frames.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { EchoClient } from '../support/echo-client.js';
+import { type Program, readJsonLines, sleep, until } from '../support/helpers.js';
+import { start } from '../support/programs.js';
+
+const FIXTURE = fileURLToPath(new URL('../../../test/node/fixtures/cluster-echo.mjs', import.meta.url));
+const ROCKS_MODULE = new URL('../../src/index.js', import.meta.url).href;
+const OPTIONS = { failureTimeout: 1000, heartbeatInterval: 200, reconnectDelay: 10, reconnectDelayMax: 200 };
+const WORKERS = 3;
+const CLIENTS = 30;
+
+/** A line the fixture printed. */
+interface ClusterEvent {
+  pid: number;
+  event: 'listening' | 'session' | 'resume' | 'error' | 'plain' | 'exit';
+  id?: string;
+  port?: number;
+  code?: string | number;
+  worker?: number;
+}
+
+interface RunningCluster {
+  program: Program;
+  events: ClusterEvent[];
+  port: number;
+  /** The workers' pids. */
+  pids: number[];
+  /** The pid of the worker that printed the session, by session id. */
+  holder(id: string | undefined): number | undefined;
+}
+
+async function startCluster(mode: 'routed' | 'unrouted'): Promise<RunningCluster> {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    CLUSTER_MODE: mode,
+    CLUSTER_WORKERS: String(WORKERS),
+    ROCKS_MODULE,
+    CLUSTER_OPTIONS: JSON.stringify(OPTIONS),
+  };
+  delete env.NODE_TEST_CONTEXT;
+  const program = start(process.execPath, [FIXTURE], { env });
+  const events: ClusterEvent[] = [];
+  readJsonLines<ClusterEvent>(program.child.stdout!, (e) => events.push(e));
+  const listening = () => events.filter((e) => e.event === 'listening');
+  await until(
+    () => {
+      if (program.exited !== undefined) throw new Error(`the cluster exited (${program.exited}):\n${program.output}`);
+      return listening().length === WORKERS;
+    },
+    15_000,
+    () => `${WORKERS} workers listening:\n${program.output}`,
+  );
+  const ports = new Set(listening().map((e) => e.port));
+  assert.equal(ports.size, 1, 'the workers share one port');
+  return {
+    program,
+    events,
+    port: listening()[0].port!,
+    pids: listening().map((e) => e.pid),
+    holder: (id) => events.find((e) => e.event === 'session' && e.id === id)?.pid,
+  };
+}
+
+const startClients = (port: number): EchoClient[] => Array.from({ length: CLIENTS }, () => new EchoClient(port, OPTIONS));
+
+async function allFlowing(clients: EchoClient[]): Promise<void> {
+  const before = clients.map((c) => c.received);
+  await until(
+    () => clients.every((c, i) => c.error !== undefined || c.received > before[i]),
+    20_000,
+    () => `every client to get an echo: ${clients.filter((c, i) => c.received <= before[i]).length} waiting`,
+  );
+}
+
+async function allResumed(clients: EchoClient[], count: number): Promise<void> {
+  await until(
+    () => clients.every((c) => c.error !== undefined || c.reconnects >= count),
+    20_000,
+    () => `every client to resume ${count} times: ${clients.map((c) => c.reconnects).join(' ')}`,
+  );
+}
+
+function lostSessions(clients: EchoClient[]): string[] {
+  return clients
+    .filter((c) => !c.intact)
+    .map((c) => `${c.sessionId}: ${c.error?.code ?? ''} ${c.error?.message ?? `${c.received} of ${c.sent} bytes back`}`);
+}
+
+describe('Node cluster: the primary routes each link to its worker', () => {
+  test(`${WORKERS} workers, ${CLIENTS} clients through 3 resets and a black hole: every resume reaches its own worker, every byte comes back`, {
+    timeout: 60_000,
+  }, async () => {
+    const cluster = await startCluster('routed');
+    const proxy = new FaultProxy(cluster.port);
+    const port = await proxy.listen();
+    const clients = startClients(port);
+    try {
+      await allFlowing(clients);
+      for (let round = 1; round <= 3; round++) {
+        proxy.reset();
+        await allResumed(clients, round);
+        await allFlowing(clients);
+      }
+      proxy.blackhole();
+      await sleep(OPTIONS.failureTimeout + 300); // silence: every client declares its link failed
+      proxy.heal();
+      await allResumed(clients, 4);
+      await allFlowing(clients);
+      await Promise.all(clients.map((c) => c.stop()));
+      assert.deepEqual(lostSessions(clients), []);
+
+      // Every session was created by one worker, named by its worker byte, and every resume was served by that worker.
+      const clientResumes = clients.reduce((n, c) => n + c.reconnects, 0);
+      const resumes = () => cluster.events.filter((e) => e.event === 'resume');
+      await until(
+        () => resumes().length >= clientResumes,
+        5000,
+        () => `${clientResumes} resumes reported, got ${resumes().length}`,
+      );
+      assert.equal(resumes().length, clientResumes);
+      const byteToPid = new Map<number, Set<number>>();
+      for (const c of clients) {
+        const holder = cluster.holder(c.sessionId);
+        assert.ok(holder !== undefined, `a worker reported session ${c.sessionId}`);
+        byteToPid.set(c.workerByte!, (byteToPid.get(c.workerByte!) ?? new Set()).add(holder));
+      }
+      assert.equal(byteToPid.size, WORKERS, 'sessions spread over every worker');
+      for (const [byte, pids] of byteToPid) assert.equal(pids.size, 1, `worker byte ${byte} names one worker`);
+      for (const r of resumes()) assert.equal(r.pid, cluster.holder(r.id), `resume of ${r.id} served by its worker`);
+      assert.deepEqual(
+        cluster.events.filter((e) => e.event === 'error' || e.event === 'exit'),
+        [],
+      );
+      const perWorker = [...byteToPid].map(([byte, pids]) => {
+        const pid = [...pids][0];
+        return `worker ${byte} (pid ${pid}): ${clients.filter((c) => c.workerByte === byte).length} sessions, ${resumes().filter((r) => r.pid === pid).length} resumes`;
+      });
+      const bytes = clients.reduce((n, c) => n + c.sent, 0);
+      console.log(`# cluster: ${(bytes / 1024 / 1024).toFixed(1)} MiB echoed intact, ${clientResumes} resumes; ${perWorker.join('; ')}`);
+    } finally {
+      for (const c of clients) c.destroy();
+      await proxy.close();
+      await cluster.program.stop();
+    }
+  });
+
+  test('control: the same program without rocks in the primary (Node round robin) loses sessions at the first reset', {
+    timeout: 60_000,
+  }, async () => {
+    const cluster = await startCluster('unrouted');
+    const proxy = new FaultProxy(cluster.port);
+    const port = await proxy.listen();
+    const clients = startClients(port);
+    try {
+      await allFlowing(clients);
+      proxy.reset();
+      await allResumed(clients, 1);
+      const lost = clients.filter((c) => c.error?.code === 'ERR_ROCKS_UNKNOWN_SESSION');
+      console.log(`# without routing: ${lost.length} of ${CLIENTS} sessions lost at one reset (${lost[0]?.error?.message})`);
+      assert.ok(lost.length > 0, 'resumes scattered by round robin find workers that do not know them');
+      assert.match(cluster.program.output, /ROCKS_CLUSTER_UNROUTED/, 'the workers warned');
+    } finally {
+      for (const c of clients) c.destroy();
+      await proxy.close();
+      await cluster.program.stop();
+    }
+  });
+
+  test('a worker killed with SIGKILL: its sessions end with ERR_ROCKS_UNKNOWN_SESSION at their next resume, the others keep flowing', {
+    timeout: 60_000,
+  }, async () => {
+    const cluster = await startCluster('routed');
+    const proxy = new FaultProxy(cluster.port);
+    const port = await proxy.listen();
+    const clients = startClients(port);
+    try {
+      await allFlowing(clients);
+      await until(() => clients.every((c) => cluster.holder(c.sessionId) !== undefined), 5000, 'every session reported');
+      const victim = cluster.holder(clients[0].sessionId)!;
+      const victims = clients.filter((c) => cluster.holder(c.sessionId) === victim);
+      const others = clients.filter((c) => !victims.includes(c));
+      const killedAt = performance.now();
+      process.kill(victim, 'SIGKILL');
+      await until(() => victims.every((c) => c.error !== undefined), 10_000, 'the dead worker’s sessions to fail');
+      for (const c of victims) {
+        assert.equal(c.error?.code, 'ERR_ROCKS_UNKNOWN_SESSION', c.error?.message);
+        assert.match(c.error!.message, /worker \d+ of this node is gone/);
+      }
+      const times = victims.map((c) => Math.round(c.failedAt! - killedAt));
+      await allFlowing(others);
+      await allFlowing(others);
+      await Promise.all(others.map((c) => c.stop()));
+      assert.deepEqual(lostSessions(others), []);
+      console.log(
+        `# worker ${victim} killed: its ${victims.length} sessions failed after ${times.join(', ')} ms (failureTimeout ${OPTIONS.failureTimeout}); ` +
+          `the other ${others.length} finished intact (message: ${victims[0].error?.message})`,
+      );
+    } finally {
+      for (const c of clients) c.destroy();
+      await proxy.close();
+      await cluster.program.stop();
+    }
+  });
+
+  test('a probe, ordinary clients, garbage and forged resumes are each answered on their own link; sessions go on', { timeout: 60_000 }, async () => {
+    const cluster = await startCluster('routed');
+    const client = new EchoClient(cluster.port, OPTIONS);
+    try {
+      await allFlowing([client]);
+      const announcement = encodeAnnouncement([ROCKS]);
+
+      // A probe (connect, half-close): the primary answers with the announcement.
+      const probe = await talk(cluster.port, undefined, true);
+      assert.deepEqual(probe.received, announcement);
+
+      // An ordinary client that speaks first: a worker serves it plainly, with its first bytes.
+      const hello = await talk(cluster.port, Buffer.from('hello\n'), false, (r) => r.toString().includes('hello\n'));
+      assert.match(hello.received.toString(), /^plain \d+\nhello\n$/);
+
+      // Ordinary clients that send much at once: what the primary had not read when it handed the link on is not lost.
+      const payloads = Array.from({ length: 20 }, () => randomBytes(256 * 1024));
+      const echoes = await Promise.all(payloads.map((p) => plainEcho(cluster.port, p)));
+      for (const [i, echo] of echoes.entries()) {
+        const text = echo.subarray(0, echo.indexOf(0x0a) + 1).toString();
+        assert.match(text, /^plain \d+\n$/);
+        assert.ok(
+          echo.subarray(text.length).equals(payloads[i]),
+          `plain client ${i}: ${echo.length - text.length} of ${payloads[i].length} bytes back intact`,
+        );
+      }
+
+      // A silent one: served plainly once detectTimeout (500 ms) has passed, counted once, in the primary.
+      const silentAt = performance.now();
+      const silent = await talk(cluster.port, undefined, false, (r) => r.includes(0x0a));
+      const silentMs = Math.round(performance.now() - silentAt);
+      assert.match(silent.received.toString(), /^plain \d+\n$/);
+
+      // A malformed announcement: that link is closed.
+      const malformed = await talk(cluster.port, Buffer.concat([EDP_MAGIC, Buffer.from([9, 1])]));
+      assert.equal(malformed.received.length, 0);
+
+      // A rocks link whose first frame is neither HELLO nor RESUME: an ERROR, that link closed.
+      const garbage = await talk(cluster.port, Buffer.concat([announcement, Buffer.from([0x09, 0, 0, 0, 0])]));
+      assert.match(errorOf(garbage.received, announcement).message, /unknown frame type 0x09/);
+
+      // A resume naming a worker this node never had: the primary answers ERR_ROCKS_UNKNOWN_SESSION.
+      const id = Buffer.alloc(16, 7);
+      id[0] = 1;
+      id[5] = 77;
+      const forged = await talk(cluster.port, Buffer.concat([announcement, encodeResume(1, id, Buffer.alloc(16), Buffer.alloc(8))]));
+      const error = errorOf(forged.received, announcement);
+      assert.equal(error.code, 3);
+      assert.match(error.message, /there is no worker 77 on this node/);
+
+      await allFlowing([client]);
+      await client.stop();
+      assert.ok(client.intact);
+      assert.deepEqual(
+        cluster.events.filter((e) => e.event === 'exit'),
+        [],
+      );
+      console.log(`# a silent client was served plainly after ${silentMs} ms (detectTimeout 500)`);
+    } finally {
+      client.destroy();
+      await cluster.program.stop();
+    }
+  });
+});
+
+/** Sends `bytes` at once on a plain link and resolves with what comes back by the time the echo ends. */
+async function plainEcho(port: number, bytes: Buffer): Promise<Buffer> {
+  const socket: Socket = netConnect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  const chunks: Buffer[] = [];
+  socket.on('data', (d: Buffer) => chunks.push(d));
+  socket.on('error', () => {});
+  socket.end(bytes);
+  await once(socket, 'close');
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Opens a plain TCP link, sends `bytes` (or nothing), half-closes if asked,
+ * and collects what comes back until the link ends or `enough` says so.
+ */
+async function talk(
+  port: number,
+  bytes: Buffer | undefined,
+  halfClose = false,
+  enough?: (received: Buffer) => boolean,
+): Promise<{ received: Buffer }> {
+  const socket: Socket = netConnect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(socket, 'connect');
+  if (bytes) socket.write(bytes);
+  if (halfClose) socket.end();
+  let received = Buffer.alloc(0);
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer in 10 s, got ${received.toString('hex')}`)), 10_000);
+    const finish = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    socket.on('data', (d: Buffer) => {
+      received = Buffer.concat([received, d]);
+      if (enough?.(received)) finish();
+    });
+    socket.on('end', finish);
+    socket.on('error', finish);
+  });
+  socket.destroy();
+  return { received };
+}
+
+/** The ERROR frame after our announcement in what a server sent. */
+function errorOf(received: Buffer, announcement: Buffer): { code: number; message: string } {
+  assert.deepEqual(received.subarray(0, announcement.length), announcement);
+  const parser = new FrameParser();
+  parser.push(received.subarray(announcement.length));
+  const frame = parser.next();
+  assert.equal(frame?.type, FrameType.ERROR);
+  return frame as { code: number; message: string };
+}
