@@ -2,6 +2,7 @@
 // with --json, readable text otherwise), Prometheus metrics (prom-client)
 // with --metrics, and on a terminal a live status line per connection.
 
+import cluster from 'node:cluster';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { once } from 'node:events';
 import { clearScreenDown, moveCursor } from 'node:readline';
@@ -43,7 +44,8 @@ export class Monitor {
   private readonly live: boolean;
 
   constructor(private readonly common: CommonOptions) {
-    this.live = !common.json && process.stderr.isTTY === true;
+    // Workers of rock serve --workers share the terminal: only the primary may redraw it.
+    this.live = !common.json && process.stderr.isTTY === true && !cluster.isWorker;
     const destination = {
       write: (line: string) => {
         this.clearStatus();
@@ -51,7 +53,7 @@ export class Monitor {
         this.drawStatus();
       },
     };
-    this.log = pino({ level: common.logLevel, base: undefined }, destination);
+    this.log = pino({ level: common.logLevel, base: cluster.isWorker ? { worker: process.pid } : undefined }, destination);
     const registers = [this.registry];
     this.metrics = {
       connections: new Gauge({

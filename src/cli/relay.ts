@@ -13,10 +13,10 @@ import { Monitor } from './monitor.js';
 
 export type RelayKind = 'serve' | 'forward';
 
-const show = (e: Endpoint): string => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
+export const show = (e: Endpoint): string => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
 
 /** Checks that something accepts connections at `to`, so a typo fails now and not at the first client. */
-async function reachable(to: Endpoint): Promise<void> {
+export async function reachable(to: Endpoint): Promise<void> {
   const socket = netConnect(to.port, to.host);
   try {
     await once(socket, 'connect');

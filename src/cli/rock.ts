@@ -3,6 +3,7 @@
 // parses its own arguments (node:util parseArgs); bad input is one line on
 // standard error and exit code 2. Exit codes are listed in EXIT (args.ts).
 
+import cluster from 'node:cluster';
 import { resolveSessionConfig } from '../protocol/config.js';
 import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
 import type { PeerEntry } from '../node/directory.js';
@@ -34,7 +35,7 @@ Child Node processes inherit it. For programs in other languages use
 rock forward, or rock stdio as an ssh ProxyCommand.
 
 ${COMMON_HELP.replace(/\n {2}--metrics[^\n]*/, '')}`,
-  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [--peers LIST] [options]
+  serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [--peers LIST] [--workers N] [options]
 
 Accepts reliable connections on --listen and relays each to the ordinary TCP
 server at --to (the paper's rockd). Ordinary clients are relayed too.
@@ -51,6 +52,9 @@ server at --to (the paper's rockd). Ordinary clients are relayed too.
                            with a lease); needs --node-id
   --advertise HOST:PORT    with --directory: where the other nodes reach this one
                            (default: --listen, if not a wildcard)
+  --workers N              relay in N worker processes (1-255, Node cluster); the
+                           primary sends each resume to the worker that holds
+                           its session (not with --metrics)
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -103,6 +107,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     peers: { type: 'string' },
     directory: { type: 'string' },
     advertise: { type: 'string' },
+    workers: { type: 'string' },
   } as const;
   const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : options, false);
   if (values.help) return help(kind);
@@ -118,8 +123,24 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   if (directory !== undefined && nodeId === undefined) throw new UsageError('--directory needs --node-id (each node of a deployment has its own)');
   if (advertiseText !== undefined && directory === undefined) throw new UsageError('--advertise goes with --directory');
   const advertise = advertiseText === undefined ? undefined : parseEndpoint(advertiseText, '--advertise');
-  await relay(kind, listen, to, common(values), stopSignal(), { nodeId, peers, directory, advertise });
+  const workers = parseWorkers(values.workers as string | undefined);
+  const settings = common(values);
+  if (workers !== undefined && settings.metrics !== undefined)
+    throw new UsageError('--metrics cannot be used with --workers (each worker would count only its own connections)');
+  // The workers run this same command line; each one relays.
+  if (workers !== undefined && cluster.isPrimary) {
+    const { serveWithWorkers } = await import('./workers.js');
+    return serveWithWorkers(workers, listen, to, settings, stopSignal());
+  }
+  await relay(kind, listen, to, settings, stopSignal(), { nodeId, peers, directory, advertise });
   return EXIT.OK;
+}
+
+function parseWorkers(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = /^\d{1,3}$/.test(text) ? Number(text) : Number.NaN;
+  if (!(n >= 1 && n <= 255)) throw new UsageError(`--workers must be a whole number from 1 to 255, got ${JSON.stringify(text)}`);
+  return n;
 }
 
 /** --peers ID=HOST:PORT[,ID=HOST:PORT...] */

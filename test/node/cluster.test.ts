@@ -16,8 +16,8 @@ import { encodeAnnouncement, ROCKS } from '../../src/index.js';
 import { EDP_MAGIC } from '../../src/edp/announcement.js';
 import { encodeResume, FrameParser, FrameType } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { EchoClient } from '../support/echo-client.js';
-import { type Program, readJsonLines, sleep, until } from '../support/helpers.js';
+import { allFlowing, allResumed, EchoClient, lostSessions, resetsAndBlackHole } from '../support/echo-client.js';
+import { type Program, readJsonLines, until } from '../support/helpers.js';
 import { start } from '../support/programs.js';
 
 const FIXTURE = fileURLToPath(new URL('../../../test/node/fixtures/cluster-echo.mjs', import.meta.url));
@@ -80,29 +80,6 @@ async function startCluster(mode: 'routed' | 'unrouted'): Promise<RunningCluster
 
 const startClients = (port: number): EchoClient[] => Array.from({ length: CLIENTS }, () => new EchoClient(port, OPTIONS));
 
-async function allFlowing(clients: EchoClient[]): Promise<void> {
-  const before = clients.map((c) => c.received);
-  await until(
-    () => clients.every((c, i) => c.error !== undefined || c.received > before[i]),
-    20_000,
-    () => `every client to get an echo: ${clients.filter((c, i) => c.received <= before[i]).length} waiting`,
-  );
-}
-
-async function allResumed(clients: EchoClient[], count: number): Promise<void> {
-  await until(
-    () => clients.every((c) => c.error !== undefined || c.reconnects >= count),
-    20_000,
-    () => `every client to resume ${count} times: ${clients.map((c) => c.reconnects).join(' ')}`,
-  );
-}
-
-function lostSessions(clients: EchoClient[]): string[] {
-  return clients
-    .filter((c) => !c.intact)
-    .map((c) => `${c.sessionId}: ${c.error?.code ?? ''} ${c.error?.message ?? `${c.received} of ${c.sent} bytes back`}`);
-}
-
 describe('Node cluster: the primary routes each link to its worker', () => {
   test(`${WORKERS} workers, ${CLIENTS} clients through 3 resets and a black hole: every resume reaches its own worker, every byte comes back`, {
     timeout: 60_000,
@@ -112,17 +89,7 @@ describe('Node cluster: the primary routes each link to its worker', () => {
     const port = await proxy.listen();
     const clients = startClients(port);
     try {
-      await allFlowing(clients);
-      for (let round = 1; round <= 3; round++) {
-        proxy.reset();
-        await allResumed(clients, round);
-        await allFlowing(clients);
-      }
-      proxy.blackhole();
-      await sleep(OPTIONS.failureTimeout + 300); // silence: every client declares its link failed
-      proxy.heal();
-      await allResumed(clients, 4);
-      await allFlowing(clients);
+      await resetsAndBlackHole(proxy, clients, OPTIONS.failureTimeout);
       await Promise.all(clients.map((c) => c.stop()));
       assert.deepEqual(lostSessions(clients), []);
 

@@ -5,7 +5,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, type ReliableConnectOptions, type ReliableSocket } from '../../src/index.js';
-import { sleep } from './helpers.js';
+import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { sleep, until } from './helpers.js';
 
 export class EchoClient {
   readonly socket: ReliableSocket;
@@ -74,4 +75,49 @@ export class EchoClient {
     this.stopped = true;
     this.socket.destroy();
   }
+}
+
+/** Resolves once every client (but those whose session failed) has had more echoed back. */
+export async function allFlowing(clients: EchoClient[]): Promise<void> {
+  const before = clients.map((c) => c.received);
+  await until(
+    () => clients.every((c, i) => c.error !== undefined || c.received > before[i]),
+    20_000,
+    () => `every client to get an echo: ${clients.filter((c, i) => c.received <= before[i]).length} waiting`,
+  );
+}
+
+/** Resolves once every client (but those whose session failed) has resumed `count` times. */
+export async function allResumed(clients: EchoClient[], count: number): Promise<void> {
+  await until(
+    () => clients.every((c) => c.error !== undefined || c.reconnects >= count),
+    20_000,
+    () => `every client to resume ${count} times: ${clients.map((c) => c.reconnects).join(' ')}`,
+  );
+}
+
+/**
+ * Resets every link through `proxy` three times, then black-holes it for a
+ * failure timeout and heals it; after each fault, waits until every client
+ * has resumed and data flows again. Every client resumes 4 times.
+ */
+export async function resetsAndBlackHole(proxy: FaultProxy, clients: EchoClient[], failureTimeout: number): Promise<void> {
+  await allFlowing(clients);
+  for (let round = 1; round <= 3; round++) {
+    proxy.reset();
+    await allResumed(clients, round);
+    await allFlowing(clients);
+  }
+  proxy.blackhole();
+  await sleep(failureTimeout + 300); // silence: every client declares its link failed
+  proxy.heal();
+  await allResumed(clients, 4);
+  await allFlowing(clients);
+}
+
+/** What went wrong with each client whose echo is not intact. */
+export function lostSessions(clients: EchoClient[]): string[] {
+  return clients
+    .filter((c) => !c.intact)
+    .map((c) => `${c.sessionId}: ${c.error?.code ?? ''} ${c.error?.message ?? `${c.received} of ${c.sent} bytes back`}`);
 }
