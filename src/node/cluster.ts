@@ -178,7 +178,8 @@ class Router {
 
   /** Why a resume for worker `id` cannot be served here. */
   whyNoWorker(id: number): string {
-    return this.gone.has(id) ? `worker ${id} of this node is gone` : `there is no worker ${id} on this node`;
+    if (this.gone.has(id)) return `worker ${id} of this node is gone`;
+    return [...this.workerIds.values()].includes(id) ? `worker ${id} of this node no longer listens here` : `there is no worker ${id} on this node`;
   }
 }
 
@@ -391,6 +392,8 @@ export interface RoutedServerHost {
   error(err: Error): void;
   /** A link the primary accepted, with the bytes it read and how long ago (ms) it was accepted. */
   link(socket: Socket, initial: Buffer, age: number): void;
+  /** The primary is gone: close, as Node's cluster closes a worker's servers when it disconnects. */
+  close(): void;
 }
 
 /** A worker's listen through the primary: the part of net.Server's surface a ReliableServer uses. */
@@ -493,6 +496,10 @@ class WorkerListen implements PrimaryListen {
     return this.listening ? this.info : null;
   }
 
+  primaryGone(): void {
+    if (!this.closed) this.host.close();
+  }
+
   close(): void {
     if (this.closed) return;
     sendToPrimary({ cmd: CMD, act: 'close', id: this.id });
@@ -534,6 +541,9 @@ function installWorker(): void {
     if (!isOurs(message)) return;
     // Another copy of rocks in this process may own it: only the owner answers.
     workerListens.get(message.id)?.onMessage(message as ToWorker, handle as Socket | undefined);
+  });
+  process.once('disconnect', () => {
+    for (const listen of workerListens.values()) listen.primaryGone();
   });
 }
 

@@ -91,6 +91,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       },
       error: (err) => this.emit('error', err),
       link: (socket, initial, age) => this.acceptLink(socket, initial, age),
+      close: () => this.close(),
     });
     if (this.cluster === undefined) (this.server.listen as (...a: unknown[]) => Server)(...args);
     return this;

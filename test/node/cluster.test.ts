@@ -9,6 +9,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect as netConnect, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +20,7 @@ import { EDP_MAGIC } from '../../src/edp/announcement.js';
 import { encodeResume, FrameParser, FrameType } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { allFlowing, allResumed, EchoClient, lostSessions, resetsAndBlackHole } from '../support/echo-client.js';
-import { type Program, readJsonLines, until } from '../support/helpers.js';
+import { type Program, parseJsonLines, readJsonLines, until } from '../support/helpers.js';
 import { start } from '../support/programs.js';
 
 const FIXTURE = fileURLToPath(new URL('../../../test/node/fixtures/cluster-echo.mjs', import.meta.url));
@@ -186,6 +189,26 @@ describe('Node cluster: the primary routes each link to its worker', () => {
     }
   });
 
+  test('a worker that disconnects closes its rocks server and exits, as with node:net', { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rocks-cluster-'));
+    try {
+      writeFileSync(join(dir, 'disconnect.mjs'), DISCONNECTING);
+      const env: NodeJS.ProcessEnv = { ...process.env, ROCKS_MODULE };
+      delete env.NODE_TEST_CONTEXT;
+      const program = start(process.execPath, [join(dir, 'disconnect.mjs')], { env });
+      await until(
+        () => program.exited !== undefined,
+        10_000,
+        () => `the program to exit:\n${program.output}`,
+      );
+      const events = parseJsonLines<{ event: string; code?: number }>(program.output).map((e) => e.event);
+      assert.deepEqual(events, ['listening', 'close', 'exit'], program.output);
+      assert.equal(program.exited, 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('a probe, ordinary clients, garbage and forged resumes are each answered on their own link; sessions go on', { timeout: 60_000 }, async () => {
     const cluster = await startCluster('routed');
     const client = new EchoClient(cluster.port, OPTIONS);
@@ -250,6 +273,27 @@ describe('Node cluster: the primary routes each link to its worker', () => {
     }
   });
 });
+
+/** A cluster program whose one worker listens with rocks, then calls cluster.worker.disconnect(). */
+const DISCONNECTING = `
+import cluster from 'node:cluster';
+const { createServer } = await import(process.env.ROCKS_MODULE);
+if (cluster.isPrimary) {
+  const worker = cluster.fork();
+  worker.on('exit', (code) => console.log(JSON.stringify({ event: 'exit', code })));
+  process.on('SIGTERM', () => {
+    worker.process.kill('SIGKILL');
+    process.exit(1);
+  });
+} else {
+  const server = createServer(() => {});
+  server.on('close', () => console.log(JSON.stringify({ event: 'close' })));
+  server.listen(0, '127.0.0.1', () => {
+    console.log(JSON.stringify({ event: 'listening', port: server.address().port }));
+    cluster.worker.disconnect();
+  });
+}
+`;
 
 /** Sends `bytes` at once on a plain link and resolves with what comes back by the time the echo ends. */
 async function plainEcho(port: number, bytes: Buffer): Promise<Buffer> {
