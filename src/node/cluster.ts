@@ -29,7 +29,9 @@ import {
 } from '../protocol/config.js';
 import { ERROR_CODES, RocksError } from '../protocol/errors.js';
 import { encodeError } from '../protocol/frames.js';
+import { parseProxyHeader } from '../protocol/proxy-header.js';
 import { MAX_WORKER_ID, routeLink, type SessionOwner } from '../protocol/routing.js';
+import { relayRefusal } from '../protocol/server-core.js';
 
 const CMD = 'NODE_ROCKS';
 /** Set in the primary's environment, so its workers know they may ask it to listen: the primary's pid. */
@@ -70,6 +72,7 @@ function isOurs(message: unknown): message is { cmd: typeof CMD; act: string; id
 
 /** Our EDP announcement, as a ReliableServer sends it. */
 const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
+const LATE = new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time');
 /** A link the primary refuses is destroyed if the client has not closed it by then. */
 const REFUSED_LINK_TIMEOUT = 10_000;
 
@@ -196,6 +199,8 @@ class RoutedAddress {
   /** Listens waiting for the socket to be bound: they learn the outcome together. */
   private waiting: (() => void)[] = [];
   private next = 0;
+  /** The node ids in the sessions this address's workers issue (a worker may name its own). */
+  private readonly nodeIds = new Set<number>();
   private readonly detectTimeout: number;
   private readonly handshakeTimeout: number;
   private bindError: ListenErrorInfo | undefined;
@@ -207,6 +212,7 @@ class RoutedAddress {
   ) {
     this.key = addressKey(options);
     this.nodeId = randomBytes(4).readUInt32BE(0);
+    this.nodeIds.add(this.nodeId);
     this.detectTimeout = timeouts.detectTimeout;
     this.handshakeTimeout = timeouts.handshakeTimeout;
     // Half-open, so that a probe's half-close still gets our answer.
@@ -245,6 +251,7 @@ class RoutedAddress {
       }
       if (!listener.worker.isConnected()) return;
       this.listeners.push(listener);
+      this.nodeIds.add(owner.nodeId);
       const address = this.server.address();
       send(listener.worker, { cmd: CMD, act: 'listening', id: listener.id, owner, address });
       // What Node's cluster says when a worker's server listens: programs wait for it.
@@ -297,10 +304,15 @@ class RoutedAddress {
     };
     const onData = (chunk: Buffer): void => {
       first = first.length === 0 ? chunk : Buffer.concat([first, chunk]);
-      const route = routeLink(first);
+      // A link another node of the deployment relays starts with a PROXY header: route on what follows.
+      const proxy = parseProxyHeader(first);
+      if (proxy.kind === 'incomplete') return;
+      if (proxy.kind === 'malformed') return decide({ kind: 'other' }); // a worker refuses it
+      const rest = proxy.kind === 'header' ? first.subarray(proxy.length) : first;
+      const route = routeLink(rest);
       if (route.kind !== 'incomplete') return decide(route);
       // A rocks client announced itself: the rest of its first frame may be late (a lost segment), as a single server would allow.
-      if (parseAnnouncement(first).kind === 'announcement' && !announced) {
+      if (parseAnnouncement(rest).kind === 'announcement' && !announced) {
         announced = true;
         clearTimeout(timer);
         timer = setTimeout(() => decide({ kind: 'late' }), Math.max(0, accepted + this.handshakeTimeout - Date.now()));
@@ -322,30 +334,38 @@ class RoutedAddress {
         socket.end(SERVER_ANNOUNCEMENT);
         return;
       case 'late':
-        this.refuse(socket, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'no HELLO or RESUME in time'));
+        this.refuse(socket, [SERVER_ANNOUNCEMENT, encodeError(ERROR_CODES.ERR_ROCKS_HANDSHAKE_TIMEOUT.wire, LATE.message)]);
         return;
       case 'resume': {
-        const owner = this.listeners.find((l) => l.workerId === route.owner.workerId);
-        if (owner === undefined) this.refuse(socket, new RocksError('ERR_ROCKS_UNKNOWN_SESSION', this.router.whyNoWorker(route.owner.workerId)));
-        else this.hand(socket, first, accepted, owner);
-        return;
-      }
-      default: {
-        // A new session, an ordinary client, an id we cannot route, garbage: any worker will do.
-        if (this.listeners.length === 0) {
-          socket.destroy(); // no worker left to serve it; the client may try again
+        if (this.nodeIds.has(route.owner.nodeId)) {
+          const owner = this.listeners.find((l) => l.workerId === route.owner.workerId);
+          if (owner === undefined) this.refuse(socket, relayRefusal(this.router.whyNoWorker(route.owner.workerId)));
+          else this.hand(socket, first, accepted, owner);
           return;
         }
-        this.next = (this.next + 1) % this.listeners.length;
-        this.hand(socket, first, accepted, this.listeners[this.next]);
+        this.handToAny(socket, first, accepted); // another node's session: a worker relays it to its peer, or refuses it
+        return;
       }
+      default:
+        // A new session, an ordinary client, an id we cannot route, garbage: any worker will do.
+        this.handToAny(socket, first, accepted);
     }
   }
 
-  /** Answers a link with our announcement and an ERROR frame, and closes it. */
-  private refuse(socket: Socket, error: RocksError): void {
+  /** To the next worker, round robin. */
+  private handToAny(socket: Socket, first: Buffer, accepted: number): void {
+    if (this.listeners.length === 0) {
+      socket.destroy(); // no worker left to serve it; the client may try again
+      return;
+    }
+    this.next = (this.next + 1) % this.listeners.length;
+    this.hand(socket, first, accepted, this.listeners[this.next]);
+  }
+
+  /** Answers a link with `answer` (our announcement and an ERROR frame) and closes it. */
+  private refuse(socket: Socket, answer: Buffer[]): void {
     socket.resume(); // whatever else it sends is read and dropped
-    socket.end(Buffer.concat([SERVER_ANNOUNCEMENT, encodeError(ERROR_CODES[error.code].wire, error.message)]));
+    socket.end(Buffer.concat(answer));
     socket.setTimeout(REFUSED_LINK_TIMEOUT, () => socket.destroy());
   }
 

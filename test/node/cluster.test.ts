@@ -12,16 +12,16 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as netConnect, type Socket } from 'node:net';
+import { type AddressInfo, connect as netConnect, createServer as netCreateServer, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { encodeAnnouncement, ROCKS } from '../../src/index.js';
+import { createServer, encodeAnnouncement, ROCKS } from '../../src/index.js';
 import { EDP_MAGIC } from '../../src/edp/announcement.js';
 import { encodeResume, FrameParser, FrameType } from '../../src/protocol/frames.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { allFlowing, allResumed, EchoClient, lostSessions, resetsAndBlackHole } from '../support/echo-client.js';
 import { type Program, parseJsonLines, readJsonLines, until } from '../support/helpers.js';
-import { start } from '../support/programs.js';
+import { freePort, start } from '../support/programs.js';
 
 const FIXTURE = fileURLToPath(new URL('../../../test/node/fixtures/cluster-echo.mjs', import.meta.url));
 const ROCKS_MODULE = new URL('../../src/index.js', import.meta.url).href;
@@ -35,6 +35,7 @@ interface ClusterEvent {
   event: 'listening' | 'session' | 'resume' | 'error' | 'plain' | 'exit';
   id?: string;
   port?: number;
+  nodeId?: number;
   code?: string | number;
   worker?: number;
 }
@@ -43,19 +44,25 @@ interface RunningCluster {
   program: Program;
   events: ClusterEvent[];
   port: number;
+  nodeId: number;
   /** The workers' pids. */
   pids: number[];
   /** The pid of the worker that printed the session, by session id. */
   holder(id: string | undefined): number | undefined;
 }
 
-async function startCluster(mode: 'routed' | 'unrouted'): Promise<RunningCluster> {
+async function startCluster(
+  mode: 'routed' | 'unrouted',
+  workers = WORKERS,
+  extra: { port?: number; options?: object } = {},
+): Promise<RunningCluster> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     CLUSTER_MODE: mode,
-    CLUSTER_WORKERS: String(WORKERS),
+    CLUSTER_WORKERS: String(workers),
+    CLUSTER_PORT: String(extra.port ?? 0),
     ROCKS_MODULE,
-    CLUSTER_OPTIONS: JSON.stringify(OPTIONS),
+    CLUSTER_OPTIONS: JSON.stringify({ ...OPTIONS, ...extra.options }),
   };
   delete env.NODE_TEST_CONTEXT;
   const program = start(process.execPath, [FIXTURE], { env });
@@ -65,10 +72,10 @@ async function startCluster(mode: 'routed' | 'unrouted'): Promise<RunningCluster
   await until(
     () => {
       if (program.exited !== undefined) throw new Error(`the cluster exited (${program.exited}):\n${program.output}`);
-      return listening().length === WORKERS;
+      return listening().length === workers;
     },
     15_000,
-    () => `${WORKERS} workers listening:\n${program.output}`,
+    () => `${workers} workers listening:\n${program.output}`,
   );
   const ports = new Set(listening().map((e) => e.port));
   assert.equal(ports.size, 1, 'the workers share one port');
@@ -76,6 +83,7 @@ async function startCluster(mode: 'routed' | 'unrouted'): Promise<RunningCluster
     program,
     events,
     port: listening()[0].port!,
+    nodeId: listening()[0].nodeId!,
     pids: listening().map((e) => e.pid),
     holder: (id) => events.find((e) => e.event === 'session' && e.id === id)?.pid,
   };
@@ -189,6 +197,41 @@ describe('Node cluster: the primary routes each link to its worker', () => {
     }
   });
 
+  test('a cluster node in a deployment: resumes that another node relays to it reach their workers', { timeout: 60_000 }, async () => {
+    const [portA, portB] = [await freePort(), await freePort()];
+    const peers = [
+      { nodeId: 1, host: '127.0.0.1', port: portA },
+      { nodeId: 2, host: '127.0.0.1', port: portB },
+    ];
+    const a = await startCluster('routed', 2, { port: portA, options: { nodeId: 1, peers } });
+    const b = createServer({ ...OPTIONS, nodeId: 2, peers, allowHalfOpen: true }, (s) => s.pipe(s));
+    b.listen(portB, '127.0.0.1');
+    await once(b, 'listening');
+    const hop = new SwitchingHop(portA);
+    const hopPort = await hop.listen();
+    const clients = Array.from({ length: 10 }, () => new EchoClient(hopPort, OPTIONS));
+    try {
+      await allFlowing(clients);
+      assert.equal(new Set(clients.map((c) => c.workerByte)).size, 2, 'sessions on both workers of node 1');
+      // The balancer now sends every link to node 2, which relays each resume to node 1's primary.
+      hop.target = portB;
+      hop.cut();
+      await allResumed(clients, 1);
+      await allFlowing(clients);
+      await Promise.all(clients.map((c) => c.stop()));
+      assert.deepEqual(lostSessions(clients), []);
+      // Node 2 holds none of them: every resume went through it to node 1's workers.
+      assert.equal(b.sessionCount, 0);
+      assert.ok(b.relayedLinks >= clients.length, `${b.relayedLinks} relayed links`);
+      console.log(`# ${clients.length} sessions of a 2-worker node resumed through another node: ${b.relayedLinks} relayed links, every byte back`);
+    } finally {
+      for (const c of clients) c.destroy();
+      hop.close();
+      b.close();
+      await a.program.stop();
+    }
+  });
+
   test('a worker that disconnects closes its rocks server and exits, as with node:net', { timeout: 30_000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'rocks-cluster-'));
     try {
@@ -253,11 +296,17 @@ describe('Node cluster: the primary routes each link to its worker', () => {
       // A resume naming a worker this node never had: the primary answers ERR_ROCKS_UNKNOWN_SESSION.
       const id = Buffer.alloc(16, 7);
       id[0] = 1;
+      id.writeUInt32BE(cluster.nodeId, 1);
       id[5] = 77;
       const forged = await talk(cluster.port, Buffer.concat([announcement, encodeResume(1, id, Buffer.alloc(16), Buffer.alloc(8))]));
       const error = errorOf(forged.received, announcement);
       assert.equal(error.code, 3);
       assert.match(error.message, /there is no worker 77 on this node/);
+
+      // A resume for another node's session: a worker answers it (it would relay it with peers).
+      id.writeUInt32BE((cluster.nodeId ^ 1) >>> 0, 1);
+      const elsewhere = await talk(cluster.port, Buffer.concat([announcement, encodeResume(1, id, Buffer.alloc(16), Buffer.alloc(8))]));
+      assert.equal(errorOf(elsewhere.received, announcement).code, 3);
 
       await allFlowing([client]);
       await client.stop();
@@ -273,6 +322,44 @@ describe('Node cluster: the primary routes each link to its worker', () => {
     }
   });
 });
+
+/** A TCP hop to a port that can change, as a balancer that sends new links elsewhere; cut() resets every link. */
+class SwitchingHop {
+  private readonly server = netCreateServer((client) => {
+    const upstream = netConnect(this.target, '127.0.0.1');
+    this.links.add(client);
+    this.links.add(upstream);
+    for (const [from, to] of [
+      [client, upstream],
+      [upstream, client],
+    ]) {
+      from.pipe(to);
+      from.on('error', () => to.destroy());
+      from.on('close', () => {
+        to.destroy();
+        this.links.delete(from);
+      });
+    }
+  });
+  private readonly links = new Set<Socket>();
+
+  constructor(public target: number) {}
+
+  async listen(): Promise<number> {
+    this.server.listen(0, '127.0.0.1');
+    await once(this.server, 'listening');
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  cut(): void {
+    for (const s of this.links) s.resetAndDestroy();
+  }
+
+  close(): void {
+    this.cut();
+    this.server.close();
+  }
+}
 
 /** A cluster program whose one worker listens with rocks, then calls cluster.worker.disconnect(). */
 const DISCONNECTING = `
