@@ -4,11 +4,20 @@
 // With Node's own shared handle the primary hands each new TCP connection to
 // the next worker, so a resume lands on a worker that does not know its
 // session. Here a worker's ReliableServer.listen asks the primary to listen
-// for it instead. The primary reads each link's first bytes (routeLink):
-// a RESUME goes to the worker its session id names, a HELLO to the next
-// worker round robin, anything else (an ordinary client) to any worker. The
-// socket travels with worker.send(message, socket), the bytes already read
-// in the message.
+// for it instead. The primary reads each link's first bytes (routeLink,
+// after a PROXY header when another node relays the link): a RESUME of this
+// node's session goes to the worker its session id names (or, if that
+// worker is gone, gets ERR_ROCKS_UNKNOWN_SESSION from the primary), a HELLO
+// to the next worker round robin, anything else to any worker: an ordinary
+// client, another node's session (the worker relays it), garbage (the worker
+// refuses it). The socket travels with worker.send(message, socket), the
+// bytes already read in the message.
+//
+// The primary answers an EDP probe itself. A silent link waits in the
+// primary for detectTimeout, as it would in a single server, so that a
+// resume whose first segment comes late still reaches its worker; then it
+// goes to any worker with its age, and the worker serves it plainly at once
+// (it does not wait detectTimeout again).
 //
 // Messages are Node's internal kind (a `cmd` starting with NODE_, as Node's
 // own cluster uses): the application's 'message' listeners never see them,
@@ -27,7 +36,7 @@ import {
   type ServerRoutingOptions,
   type SessionOptions,
 } from '../protocol/config.js';
-import { ERROR_CODES, RocksError } from '../protocol/errors.js';
+import { RocksError } from '../protocol/errors.js';
 import { encodeError } from '../protocol/frames.js';
 import { parseProxyHeader } from '../protocol/proxy-header.js';
 import { MAX_WORKER_ID, routeLink, type SessionOwner } from '../protocol/routing.js';
@@ -334,7 +343,7 @@ class RoutedAddress {
         socket.end(SERVER_ANNOUNCEMENT);
         return;
       case 'late':
-        this.refuse(socket, [SERVER_ANNOUNCEMENT, encodeError(ERROR_CODES.ERR_ROCKS_HANDSHAKE_TIMEOUT.wire, LATE.message)]);
+        this.refuse(socket, [SERVER_ANNOUNCEMENT, encodeError(LATE.wireCode, LATE.message)]);
         return;
       case 'resume': {
         if (this.nodeIds.has(route.owner.nodeId)) {
