@@ -120,11 +120,15 @@ describe('many workers from the command line', () => {
       assert.deepEqual(lostSessions(clients), []);
       const { workers, text } = perWorker(clients);
       assert.equal(workers, 2, 'sessions on both workers');
-      // One 'connection' per session, whatever its resumes: the program never saw the faults.
+      // One 'connection' per session, whatever its resumes: the program never saw the faults. (On a
+      // loaded machine a link whose announcement came after detectTimeout may also have been served
+      // plainly, and dropped at once: rocks' own guard, not a session.)
       const connections = events.filter((e) => e.event === 'connection');
-      assert.equal(connections.length, CLIENTS);
+      assert.ok(connections.length >= CLIENTS && connections.length < 2 * CLIENTS, `${connections.length} connections`);
       assert.equal(new Set(connections.map((e) => e.pid)).size, 2);
-      console.log(`# rock run, cluster of 2: ${CLIENTS} sessions intact through ${proxy.connections} connections; ${text}`);
+      console.log(
+        `# rock run, cluster of 2: ${CLIENTS} sessions intact through ${proxy.connections} connections, ${connections.length} accepted by the program; ${text}`,
+      );
     } finally {
       for (const c of clients) c.destroy();
       await proxy.close();
