@@ -58,6 +58,8 @@ export interface CommonOptions {
   logLevel: LogLevel;
   json: boolean;
   metrics: Endpoint | undefined;
+  /** forward and stdio: the server speaks rocks, so no EDP probe (--enhanced). */
+  enhanced?: boolean;
 }
 
 export const COMMON_OPTIONS = {
@@ -144,5 +146,5 @@ export function commonOptions(values: Record<string, string | boolean | undefine
   if (!(LOG_LEVELS as readonly string[]).includes(level))
     throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got '${level}'`);
   const metrics = typeof values.metrics === 'string' ? parseEndpoint(values.metrics, '--metrics', '127.0.0.1') : undefined;
-  return { session, logLevel: level as LogLevel, json: values.json === true, metrics };
+  return { session, logLevel: level as LogLevel, json: values.json === true, metrics, enhanced: values.enhanced === true || undefined };
 }

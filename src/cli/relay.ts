@@ -62,7 +62,7 @@ export async function relay(
     });
   } else {
     server = netCreateServer({ allowHalfOpen: true }, (socket) => {
-      const upstream = rocksConnect({ ...common.session, port: to.port, host: to.host, allowHalfOpen: true });
+      const upstream = rocksConnect({ ...common.session, enhanced: common.enhanced, port: to.port, host: to.host, allowHalfOpen: true });
       carry(socket, upstream, upstream, `${socket.remoteAddress}:${socket.remotePort}`);
     });
   }

@@ -62,12 +62,18 @@ ${COMMON_HELP}`,
 Accepts ordinary TCP connections on --listen (usually 127.0.0.1) and carries
 each over a reliable connection to the rock serve (or other rocks server) at --to.
 
+  --enhanced               the server is known to speak rocks: skip the EDP probe
+                           (for a path that breaks probes, see docs/BALANCERS.md)
+
 ${COMMON_HELP}`,
   stdio: `Usage: rock stdio HOST:PORT [options]
 
 Carries standard input and output over one reliable connection to a rock
 serve at HOST:PORT; logs go to standard error. For ssh:
   ssh -o ProxyCommand='rock stdio %h:2222' user@host
+
+  --enhanced               the server is known to speak rocks: skip the EDP probe
+                           (for a path that breaks probes, see docs/BALANCERS.md)
 
 ${COMMON_HELP}`,
   demo: `Usage: rock demo
@@ -87,6 +93,9 @@ function stopSignal(): Promise<string> {
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => resolve(signal));
   });
 }
+
+/** Options of the commands that dial a rocks server they name. */
+const CLIENT_OPTIONS = { enhanced: { type: 'boolean' } } as const;
 
 /** Common options, with the session options checked as the library would check them. */
 function common(values: Record<string, string | boolean | undefined>): CommonOptions {
@@ -109,7 +118,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     advertise: { type: 'string' },
     workers: { type: 'string' },
   } as const;
-  const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : options, false);
+  const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : { ...options, ...CLIENT_OPTIONS }, false);
   if (values.help) return help(kind);
   const listen = parseEndpoint(values.listen as string | undefined, '--listen', kind === 'forward' ? '127.0.0.1' : '0.0.0.0');
   const to = parseEndpoint(values.to as string | undefined, '--to');
@@ -165,7 +174,7 @@ function parseNodeId(text: string | undefined, what: string): number | undefined
 }
 
 async function stdioCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, COMMON_OPTIONS);
+  const { values, positionals } = parse(args, { ...COMMON_OPTIONS, ...CLIENT_OPTIONS });
   if (values.help) return help('stdio');
   if (positionals.length !== 1) throw new UsageError(`stdio takes one HOST:PORT, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
   const { stdio } = await import('./stdio.js');

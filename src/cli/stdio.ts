@@ -11,7 +11,7 @@ import { ExitError } from './args.js';
 /** Resolves with the exit code once both directions ended, or the connection failed. */
 export async function stdio(to: Endpoint, common: CommonOptions, stop: Promise<string>): Promise<number> {
   const monitor = new Monitor(common);
-  const socket = connect({ ...common.session, port: to.port, host: to.host, allowHalfOpen: true });
+  const socket = connect({ ...common.session, enhanced: common.enhanced, port: to.port, host: to.host, allowHalfOpen: true });
   try {
     await Promise.race([once(socket, 'connect'), once(socket, 'error').then(([err]) => Promise.reject(err))]);
   } catch (err) {

@@ -8,6 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { connect as netConnect } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,9 @@ import { describe, test } from 'node:test';
 import { connect, detectionCache, type DetectInfo, type ReliableConnectOptions, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { closeServer, listen } from '../support/net.js';
+import { parseJsonLines } from '../support/helpers.js';
 import { freePort, programs, start, waitForPort } from '../support/programs.js';
+import { startRock } from '../support/rock.js';
 
 const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 
@@ -92,6 +95,28 @@ describe('EDP through nginx stream', { skip: found.skip, timeout: 60_000 }, () =
       proxy.reset();
       await resumed;
       assert.equal(await echoOf(enhanced.socket, 'after a reset'), 'after a reset');
+
+      // The same for CLI users: rock forward --enhanced through the default nginx carries rocks.
+      const forwardPort = await freePort();
+      const forward = await startRock(
+        ['forward', '--listen', `127.0.0.1:${forwardPort}`, '--to', `127.0.0.1:${closing}`, '--enhanced', '--json'],
+        /forwarding over rocks/,
+      );
+      try {
+        const plainClient = netConnect(forwardPort, '127.0.0.1');
+        await once(plainClient, 'connect');
+        plainClient.write('through rock forward');
+        const [reply] = (await once(plainClient, 'data')) as [Buffer];
+        assert.equal(reply.toString(), 'through rock forward');
+        plainClient.destroy();
+        const modes = parseJsonLines<{ msg: string; mode?: string }>(forward.output).filter((l) => l.msg === 'connection');
+        assert.deepEqual(
+          modes.map((l) => l.mode),
+          ['reliable'],
+        );
+      } finally {
+        await forward.stop();
+      }
     } finally {
       for (const s of [...sockets, ...served]) s.destroy();
       await proxy.close();
