@@ -12,6 +12,7 @@ import { randomInt } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { Worker } from 'node:worker_threads';
+import { addFigures, type ClusterFigures, describeFigures, noFigures } from './figures.js';
 
 const fixed = Number(process.env.ROCKS_SIM_SEEDS ?? 2000);
 const extra = Number(process.env.ROCKS_SIM_RANDOM ?? 1000);
@@ -21,6 +22,7 @@ interface Report {
   failures: { seed: number; drawn: Record<string, unknown>; failures: string[]; trace: string[] }[];
   faults: number;
   resumes: number;
+  figures: ClusterFigures;
 }
 
 function runInWorker(seeds: number[]): Promise<Report> {
@@ -39,7 +41,10 @@ test(`simulation: seeds 1-${fixed} and ${extra} seeds from ${start}`, { timeout:
   const failures = reports.flatMap((r) => r.failures);
   const faults = reports.reduce((n, r) => n + r.faults, 0);
   const resumes = reports.reduce((n, r) => n + r.resumes, 0);
+  const figures: ClusterFigures = noFigures();
+  for (const r of reports) addFigures(figures, r.figures);
   console.log(`# ${seeds.length} seeds, ${faults} faults injected, ${resumes} client resumes`);
+  console.log(`# ${describeFigures(figures)}`);
   for (const f of failures) {
     console.log(
       `seed ${f.seed} failed\n  drawn: ${JSON.stringify(f.drawn)}\n  ${f.failures.join('\n  ')}\n${f.trace.map((l) => `    ${l}`).join('\n')}`,
