@@ -1,8 +1,9 @@
 // Deterministic simulation: thousands of seeded runs of clients and a server
-// over a simulated network that resets, black-holes and partitions them at
-// random moments. A fixed range of seeds runs every time, plus a fresh random
-// range so that each CI run explores new ground. Any failure prints the
-// command that replays it.
+// (or several nodes behind a balancer, relaying, dying and restarting) over a
+// simulated network that resets, black-holes and partitions them at random
+// moments. A fixed range of seeds runs every time, plus a fresh random range
+// so that each CI run explores new ground. Any failure prints the command
+// that replays it.
 //
 // ROCKS_SIM_SEEDS (default 2000) and ROCKS_SIM_RANDOM (default 1000) set the
 // counts; ROCKS_SIM_START fixes the random range's start.

@@ -607,7 +607,14 @@ export class World {
     });
   }
 
-  /** `from` carries a client's link, whose first bytes it read, to the node holding its session. */
+  /**
+   * `from` carries a client's link, whose first bytes it read, to the node
+   * holding its session. Links between nodes have their own latency and
+   * bandwidth (SIM_OPTIONS.cluster) and take faults like any link: a fault
+   * may pick one, an outage cuts it, and one in a few is cut as it starts;
+   * but new links between nodes connect during an outage (it cuts the
+   * clients' path, not the nodes' network).
+   */
   relay(from: SimNode, client: SimLink, nodeId: number, initial: Buffer, source: ProxyAddress): void {
     const cluster = this.cluster!;
     let upstream: SimLink | undefined;
