@@ -11,7 +11,7 @@ import { encodeProxyHeader } from '../protocol/proxy-header.js';
 import type { NodeAddress } from './directory.js';
 
 /** How long a node waits for another to accept a relayed link. */
-const RELAY_CONNECT_TIMEOUT = 5_000;
+export const RELAY_CONNECT_TIMEOUT = 5_000;
 
 export type RelayOutcome =
   /** The owner accepted the link: bytes now flow both ways. */

@@ -3,6 +3,7 @@
 //   npm run sim -- --seeds 5000 --start 1    run a range of seeds
 
 import { parseArgs } from 'node:util';
+import { addFigures, describeFigures, noFigures } from './figures.js';
 import { runSeed } from './scenario.js';
 
 const { values } = parseArgs({
@@ -30,8 +31,10 @@ const seeds =
 
 let failed = 0;
 const started = Date.now();
+const totals = noFigures();
 for (const seed of seeds) {
   const r = runSeed(seed, values.verbose);
+  addFigures(totals, r);
   if (r.failures.length > 0) {
     failed++;
     console.log(`seed ${seed} FAILED after ${r.simTime.toFixed(0)} simulated ms`);
@@ -49,7 +52,9 @@ for (const seed of seeds) {
     console.log(
       `seed ${seed} ok: ${r.bytes} bytes, ${r.faults} faults, ${r.suspends} suspends, ${r.resumes} resumes, ${r.simTime.toFixed(0)} simulated ms`,
     );
+    console.log(`  drawn: ${JSON.stringify(r.drawn)}`);
   }
 }
 console.log(`${seeds.length - failed}/${seeds.length} seeds passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(describeFigures(totals));
 process.exit(failed > 0 ? 1 : 0);

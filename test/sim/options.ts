@@ -73,6 +73,47 @@ export const SIM_OPTIONS = {
     /** Chance that a read takes everything unread (else a random part of it). */
     readAll: 0.7,
   },
+  cluster: {
+    /**
+     * Share of seeds that run several server nodes behind a balancer, with
+     * relays, node deaths and directory outages; the rest run one server as
+     * before (those draw nothing from here, so their runs stay as they were).
+     */
+    multiNode: 0.5,
+    /** 2 to this many nodes. */
+    maxNodes: 4,
+    /** One-way latency between two nodes (ms), for relayed links. */
+    nodeLatency: [0.05, 5],
+    /** Bytes per ms between two nodes. */
+    nodeBandwidth: [1000, 100_000],
+    /** Chance that a node dies during the run (one node, drawn, never dies). */
+    death: 0.35,
+    /** When a node dies (ms). */
+    deathAt: [5, 40_000],
+    /** Chance that a dead node restarts: same node id and address, a new instance. */
+    restart: 0.5,
+    /** How long a dead node stays down before it restarts (ms); it restarts only while the directory answers. */
+    downtime: [5, 10_000],
+    /**
+     * Chance that the balancer never sends a resume to the node holding its
+     * session while another node is up: every resume then needs a relay, so
+     * a relay that does not work loses sessions instead of being hidden by
+     * the resumes that reach their owner by chance.
+     */
+    avoidOwner: 0.3,
+    /** How long the balancer goes on sending new links to a dead node, which refuses them (its health check's lag, ms). */
+    balancerLag: [1, 3000],
+    /** How long a dead node's directory entry outlives it (its lease, ms). */
+    lease: [50, 10_000],
+    /** Chance that the directory has outages during the run. */
+    directoryOutage: 0.6,
+    /** Up to this many outages, each starting at a time drawn from deathAt. */
+    directoryOutages: 3,
+    /** How long an outage lasts (ms). */
+    directoryOutageDuration: [10, 20_000],
+    /** Round trip of a directory lookup for a node a relaying node does not know (ms). */
+    lookupDelay: [0.1, 5],
+  },
 } as const;
 
 export type Range = readonly [number, number];

@@ -3,15 +3,26 @@
 // network at random moments (handshakes, resumes and closes included). Then
 // the network heals and the run must finish: every byte delivered exactly
 // once and in order, both ends closed cleanly, no state left behind.
+//
+// In a share of the runs the server is several nodes behind a balancer that
+// sends each new link to a random node: resumes are relayed to the node
+// holding the session, nodes die (and may restart as new instances) and the
+// directory goes out. A session created by a node's instance that died may
+// end with ERR_ROCKS_UNKNOWN_SESSION, promptly (or finish, if everything was
+// already delivered); every other session must finish as above.
 
+import { createHash } from 'node:crypto';
 import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
+import type { Session } from '../../src/protocol/session.js';
 import { streamBytes } from './app.js';
 import type { SimLink } from './network.js';
 import { SIM_OPTIONS, type Range } from './options.js';
+import { buildCluster, nodeAddress } from './cluster.js';
+import type { RunFigures } from './figures.js';
 import { SimRandom } from './random.js';
-import { ClientEndpoint, ServerEndpoint, World } from './world.js';
+import { ClientEndpoint, ServerEndpoint, SimNode, World } from './world.js';
 
-export interface SimResult {
+export interface SimResult extends RunFigures {
   seed: number;
   /** What the run drew from SIM_OPTIONS, printed first when it fails. */
   drawn: Record<string, unknown>;
@@ -23,6 +34,11 @@ export interface SimResult {
   bytes: number;
   trace: string[];
 }
+
+const EMPTY_FIGURES: RunFigures = { nodes: 0, relayed: 0, refused: 0, unreachable: 0, deaths: 0, restarts: 0, directoryOutages: 0, lost: 0 };
+
+/** The error a session may end with when the node holding it died. */
+const LOST_WITH_ITS_NODE = 'ERR_ROCKS_UNKNOWN_SESSION';
 
 /** Simulated time allowed after the network heals for everything to finish. */
 const LIVENESS_BOUND = 600_000;
@@ -36,7 +52,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
     return simulate(seed, verbose, drawn, trace);
   } catch (err) {
     const failure = `exception outside the run loop: ${(err as Error)?.stack ?? String(err)}`;
-    return { seed, drawn, failures: [failure], simTime: 0, faults: 0, suspends: 0, resumes: 0, bytes: 0, trace };
+    return { seed, drawn, failures: [failure], simTime: 0, faults: 0, suspends: 0, resumes: 0, bytes: 0, trace, ...EMPTY_FIGURES };
   }
 }
 
@@ -106,7 +122,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     };
   });
 
-  world.server = new ServerEndpoint(world, random.fork(), (session) => {
+  const planFor = (session: Session) => {
     const i = world.clients.findIndex((c) => c.session.sessionId?.equals(session.sessionId!));
     if (i < 0) return undefined;
     const p = plans[i];
@@ -114,7 +130,21 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
       random: random.fork(),
       plan: { outgoing: p.down, incoming: p.up, maxWrite: p.maxWrite, writePause: p.writePause, readPause: p.serverReadPause },
     };
-  });
+  };
+  // The cluster draws from a generator of its own, so that single-server
+  // runs draw exactly what they drew before nodes existed. Its seed is
+  // hashed: xoroshiro's first draws from neighbouring seeds are alike.
+  const clusterRandom = new SimRandom(createHash('sha256').update(`cluster ${seed}`).digest().readUInt32BE(0) >>> 1);
+  let quietAt = 0;
+  if (clusterRandom.chance(SIM_OPTIONS.cluster.multiNode)) {
+    quietAt = buildCluster(world, clusterRandom, random, drawn, faultEnd, (node) => new ServerEndpoint(world, random.fork(), planFor, { node }));
+  } else {
+    const server = new ServerEndpoint(world, random.fork(), planFor);
+    const node = new SimNode(0, server.core.nodeId, nodeAddress(0));
+    node.endpoint = server;
+    node.instances.push(server);
+    world.nodes.push(node);
+  }
 
   drawn.clients = plans.map((p) => ({
     up: p.up.length,
@@ -204,7 +234,8 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   }
 
   const failures: string[] = [];
-  const finishedAll = (): boolean => world.clients.every((c) => c.released && c.app!.done) && world.server.live.size === 0;
+  const finishedAll = (): boolean =>
+    world.clients.every((c) => c.released && (c.app!.done || c.errors.length > 0)) && world.nodes.every((n) => (n.endpoint?.live.size ?? 0) === 0);
 
   try {
     // Run until nothing at all is left to happen: no session, no timer, no
@@ -216,7 +247,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
         if (!finishedAll()) failures.push('stuck: nothing left to happen but the run is not finished');
         break;
       }
-      if (next > Math.max(faultEnd, world.outageUntil) + LIVENESS_BOUND + config.closeLinger) {
+      if (next > Math.max(faultEnd, world.outageUntil, quietAt) + LIVENESS_BOUND + config.closeLinger) {
         failures.push(`not finished ${LIVENESS_BOUND} ms after the network healed`);
         break;
       }
@@ -236,36 +267,73 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   }
 
   let bytes = 0;
+  let lost = 0;
+  /** Whether the client's session was created by a server instance that died: it may be lost, and only so. */
+  const doomed = (c: ClientEndpoint): boolean => {
+    const id = c.session.sessionId?.toString('hex');
+    return id !== undefined && world.doomed.has(id);
+  };
   for (const [i, c] of world.clients.entries()) {
-    for (const e of c.errors) failures.push(`${c.name} error: ${e}`);
+    const lostWithItsNode = doomed(c) && c.errorCodes.length === 1 && c.errorCodes[0] === LOST_WITH_ITS_NODE;
+    if (lostWithItsNode) {
+      lost++;
+      // Promptly: once faults and the balancer's lag are over, within one
+      // failure detection and one resume attempt (two reconnect delays at most).
+      const node = world.nodes[world.doomed.get(c.session.sessionId!.toString('hex'))!];
+      const from = Math.max(faultEnd, world.outageUntil, node.diedAt + (world.cluster?.balancerLag ?? 0));
+      const bound = config.failureTimeout + config.handshakeTimeout + 2 * config.reconnectDelayMax + 20 * latency;
+      if (c.releasedAt > from + bound)
+        failures.push(`${c.name} learnt its session was lost ${(c.releasedAt - from).toFixed(0)} ms after it could have (at most ${bound})`);
+    } else {
+      for (const e of c.errors) failures.push(`${c.name} error: ${e}`);
+      if (doomed(c) && c.errors.length > 0) failures.push(`${c.name}: its node died, yet it did not end with ${LOST_WITH_ITS_NODE}`);
+    }
     failures.push(...c.grammar.violations);
     const app = c.app!;
     if (app.failure) failures.push(app.failure);
-    if (app.bytesReceived !== plans[i].down.length) failures.push(`${c.name} received ${app.bytesReceived} of ${plans[i].down.length} bytes`);
-    if (!c.closed) failures.push(`${c.name} never closed`);
+    if (!lostWithItsNode && app.bytesReceived !== plans[i].down.length)
+      failures.push(`${c.name} received ${app.bytesReceived} of ${plans[i].down.length} bytes`);
+    // A session that fails is released without 'closed' (the socket's 'close' comes from the adapter).
+    if (!c.closed && !lostWithItsNode) failures.push(`${c.name} never closed`);
     if (!c.released) failures.push(`${c.name} never released its session`);
     if (c.released && c.session.pollTimeout() !== undefined) failures.push(`${c.name} keeps a timer after release`);
     bytes += app.bytesReceived + app.bytesWritten;
   }
-  const server = world.server;
-  for (const e of server.errors) failures.push(`server: ${e}`);
-  for (const r of server.finished) {
+  const instances = world.nodes.flatMap((n) => n.instances);
+  const finished = instances.flatMap((server) => server.finished);
+  for (const server of instances) {
+    for (const e of server.errors) failures.push(`${server.name}: ${e}`);
+    for (const g of server.grammars.values()) {
+      failures.push(...g.violations);
+      // A dead process's sessions were never released: they vanished.
+      if (!g.released && !server.dead) failures.push(`${server.name}: a session was never released`);
+    }
+  }
+  for (const r of finished) {
     for (const e of r.errors) failures.push(`${r.app.name} error: ${e}`);
     if (r.app.failure) failures.push(r.app.failure);
     if (!r.closed) failures.push(`${r.app.name} never closed`);
   }
-  for (const g of server.grammars.values()) {
-    failures.push(...g.violations);
-    if (!g.released) failures.push('a server session was never released');
+  // Every session that no death took finished on a server, once; one that
+  // a death took did at most once. No server finished a session no client has.
+  const clientIds = new Set(world.clients.map((c) => c.session.sessionId?.toString('hex')));
+  for (const c of world.clients) {
+    const id = c.session.sessionId?.toString('hex');
+    const n = finished.filter((r) => r.sessionId === id).length;
+    if (n > 1 || (n === 0 && !doomed(c))) failures.push(`${c.name}'s session finished on ${n} servers`);
   }
-  if (server.finished.length !== clientCount) failures.push(`server finished ${server.finished.length} sessions for ${clientCount} clients`);
-  if (server.core.sessionCount !== 0) failures.push(`server still holds ${server.core.sessionCount} sessions`);
-  if (server.core.suspendedCount !== 0) failures.push(`server still counts ${server.core.suspendedCount} suspended sessions`);
-  if (server.core.bufferedBytes !== 0) failures.push(`server still accounts ${server.core.bufferedBytes} buffered bytes`);
-  if (server.core.pendingLinkCount !== 0) failures.push(`server still has ${server.core.pendingLinkCount} pending links`);
+  for (const r of finished) if (!clientIds.has(r.sessionId)) failures.push(`${r.app.name} finished a session no client holds`);
+  for (const n of world.nodes) {
+    const server = n.endpoint;
+    if (server === undefined) continue;
+    if (server.core.sessionCount !== 0) failures.push(`${server.name} still holds ${server.core.sessionCount} sessions`);
+    if (server.core.suspendedCount !== 0) failures.push(`${server.name} still counts ${server.core.suspendedCount} suspended sessions`);
+    if (server.core.bufferedBytes !== 0) failures.push(`${server.name} still accounts ${server.core.bufferedBytes} buffered bytes`);
+    if (server.core.pendingLinkCount !== 0) failures.push(`${server.name} still has ${server.core.pendingLinkCount} pending links`);
+  }
   if (failures.length > 0) {
     for (const c of world.clients) failures.push(`  state ${c.name}: ${c.session.describe()}`);
-    for (const s of server.live) failures.push(`  state server: ${s.describe()}`);
+    for (const n of world.nodes) for (const s of n.endpoint?.live ?? []) failures.push(`  state ${n.endpoint!.name}: ${s.describe()}`);
   }
 
   return {
@@ -278,5 +346,9 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     resumes: world.clients.reduce((n, c) => n + c.resumes, 0),
     bytes,
     trace: world.recentTrace(),
+    nodes: world.nodes.length,
+    ...world.stats,
+    directoryOutages: world.cluster?.directory.outages ?? 0,
+    lost,
   };
 }

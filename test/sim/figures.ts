@@ -1,0 +1,42 @@
+// What happened across the nodes of multi-node runs, summed over many seeds
+// for the command line and the test's summary.
+
+/** One run's figures (SimResult has them). */
+export interface RunFigures {
+  /** How many server nodes ran (1: a single server). */
+  nodes: number;
+  /** Resuming links carried to the node holding their session. */
+  relayed: number;
+  /** Relays refused: the owner was gone (its address refused) or unknown to the directory. */
+  refused: number;
+  /** Relays dropped because the owner could not be reached; the client tried again. */
+  unreachable: number;
+  deaths: number;
+  restarts: number;
+  directoryOutages: number;
+  /** Clients whose session ended with its node. */
+  lost: number;
+}
+
+/** The figures summed over many runs, and how many of them had several nodes. */
+export interface ClusterFigures extends Omit<RunFigures, 'nodes'> {
+  multiNode: number;
+}
+
+export function noFigures(): ClusterFigures {
+  return { multiNode: 0, relayed: 0, refused: 0, unreachable: 0, deaths: 0, restarts: 0, directoryOutages: 0, lost: 0 };
+}
+
+/** Adds one run's figures (or another total's) to `totals`. */
+export function addFigures(totals: ClusterFigures, r: RunFigures | ClusterFigures): void {
+  totals.multiNode += 'nodes' in r ? (r.nodes > 1 ? 1 : 0) : r.multiNode;
+  for (const k of ['relayed', 'refused', 'unreachable', 'deaths', 'restarts', 'directoryOutages', 'lost'] as const) totals[k] += r[k];
+}
+
+export function describeFigures(t: ClusterFigures): string {
+  return (
+    `${t.multiNode} multi-node runs: ${t.relayed} links relayed, ${t.refused} relays refused (owner gone or unknown), ` +
+    `${t.unreachable} dropped (owner unreachable), ${t.deaths} node deaths, ${t.restarts} restarts, ` +
+    `${t.directoryOutages} directory outages, ${t.lost} sessions lost with their node`
+  );
+}
