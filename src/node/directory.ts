@@ -44,6 +44,8 @@ export interface NodeDirectory extends EventEmitter<DirectoryEvents> {
   resolve(nodeId: number): Promise<NodeAddress | undefined>;
   /** Is `ip` (a link's remoteAddress; IPv4-mapped IPv6 accepted) an address of one of the deployment's nodes? */
   isMember(ip: string): boolean;
+  /** Whether what it says now is current: false while its store (Redis) is away and it answers from the last entries read. */
+  readonly reachable: boolean;
   /**
    * Learns the members (and registers this node, for a directory that does);
    * rejects with a clear error if it cannot. `listening` is the server's
@@ -194,6 +196,8 @@ export class StaticDirectory extends EventEmitter<DirectoryEvents> implements No
   private readonly byId = new Map<number, NodeAddress>();
   private readonly resolveEveryMs: number;
   private timer: NodeJS.Timeout | undefined;
+  /** A static list is always current. */
+  readonly reachable = true;
 
   /** Throws RangeError on a bad node id, host or port, or a node id listed twice. */
   constructor(peers: readonly PeerEntry[], { resolveEveryMs = 30_000 }: StaticDirectoryOptions = {}) {

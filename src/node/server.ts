@@ -318,6 +318,21 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     found.then(
       (address) => {
         if (address === undefined) {
+          // With the directory away, an unknown node may be one that joined
+          // just before: drop the link and let the client try again, rather
+          // than end a session that may be alive.
+          if (!directory.reachable) {
+            socket.destroy();
+            debug('cannot relay %s to %s: not known, and the directory is away', from, node);
+            this.emit('relay', {
+              nodeId,
+              remoteAddress: socket.remoteAddress,
+              remotePort: socket.remotePort,
+              outcome: 'unreachable',
+              reason: 'the directory is away',
+            } satisfies RelayInfo);
+            return;
+          }
           refuse('is not in this deployment');
           return;
         }

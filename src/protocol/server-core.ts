@@ -65,6 +65,8 @@ interface PendingLink {
   fromMember: boolean;
   /** It did: another node relayed it here, so it is never relayed again. */
   relayed: boolean;
+  /** A member's link began with part of a PROXY header: not an ordinary client, whatever comes. */
+  proxyStarted: boolean;
   parser: FrameParser;
   deadline: number;
 }
@@ -157,6 +159,7 @@ export class ServerCore implements SessionHost {
       announced: false,
       fromMember,
       relayed: false,
+      proxyStarted: false,
       parser: new FrameParser(),
       deadline: now + this.limits.detectTimeout,
     });
@@ -208,7 +211,7 @@ export class ServerCore implements SessionHost {
     if (p.detecting !== undefined && p.detecting.length === 0) {
       // A probe: connect, half-close at once, read what we say. Tell it.
       this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
-    } else if (p.detecting !== undefined && !p.announced) {
+    } else if (p.detecting !== undefined && !p.announced && !p.proxyStarted) {
       this.events.push({ type: 'plain', link, initial: p.detecting, ended: true, reason: 'ordinary client (closed its side)' });
     } else {
       this.reject(link, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'the client closed before HELLO or RESUME'));
@@ -231,7 +234,7 @@ export class ServerCore implements SessionHost {
   handleTimeout(now: number): void {
     for (const [link, p] of this.pending) {
       if (p.deadline > now) continue;
-      if (p.detecting !== undefined && !p.announced) {
+      if (p.detecting !== undefined && !p.announced && !p.proxyStarted) {
         // Silent: an ordinary client waiting for the server to speak first.
         this.pending.delete(link);
         this.events.push({
@@ -254,7 +257,7 @@ export class ServerCore implements SessionHost {
   private detect(link: LinkId, p: PendingLink, chunk: Buffer, now: number): Buffer | undefined {
     let bytes = p.detecting!.length === 0 ? chunk : Buffer.concat([p.detecting!, chunk]);
     if (this.relays && !p.relayed && !p.announced) {
-      const rest = this.readProxyHeader(link, p, bytes);
+      const rest = this.readProxyHeader(link, p, bytes, now);
       if (rest === undefined) return undefined;
       bytes = rest;
       if (bytes.length === 0) {
@@ -313,13 +316,18 @@ export class ServerCore implements SessionHost {
    * client. Returns the bytes after it (all of them when there is none), or
    * undefined when the link must wait for more or was refused.
    */
-  private readProxyHeader(link: LinkId, p: PendingLink, bytes: Buffer): Buffer | undefined {
+  private readProxyHeader(link: LinkId, p: PendingLink, bytes: Buffer, now: number): Buffer | undefined {
     const h = parseProxyHeader(bytes);
     switch (h.kind) {
       case 'none':
         return bytes;
       case 'incomplete':
         p.detecting = bytes;
+        if (p.fromMember && !p.proxyStarted) {
+          // A relay from another node: it has the handshake's time, as a rocks client has.
+          p.proxyStarted = true;
+          p.deadline = now + this.config.handshakeTimeout;
+        }
         return undefined;
       case 'malformed':
         this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `malformed PROXY header: ${h.reason}`));

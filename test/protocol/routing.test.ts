@@ -16,6 +16,7 @@ import {
   RESUME_WORKER_OFFSET,
   routeLink,
 } from '../../src/protocol/routing.js';
+import { encodeProxyHeader } from '../../src/protocol/proxy-header.js';
 import { ServerCore } from '../../src/protocol/server-core.js';
 import { SimRandom } from '../sim/random.js';
 
@@ -135,5 +136,45 @@ describe('routeLink reads the first bytes of a link', () => {
     const old = Buffer.alloc(SESSION_ID_SIZE, 0x42);
     assert.equal(ownerOf(old), undefined);
     assert.deepEqual(routeLink(resumingLink(old)), { kind: 'resume-unroutable', sessionId: old });
+  });
+});
+
+describe('the endpoint of a node with relays', () => {
+  const config = resolveSessionConfig();
+  const limits = resolveServerLimits();
+  const events = (core: ServerCore) => {
+    const out: string[] = [];
+    for (let ev = core.pollEvent(); ev !== undefined; ev = core.pollEvent()) {
+      if (ev.type === 'rejected') out.push(`rejected ${ev.error.code}`);
+      else if (ev.type === 'relay') out.push(`relay ${ev.nodeId} ${ev.initial.length}`);
+      else out.push(ev.type);
+    }
+    return out;
+  };
+
+  test('a resume for another node is handed back to be relayed, with every byte read and before we say a word', () => {
+    const core = new ServerCore(config, limits, new SimRandom(5), { owner: { nodeId: 1 }, relays: true });
+    const first = resumingLink(makeSessionId({ nodeId: 2, workerId: 0 }, new SimRandom(6)));
+    core.handleLinkOpen(1, 0);
+    core.handleLinkData(1, first.subarray(0, 30), 0);
+    assert.deepEqual(events(core), [], 'waits for the session id, says nothing');
+    core.handleLinkData(1, first.subarray(30), 0);
+    assert.deepEqual(events(core), [`relay 2 ${first.length}`]);
+  });
+
+  test("a member's link that stalls inside its PROXY header is refused, never served as an ordinary client", () => {
+    const core = new ServerCore(config, limits, new SimRandom(7), { owner: { nodeId: 1 }, relays: true });
+    const header = encodeProxyHeader({ source: { address: '10.0.0.9', port: 4000 }, destination: { address: '10.0.0.1', port: 7000 } });
+    core.handleLinkOpen(1, 0, true);
+    core.handleLinkData(1, header.subarray(0, 20), 0);
+    core.handleTimeout(limits.detectTimeout + 1);
+    assert.deepEqual(events(core), []);
+    core.handleTimeout(config.handshakeTimeout + 1);
+    assert.deepEqual(events(core), ['rejected ERR_ROCKS_HANDSHAKE_TIMEOUT', 'close-link']);
+    // A stranger's link that starts the same way is an ordinary client after detectTimeout.
+    core.handleLinkOpen(2, 0, false);
+    core.handleLinkData(2, header.subarray(0, 20), 0);
+    core.handleTimeout(limits.detectTimeout + 1);
+    assert.deepEqual(events(core), ['plain']);
   });
 });
