@@ -170,8 +170,15 @@ async function applyFault(
   else bed.moveClient();
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
+  // A session already suspended when the fault began (a heartbeat missed
+  // on a loaded machine, say) has nothing more to notice: it resumes after.
+  const suspendedBefore = live.filter((id) => {
+    const last = client.events.findLast((e) => e.id === id && e.t < broken && (e.type === 'suspend' || e.type === 'resume'));
+    return last?.type === 'suspend';
+  });
+  if (suspendedBefore.length > 0) console.log(`# ${suspendedBefore.length} sessions were already suspended when the ${describeFault(fault)} began`);
   const unnoticed = (): number[] => {
-    const noticed = new Set([...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
+    const noticed = new Set([...suspendedBefore, ...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
     return live.filter((id) => !noticed.has(id));
   };
   await client.waitFor(

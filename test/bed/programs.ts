@@ -151,10 +151,14 @@ export class RockProcess extends HostProcess {
       bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }),
       `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`,
     );
-    readJsonLines<{ msg: string; relayed?: boolean }>(this.child.stderr!, (l) => {
-      const key = l.relayed ? `${l.msg} (relayed)` : l.msg;
-      this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
-    });
+    readJsonLines<{ msg: string; relayed?: boolean }>(
+      this.child.stderr!,
+      (l) => {
+        const key = l.relayed ? `${l.msg} (relayed)` : l.msg;
+        this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+      },
+      true,
+    );
   }
 
   /** Its log lines, parsed. */

@@ -46,10 +46,14 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   return port;
 }
 
-/** Calls `onValue` with each line of `stream` that holds a JSON object, parsed. */
-export function readJsonLines<T>(stream: Readable, onValue: (value: T) => void): void {
+/**
+ * Calls `onValue` with each line of `stream` parsed as JSON (blank lines
+ * skipped). `onlyObjects`: lines that are not a JSON object (a crash's trace
+ * in a log) are skipped too, instead of throwing.
+ */
+export function readJsonLines<T>(stream: Readable, onValue: (value: T) => void, onlyObjects = false): void {
   createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
-    if (line.startsWith('{')) onValue(JSON.parse(line) as T); // a program's other lines (a crash's trace) are not events
+    if (onlyObjects ? line.startsWith('{') : line.trim() !== '') onValue(JSON.parse(line) as T);
   });
 }
 
