@@ -6,8 +6,10 @@
 //
 //   throughput  bulk one way and both ways once the session resumed after
 //               one cut: over a link straight to A (direct) or to B, which
-//               relays it to A (relayed); raw node:net in the same run. The
-//               relayed run must reach 0.8x the direct one (the target row).
+//               relays it to A (relayed); raw node:net in the same run,
+//               direct and through a plain TCP relay process (what relaying
+//               costs any connection). The relayed run must reach 0.8x the
+//               direct one (the target row).
 //   resume      a path cut (reset) again and again: ms from the cut to the
 //               client's 'reconnect', when each resume reaches A (direct) or
 //               lands on B and is relayed to A (relayed); p50 and p90.
@@ -46,15 +48,16 @@ async function commonPort(hosts: string[]): Promise<number> {
 
 type Stats = { type: 'stats'; connections: number; resumes: number; relayedResumes: number; cpu: number };
 
-async function stats(node: Peer): Promise<Stats> {
+async function stats<T = Stats>(node: Peer): Promise<T> {
   node.send({ type: 'stats' });
-  return node.next<Stats>('stats', 10_000);
+  return node.next<Message & T>('stats', 10_000);
 }
 
 /**
  * Nodes A and B on one port (`serverArgs`: the server peer's job), the
- * client peer with `clientArgs` against them; `drive` runs the client. Checks afterwards that
- * A served `resumes` resumes, every one relayed by B or none, as `route` says.
+ * client peer with `clientArgs` against them; `drive` runs the client.
+ * Checks afterwards that A served `resumes` resumes, every one relayed by B
+ * or none, as `route` says.
  */
 async function withNodes<T>(
   route: Route,
@@ -132,6 +135,35 @@ async function rawBulk(job: string[]): Promise<number> {
 /** Every run starts three processes: quick mode (a smoke test) makes one run of each variant. */
 const runs = (ctx: Context): number => (ctx.quick ? 1 : ctx.repeats);
 
+/**
+ * The same bulk run for raw node:net through a plain TCP relay process
+ * (bench/peers/pipe.ts): what relaying costs a connection that is not rocks.
+ * MB/s, and the relay's CPU seconds per GiB moved.
+ */
+async function rawRelayedBulk(job: string[]): Promise<{ mbps: number; relayCpu: number }> {
+  const server = new Peer('server', ['--transport', 'raw', ...job]);
+  try {
+    const { port } = await server.next<Message & { port: number }>('ready', 30_000);
+    const pipe = new Peer('pipe', ['--to-port', String(port)]);
+    try {
+      const relayPort = (await pipe.next<Message & { port: number }>('ready', 30_000)).port;
+      const before = await stats(pipe);
+      const client = new Peer('client', ['--transport', 'raw', ...job, '--port', String(relayPort)]);
+      try {
+        const r = await client.next<BulkResult>('result');
+        const after = await stats(pipe);
+        return { mbps: r.bytes / r.seconds / 1e6, relayCpu: (after.cpu - before.cpu) / (r.bytes / 2 ** 30) };
+      } finally {
+        await client.stop();
+      }
+    } finally {
+      await pipe.stop();
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
 const ratios = (over: number[], under: number[]): number[] => over.map((v, i) => v / under[i]);
 
 async function throughput(ctx: Context): Promise<Measure[]> {
@@ -145,20 +177,36 @@ async function throughput(ctx: Context): Promise<Measure[]> {
     [`${size} both ways at once, 64 KiB writes`, true],
   ] as const) {
     const job = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', '65536', ...(both ? ['--both'] : [])];
-    const samples: Record<string, number[]> = { raw: [], direct: [], relayed: [] };
-    const cpu: Record<Route, string[]> = { direct: [], relayed: [] };
+    const samples: Record<string, number[]> = { raw: [], 'raw (relayed)': [], direct: [], relayed: [] };
+    const cpu: Record<string, string[]> = { 'raw (relayed)': [], direct: [], relayed: [] };
     // Variants take turns, so that a slower spell of the machine touches all of them.
     for (let i = 0; i < runs(ctx); i++) {
       samples.raw.push(await rawBulk(job));
+      const piped = await rawRelayedBulk(job);
+      samples['raw (relayed)'].push(piped.mbps);
+      cpu['raw (relayed)'].push(`relay ${piped.relayCpu.toFixed(2)}`);
       for (const route of ROUTES) {
         const r = await relayBulk(route, job);
         samples[route].push(r.mbps);
         cpu[route].push(`client ${r.cpu.client.toFixed(2)}, A ${r.cpu.a.toFixed(2)}, B ${r.cpu.b.toFixed(2)}`);
       }
     }
-    for (const v of ['raw', ...ROUTES]) ctx.log(`relay ${metric} ${v}: ${samples[v].map((s) => s.toFixed(0)).join(', ')} MB/s`);
-    for (const route of ROUTES) ctx.log(`relay ${metric} ${route}: CPU s per GiB moved: ${cpu[route].join('; ')}`);
+    for (const v of Object.keys(samples)) ctx.log(`relay ${metric} ${v}: ${samples[v].map((s) => s.toFixed(0)).join(', ')} MB/s`);
+    for (const v of Object.keys(cpu)) ctx.log(`relay ${metric} ${v}: CPU s per GiB moved: ${cpu[v].join('; ')}`);
     out.push(measure({ case: 'relay', metric, variant: 'raw', unit: 'MB/s', better: 'higher' }, samples.raw));
+    out.push(
+      measure(
+        {
+          case: 'relay',
+          metric,
+          variant: 'raw (relayed)',
+          unit: 'MB/s',
+          better: 'higher',
+          note: 'raw node:net through a plain TCP relay process (pipe() both ways, as a rocks node relays): what relaying costs any connection here',
+        },
+        samples['raw (relayed)'],
+      ),
+    );
     for (const route of ROUTES)
       out.push(measure({ case: 'relay', metric, variant: variant(route), unit: 'MB/s', better: 'higher', note }, samples[route]));
     out.push(

@@ -77,6 +77,7 @@ const COLORS: Record<string, string> = {
   'rocks (enhanced)': '#08519c',
   'rocks (direct)': '#1f77b4',
   'rocks (relayed)': '#9467bd',
+  'raw (relayed)': '#bbb',
   'socket.io': '#d62728',
 };
 const color = (variant: string): string => COLORS[variant] ?? '#2ca02c';

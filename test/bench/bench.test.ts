@@ -30,7 +30,7 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'socket.io']));
       assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
       // relay: the case itself fails unless node A heard every relayed resume as relayed (and no direct one).
-      assert.deepEqual(variants('relay'), new Set(['raw', 'rocks (direct)', 'rocks (relayed)']));
+      assert.deepEqual(variants('relay'), new Set(['raw', 'raw (relayed)', 'rocks (direct)', 'rocks (relayed)']));
       const relayRatios = result.rows.filter((row) => row.case === 'relay' && row.metric.endsWith('relayed / direct')).map((row) => row.metric);
       assert.equal(relayRatios.length, 4, `relayed / direct for both bulk runs and both resume quantiles: ${relayRatios.join('; ')}`);
       assert.deepEqual(variants('memory'), new Set(['raw', 'rocks', 'socket.io']));
