@@ -75,6 +75,9 @@ const COLORS: Record<string, string> = {
   'rocks (probe)': '#6baed6',
   'rocks (cached)': '#1f77b4',
   'rocks (enhanced)': '#08519c',
+  'rocks (direct)': '#1f77b4',
+  'rocks (relayed)': '#9467bd',
+  'raw (relayed)': '#bbb',
   'socket.io': '#d62728',
 };
 const color = (variant: string): string => COLORS[variant] ?? '#2ca02c';

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
 import type { ReconnectInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { sendBulk } from './bulk.js';
+import { timeBulk } from './bulk.js';
 import { dial, peerArgs, say, type Stream, type Transport } from './transport.js';
 
 const args = peerArgs({
@@ -42,18 +42,7 @@ async function connected(s: Stream): Promise<Stream> {
 async function bulk(): Promise<void> {
   const bytes = Number(args.bytes);
   const s = await connected(dial(transport, port, options));
-  const expect = args.both ? bytes + 1 : 1;
-  let received = 0;
-  const done = new Promise<void>((resolve) =>
-    s.on('data', (d: Buffer) => {
-      received += d.length;
-      if (received >= expect) resolve();
-    }),
-  );
-  const start = performance.now();
-  await sendBulk(s, bytes, Number(args['write-size']));
-  await done;
-  const seconds = (performance.now() - start) / 1000;
+  const { seconds } = await timeBulk(s, bytes, Number(args['write-size']), args.both as boolean);
   s.destroy();
   say({ type: 'result', seconds, bytes: args.both ? 2 * bytes : bytes });
 }

@@ -1,39 +1,58 @@
 // The server side of the raw and rocks benchmarks (bench/peers/client.ts is
 // the other): `--job echo` echoes; `--job bulk` counts N bytes in (and with
-// --both sends N out), then writes one byte 0xff to say it is done; `--job
-// hold` keeps connections idle and reports memory on request.
+// --both sends N out once the client's first bytes arrive), then writes one
+// byte 0xff to say it is done; `--job hold` keeps connections idle and
+// reports memory on request. `--host` and `--listen-port` place it (the
+// relay case runs two rocks nodes on 127.0.0.2 and 127.0.0.3).
 
+import type { ReconnectInfo } from '../../src/index.js';
+import { readJsonLines } from '../../test/support/helpers.js';
 import { sendBulk } from './bulk.js';
 import { listen, peerArgs, say, type Stream, type Transport } from './transport.js';
-import { readJsonLines } from '../../test/support/helpers.js';
 
 const args = peerArgs({
   bytes: { type: 'string', default: '0' },
   'write-size': { type: 'string', default: '65536' },
   both: { type: 'boolean', default: false },
+  host: { type: 'string', default: '127.0.0.1' },
+  'listen-port': { type: 'string', default: '0' },
 });
 const transport = args.transport as Transport;
 const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);
 const sockets = new Set<Stream>();
+/** Resumes this process served, and how many of them another node relayed here. */
+const resumes = { all: 0, relayed: 0 };
 
 function bulk(s: Stream): void {
   let received = 0;
-  const sending = args.both ? sendBulk(s, bytes, writeSize) : Promise.resolve();
+  // Sending waits for the client's first bytes: the client times from then,
+  // whatever happened to the connection before (the relay case cuts it first).
+  let sending: Promise<void> | undefined;
   s.on('data', (d: Buffer) => {
+    sending ??= args.both ? sendBulk(s, bytes, writeSize) : Promise.resolve();
     received += d.length;
     if (received === bytes) void sending.then(() => s.write(Buffer.from([0xff])));
   });
 }
 
-const { port } = await listen(transport, JSON.parse(args.options!), (s) => {
-  sockets.add(s);
-  s.on('close', () => sockets.delete(s));
-  s.on('error', () => {});
-  if (args.job === 'echo') s.pipe(s);
-  else if (args.job === 'bulk') bulk(s);
-  else if (args.job === 'hold') s.resume();
-});
+const { port } = await listen(
+  transport,
+  JSON.parse(args.options!),
+  (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    s.on('reconnect', (info: ReconnectInfo) => {
+      resumes.all++;
+      if (info.relayed) resumes.relayed++;
+    });
+    if (args.job === 'echo') s.pipe(s);
+    else if (args.job === 'bulk') bulk(s);
+    else if (args.job === 'hold') s.resume();
+  },
+  { host: args.host as string, port: Number(args['listen-port']) },
+);
 say({ type: 'ready', port });
 
 readJsonLines<{ type: string }>(process.stdin, (command) => {
@@ -41,6 +60,9 @@ readJsonLines<{ type: string }>(process.stdin, (command) => {
     globalThis.gc?.();
     const m = process.memoryUsage();
     say({ type: 'memory', rss: m.rss, heapUsed: m.heapUsed, external: m.external, connections: sockets.size });
+  } else if (command.type === 'stats') {
+    const cpu = process.cpuUsage();
+    say({ type: 'stats', connections: sockets.size, resumes: resumes.all, relayedResumes: resumes.relayed, cpu: (cpu.user + cpu.system) / 1e6 });
   }
 });
 process.on('SIGTERM', () => process.exit(0));

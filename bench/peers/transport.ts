@@ -8,14 +8,20 @@ import { connect as rocksConnect, createServer as rocksCreateServer, type Reliab
 export type Stream = Socket | ReliableSocket;
 export type Transport = 'raw' | 'rocks';
 
-export function listen(transport: Transport, options: object, onConnection: (s: Stream) => void): Promise<{ port: number; close(): void }> {
+/** Listens on `at` (default: a free port on 127.0.0.1). */
+export function listen(
+  transport: Transport,
+  options: object,
+  onConnection: (s: Stream) => void,
+  at: { host?: string; port?: number } = {},
+): Promise<{ port: number; close(): void }> {
   const server =
     transport === 'raw'
       ? netCreateServer({ allowHalfOpen: true, noDelay: true }, onConnection)
       : rocksCreateServer({ ...options, allowHalfOpen: true }, onConnection);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as AddressInfo).port, close: () => server.close() }));
+    server.listen(at.port ?? 0, at.host ?? '127.0.0.1', () => resolve({ port: (server.address() as AddressInfo).port, close: () => server.close() }));
   });
 }
 

@@ -35,8 +35,15 @@ export class FaultProxy {
     this.server = createServer({ allowHalfOpen: true }, (s) => this.accept(s));
   }
 
-  async listen(host = '127.0.0.1'): Promise<number> {
-    await new Promise<void>((resolve) => this.server.listen(0, host, resolve));
+  /** Listens on `host`, on `port` if given (a port in use rejects), else on a free one; resolves with the port. */
+  async listen(host = '127.0.0.1', port = 0): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
     return (this.server.address() as AddressInfo).port;
   }
 

@@ -21,7 +21,7 @@ describe('benchmarks', () => {
       const r = spawnSync(process.execPath, [RUN, '--quick', '--out', out], { encoding: 'utf8', timeout: 280_000 });
       assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`);
       const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as {
-        rows: { case: string; variant: string; samples: number[] }[];
+        rows: { case: string; metric: string; variant: string; samples: number[] }[];
         machine: { cpus: number };
       };
       const variants = (id: string) => new Set(result.rows.filter((row) => row.case === id).map((row) => row.variant));
@@ -29,6 +29,10 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('latency'), new Set(['raw', 'rocks', 'socket.io']));
       assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'socket.io']));
       assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
+      // relay: the case itself fails unless node A heard every relayed resume as relayed (and no direct one).
+      assert.deepEqual(variants('relay'), new Set(['raw', 'raw (relayed)', 'rocks (direct)', 'rocks (relayed)']));
+      const relayRatios = result.rows.filter((row) => row.case === 'relay' && row.metric.endsWith('relayed / direct')).map((row) => row.metric);
+      assert.equal(relayRatios.length, 4, `relayed / direct for both bulk runs and both resume quantiles: ${relayRatios.join('; ')}`);
       assert.deepEqual(variants('memory'), new Set(['raw', 'rocks', 'socket.io']));
       assert.deepEqual(variants('scale'), new Set(['raw', 'rocks']));
       assert.deepEqual(variants('iperf'), new Set(['raw', 'rocks']));
