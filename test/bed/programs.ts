@@ -18,7 +18,10 @@ export interface AgentEvent {
   id?: number;
   side?: 'client' | 'server';
   reliable?: boolean;
+  /** Why: a suspension's reason; on a client's connected, EDP's verdict ('the server announced rocks', say). */
   reason?: string;
+  /** On a client's connected: whether EDP's verdict came from the cache rather than a probe of its own. */
+  cached?: boolean;
   outage?: number;
   replayedOut?: number;
   replayedIn?: number;
