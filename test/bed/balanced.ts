@@ -110,10 +110,15 @@ export interface BalancedReport {
   relayedLinks: number;
   /** Resuming links a node could not carry (unknown or dead owner). */
   notRelayed: number;
-  /** Connections whose EDP verdict came from a probe of their own (not the cache) that found rocks. */
+  /** The nodes' warnings and errors, by message and error (a failed connection, a target that refused one). */
+  nodeWarnings: Record<string, number>;
+  /**
+   * Connections whose EDP verdict came from a probe that found rocks, not from the cache. With the
+   * cache on, connections made at once share one probe; with detectCacheTtl: 0 each runs its own.
+   */
   probed: number;
   /** With via: 'haproxy', its log: links it carried, resuming ones, and those that went to another node than the one they named. */
-  haproxy?: { links: number; resumingLinks: number; misrouted: number };
+  haproxy?: { links: number; resumingLinks: number; misrouted: number; ended: Record<string, number> };
   faults: FaultOutcome[];
   /** Bytes carried by the intact connections, both ways. */
   bytes: number;
@@ -155,6 +160,13 @@ function alive(client: Agent): number[] {
 function withEventSince(client: Agent, type: AgentEvent['type'], ids: number[], since: number): number[] {
   const seen = new Set(client.events.filter((e) => e.type === type && e.t >= since).map((e) => e.id));
   return ids.filter((id) => seen.has(id));
+}
+
+/** Of `ids`, those suspended now: their last suspend has no resume after it. */
+function suspendedNow(client: Agent, ids: number[]): number[] {
+  const last = new Map<number, AgentEvent['type']>();
+  for (const e of client.events) if (e.type === 'suspend' || e.type === 'resume') last.set(e.id!, e.type);
+  return ids.filter((id) => last.get(id) === 'suspend');
 }
 
 /** Connection `id`'s last events, their times from `since`: why a session did not do what was awaited. */
@@ -208,6 +220,8 @@ async function applyFault(
 ): Promise<FaultOutcome> {
   const live = alive(client);
   const broken = Date.now();
+  // Already suspended (a link lost to the load, say): the fault holds back its resume all the same.
+  const suspended = suspendedNow(client, live);
   if (fault.kind === 'redis-down') {
     if (redis === undefined) throw new Error('a redis-down fault needs the redis option');
     redis.child.kill('SIGKILL');
@@ -221,7 +235,7 @@ async function applyFault(
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
   const unnoticed = (): number[] => {
-    const noticed = new Set([...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
+    const noticed = new Set([...suspended, ...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
     return live.filter((id) => !noticed.has(id));
   };
   await client.waitFor(
@@ -395,11 +409,13 @@ export async function balancedScenario({
       relayedLinks: serves.reduce((n, s) => n + (s.counts.get(RELAYED) ?? 0), 0),
       relayed: serves.reduce((n, s) => n + (s.counts.get('resumed (relayed)') ?? 0), 0),
       notRelayed: serves.reduce((n, s) => n + (s.counts.get(NOT_RELAYED) ?? 0), 0),
+      nodeWarnings: tally(serves.flatMap((s) => [...s.warnings])),
       probed: connected.filter((e) => e.reliable && e.cached === false && e.reason === 'the server announced rocks').length,
       haproxy: haproxy && {
         links: haproxy.log.links.length,
         resumingLinks: haproxy.log.resumes().length,
         misrouted: haproxy.log.misrouted().length,
+        ended: tally(haproxy.log.links.map((l) => [l.ended, 1])),
       },
       faults: outcomes,
       bytes,
@@ -409,6 +425,13 @@ export async function balancedScenario({
     bed.destroy();
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Sums counts by key. */
+function tally(entries: [string, number][]): Record<string, number> {
+  const sums: Record<string, number> = {};
+  for (const [key, n] of entries) sums[key] = (sums[key] ?? 0) + n;
+  return sums;
 }
 
 /** What `rock serve` logs for each resume it relays, or cannot. */
@@ -421,13 +444,17 @@ export function describeReport(label: string, r: BalancedReport): string {
     .map(([code, n]) => `${n} ${code}`)
     .join(', ');
   const faults = r.faults.map((f) => `${f.fault}: ${f.resumed}/${f.live} resumed`).join('; ');
+  const warnings = Object.entries(r.nodeWarnings)
+    .map(([what, n]) => `${n}x ${what}`)
+    .join(', ');
   const haproxy = r.haproxy
-    ? `; haproxy carried ${r.haproxy.links} links, ${r.haproxy.resumingLinks} resuming, ${r.haproxy.misrouted} of them to another node than they named`
+    ? `; haproxy carried ${r.haproxy.links} links (ended ${JSON.stringify(r.haproxy.ended)}), ${r.haproxy.resumingLinks} resuming, ` +
+      `${r.haproxy.misrouted} of them to another node than they named`
     : '';
   return (
     `# ${label}: ${r.connections} sessions spread ${r.spread.join('/')} over ${r.spread.length} nodes; ` +
     `${r.intact} intact (${(r.bytes / 2 ** 20).toFixed(1)} MiB checked both ways), ${r.lostTotal} lost${lost ? ` (${lost})` : ''}; ` +
     `${r.resumes} resumes, ${r.relayed} of them relayed (${r.relayedLinks} links relayed)${r.notRelayed > 0 ? `, ${r.notRelayed} not relayed` : ''}; ` +
-    `${r.probed} EDP probes of their own${haproxy}; ${faults}`
+    `${r.probed} found rocks by EDP probe${haproxy}; ${faults}${warnings ? `; the nodes warned: ${warnings}` : ''}`
   );
 }

@@ -87,6 +87,8 @@ export interface Routed {
   server: string;
   /** The node id a resuming rocks link named; undefined for new sessions, probes and ordinary clients. */
   resumeOf: number | undefined;
+  /** How the link ended (%ts: '--' normally; 'CD' the client, 'SD' the server broke it during data; 'sC' a timeout connecting...). */
+  ended: string;
 }
 
 /** haproxy's log as it comes (it logs a link when the link closes). */
@@ -102,8 +104,8 @@ export class HaproxyLog {
       const lines = (this.partial + d.toString()).split('\n');
       this.partial = lines.pop()!;
       for (const line of lines) {
-        const m = /^\S+ \[[^\]]+\] rocks (\S+)\/(\S+) .* rocks_node=(\S+)$/.exec(line);
-        if (m) this.links.push({ backend: m[1], server: m[2], resumeOf: m[3] === '-' ? undefined : Number(m[3]) });
+        const m = /^\S+ \[[^\]]+\] rocks (\S+)\/(\S+) \S+ \S+ (\S+) rocks_node=(\S+)$/.exec(line);
+        if (m) this.links.push({ backend: m[1], server: m[2], ended: m[3], resumeOf: m[4] === '-' ? undefined : Number(m[4]) });
         else this.other.push(line);
       }
     });
