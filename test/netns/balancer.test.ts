@@ -180,10 +180,10 @@ describe('many server hosts behind a non-sticky balancer (namespaces, nftables D
       via: 'haproxy',
       // The ids of the doc's nodes.map (17, 34, 51): the doc stays the one source of the recipe.
       nodeIds: docNodeIds(),
-      // EDP through haproxy for every connection, not one probe shared through the cache (and never
-      // enhanced: true). 100 probes at once on a loaded machine can miss the default 500 ms probe
-      // timeout (through DNAT alike) and fall back to plain TCP: what is tested here is that each
-      // probe's half-close passes haproxy and the node's answer comes back, not how fast.
+      // EDP through haproxy for every connection, not one probe shared through the cache (and
+      // never enhanced: true). 100 probes at once on a loaded machine can miss the default 500 ms
+      // probe timeout (12 to 29 of 100 did here, through DNAT alike) and fall back to plain TCP:
+      // what is tested is that each probe's half-close passes haproxy and the answer comes back.
       clientOptions: { detectCacheTtl: 0, probeTimeout: 5000 },
     });
     console.log(describeReport('haproxy', report));
@@ -191,7 +191,7 @@ describe('many server hosts behind a non-sticky balancer (namespaces, nftables D
       report.spread.every((n) => n > 0),
       `new sessions on every node: ${report.spread.join('/')}`,
     );
-    assert.equal(report.probed, report.connections, 'every connection probed through haproxy and heard rocks');
+    assert.equal(report.probed, report.connections, 'every connection ran its own EDP probe through haproxy and heard rocks');
     assert.deepEqual(report.lost, {}, 'no session lost');
     assert.equal(report.intact, report.connections, 'every byte of every connection checked both ways');
     assert.ok(
