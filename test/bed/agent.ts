@@ -2,7 +2,7 @@
 // server or client whose connections carry a paced stream of random bytes
 // both ways, hashed on each side. It reports on stdout, one JSON object per
 // line with a wall-clock time `t` (the test compares it with when it broke
-// the network): connected (a client's with its session id), suspend, resume, error, and at each connection's
+// the network): connected (a client's with its session id and EDP verdict), suspend, resume, error, and at each connection's
 // close a result with the bytes and SHA-256 of each direction.
 //
 //   node agent.js server --listen HOST:PORT [--rate B/s] [--options JSON]
@@ -16,7 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { connect, createServer, type ReconnectInfo, type ReliableSocket } from '../../src/index.js';
+import { connect, createServer, type DetectInfo, type ReconnectInfo, type ReliableSocket } from '../../src/index.js';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -159,12 +159,17 @@ function client(): void {
     const socket: Conn = values.plain ? netConnect({ ...to, allowHalfOpen: true }) : connect({ ...sessionOptions, ...to, allowHalfOpen: true });
     const writer = new PacedWriter(socket, id);
     writers.push(writer);
+    // EDP's verdict (it comes just before 'connect'): a fresh probe's, or the cache's.
+    let verdict: DetectInfo | undefined;
+    socket.once('detect', (info: DetectInfo) => (verdict = info));
     socket.once('connect', () =>
       report({
         type: 'connected',
         id,
         side: 'client',
         reliable: 'reliable' in socket ? socket.reliable : false,
+        reason: verdict?.reason,
+        cached: verdict?.cached,
         // Names the node that holds the session (PROTOCOL.md §3.6): where a balancer put it.
         session: 'sessionId' in socket ? socket.sessionId : undefined,
       }),

@@ -11,9 +11,20 @@
 // the rest by error code, so one run without relays shows sessions lost to
 // scattering and the same run with relays (extra `rock serve` arguments per
 // node) can demand that none are.
+//
+// With `via: 'haproxy'` the client enters through a real HAProxy instead
+// of the router's DNAT: docs/haproxy.cfg as written (test/support/haproxy.ts)
+// on server 0, at its own address and HAPROXY_PORT. The client's path to it
+// crosses the router, where the faults act; haproxy reaches the nodes
+// through the router too, on node-to-node paths the faults spare.
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ownerOf } from '../../src/protocol/routing.js';
-import { Program, sleep } from '../support/helpers.js';
+import { HaproxyLog, writeHaproxyConfig } from '../support/haproxy.js';
+import { Program, sleep, until } from '../support/helpers.js';
+import { programs } from '../support/which.js';
 import { NetBed, serverHost } from './netbed.js';
 import { type Agent, agentClient, type AgentEvent, RockProcess, socatEcho } from './programs.js';
 
@@ -33,6 +44,8 @@ export type BalancedFault =
 export interface BalancedNode {
   index: number;
   nodeId: number;
+  /** Every node's id, by index. */
+  nodeIds: number[];
   bed: NetBed;
   port: number;
 }
@@ -52,7 +65,20 @@ export interface BalancedOptions {
   port?: number;
   /** Runs a redis-server on server 0 (at REDIS_PORT) for a node directory, started before the nodes. */
   redis?: boolean;
+  /** The node id of each server, by index (default 1, 2, 3...); with haproxy, those of the doc's nodes.map. */
+  nodeIds?: number[];
+  /**
+   * Where the client enters: the router's round-robin DNAT to the service
+   * address (the default), or haproxy with docs/haproxy.cfg on server 0 at
+   * HAPROXY_PORT (new sessions round robin, resumes to the node they name).
+   */
+  via?: 'dnat' | 'haproxy';
+  /** Extra options for the client's connect() (detectCacheTtl: 0 makes every connection probe with EDP). */
+  clientOptions?: Record<string, unknown>;
 }
+
+/** Where haproxy listens on server 0 (via: 'haproxy'). */
+export const HAPROXY_PORT = 7500;
 
 export const REDIS_PORT = 6379;
 
@@ -84,6 +110,15 @@ export interface BalancedReport {
   relayedLinks: number;
   /** Resuming links a node could not carry (unknown or dead owner). */
   notRelayed: number;
+  /** The nodes' warnings and errors, by message and error (a failed connection, a target that refused one). */
+  nodeWarnings: Record<string, number>;
+  /**
+   * Connections whose EDP verdict came from a probe that found rocks, not from the cache. With the
+   * cache on, connections made at once share one probe; with detectCacheTtl: 0 each runs its own.
+   */
+  probed: number;
+  /** With via: 'haproxy', its log: links it carried, resuming ones, and those that went to another node than the one they named. */
+  haproxy?: { links: number; resumingLinks: number; misrouted: number; ended: Record<string, number> };
   faults: FaultOutcome[];
   /** Bytes carried by the intact connections, both ways. */
   bytes: number;
@@ -101,16 +136,16 @@ export const DEFAULT_FAULTS: BalancedFault[] = [
   { kind: 'blackhole', ms: 3000 },
 ];
 
-/** The node id server `index` runs with. */
-export const nodeIdOf = (index: number): number => index + 1;
+/** The node ids servers run with unless told (BalancedOptions.nodeIds): 1, 2, 3... */
+export const defaultNodeIds = (servers: number): number[] => Array.from({ length: servers }, (_, i) => i + 1);
 
 /** `ID=HOST:PORT,...` for every node of `bed`: a static peer list (`rock serve --peers`). */
-export function peersOf(bed: NetBed, port: number): string {
-  return bed.serverAddresses.map((address, i) => `${nodeIdOf(i)}=${address}:${port}`).join(',');
+export function peersOf(bed: NetBed, port: number, nodeIds = defaultNodeIds(bed.servers)): string {
+  return bed.serverAddresses.map((address, i) => `${nodeIds[i]}=${address}:${port}`).join(',');
 }
 
-const describeFault = (f: BalancedFault): string =>
-  f.kind === 'move' || f.kind === 'redis-down' ? f.kind : f.kind === 'kill' ? `kill node ${nodeIdOf(f.index)}` : `${f.kind} ${f.ms / 1000} s`;
+const describeFault = (f: BalancedFault, nodeIds: number[]): string =>
+  f.kind === 'move' || f.kind === 'redis-down' ? f.kind : f.kind === 'kill' ? `kill node ${nodeIds[f.index]}` : `${f.kind} ${f.ms / 1000} s`;
 
 /** The client connections (ids) still open: connected and no error yet. */
 function alive(client: Agent): number[] {
@@ -127,25 +162,51 @@ function withEventSince(client: Agent, type: AgentEvent['type'], ids: number[], 
   return ids.filter((id) => seen.has(id));
 }
 
+/** Of `ids`, those suspended now: their last suspend has no resume after it. */
+function suspendedNow(client: Agent, ids: number[]): number[] {
+  const last = new Map<number, AgentEvent['type']>();
+  for (const e of client.events) if (e.type === 'suspend' || e.type === 'resume') last.set(e.id!, e.type);
+  return ids.filter((id) => last.get(id) === 'suspend');
+}
+
+/** Connection `id`'s last events, their times from `since`: why a session did not do what was awaited. */
+function lastEvents(client: Agent, id: number, since: number): string {
+  const events = client.events.filter((e) => e.id === id).slice(-4);
+  return `${id}: ${events.map((e) => `${e.type}${e.reason ? ` (${e.reason})` : ''} at ${e.t - since} ms`).join(', ')}`;
+}
+
 /**
  * Kills a node and waits until each of its sessions ended (their links
  * break; the resume reaches another node, whose relay finds the owner gone,
  * or the dead node's port itself). The other sessions must not notice.
  */
-async function killNode(client: Agent, fault: { index: number }, serves: RockProcess[], live: number[], broken: number): Promise<FaultOutcome> {
+async function killNode(
+  client: Agent,
+  fault: { index: number },
+  serves: RockProcess[],
+  nodeIds: number[],
+  live: number[],
+  broken: number,
+): Promise<FaultOutcome> {
   serves[fault.index].child.kill('SIGKILL');
   const owner = new Map(client.of('connected').map((e) => [e.id!, ownerOf(Buffer.from(e.session ?? '', 'hex'))?.nodeId]));
-  const orphans = live.filter((id) => owner.get(id) === nodeIdOf(fault.index));
+  const orphans = live.filter((id) => owner.get(id) === nodeIds[fault.index]);
   await client.waitFor(
     () => withEventSince(client, 'error', orphans, broken).length === orphans.length,
     5 * FAILURE_TIMEOUT + 10_000,
-    `every session of node ${nodeIdOf(fault.index)} to end`,
+    `every session of node ${nodeIds[fault.index]} to end`,
   );
   await sleep(2 * FAILURE_TIMEOUT); // long enough for any other session that noticed to show it
   const ended = client.events
     .filter((e) => e.type === 'error' && e.t >= broken && live.includes(e.id!))
     .map((e) => ({ id: e.id!, code: e.code, ms: e.t - broken }));
-  return { fault: describeFault({ kind: 'kill', ...fault }), live: live.length, resumed: live.length - ended.length, lost: ended.length, ended };
+  return {
+    fault: describeFault({ kind: 'kill', ...fault }, nodeIds),
+    live: live.length,
+    resumed: live.length - ended.length,
+    lost: ended.length,
+    ended,
+  };
 }
 
 /** Applies one fault, lifts it, and waits until every session alive before it resumed or failed. */
@@ -154,10 +215,13 @@ async function applyFault(
   client: Agent,
   fault: BalancedFault,
   serves: RockProcess[],
+  nodeIds: number[],
   redis: Program | undefined,
 ): Promise<FaultOutcome> {
   const live = alive(client);
   const broken = Date.now();
+  // Already suspended (a link lost to the load, say): the fault holds back its resume all the same.
+  const suspended = suspendedNow(client, live);
   if (fault.kind === 'redis-down') {
     if (redis === undefined) throw new Error('a redis-down fault needs the redis option');
     redis.child.kill('SIGKILL');
@@ -166,25 +230,21 @@ async function applyFault(
   }
   if (fault.kind === 'blackhole') bed.blackhole();
   else if (fault.kind === 'reset') bed.reject();
-  else if (fault.kind === 'kill') return killNode(client, fault, serves, live, broken);
+  else if (fault.kind === 'kill') return killNode(client, fault, serves, nodeIds, live, broken);
   else bed.moveClient();
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
-  // A session already suspended when the fault began (a heartbeat missed
-  // on a loaded machine, say) has nothing more to notice: it resumes after.
-  const suspendedBefore = live.filter((id) => {
-    const last = client.events.findLast((e) => e.id === id && e.t < broken && (e.type === 'suspend' || e.type === 'resume'));
-    return last?.type === 'suspend';
-  });
-  if (suspendedBefore.length > 0) console.log(`# ${suspendedBefore.length} sessions were already suspended when the ${describeFault(fault)} began`);
   const unnoticed = (): number[] => {
-    const noticed = new Set([...suspendedBefore, ...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
+    const noticed = new Set([...suspended, ...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
     return live.filter((id) => !noticed.has(id));
   };
   await client.waitFor(
     () => unnoticed().length === 0,
     5 * FAILURE_TIMEOUT,
-    () => `every live session to notice the ${describeFault(fault)} (not yet: ${unnoticed().join(', ')})`,
+    () =>
+      `every live session to notice the ${describeFault(fault, nodeIds)} (not yet: ${unnoticed()
+        .map((id) => lastEvents(client, id, broken))
+        .join('; ')})`,
   );
   if (fault.kind === 'blackhole' || fault.kind === 'reset') {
     await sleep(Math.max(0, fault.ms - (Date.now() - broken)));
@@ -194,12 +254,50 @@ async function applyFault(
     const failed = new Set(failedSince());
     return live.every((id) => failed.has(id) || withEventSince(client, 'resume', [id], broken).length > 0);
   };
-  await client.waitFor(settled, 30_000, `every session to resume or fail after the ${describeFault(fault)}`);
+  await client.waitFor(settled, 30_000, `every session to resume or fail after the ${describeFault(fault, nodeIds)}`);
   const lost = failedSince().length;
   const ended = client.events
     .filter((e) => e.type === 'error' && e.t >= broken && live.includes(e.id!))
     .map((e) => ({ id: e.id!, code: e.code, ms: e.t - broken }));
-  return { fault: describeFault(fault), live: live.length, resumed: live.length - lost, lost, ended };
+  return { fault: describeFault(fault, nodeIds), live: live.length, resumed: live.length - lost, lost, ended };
+}
+
+/** haproxy on server 0 as a bed's entry, and what it logs. */
+interface BedHaproxy {
+  program: Program;
+  log: HaproxyLog;
+}
+
+/**
+ * Starts haproxy with docs/haproxy.cfg on server 0, listening on its
+ * address at HAPROXY_PORT, its servers the nodes' rock serve (node id
+ * `nodeIds[i]` on server i at `port`); resolves once it listens.
+ */
+async function startHaproxy(bed: NetBed, nodeIds: number[], port: number, dir: string): Promise<BedHaproxy> {
+  const file = writeHaproxyConfig('bed.cfg', {
+    dir,
+    bind: `${bed.serverAddress}:${HAPROXY_PORT}`,
+    servers: new Map(nodeIds.map((id, i) => [id, `${bed.serverAddresses[i]}:${port}`])),
+  });
+  const child = bed.spawn('server', programs('haproxy').paths.haproxy, ['-db', '-f', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const program = new Program(child, 'haproxy', { keep: ['stderr'] });
+  const log = new HaproxyLog(child.stdout!);
+  // Asked of the kernel (ss), not by connecting: a test connection would be a link in haproxy's log.
+  const listening = async (): Promise<boolean> => {
+    if (program.exited !== undefined) throw new Error(`haproxy exited (${program.exited}) before listening:\n${program.output}`);
+    const ss = bed.spawn('server', 'ss', ['-Hltn', `sport = :${HAPROXY_PORT}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    ss.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await new Promise((resolve) => ss.once('close', resolve));
+    return out.trim() !== '';
+  };
+  try {
+    await until(listening, 10_000, () => `haproxy to listen on ${bed.serverAddress}:${HAPROXY_PORT}:\n${program.output}`, 50);
+  } catch (err) {
+    await program.stop();
+    throw err;
+  }
+  return { program, log };
 }
 
 /**
@@ -216,10 +314,17 @@ export async function balancedScenario({
   serveArgs = () => [],
   port = 7400,
   redis = false,
+  nodeIds = defaultNodeIds(servers),
+  via = 'dnat',
+  clientOptions = {},
 }: BalancedOptions = {}): Promise<BalancedReport> {
+  if (nodeIds.length !== servers || new Set(nodeIds).size !== servers) {
+    throw new RangeError(`nodeIds must give ${servers} distinct ids, one per server; got ${nodeIds.join(', ')}`);
+  }
   const bed = new NetBed({ servers, spread });
   const processes: Program[] = [];
   let redisServer: Program | undefined;
+  let dir: string | undefined;
   try {
     if (redis) {
       const args = ['--bind', bed.serverAddress, '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
@@ -231,23 +336,34 @@ export async function balancedScenario({
     for (let index = 0; index < servers; index++) {
       const host = serverHost(index);
       processes.push(socatEcho(bed, `127.0.0.1:${port + 1}`, host));
-      const nodeId = nodeIdOf(index);
+      const nodeId = nodeIds[index];
       const args = ['serve', '--listen', `0.0.0.0:${port}`, '--to', `127.0.0.1:${port + 1}`, '--node-id', String(nodeId), ...rockOptions];
-      const serve = new RockProcess(bed, host, [...args, ...serveArgs({ index, nodeId, bed, port })]);
+      const serve = new RockProcess(bed, host, [...args, ...serveArgs({ index, nodeId, nodeIds, bed, port })]);
       processes.push(serve);
       serves.push(serve);
     }
     await Promise.all(serves.map((s) => s.ready('serving rocks, relaying to the target')));
+    let haproxy: BedHaproxy | undefined;
+    if (via === 'haproxy') {
+      dir = mkdtempSync(join(tmpdir(), 'rocks-bed-haproxy-'));
+      haproxy = await startHaproxy(bed, nodeIds, port, dir);
+      processes.push(haproxy.program);
+    }
 
-    const client = await agentClient(bed, port, sessionOptions, rate, count, false, bed.serviceAddress);
+    const [entry, entryPort] = haproxy ? [bed.serverAddress, HAPROXY_PORT] : [bed.serviceAddress, port];
+    const client = await agentClient(bed, entryPort, { ...sessionOptions, ...clientOptions }, rate, count, false, entry);
     processes.push(client);
     const connected = client.of('connected');
-    const plain = connected.filter((e) => !e.reliable).length;
-    if (plain > 0) throw new Error(`${plain} of ${count} connections fell back to plain TCP`);
+    const plain = connected.filter((e) => !e.reliable);
+    if (plain.length > 0) {
+      const why = new Map<string, number>();
+      for (const e of plain) why.set(`${e.reason}${e.cached ? ' (cached)' : ''}`, (why.get(`${e.reason}${e.cached ? ' (cached)' : ''}`) ?? 0) + 1);
+      throw new Error(`${plain.length} of ${count} connections fell back to plain TCP: ${JSON.stringify(Object.fromEntries(why))}`);
+    }
     const spread = Array.from({ length: servers }, () => 0);
     for (const e of connected) {
       const owner = ownerOf(Buffer.from(e.session ?? '', 'hex'));
-      const index = owner === undefined ? -1 : owner.nodeId - 1;
+      const index = owner === undefined ? -1 : nodeIds.indexOf(owner.nodeId);
       if (spread[index] === undefined) throw new Error(`connection ${e.id}: session ${e.session} names no node of this bed`);
       spread[index]++;
     }
@@ -255,7 +371,7 @@ export async function balancedScenario({
     await sleep(1000); // streaming before the first fault
     const outcomes: FaultOutcome[] = [];
     for (const fault of faults) {
-      outcomes.push(await applyFault(bed, client, fault, serves, redisServer));
+      outcomes.push(await applyFault(bed, client, fault, serves, nodeIds, redisServer));
       await sleep(500);
     }
     await sleep(1000); // and after the last
@@ -277,23 +393,45 @@ export async function balancedScenario({
       intact++;
       bytes += r.sent! + r.received!;
     }
+    const resumes = client.of('resume').length;
+    if (haproxy) {
+      // haproxy logs a link once it closes: every link that carried a resume has closed by now, or soon.
+      const log = haproxy.log;
+      await until(() => log.resumes().length >= resumes, 10_000, `haproxy to log ${resumes} resuming links`).catch(() => {});
+    }
     return {
       connections: count,
       spread,
       intact,
       lost,
       lostTotal: Object.values(lost).reduce((a, b) => a + b, 0),
-      resumes: client.of('resume').length,
+      resumes,
       relayedLinks: serves.reduce((n, s) => n + (s.counts.get(RELAYED) ?? 0), 0),
       relayed: serves.reduce((n, s) => n + (s.counts.get('resumed (relayed)') ?? 0), 0),
       notRelayed: serves.reduce((n, s) => n + (s.counts.get(NOT_RELAYED) ?? 0), 0),
+      nodeWarnings: tally(serves.flatMap((s) => [...s.warnings])),
+      probed: connected.filter((e) => e.reliable && e.cached === false && e.reason === 'the server announced rocks').length,
+      haproxy: haproxy && {
+        links: haproxy.log.links.length,
+        resumingLinks: haproxy.log.resumes().length,
+        misrouted: haproxy.log.misrouted().length,
+        ended: tally(haproxy.log.links.map((l) => [l.ended, 1])),
+      },
       faults: outcomes,
       bytes,
     };
   } finally {
     await Promise.all(processes.map((p) => p.stop()));
     bed.destroy();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Sums counts by key. */
+function tally(entries: [string, number][]): Record<string, number> {
+  const sums: Record<string, number> = {};
+  for (const [key, n] of entries) sums[key] = (sums[key] ?? 0) + n;
+  return sums;
 }
 
 /** What `rock serve` logs for each resume it relays, or cannot. */
@@ -306,9 +444,17 @@ export function describeReport(label: string, r: BalancedReport): string {
     .map(([code, n]) => `${n} ${code}`)
     .join(', ');
   const faults = r.faults.map((f) => `${f.fault}: ${f.resumed}/${f.live} resumed`).join('; ');
+  const warnings = Object.entries(r.nodeWarnings)
+    .map(([what, n]) => `${n}x ${what}`)
+    .join(', ');
+  const haproxy = r.haproxy
+    ? `; haproxy carried ${r.haproxy.links} links (ended ${JSON.stringify(r.haproxy.ended)}), ${r.haproxy.resumingLinks} resuming, ` +
+      `${r.haproxy.misrouted} of them to another node than they named`
+    : '';
   return (
     `# ${label}: ${r.connections} sessions spread ${r.spread.join('/')} over ${r.spread.length} nodes; ` +
     `${r.intact} intact (${(r.bytes / 2 ** 20).toFixed(1)} MiB checked both ways), ${r.lostTotal} lost${lost ? ` (${lost})` : ''}; ` +
-    `${r.resumes} resumes, ${r.relayed} of them relayed (${r.relayedLinks} links relayed)${r.notRelayed > 0 ? `, ${r.notRelayed} not relayed` : ''}; ${faults}`
+    `${r.resumes} resumes, ${r.relayed} of them relayed (${r.relayedLinks} links relayed)${r.notRelayed > 0 ? `, ${r.notRelayed} not relayed` : ''}; ` +
+    `${r.probed} found rocks by EDP probe${haproxy}; ${faults}${warnings ? `; the nodes warned: ${warnings}` : ''}`
   );
 }

@@ -18,7 +18,10 @@ export interface AgentEvent {
   id?: number;
   side?: 'client' | 'server';
   reliable?: boolean;
+  /** Why: a suspension's reason; on a client's connected, EDP's verdict ('the server announced rocks', say). */
   reason?: string;
+  /** On a client's connected: whether EDP's verdict came from the cache rather than a probe of its own. */
+  cached?: boolean;
   outage?: number;
   replayedOut?: number;
   replayedIn?: number;
@@ -145,17 +148,23 @@ export async function finishAndVerify(client: Agent, server: Agent, count: numbe
 export class RockProcess extends HostProcess {
   /** How many log lines of each message it wrote in all (the kept output is only the tail). */
   readonly counts = new Map<string, number>();
+  /** Its warnings and errors in all, by message and error: what went wrong on the node when a session is lost. */
+  readonly warnings = new Map<string, number>();
 
   constructor(bed: NetBed, host: HostName, args: string[], command = ROCK) {
     super(
       bed.spawn(host, process.execPath, [command, ...args, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }),
       `${command === ROCK ? 'rock' : 'rack'} ${args[0]} on ${host}`,
     );
-    readJsonLines<{ msg: string; relayed?: boolean }>(
+    readJsonLines<{ msg: string; level: number; relayed?: boolean; err?: string; reason?: string }>(
       this.child.stderr!,
       (l) => {
         const key = l.relayed ? `${l.msg} (relayed)` : l.msg;
         this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+        // pino's levels: 40 is warn, 50 error.
+        if (l.level < 40 || l.msg === 'suspended') return; // a suspension is what the faults are for
+        const warning = [l.msg, l.err ?? l.reason].filter(Boolean).join(': ');
+        this.warnings.set(warning, (this.warnings.get(warning) ?? 0) + 1);
       },
       true,
     );
@@ -184,8 +193,10 @@ export function socatEcho(bed: NetBed, listen: string, host: HostName = 'server'
   const [address, port] = [listen.slice(0, listen.lastIndexOf(':')), listen.slice(listen.lastIndexOf(':') + 1)];
   // -t: once the client's end arrives, wait for cat to echo the rest instead of socat's 0.5 s,
   // after which socat would end the connection with the tail of the echo still in cat's pipe.
+  // backlog: socat's default of 5 makes a burst of connections (a node's share of 150 new
+  // sessions) wait seconds for SYN retransmissions.
   return new HostProcess(
-    bed.spawn(host, 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${address},reuseaddr,fork`, 'EXEC:cat'], { stdio: 'ignore' }),
+    bed.spawn(host, 'socat', ['-t', '60', `TCP-LISTEN:${port},bind=${address},reuseaddr,fork,backlog=1024`, 'EXEC:cat'], { stdio: 'ignore' }),
     `socat echo on ${host}`,
   );
 }

@@ -1,7 +1,8 @@
 // A real HAProxy routing rocks links by their first bytes, with the
-// configuration of docs/haproxy.cfg as written (only addresses, ports and the
-// map's path replaced): three rocks echo servers with node ids behind it, a
-// fault proxy in front that resets every link, three times. Every resume must
+// configuration of docs/haproxy.cfg as written (only addresses, ports and
+// the map's path replaced, by test/support/haproxy.ts): three rocks echo
+// servers with node ids behind it, a fault proxy in front that resets every
+// link, three times. Every resume must
 // reach the node its session id names, with no relay and no session lost. The
 // control run, the same file without its use_backend rule, must lose
 // sessions: it proves that haproxy scatters resumes and that the rule is what
@@ -11,21 +12,22 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { type AddressInfo, connect as netConnect, createServer as netCreateServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { connect, detectionCache, type DetectInfo, type ReliableServer, type ReliableSocket, RocksError } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { readRepoFile } from '../docs/markdown.js';
 import { sleep, until } from '../support/helpers.js';
+import { docNodeIds, HaproxyLog, writeHaproxyConfig } from '../support/haproxy.js';
 import { closeServer, listen } from '../support/net.js';
 import { freePort, programs, start, waitForPort } from '../support/programs.js';
 import { startRock } from '../support/rock.js';
 import type { Program } from '../support/helpers.js';
 
-const NODE_IDS = [0x11, 0x22, 0x33];
+/** The node ids of the doc's example nodes.map (17, 34, 51): the nodes run with these. */
+const NODE_IDS = docNodeIds();
 const CLIENTS = 30;
 const ROUNDS = 3;
 const FAILURE_TIMEOUT = 1000;
@@ -76,79 +78,27 @@ async function startNode(nodeId: number): Promise<Node> {
   return Object.assign(node, { server, port });
 }
 
-/**
- * docs/haproxy.cfg for this test bed: the frontend on 127.0.0.1:`port`, each
- * node's server lines on its port, nodes.map (written as the file's comment
- * gives it) in `dir`. `routed: false` drops the use_backend rule.
- */
-function haproxyConfig(dir: string, port: number, nodes: Listening[], routed: boolean): string {
-  const doc = readRepoFile('docs/haproxy.cfg');
-  const map = [...doc.matchAll(/^#\s+(\d+) (rocks_node_\d+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
-  assert.deepEqual(
-    map.map((line) => Number(line.split(' ')[0])),
-    NODE_IDS,
-    'the example nodes.map in docs/haproxy.cfg names the nodes 0x11, 0x22, 0x33',
-  );
-  const mapPath = join(dir, 'nodes.map');
-  writeFileSync(mapPath, `${map.join('\n')}\n`);
-  let servers = 0;
-  let config = doc
-    .replace(/^(\s*bind) :7000$/m, `$1 127.0.0.1:${port}`)
-    .replace(/^(\s*server node_(\d+)) \S+/gm, (_, head: string, id: string) => {
-      servers++;
-      const node = nodes.find((n) => n.nodeId === Number(id));
-      assert.ok(node, `docs/haproxy.cfg has a server for node ${id}, which the test does not run`);
-      return `${head} 127.0.0.1:${node.port}`;
-    })
-    .replaceAll('/etc/haproxy/nodes.map', mapPath);
-  assert.match(config, new RegExp(`^\\s*bind 127\\.0\\.0\\.1:${port}$`, 'm'), 'the frontend binds our port');
-  // rocks_any's, and in each node's backend the node and the others as backups.
-  assert.equal(servers, NODE_IDS.length + NODE_IDS.length ** 2, 'the server lines of docs/haproxy.cfg');
-  if (!routed) {
-    const lines = config.split('\n');
-    const kept = lines.filter((l) => !/^\s*use_backend /.test(l));
-    assert.equal(lines.length - kept.length, 1, 'one use_backend rule to drop');
-    config = kept.join('\n');
-  }
-  return config;
-}
-
-/** One line of haproxy's log (the doc's log-format): where a link went, and the node id its resume named. */
-interface Routed {
-  backend: string;
-  server: string;
-  resumeOf: number | undefined;
-}
-
 interface Haproxy {
   port: number;
   process: Program;
-  /** The log lines so far (haproxy logs a link when it closes). */
-  log: Routed[];
-  /** Its other log lines (a health check's news, say). */
-  other: string[];
+  /** Its log: the links so far (haproxy logs a link when it closes) and its other lines. */
+  log: HaproxyLog;
   stop(): Promise<void>;
 }
 
+/** haproxy with docs/haproxy.cfg (test/support/haproxy.ts) on a free loopback port; `routed: false` drops the use_backend rule. */
 async function startHaproxy(dir: string, nodes: Listening[], routed: boolean): Promise<Haproxy> {
   const port = await freePort();
-  const file = join(dir, routed ? 'routed.cfg' : 'control.cfg');
-  writeFileSync(file, haproxyConfig(dir, port, nodes, routed));
-  const program = start(found.paths.haproxy, ['-db', '-f', file]);
-  const log: Routed[] = [];
-  const other: string[] = [];
-  let partial = '';
-  program.child.stdout!.on('data', (d: Buffer) => {
-    const lines = (partial + d.toString()).split('\n');
-    partial = lines.pop()!;
-    for (const line of lines) {
-      const m = /^\S+ \[[^\]]+\] rocks (\S+)\/(\S+) .* rocks_node=(\S+)$/.exec(line);
-      if (m) log.push({ backend: m[1], server: m[2], resumeOf: m[3] === '-' ? undefined : Number(m[3]) });
-      else other.push(line);
-    }
+  const file = writeHaproxyConfig(routed ? 'routed.cfg' : 'control.cfg', {
+    dir,
+    bind: `127.0.0.1:${port}`,
+    servers: new Map(nodes.map((n) => [n.nodeId, `127.0.0.1:${n.port}`])),
+    routed,
   });
+  const program = start(found.paths.haproxy, ['-db', '-f', file]);
+  const log = new HaproxyLog(program.child.stdout!);
   await waitForPort(port, '127.0.0.1', 10_000, program);
-  return { port, process: program, log, other, stop: () => program.stop() };
+  return { port, process: program, log, stop: () => program.stop() };
 }
 
 /** Every Streamer not yet closed: a failed test leaves some streaming, and they would keep the file's process alive. */
@@ -364,9 +314,9 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       }
       // haproxy's own word: every resuming link went to the backend of the node it named.
       const resumeCount = clients.reduce((sum, c) => sum + c.reconnects, 0);
-      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= resumeCount, 10_000, 'haproxy to log every resume');
-      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
-      for (const l of resumes) assert.deepEqual(l, { backend: `rocks_node_${l.resumeOf}`, server: `node_${l.resumeOf}`, resumeOf: l.resumeOf });
+      await until(() => haproxy.log.resumes().length >= resumeCount, 10_000, 'haproxy to log every resume');
+      const resumes = haproxy.log.resumes();
+      for (const l of resumes) assert.deepEqual([l.backend, l.server], [`rocks_node_${l.resumeOf}`, `node_${l.resumeOf}`]);
 
       const perNode = nodes.map((n) => {
         const ids = clients.map((c) => c.sessionId).filter((id) => n.sessions.has(id!));
@@ -441,9 +391,9 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
         refusals.reduce((a, b) => a + b),
         restarted.length,
       );
-      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= restarted.length, 10_000, 'haproxy to log the resumes');
-      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
-      for (const l of resumes) assert.deepEqual(l, { backend: `rocks_node_${l.resumeOf}`, server: `node_${l.resumeOf}`, resumeOf: l.resumeOf });
+      await until(() => haproxy.log.resumes().length >= restarted.length, 10_000, 'haproxy to log the resumes');
+      const resumes = haproxy.log.resumes();
+      for (const l of resumes) assert.deepEqual([l.backend, l.server], [`rocks_node_${l.resumeOf}`, `node_${l.resumeOf}`]);
       const moved = restarted.filter((c) => nodeOf(c.firstSessionId!) !== nodeOf(c.sessionId!)).length;
       console.log(
         `# haproxy, resets during the handshake: ${restarted.length} of ${CLIENTS} sessions restarted after ERR_ROCKS_UNCONFIRMED_SESSION ` +
@@ -500,8 +450,8 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
         assert.equal(c.receivedDigest, c.sentDigest);
         assert.equal(c.reconnects, 0, 'untouched by the death');
       }
-      await until(() => haproxy!.log.filter((l) => l.resumeOf === victim.nodeId).length >= doomed.length, 10_000, 'haproxy to log the resumes');
-      const toBackup = haproxy.log.filter((l) => l.resumeOf === victim.nodeId && l.server !== `node_${victim.nodeId}`).length;
+      await until(() => haproxy!.log.links.filter((l) => l.resumeOf === victim.nodeId).length >= doomed.length, 10_000, 'haproxy to log the resumes');
+      const toBackup = haproxy.log.links.filter((l) => l.resumeOf === victim.nodeId && l.server !== `node_${victim.nodeId}`).length;
       console.log(
         `# haproxy, node ${victim.nodeId} killed: its ${doomed.length} sessions ended with ERR_ROCKS_UNKNOWN_SESSION ` +
           `${Math.round(Math.min(...endedAfter))} to ${Math.round(Math.max(...endedAfter))} ms after (failureTimeout ${FAILURE_TIMEOUT} ms); ` +
@@ -536,8 +486,8 @@ describe('HAProxy routes resumes by node id (docs/haproxy.cfg)', { skip: found.s
       assert.ok(lost.length > 0, 'sessions were lost');
       // The survivors' bytes are still exact.
       for (const c of clients.filter((c) => c.error === undefined)) assert.equal(c.receivedDigest, c.sentDigest);
-      await until(() => haproxy.log.filter((l) => l.resumeOf !== undefined).length >= lost.length, 10_000, 'haproxy to log the resumes');
-      const resumes = haproxy.log.filter((l) => l.resumeOf !== undefined);
+      await until(() => haproxy.log.resumes().length >= lost.length, 10_000, 'haproxy to log the resumes');
+      const resumes = haproxy.log.resumes();
       const elsewhere = resumes.filter((l) => l.server !== `node_${l.resumeOf}`).length;
       const refused = nodes.map((n) => `node ${n.nodeId} refused ${JSON.stringify(Object.fromEntries(n.refused))}`);
       console.log(
