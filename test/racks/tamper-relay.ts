@@ -152,7 +152,8 @@ export class TamperRelay {
   connections = 0;
 
   constructor(private readonly upstream: { host: string; port: number }) {
-    this.server = createServer((down) => this.relay(down));
+    // Half-open both ways: EDP's probe half-closes at once and reads the answer.
+    this.server = createServer({ allowHalfOpen: true }, (down) => this.relay(down));
   }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<number> {
@@ -170,7 +171,7 @@ export class TamperRelay {
 
   private relay(down: Socket): void {
     this.connections++;
-    const up = connect(this.upstream);
+    const up = connect({ ...this.upstream, allowHalfOpen: true });
     this.sockets.add(down).add(up);
     down.setNoDelay(true);
     up.setNoDelay(true);
