@@ -129,6 +129,8 @@ export class Carriage extends EventEmitter {
   private scanDiscarded = 0;
   private bytesIn = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** The carriage suspended since the stall timer last looked: silence then is rocks' to judge. */
+  private suspendedSinceCheck = false;
   private closed = false;
   /** Why the carriage closed, once it has. */
   closeReason: string | undefined;
@@ -146,7 +148,10 @@ export class Carriage extends EventEmitter {
     this.privateKey = pair.privateKey;
     this.publicKey = Buffer.from(pair.publicKey.export({ format: 'jwk' }).x as string, 'base64url');
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('suspend', () => this.emit('suspend'));
+    socket.on('suspend', () => {
+      this.suspendedSinceCheck = true;
+      this.emit('suspend');
+    });
     socket.on('reconnect', () => this.emit('resume'));
     socket.on('error', (err: Error) => this.close(err.message));
     socket.on('close', () => this.close('connection closed'));
@@ -411,8 +416,9 @@ export class Carriage extends EventEmitter {
       // A request may have been lost in the peer's own broken framing: ask again, whatever arrives.
       if (this.scanningSince !== undefined) {
         if (!this.socket.suspended) this.sendSync(true);
-      } else if (this.bytesIn !== seen || this.socket.suspended) {
+      } else if (this.bytesIn !== seen || this.socket.suspended || this.suspendedSinceCheck) {
         seen = this.bytesIn;
+        this.suspendedSinceCheck = this.socket.suspended;
         this.stallTimer = setTimeout(check, this.stallTimeout).unref();
         return;
       } else this.broken(`a frame stalled for ${this.stallTimeout} ms`);
