@@ -82,8 +82,10 @@ export interface RackCounters {
   malformedLocal: number;
   /** From a carriage: authenticated but not a packet this host may accept. */
   refusedRemote: number;
-  /** Failed authentication on a carriage. */
+  /** Failed authentication on a carriage (altered, injected or replayed frames): dropped. */
   forged: number;
+  /** Times a carriage's framing from its peer broke (altered length or type) and was found again by a SYNC. */
+  resyncs: number;
   /** Connections to the rack port that were not rack carriages. */
   strayConnections: number;
   holdAcks: number;
@@ -120,6 +122,7 @@ export class RackDaemon {
     malformedLocal: 0,
     refusedRemote: 0,
     forged: 0,
+    resyncs: 0,
     strayConnections: 0,
     holdAcks: 0,
     limitDrops: 0,
@@ -368,10 +371,18 @@ export class RackDaemon {
   }
 
   private adopt(socket: ReliableSocket, role: 'client' | 'server', peerHost: string | undefined): Carriage {
-    const carriage = new Carriage(socket, role, this.options.secret);
+    // Longer than the failure timeout: a path that fails mid-frame is rocks' to detect, not a broken framing.
+    const carriage = new Carriage(socket, role, { secret: this.options.secret, stallTimeout: 2 * this.options.failureTimeout });
     this.carriages.add(carriage);
     carriage.on('packet', (p: Buffer) => this.fromCarriage(carriage, role, peerHost, p));
     carriage.on('rejected', () => this.counters.forged++);
+    carriage.on('resync', (reason: string) => {
+      this.counters.resyncs++;
+      this.log.warn({ peer: peerHost ?? socket.remoteAddress, reason }, 'carriage framing broken (altered in transit?): resynchronizing');
+    });
+    carriage.on('resynced', (info: { ms: number; discardedBytes: number }) =>
+      this.log.info({ peer: peerHost ?? socket.remoteAddress, ...info }, 'carriage resynchronized'),
+    );
     carriage.on('suspend', () => this.onSuspend(carriage));
     carriage.on('resume', () => this.onResume(carriage));
     carriage.once('close', (reason: string) => {
