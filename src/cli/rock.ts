@@ -19,6 +19,7 @@ Commands:
   serve --listen HOST:PORT --to HOST:PORT     accept rocks connections and relay them to an ordinary server
   forward --listen HOST:PORT --to HOST:PORT   accept plain connections and carry them over rocks to a rock serve
   stdio HOST:PORT                             standard input and output over one reliable connection (ssh ProxyCommand)
+  keygen DIR                                  write a self-signed TLS key and certificate, print its pin
   demo                                        watch a transfer survive resets, a black hole and delays
 
 Run 'rock COMMAND --help' for a command's options.
@@ -76,6 +77,19 @@ serve at HOST:PORT; logs go to standard error. For ssh:
                            (for a path that breaks probes, see docs/BALANCERS.md)
 
 ${COMMON_HELP}`,
+  keygen: `Usage: rock keygen DIR [--name HOST ...] [--days N] [--force]
+
+Writes a self-signed ECDSA P-256 key and certificate for rock serve --tls-cert
+and --tls-key: DIR/key.pem (mode 0600) and DIR/cert.pem, PEM as openssl
+req -x509 writes them. Prints the certificate's pin (sha256:BASE64, the
+SHA-256 of its public key) on standard output, for rock forward --tls-pin.
+
+  --name HOST              a host name or IP address the certificate names
+                           (repeat; default: this machine's hostname, localhost,
+                           127.0.0.1 and ::1), for clients that use --tls-ca
+  --days N                 valid for N days (default 3650)
+  --force                  replace DIR/key.pem and DIR/cert.pem if they exist
+  -h, --help               this help`,
   demo: `Usage: rock demo
 
 Runs a rocks client and server on 127.0.0.1 with a fault proxy between them
@@ -196,6 +210,27 @@ async function runCommand(args: string[]): Promise<number> {
   }
 }
 
+async function keygenCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    name: { type: 'string', multiple: true },
+    days: { type: 'string' },
+    force: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) return help('keygen');
+  if (positionals.length !== 1) throw new UsageError(`keygen takes one DIR, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
+  const daysText = (values.days as string | undefined) ?? '3650';
+  const days = /^\d{1,6}$/.test(daysText) ? Number(daysText) : 0;
+  if (days < 1) throw new UsageError(`--days must be a whole number of days from 1, got ${JSON.stringify(daysText)}`);
+  const { keygen, defaultNames } = await import('./keygen.js');
+  const names = (values.name as unknown as string[] | undefined) ?? defaultNames();
+  for (const n of names) if (!/^[A-Za-z0-9.:*_-]{1,253}$/.test(n)) throw new UsageError(`--name: '${n}' is not a host name or IP address`);
+  const { pin, keyPath, certPath } = await keygen(positionals[0], { names, days, force: values.force === true });
+  process.stderr.write(`rock: wrote ${keyPath} (keep it private) and ${certPath} for ${names.join(', ')}\n`);
+  process.stdout.write(`${pin}\n`);
+  return EXIT.OK;
+}
+
 async function demoCommand(args: string[]): Promise<number> {
   const { values } = parse(args, { help: { type: 'boolean', short: 'h' } }, false);
   if (values.help) return help('demo');
@@ -223,10 +258,12 @@ export async function main(argv: string[]): Promise<number> {
       return stdioCommand(rest);
     case 'run':
       return runCommand(rest);
+    case 'keygen':
+      return keygenCommand(rest);
     case 'demo':
       return demoCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, demo)`);
+      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, keygen, demo)`);
   }
 }
 
