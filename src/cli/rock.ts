@@ -8,6 +8,7 @@ import { resolveSessionConfig } from '../protocol/config.js';
 import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
 import type { PeerEntry } from '../node/directory.js';
 import { relay, type RelayKind } from './relay.js';
+import { CLIENT_TLS_HELP, CLIENT_TLS_OPTIONS, clientTls, SERVER_TLS_HELP, SERVER_TLS_OPTIONS, serverTls } from './tls-args.js';
 
 const USAGE = `Usage: rock COMMAND [options]
 
@@ -55,7 +56,9 @@ server at --to (the paper's rockd). Ordinary clients are relayed too.
                            (default: --listen, if not a wildcard)
   --workers N              relay in N worker processes (1-255, Node cluster); the
                            primary sends each resume to the worker that holds
-                           its session (not with --metrics)
+                           its session (not with --metrics or --tls-cert)
+
+${SERVER_TLS_HELP}
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -66,6 +69,8 @@ each over a reliable connection to the rock serve (or other rocks server) at --t
   --enhanced               the server is known to speak rocks: skip the EDP probe
                            (for a path that breaks probes, see docs/BALANCERS.md)
 
+${CLIENT_TLS_HELP}
+
 ${COMMON_HELP}`,
   stdio: `Usage: rock stdio HOST:PORT [options]
 
@@ -75,6 +80,8 @@ serve at HOST:PORT; logs go to standard error. For ssh:
 
   --enhanced               the server is known to speak rocks: skip the EDP probe
                            (for a path that breaks probes, see docs/BALANCERS.md)
+
+${CLIENT_TLS_HELP}
 
 ${COMMON_HELP}`,
   keygen: `Usage: rock keygen DIR [--name HOST ...] [--days N] [--force]
@@ -109,7 +116,7 @@ function stopSignal(): Promise<string> {
 }
 
 /** Options of the commands that dial a rocks server they name. */
-const CLIENT_OPTIONS = { enhanced: { type: 'boolean' } } as const;
+const CLIENT_OPTIONS = { enhanced: { type: 'boolean' }, ...CLIENT_TLS_OPTIONS } as const;
 
 /** Common options, with the session options checked as the library would check them. */
 function common(values: Record<string, string | boolean | undefined>): CommonOptions {
@@ -131,6 +138,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     directory: { type: 'string' },
     advertise: { type: 'string' },
     workers: { type: 'string' },
+    ...SERVER_TLS_OPTIONS,
   } as const;
   const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : { ...options, ...CLIENT_OPTIONS }, false);
   if (values.help) return help(kind);
@@ -147,6 +155,9 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   if (advertiseText !== undefined && directory === undefined) throw new UsageError('--advertise goes with --directory');
   const advertise = advertiseText === undefined ? undefined : parseEndpoint(advertiseText, '--advertise');
   const workers = parseWorkers(values.workers as string | undefined);
+  const tls = kind === 'serve' ? { server: serverTls(values) } : { client: clientTls(values) };
+  if (workers !== undefined && tls.server !== undefined)
+    throw new UsageError('--workers cannot be used with --tls-cert (the primary routes each link by its first bytes, which TLS hides)');
   const settings = common(values);
   if (workers !== undefined && settings.metrics !== undefined)
     throw new UsageError('--metrics cannot be used with --workers (each worker would count only its own connections)');
@@ -155,7 +166,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     const { serveWithWorkers } = await import('./workers.js');
     return serveWithWorkers(workers, listen, to, settings, stopSignal());
   }
-  await relay(kind, listen, to, settings, stopSignal(), { nodeId, peers, directory, advertise });
+  await relay(kind, listen, to, settings, stopSignal(), { nodeId, peers, directory, advertise }, tls);
   return EXIT.OK;
 }
 
@@ -192,7 +203,8 @@ async function stdioCommand(args: string[]): Promise<number> {
   if (values.help) return help('stdio');
   if (positionals.length !== 1) throw new UsageError(`stdio takes one HOST:PORT, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
   const { stdio } = await import('./stdio.js');
-  return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal());
+  const tls = clientTls(values);
+  return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal(), tls);
 }
 
 async function runCommand(args: string[]): Promise<number> {
