@@ -435,6 +435,11 @@ export interface PrimaryListen {
 }
 
 let warnedUnrouted = false;
+
+/** True in a worker whose primary runs rocks, which would route its links (listenThroughPrimary). */
+export function routedByPrimary(): boolean {
+  return cluster.isWorker && process.env[PRIMARY_ENV] === String(process.ppid);
+}
 const workerListens = new Map<string, WorkerListen>();
 
 /**

@@ -8,6 +8,7 @@ import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
+import { whenLinkReady } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
@@ -310,7 +311,7 @@ export class SessionDriver implements Timed, LinkOwner {
         this.links.set(ev.link, handle);
         socket.setNoDelay(this.noDelay);
         if (!this.referenced) socket.unref();
-        socket.once('connect', () => {
+        whenLinkReady(socket, () => {
           this.session.handleLinkOpen(ev.link);
           this.drive();
         });

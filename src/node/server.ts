@@ -3,28 +3,52 @@
 // core, which routes it to the session the link belongs to; it then does what
 // the core's events say: a new ReliableSocket for a HELLO, drive a session
 // that has input, serve an ordinary client as a plain connection.
+//
+// With the `tls` option each accepted connection goes to TLS first: a client
+// whose ClientHello offers ALPN `rocks/1` gets a TLS 1.3 link fed to the core
+// as any link; any other is a plain TLS connection for the application, as a
+// node:tls server with the same options would serve it (tls-link.ts).
 
 import { EventEmitter } from 'node:events';
 import { createServer as netCreateServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
+import { createServer as tlsCreateServer, type Server as TlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
 import { debuglog } from 'node:util';
 import { resolveNodeId, resolveServerLimits, resolveSessionConfig, type ServerLimitOptions, type ServerRoutingOptions } from '../protocol/config.js';
-import type { RocksError } from '../protocol/errors.js';
+import { RocksError } from '../protocol/errors.js';
 import { systemRandom } from '../protocol/random.js';
 import { relayRefusal, ServerCore } from '../protocol/server-core.js';
 import { type DeploymentOptions, openDirectory, reachableAt } from './deployment.js';
 import type { NodeDirectory } from './directory.js';
 import { relayLink } from './node-relay.js';
-import { listenThroughPrimary, type PrimaryListen } from './cluster.js';
+import { listenThroughPrimary, type PrimaryListen, routedByPrimary } from './cluster.js';
 import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
+import { offeredAlpn, ROCKS_ALPN } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
-export interface ReliableServerOptions extends ReliableSocketOptions, ServerLimitOptions, ServerRoutingOptions, DeploymentOptions {
+export interface ReliableServerOptions extends Omit<ReliableSocketOptions, 'tls'>, ServerLimitOptions, ServerRoutingOptions, DeploymentOptions {
   /** As net.createServer: each socket is handed to 'connection' paused, and nothing is read until it is resumed. */
   pauseOnConnect?: boolean;
+  /**
+   * Every connection is TLS, with these node:tls server options (key, cert,
+   * ca, requestCert, ALPNProtocols...). Rocks clients (ALPN `rocks/1`) get
+   * TLS 1.3 links; other TLS clients get plain TLS connections. Not yet with
+   * relays between nodes (peers, directory) or a rocks cluster primary.
+   */
+  tls?: TlsOptions;
+}
+
+/** The two TLS servers that never listen: connections are handed to them after their ClientHello was read. */
+interface TlsSides {
+  /** Rocks links: ALPN `rocks/1` only, TLS 1.3 only. */
+  rocks: TlsServer;
+  /** Everyone else: exactly the application's options. */
+  plain: TlsServer;
+  /** Connections whose ClientHello is still being read. */
+  reading: Set<Socket>;
 }
 
 /** What the 'relay' event tells about a resuming link this node carried (or could not carry) to another node. */
@@ -54,10 +78,15 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private cluster: PrimaryListen | undefined;
   private closing = false;
   private closeEmitted = false;
+  private readonly tls: TlsSides | undefined;
+  /** What each socket of the server is made with: the options without the server's tls. */
+  private readonly socketOptions: ReliableSocketOptions;
 
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
+    const { tls: _serverTls, ...socketOptions } = options;
+    this.socketOptions = socketOptions;
     const nodeId = resolveNodeId(options) ?? systemRandom.bytes(4).readUInt32BE(0);
     this.directory = openDirectory(options, nodeId);
     // Directory trouble (Redis away, a bad entry) never stops the server: it is told, not thrown.
@@ -75,6 +104,63 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.server.on('error', (err) => this.emit('error', err));
     this.server.on('close', () => this.maybeClosed());
     if (connectionListener) this.on('connection', connectionListener);
+    if (options.tls !== undefined) this.tls = this.makeTlsSides(options.tls);
+  }
+
+  private makeTlsSides(tls: TlsOptions): TlsSides {
+    // Relays and a cluster primary read a link's first bytes to route it;
+    // over TLS those are ciphertext they cannot read.
+    if (this.directory !== undefined || routedByPrimary()) {
+      throw new RocksError(
+        'ERR_ROCKS_INVALID_OPTION',
+        'tls cannot be combined yet with relays between nodes (peers, directory) or a rocks cluster primary: terminate TLS in front of the deployment, or run a single server',
+      );
+    }
+    const rocks = tlsCreateServer({ ...tls, ALPNProtocols: [ROCKS_ALPN], ALPNCallback: undefined, minVersion: 'TLSv1.3' });
+    const plain = tlsCreateServer(tls);
+    rocks.on('secureConnection', (s: TLSSocket) => this.acceptLink(s, Buffer.alloc(0)));
+    plain.on('secureConnection', (s: TLSSocket) => {
+      if (this.closing) s.destroy();
+      else this.handToApplication(ReliableSocket.fromPlain(s, Buffer.alloc(0), false, this.socketOptions));
+    });
+    for (const side of [rocks, plain]) {
+      side.on('tlsClientError', (err: Error, s: TLSSocket) => {
+        debug('TLS client error from %s: %s', s.remoteAddress, err.message);
+        if (this.listenerCount('tlsClientError') > 0) this.emit('tlsClientError', err, s);
+      });
+    }
+    return { rocks, plain, reading: new Set() };
+  }
+
+  /** Reads a TLS connection's ClientHello for the ALPN protocols it offers, then hands it to the right TLS side. */
+  private acceptTls(socket: Socket, tls: TlsSides): void {
+    let bytes: Buffer = Buffer.alloc(0);
+    tls.reading.add(socket);
+    socket.setTimeout(this.options.tls?.handshakeTimeout ?? 120_000, () => socket.destroy());
+    const onError = (): void => {
+      socket.destroy();
+    };
+    const onClose = (): void => done();
+    const onData = (chunk: Buffer): void => {
+      bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]);
+      const offered = offeredAlpn(bytes);
+      if (offered === 'incomplete') return;
+      done();
+      socket.pause();
+      socket.unshift(bytes);
+      const side = offered?.includes(ROCKS_ALPN) ? tls.rocks : tls.plain;
+      side.emit('connection', socket);
+    };
+    const done = (): void => {
+      tls.reading.delete(socket);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onClose);
+      socket.setTimeout(0);
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
   }
 
   /** Takes every argument form of net.Server.listen. */
@@ -113,6 +199,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     void this.directory?.close().catch((err) => this.emit('error', err));
     // Links still being detected or handshaking: nobody holds them yet.
     for (const id of this.core.pendingLinks()) this.links.get(id)?.close(undefined, false);
+    for (const s of this.tls?.reading ?? []) s.destroy();
     // With no socket of the application's left, we are closed now: the TCP
     // server's own 'close' may wait for links still finishing their closing
     // handshake, unref'd, and a program could exit before it came.
@@ -168,7 +255,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   // ---- links before they belong to a session -------------------------------------------
 
   private onTcpConnection(socket: Socket): void {
-    this.acceptLink(socket, Buffer.alloc(0));
+    if (this.tls !== undefined) this.acceptTls(socket, this.tls);
+    else this.acceptLink(socket, Buffer.alloc(0));
   }
 
   /**
@@ -238,7 +326,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       switch (ev.type) {
         case 'session': {
           const session = ev.session;
-          const { socket, driver } = ReliableSocket.fromSession(session, this.options, {
+          const { socket, driver } = ReliableSocket.fromSession(session, this.socketOptions, {
             // The application sees the socket once the client confirms the session.
             opened: () => this.handToApplication(socket),
             released: () => this.drivers.delete(session),
@@ -268,7 +356,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           if (h === undefined) break;
           this.links.delete(ev.link);
           debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
-          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.options);
+          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.socketOptions);
           this.handToApplication(socket);
           break;
         }

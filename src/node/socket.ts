@@ -4,9 +4,14 @@
 // the failure of the TCP connections beneath it (`reliable` is true). With an
 // ordinary peer, which EDP detects, it is a thin pass-through over one plain
 // net.Socket and behaves exactly like one (`reliable` is false).
+//
+// With the `tls` option every link is a TLS connection (tls-link.ts): the
+// server's ALPN answer on the first link decides the mode, and in plain mode
+// the socket is a pass-through over that one TLSSocket.
 
 import { isIPv6, connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { Duplex } from 'node:stream';
+import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, TLSSocket } from 'node:tls';
 import { debuglog } from 'node:util';
 import { EDP_MAGIC } from '../edp/announcement.js';
 import { resolveSessionConfig, type SessionOptions } from '../protocol/config.js';
@@ -18,6 +23,7 @@ import { destinationKey, detectionCache, probe, type Verdict } from './detect.js
 import { normalizeConnectArgs } from './connect-args.js';
 import { type LinkHandle, SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
+import { clientAlpn, isRocksLink, isVerificationFailure, markSecured, ROCKS_ALPN, watchHandshake } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
@@ -59,6 +65,14 @@ export interface ReliableSocketOptions extends SessionOptions {
   allowHalfOpen?: boolean;
   readableHighWaterMark?: number;
   writableHighWaterMark?: number;
+  /**
+   * Client: every link is a TLS connection made with these node:tls options
+   * (ca, servername, rejectUnauthorized, cert/key, checkServerIdentity,
+   * ALPNProtocols...). The client offers ALPN `rocks/1` first; a server that
+   * selects it carries a rocks session, any other server gets a plain TLS
+   * connection, as tls.connect would make it.
+   */
+  tls?: ConnectionOptions;
 }
 
 export type ReliableConnectOptions = ReliableSocketOptions & {
@@ -132,6 +146,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private verdictCached = false;
   /** The mode chosen and why, for the 'detect' event (client side). */
   private verdict: DetectInfo | undefined;
+  /** TLS: the first link, already secured when the session adopts it. */
+  private firstLink: TLSSocket | undefined;
+  /** TLS: the latest session ticket, offered on the next dial so that a resume costs one round trip. */
+  private tlsTicket: Buffer | undefined;
+  /** TLS: the last link that carried the session, for getPeerCertificate() and friends while suspended. */
+  private lastTls: TLSSocket | undefined;
 
   constructor(options: ReliableSocketOptions = {}) {
     super({
@@ -163,7 +183,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   static fromPlain(raw: Socket, initial: Buffer, ended: boolean, options: ReliableSocketOptions): ReliableSocket {
     const socket = new ReliableSocket(options);
     socket.established = true;
-    socket.guardLateAnnouncement = initial.length === 0 && !ended;
+    // Over TLS the client's ALPN offer already told a rocks client apart.
+    socket.guardLateAnnouncement = initial.length === 0 && !ended && !(raw instanceof TLSSocket);
     socket.attachRaw(raw);
     socket.learnFrom(raw);
     if (initial.length > 0) socket.deliver(initial);
@@ -196,10 +217,102 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (options.timeout !== undefined) this.setTimeout(options.timeout);
     this._connecting = true;
 
-    if (this.options.enhanced === true) this.startReliable({ enhanced: true, reason: 'the application said the server speaks rocks' });
+    if (this.options.tls !== undefined) this.connectTls(this.options.tls);
+    else if (this.options.enhanced === true) this.startReliable({ enhanced: true, reason: 'the application said the server speaks rocks' });
     else if (this.options.enhanced === false) this.startPlain({ enhanced: false, reason: 'the application said the server is ordinary' });
     else this.detect();
     return this;
+  }
+
+  /**
+   * EDP by ALPN: the first link is a TLS connection offering `rocks/1`; the
+   * server's answer is the verdict, with no probe and no cache. A TLS error
+   * on it fails the connection as it would fail tls.connect.
+   */
+  private connectTls(tls: ConnectionOptions): void {
+    if (this.options.enhanced === false) {
+      this.decided(false, 'the application said the server is ordinary');
+      const raw = tlsConnect({ ...this.dialOptions, ...tls } as ConnectionOptions);
+      this.attachRaw(raw);
+      raw.once('secureConnect', () => this.becomePlainTls(raw));
+      return;
+    }
+    const first = this.dialTls(false);
+    this.firstLink = first; // destroyed with us until a mode takes it
+    const failed = (err: Error): void => {
+      this.destroy(err);
+    };
+    first.once('error', failed);
+    first.once('secureConnect', () => {
+      first.removeListener('error', failed);
+      if (this.destroyed) {
+        first.destroy();
+        return;
+      }
+      if (isRocksLink(first)) {
+        if (first.getProtocol() !== 'TLSv1.3') {
+          first.destroy();
+          this.destroy(
+            new RocksError('ERR_ROCKS_PROTOCOL', `the server selected ${ROCKS_ALPN} over ${first.getProtocol()}; rocks links need TLSv1.3`),
+          );
+          return;
+        }
+        markSecured(first);
+        this.startReliable({ enhanced: true, reason: `the server selected ALPN ${ROCKS_ALPN}` });
+        return;
+      }
+      const selected = first.alpnProtocol ? `ALPN ${first.alpnProtocol}` : 'no ALPN protocol';
+      if (this.options.enhanced === true) {
+        first.destroy();
+        this.destroy(new RocksError('ERR_ROCKS_NOT_ENHANCED', `the TLS server selected ${selected}, not ${ROCKS_ALPN}`));
+        return;
+      }
+      this.decided(false, `ordinary TLS server (it selected ${selected})`);
+      this.firstLink = undefined;
+      this.attachRaw(first);
+      this.becomePlainTls(first);
+    });
+  }
+
+  private becomePlainTls(raw: TLSSocket): void {
+    this.learnFrom(raw);
+    this.becomeConnected();
+    this.emit('secureConnect');
+  }
+
+  /**
+   * A TLS link: the first offers `rocks/1` before the application's own
+   * protocols; a resume offers `rocks/1` alone, over TLS 1.3 only, with the
+   * latest session ticket.
+   */
+  private dialTls(resume: boolean): TLSSocket {
+    const tls = this.options.tls!;
+    const options: ConnectionOptions = {
+      ...(this.dialOptions as ConnectionOptions),
+      ...tls,
+      ALPNProtocols: resume ? [ROCKS_ALPN] : clientAlpn(tls.ALPNProtocols),
+    };
+    if (resume) options.minVersion = 'TLSv1.3';
+    const ticket = this.tlsTicket ?? tls.session;
+    if (ticket !== undefined) options.session = ticket;
+    const s = tlsConnect(options);
+    watchHandshake(s);
+    s.on('session', (t: Buffer) => {
+      this.tlsTicket = t;
+    });
+    if (resume) {
+      s.once('secureConnect', () => {
+        if (!isRocksLink(s)) s.destroy(new RocksError('ERR_ROCKS_NOT_ENHANCED', `the TLS server of this resume did not select ${ROCKS_ALPN}`));
+      });
+      // A server that completed a genuine handshake but fails verification
+      // (another certificate, a pin that no longer matches) will fail every
+      // attempt: end the session with its error instead of trying until
+      // suspendLimit. Broken or tampered handshakes only drop the link.
+      s.once('error', (err: Error) => {
+        if (isVerificationFailure(s) && !this.destroyed) this.destroy(err);
+      });
+    }
+    return s;
   }
 
   /** EDP: the cached verdict for this destination, or a probe. */
@@ -270,7 +383,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private fallBack(error: RocksError): boolean {
     const notEnhanced = error.code === 'ERR_ROCKS_NOT_ENHANCED' || error.code === 'ERR_ROCKS_VERSION';
     const retry = this.verdictCached && !this.reprobed;
-    if (this.established || this.options.enhanced === true || !(notEnhanced || retry)) return false;
+    // Over TLS the server's ALPN answer was the verdict: the error stands.
+    if (this.established || this.options.enhanced === true || this.options.tls !== undefined || !(notEnhanced || retry)) return false;
     this.driver = undefined;
     const key = this.destination();
     detectionCache.invalidate(key);
@@ -287,7 +401,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** SessionListener: opens a transport for a dial. Host names are resolved again at every attempt. */
   dial(): Socket {
-    return netConnect(this.dialOptions!);
+    if (this.options.tls === undefined) return netConnect(this.dialOptions!);
+    const first = this.firstLink;
+    this.firstLink = undefined;
+    return first ?? this.dialTls(true);
   }
 
   private becomeConnected(): void {
@@ -371,6 +488,56 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** The session's id (hex), once established in reliable mode. */
   get sessionId(): string | undefined {
     return this.driver?.session.sessionId?.toString('hex');
+  }
+
+  // ---- the tls.TLSSocket surface (with the tls option, or from a TLS server) ----------------
+
+  /** The TLS connection beneath: the plain one, or the link carrying the session (the last one while suspended). */
+  private tlsLink(): TLSSocket | undefined {
+    if (this.raw instanceof TLSSocket) return this.raw;
+    const active = this.driver?.activeSocket();
+    return active instanceof TLSSocket ? active : this.lastTls;
+  }
+
+  /** True when the connection runs over TLS, as TLSSocket's own `encrypted`. */
+  get encrypted(): boolean {
+    return this.tlsLink() !== undefined || this.options.tls !== undefined;
+  }
+
+  /** Whether the peer's certificate was verified (TLS). */
+  get authorized(): boolean {
+    return this.tlsLink()?.authorized ?? false;
+  }
+
+  get authorizationError(): Error | undefined {
+    return this.tlsLink()?.authorizationError;
+  }
+
+  /** The ALPN protocol selected: the application's in plain mode, `rocks/1` in reliable mode; false without. */
+  get alpnProtocol(): string | false | null {
+    return this.tlsLink()?.alpnProtocol ?? false;
+  }
+
+  getPeerCertificate(detailed?: boolean): PeerCertificate | Record<string, never> {
+    const link = this.tlsLink();
+    return link === undefined ? {} : detailed ? link.getPeerCertificate(true) : link.getPeerCertificate();
+  }
+
+  getProtocol(): string | null {
+    return this.tlsLink()?.getProtocol() ?? null;
+  }
+
+  getCipher(): ReturnType<TLSSocket['getCipher']> | undefined {
+    return this.tlsLink()?.getCipher();
+  }
+
+  /** True when the current TLS link was resumed with a session ticket (every resume link should be). */
+  isSessionReused(): boolean {
+    return this.tlsLink()?.isSessionReused() ?? false;
+  }
+
+  getSession(): Buffer | undefined {
+    return this.tlsLink()?.getSession();
   }
 
   /** Bytes written but not yet acknowledged by the peer. */
@@ -497,6 +664,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   override _destroy(err: Error | null, callback: Callback): void {
     this.settleCallbacks(err);
     this.raw?.destroy();
+    this.firstLink?.destroy();
+    this.firstLink = undefined;
     const driver = this.driver;
     if (driver !== undefined) {
       if (driver.session.finished || driver.session.state === 'done') {
@@ -587,10 +756,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
         return;
       case 'connect':
         this.becomeConnected();
+        if (this.options.tls !== undefined) this.emit('secureConnect');
         return;
       case 'link-active': {
         const h = this.driver?.links.get(ev.link);
         if (h !== undefined) this.learnFrom(h.socket, h.clientAddress);
+        if (h?.socket instanceof TLSSocket) this.lastTls = h.socket;
         return;
       }
       case 'writable': {
