@@ -47,11 +47,15 @@ export function isRocksLink(socket: TLSSocket): boolean {
  * that completed a genuine handshake, not a broken or tampered link.
  */
 const handshakeDone = new WeakSet<TLSSocket>();
+const verified = new WeakSet<TLSSocket>();
 export function watchHandshake(socket: TLSSocket): void {
   socket.once('secure', () => handshakeDone.add(socket));
+  // Verified: a later error (a reset) is the link's, not the certificate's.
+  // ('secure' may run after 'secureConnect': tls.connect's own listener emits it.)
+  socket.once('secureConnect', () => verified.add(socket));
 }
 export function isVerificationFailure(socket: TLSSocket): boolean {
-  return handshakeDone.has(socket);
+  return handshakeDone.has(socket) && !verified.has(socket);
 }
 
 /** Links whose TLS handshake is already done when the session adopts them (a client's first link). */
