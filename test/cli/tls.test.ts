@@ -99,7 +99,11 @@ async function bulkThroughFaults(serveArgs: string[], forwardArgs: string[]): Pr
       got.update(d);
       received += d.length;
     });
-    const ended = once(client, 'end');
+    const ended = new Promise<void>((resolve, reject) => {
+      client.once('end', resolve);
+      client.once('error', reject);
+    });
+    ended.catch(() => {}); // awaited below, after the sending
     const startedAt = Date.now();
     const faults = (async () => {
       for (const [at, act] of [
@@ -133,6 +137,10 @@ async function bulkThroughFaults(serveArgs: string[], forwardArgs: string[]): Pr
     assert.match(serve.output, /mode=reliable/);
     assert.match(serve.output, /resumed/);
     return `32 MiB each way intact through ${proxy.connections} connections, ${(seen.length / 2 ** 20).toFixed(1)} MiB on the wire, none of it in the clear`;
+  } catch (err) {
+    await sleep(500);
+    (err as Error).message += `\nrock serve said:\n${serve.output}\nrock forward said:\n${forward.output}`;
+    throw err;
   } finally {
     await serve.stop();
     await forward.stop();
@@ -172,12 +180,12 @@ describe('rock keygen', () => {
   });
 
   test('openssl reads the pair and computes the same pin', async (t) => {
-    const openssl = programs.openssl;
-    if (!openssl) return t.skip('openssl is not installed');
+    const found = programs('openssl');
+    if (found.skip) return t.skip(found.skip);
     const k = await keygen('openssl');
     const r = await run('/bin/sh', [
       '-c',
-      `openssl pkey -in '${k.key}' -noout && openssl x509 -in '${k.cert}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`,
+      `'${found.paths.openssl}' pkey -in '${k.key}' -noout && '${found.paths.openssl}' x509 -in '${k.cert}' -pubkey -noout | '${found.paths.openssl}' pkey -pubin -outform der | '${found.paths.openssl}' dgst -sha256 -binary | base64`,
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(`sha256:${r.stdout.toString().trim()}`, k.pin);
