@@ -35,6 +35,8 @@ export const PROGRAMS = {
   socat: 'socat',
   nc: 'netcat-openbsd',
   curl: 'curl',
+  // TLS certificates for tests, and a real TLS server and client (test/interop/tls.test.ts).
+  openssl: 'openssl',
   python3: 'python3',
   // The network test bed (test/bed): namespaces, veth, routes, tbf, nftables.
   ip: 'iproute2',

@@ -43,19 +43,17 @@ export function isRocksLink(socket: TLSSocket): boolean {
 /**
  * Marks when a client TLS socket's handshake finished, before Node checks the
  * certificate ('secure' precedes the verification that ends in 'secureConnect'
- * or in an error). An error after it is a verification failure of a server
- * that completed a genuine handshake, not a broken or tampered link.
+ * or in an error). An error between the two is a verification failure of a
+ * server that completed a genuine handshake, not a broken or tampered link.
  */
-const handshakeDone = new WeakSet<TLSSocket>();
-const verified = new WeakSet<TLSSocket>();
+const verifying = new WeakSet<TLSSocket>();
 export function watchHandshake(socket: TLSSocket): void {
-  socket.once('secure', () => handshakeDone.add(socket));
-  // Verified: a later error (a reset) is the link's, not the certificate's.
-  // ('secure' may run after 'secureConnect': tls.connect's own listener emits it.)
-  socket.once('secureConnect', () => verified.add(socket));
+  // Before Node's own 'secure' listener, which verifies and emits 'secureConnect' at once.
+  socket.prependOnceListener('secure', () => verifying.add(socket));
+  socket.once('secureConnect', () => verifying.delete(socket));
 }
 export function isVerificationFailure(socket: TLSSocket): boolean {
-  return handshakeDone.has(socket) && !verified.has(socket);
+  return verifying.has(socket);
 }
 
 /** Links whose TLS handshake is already done when the session adopts them (a client's first link). */

@@ -1,6 +1,8 @@
 // An in-process TCP proxy that breaks connections on command: reset them
 // (RST both ways), black-hole them (forward nothing, close nothing) and delay
-// them. Tests and the demo put it between a rocks client and server on loopback.
+// them, and flip bits in transit (an on-path attacker altering bytes, seeded
+// so a run can be repeated). Tests and the demo put it between a rocks client
+// and server on loopback.
 // Given several targets it is also a non-sticky L4 balancer: each new
 // connection goes to the next target in turn, whoever the client is.
 
@@ -27,6 +29,9 @@ export class FaultProxy {
   connections = 0;
   private readonly targets: { port: number; host: string }[];
   private pick: 'round-robin' | 'random' = 'round-robin';
+  private tampering: { chance: number; next: () => number } | undefined;
+  /** Bits flipped so far (one per tampered chunk). */
+  tamperings = 0;
 
   constructor(targetPort: number, targetHost = '127.0.0.1') {
     this.targets = [{ port: targetPort, host: targetHost }];
@@ -79,6 +84,16 @@ export class FaultProxy {
     for (const t of targets) this.targets.push({ port: t.port, host: t.host ?? '127.0.0.1' });
   }
 
+  /**
+   * Flips one bit in a forwarded chunk with probability `chance` per chunk
+   * (0 stops it), at a position drawn from a generator seeded with `seed`
+   * (the same seed draws the same choices; where chunks split still depends
+   * on timing).
+   */
+  tamper(chance: number, seed = 1): void {
+    this.tampering = chance > 0 ? { chance, next: seededRandom(seed) } : undefined;
+  }
+
   /** Adds `ms` of delay to every chunk forwarded (0 removes it). */
   setDelay(ms: number): void {
     this.delay = ms;
@@ -113,6 +128,13 @@ export class FaultProxy {
       let delayed: Promise<void> = Promise.resolve();
       from.on('data', (chunk: Buffer) => {
         if (pair.dead) return;
+        const t = this.tampering;
+        if (t !== undefined && t.next() < t.chance) {
+          const at = Math.floor(t.next() * chunk.length);
+          chunk = Buffer.from(chunk); // a copy: the sender's buffer is not ours to change
+          chunk[at] ^= 1 << Math.floor(t.next() * 8);
+          this.tamperings++;
+        }
         this.onChunk?.(direction, chunk, connection);
         if (this.delay > 0) {
           from.pause();
@@ -145,4 +167,16 @@ export class FaultProxy {
     forward(downstream, upstream, 'up');
     forward(upstream, downstream, 'down');
   }
+}
+
+/** mulberry32: a small seeded generator of numbers in [0, 1), enough to repeat a test's choices. */
+function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
