@@ -70,7 +70,14 @@ export async function relay(
     });
   } else {
     server = netCreateServer({ allowHalfOpen: true }, (socket) => {
-      const upstream = rocksConnect({ ...common.session, enhanced: common.enhanced, port: to.port, host: to.host, allowHalfOpen: true, tls: clientTls() });
+      const upstream = rocksConnect({
+        ...common.session,
+        enhanced: common.enhanced,
+        port: to.port,
+        host: to.host,
+        allowHalfOpen: true,
+        tls: clientTls(),
+      });
       // A certificate refused: the pinned key may have changed (refused, said once per connection) or only its certificate (trusted from now on).
       if (pins) upstream.once('error', (err) => pins.recheck(err, log));
       carry(socket, upstream, upstream, `${socket.remoteAddress}:${socket.remotePort}`);
@@ -84,7 +91,10 @@ export async function relay(
   }
   await monitor.start();
   if (kind === 'serve') {
-    log.info({ listen: show(listen), to: show(to), nodeId: (server as ReliableServer).nodeId, tls: tls.server !== undefined }, 'serving rocks, relaying to the target');
+    log.info(
+      { listen: show(listen), to: show(to), nodeId: (server as ReliableServer).nodeId, tls: tls.server !== undefined },
+      'serving rocks, relaying to the target',
+    );
     (server as ReliableServer).on('directoryError', (err: Error) => log.warn({ err: err.message }, 'node directory'));
     (server as ReliableServer).on('relay', (r: RelayInfo) => {
       const fields = { nodeId: r.nodeId, client: `${r.remoteAddress}:${r.remotePort}`, outcome: r.outcome, reason: r.reason };

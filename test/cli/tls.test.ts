@@ -79,7 +79,10 @@ async function bulkThroughFaults(serveArgs: string[], forwardArgs: string[]): Pr
   const echo = await echoServer();
   const servePort = await freePort();
   const timing = ['--failure-timeout', '1000', '--heartbeat', '200'];
-  const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`, ...timing, ...serveArgs], /serving rocks/);
+  const serve = await startRock(
+    ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`, ...timing, ...serveArgs],
+    /serving rocks/,
+  );
   const wire = await tap(servePort);
   const proxy = new FaultProxy(wire.port);
   const proxyPort = await proxy.listen();
@@ -264,7 +267,10 @@ describe('rock over TLS: forward and serve', () => {
     const imposter = await keygen('imposter');
     const echo = await echoServer();
     const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`, '--tls-cert', k.cert, '--tls-key', k.key], /serving rocks/);
+    const serve = await startRock(
+      ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echo.port}`, '--tls-cert', k.cert, '--tls-key', k.key],
+      /serving rocks/,
+    );
     try {
       const refusal = new RegExp(
         `^rock: server key does not match --tls-pin ${escape(imposter.pin)} \\(the server at 127\\.0\\.0\\.1:${servePort} presents ${escape(k.pin)}\\)\\n$`,
@@ -273,17 +279,26 @@ describe('rock over TLS: forward and serve', () => {
       assert.equal(stdio.code, 1, stdio.stderr);
       assert.match(stdio.stderr, refusal);
       assert.equal(stdio.stdout.length, 0);
-      const forward = await rock('forward', '--listen', `127.0.0.1:${await freePort()}`, '--to', `127.0.0.1:${servePort}`, '--tls', '--tls-pin', imposter.pin);
+      const forward = await rock(
+        'forward',
+        '--listen',
+        `127.0.0.1:${await freePort()}`,
+        '--to',
+        `127.0.0.1:${servePort}`,
+        '--tls',
+        '--tls-pin',
+        imposter.pin,
+      );
       assert.equal(forward.code, 1, forward.stderr);
       assert.match(forward.stderr, refusal);
       // The wrong CA: node's own words, exit 1.
       const ca = await run(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`, '--tls', '--tls-ca', imposter.cert], { input: 'secret\n' });
       assert.equal(ca.code, 1, ca.stderr);
       assert.match(ca.stderr, /^rock: cannot connect to 127\.0\.0\.1:\d+: .*self-signed certificate/);
-      // No --tls at all against a TLS server: refused too, never served in the clear.
+      // No --tls at all against a TLS server: the server's TLS refuses the bytes; nothing reaches the target.
       const plain = await run(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`], { input: 'secret\n', timeout: 15_000 });
-      assert.notEqual(plain.code, 0);
-      assert.equal(plain.stdout.length, 0);
+      assert.equal(plain.stdout.length, 0, plain.stderr);
+      assert.doesNotMatch(serve.output, /connection /, 'rock serve relayed nothing');
 
       const input = randomBytes(1024 * 1024);
       const right = await run(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`, '--tls', '--tls-pin', k.pin], { input });
