@@ -273,7 +273,7 @@ describe('rock over TLS: forward and serve', () => {
     );
     try {
       const refusal = new RegExp(
-        `^rock: server key does not match --tls-pin ${escape(imposter.pin)} \\(the server at 127\\.0\\.0\\.1:${servePort} presents ${escape(k.pin)}\\)\\n$`,
+        `^rock: server key does not match --tls-pin ${escapeRegExp(imposter.pin)} \\(the server at 127\\.0\\.0\\.1:${servePort} presents ${escapeRegExp(k.pin)}\\)\\n$`,
       );
       const stdio = await run(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`, '--tls', '--tls-pin', imposter.pin], { input: 'secret\n' });
       assert.equal(stdio.code, 1, stdio.stderr);
@@ -349,6 +349,6 @@ describe('rock over TLS: forward and serve', () => {
   });
 });
 
-function escape(s: string): string {
+function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
