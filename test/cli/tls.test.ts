@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -172,6 +172,7 @@ describe('rock keygen', () => {
     assert.equal(again.code, 1);
     assert.match(again.stderr, /^rock: .*key\.pem exists; give --force to replace it\n$/);
     assert.equal(readFileSync(k.cert, 'utf8'), before, 'nothing overwritten');
+    chmodSync(k.key, 0o644); // a replaced key must not keep a looser mode
     const forced = await rock('keygen', k.dir, '--force');
     assert.equal(forced.code, 0, forced.stderr);
     assert.notEqual(forced.stdout.toString().trim(), k.pin);
