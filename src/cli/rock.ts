@@ -158,6 +158,10 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   const tls = kind === 'serve' ? { server: serverTls(values) } : { client: clientTls(values) };
   if (workers !== undefined && tls.server !== undefined)
     throw new UsageError('--workers cannot be used with --tls-cert (the primary routes each link by its first bytes, which TLS hides)');
+  if ((peers !== undefined || directory !== undefined) && tls.server !== undefined)
+    throw new UsageError(
+      `--${peers !== undefined ? 'peers' : 'directory'} cannot be used with --tls-cert (nodes relay links by their first bytes, which TLS hides)`,
+    );
   const settings = common(values);
   if (workers !== undefined && settings.metrics !== undefined)
     throw new UsageError('--metrics cannot be used with --workers (each worker would count only its own connections)');

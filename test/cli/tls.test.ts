@@ -213,6 +213,11 @@ describe('rock over TLS: command line', () => {
       [[...serve, '--tls-cert', k.cert, '--tls-key', other.key], /--tls-key: '.*' is not the key of --tls-cert/],
       [[...serve, '--tls-client-ca', k.cert], /--tls-client-ca goes with --tls-cert and --tls-key/],
       [[...serve, '--tls-cert', k.cert, '--tls-key', k.key, '--workers', '2'], /--workers cannot be used with --tls-cert/],
+      [[...serve, '--tls-cert', k.cert, '--tls-key', k.key, '--peers', '1=a:1'], /--peers cannot be used with --tls-cert/],
+      [
+        [...serve, '--tls-cert', k.cert, '--tls-key', k.key, '--node-id', '1', '--directory', 'redis://r:1'],
+        /--directory cannot be used with --tls-cert/,
+      ],
       [[...serve, '--tls'], /Unknown option '--tls'/],
       [[...forward, '--tls-pin', k.pin], /--tls-pin goes with --tls/],
       [[...forward, '--tls-ca', k.cert], /--tls-ca goes with --tls/],
