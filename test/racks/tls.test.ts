@@ -113,4 +113,18 @@ describe('rack daemon over TLS (in-memory parts)', () => {
     await until(() => b.raw.sent.length === 1, 5000, 'b to send its SYN raw');
     assert.equal(a.tun.written.length, 0);
   });
+
+  test("rack up --tls-*: the pair needs a trust, a pin must be the pair's own, not both", async () => {
+    const d = join(dir, 'flags');
+    const { pin, certPath, keyPath } = await keygen(d, { names: ['rack'], days: 1, force: false });
+    const other = await keygen(join(dir, 'flags-other'), { names: ['rack'], days: 1, force: false });
+    const pairFlags = { 'tls-cert': certPath, 'tls-key': keyPath };
+    assert.throws(() => rackTls(pairFlags), /--tls-cert needs --tls-ca or --tls-pin/);
+    assert.throws(() => rackTls({ ...pairFlags, 'tls-pin': other.pin }), /--tls-pin is not the pin of --tls-cert/);
+    assert.throws(() => rackTls({ ...pairFlags, 'tls-pin': pin, 'tls-ca': certPath }), /give --tls-ca or --tls-pin, not both/);
+    assert.throws(() => rackTls({ 'tls-cert': certPath, 'tls-key': other.keyPath }), /is not the key of --tls-cert/);
+    const viaCa = rackTls({ ...pairFlags, 'tls-ca': other.certPath })!;
+    assert.equal(viaCa.server.requestCert, true);
+    assert.equal(viaCa.server.ca, viaCa.client.ca, 'client certificates checked against --tls-ca by default');
+  });
 });
