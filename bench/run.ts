@@ -15,10 +15,11 @@ import { racks } from './cases/racks.js';
 import { relay } from './cases/relay.js';
 import { scale } from './cases/scale.js';
 import { setup } from './cases/setup.js';
+import { tls } from './cases/tls.js';
 import { machine, markdown, rows, svg, table } from './core/report.js';
 import type { BenchCase, Context, Measure } from './core/types.js';
 
-const CASES: BenchCase[] = [bulk, latency, setup, outage, relay, memory, scale, iperf, racks];
+const CASES: BenchCase[] = [bulk, latency, setup, tls, outage, relay, memory, scale, iperf, racks];
 
 const { values } = parseArgs({
   options: {

@@ -47,3 +47,6 @@ export function connect(...args: unknown[]): ReliableSocket {
 }
 
 export const createConnection = connect;
+
+export { spkiPin, parsePin, pinnedServerIdentity, fetchPinnedCertificate, pinnedConnectOptions, PinMismatchError } from './node/tls-pin.js';
+export type { PinFetchOptions } from './node/tls-pin.js';

@@ -12,6 +12,7 @@ import { pino } from 'pino';
 import { EXIT, ExitError, LOG_LEVELS, parse, parseDuration, runMain, UsageError } from './args.js';
 import type { RackStatus } from '../racks/daemon.js';
 import { textLines } from './monitor.js';
+import { rackTls } from './tls-args.js';
 
 const USAGE = `Usage: rack COMMAND [options]   (Linux, as root)
 
@@ -41,6 +42,15 @@ Options:
   --failure-timeout MS      silence that declares the path failed (default 5000, min 200)
   --suspend-limit DURATION  how long connections may stay held (default 24h; e.g. 90s, 30m, 2d)
   --secret-file FILE        a shared secret: only daemons holding the same one talk
+  --tls-cert FILE           carriages over TLS 1.3: this daemon's certificate (PEM;
+                            see rock keygen), presented as server and as client
+  --tls-key FILE            its private key (PEM)
+  --tls-ca FILE             trust the daemons whose certificates this CA signed
+                            (names are not checked: daemons dial addresses)
+  --tls-pin sha256:BASE64   or: every daemon presents the same pair, whose pin
+                            this is (rock keygen once, copy DIR to every host)
+  --tls-client-ca FILE      check the certificates of daemons that dial this
+                            one against this CA (default: --tls-ca, or the pin)
   --probe-timeout MS        how long a first SYN to a new host waits for its answer (default 500)
   --max-connections N       protected connections at most (default 10000)
   --max-held SIZE           bytes in custody (carried, not yet acknowledged by the peer daemon) at most (default 256MiB; e.g. 64MiB, 1GiB)
@@ -86,6 +96,11 @@ async function up(args: string[]): Promise<number> {
       'failure-timeout': { type: 'string' },
       'suspend-limit': { type: 'string' },
       'secret-file': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-ca': { type: 'string' },
+      'tls-pin': { type: 'string' },
+      'tls-client-ca': { type: 'string' },
       'probe-timeout': { type: 'string' },
       'max-connections': { type: 'string' },
       'max-held': { type: 'string' },
@@ -126,8 +141,10 @@ async function up(args: string[]): Promise<number> {
     }
     if (secret.length < 16) throw new UsageError('--secret-file: the secret must be at least 16 bytes');
   }
+  const tls = rackTls(values);
   const options = {
     specs,
+    tls,
     port: positiveInt(values.port as string | undefined, '--port', RACK_DEFAULTS.port, 65535),
     failureTimeout,
     suspendLimit,

@@ -8,6 +8,7 @@ import { resolveSessionConfig } from '../protocol/config.js';
 import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
 import type { PeerEntry } from '../node/directory.js';
 import { relay, type RelayKind } from './relay.js';
+import { CLIENT_TLS_HELP, CLIENT_TLS_OPTIONS, clientTls, SERVER_TLS_HELP, SERVER_TLS_OPTIONS, serverTls } from './tls-args.js';
 
 const USAGE = `Usage: rock COMMAND [options]
 
@@ -19,6 +20,7 @@ Commands:
   serve --listen HOST:PORT --to HOST:PORT     accept rocks connections and relay them to an ordinary server
   forward --listen HOST:PORT --to HOST:PORT   accept plain connections and carry them over rocks to a rock serve
   stdio HOST:PORT                             standard input and output over one reliable connection (ssh ProxyCommand)
+  keygen DIR                                  write a self-signed TLS key and certificate, print its pin
   demo                                        watch a transfer survive resets, a black hole and delays
 
 Run 'rock COMMAND --help' for a command's options.
@@ -54,7 +56,9 @@ server at --to (the paper's rockd). Ordinary clients are relayed too.
                            (default: --listen, if not a wildcard)
   --workers N              relay in N worker processes (1-255, Node cluster); the
                            primary sends each resume to the worker that holds
-                           its session (not with --metrics)
+                           its session (not with --metrics or --tls-cert)
+
+${SERVER_TLS_HELP}
 
 ${COMMON_HELP}`,
   forward: `Usage: rock forward --listen HOST:PORT --to HOST:PORT [options]
@@ -64,6 +68,8 @@ each over a reliable connection to the rock serve (or other rocks server) at --t
 
   --enhanced               the server is known to speak rocks: skip the EDP probe
                            (for a path that breaks probes, see docs/BALANCERS.md)
+
+${CLIENT_TLS_HELP}
 
 ${COMMON_HELP}`,
   stdio: `Usage: rock stdio HOST:PORT [options]
@@ -75,7 +81,22 @@ serve at HOST:PORT; logs go to standard error. For ssh:
   --enhanced               the server is known to speak rocks: skip the EDP probe
                            (for a path that breaks probes, see docs/BALANCERS.md)
 
+${CLIENT_TLS_HELP}
+
 ${COMMON_HELP}`,
+  keygen: `Usage: rock keygen DIR [--name HOST ...] [--days N] [--force]
+
+Writes a self-signed ECDSA P-256 key and certificate for rock serve --tls-cert
+and --tls-key: DIR/key.pem (mode 0600) and DIR/cert.pem, PEM as openssl
+req -x509 writes them. Prints the certificate's pin (sha256:BASE64, the
+SHA-256 of its public key) on standard output, for rock forward --tls-pin.
+
+  --name HOST              a host name or IP address the certificate names
+                           (repeat; default: this machine's hostname, localhost,
+                           127.0.0.1 and ::1), for clients that use --tls-ca
+  --days N                 valid for N days (default 3650)
+  --force                  replace DIR/key.pem and DIR/cert.pem if they exist
+  -h, --help               this help`,
   demo: `Usage: rock demo
 
 Runs a rocks client and server on 127.0.0.1 with a fault proxy between them
@@ -95,7 +116,7 @@ function stopSignal(): Promise<string> {
 }
 
 /** Options of the commands that dial a rocks server they name. */
-const CLIENT_OPTIONS = { enhanced: { type: 'boolean' } } as const;
+const CLIENT_OPTIONS = { enhanced: { type: 'boolean' }, ...CLIENT_TLS_OPTIONS } as const;
 
 /** Common options, with the session options checked as the library would check them. */
 function common(values: Record<string, string | boolean | undefined>): CommonOptions {
@@ -117,6 +138,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     directory: { type: 'string' },
     advertise: { type: 'string' },
     workers: { type: 'string' },
+    ...SERVER_TLS_OPTIONS,
   } as const;
   const { values } = parse(args, kind === 'serve' ? { ...options, ...serveOptions } : { ...options, ...CLIENT_OPTIONS }, false);
   if (values.help) return help(kind);
@@ -133,6 +155,13 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
   if (advertiseText !== undefined && directory === undefined) throw new UsageError('--advertise goes with --directory');
   const advertise = advertiseText === undefined ? undefined : parseEndpoint(advertiseText, '--advertise');
   const workers = parseWorkers(values.workers as string | undefined);
+  const tls = kind === 'serve' ? { server: serverTls(values) } : { client: clientTls(values) };
+  if (workers !== undefined && tls.server !== undefined)
+    throw new UsageError('--workers cannot be used with --tls-cert (the primary routes each link by its first bytes, which TLS hides)');
+  if ((peers !== undefined || directory !== undefined) && tls.server !== undefined)
+    throw new UsageError(
+      `--${peers !== undefined ? 'peers' : 'directory'} cannot be used with --tls-cert (nodes relay links by their first bytes, which TLS hides)`,
+    );
   const settings = common(values);
   if (workers !== undefined && settings.metrics !== undefined)
     throw new UsageError('--metrics cannot be used with --workers (each worker would count only its own connections)');
@@ -141,7 +170,7 @@ async function relayCommand(kind: RelayKind, args: string[]): Promise<number> {
     const { serveWithWorkers } = await import('./workers.js');
     return serveWithWorkers(workers, listen, to, settings, stopSignal());
   }
-  await relay(kind, listen, to, settings, stopSignal(), { nodeId, peers, directory, advertise });
+  await relay(kind, listen, to, settings, stopSignal(), { nodeId, peers, directory, advertise }, tls);
   return EXIT.OK;
 }
 
@@ -178,7 +207,8 @@ async function stdioCommand(args: string[]): Promise<number> {
   if (values.help) return help('stdio');
   if (positionals.length !== 1) throw new UsageError(`stdio takes one HOST:PORT, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
   const { stdio } = await import('./stdio.js');
-  return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal());
+  const tls = clientTls(values);
+  return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal(), tls);
 }
 
 async function runCommand(args: string[]): Promise<number> {
@@ -194,6 +224,27 @@ async function runCommand(args: string[]): Promise<number> {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+}
+
+async function keygenCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    name: { type: 'string', multiple: true },
+    days: { type: 'string' },
+    force: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) return help('keygen');
+  if (positionals.length !== 1) throw new UsageError(`keygen takes one DIR, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
+  const daysText = (values.days as string | undefined) ?? '3650';
+  const days = /^\d{1,6}$/.test(daysText) ? Number(daysText) : 0;
+  if (days < 1) throw new UsageError(`--days must be a whole number of days from 1, got ${JSON.stringify(daysText)}`);
+  const { keygen, defaultNames } = await import('./keygen.js');
+  const names = (values.name as unknown as string[] | undefined) ?? defaultNames();
+  for (const n of names) if (!/^[A-Za-z0-9.:*_-]{1,253}$/.test(n)) throw new UsageError(`--name: '${n}' is not a host name or IP address`);
+  const { pin, keyPath, certPath } = await keygen(positionals[0], { names, days, force: values.force === true });
+  process.stderr.write(`rock: wrote ${keyPath} (keep it private) and ${certPath} for ${names.join(', ')}\n`);
+  process.stdout.write(`${pin}\n`);
+  return EXIT.OK;
 }
 
 async function demoCommand(args: string[]): Promise<number> {
@@ -223,10 +274,12 @@ export async function main(argv: string[]): Promise<number> {
       return stdioCommand(rest);
     case 'run':
       return runCommand(rest);
+    case 'keygen':
+      return keygenCommand(rest);
     case 'demo':
       return demoCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, demo)`);
+      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, keygen, demo)`);
   }
 }
 

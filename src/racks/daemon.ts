@@ -27,6 +27,7 @@
 // address watcher, rocks links on the rack port and a clock, which
 // src/racks/system.ts opens for real and the unit tests give in memory.
 
+import type { ConnectionOptions, TlsOptions } from 'node:tls';
 import type { ReliableSocket } from '../node/socket.js';
 import { EDP_MAGIC } from '../edp/announcement.js';
 import { Carriage } from './carriage.js';
@@ -51,6 +52,8 @@ export interface RackOptions {
   suspendLimit: number;
   /** Shared secret mixed into every carriage key: only daemons that hold it can talk. */
   secret?: Buffer;
+  /** Carriages over TLS: the rack port's node:tls server options and the dial's connect options (src/cli/tls-args.ts rackTls). */
+  tls?: RackTls;
   /** How long a new connection's SYN waits for the answer of EDP for racks. */
   probeTimeout: number;
   /** A host found plain is asked again after this long (ms). */
@@ -59,6 +62,11 @@ export interface RackOptions {
   /** Most bytes held in custody across all suspended carriages. */
   maxHeldBytes: number;
   log: RackLogger;
+}
+
+export interface RackTls {
+  server: TlsOptions;
+  client: ConnectionOptions;
 }
 
 export const RACK_DEFAULTS = {

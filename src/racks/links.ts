@@ -6,7 +6,7 @@
 
 import type { AddressInfo } from 'node:net';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../index.js';
-import type { RackLogger } from './daemon.js';
+import type { RackLogger, RackTls } from './daemon.js';
 import type { CarriageLinks } from './parts.js';
 
 export interface RocksLinkOptions {
@@ -21,6 +21,8 @@ export interface RocksLinkOptions {
   host?: string;
   /** Where the rack port of the host with inner address `address` is reached; by default that address and `port`. */
   peer?: (address: string) => { host: string; port: number };
+  /** Carriages over TLS: every link of every carriage a TLS 1.3 connection, both ends authenticated. */
+  tls?: RackTls;
 }
 
 export class RocksLinks implements CarriageLinks {
@@ -35,7 +37,7 @@ export class RocksLinks implements CarriageLinks {
 
   async listen(onSocket: (socket: ReliableSocket) => void): Promise<void> {
     const o = this.options;
-    const server = createServer({ failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit }, onSocket);
+    const server = createServer({ failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit, tls: o.tls?.server }, onSocket);
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -59,6 +61,7 @@ export class RocksLinks implements CarriageLinks {
       suspendLimit: o.suspendLimit,
       connectTimeout: o.probeTimeout,
       probeTimeout: o.probeTimeout,
+      tls: o.tls?.client,
     });
   }
 

@@ -26,6 +26,12 @@ describe('rack command line', () => {
     [['up', '--protect', 'tcp:22', '--tun', 'a/b'], /--tun: 'a\/b' is not an interface name/],
     [['up', '--protect', 'tcp:22', '--secret-file', '/nonexistent/secret'], /--secret-file: ENOENT/],
     [['up', '--protect', 'tcp:22', '--log-level', 'loud'], /--log-level: expected one of/],
+    [['up', '--protect', 'tcp:22', '--tls-pin', 'sha256:x'], /--tls-pin: a pin's SHA-256 is 44 characters/],
+    [['up', '--protect', 'tcp:22', '--tls-ca', '/etc/hostname'], /--tls-ca goes with --tls-cert and --tls-key/],
+    [
+      ['up', '--protect', 'tcp:22', '--tls-cert', '/nonexistent/cert.pem', '--tls-key', '/nonexistent/key.pem'],
+      /--tls-cert: cannot read '\/nonexistent\/cert.pem': ENOENT/,
+    ],
     [['up', '--protect', 'tcp:22', '--bogus'], /Unknown option '--bogus'/],
     [['sideways'], /unknown command 'sideways'/],
   ] as const) {

@@ -6,8 +6,12 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { keygen } from '../../src/cli/keygen.js';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
 import type { RackStatus } from '../../src/racks/daemon.js';
 import { NetBed, netbedSkip, type HostName } from '../bed/netbed.js';
@@ -106,9 +110,9 @@ async function withBed(run: (w: World) => Promise<void>): Promise<void> {
 }
 
 /** rack up on both hosts, a socat echo on the protected port, and a socat stream to it, flowing. */
-async function carriedStream(w: World): Promise<{ racks: RockProcess[]; stream: SocatStream }> {
+async function carriedStream(w: World, extra: string[] = []): Promise<{ racks: RockProcess[]; stream: SocatStream }> {
   const { bed } = w;
-  const racks = [await rackUp(bed, 'client'), await rackUp(bed, 'server')];
+  const racks = [await rackUp(bed, 'client', extra), await rackUp(bed, 'server', extra)];
   w.processes.push(...racks, socatEcho(bed, `0.0.0.0:${ECHO}`));
   const stream = new SocatStream(bed, 'through rack');
   w.processes.push(stream);
@@ -247,6 +251,39 @@ describe('rack up on both hosts', { skip }, () => {
       checkTimes('link down 8 s', racks, broken, healed);
       await stream.finishAndVerify();
     });
+  });
+
+  test('carriages over TLS (one rock keygen pair on both hosts, --tls-pin): the link goes down and up, the stream intact', {
+    timeout: 90_000,
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rack-tls-'));
+    try {
+      const { pin, certPath, keyPath } = await keygen(dir, { names: ['rack'], days: 1, force: false });
+      await withBed(async (w) => {
+        const { bed } = w;
+        const { racks, stream } = await carriedStream(w, ['--tls-cert', certPath, '--tls-key', keyPath, '--tls-pin', pin]);
+        assert.deepEqual(
+          status(bed, 'client').hosts.map((h) => h.verdict),
+          ['rack'],
+        );
+        await sleep(1000);
+        const broken = Date.now();
+        bed.linkDown();
+        await sleep(4000);
+        const healed = Date.now();
+        bed.linkUp();
+        const before = stream.gotBytes;
+        await until(
+          () => stream.gotBytes > before + RATE,
+          20_000,
+          () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`,
+        );
+        checkTimes('over TLS, link down 4 s', racks, broken, healed);
+        await stream.finishAndVerify();
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('a rocks connection between two rack hosts is left to rocks', { timeout: 60_000 }, async () => {

@@ -1,0 +1,94 @@
+// 10. Over TLS: rocks with its `tls` option against raw node:tls, in the
+// same run: bulk (1 GiB one way, 64 KiB writes; quick: 64 MiB), ping-pong
+// (64 B, p50) and set-up (connect to the first echoed byte, one after
+// another). The variant 'raw' here is node:tls, so "vs raw" is the ratio to
+// raw TLS. Both use one `rock keygen` pair (ECDSA P-256, TLS 1.3); each
+// connection makes a full handshake. The targets (issue 16): bulk at least
+// 0.9x raw TLS, set-up at most 1.5x.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { keygen } from '../../src/cli/keygen.js';
+import type { Context, BenchCase, Measure } from '../core/types.js';
+import { median } from '../core/stats.js';
+import { MIB, measure, repeat } from './common.js';
+
+const TRANSPORTS: [variant: string, transport: string][] = [
+  ['raw', 'tls'],
+  ['rocks', 'rocks+tls'],
+];
+
+/** What each ratio must reach: at least (higher) or at most (lower). */
+const TARGETS = { bulk: { ratio: 0.9, better: 'higher' }, setup: { ratio: 1.5, better: 'lower' } } as const;
+
+async function measureAll(ctx: Context, tlsDir: string): Promise<Measure[]> {
+  const options = { tlsDir };
+  const out: Measure[] = [];
+  const add = (metric: string, unit: string, better: 'higher' | 'lower', samples: Record<string, number[]>, note?: string): void => {
+    for (const [variant] of TRANSPORTS) out.push(measure({ case: 'tls', metric, variant, unit, better, note }, samples[variant]));
+  };
+
+  const bytes = ctx.quick ? 64 * MIB : 1024 * MIB;
+  const bulk: Record<string, number[]> = {};
+  for (const [variant, transport] of TRANSPORTS) {
+    const job = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', '65536'];
+    const results = await repeat<{ type: string; seconds: number; bytes: number }>(ctx.repeats, transport, job, job, options);
+    bulk[variant] = results.map((r) => r.bytes / r.seconds / 1e6);
+    ctx.log(`tls bulk ${variant}: ${bulk[variant].map((s) => s.toFixed(0)).join(', ')} MB/s`);
+  }
+  add(`${ctx.quick ? '64 MiB' : '1 GiB'} one way, 64 KiB writes`, 'MB/s', 'higher', bulk, `target: rocks at least ${TARGETS.bulk.ratio}x raw TLS`);
+
+  const count = ctx.quick ? 500 : 10_000;
+  const pingpong: Record<string, number[]> = {};
+  for (const [variant, transport] of TRANSPORTS) {
+    const job = ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)];
+    const results = await repeat<{ type: string; p50: number; p99: number }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+    pingpong[variant] = results.map((r) => r.p50);
+    ctx.log(`tls ping-pong 64 B ${variant}: p50 ${pingpong[variant].map((p) => p.toFixed(3)).join(', ')} ms`);
+  }
+  add('ping-pong 64 B p50', 'ms', 'lower', pingpong);
+
+  const connections = ctx.quick ? 20 : 200;
+  const setup: Record<string, number[]> = {};
+  for (const [variant, transport] of TRANSPORTS) {
+    const job = ['--job', 'setup', '--count', String(connections), '--concurrent', '10'];
+    const results = await repeat<{ type: string; sequential: number[] }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+    setup[variant] = results.map((r) => median(r.sequential));
+    ctx.log(`tls set-up ${variant}: sequential median ${setup[variant].map((m) => m.toFixed(2)).join(', ')} ms`);
+  }
+  add(
+    'set-up, connect to first echoed byte, median',
+    'ms',
+    'lower',
+    setup,
+    `target: rocks at most ${TARGETS.setup.ratio}x raw TLS; ${connections} connections one after another, full handshakes`,
+  );
+
+  for (const [what, samples] of [
+    ['bulk', bulk],
+    ['setup', setup],
+  ] as const) {
+    const ratio = median(samples.rocks) / median(samples.raw);
+    const t = TARGETS[what];
+    const met = t.better === 'higher' ? ratio >= t.ratio : ratio <= t.ratio;
+    ctx.log(
+      `tls ${what}: rocks ${ratio.toFixed(2)}x raw TLS (target ${t.better === 'higher' ? 'at least' : 'at most'} ${t.ratio}x: ${met ? 'met' : 'NOT met'})`,
+    );
+  }
+  return out;
+}
+
+export const tls: BenchCase = {
+  id: 'tls',
+  title: 'Over TLS: rocks with the tls option against raw node:tls',
+  async run(ctx) {
+    const dir = mkdtempSync(join(tmpdir(), 'rocks-bench-tls-'));
+    try {
+      await keygen(dir, { names: ['localhost', '127.0.0.1'], days: 1, force: true });
+      return await measureAll(ctx, dir);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+};
