@@ -3,23 +3,27 @@
 // real sockets on 127.0.0.1: an ioredis client whose connection to
 // redis-server, through rock serve, survives repeated resets, the same client unchanged against an ordinary redis-server,
 // an http server that curl cannot tell apart, an http download through
-// resets, every way of opening a connection, child processes, and runProgram.
+// resets, every way of opening a connection, child processes, and runProgram;
+// and an https client under rock run whose own TLS, end to end to a node
+// https server behind rock serve, survives resets and black holes.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer as netCreateServer } from 'node:net';
+import { createServer as httpsCreateServer } from 'node:https';
+import { createServer as netCreateServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { ReliableServer, ReliableServerOptions, ReliableSocket } from '../../src/index.js';
 import { preloadEnv, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { parseJsonLines, sleep, until, type Program } from '../support/helpers.js';
 import { closeServer, listen } from '../support/net.js';
+import { makeCerts } from '../support/certs.js';
 import { freePort, programs, run, start, waitForPort } from '../support/programs.js';
 import { startRock } from '../support/rock.js';
 
@@ -356,6 +360,201 @@ describe('rock run: unmodified Node programs over rocks', () => {
       assert.equal(result.code, 2, value);
       assert.match(result.stderr, message);
       assert.equal(result.stdout, '');
+    }
+  });
+});
+
+/** The first `mib` MiB of the pattern http-server.mjs and the https server below send. */
+function bigBody(): Buffer {
+  const block = Buffer.alloc(1 << 20);
+  for (let i = 0; i < block.length; i++) block[i] = (i * 7 + (i >> 10)) & 0xff;
+  return block;
+}
+
+function bigSha256(mib: number): string {
+  const block = bigBody();
+  const hash = createHash('sha256');
+  for (let i = 0; i < mib; i++) hash.update(block);
+  return hash.digest('hex');
+}
+
+/**
+ * Faults, in turn a reset and a black hole (`blackholeMs` long, then healed),
+ * one each time another `every` bytes have come down through `proxy`: the
+ * first is a reset, after `every` bytes of the download.
+ */
+function resetAndBlackhole(proxy: FaultProxy, every: number, blackholeMs: number): { resets: number; blackholes: number; stop(): void } {
+  const faults = { resets: 0, blackholes: 0, stop };
+  let down = 0;
+  let next = every;
+  let busy = false;
+  let stopped = false;
+  let healTimer: NodeJS.Timeout | undefined;
+  function stop(): void {
+    stopped = true;
+    proxy.onChunk = undefined;
+    clearTimeout(healTimer);
+    proxy.heal();
+  }
+  proxy.onChunk = (direction, chunk) => {
+    if (direction !== 'down' || busy || stopped) return;
+    down += chunk.length;
+    if (down < next) return;
+    next = down + every;
+    busy = true;
+    const blackhole = (faults.resets + faults.blackholes) % 2 === 1;
+    setImmediate(() => {
+      if (stopped) return;
+      if (!blackhole) {
+        proxy.reset();
+        faults.resets++;
+        busy = false;
+        return;
+      }
+      proxy.blackhole();
+      faults.blackholes++;
+      healTimer = setTimeout(() => {
+        proxy.heal();
+        busy = false;
+      }, blackholeMs);
+    });
+  };
+  return faults;
+}
+
+describe("rock run: an application's own TLS, end to end over rocks", () => {
+  const certs = makeCerts();
+  after(() => certs.cleanup());
+  const MIB = 32;
+  const FAILURE_TIMEOUT = 2000;
+
+  /**
+   * A node https server (plain node:https, in this process) with the test
+   * certificate, behind `rock serve`, behind a FaultProxy. The TLS runs from
+   * the client to the https server: rock serve and the proxy only see its records.
+   */
+  async function httpsBehindRockServe(): Promise<{
+    proxy: FaultProxy;
+    proxyPort: number;
+    serve: Program;
+    handshakes: () => number;
+    stop(): Promise<void>;
+  }> {
+    const block = bigBody();
+    let handshakes = 0;
+    const https = httpsCreateServer({ key: certs.server.key, cert: certs.server.cert }, (req, res) => {
+      const url = new URL(req.url ?? '/', 'https://x');
+      if (url.pathname === '/hello') return void res.end('hello, tls\n');
+      const blocks = Number(url.searchParams.get('mib') ?? 1);
+      res.setHeader('content-length', block.length * blocks);
+      let sent = 0;
+      const more = (): void => {
+        while (sent < blocks) {
+          sent++;
+          if (!res.write(block)) return void res.once('drain', more);
+        }
+        res.end();
+      };
+      more();
+    });
+    https.on('secureConnection', () => handshakes++);
+    https.listen(0, '127.0.0.1');
+    await once(https, 'listening');
+    const httpsPort = (https.address() as AddressInfo).port;
+    const servePort = await freePort();
+    const serve = await startRock(
+      ['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpsPort}`, '--json', '--failure-timeout', String(FAILURE_TIMEOUT)],
+      /serving rocks/,
+    );
+    const proxy = new FaultProxy(servePort);
+    const proxyPort = await proxy.listen();
+    const stop = async (): Promise<void> => {
+      await proxy.close();
+      await serve.stop();
+      https.closeAllConnections();
+      await new Promise((r) => https.close(r));
+    };
+    return { proxy, proxyPort, serve, handshakes: () => handshakes, stop };
+  }
+
+  test(`an https client under rock run downloads ${MIB} MiB from node's https server behind rock serve through resets and black holes, one TLS connection end to end`, {
+    skip: certs.skip,
+    timeout: 120_000,
+  }, async () => {
+    const bed = await httpsBehindRockServe();
+    try {
+      const faults = resetAndBlackhole(bed.proxy, 4 << 20, FAILURE_TIMEOUT * 1.5);
+      const started = performance.now();
+      const result = await runNode(
+        [fixture('https-get.mjs'), `https://127.0.0.1:${bed.proxyPort}/big?mib=${MIB}`, certs.server.certFile],
+        rocksEnv({ failureTimeout: FAILURE_TIMEOUT }, { ROCKS_LOG: '1' }),
+        90_000,
+      );
+      const seconds = (performance.now() - started) / 1000;
+      faults.stop();
+      assert.equal(
+        result.stdout,
+        `status 200 bytes ${MIB << 20} sha256 ${bigSha256(MIB)}\nhello "hello, tls\\n" TLSv1.3 authorized true reused true\n`,
+        result.stderr,
+      );
+      assert.equal(result.code, 0);
+      assert.match(
+        result.stderr,
+        new RegExp(`^rocks\\[\\d+\\]: connect 127\\.0\\.0\\.1:${bed.proxyPort}: reliable`),
+        'the https client dialed over rocks',
+      );
+      assert.doesNotMatch(result.stderr, /error/);
+      // The application's TLS was never redone: its one connection, over one rocks session, outlived every fault.
+      assert.equal(bed.handshakes(), 1, 'one TLS handshake at the https server');
+      assert.ok(faults.resets >= 2 && faults.blackholes >= 2, `${faults.resets} resets, ${faults.blackholes} black holes`);
+      const logged = () => parseJsonLines<{ msg: string; mode?: string }>(bed.serve.output);
+      await until(() => logged().some((l) => l.msg === 'closed'), 10_000, "rock serve's session to close");
+      const lines = logged();
+      assert.deepEqual(
+        lines.filter((l) => l.msg === 'connection').map((l) => l.mode),
+        ['reliable'],
+        'one reliable session at rock serve, the whole run',
+      );
+      assert.deepEqual(
+        lines.filter((l) => l.msg === 'connection failed'),
+        [],
+        'the session ended cleanly (the https client closed its connection), without an error',
+      );
+      const resumes = lines.filter((l) => l.msg === 'resumed').length;
+      assert.ok(resumes >= faults.resets + faults.blackholes, `rock serve saw ${resumes} resumes after ${faults.resets + faults.blackholes} faults`);
+      console.log(
+        `# https under rock run, ${MIB} MiB: ${faults.resets} resets, ${faults.blackholes} black holes of ${FAILURE_TIMEOUT * 1.5} ms, ` +
+          `${resumes} resumes, ${bed.proxy.connections} connections through the proxy, 1 TLS handshake, ${seconds.toFixed(1)} s`,
+      );
+    } finally {
+      await bed.stop();
+    }
+  });
+
+  test('control: the same https client without rock run, through the same faults, does not get the download', {
+    skip: certs.skip,
+    timeout: 60_000,
+  }, async () => {
+    const bed = await httpsBehindRockServe();
+    try {
+      const faults = resetAndBlackhole(bed.proxy, 4 << 20, FAILURE_TIMEOUT * 1.5);
+      const result = await runNode(
+        [fixture('https-get.mjs'), `https://127.0.0.1:${bed.proxyPort}/big?mib=${MIB}`, certs.server.certFile],
+        baseEnv(),
+        30_000,
+      );
+      faults.stop();
+      assert.ok(faults.resets >= 1, 'the first fault, a reset, came');
+      assert.doesNotMatch(result.stdout, /status 200/, 'no whole download');
+      assert.notEqual(result.code, 0);
+      assert.match(result.stderr, /https error: \S+/);
+      assert.ok(
+        parseJsonLines<{ msg: string; mode?: string }>(bed.serve.output).some((l) => l.msg === 'connection' && l.mode === 'plain'),
+        'rock serve carried it as an ordinary TCP connection',
+      );
+      console.log(`# control, https without rock run: ${result.stderr.trim().replace(/\n/g, '; ')} after ${faults.resets} reset`);
+    } finally {
+      await bed.stop();
     }
   });
 });
