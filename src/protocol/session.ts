@@ -21,6 +21,7 @@ import { ERROR_CODES, RocksError, codeFromWire, type RocksErrorCode } from './er
 import {
   encodeAck,
   encodeChallenge,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -41,7 +42,7 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
+import { confirmMac, deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
@@ -158,6 +159,8 @@ export class Session {
   private close: CloseHandshake = 'streaming';
   private _sessionId: Buffer | undefined;
   private key: Buffer | undefined;
+  /** Server, until the client confirms: the MAC its CONFIRM must carry (§3.4). */
+  private expectedConfirm: Buffer | undefined;
   /** The run of the server that issued the session (WELCOME), named again in RESUME. */
   private serverInstance: Buffer = NO_INSTANCE;
   private readonly links = new Map<LinkId, Link>();
@@ -235,6 +238,12 @@ export class Session {
     s._sessionId = sessionId;
     const keys = drawKeyPair(random);
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
+    s.expectedConfirm = confirmMac(s.key, {
+      version: PROTOCOL_VERSION,
+      sessionId: sessionId,
+      clientPublic: hello.publicKey,
+      serverPublic: keys.publicKey,
+    });
     s.peerWindow = hello.window;
     s.windowSent = config.receiveWindow;
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
@@ -615,6 +624,9 @@ export class Session {
     this._sessionId = Buffer.from(f.sessionId);
     this.serverInstance = Buffer.from(f.instance);
     this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+    // CONFIRM goes first, ahead of the ACK and any data (§3.4).
+    const transcript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
+    l.out.push(encodeConfirm(confirmMac(this.key, transcript)));
     this.peerWindow = f.window;
     this.windowSent = this.config.receiveWindow;
     // After a restart (the server dropped our unconfirmed session) everything
@@ -708,17 +720,23 @@ export class Session {
 
   private onSessionFrame(l: Link, f: Frame, now: number): void {
     if (this._state === 'accepting') {
-      // The client's first frame after WELCOME proves it holds the key and
-      // makes the session real; a client giving up instead just leaves.
+      // The client's first frame after WELCOME must be CONFIRM, whose MAC
+      // proves it derived the session key: only then is the session real. A
+      // client giving up instead just leaves.
       if (f.type === FrameType.ERROR) {
         this.closeLink(l, false);
         this.release(now, undefined);
         return;
       }
-      if (f.type !== FrameType.DATA && f.type !== FrameType.ACK && f.type !== FrameType.FIN) {
-        throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} after WELCOME`);
+      if (f.type !== FrameType.CONFIRM) {
+        throw new RocksError('ERR_ROCKS_PROTOCOL', `frame 0x${f.type.toString(16)} after WELCOME, before CONFIRM`);
+      }
+      if (!macMatches(this.expectedConfirm!, f.mac)) {
+        this.fail(now, new RocksError('ERR_ROCKS_AUTH_FAILED', 'confirmation MAC did not match'), l);
+        return;
       }
       this.confirm(l, now);
+      return;
     } else if (this.role === 'client') {
       this.serverConfirmed = true;
     }
@@ -861,8 +879,9 @@ export class Session {
     else this.close = stepClose(this.role, this.close, 'link-activated');
   }
 
-  /** Server: the client's first frame after WELCOME makes the session real. */
+  /** Server: the client's CONFIRM (or a resume's PROOF) makes the session real. */
   private confirm(l: Link, now: number): void {
+    this.expectedConfirm = undefined;
     l.deadline = Infinity;
     this.refreshLinkTimers();
     this.enterOpen(now);

@@ -20,6 +20,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeCloseAck,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -36,7 +37,7 @@ import {
   type HelloFrame,
   type ResumeFrame,
 } from '../../src/protocol/frames.js';
-import { deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
+import { confirmMac, deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
 import { CLIENT_ANNOUNCEMENT, fakeServer, Pair, SERVER_ANNOUNCEMENT, type PairOptions, type RawPeer } from './pair.js';
 
 // ---- helpers ---------------------------------------------------------------------
@@ -74,7 +75,7 @@ function rawHello(seed = 1, window = 1 << 20) {
 
 /**
  * A raw client that establishes a session with the real server, as a correct
- * client would (EDP, HELLO, then ACK after WELCOME), and knows its key.
+ * client would (EDP, HELLO, then CONFIRM and ACK after WELCOME), and knows its key.
  */
 function rawSession(p: Pair, window = 1 << 20) {
   const raw = p.rawClient();
@@ -83,9 +84,14 @@ function rawSession(p: Pair, window = 1 << 20) {
   p.runUntil(() => raw.frames.some((f) => f.type === FrameType.WELCOME));
   const welcome = raw.last(FrameType.WELCOME);
   const key = deriveSessionKey(hello.keys, welcome.publicKey, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
-  raw.send(encodeAck(0, window));
+  raw.send(rawConfirm(key, welcome.sessionId, hello.keys.publicKey, welcome.publicKey), encodeAck(0, window));
   p.runFor(p.latency);
   return { raw, key, sessionId: welcome.sessionId, window: welcome.window, instance: welcome.instance };
+}
+
+/** The CONFIRM a correct client sends right after WELCOME. */
+function rawConfirm(key: Buffer, sessionId: Buffer, clientPublic: Buffer, serverPublic: Buffer): Buffer {
+  return encodeConfirm(confirmMac(key, { version: 1, sessionId, clientPublic, serverPublic }));
 }
 
 /** A raw client link that asks to resume `sessionId` and waits for the server's answer. */
@@ -141,7 +147,7 @@ describe('establishment', () => {
     assert.deepEqual(p.server.events.take(), ['link-active #1', 'open']);
     assert.equal(p.server.events.at('open'), 40);
     assert.deepEqual(p.coreNames(), ['session #1']);
-    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'ACK 0']);
+    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0']);
     assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'ACK 0']);
     assert.ok(p.client.session.sessionId!.equals(p.server.session.sessionId!));
 
@@ -223,7 +229,7 @@ describe('establishment', () => {
     assert.equal(p.client.events.of('dial')[2].at, p.client.events.of('close-link')[1].at, 'the restart dials at once');
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME']);
     assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'ERROR(11)']);
-    assert.deepEqual(p.link(3).sentBy('client').slice(0, 4), ['EDP', 'HELLO', 'ACK 0', 'DATA 0+3000']);
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+3000']);
     assert.deepEqual(p.servers[0].events.names(), ['close-link #1', 'released'], 'never shown to the application');
     assert.ok(p.servers[1].received.equals(data));
     assert.ok(!p.client.session.sessionId!.equals(p.servers[0].session.sessionId!), 'a new session id');
@@ -238,9 +244,81 @@ describe('establishment', () => {
     p.runFor(5);
     p.link(1).cut();
     p.runUntil(() => p.client.events.of('resume').length === 1);
-    assert.deepEqual(p.link(3).sentBy('client').slice(0, 4), ['EDP', 'HELLO', 'ACK 0', 'DATA 0+3000'], 'all 3000 bytes went out again');
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+3000'], 'all 3000 bytes went out again');
     const [resume] = p.client.events.of('resume');
     assert.equal(resume.replayedOut, 3000);
+  });
+});
+
+describe('key confirmation (CONFIRM)', () => {
+  const serverOnly = (opts: PairOptions = {}) => new Pair({ ...opts, connect: false });
+
+  /** A raw client that sent HELLO and read WELCOME; what it sends next is up to the test. */
+  function helloed(p: Pair, seed = 3) {
+    const raw = p.rawClient();
+    const hello = rawHello(seed);
+    raw.send(CLIENT_ANNOUNCEMENT, hello.frame);
+    p.runUntil(() => raw.frames.some((f) => f.type === FrameType.WELCOME));
+    const welcome = raw.last(FrameType.WELCOME);
+    const key = deriveSessionKey(hello.keys, welcome.publicKey, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
+    return { raw, hello, welcome, key };
+  }
+
+  test('a correct client sends CONFIRM right after WELCOME, ahead of its ACK and data', () => {
+    const p = new Pair();
+    p.handshake();
+    p.client.session.write(Buffer.from('hi'), p.now);
+    p.runFor(50);
+    assert.deepEqual(p.link(1).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+2']);
+  });
+
+  test('HELLO then ACK and data without CONFIRM (the stranger flood): ERROR(1), the session is released, never shown', () => {
+    const p = serverOnly();
+    const { raw } = helloed(p);
+    raw.send(encodeAck(0, 1 << 20), encodeDataHeader(0, 1), Buffer.from('x'));
+    p.runFor(50);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME', 'ERROR(1)']);
+    assert.equal(raw.closedBy?.graceful, true);
+    assert.deepEqual(p.servers[0].events.names(), ['close-link #1000 graceful', 'released']);
+    assert.equal(p.core.sessionCount, 0, 'nothing is held');
+  });
+
+  test('a wrong CONFIRM MAC: ERROR(4), the session is released and a later RESUME of it hears UNCONFIRMED_SESSION', () => {
+    const p = serverOnly();
+    const { raw, welcome } = helloed(p);
+    raw.send(encodeConfirm(Buffer.alloc(MAC_SIZE, 7)), encodeAck(0, 1 << 20));
+    p.runFor(50);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME', 'ERROR(4)']);
+    assert.deepEqual(p.servers[0].events.names(), ['close-link #1000 graceful', 'released']);
+    assert.equal(p.core.sessionCount, 0);
+    const again = rawResume(p, welcome.sessionId);
+    assert.deepEqual(again.errors, ['ERR_ROCKS_UNCONFIRMED_SESSION']);
+  });
+
+  test("another session's CONFIRM (a replay) does not confirm this one", () => {
+    const p = serverOnly();
+    const first = helloed(p, 3);
+    const replay = rawConfirm(first.key, first.welcome.sessionId, first.hello.keys.publicKey, first.welcome.publicKey);
+    first.raw.send(replay, encodeAck(0, 1 << 20));
+    p.runFor(50);
+    assert.equal(p.servers[0].session.state, 'open', 'the genuine CONFIRM confirms');
+    // Same client key, a new session: the recorded CONFIRM names the old id and server key.
+    const second = helloed(p, 3);
+    second.raw.send(replay);
+    p.runFor(50);
+    assert.deepEqual(second.raw.received, ['EDP', 'WELCOME', 'ERROR(4)']);
+    assert.equal(p.core.sessionCount, 1);
+  });
+
+  test('CONFIRM on an open session is a protocol error', () => {
+    const p = serverOnly();
+    const { raw, key, hello, welcome } = helloed(p);
+    const confirm = rawConfirm(key, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
+    raw.send(confirm, encodeAck(0, 1 << 20));
+    p.runFor(50);
+    raw.send(confirm);
+    p.runFor(50);
+    assert.deepEqual(raw.errors, ['ERR_ROCKS_PROTOCOL']);
   });
 });
 
@@ -1376,7 +1454,7 @@ describe('errors: the client', () => {
       fake.send(encodeError(sent, 'x'));
       p.runFor(50);
       assert.deepEqual(p.client.events.names().slice(-3), ['close-link #1', `error ${code}`, 'released']);
-      assert.deepEqual(fake.received, ['EDP', 'HELLO', 'ACK 0']);
+      assert.deepEqual(fake.received, ['EDP', 'HELLO', 'CONFIRM', 'ACK 0']);
     });
   }
 
