@@ -187,7 +187,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     const id = this.nextLinkId++;
     this.links.set(id, new LinkHandle(id, socket, this));
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
-    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember);
+    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress);
     if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());
     this.drainCore();
   }

@@ -111,6 +111,8 @@ export interface SessionHost {
   waitForBudget(session: Session): void;
   suspended(session: Session, now: number): void;
   resumed(session: Session): void;
+  /** The client proved it holds the key (CONFIRM or PROOF): the session is no stranger's. */
+  confirmed(session: Session): void;
   /**
    * The session is gone. `reason` is the wire error code a client resuming
    * it should be told (the session closed cleanly, was aborted, evicted...),
@@ -882,6 +884,7 @@ export class Session {
   /** Server: the client's CONFIRM (or a resume's PROOF) makes the session real. */
   private confirm(l: Link, now: number): void {
     this.expectedConfirm = undefined;
+    this.host?.confirmed(this);
     l.deadline = Infinity;
     this.refreshLinkTimers();
     this.enterOpen(now);

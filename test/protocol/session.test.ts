@@ -38,6 +38,10 @@ import {
   type ResumeFrame,
 } from '../../src/protocol/frames.js';
 import { confirmMac, deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
+import { performance } from 'node:perf_hooks';
+import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
+import { ServerCore } from '../../src/protocol/server-core.js';
+import { SimRandom } from '../sim/random.js';
 import { CLIENT_ANNOUNCEMENT, fakeServer, Pair, SERVER_ANNOUNCEMENT, type PairOptions, type RawPeer } from './pair.js';
 
 // ---- helpers ---------------------------------------------------------------------
@@ -319,6 +323,91 @@ describe('key confirmation (CONFIRM)', () => {
     raw.send(confirm);
     p.runFor(50);
     assert.deepEqual(raw.errors, ['ERR_ROCKS_PROTOCOL']);
+  });
+});
+
+describe('pending links (before the first frame, or before CONFIRM)', () => {
+  /** A ServerCore alone, driven as src/node/server.ts drives it: each event, then drain, then the next deadline. */
+  function bareCore(limits = {}) {
+    const core = new ServerCore(resolveSessionConfig(), resolveServerLimits(limits), new SimRandom(1));
+    const events: string[] = [];
+    const drain = () => {
+      for (let ev = core.pollEvent(); ev !== undefined; ev = core.pollEvent()) {
+        events.push(ev.type === 'rejected' ? `rejected #${ev.link} ${ev.error.code}` : `${ev.type} #${'link' in ev ? ev.link : ''}`);
+      }
+      return core.pollTimeout();
+    };
+    return { core, events, drain };
+  }
+
+  test('20,000 pending links: the work per new link stays constant (the scan over all of them is gone)', () => {
+    const { core, drain } = bareCore({ maxPendingLinks: 30_000, maxPendingLinksPerAddress: 30_000 });
+    const now = 1000;
+    const perLink: Record<number, number> = {};
+    const checksPerEvent: Record<number, number> = {};
+    const batch = 1000;
+    let link = 1;
+    for (const at of [0, 10_000, 20_000]) {
+      while (core.pendingLinkCount < at) {
+        // Part of an EDP magic: pending, waiting for the rest, as a stalling stranger leaves it.
+        core.handleLinkOpen(link, now, false, '198.51.100.7');
+        core.handleLinkData(link++, CLIENT_ANNOUNCEMENT.subarray(0, 3), now);
+        core.handleTimeout(now);
+        drain();
+      }
+      const checks = core.pendingDeadlineChecks;
+      const started = performance.now();
+      for (let i = 0; i < batch; i++) {
+        core.handleLinkOpen(link, now, false, '198.51.100.7');
+        core.handleLinkData(link++, CLIENT_ANNOUNCEMENT.subarray(0, 3), now);
+        core.handleTimeout(now);
+        drain();
+      }
+      perLink[at] = ((performance.now() - started) * 1000) / batch;
+      checksPerEvent[at] = (core.pendingDeadlineChecks - checks) / batch;
+    }
+    console.log(
+      `pending-link cost: ${Object.entries(perLink)
+        .map(([at, us]) => `${us.toFixed(1)} µs per new link at ${at} pending`)
+        .join(', ')}`,
+    );
+    for (const at of [0, 10_000, 20_000]) {
+      // Per new link the deadline queues look at their heads only (two queues), whatever waits behind them.
+      assert.ok(checksPerEvent[at] <= 2, `${checksPerEvent[at]} pending links examined per new link at ${at} pending`);
+    }
+    // Their time comes: each expires once, in order, and nothing is left.
+    core.handleTimeout(now + 500);
+    drain();
+    assert.equal(core.pendingLinkCount, 0);
+    assert.equal(core.unprovenLinkCount, 0);
+  });
+
+  test('the caps: per address, then in total; a refused link is closed at once, the others are untouched', () => {
+    const { core, events, drain } = bareCore({ maxPendingLinks: 5, maxPendingLinksPerAddress: 3 });
+    for (let i = 1; i <= 4; i++) core.handleLinkOpen(i, 0, false, '198.51.100.7');
+    drain();
+    assert.deepEqual(events.splice(0), ['rejected #4 ERR_ROCKS_SERVER_BUSY', 'close-link #4']);
+    core.handleLinkOpen(5, 0, false, '203.0.113.9');
+    core.handleLinkOpen(6, 0, false, '203.0.113.9');
+    core.handleLinkOpen(7, 0, true, '192.0.2.1'); // a member: counted in total only, and the total is full
+    drain();
+    assert.deepEqual(events.splice(0), ['rejected #7 ERR_ROCKS_SERVER_BUSY', 'close-link #7']);
+    assert.equal(core.pendingLinkCount, 5);
+    // A HELLO makes a session whose link still counts until the client confirms.
+    const hello = rawHello(4);
+    core.handleLinkData(1, Buffer.concat([CLIENT_ANNOUNCEMENT, hello.frame]), 0);
+    drain();
+    assert.equal(core.unprovenLinkCount, 5);
+    core.handleLinkOpen(8, 0, false, '198.51.100.7');
+    drain();
+    assert.match(events.at(-2) ?? '', /rejected #8 ERR_ROCKS_SERVER_BUSY/);
+    // The session goes (its link closed): a place frees.
+    core.handleLinkClosed(1, 10);
+    drain();
+    assert.equal(core.unprovenLinkCount, 4);
+    core.handleLinkOpen(9, 10, false, '198.51.100.7');
+    drain();
+    assert.equal(core.pendingLinkCount, 5);
   });
 });
 
