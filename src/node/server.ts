@@ -153,6 +153,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     return this.core.suspendedCount;
   }
 
+  /** Bytes all sessions hold, counted against maxBufferedBytes (a diagnostic). */
+  get bufferedBytes(): number {
+    return this.core.bufferedBytes;
+  }
+
   ref(): this {
     this.server.ref();
     this.cluster?.ref();

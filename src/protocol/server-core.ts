@@ -53,6 +53,9 @@ export type ServerEvent =
 /** How many released session ids the server remembers, to tell a resuming client what became of its session. */
 const REMEMBERED_ENDINGS = 65_536;
 
+/** Bytes any session may always come to hold, however full the budget (see allowance). */
+const GUARANTEED_SHARE = 16 * 1024;
+
 /** Our EDP announcement: what a client or a probe reads from us first. */
 const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
@@ -124,8 +127,14 @@ export class ServerCore implements SessionHost {
   /** Links a session owns: their input goes to it. */
   private readonly owned = new Map<LinkId, Session>();
   private readonly sessions = new Map<string, Session>();
-  /** Suspended sessions in the order they were suspended (oldest first). */
-  private readonly suspendedSessions = new Set<Session>();
+  /**
+   * Suspended sessions by the bytes they moved before (Session.bytesMoved):
+   * bucket b holds those that moved fewer than 2^b (bucket 0: none), each in
+   * the order they were suspended. Eviction takes the oldest of the lowest
+   * bucket: O(1), as every bucket is an insertion-ordered Set.
+   */
+  private readonly suspendedBuckets: Set<Session>[] = Array.from({ length: 55 }, () => new Set<Session>());
+  private readonly suspendedIn = new Map<Session, Set<Session>>();
   private readonly budgetWaiters = new Set<Session>();
   /** Why recently released sessions ended (wire error code), oldest first. */
   private readonly endings = new Map<string, number>();
@@ -166,7 +175,7 @@ export class ServerCore implements SessionHost {
   }
 
   get suspendedCount(): number {
-    return this.suspendedSessions.size;
+    return this.suspendedIn.size;
   }
 
   get bufferedBytes(): number {
@@ -500,9 +509,13 @@ export class ServerCore implements SessionHost {
   // ---- SessionHost ----------------------------------------------------------
 
   bufferChanged(_session: Session, delta: number): void {
+    const before = this.buffered;
     this.buffered += delta;
     invariant(this.buffered >= 0, () => `${this.buffered} bytes buffered after a change of ${delta}`);
-    if (delta < 0 && this.budgetWaiters.size > 0 && !this.overBudget()) {
+    // Sessions held back wake when the total falls below a threshold it was over.
+    const budget = this.limits.maxBufferedBytes;
+    const crossed = (limit: number) => before >= limit && this.buffered < limit;
+    if (delta < 0 && this.budgetWaiters.size > 0 && (crossed(budget) || crossed(budget / 2))) {
       const waiters = [...this.budgetWaiters];
       this.budgetWaiters.clear();
       for (const s of waiters) {
@@ -512,8 +525,27 @@ export class ServerCore implements SessionHost {
     }
   }
 
-  overBudget(): boolean {
-    return this.buffered >= this.limits.maxBufferedBytes;
+  /**
+   * How many more bytes `session` may come to hold. While under half the
+   * budget is used, any number (its own windows bound it). Past half, a
+   * session may grow to its fair share of that half, budget / (2 x
+   * sessions held), and past the whole budget to the guaranteed share
+   * (budget / maxSessions, at least GUARANTEED_SHARE). So sessions that pin
+   * their bytes (a peer advertising a zero window, an application not
+   * reading) cannot stop another session from moving data: each may always
+   * reach its guaranteed share.
+   */
+  allowance(session: Session): number {
+    const budget = this.limits.maxBufferedBytes;
+    if (this.buffered < budget / 2) return Infinity;
+    const guaranteed = this.guaranteedShare;
+    const share = this.buffered < budget ? Math.max(guaranteed, budget / (2 * Math.max(1, this.sessions.size))) : guaranteed;
+    return Math.max(0, share - session.heldBytes);
+  }
+
+  /** What any session may always hold: budget / maxSessions, at least GUARANTEED_SHARE. */
+  get guaranteedShare(): number {
+    return Math.max(GUARANTEED_SHARE, this.limits.maxBufferedBytes / this.limits.maxSessions);
   }
 
   waitForBudget(session: Session): void {
@@ -521,16 +553,32 @@ export class ServerCore implements SessionHost {
   }
 
   suspended(session: Session, now: number): void {
-    this.suspendedSessions.add(session);
-    if (this.suspendedSessions.size > this.limits.maxSuspendedSessions) {
-      const oldest = this.suspendedSessions.values().next().value as Session;
-      oldest.evict(now);
-      this.drive(oldest);
+    const moved = session.bytesMoved;
+    const bucket = this.suspendedBuckets[moved === 0 ? 0 : Math.min(54, Math.floor(Math.log2(moved)) + 1)];
+    bucket.add(session);
+    this.suspendedIn.set(session, bucket);
+    if (this.suspendedIn.size > this.limits.maxSuspendedSessions) {
+      const victim = this.leastValuableSuspended()!;
+      victim.evict(now);
+      this.drive(victim);
     }
   }
 
+  /** The suspended session that moved the fewest bytes (to a factor of 2), the longest suspended of those. */
+  private leastValuableSuspended(): Session | undefined {
+    for (const bucket of this.suspendedBuckets) {
+      if (bucket.size > 0) return bucket.values().next().value as Session;
+    }
+    return undefined;
+  }
+
+  private unsuspend(session: Session): void {
+    this.suspendedIn.get(session)?.delete(session);
+    this.suspendedIn.delete(session);
+  }
+
   resumed(session: Session): void {
-    this.suspendedSessions.delete(session);
+    this.unsuspend(session);
   }
 
   confirmed(session: Session): void {
@@ -542,7 +590,7 @@ export class ServerCore implements SessionHost {
 
   released(session: Session, reason: number | undefined): void {
     this.confirmed(session);
-    this.suspendedSessions.delete(session);
+    this.unsuspend(session);
     this.budgetWaiters.delete(session);
     const id = session.sessionId!.toString('hex');
     if (this.sessions.get(id) !== session) return;
@@ -563,10 +611,7 @@ export class ServerCore implements SessionHost {
       this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', `${this.sessions.size} sessions, the most allowed`));
       return;
     }
-    if (this.overBudget()) {
-      this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', 'buffer budget exhausted'));
-      return;
-    }
+    // No refusal for the budget: a new session holds nothing, and may only grow to its share (allowance).
     // Register first: the bytes that came with the HELLO may end the session at once.
     const sessionId = makeSessionId(this.owner, this.random);
     const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId);

@@ -106,7 +106,10 @@ export type SessionEvent =
 /** What a server session reports to the server that holds it (budget, caps). */
 export interface SessionHost {
   bufferChanged(session: Session, delta: number): void;
-  overBudget(): boolean;
+  /** How many more bytes this session may come to hold (its share of the buffer budget; Infinity when plenty is left). */
+  allowance(session: Session): number;
+  /** Bytes of writes a session may always hold, whatever else it holds: unread input never blocks output for good. */
+  readonly guaranteedShare: number;
   /** The session is held back by the budget and wants a recheck() when it frees. */
   waitForBudget(session: Session): void;
   suspended(session: Session, now: number): void;
@@ -190,6 +193,8 @@ export class Session {
 
   // Accounting reported to the host.
   private buffered = 0;
+  /** The window last stopped short of receiveWindow because of the host's budget. */
+  private budgetLimited = false;
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
@@ -247,9 +252,10 @@ export class Session {
       serverPublic: keys.publicKey,
     });
     s.peerWindow = hello.window;
-    s.windowSent = config.receiveWindow;
+    // A server short of budget offers a new session no more than its share.
+    s.windowSent = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow, instance));
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, s.windowSent, instance));
     s.serverInstance = instance;
     s.current = l;
     return s;
@@ -279,6 +285,16 @@ export class Session {
   /** The links the session holds (it may have something to send on any of them). */
   linkIds(): IterableIterator<LinkId> {
     return this.links.keys();
+  }
+
+  /** Bytes the session holds: written and not yet acknowledged, plus received and not yet read. */
+  get heldBytes(): number {
+    return this.buffered;
+  }
+
+  /** Data bytes that reached the other side or came from it: what eviction weighs a session by. */
+  get bytesMoved(): number {
+    return this.send.start + this.bytesReceived;
   }
 
   /** Bytes written by the application and not yet acknowledged by the peer. */
@@ -480,7 +496,9 @@ export class Session {
     this.unread = unread;
     if (consumedMore) this.touch(now);
     this.account();
-    if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.needAck();
+    // Held to its share of the budget, the window grows in small steps: announce each.
+    const step = this.budgetLimited ? this.host!.guaranteedShare / 4 : this.config.receiveWindow / 4;
+    if (this.windowTarget() - this.windowSent >= step) this.needAck();
     return true;
   }
 
@@ -1089,16 +1107,22 @@ export class Session {
   /** The window we would like to advertise: room for receiveWindow unread bytes, unless the host is over budget. */
   private windowTarget(): number {
     const target = this.bytesReceived - this.unread + this.config.receiveWindow;
-    if (target > this.windowSent && this.host?.overBudget()) {
+    if (target <= this.windowSent || this.host === undefined) return target;
+    // What the peer may still send becomes ours to hold: no more than our share.
+    const allowed = this.bytesReceived + this.host.allowance(this);
+    this.budgetLimited = allowed < target;
+    if (allowed < target) {
       this.host.waitForBudget(this);
-      return this.windowSent;
+      return Math.max(this.windowSent, Math.floor(allowed));
     }
     return target;
   }
 
   private canAcceptWrites(): boolean {
     let ok = this.send.length < this.config.maxInflight;
-    if (ok && this.host?.overBudget()) {
+    // Unread input counts against the share but cannot starve output: an
+    // application that echoes reads only as fast as it can write.
+    if (ok && this.host !== undefined && this.host.allowance(this) <= 0 && this.send.length >= this.host.guaranteedShare) {
       this.host.waitForBudget(this);
       ok = false;
     }

@@ -1229,15 +1229,16 @@ describe('errors: a new link at the server', () => {
     assert.equal(p.server.session.state, 'open');
   });
 
-  test('HELLO while the buffer budget is exhausted: ERROR(5)', () => {
-    const p = established({ limits: { maxBufferedBytes: 1024 } });
-    p.client.write(pattern(2000)); // the server application reads none of it
-    p.runFor(50);
-    assert.equal(p.core.bufferedBytes, 2000);
+  test('HELLO while the buffer budget is exhausted: welcomed, with a window of its guaranteed share (16 KiB)', () => {
+    const p = established({ limits: { maxBufferedBytes: 64 * 1024 } });
+    p.client.write(pattern(100_000)); // the server application reads none of it
+    p.runFor(200);
+    assert.ok(p.core.bufferedBytes >= 64 * 1024, `${p.core.bufferedBytes} buffered`);
     const raw = p.rawClient();
     raw.send(CLIENT_ANNOUNCEMENT, rawHello().frame);
     p.runFor(50);
-    assert.deepEqual(raw.received, ['EDP', 'ERROR(5)']);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME']);
+    assert.equal(raw.last(FrameType.WELCOME).window, 16 * 1024);
   });
 
   test('RESUME naming another run of the server: ERROR(3)', () => {
