@@ -240,6 +240,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     return this.core.suspendedCount;
   }
 
+  /** Bytes all sessions hold, counted against maxBufferedBytes (a diagnostic). */
+  get bufferedBytes(): number {
+    return this.core.bufferedBytes;
+  }
+
   ref(): this {
     this.server.ref();
     this.cluster?.ref();
@@ -275,7 +280,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     const id = this.nextLinkId++;
     this.links.set(id, new LinkHandle(id, socket, this));
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
-    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember);
+    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress);
     if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());
     this.drainCore();
   }

@@ -69,6 +69,15 @@ export interface ServerLimitOptions {
    * it must outlast the retransmission of a lost first segment. Default 500 ms.
    */
   detectTimeout?: number;
+  /**
+   * Most connections at once that have not yet proved anything: before their
+   * first frame, or carrying a session the client has not confirmed. Past
+   * it a new connection is closed at once (ERR_ROCKS_SERVER_BUSY on
+   * 'clientError'). Default 20000.
+   */
+  maxPendingLinks?: number;
+  /** As maxPendingLinks, from one remote address (nodes of the deployment are not counted). Default 1000. */
+  maxPendingLinksPerAddress?: number;
 }
 
 export type ServerLimits = Required<ServerLimitOptions>;
@@ -96,5 +105,7 @@ export function resolveServerLimits(options: ServerLimitOptions = {}): ServerLim
     maxSuspendedSessions: check('maxSuspendedSessions', options.maxSuspendedSessions ?? 50_000, 0, 2 ** 31),
     maxBufferedBytes: check('maxBufferedBytes', options.maxBufferedBytes ?? 1024 * MIB, 1024, 2 ** 50),
     detectTimeout: check('detectTimeout', options.detectTimeout ?? 500, 1, 60_000),
+    maxPendingLinks: check('maxPendingLinks', options.maxPendingLinks ?? 20_000, 1, 2 ** 31),
+    maxPendingLinksPerAddress: check('maxPendingLinksPerAddress', options.maxPendingLinksPerAddress ?? 1000, 1, 2 ** 31),
   };
 }

@@ -13,6 +13,7 @@ export const FrameType = {
   RESUME: 0x03,
   CHALLENGE: 0x04,
   PROOF: 0x05,
+  CONFIRM: 0x06,
   DATA: 0x10,
   ACK: 0x11,
   FIN: 0x12,
@@ -44,6 +45,7 @@ const WELCOME_SIZE = 1 + SESSION_ID_SIZE + KEY_SIZE + 4 + INSTANCE_SIZE;
 const RESUME_SIZE = 4 + 1 + SESSION_ID_SIZE + NONCE_SIZE + INSTANCE_SIZE;
 const CHALLENGE_SIZE = NONCE_SIZE + 8 + 8 + MAC_SIZE;
 const PROOF_SIZE = 8 + 8 + MAC_SIZE;
+const CONFIRM_SIZE = MAC_SIZE;
 const ACK_SIZE = 16;
 const FIN_SIZE = 8;
 
@@ -82,6 +84,11 @@ export interface ProofFrame {
   sent: number;
   mac: Buffer;
 }
+/** The client's first frame after WELCOME: proof that it holds the session key. */
+export interface ConfirmFrame {
+  type: typeof FrameType.CONFIRM;
+  mac: Buffer;
+}
 /** One piece of a DATA frame: `data` holds the stream bytes starting at `offset`. */
 export interface DataFrame {
   type: typeof FrameType.DATA;
@@ -115,6 +122,7 @@ export type Frame =
   | ResumeFrame
   | ChallengeFrame
   | ProofFrame
+  | ConfirmFrame
   | DataFrame
   | AckFrame
   | FinFrame
@@ -189,6 +197,12 @@ export function encodeProof(received: number, sent: number, mac: Buffer): Buffer
   return buf;
 }
 
+export function encodeConfirm(mac: Buffer): Buffer {
+  const buf = frame(FrameType.CONFIRM, CONFIRM_SIZE);
+  mac.copy(buf, 5);
+  return buf;
+}
+
 /** Header of a DATA frame carrying `length` bytes from `offset`; the bytes follow as their own buffers. */
 export function encodeDataHeader(offset: number, length: number): Buffer {
   const header = Buffer.allocUnsafe(DATA_HEADER_SIZE);
@@ -242,6 +256,7 @@ const CONTROL_SIZES: Record<number, readonly [number, number]> = {
   [FrameType.RESUME]: [RESUME_SIZE, RESUME_SIZE],
   [FrameType.CHALLENGE]: [CHALLENGE_SIZE, CHALLENGE_SIZE],
   [FrameType.PROOF]: [PROOF_SIZE, PROOF_SIZE],
+  [FrameType.CONFIRM]: [CONFIRM_SIZE, CONFIRM_SIZE],
   [FrameType.ACK]: [ACK_SIZE, ACK_SIZE],
   [FrameType.FIN]: [FIN_SIZE, FIN_SIZE],
   [FrameType.CLOSE]: [0, 0],
@@ -413,6 +428,8 @@ function decodeControl(type: number, body: Buffer): Frame {
         sent: readU64(body, 8),
         mac: Buffer.from(body.subarray(16, 16 + MAC_SIZE)),
       };
+    case FrameType.CONFIRM:
+      return { type, mac: Buffer.from(body) };
     case FrameType.ACK:
       return { type, received: readU64(body, 0), window: readU64(body, 8) };
     case FrameType.FIN:

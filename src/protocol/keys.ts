@@ -1,5 +1,6 @@
 // Session keys and resume proofs, all from node:crypto: X25519 agreement,
-// HKDF-SHA256 to derive the session key, HMAC-SHA256 for resume proofs.
+// HKDF-SHA256 to derive the session key, HMAC-SHA256 for the client's
+// confirmation and for resume proofs.
 // Private keys are built from bytes the caller draws, so a simulation with a
 // seeded random source produces the same keys every run; the system's source
 // generates them directly, which costs a tenth as much (src/protocol/random.ts).
@@ -23,6 +24,7 @@ const PKCS8_X25519_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex
 const KEY_INFO = Buffer.from('rocks session key', 'latin1');
 const CLIENT_LABEL = Buffer.from('rocks client resume', 'latin1');
 const SERVER_LABEL = Buffer.from('rocks server resume', 'latin1');
+const CONFIRM_LABEL = Buffer.from('rocks client confirm', 'latin1');
 
 export interface KeyPair {
   privateKey: KeyObject;
@@ -93,6 +95,28 @@ export function resumeMac(key: Buffer, by: 'client' | 'server', t: ResumeTranscr
     .update(t.clientNonce)
     .update(t.serverNonce)
     .update(offsets)
+    .digest();
+}
+
+export interface ConfirmTranscript {
+  version: number;
+  sessionId: Buffer;
+  clientPublic: Buffer;
+  serverPublic: Buffer;
+}
+
+/**
+ * HMAC-SHA256 by which a client proves, in CONFIRM, that it derived the
+ * session key of this establishment: only then does the server hold the
+ * session. A client that merely echoes frames after WELCOME cannot make it.
+ */
+export function confirmMac(key: Buffer, t: ConfirmTranscript): Buffer {
+  return createHmac('sha256', key)
+    .update(CONFIRM_LABEL)
+    .update(Buffer.of(t.version))
+    .update(t.sessionId)
+    .update(t.clientPublic)
+    .update(t.serverPublic)
     .digest();
 }
 

@@ -53,6 +53,9 @@ export type ServerEvent =
 /** How many released session ids the server remembers, to tell a resuming client what became of its session. */
 const REMEMBERED_ENDINGS = 65_536;
 
+/** Bytes any session may always come to hold, however full the budget (see allowance). */
+const GUARANTEED_SHARE = 16 * 1024;
+
 /** Our EDP announcement: what a client or a probe reads from us first. */
 const SERVER_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
@@ -69,6 +72,23 @@ interface PendingLink {
   proxyStarted: boolean;
   parser: FrameParser;
   deadline: number;
+  /** The deadline queue the link waits in (see DeadlineQueue). */
+  queue: DeadlineQueue;
+}
+
+/**
+ * Pending links in deadline order. Every link in one queue got its deadline
+ * as now + the same timeout, so insertion order is deadline order and each
+ * operation is O(1): no scan over all pending links. (A link handed over
+ * with an age gets an earlier deadline than those queued before it; it then
+ * expires with them, at most its age late.)
+ */
+class DeadlineQueue {
+  readonly links = new Map<LinkId, PendingLink>();
+
+  first(): [LinkId, PendingLink] | undefined {
+    return this.links.entries().next().value;
+  }
 }
 
 export interface EndpointOptions {
@@ -89,11 +109,32 @@ export class ServerCore implements SessionHost {
   private readonly relays: boolean;
 
   private readonly pending = new Map<LinkId, PendingLink>();
+  /** Pending links waiting for detectTimeout (no byte, or part of an announcement's magic). */
+  private readonly detectQueue = new DeadlineQueue();
+  /** Pending links given the handshake's time (announced, or a member's relay). */
+  private readonly handshakeQueue = new DeadlineQueue();
+  /**
+   * Links that cost the server without having proved anything: pending ones
+   * and those of unconfirmed sessions, each with the address it counts
+   * against (undefined: a node of the deployment, not counted per address).
+   */
+  private readonly unproven = new Map<LinkId, string | undefined>();
+  private readonly unprovenByAddress = new Map<string, number>();
+  /** Unconfirmed sessions and the link that counts for each. */
+  private readonly unconfirmed = new Map<Session, LinkId>();
+  /** Pending links examined for their deadlines, ever (a measure of work, for tests). */
+  private deadlineChecks = 0;
   /** Links a session owns: their input goes to it. */
   private readonly owned = new Map<LinkId, Session>();
   private readonly sessions = new Map<string, Session>();
-  /** Suspended sessions in the order they were suspended (oldest first). */
-  private readonly suspendedSessions = new Set<Session>();
+  /**
+   * Suspended sessions by the bytes they moved before (Session.bytesMoved):
+   * bucket b holds those that moved fewer than 2^b (bucket 0: none), each in
+   * the order they were suspended. Eviction takes the oldest of the lowest
+   * bucket: O(1), as every bucket is an insertion-ordered Set.
+   */
+  private readonly suspendedBuckets: Set<Session>[] = Array.from({ length: 55 }, () => new Set<Session>());
+  private readonly suspendedIn = new Map<Session, Set<Session>>();
   private readonly budgetWaiters = new Set<Session>();
   /** Why recently released sessions ended (wire error code), oldest first. */
   private readonly endings = new Map<string, number>();
@@ -134,7 +175,7 @@ export class ServerCore implements SessionHost {
   }
 
   get suspendedCount(): number {
-    return this.suspendedSessions.size;
+    return this.suspendedIn.size;
   }
 
   get bufferedBytes(): number {
@@ -145,6 +186,16 @@ export class ServerCore implements SessionHost {
     return this.pending.size;
   }
 
+  /** Links before their first frame plus links of unconfirmed sessions (what the pending-link caps count). */
+  get unprovenLinkCount(): number {
+    return this.unproven.size;
+  }
+
+  /** How many pending links were examined for their deadlines so far: constant per event, whatever the number pending. */
+  get pendingDeadlineChecks(): number {
+    return this.deadlineChecks;
+  }
+
   /** Whether this server holds the session with this id (hex or bytes). */
   hasSession(id: Buffer | string): boolean {
     return this.sessions.has(typeof id === 'string' ? id : id.toString('hex'));
@@ -152,17 +203,83 @@ export class ServerCore implements SessionHost {
 
   // ---- input --------------------------------------------------------------
 
-  /** A new link; `fromMember`: its peer is a node of the deployment (a relay may come from it). */
-  handleLinkOpen(link: LinkId, now: number, fromMember = false): void {
-    this.pending.set(link, {
+  /**
+   * A new link; `fromMember`: its peer is a node of the deployment (a relay
+   * may come from it); `address`: the peer's address, which the per-address
+   * cap counts (links of members are not counted per address).
+   */
+  handleLinkOpen(link: LinkId, now: number, fromMember = false, address?: string): void {
+    const counted = fromMember ? undefined : address;
+    const refusal = this.admissionRefusal(counted);
+    if (refusal !== undefined) {
+      // Closed at once and without a word: we do not know yet what it speaks.
+      this.events.push({ type: 'rejected', link, error: refusal });
+      this.events.push({ type: 'close-link', link, final: undefined });
+      return;
+    }
+    const p: PendingLink = {
       detecting: Buffer.alloc(0),
       announced: false,
       fromMember,
       relayed: false,
       proxyStarted: false,
       parser: new FrameParser(),
-      deadline: now + this.limits.detectTimeout,
-    });
+      deadline: 0,
+      queue: this.detectQueue,
+    };
+    this.pending.set(link, p);
+    this.schedule(link, p, this.detectQueue, now + this.limits.detectTimeout);
+    this.unproven.set(link, counted);
+    if (counted !== undefined) this.unprovenByAddress.set(counted, (this.unprovenByAddress.get(counted) ?? 0) + 1);
+  }
+
+  /** Why a new link from `address` may not open now, or undefined when it may. */
+  private admissionRefusal(address: string | undefined): RocksError | undefined {
+    if (this.unproven.size >= this.limits.maxPendingLinks) {
+      return new RocksError('ERR_ROCKS_SERVER_BUSY', `${this.unproven.size} connections not yet confirmed, the most allowed (maxPendingLinks)`);
+    }
+    const fromAddress = address === undefined ? 0 : (this.unprovenByAddress.get(address) ?? 0);
+    if (fromAddress >= this.limits.maxPendingLinksPerAddress) {
+      return new RocksError(
+        'ERR_ROCKS_SERVER_BUSY',
+        `${fromAddress} connections from ${address} not yet confirmed, the most allowed from one address (maxPendingLinksPerAddress)`,
+      );
+    }
+    return undefined;
+  }
+
+  /** The link proved itself (a confirmed session or a resume) or is gone: it no longer counts against the caps. */
+  private releaseUnproven(link: LinkId): void {
+    if (!this.unproven.has(link)) return;
+    const address = this.unproven.get(link);
+    this.unproven.delete(link);
+    if (address === undefined) return;
+    const n = this.unprovenByAddress.get(address)! - 1;
+    if (n === 0) this.unprovenByAddress.delete(address);
+    else this.unprovenByAddress.set(address, n);
+  }
+
+  /** (Re)sets a pending link's deadline, in the queue of its timeout. */
+  private schedule(link: LinkId, p: PendingLink, queue: DeadlineQueue, deadline: number): void {
+    p.queue.links.delete(link);
+    p.queue = queue;
+    p.deadline = deadline;
+    queue.links.set(link, p);
+  }
+
+  /** The link is no longer pending (its first frame came, or it was settled). */
+  private unpend(link: LinkId): PendingLink | undefined {
+    const p = this.pending.get(link);
+    if (p === undefined) return undefined;
+    this.pending.delete(link);
+    p.queue.links.delete(link);
+    return p;
+  }
+
+  /** The link is settled without a session: it is no longer pending, nor counted. */
+  private forget(link: LinkId): void {
+    this.unpend(link);
+    this.releaseUnproven(link);
   }
 
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
@@ -183,7 +300,7 @@ export class ServerCore implements SessionHost {
     try {
       const frame = p.parser.next();
       if (frame === undefined) return;
-      this.pending.delete(link);
+      this.unpend(link);
       if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now);
       else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
       else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
@@ -207,7 +324,7 @@ export class ServerCore implements SessionHost {
       this.events.push({ type: 'close-link', link, final: undefined });
       return;
     }
-    this.pending.delete(link);
+    this.forget(link);
     if (p.detecting !== undefined && p.detecting.length === 0) {
       // A probe: connect, half-close at once, read what we say. Tell it.
       this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
@@ -227,16 +344,24 @@ export class ServerCore implements SessionHost {
       this.drive(session);
       return;
     }
-    this.pending.delete(link);
+    this.forget(link);
   }
 
   /** Deadlines of links no session owns yet (sessions keep their own timers). */
   handleTimeout(now: number): void {
-    for (const [link, p] of this.pending) {
-      if (p.deadline > now) continue;
+    this.expire(this.detectQueue, now);
+    this.expire(this.handshakeQueue, now);
+  }
+
+  /** Settles the links of `queue` whose deadline has come: only those, in deadline order. */
+  private expire(queue: DeadlineQueue, now: number): void {
+    for (let head = queue.first(); head !== undefined; head = queue.first()) {
+      this.deadlineChecks++;
+      const [link, p] = head;
+      if (p.deadline > now) return;
       if (p.detecting !== undefined && !p.announced && !p.proxyStarted) {
         // Silent: an ordinary client waiting for the server to speak first.
-        this.pending.delete(link);
+        this.forget(link);
         this.events.push({
           type: 'plain',
           link,
@@ -271,23 +396,23 @@ export class ServerCore implements SessionHost {
         p.detecting = bytes;
         return undefined;
       case 'other':
-        this.pending.delete(link);
+        this.forget(link);
         this.events.push({ type: 'plain', link, initial: bytes, ended: false, reason: 'ordinary client (spoke first)' });
         return undefined;
       case 'malformed':
-        this.pending.delete(link);
+        this.forget(link);
         this.events.push({ type: 'rejected', link, error: new RocksError('ERR_ROCKS_PROTOCOL', `malformed EDP announcement: ${r.reason}`) });
         this.events.push({ type: 'close-link', link, final: [] });
         return undefined;
       case 'announcement':
         if (!p.announced) {
           p.announced = true;
-          p.deadline = now + this.config.handshakeTimeout;
+          this.schedule(link, p, this.handshakeQueue, now + this.config.handshakeTimeout);
         }
         // Our announcement names our versions; with none in common the client
         // falls back on its own, so we say it and close.
         if (commonVersion(ROCKS, r.enhancements) === undefined) {
-          this.pending.delete(link);
+          this.forget(link);
           this.events.push({ type: 'close-link', link, final: [SERVER_ANNOUNCEMENT] });
           return undefined;
         }
@@ -300,7 +425,7 @@ export class ServerCore implements SessionHost {
             return undefined;
           }
           if (route.kind === 'resume' && route.owner.nodeId !== this.owner.nodeId && !p.relayed) {
-            this.pending.delete(link);
+            this.forget(link);
             this.events.push({ type: 'relay', link, nodeId: route.owner.nodeId, initial: bytes });
             return undefined;
           }
@@ -326,7 +451,7 @@ export class ServerCore implements SessionHost {
         if (p.fromMember && !p.proxyStarted) {
           // A relay from another node: it has the handshake's time, as a rocks client has.
           p.proxyStarted = true;
-          p.deadline = now + this.config.handshakeTimeout;
+          this.schedule(link, p, this.handshakeQueue, now + this.config.handshakeTimeout);
         }
         return undefined;
       case 'malformed':
@@ -358,8 +483,9 @@ export class ServerCore implements SessionHost {
   }
 
   pollTimeout(): number | undefined {
-    let t = Infinity;
-    for (const p of this.pending.values()) if (p.deadline < t) t = p.deadline;
+    const a = this.detectQueue.first()?.[1].deadline ?? Infinity;
+    const b = this.handshakeQueue.first()?.[1].deadline ?? Infinity;
+    const t = Math.min(a, b);
     return t === Infinity ? undefined : t;
   }
 
@@ -383,9 +509,13 @@ export class ServerCore implements SessionHost {
   // ---- SessionHost ----------------------------------------------------------
 
   bufferChanged(_session: Session, delta: number): void {
+    const before = this.buffered;
     this.buffered += delta;
     invariant(this.buffered >= 0, () => `${this.buffered} bytes buffered after a change of ${delta}`);
-    if (delta < 0 && this.budgetWaiters.size > 0 && !this.overBudget()) {
+    // Sessions held back wake when the total falls below a threshold it was over.
+    const budget = this.limits.maxBufferedBytes;
+    const crossed = (limit: number) => before >= limit && this.buffered < limit;
+    if (delta < 0 && this.budgetWaiters.size > 0 && (crossed(budget) || crossed(budget / 2))) {
       const waiters = [...this.budgetWaiters];
       this.budgetWaiters.clear();
       for (const s of waiters) {
@@ -395,8 +525,27 @@ export class ServerCore implements SessionHost {
     }
   }
 
-  overBudget(): boolean {
-    return this.buffered >= this.limits.maxBufferedBytes;
+  /**
+   * How many more bytes `session` may come to hold. While under half the
+   * budget is used, any number (its own windows bound it). Past half, a
+   * session may grow to its fair share of that half, budget / (2 x
+   * sessions held), and past the whole budget to the guaranteed share
+   * (budget / maxSessions, at least GUARANTEED_SHARE). So sessions that pin
+   * their bytes (a peer advertising a zero window, an application not
+   * reading) cannot stop another session from moving data: each may always
+   * reach its guaranteed share.
+   */
+  allowance(session: Session): number {
+    const budget = this.limits.maxBufferedBytes;
+    if (this.buffered < budget / 2) return Infinity;
+    const guaranteed = this.guaranteedShare;
+    const share = this.buffered < budget ? Math.max(guaranteed, budget / (2 * Math.max(1, this.sessions.size))) : guaranteed;
+    return Math.max(0, share - session.heldBytes);
+  }
+
+  /** What any session may always hold: budget / maxSessions, at least GUARANTEED_SHARE. */
+  get guaranteedShare(): number {
+    return Math.max(GUARANTEED_SHARE, this.limits.maxBufferedBytes / this.limits.maxSessions);
   }
 
   waitForBudget(session: Session): void {
@@ -404,20 +553,44 @@ export class ServerCore implements SessionHost {
   }
 
   suspended(session: Session, now: number): void {
-    this.suspendedSessions.add(session);
-    if (this.suspendedSessions.size > this.limits.maxSuspendedSessions) {
-      const oldest = this.suspendedSessions.values().next().value as Session;
-      oldest.evict(now);
-      this.drive(oldest);
+    const moved = session.bytesMoved;
+    const bucket = this.suspendedBuckets[moved === 0 ? 0 : Math.min(54, Math.floor(Math.log2(moved)) + 1)];
+    bucket.add(session);
+    this.suspendedIn.set(session, bucket);
+    if (this.suspendedIn.size > this.limits.maxSuspendedSessions) {
+      const victim = this.leastValuableSuspended()!;
+      victim.evict(now);
+      this.drive(victim);
     }
   }
 
+  /** The suspended session that moved the fewest bytes (to a factor of 2), the longest suspended of those. */
+  private leastValuableSuspended(): Session | undefined {
+    for (const bucket of this.suspendedBuckets) {
+      if (bucket.size > 0) return bucket.values().next().value as Session;
+    }
+    return undefined;
+  }
+
+  private unsuspend(session: Session): void {
+    this.suspendedIn.get(session)?.delete(session);
+    this.suspendedIn.delete(session);
+  }
+
   resumed(session: Session): void {
-    this.suspendedSessions.delete(session);
+    this.unsuspend(session);
+  }
+
+  confirmed(session: Session): void {
+    const link = this.unconfirmed.get(session);
+    if (link === undefined) return;
+    this.unconfirmed.delete(session);
+    this.releaseUnproven(link);
   }
 
   released(session: Session, reason: number | undefined): void {
-    this.suspendedSessions.delete(session);
+    this.confirmed(session);
+    this.unsuspend(session);
     this.budgetWaiters.delete(session);
     const id = session.sessionId!.toString('hex');
     if (this.sessions.get(id) !== session) return;
@@ -438,15 +611,14 @@ export class ServerCore implements SessionHost {
       this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', `${this.sessions.size} sessions, the most allowed`));
       return;
     }
-    if (this.overBudget()) {
-      this.reject(link, new RocksError('ERR_ROCKS_SERVER_BUSY', 'buffer budget exhausted'));
-      return;
-    }
+    // No refusal for the budget: a new session holds nothing, and may only grow to its share (allowance).
     // Register first: the bytes that came with the HELLO may end the session at once.
     const sessionId = makeSessionId(this.owner, this.random);
     const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId);
     this.sessions.set(session.sessionId!.toString('hex'), session);
     this.owned.set(link, session);
+    // Its link counts against the pending-link caps until the client confirms.
+    this.unconfirmed.set(session, link);
     this.events.push({ type: 'session', session, link });
     session.processBuffered(link, now);
     this.drive(session);
@@ -463,6 +635,8 @@ export class ServerCore implements SessionHost {
       this.reject(link, this.whyUnknown(id, resume.instance));
       return;
     }
+    // A resume link is bounded by its session's resume slots (§6.3), not by the pending-link caps.
+    this.releaseUnproven(link);
     session.handleResumeLink(link, parser, resume, now);
     this.owned.set(link, session);
     this.events.push({ type: 'bind', session, link });
@@ -485,7 +659,7 @@ export class ServerCore implements SessionHost {
 
   private reject(link: LinkId, err: unknown): void {
     if (isInvariantBreach(err)) throw err;
-    this.pending.delete(link);
+    this.forget(link);
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String(err));
     const final = error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : [];
     this.events.push({ type: 'rejected', link, error });

@@ -21,6 +21,7 @@ import { ERROR_CODES, RocksError, codeFromWire, type RocksErrorCode } from './er
 import {
   encodeAck,
   encodeChallenge,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -41,7 +42,7 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
+import { confirmMac, deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
@@ -105,11 +106,16 @@ export type SessionEvent =
 /** What a server session reports to the server that holds it (budget, caps). */
 export interface SessionHost {
   bufferChanged(session: Session, delta: number): void;
-  overBudget(): boolean;
+  /** How many more bytes this session may come to hold (its share of the buffer budget; Infinity when plenty is left). */
+  allowance(session: Session): number;
+  /** Bytes of writes a session may always hold, whatever else it holds: unread input never blocks output for good. */
+  readonly guaranteedShare: number;
   /** The session is held back by the budget and wants a recheck() when it frees. */
   waitForBudget(session: Session): void;
   suspended(session: Session, now: number): void;
   resumed(session: Session): void;
+  /** The client proved it holds the key (CONFIRM or PROOF): the session is no stranger's. */
+  confirmed(session: Session): void;
   /**
    * The session is gone. `reason` is the wire error code a client resuming
    * it should be told (the session closed cleanly, was aborted, evicted...),
@@ -158,6 +164,8 @@ export class Session {
   private close: CloseHandshake = 'streaming';
   private _sessionId: Buffer | undefined;
   private key: Buffer | undefined;
+  /** Server, until the client confirms: the MAC its CONFIRM must carry (§3.4). */
+  private expectedConfirm: Buffer | undefined;
   /** The run of the server that issued the session (WELCOME), named again in RESUME. */
   private serverInstance: Buffer = NO_INSTANCE;
   private readonly links = new Map<LinkId, Link>();
@@ -185,6 +193,8 @@ export class Session {
 
   // Accounting reported to the host.
   private buffered = 0;
+  /** The window last stopped short of receiveWindow because of the host's budget. */
+  private budgetLimited = false;
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
@@ -235,10 +245,17 @@ export class Session {
     s._sessionId = sessionId;
     const keys = drawKeyPair(random);
     s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
+    s.expectedConfirm = confirmMac(s.key, {
+      version: PROTOCOL_VERSION,
+      sessionId: sessionId,
+      clientPublic: hello.publicKey,
+      serverPublic: keys.publicKey,
+    });
     s.peerWindow = hello.window;
-    s.windowSent = config.receiveWindow;
+    // A server short of budget offers a new session no more than its share.
+    s.windowSent = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, config.receiveWindow, instance));
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, s.windowSent, instance));
     s.serverInstance = instance;
     s.current = l;
     return s;
@@ -268,6 +285,16 @@ export class Session {
   /** The links the session holds (it may have something to send on any of them). */
   linkIds(): IterableIterator<LinkId> {
     return this.links.keys();
+  }
+
+  /** Bytes the session holds: written and not yet acknowledged, plus received and not yet read. */
+  get heldBytes(): number {
+    return this.buffered;
+  }
+
+  /** Data bytes that reached the other side or came from it: what eviction weighs a session by. */
+  get bytesMoved(): number {
+    return this.send.start + this.bytesReceived;
   }
 
   /** Bytes written by the application and not yet acknowledged by the peer. */
@@ -469,7 +496,9 @@ export class Session {
     this.unread = unread;
     if (consumedMore) this.touch(now);
     this.account();
-    if (this.windowTarget() - this.windowSent >= this.config.receiveWindow / 4) this.needAck();
+    // Held to its share of the budget, the window grows in small steps: announce each.
+    const step = this.budgetLimited ? this.host!.guaranteedShare / 4 : this.config.receiveWindow / 4;
+    if (this.windowTarget() - this.windowSent >= step) this.needAck();
     return true;
   }
 
@@ -615,6 +644,9 @@ export class Session {
     this._sessionId = Buffer.from(f.sessionId);
     this.serverInstance = Buffer.from(f.instance);
     this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+    // CONFIRM goes first, ahead of the ACK and any data (§3.4).
+    const transcript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
+    l.out.push(encodeConfirm(confirmMac(this.key, transcript)));
     this.peerWindow = f.window;
     this.windowSent = this.config.receiveWindow;
     // After a restart (the server dropped our unconfirmed session) everything
@@ -708,17 +740,23 @@ export class Session {
 
   private onSessionFrame(l: Link, f: Frame, now: number): void {
     if (this._state === 'accepting') {
-      // The client's first frame after WELCOME proves it holds the key and
-      // makes the session real; a client giving up instead just leaves.
+      // The client's first frame after WELCOME must be CONFIRM, whose MAC
+      // proves it derived the session key: only then is the session real. A
+      // client giving up instead just leaves.
       if (f.type === FrameType.ERROR) {
         this.closeLink(l, false);
         this.release(now, undefined);
         return;
       }
-      if (f.type !== FrameType.DATA && f.type !== FrameType.ACK && f.type !== FrameType.FIN) {
-        throw new RocksError('ERR_ROCKS_PROTOCOL', `unexpected frame 0x${f.type.toString(16)} after WELCOME`);
+      if (f.type !== FrameType.CONFIRM) {
+        throw new RocksError('ERR_ROCKS_PROTOCOL', `frame 0x${f.type.toString(16)} after WELCOME, before CONFIRM`);
+      }
+      if (!macMatches(this.expectedConfirm!, f.mac)) {
+        this.fail(now, new RocksError('ERR_ROCKS_AUTH_FAILED', 'confirmation MAC did not match'), l);
+        return;
       }
       this.confirm(l, now);
+      return;
     } else if (this.role === 'client') {
       this.serverConfirmed = true;
     }
@@ -861,8 +899,10 @@ export class Session {
     else this.close = stepClose(this.role, this.close, 'link-activated');
   }
 
-  /** Server: the client's first frame after WELCOME makes the session real. */
+  /** Server: the client's CONFIRM (or a resume's PROOF) makes the session real. */
   private confirm(l: Link, now: number): void {
+    this.expectedConfirm = undefined;
+    this.host?.confirmed(this);
     l.deadline = Infinity;
     this.refreshLinkTimers();
     this.enterOpen(now);
@@ -1067,16 +1107,22 @@ export class Session {
   /** The window we would like to advertise: room for receiveWindow unread bytes, unless the host is over budget. */
   private windowTarget(): number {
     const target = this.bytesReceived - this.unread + this.config.receiveWindow;
-    if (target > this.windowSent && this.host?.overBudget()) {
+    if (target <= this.windowSent || this.host === undefined) return target;
+    // What the peer may still send becomes ours to hold: no more than our share.
+    const allowed = this.bytesReceived + this.host.allowance(this);
+    this.budgetLimited = allowed < target;
+    if (allowed < target) {
       this.host.waitForBudget(this);
-      return this.windowSent;
+      return Math.max(this.windowSent, Math.floor(allowed));
     }
     return target;
   }
 
   private canAcceptWrites(): boolean {
     let ok = this.send.length < this.config.maxInflight;
-    if (ok && this.host?.overBudget()) {
+    // Unread input counts against the share but cannot starve output: an
+    // application that echoes reads only as fast as it can write.
+    if (ok && this.host !== undefined && this.host.allowance(this) <= 0 && this.send.length >= this.host.guaranteedShare) {
       this.host.waitForBudget(this);
       ok = false;
     }

@@ -8,6 +8,24 @@ import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { until } from '../support/helpers.js';
 import { closeServer, endAll, listen } from '../support/net.js';
+import { stranger } from '../support/strangers.js';
+
+/** Resolves with the first `n` bytes `socket` receives. */
+function collectBytes(socket: ReliableSocket, n: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  return new Promise((resolve) => {
+    const onData = (d: Buffer) => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= n) {
+        socket.off('data', onData);
+        resolve(Buffer.concat(chunks));
+      }
+    };
+    socket.on('data', onData);
+  });
+}
 
 const fast = { failureTimeout: 300, heartbeatInterval: 60, reconnectDelay: 10, reconnectDelayMax: 100 };
 
@@ -71,7 +89,7 @@ describe('server limits', () => {
     await endAll(survivor, server, proxy);
   });
 
-  test('maxBufferedBytes: unread data fills the budget; new sessions are refused until it frees', async () => {
+  test('maxBufferedBytes: a session that reads nothing holds at most its share; new sessions still connect and move data', async () => {
     const sockets: ReliableSocket[] = [];
     const budget = 256 * 1024;
     const { server, port } = await listen({ maxBufferedBytes: budget, receiveWindow: 1024 * 1024 }, (s) => {
@@ -80,24 +98,94 @@ describe('server limits', () => {
     });
     const writer = connect(port, '127.0.0.1');
     await once(writer, 'connect');
-    // The server application reads nothing: what arrives stays buffered, up to the budget and a window's worth.
+    // The server application reads nothing from the first session: what arrives stays buffered.
     const chunk = Buffer.alloc(64 * 1024, 1);
-    for (let i = 0; i < 8; i++) writer.write(chunk);
-    await until(() => sockets.length === 1 && sockets[0].readableLength >= budget, 5000, 'the budget to fill');
-    const refused = connect(port, '127.0.0.1');
-    const err = await errorOf(refused);
-    assert.ok(err instanceof RocksError);
-    assert.equal(err.code, 'ERR_ROCKS_SERVER_BUSY');
-    assert.match(err.message, /buffer budget/);
-    // Reading frees the budget: everything arrives and new sessions are welcome again.
-    let got = 0;
-    sockets[0].on('data', (d: Buffer) => (got += d.length));
-    await until(() => got === 8 * chunk.length, 5000, 'all the data to be read');
+    for (let i = 0; i < 24; i++) writer.write(chunk);
+    await until(() => sockets.length === 1 && sockets[0].readableLength >= budget / 2, 5000, 'half the budget to fill');
+    await new Promise((r) => setTimeout(r, 300));
+    const pinned = sockets[0].readableLength;
+    console.log(`maxBufferedBytes ${budget}: one session that reads nothing holds ${pinned} bytes`);
+    // The first window (1 MiB) was offered while the budget was empty; from half the budget on, no more.
+    assert.ok(pinned < 24 * chunk.length, 'the window stopped growing');
     const later = connect(port, '127.0.0.1');
     await once(later, 'connect');
+    await until(() => sockets.length === 2, 5000, 'the second session');
+    sockets[1].pipe(sockets[1]);
+    const echo = collectBytes(later, 100_000);
+    later.write(Buffer.alloc(100_000, 2));
+    assert.equal((await echo).length, 100_000, 'the second session moved its data both ways');
+    // Reading frees the budget: everything arrives.
+    let got = 0;
+    sockets[0].on('data', (d: Buffer) => (got += d.length));
+    await until(() => got === 24 * chunk.length, 5000, 'all the data to be read');
     later.destroy();
     writer.destroy();
     await until(() => server.sessionCount === 0, 5000, 'sessions released');
+    await closeServer(server);
+  });
+
+  test('zero-window strangers pinning the budget: a legitimate session still moves data and new clients connect', { timeout: 30_000 }, async () => {
+    const budget = 1024 * 1024;
+    const echoes: ReliableSocket[] = [];
+    const { server, port } = await listen({ maxBufferedBytes: budget, receiveWindow: 256 * 1024, failureTimeout: 1000 }, (s) => {
+      echoes.push(s);
+      s.on('error', () => {});
+      s.pipe(s); // echo: what a stranger sends, the server owes back, and a zero window keeps it here
+    });
+    const legit = connect({ port, host: '127.0.0.1', failureTimeout: 1000 });
+    await once(legit, 'connect');
+    const strangers = [];
+    for (let i = 0; i < 12; i++) strangers.push(await stranger(port, { confirm: true, window: 0, send: 256 * 1024, stay: true }));
+    await until(() => server.sessionCount === 13, 5000, 'the strangers’ sessions');
+    await new Promise((r) => setTimeout(r, 500));
+    const pinned = server.bufferedBytes;
+    console.log(`zero-window strangers: 12 of them pin ${pinned} bytes of a ${budget}-byte budget`);
+    assert.ok(pinned >= budget, `the strangers pinned the whole budget (${pinned})`);
+    // The legitimate session moves 200 KB each way.
+    const echoed = collectBytes(legit, 200_000);
+    legit.write(Buffer.alloc(200_000, 7));
+    assert.equal((await echoed).length, 200_000, 'the legitimate session moved its data');
+    // A new client connects (with the budget exhausted it is offered its guaranteed 16 KiB window).
+    const fresh = connect({ port, host: '127.0.0.1' });
+    await once(fresh, 'connect');
+    const echoedFresh = collectBytes(fresh, 10_000);
+    fresh.write(Buffer.alloc(10_000, 8));
+    assert.equal((await echoedFresh).length, 10_000, 'a new client moved its first window of data');
+    for (const s of strangers) s.socket.destroy();
+    legit.destroy();
+    fresh.destroy();
+    for (const s of echoes) s.destroy();
+    await until(() => server.sessionCount === 0, 5000, 'sessions released');
+    await closeServer(server);
+  });
+
+  test('eviction by strangers: twenty confirmed strangers that moved one byte do not evict a suspended session that moved data', async () => {
+    const serverErrors: string[] = [];
+    const { server, port } = await listen({ ...fast, maxSuspendedSessions: 20, suspendLimit: 3000 }, (s) => {
+      s.on('error', (e: RocksError) => serverErrors.push(e.code));
+      s.pipe(s);
+    });
+    const proxy = new FaultProxy(port);
+    const legit = connect({ port: await proxy.listen(), host: '127.0.0.1', ...fast });
+    await once(legit, 'connect');
+    const echoed = collectBytes(legit, 10_000);
+    legit.write(Buffer.alloc(10_000, 1));
+    await echoed;
+    proxy.blackhole();
+    await until(() => server.suspendedCount === 1, 5000, 'the legitimate session to be suspended');
+    // Strangers that do run X25519: HELLO, CONFIRM, ACK, one byte, gone. Each is held, suspended.
+    for (let i = 0; i < 25; i++) await (await stranger(port, { confirm: true })).closed;
+    await until(() => serverErrors.filter((c) => c === 'ERR_ROCKS_EVICTED').length === 6, 5000, 'evictions');
+    assert.equal(server.suspendedCount, 20);
+    const reconnected = once(legit, 'reconnect');
+    proxy.heal();
+    await reconnected;
+    const after = collectBytes(legit, 5);
+    legit.write('after');
+    assert.equal((await after).toString(), 'after', 'the legitimate session survived and resumed');
+    legit.destroy();
+    await proxy.close();
+    await until(() => server.sessionCount === 0, 10_000, 'sessions released');
     await closeServer(server);
   });
 });

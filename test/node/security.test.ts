@@ -16,6 +16,7 @@ import { encodeProof, encodeResume, FrameParser, FrameType, type Frame } from '.
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { until } from '../support/helpers.js';
 import { endAll, listen } from '../support/net.js';
+import { stranger as rawStranger } from '../support/strangers.js';
 
 const options = { failureTimeout: 1000, reconnectDelay: 10 };
 
@@ -166,6 +167,45 @@ describe('authenticated resumption', () => {
       ['ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_PROTOCOL', 'ERR_ROCKS_UNKNOWN_SESSION'],
     );
     await live.roundTrip('still fine');
+    assert.deepEqual(live.serverEvents, []);
+    await live.close();
+  });
+});
+
+describe('strangers cannot crowd the server', () => {
+  test('a flood of HELLO, ACK and one byte, then gone (2,000 strangers, no CONFIRM): no session is held', async () => {
+    let opened = 0;
+    const refusals = new Map<string, number>();
+    const live = await liveSession();
+    live.server.on('connection', () => opened++);
+    live.server.on('clientError', (e: { code?: string }) => refusals.set(String(e.code), (refusals.get(String(e.code)) ?? 0) + 1));
+    const started = Date.now();
+    const total = 2000;
+    const concurrency = 100;
+    let next = 0;
+    const answers: number[] = [];
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < total) {
+          next++;
+          const s = await rawStranger(live.port, { confirm: false });
+          await s.closed;
+          const last = s.frames.at(-1);
+          answers.push(last?.type === FrameType.ERROR ? last.code : -1);
+        }
+      }),
+    );
+    await until(() => live.server.sessionCount === 1, 10_000, 'the strangers’ sessions to go');
+    console.log(
+      `HELLO+ACK flood: ${total} strangers in ${Date.now() - started} ms; held afterwards: ${live.server.sessionCount - 1} sessions, ${live.server.suspendedCount} suspended`,
+    );
+    assert.equal(live.server.suspendedCount, 0, 'no stranger left a suspended session');
+    assert.equal(opened, 0, 'no stranger reached the application');
+    assert.ok(
+      answers.every((c) => c === ERROR_CODES.ERR_ROCKS_PROTOCOL.wire),
+      'each was told ERROR(1)',
+    );
+    await live.roundTrip('the live session carries on');
     assert.deepEqual(live.serverEvents, []);
     await live.close();
   });

@@ -19,6 +19,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeCloseAck,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -40,6 +41,7 @@ import {
   INSTANCE_SIZE,
   type Frame,
 } from '../../src/protocol/frames.js';
+import { confirmMac, deriveSessionKey, freshKeyPair, keyPairFromSeed, type KeyPair } from '../../src/protocol/keys.js';
 import { systemRandom } from '../../src/protocol/random.js';
 import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { ServerCore, type ServerEvent } from '../../src/protocol/server-core.js';
@@ -69,6 +71,7 @@ const CONTROL_PAYLOAD_MAX = Math.max(
   encodeResume(1, Buffer.alloc(SESSION_ID_SIZE), Buffer.alloc(NONCE_SIZE), Buffer.alloc(INSTANCE_SIZE)).length - HEADER_SIZE,
   encodeChallenge(Buffer.alloc(NONCE_SIZE), 0, 0, Buffer.alloc(MAC_SIZE)).length - HEADER_SIZE,
   encodeProof(0, 0, Buffer.alloc(MAC_SIZE)).length - HEADER_SIZE,
+  encodeConfirm(Buffer.alloc(MAC_SIZE)).length - HEADER_SIZE,
   encodeAck(0, 0).length - HEADER_SIZE,
   encodeFin(0).length - HEADER_SIZE,
 );
@@ -204,6 +207,7 @@ const anyFrame: fc.Arbitrary<Encoded> = fc.oneof(
     }),
   ),
   dataFrame,
+  bytes(MAC_SIZE).map((mac): Encoded => ({ bytes: encodeConfirm(mac), frame: { type: FrameType.CONFIRM, mac } })),
   fc.record({ received: u53, window: u53 }).map(
     ({ received, window }): Encoded => ({
       bytes: encodeAck(received, window),
@@ -649,6 +653,21 @@ const validHello = bytes(KEY_SIZE)
   .filter((key) => !LOW_ORDER_KEYS.some((k) => k.equals(key)))
   .map((key) => encodeHello(1, 1, key, 65536));
 
+/** A valid HELLO whose private key the test holds, so it can CONFIRM the session as a real client does. */
+const confirmableHello = bytes(KEY_SIZE).map((seed) => {
+  const keys = keyPairFromSeed(seed);
+  return { keys, bytes: encodeHello(1, 1, keys.publicKey, 65536) };
+});
+
+/** The CONFIRM a real client sends for `session`, whose HELLO carried `keys`. */
+function confirmFor(session: Session, keys: KeyPair, welcome: Buffer[]): Buffer {
+  const w = parseAll(welcome)[0];
+  assert.ok(w?.type === FrameType.WELCOME);
+  const key = deriveSessionKey(keys, w.publicKey, w.sessionId, keys.publicKey, w.publicKey);
+  assert.ok(w.sessionId.equals(session.sessionId!));
+  return encodeConfirm(confirmMac(key, { version: 1, sessionId: w.sessionId, clientPublic: keys.publicKey, serverPublic: w.publicKey }));
+}
+
 /** Garbage a new link might send before any session exists. */
 const handshakeGarbage = fc.oneof(
   randomBytes,
@@ -944,7 +963,7 @@ describe('fuzz: ServerCore handshake', () => {
   test('mutated RESUME naming a live session never harms that session', () => {
     fc.assert(
       fc.property(
-        validHello,
+        confirmableHello,
         fc.boolean(),
         bytes(NONCE_SIZE),
         fc.oneof(
@@ -957,13 +976,13 @@ describe('fuzz: ServerCore handshake', () => {
         (hello, confirm, nonce, tail, ops, sizes) => {
           const h = new Harness(newCore());
           h.open(1);
-          h.feed(1, hello);
+          h.feed(1, hello.bytes);
           const ev = h.coreEvents[0];
           assert.ok(ev?.type === 'session');
           const session = ev.session;
-          session.pollTransmit(1, h.now, 1 << 20);
+          const welcome = session.pollTransmit(1, h.now, 1 << 20) ?? [];
           if (confirm) {
-            h.feed(1, encodeAck(0, 65536));
+            h.feed(1, Buffer.concat([confirmFor(session, hello.keys, welcome), encodeAck(0, 65536)]));
             assert.equal(session.state, 'open');
           }
           const state = session.state;
@@ -1064,23 +1083,27 @@ const clientStream: fc.Arbitrary<ClientStream> = fc
 interface Established {
   h: Harness;
   session: Session;
+  /** The CONFIRM a real client sends first. */
+  confirm: Buffer;
 }
 
 /** A server session created from a valid HELLO, WELCOME already sent. */
 function establish(options: SessionOptions): Established {
   const h = new Harness(newCore(options));
   h.open(1);
-  h.feed(1, encodeHello(1, 1, systemRandom.bytes(KEY_SIZE), 65536));
+  const keys = freshKeyPair();
+  h.feed(1, encodeHello(1, 1, keys.publicKey, 65536));
   assert.equal(h.coreEvents.length, 1);
   const ev = h.coreEvents[0];
   assert.ok(ev.type === 'session' && ev.link === 1);
   const session = ev.session;
   assert.equal(session.state, 'accepting');
-  const welcome = parseAll(session.pollTransmit(1, h.now, 1 << 20) ?? []);
+  const sent = session.pollTransmit(1, h.now, 1 << 20) ?? [];
+  const welcome = parseAll(sent);
   assert.ok(welcome.length === 1 && welcome[0].type === FrameType.WELCOME);
   assert.equal(welcome[0].window, resolveSessionConfig(options).receiveWindow);
   assert.deepEqual(h.sessionEvents.get(session), [], 'nothing for the application before the client speaks');
-  return { h, session };
+  return { h, session, confirm: confirmFor(session, keys, sent) };
 }
 
 /** Feeds a session chunk by chunk, sending what it wants to send after each; returns its event log. */
@@ -1128,18 +1151,11 @@ describe('fuzz: established server session', () => {
       fc.property(windows, clientStream, chunking, (options, stream, sizes) => {
         const window = resolveSessionConfig(options).receiveWindow;
         const est = establish(options);
-        const log = runSession(est, split(stream.bytes, sizes));
+        const log = runSession(est, split(Buffer.concat([est.confirm, stream.bytes]), sizes));
         const state = est.session.state;
         assertSessionSettled(est, log, window); // (ends the session if still open)
 
         const types = log.map((e) => e.type);
-        if (stream.data.length === 0 && !stream.fin && stream.error !== undefined && stream.bytes[0] === FrameType.ERROR) {
-          // A client that gives up before confirming just leaves: the
-          // application never saw the session, so nothing is reported.
-          assert.deepEqual(types, ['close-link', 'released']);
-          assert.equal(state, 'done');
-          return;
-        }
         assert.deepEqual(types.slice(0, 2), ['link-active', 'open']);
         const received = Buffer.concat(log.flatMap((e) => (e.type === 'data' ? [e.data] : [])));
         if (stream.data.length > window) {
@@ -1177,10 +1193,10 @@ describe('fuzz: established server session', () => {
       validStream.map((fs) => Buffer.concat(fs.map((f) => f.bytes))),
     );
     fc.assert(
-      fc.property(windows, input, chunking, (options, bytes, sizes) => {
+      fc.property(windows, input, chunking, fc.boolean(), (options, bytes, sizes, confirmed) => {
         const window = resolveSessionConfig(options).receiveWindow;
         const est = establish(options);
-        const log = runSession(est, split(bytes, sizes));
+        const log = runSession(est, split(confirmed ? Buffer.concat([est.confirm, bytes]) : bytes, sizes));
         assertSessionSettled(est, log, window);
       }),
       runs(3000),

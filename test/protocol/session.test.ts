@@ -20,6 +20,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeCloseAck,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -36,7 +37,11 @@ import {
   type HelloFrame,
   type ResumeFrame,
 } from '../../src/protocol/frames.js';
-import { deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
+import { confirmMac, deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
+import { performance } from 'node:perf_hooks';
+import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
+import { ServerCore } from '../../src/protocol/server-core.js';
+import { SimRandom } from '../sim/random.js';
 import { CLIENT_ANNOUNCEMENT, fakeServer, Pair, SERVER_ANNOUNCEMENT, type PairOptions, type RawPeer } from './pair.js';
 
 // ---- helpers ---------------------------------------------------------------------
@@ -74,7 +79,7 @@ function rawHello(seed = 1, window = 1 << 20) {
 
 /**
  * A raw client that establishes a session with the real server, as a correct
- * client would (EDP, HELLO, then ACK after WELCOME), and knows its key.
+ * client would (EDP, HELLO, then CONFIRM and ACK after WELCOME), and knows its key.
  */
 function rawSession(p: Pair, window = 1 << 20) {
   const raw = p.rawClient();
@@ -83,9 +88,14 @@ function rawSession(p: Pair, window = 1 << 20) {
   p.runUntil(() => raw.frames.some((f) => f.type === FrameType.WELCOME));
   const welcome = raw.last(FrameType.WELCOME);
   const key = deriveSessionKey(hello.keys, welcome.publicKey, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
-  raw.send(encodeAck(0, window));
+  raw.send(rawConfirm(key, welcome.sessionId, hello.keys.publicKey, welcome.publicKey), encodeAck(0, window));
   p.runFor(p.latency);
   return { raw, key, sessionId: welcome.sessionId, window: welcome.window, instance: welcome.instance };
+}
+
+/** The CONFIRM a correct client sends right after WELCOME. */
+function rawConfirm(key: Buffer, sessionId: Buffer, clientPublic: Buffer, serverPublic: Buffer): Buffer {
+  return encodeConfirm(confirmMac(key, { version: 1, sessionId, clientPublic, serverPublic }));
 }
 
 /** A raw client link that asks to resume `sessionId` and waits for the server's answer. */
@@ -141,7 +151,7 @@ describe('establishment', () => {
     assert.deepEqual(p.server.events.take(), ['link-active #1', 'open']);
     assert.equal(p.server.events.at('open'), 40);
     assert.deepEqual(p.coreNames(), ['session #1']);
-    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'ACK 0']);
+    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0']);
     assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'ACK 0']);
     assert.ok(p.client.session.sessionId!.equals(p.server.session.sessionId!));
 
@@ -223,7 +233,7 @@ describe('establishment', () => {
     assert.equal(p.client.events.of('dial')[2].at, p.client.events.of('close-link')[1].at, 'the restart dials at once');
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME']);
     assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'ERROR(11)']);
-    assert.deepEqual(p.link(3).sentBy('client').slice(0, 4), ['EDP', 'HELLO', 'ACK 0', 'DATA 0+3000']);
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+3000']);
     assert.deepEqual(p.servers[0].events.names(), ['close-link #1', 'released'], 'never shown to the application');
     assert.ok(p.servers[1].received.equals(data));
     assert.ok(!p.client.session.sessionId!.equals(p.servers[0].session.sessionId!), 'a new session id');
@@ -238,9 +248,166 @@ describe('establishment', () => {
     p.runFor(5);
     p.link(1).cut();
     p.runUntil(() => p.client.events.of('resume').length === 1);
-    assert.deepEqual(p.link(3).sentBy('client').slice(0, 4), ['EDP', 'HELLO', 'ACK 0', 'DATA 0+3000'], 'all 3000 bytes went out again');
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+3000'], 'all 3000 bytes went out again');
     const [resume] = p.client.events.of('resume');
     assert.equal(resume.replayedOut, 3000);
+  });
+});
+
+describe('key confirmation (CONFIRM)', () => {
+  const serverOnly = (opts: PairOptions = {}) => new Pair({ ...opts, connect: false });
+
+  /** A raw client that sent HELLO and read WELCOME; what it sends next is up to the test. */
+  function helloed(p: Pair, seed = 3) {
+    const raw = p.rawClient();
+    const hello = rawHello(seed);
+    raw.send(CLIENT_ANNOUNCEMENT, hello.frame);
+    p.runUntil(() => raw.frames.some((f) => f.type === FrameType.WELCOME));
+    const welcome = raw.last(FrameType.WELCOME);
+    const key = deriveSessionKey(hello.keys, welcome.publicKey, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
+    return { raw, hello, welcome, key };
+  }
+
+  test('a correct client sends CONFIRM right after WELCOME, ahead of its ACK and data', () => {
+    const p = new Pair();
+    p.handshake();
+    p.client.session.write(Buffer.from('hi'), p.now);
+    p.runFor(50);
+    assert.deepEqual(p.link(1).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+2']);
+  });
+
+  test('HELLO then ACK and data without CONFIRM (the stranger flood): ERROR(1), the session is released, never shown', () => {
+    const p = serverOnly();
+    const { raw } = helloed(p);
+    raw.send(encodeAck(0, 1 << 20), encodeDataHeader(0, 1), Buffer.from('x'));
+    p.runFor(50);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME', 'ERROR(1)']);
+    assert.equal(raw.closedBy?.graceful, true);
+    assert.deepEqual(p.servers[0].events.names(), ['close-link #1000 graceful', 'released']);
+    assert.equal(p.core.sessionCount, 0, 'nothing is held');
+  });
+
+  test('a wrong CONFIRM MAC: ERROR(4), the session is released and a later RESUME of it hears UNCONFIRMED_SESSION', () => {
+    const p = serverOnly();
+    const { raw, welcome } = helloed(p);
+    raw.send(encodeConfirm(Buffer.alloc(MAC_SIZE, 7)), encodeAck(0, 1 << 20));
+    p.runFor(50);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME', 'ERROR(4)']);
+    assert.deepEqual(p.servers[0].events.names(), ['close-link #1000 graceful', 'released']);
+    assert.equal(p.core.sessionCount, 0);
+    const again = rawResume(p, welcome.sessionId);
+    assert.deepEqual(again.errors, ['ERR_ROCKS_UNCONFIRMED_SESSION']);
+  });
+
+  test("another session's CONFIRM (a replay) does not confirm this one", () => {
+    const p = serverOnly();
+    const first = helloed(p, 3);
+    const replay = rawConfirm(first.key, first.welcome.sessionId, first.hello.keys.publicKey, first.welcome.publicKey);
+    first.raw.send(replay, encodeAck(0, 1 << 20));
+    p.runFor(50);
+    assert.equal(p.servers[0].session.state, 'open', 'the genuine CONFIRM confirms');
+    // Same client key, a new session: the recorded CONFIRM names the old id and server key.
+    const second = helloed(p, 3);
+    second.raw.send(replay);
+    p.runFor(50);
+    assert.deepEqual(second.raw.received, ['EDP', 'WELCOME', 'ERROR(4)']);
+    assert.equal(p.core.sessionCount, 1);
+  });
+
+  test('CONFIRM on an open session is a protocol error', () => {
+    const p = serverOnly();
+    const { raw, key, hello, welcome } = helloed(p);
+    const confirm = rawConfirm(key, welcome.sessionId, hello.keys.publicKey, welcome.publicKey);
+    raw.send(confirm, encodeAck(0, 1 << 20));
+    p.runFor(50);
+    raw.send(confirm);
+    p.runFor(50);
+    assert.deepEqual(raw.errors, ['ERR_ROCKS_PROTOCOL']);
+  });
+});
+
+describe('pending links (before the first frame, or before CONFIRM)', () => {
+  /** A ServerCore alone, driven as src/node/server.ts drives it: each event, then drain, then the next deadline. */
+  function bareCore(limits = {}) {
+    const core = new ServerCore(resolveSessionConfig(), resolveServerLimits(limits), new SimRandom(1));
+    const events: string[] = [];
+    const drain = () => {
+      for (let ev = core.pollEvent(); ev !== undefined; ev = core.pollEvent()) {
+        events.push(ev.type === 'rejected' ? `rejected #${ev.link} ${ev.error.code}` : `${ev.type} #${'link' in ev ? ev.link : ''}`);
+      }
+      return core.pollTimeout();
+    };
+    return { core, events, drain };
+  }
+
+  test('20,000 pending links: the work per new link stays constant (the scan over all of them is gone)', () => {
+    const { core, drain } = bareCore({ maxPendingLinks: 30_000, maxPendingLinksPerAddress: 30_000 });
+    const now = 1000;
+    const perLink: Record<number, number> = {};
+    const checksPerEvent: Record<number, number> = {};
+    const batch = 1000;
+    let link = 1;
+    for (const at of [0, 10_000, 20_000]) {
+      while (core.pendingLinkCount < at) {
+        // Part of an EDP magic: pending, waiting for the rest, as a stalling stranger leaves it.
+        core.handleLinkOpen(link, now, false, '198.51.100.7');
+        core.handleLinkData(link++, CLIENT_ANNOUNCEMENT.subarray(0, 3), now);
+        core.handleTimeout(now);
+        drain();
+      }
+      const checks = core.pendingDeadlineChecks;
+      const started = performance.now();
+      for (let i = 0; i < batch; i++) {
+        core.handleLinkOpen(link, now, false, '198.51.100.7');
+        core.handleLinkData(link++, CLIENT_ANNOUNCEMENT.subarray(0, 3), now);
+        core.handleTimeout(now);
+        drain();
+      }
+      perLink[at] = ((performance.now() - started) * 1000) / batch;
+      checksPerEvent[at] = (core.pendingDeadlineChecks - checks) / batch;
+    }
+    console.log(
+      `pending-link cost: ${Object.entries(perLink)
+        .map(([at, us]) => `${us.toFixed(1)} µs per new link at ${at} pending`)
+        .join(', ')}`,
+    );
+    for (const at of [0, 10_000, 20_000]) {
+      // Per new link the deadline queues look at their heads only (two queues), whatever waits behind them.
+      assert.ok(checksPerEvent[at] <= 2, `${checksPerEvent[at]} pending links examined per new link at ${at} pending`);
+    }
+    // Their time comes: each expires once, in order, and nothing is left.
+    core.handleTimeout(now + 500);
+    drain();
+    assert.equal(core.pendingLinkCount, 0);
+    assert.equal(core.unprovenLinkCount, 0);
+  });
+
+  test('the caps: per address, then in total; a refused link is closed at once, the others are untouched', () => {
+    const { core, events, drain } = bareCore({ maxPendingLinks: 5, maxPendingLinksPerAddress: 3 });
+    for (let i = 1; i <= 4; i++) core.handleLinkOpen(i, 0, false, '198.51.100.7');
+    drain();
+    assert.deepEqual(events.splice(0), ['rejected #4 ERR_ROCKS_SERVER_BUSY', 'close-link #4']);
+    core.handleLinkOpen(5, 0, false, '203.0.113.9');
+    core.handleLinkOpen(6, 0, false, '203.0.113.9');
+    core.handleLinkOpen(7, 0, true, '192.0.2.1'); // a member: counted in total only, and the total is full
+    drain();
+    assert.deepEqual(events.splice(0), ['rejected #7 ERR_ROCKS_SERVER_BUSY', 'close-link #7']);
+    assert.equal(core.pendingLinkCount, 5);
+    // A HELLO makes a session whose link still counts until the client confirms.
+    const hello = rawHello(4);
+    core.handleLinkData(1, Buffer.concat([CLIENT_ANNOUNCEMENT, hello.frame]), 0);
+    drain();
+    assert.equal(core.unprovenLinkCount, 5);
+    core.handleLinkOpen(8, 0, false, '198.51.100.7');
+    drain();
+    assert.match(events.at(-2) ?? '', /rejected #8 ERR_ROCKS_SERVER_BUSY/);
+    // The session goes (its link closed): a place frees.
+    core.handleLinkClosed(1, 10);
+    drain();
+    assert.equal(core.unprovenLinkCount, 4);
+    core.handleLinkOpen(9, 10, false, '198.51.100.7');
+    drain();
+    assert.equal(core.pendingLinkCount, 5);
   });
 });
 
@@ -1062,15 +1229,16 @@ describe('errors: a new link at the server', () => {
     assert.equal(p.server.session.state, 'open');
   });
 
-  test('HELLO while the buffer budget is exhausted: ERROR(5)', () => {
-    const p = established({ limits: { maxBufferedBytes: 1024 } });
-    p.client.write(pattern(2000)); // the server application reads none of it
-    p.runFor(50);
-    assert.equal(p.core.bufferedBytes, 2000);
+  test('HELLO while the buffer budget is exhausted: welcomed, with a window of its guaranteed share (16 KiB)', () => {
+    const p = established({ limits: { maxBufferedBytes: 64 * 1024 } });
+    p.client.write(pattern(100_000)); // the server application reads none of it
+    p.runFor(200);
+    assert.ok(p.core.bufferedBytes >= 64 * 1024, `${p.core.bufferedBytes} buffered`);
     const raw = p.rawClient();
     raw.send(CLIENT_ANNOUNCEMENT, rawHello().frame);
     p.runFor(50);
-    assert.deepEqual(raw.received, ['EDP', 'ERROR(5)']);
+    assert.deepEqual(raw.received, ['EDP', 'WELCOME']);
+    assert.equal(raw.last(FrameType.WELCOME).window, 16 * 1024);
   });
 
   test('RESUME naming another run of the server: ERROR(3)', () => {
@@ -1376,7 +1544,7 @@ describe('errors: the client', () => {
       fake.send(encodeError(sent, 'x'));
       p.runFor(50);
       assert.deepEqual(p.client.events.names().slice(-3), ['close-link #1', `error ${code}`, 'released']);
-      assert.deepEqual(fake.received, ['EDP', 'HELLO', 'ACK 0']);
+      assert.deepEqual(fake.received, ['EDP', 'HELLO', 'CONFIRM', 'ACK 0']);
     });
   }
 

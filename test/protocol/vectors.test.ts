@@ -11,6 +11,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeCloseAck,
+  encodeConfirm,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -22,7 +23,7 @@ import {
   FrameParser,
   FrameType,
 } from '../../src/protocol/frames.js';
-import { deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
+import { confirmMac, deriveSessionKey, keyPairFromSeed, resumeMac } from '../../src/protocol/keys.js';
 import { codeBlocks, readRepoFile, section } from '../docs/markdown.js';
 
 /**
@@ -73,6 +74,7 @@ const serverNonce = value('server nonce');
 const instance = value('server instance');
 const MAC_S = 'MAC_S (server label, received=1000, sent=5000000000)';
 const MAC_C = 'MAC_C (client label, received=5000000000, sent=1001)';
+const MAC_F = 'MAC_F (confirm label, version 1)';
 
 describe('docs/PROTOCOL.md Appendix A', () => {
   test('the public keys are those of the private keys (RFC 7748 §6.1)', () => {
@@ -98,7 +100,12 @@ describe('docs/PROTOCOL.md Appendix A', () => {
     const transcript = { version: 1, sessionId: id, clientNonce, serverNonce };
     assert.equal(resumeMac(key, 'server', { ...transcript, received: 1000, sent: 5_000_000_000 }).toString('hex'), value(MAC_S).toString('hex'));
     assert.equal(resumeMac(key, 'client', { ...transcript, received: 5_000_000_000, sent: 1001 }).toString('hex'), value(MAC_C).toString('hex'));
-    assert.equal(values.size, 12, `every value is checked: ${[...values.keys()].join(', ')}`);
+  });
+
+  test('the confirmation MAC', () => {
+    const mac = confirmMac(value('session key K'), { version: 1, sessionId: id, clientPublic: client.publicKey, serverPublic: server.publicKey });
+    assert.equal(mac.toString('hex'), value(MAC_F).toString('hex'));
+    assert.equal(values.size, 13, `every value is checked: ${[...values.keys()].join(', ')}`);
   });
 
   // Each frame of the appendix: how our encoder builds it, and what our parser reads from the appendix's bytes.
@@ -123,6 +130,10 @@ describe('docs/PROTOCOL.md Appendix A', () => {
     'PROOF(5000000000,1001,MAC_C)': {
       encode: () => encodeProof(5_000_000_000, 1001, value(MAC_C)),
       frame: { type: FrameType.PROOF, received: 5_000_000_000, sent: 1001, mac: value(MAC_C) },
+    },
+    'CONFIRM(MAC_F)': {
+      encode: () => encodeConfirm(value(MAC_F)),
+      frame: { type: FrameType.CONFIRM, mac: value(MAC_F) },
     },
     'DATA header (offset 1000, 3 data bytes follow)': {
       encode: () => encodeDataHeader(1000, 3),
