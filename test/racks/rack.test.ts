@@ -126,6 +126,24 @@ async function carriedStream(w: World, extra: string[] = []): Promise<{ racks: R
  * (no such log line after the event) fails. `resumeMax`: how long after
  * `healed` the carriages must be back.
  */
+/** Takes the client's link down for `downMs` mid-transfer, brings it back, and checks the stream resumes intact. */
+async function linkDownAndUp(w: World, racks: RockProcess[], stream: SocatStream, downMs: number, label: string): Promise<void> {
+  await sleep(1000);
+  const broken = Date.now();
+  w.bed.linkDown();
+  await sleep(downMs);
+  const healed = Date.now();
+  w.bed.linkUp();
+  const before = stream.gotBytes;
+  await until(
+    () => stream.gotBytes > before + RATE,
+    20_000,
+    () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`,
+  );
+  checkTimes(label, racks, broken, healed);
+  await stream.finishAndVerify();
+}
+
 function checkTimes(label: string, racks: RockProcess[], broken: number, healed: number, resumeMax = RESUME_MAX): void {
   const after = (r: RockProcess, msg: string, t0: number): number => (logTimes(r, msg).find((t) => t >= t0) ?? NaN) - t0;
   const detect = racks.map((r) => after(r, 'carriage suspended', broken));
@@ -234,22 +252,8 @@ describe('rack up on both hosts', { skip }, () => {
 
   test('the link goes down and comes back up during a transfer', { timeout: 90_000 }, async () => {
     await withBed(async (w) => {
-      const { bed } = w;
       const { racks, stream } = await carriedStream(w);
-      await sleep(1000);
-      const broken = Date.now();
-      bed.linkDown();
-      await sleep(8000);
-      const healed = Date.now();
-      bed.linkUp();
-      const before = stream.gotBytes;
-      await until(
-        () => stream.gotBytes > before + RATE,
-        20_000,
-        () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`,
-      );
-      checkTimes('link down 8 s', racks, broken, healed);
-      await stream.finishAndVerify();
+      await linkDownAndUp(w, racks, stream, 8000, 'link down 8 s');
     });
   });
 
@@ -266,20 +270,7 @@ describe('rack up on both hosts', { skip }, () => {
           status(bed, 'client').hosts.map((h) => h.verdict),
           ['rack'],
         );
-        await sleep(1000);
-        const broken = Date.now();
-        bed.linkDown();
-        await sleep(4000);
-        const healed = Date.now();
-        bed.linkUp();
-        const before = stream.gotBytes;
-        await until(
-          () => stream.gotBytes > before + RATE,
-          20_000,
-          () => `the echo to flow again after link up\n${racks.map((r) => r.output).join('\n')}`,
-        );
-        checkTimes('over TLS, link down 4 s', racks, broken, healed);
-        await stream.finishAndVerify();
+        await linkDownAndUp(w, racks, stream, 4000, 'over TLS, link down 4 s');
       });
     } finally {
       rmSync(dir, { recursive: true, force: true });
