@@ -47,8 +47,28 @@ interface TlsSides {
   rocks: TlsServer;
   /** Everyone else: exactly the application's options. */
   plain: TlsServer;
-  /** Connections whose ClientHello is still being read. */
-  reading: Set<Socket>;
+  /** Connections not yet a link nor a plain TLS connection, by remote address and port (see tlsKey). */
+  early: Map<string, EarlyTls>;
+}
+
+/**
+ * A TLS connection before it is a rocks link or a plain TLS connection: its
+ * ClientHello or handshake is under way. It counts against the pending-link
+ * caps under `id` (the link id it keeps if it becomes a rocks link).
+ */
+interface EarlyTls {
+  id: LinkId;
+  socket: Socket;
+  /** Closes it when its ClientHello and (rocks) handshake are not done within handshakeTimeout. */
+  deadline: NodeJS.Timeout | undefined;
+}
+
+/**
+ * The TLSSocket a tls.Server makes for a connection shows that connection's
+ * peer address and port: no other connection to us has both while it lives.
+ */
+function tlsKey(s: Socket): string {
+  return `${s.remoteAddress}|${s.remotePort}`;
 }
 
 /** What the 'relay' event tells about a resuming link this node carried (or could not carry) to another node. */
@@ -81,12 +101,15 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly tls: TlsSides | undefined;
   /** What each socket of the server is made with: the options without the server's tls. */
   private readonly socketOptions: ReliableSocketOptions;
+  /** How long a TLS connection may take to become a rocks link (its ClientHello and handshake). */
+  private readonly handshakeTimeout: number;
 
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
     const { tls: _serverTls, ...socketOptions } = options;
     this.socketOptions = socketOptions;
+    this.handshakeTimeout = resolveSessionConfig(options).handshakeTimeout;
     const nodeId = resolveNodeId(options) ?? systemRandom.bytes(4).readUInt32BE(0);
     this.directory = openDirectory(options, nodeId);
     // Directory trouble (Redis away, a bad entry) never stops the server: it is told, not thrown.
@@ -118,8 +141,15 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     }
     const rocks = tlsCreateServer({ ...tls, ALPNProtocols: [ROCKS_ALPN], ALPNCallback: undefined, minVersion: 'TLSv1.3' });
     const plain = tlsCreateServer(tls);
-    rocks.on('secureConnection', (s: TLSSocket) => this.acceptLink(s, Buffer.alloc(0)));
+    const early = new Map<string, EarlyTls>();
+    rocks.on('secureConnection', (s: TLSSocket) => {
+      // The link keeps the id it was counted under: it goes on counting as a link until confirmed.
+      const e = this.settleEarly(early, s, false);
+      if (e === undefined) s.destroy();
+      else this.openLink(s, Buffer.alloc(0), 0, e.id);
+    });
     plain.on('secureConnection', (s: TLSSocket) => {
+      this.settleEarly(early, s, true);
       if (this.closing) s.destroy();
       else this.handToApplication(ReliableSocket.fromPlain(s, Buffer.alloc(0), false, this.socketOptions));
     });
@@ -127,40 +157,79 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       side.on('tlsClientError', (err: Error, s: TLSSocket) => {
         debug('TLS client error from %s: %s', s.remoteAddress, err.message);
         if (this.listenerCount('tlsClientError') > 0) this.emit('tlsClientError', err, s);
+        // With a listener, node:tls leaves the socket open (even after its handshakeTimeout): close it.
+        s.destroy();
       });
     }
-    return { rocks, plain, reading: new Set() };
+    return { rocks, plain, early };
   }
 
-  /** Reads a TLS connection's ClientHello for the ALPN protocols it offers, then hands it to the right TLS side. */
+  /**
+   * Reads a TLS connection's ClientHello for the ALPN protocols it offers,
+   * then hands it to the right TLS side. From its accept it counts against
+   * the pending-link caps until it is a rocks link (which goes on counting
+   * until its session is confirmed), a plain TLS connection, or closed. Its
+   * ClientHello and, for a rocks client, its TLS handshake must be done
+   * within handshakeTimeout of the accept; a plain TLS connection's
+   * handshake has the application's tls handshakeTimeout.
+   */
   private acceptTls(socket: Socket, tls: TlsSides): void {
+    const key = tlsKey(socket);
+    if (this.closing || socket.remoteAddress === undefined || tls.early.has(key)) {
+      socket.destroy();
+      return;
+    }
+    const id = this.nextLinkId++;
+    const refusal = this.core.admitConnection(id, false, socket.remoteAddress);
+    if (refusal !== undefined) {
+      // As for a link: closed at once and without a word.
+      debug('refused a connection from %s: %s', socket.remoteAddress, refusal.message);
+      if (this.listenerCount('clientError') > 0) this.emit('clientError', refusal, socket);
+      socket.destroy();
+      return;
+    }
+    const e: EarlyTls = { id, socket, deadline: setTimeout(() => socket.destroy(), this.handshakeTimeout).unref() };
+    tls.early.set(key, e);
+    socket.once('close', () => {
+      if (tls.early.get(key) === e) this.settleEarly(tls.early, socket, true);
+    });
     let bytes: Buffer = Buffer.alloc(0);
-    tls.reading.add(socket);
-    socket.setTimeout(this.options.tls?.handshakeTimeout ?? 120_000, () => socket.destroy());
     const onError = (): void => {
       socket.destroy();
     };
-    const onClose = (): void => done();
     const onData = (chunk: Buffer): void => {
       bytes = bytes.length === 0 ? chunk : Buffer.concat([bytes, chunk]);
       const offered = offeredAlpn(bytes);
       if (offered === 'incomplete') return;
-      done();
-      socket.pause();
-      socket.unshift(bytes);
-      const side = offered?.includes(ROCKS_ALPN) ? tls.rocks : tls.plain;
-      side.emit('connection', socket);
-    };
-    const done = (): void => {
-      tls.reading.delete(socket);
       socket.removeListener('data', onData);
       socket.removeListener('error', onError);
-      socket.removeListener('close', onClose);
-      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(bytes);
+      const rocks = offered?.includes(ROCKS_ALPN) === true;
+      if (!rocks) {
+        // A plain TLS connection's handshake has the application's tls handshakeTimeout, as with node:tls.
+        clearTimeout(e.deadline);
+        e.deadline = undefined;
+      }
+      (rocks ? tls.rocks : tls.plain).emit('connection', socket);
     };
     socket.on('data', onData);
     socket.on('error', onError);
-    socket.on('close', onClose);
+  }
+
+  /**
+   * The early TLS connection behind `s` (a TLSSocket, or the TCP socket it
+   * wraps) is settled: no more deadline; with `release`, it stops counting
+   * against the pending-link caps too.
+   */
+  private settleEarly(early: Map<string, EarlyTls>, s: Socket, release: boolean): EarlyTls | undefined {
+    const key = tlsKey(s);
+    const e = early.get(key);
+    if (e === undefined) return undefined;
+    early.delete(key);
+    clearTimeout(e.deadline);
+    if (release) this.core.releaseConnection(e.id);
+    return e;
   }
 
   /** Takes every argument form of net.Server.listen. */
@@ -199,7 +268,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     void this.directory?.close().catch((err) => this.emit('error', err));
     // Links still being detected or handshaking: nobody holds them yet.
     for (const id of this.core.pendingLinks()) this.links.get(id)?.close(undefined, false);
-    for (const s of this.tls?.reading ?? []) s.destroy();
+    for (const e of this.tls?.early.values() ?? []) e.socket.destroy();
     // With no socket of the application's left, we are closed now: the TCP
     // server's own 'close' may wait for links still finishing their closing
     // handshake, unref'd, and a program could exit before it came.
@@ -271,13 +340,18 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
    * silent client is not kept waiting for detectTimeout twice.
    */
   acceptLink(socket: Socket, initial: Buffer, age = 0): void {
+    this.openLink(socket, initial, age, this.nextLinkId++);
+  }
+
+  /** A link under `id` (one the core may already count, see acceptTls). */
+  private openLink(socket: Socket, initial: Buffer, age: number, id: LinkId): void {
     if (this.closing) {
+      this.core.releaseConnection(id);
       socket.destroy();
       return;
     }
     // A socket passed between processes comes without it; a probe's answer needs it.
     socket.allowHalfOpen = true;
-    const id = this.nextLinkId++;
     this.links.set(id, new LinkHandle(id, socket, this));
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
     this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress);

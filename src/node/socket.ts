@@ -661,6 +661,15 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.reportUnread();
   }
 
+  // Readable calls _read before it takes bytes off its buffer, and not again
+  // until the next push: a window that only reopens from _read would stay shut
+  // once the peer has filled it. So every read reports what is left unread.
+  override read(size?: number): ReturnType<Duplex['read']> {
+    const chunk = super.read(size);
+    if (this.raw === undefined) this.reportUnread();
+    return chunk;
+  }
+
   override _destroy(err: Error | null, callback: Callback): void {
     this.settleCallbacks(err);
     this.raw?.destroy();

@@ -209,8 +209,10 @@ export class ServerCore implements SessionHost {
    * cap counts (links of members are not counted per address).
    */
   handleLinkOpen(link: LinkId, now: number, fromMember = false, address?: string): void {
-    const counted = fromMember ? undefined : address;
-    const refusal = this.admissionRefusal(counted);
+    // A connection admitted before it was a link (admitConnection) is counted already.
+    const admitted = this.unproven.has(link);
+    const counted = admitted ? this.unproven.get(link) : fromMember ? undefined : address;
+    const refusal = admitted ? undefined : this.admissionRefusal(counted);
     if (refusal !== undefined) {
       // Closed at once and without a word: we do not know yet what it speaks.
       this.events.push({ type: 'rejected', link, error: refusal });
@@ -229,8 +231,32 @@ export class ServerCore implements SessionHost {
     };
     this.pending.set(link, p);
     this.schedule(link, p, this.detectQueue, now + this.limits.detectTimeout);
-    this.unproven.set(link, counted);
-    if (counted !== undefined) this.unprovenByAddress.set(counted, (this.unprovenByAddress.get(counted) ?? 0) + 1);
+    if (!admitted) this.countUnproven(link, counted);
+  }
+
+  /**
+   * A connection the adapter holds before it is a link (a TLS connection
+   * whose ClientHello or handshake is under way) counts against the
+   * pending-link caps as a link does, from its first moment. Returns why it
+   * may not, when a cap is reached: the adapter then closes it at once. It
+   * stops counting at releaseConnection, or goes on counting as link `link`
+   * when handleLinkOpen gets that id.
+   */
+  admitConnection(link: LinkId, fromMember = false, address?: string): RocksError | undefined {
+    const counted = fromMember ? undefined : address;
+    const refusal = this.admissionRefusal(counted);
+    if (refusal === undefined) this.countUnproven(link, counted);
+    return refusal;
+  }
+
+  /** An admitted connection closed, or was settled without becoming a link (a plain TLS connection). */
+  releaseConnection(link: LinkId): void {
+    if (!this.pending.has(link) && !this.owned.has(link)) this.releaseUnproven(link);
+  }
+
+  private countUnproven(link: LinkId, address: string | undefined): void {
+    this.unproven.set(link, address);
+    if (address !== undefined) this.unprovenByAddress.set(address, (this.unprovenByAddress.get(address) ?? 0) + 1);
   }
 
   /** Why a new link from `address` may not open now, or undefined when it may. */

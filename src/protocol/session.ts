@@ -496,10 +496,15 @@ export class Session {
     this.unread = unread;
     if (consumedMore) this.touch(now);
     this.account();
-    // Held to its share of the budget, the window grows in small steps: announce each.
-    const step = this.budgetLimited ? this.host!.guaranteedShare / 4 : this.config.receiveWindow / 4;
-    if (this.windowTarget() - this.windowSent >= step) this.needAck();
+    this.offerWindow();
     return true;
+  }
+
+  /** Announces the window when it can grow by a step: a quarter of receiveWindow, or of the guaranteed share when held to its share. */
+  private offerWindow(): void {
+    const growth = this.windowTarget() - this.windowSent; // first: it decides budgetLimited
+    const step = this.budgetLimited ? this.host!.guaranteedShare / 4 : this.config.receiveWindow / 4;
+    if (growth >= step) this.needAck();
   }
 
   /** Emits `timeout` after `ms` without application data moving; 0 turns it off. */
@@ -837,7 +842,11 @@ export class Session {
 
   private acknowledge(received: number, now: number): void {
     const freed = this.send.trimTo(Math.min(received, this.send.end));
-    if (freed > 0) this.account();
+    if (freed > 0) {
+      this.account();
+      // Held to its share, acknowledged output makes room for input too (an echo's window reopens as its echo is acknowledged).
+      if (this.budgetLimited) this.offerWindow();
+    }
     if (received > this.send.end && this.fin === 'sent') {
       this.fin = stepOutgoingFin(this.fin, 'ack');
       this.emit({ type: 'fin-acked' });

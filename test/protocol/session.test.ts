@@ -1241,6 +1241,33 @@ describe('errors: a new link at the server', () => {
     assert.equal(raw.last(FrameType.WELCOME).window, 16 * 1024);
   });
 
+  test('held to its guaranteed share, an echo keeps moving: acknowledged output reopens its window at once', () => {
+    // Heartbeats a minute apart: a window that reopened only with a heartbeat would crawl.
+    const budget = 32 * 1024;
+    const p = established({ limits: { maxBufferedBytes: budget }, options: { failureTimeout: 300_000 }, server: { receiveWindow: budget } });
+    const echo = p.servers[0];
+    const pin = rawSession(p, 0); // a stranger that takes nothing; its application reads nothing
+    pin.raw.send(encodeDataHeader(0, budget), Buffer.alloc(budget));
+    p.runFor(50);
+    assert.ok(p.core.bufferedBytes >= budget, `${p.core.bufferedBytes} buffered`);
+    const data = pattern(256 * 1024);
+    const start = p.now;
+    p.client.write(data);
+    let echoed = 0;
+    p.runUntil(() => {
+      const got = echo.received.length;
+      if (got > echoed) {
+        echo.write(echo.received.subarray(echoed));
+        echo.read();
+        echoed = got;
+      }
+      return p.client.received.length === data.length;
+    }, 20_000);
+    console.log(`256 KiB echoed through a 16 KiB share in ${p.now - start} ms of simulated time (10 ms latency)`);
+    assert.deepEqual(p.client.received, data);
+    assert.ok(p.core.bufferedBytes >= budget, 'the stranger still pinned the budget');
+  });
+
   test('RESUME naming another run of the server: ERROR(3)', () => {
     const p = serverOnly();
     const raw = rawResume(p, Buffer.alloc(SESSION_ID_SIZE, 1), Buffer.alloc(INSTANCE_SIZE, 0xee));
