@@ -413,6 +413,38 @@ describe('pending links (before the first frame, or before CONFIRM)', () => {
 
 // ---- resume ----------------------------------------------------------------------------
 
+describe('acknowledgements', () => {
+  test("a window far above the sender's maxInflight: new data is acknowledged every 1 MiB, the writer never waits for the ACK delay", () => {
+    // The server offers 32 MiB; the client may hold 4 MiB unacknowledged (the
+    // default). An ACK only every 8 MiB (a quarter of the window) would leave
+    // the writer blocked until each delayed ACK, 20 ms after every 4 MiB.
+    const p = established({ latency: 1, server: { receiveWindow: 32 * 1024 * 1024 } });
+    const total = 64 * 1024 * 1024;
+    const chunk = Buffer.alloc(256 * 1024, 7);
+    let written = 0;
+    let wakes = 0;
+    let blocked = false;
+    const start = p.now;
+    p.runUntil(() => {
+      const now = p.client.events.of('writable').length;
+      if (now > wakes) {
+        wakes = now;
+        blocked = false;
+      }
+      while (!blocked && written < total) {
+        written += chunk.length;
+        blocked = !p.client.write(chunk);
+      }
+      p.server.read();
+      return written === total && p.client.session.bufferedAmount === 0;
+    }, 20_000);
+    const took = p.now - start;
+    console.log(`64 MiB through a 32 MiB window, maxInflight 4 MiB: ${took} ms simulated (latency ${p.latency} ms), ${wakes} waits for 'writable'`);
+    assert.ok(wakes > 0, 'the writer was held by maxInflight');
+    assert.ok(took < (16 * 20) / 2, `${took} ms: the writer waited for a delayed ACK (20 ms) after each 4 MiB`);
+  });
+});
+
 describe('resume', () => {
   test('link cut while idle: the client redials at once and both sides resume with nothing to replay', () => {
     const p = established();
