@@ -2,11 +2,23 @@
 // Extra arguments are file-name filters: `npm test -- frames sim`.
 // Without filters, the lint and format check (Biome) and the commit-subject
 // check run first; the tests run either way, and `npm test` fails if any failed.
+//
+// Each test file runs in its own `node --test` with a watchdog: a file still
+// running after FILE_TIMEOUT has its Node processes write a diagnostic report
+// (native and JavaScript stacks), which is printed, and is then killed and run
+// once more. A file that hangs twice fails. This exists because a file that
+// is pure computation (test/protocol/fuzz) was seen, rarely and only inside a
+// full run, to stop at 0% CPU in a futex wait; without the watchdog that
+// costs CI its whole time limit. A failing file is never run again.
 
-import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { ensureBuilt, ensurePrograms, root } from './ensure.mjs';
+
+/** Seconds one test file may run before it counts as hung (ROCKS_TEST_FILE_TIMEOUT overrides). */
+const FILE_TIMEOUT = Number(process.env.ROCKS_TEST_FILE_TIMEOUT ?? 600);
 
 ensureBuilt();
 ensurePrograms();
@@ -45,10 +57,126 @@ if (files.length === 0) {
   console.error(`no test files match ${filters.join(' ')}`);
   process.exit(2);
 }
-const result = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { cwd: root, stdio: 'inherit' });
+const outcome = await runFiles(files);
 if (failedChecks.length > 0) {
   console.error(`\nFailed checks: ${failedChecks.join(', ')} (see their output above the tests).`);
   console.error('Formatting: `npx biome format --write .`; lint findings: `npx biome lint .` names each rule.');
   process.exit(1);
 }
-process.exit(result.status ?? 1);
+process.exit(outcome);
+
+/** Runs every file, one after another; returns the exit code. */
+async function runFiles(list) {
+  const totals = { tests: 0, pass: 0, fail: 0, skipped: 0, todo: 0, cancelled: 0 };
+  const failed = [];
+  const rerun = [];
+  const started = Date.now();
+  for (const file of list) {
+    const name = relative(root, file);
+    let result = await runFile(file, totals);
+    if (result.hung) {
+      console.log(`# ${name} HUNG: still running after ${FILE_TIMEOUT} s; reports above; running it once more`);
+      rerun.push(name);
+      result = await runFile(file, totals);
+      if (result.hung) console.log(`# ${name} HUNG again after ${FILE_TIMEOUT} s`);
+    }
+    if (result.code !== 0) failed.push(name);
+  }
+  const minutes = ((Date.now() - started) / 60_000).toFixed(1);
+  console.log(`\n# all files: ${list.length} files in ${minutes} min`);
+  for (const [key, value] of Object.entries(totals)) console.log(`# ${key} ${value}`);
+  if (rerun.length > 0) console.log(`# hung once and run again: ${rerun.join(', ')}`);
+  if (failed.length > 0) console.log(`# failed files: ${failed.join(', ')}`);
+  return failed.length === 0 ? 0 : 1;
+}
+
+/**
+ * One `node --test FILE` in its own process group, output passed through and
+ * its summary added to `totals`. On timeout: a diagnostic report from each
+ * Node process of the group, then the group is killed.
+ */
+function runFile(file, totals) {
+  const reports = mkdtempSync(join(tmpdir(), 'rocks-test-report-'));
+  const env = {
+    ...process.env,
+    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --report-on-signal --report-signal=SIGUSR2 --report-directory=${reports}`.trim(),
+  };
+  const child = spawn(process.execPath, ['--test', file], { cwd: root, env, stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+  const counts = {};
+  let pending = '';
+  child.stdout.on('data', (chunk) => {
+    process.stdout.write(chunk);
+    const lines = (pending + chunk.toString('utf8')).split('\n');
+    pending = lines.pop();
+    for (const line of lines) {
+      const m = /^# (tests|pass|fail|skipped|todo|cancelled) (\d+)$/.exec(line);
+      if (m) counts[m[1]] = Number(m[2]);
+    }
+  });
+  let hung = false;
+  const timer = setTimeout(() => {
+    hung = true;
+    describeGroup(child.pid);
+    signalGroup(child.pid, 'SIGUSR2');
+    setTimeout(() => {
+      printReports(reports);
+      signalGroup(child.pid, 'SIGKILL');
+    }, 3000);
+  }, FILE_TIMEOUT * 1000);
+  return new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      for (const [key, value] of Object.entries(counts)) totals[key] += value;
+      rmSync(reports, { recursive: true, force: true });
+      resolve({ code: code ?? (signal ? 1 : 0), hung });
+    });
+  });
+}
+
+/** Where each process of the group waits: its threads' kernel wait channels, and gdb's stacks when gdb is there. */
+function describeGroup(pgid) {
+  const pids = spawnSync('pgrep', ['-g', String(pgid)], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter(Boolean);
+  for (const pid of pids) {
+    const read = (path) => {
+      try {
+        return readFileSync(path, 'utf8').replaceAll('\0', ' ').trim();
+      } catch {
+        return '?';
+      }
+    };
+    console.log(`# process ${pid}: ${read(`/proc/${pid}/cmdline`)}`);
+    let threads = [];
+    try {
+      threads = readdirSync(`/proc/${pid}/task`);
+    } catch {}
+    for (const tid of threads) {
+      const stat = read(`/proc/${pid}/task/${tid}/stat`).split(') ')[1]?.split(' ')[0];
+      console.log(`#   thread ${tid} ${read(`/proc/${pid}/task/${tid}/comm`)} state ${stat} wchan ${read(`/proc/${pid}/task/${tid}/wchan`)}`);
+    }
+    const gdb = spawnSync('gdb', ['-p', pid, '-batch', '-ex', 'thread apply all bt 12'], { encoding: 'utf8', timeout: 30_000 });
+    if (gdb.error === undefined) for (const line of gdb.stdout.split('\n').filter((l) => /^(Thread|#)/.test(l))) console.log(`#   gdb ${line}`);
+  }
+}
+
+function signalGroup(pid, signal) {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+/** The JavaScript stack of each report: where a hung process whose event loop still runs is waiting. */
+function printReports(dir) {
+  for (const name of readdirSync(dir)) {
+    try {
+      const report = JSON.parse(readFileSync(join(dir, name), 'utf8'));
+      console.log(`# report ${name}: ${report.header?.commandLine?.join(' ')}`);
+      for (const line of report.javascriptStack?.stack ?? []) console.log(`#   js ${line}`);
+    } catch (error) {
+      console.log(`# report ${name} unreadable: ${error.message}`);
+    }
+  }
+}
