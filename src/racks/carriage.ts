@@ -50,7 +50,8 @@
 //               (16 bytes, over the frame before it, nonce direction + 2 and
 //               epoch); request 1 asks the peer to send a SYNC back
 
-import { createCipheriv, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { createCipheriv, createPublicKey, diffieHellman, hkdfSync, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { freshKeyPair } from '../protocol/keys.js';
 import { EventEmitter } from 'node:events';
 import type { ReliableSocket } from '../node/socket.js';
 
@@ -144,9 +145,10 @@ export class Carriage extends EventEmitter {
     const o = Buffer.isBuffer(options) ? { secret: options } : options;
     this.secret = o.secret;
     this.stallTimeout = o.stallTimeout ?? DEFAULT_STALL_TIMEOUT;
-    const pair = generateKeyPairSync('x25519');
+    // Not generateKeyPairSync: see keyPairFromSeed.
+    const pair = freshKeyPair();
     this.privateKey = pair.privateKey;
-    this.publicKey = Buffer.from(pair.publicKey.export({ format: 'jwk' }).x as string, 'base64url');
+    this.publicKey = pair.publicKey;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('suspend', () => {
       this.suspendedSinceCheck = true;
