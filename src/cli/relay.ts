@@ -30,6 +30,16 @@ export async function reachable(to: Endpoint): Promise<void> {
   }
 }
 
+/** Listens on `listen`, or fails with exit code 3 (address in use, no permission). */
+export async function listenOrExit(server: Server | ReliableServer, listen: Endpoint): Promise<void> {
+  server.listen(listen.port, listen.host);
+  try {
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
+  } catch (err) {
+    throw new ExitError(`cannot listen on ${show(listen)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.LISTEN);
+  }
+}
+
 /** Runs a relay until `stop` resolves (a signal); resolves once everything is closed. */
 export async function relay(
   kind: RelayKind,
@@ -83,12 +93,7 @@ export async function relay(
       carry(socket, upstream, upstream, `${socket.remoteAddress}:${socket.remotePort}`);
     });
   }
-  server.listen(listen.port, listen.host);
-  try {
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
-  } catch (err) {
-    throw new ExitError(`cannot listen on ${show(listen)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT.LISTEN);
-  }
+  await listenOrExit(server, listen);
   await monitor.start();
   if (kind === 'serve') {
     log.info(

@@ -5,7 +5,18 @@
 
 import cluster from 'node:cluster';
 import { resolveSessionConfig } from '../protocol/config.js';
-import { COMMON_HELP, COMMON_OPTIONS, commonOptions, EXIT, parse, parseEndpoint, runMain, UsageError, type CommonOptions } from './args.js';
+import {
+  COMMON_HELP,
+  COMMON_OPTIONS,
+  commonOptions,
+  EXIT,
+  parse,
+  parseEndpoint,
+  runMain,
+  UsageError,
+  type CommonOptions,
+  type Endpoint,
+} from './args.js';
 import type { PeerEntry } from '../node/directory.js';
 import { relay, type RelayKind } from './relay.js';
 import { CLIENT_TLS_HELP, CLIENT_TLS_OPTIONS, clientTls, SERVER_TLS_HELP, SERVER_TLS_OPTIONS, serverTls } from './tls-args.js';
@@ -20,6 +31,7 @@ Commands:
   serve --listen HOST:PORT --to HOST:PORT     accept rocks connections and relay them to an ordinary server
   forward --listen HOST:PORT --to HOST:PORT   accept plain connections and carry them over rocks to a rock serve
   stdio HOST:PORT                             standard input and output over one reliable connection (ssh ProxyCommand)
+  socks [--listen HOST:PORT]                  a SOCKS5 proxy whose outgoing connections are reliable
   keygen DIR                                  write a self-signed TLS key and certificate, print its pin
   demo                                        watch a transfer survive resets, a black hole and delays
 
@@ -97,6 +109,22 @@ SHA-256 of its public key) on standard output, for rock forward --tls-pin.
   --days N                 valid for N days (default 3650)
   --force                  replace DIR/key.pem and DIR/cert.pem if they exist
   -h, --help               this help`,
+  socks: `Usage: rock socks [--listen HOST:PORT] [--map HOST:PORT=HOST:PORT]... [options]
+
+A SOCKS5 proxy (RFC 1928, CONNECT; IPv4, IPv6 and host names) whose every
+outgoing connection is a rocks connection: a destination that speaks rocks
+(a rock serve) gets a reliable session, any other plain TCP with exactly the
+client's bytes. A host name is resolved again at each reconnection.
+  curl --socks5-hostname 127.0.0.1:1080 ...   or   ALL_PROXY=socks5h://127.0.0.1:1080
+
+  --listen HOST:PORT       where to accept SOCKS clients (default 127.0.0.1:1080)
+  --map HOST:PORT=HOST:PORT
+                           dial the second for the first (repeatable): a
+                           rock serve on 5433 in front of PostgreSQL on 5432
+  --user NAME --password PASS
+                           require RFC 1929 username/password authentication
+
+${COMMON_HELP}`,
   demo: `Usage: rock demo
 
 Runs a rocks client and server on 127.0.0.1 with a fault proxy between them
@@ -211,6 +239,41 @@ async function stdioCommand(args: string[]): Promise<number> {
   return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal(), tls);
 }
 
+async function socksCommand(args: string[]): Promise<number> {
+  const options = {
+    ...COMMON_OPTIONS,
+    listen: { type: 'string' },
+    map: { type: 'string', multiple: true },
+    user: { type: 'string' },
+    password: { type: 'string' },
+  } as const;
+  const { values } = parse(args, options, false);
+  if (values.help) return help('socks');
+  const listen = parseEndpoint((values.listen as string | undefined) ?? '127.0.0.1:1080', '--listen', '127.0.0.1');
+  const { mapKey, socks } = await import('./socks.js');
+  const maps = new Map<string, Endpoint>();
+  for (const item of (values.map as unknown as string[] | undefined) ?? []) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--map: expected HOST:PORT=HOST:PORT, got '${item}'`);
+    const from = parseEndpoint(item.slice(0, eq), '--map (destination)');
+    const key = mapKey(from.host, from.port);
+    if (maps.has(key)) throw new UsageError(`--map names ${item.slice(0, eq)} twice`);
+    maps.set(key, parseEndpoint(item.slice(eq + 1), '--map (where to dial)'));
+  }
+  const user = values.user as string | undefined;
+  const password = values.password as string | undefined;
+  if ((user === undefined) !== (password === undefined)) throw new UsageError('--user and --password go together');
+  for (const [name, v] of [
+    ['--user', user],
+    ['--password', password],
+  ] as const) {
+    if (v !== undefined && (v.length === 0 || Buffer.byteLength(v) > 255)) throw new UsageError(`${name} must be 1 to 255 bytes`);
+  }
+  const credentials = user === undefined ? undefined : { user, password: password! };
+  await socks(listen, common(values), stopSignal(), { maps, credentials });
+  return EXIT.OK;
+}
+
 async function runCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, COMMON_OPTIONS);
   if (values.help) return help('run');
@@ -272,6 +335,8 @@ export async function main(argv: string[]): Promise<number> {
       return relayCommand(command, rest);
     case 'stdio':
       return stdioCommand(rest);
+    case 'socks':
+      return socksCommand(rest);
     case 'run':
       return runCommand(rest);
     case 'keygen':
@@ -279,7 +344,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'demo':
       return demoCommand(rest);
     default:
-      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, keygen, demo)`);
+      throw new UsageError(`unknown command '${command}' (commands: run, serve, forward, stdio, socks, keygen, demo)`);
   }
 }
 
