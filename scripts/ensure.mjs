@@ -38,6 +38,8 @@ export const PROGRAMS = {
   // TLS certificates for tests, and a real TLS server and client (test/interop/tls.test.ts).
   openssl: 'openssl',
   python3: 'python3',
+  // rock run for programs that are not Node (test/cli/run-any.test.ts).
+  proxychains4: 'proxychains4',
   // The network test bed (test/bed): namespaces, veth, routes, tbf, nftables.
   ip: 'iproute2',
   tc: 'iproute2',

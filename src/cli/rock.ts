@@ -27,7 +27,7 @@ Reliable network connections: they survive resets, dead links, sleep and
 address changes, and deliver every byte exactly once.
 
 Commands:
-  run [options] -- COMMAND [ARGS...]          run a Node.js program with every TCP connection reliable
+  run [options] -- COMMAND [ARGS...]          run a program with its TCP connections reliable
   serve --listen HOST:PORT --to HOST:PORT     accept rocks connections and relay them to an ordinary server
   forward --listen HOST:PORT --to HOST:PORT   accept plain connections and carry them over rocks to a rock serve
   stdio HOST:PORT                             standard input and output over one reliable connection (ssh ProxyCommand)
@@ -42,11 +42,20 @@ Exit codes: 0 done, 1 connection failed or target unreachable, 2 bad command lin
 const HELP: Record<string, string> = {
   run: `Usage: rock run [options] -- COMMAND [ARGS...]
 
-Runs an unmodified Node.js program so that every TCP connection it opens or
-accepts through node:net (http, https, and libraries such as ioredis or pg)
-is a reliable socket. Peers that do not speak rocks get ordinary TCP (EDP).
-Child Node processes inherit it. For programs in other languages use
-rock forward, or rock stdio as an ssh ProxyCommand.
+Runs an unmodified program so that its TCP connections are reliable. A
+Node.js program: every connection it opens or accepts through node:net
+(http, https, ioredis, pg, ...); child Node processes inherit it. Any other
+dynamically linked program (psql, redis-cli, curl, ssh, python): every
+connection it opens, through proxychains-ng (package proxychains4) and a
+SOCKS5 proxy inside rock run; its DNS lookups go through that proxy too.
+Peers that do not speak rocks get ordinary TCP (EDP). A statically linked
+program (Go, for one) is refused: use racks or rock forward for it.
+
+  --map HOST:PORT=HOST:PORT
+                           not Node: dial the second for the first (repeatable),
+                           for a rock serve on another port than the service
+  --include-loopback       not Node: connections to 127.0.0.0/8 go through rocks
+                           too (by default they stay direct)
 
 ${COMMON_HELP.replace(/\n {2}--metrics[^\n]*/, '')}`,
   serve: `Usage: rock serve --listen HOST:PORT --to HOST:PORT [--node-id N] [--peers LIST] [--workers N] [options]
@@ -239,6 +248,21 @@ async function stdioCommand(args: string[]): Promise<number> {
   return stdio(parseEndpoint(positionals[0], 'stdio'), common(values), stopSignal(), tls);
 }
 
+/** --map HOST:PORT=HOST:PORT, repeatable: destination (lower-case host:port) to where to dial. */
+async function parseMaps(items: unknown): Promise<Map<string, Endpoint>> {
+  const { mapKey } = await import('./socks.js');
+  const maps = new Map<string, Endpoint>();
+  for (const item of (items as string[] | undefined) ?? []) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--map: expected HOST:PORT=HOST:PORT, got '${item}'`);
+    const from = parseEndpoint(item.slice(0, eq), '--map (destination)');
+    const key = mapKey(from.host, from.port);
+    if (maps.has(key)) throw new UsageError(`--map names ${item.slice(0, eq)} twice`);
+    maps.set(key, parseEndpoint(item.slice(eq + 1), '--map (where to dial)'));
+  }
+  return maps;
+}
+
 async function socksCommand(args: string[]): Promise<number> {
   const options = {
     ...COMMON_OPTIONS,
@@ -250,16 +274,8 @@ async function socksCommand(args: string[]): Promise<number> {
   const { values } = parse(args, options, false);
   if (values.help) return help('socks');
   const listen = parseEndpoint((values.listen as string | undefined) ?? '127.0.0.1:1080', '--listen', '127.0.0.1');
-  const { mapKey, socks } = await import('./socks.js');
-  const maps = new Map<string, Endpoint>();
-  for (const item of (values.map as unknown as string[] | undefined) ?? []) {
-    const eq = item.indexOf('=');
-    if (eq <= 0) throw new UsageError(`--map: expected HOST:PORT=HOST:PORT, got '${item}'`);
-    const from = parseEndpoint(item.slice(0, eq), '--map (destination)');
-    const key = mapKey(from.host, from.port);
-    if (maps.has(key)) throw new UsageError(`--map names ${item.slice(0, eq)} twice`);
-    maps.set(key, parseEndpoint(item.slice(eq + 1), '--map (where to dial)'));
-  }
+  const { socks } = await import('./socks.js');
+  const maps = await parseMaps(values.map);
   const user = values.user as string | undefined;
   const password = values.password as string | undefined;
   if ((user === undefined) !== (password === undefined)) throw new UsageError('--user and --password go together');
@@ -275,15 +291,23 @@ async function socksCommand(args: string[]): Promise<number> {
 }
 
 async function runCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, COMMON_OPTIONS);
+  const { values, positionals } = parse(args, {
+    ...COMMON_OPTIONS,
+    map: { type: 'string', multiple: true },
+    'include-loopback': { type: 'boolean' },
+  });
   if (values.help) return help('run');
+  const maps = await parseMaps(values.map);
   if (values.metrics !== undefined) throw new UsageError('--metrics is not available with rock run');
   if (positionals.length === 0) throw new UsageError('run needs a command: rock run [options] -- COMMAND [ARGS...]');
   const options = common(values);
   if (options.logLevel === 'debug') process.env.ROCKS_LOG = '1';
   const { runProgram } = await import('./run.js');
   try {
-    return await runProgram(positionals, { ...options.session }, (line: string) => process.stderr.write(`rock run: ${line}\n`));
+    return await runProgram(positionals, { ...options.session }, (line: string) => process.stderr.write(`rock run: ${line}\n`), {
+      maps,
+      includeLoopback: values['include-loopback'] === true,
+    });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }

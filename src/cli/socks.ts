@@ -3,10 +3,12 @@
 // server) gets a reliable session; any other gets plain TCP carrying exactly
 // the client's bytes. A host name is resolved again at each reconnection, so
 // a server that moves is found. --map sends a destination elsewhere (the
-// rock serve in front of a service, on another port).
+// rock serve in front of a service, on another port). `rock run` embeds the
+// same proxy for programs that are not Node (run.ts).
 
-import { createServer as netCreateServer, type Socket } from 'node:net';
+import { createServer as netCreateServer, type Server, type Socket } from 'node:net';
 import { connect as rocksConnect, type ReliableSocket } from '../index.js';
+import type { SessionOptions } from '../protocol/config.js';
 import type { CommonOptions, Endpoint } from './args.js';
 import { bridge } from './bridge.js';
 import { Monitor } from './monitor.js';
@@ -22,14 +24,23 @@ export interface SocksOptions {
   credentials?: Credentials;
 }
 
+/** The part of a pino logger the proxy uses. */
+export interface SocksLog {
+  debug(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+}
+
 export const mapKey = (host: string, port: number): string => `${host.toLowerCase()}:${port}`;
 
-/** Runs the proxy until `stop` resolves (a signal); resolves once everything is closed. */
-export async function socks(listen: Endpoint, common: CommonOptions, stop: Promise<string>, options: SocksOptions): Promise<void> {
-  const monitor = new Monitor(common);
-  const log = monitor.log;
+/** A SOCKS5 proxy server (not yet listening); `open` holds every socket it carries, to close at shutdown. */
+export function createSocksServer(
+  session: SessionOptions,
+  options: SocksOptions,
+  log: SocksLog,
+  onConnected?: (upstream: ReliableSocket, destination: string) => void,
+): { server: Server; open: Set<Socket | ReliableSocket> } {
   const open = new Set<Socket | ReliableSocket>();
-
   const accept = (client: Socket): void => {
     const peer = `${client.remoteAddress}:${client.remotePort}`;
     open.add(client);
@@ -57,7 +68,7 @@ export async function socks(listen: Endpoint, common: CommonOptions, stop: Promi
       const { host, port, early } = step.request;
       const target = options.maps.get(mapKey(host, port)) ?? { host, port };
       const destination = show({ host, port });
-      const upstream = rocksConnect({ ...common.session, host: target.host, port: target.port, allowHalfOpen: true });
+      const upstream = rocksConnect({ ...session, host: target.host, port: target.port, allowHalfOpen: true });
       open.add(upstream);
       upstream.once('close', () => open.delete(upstream));
       const failed = (err: NodeJS.ErrnoException): void => {
@@ -74,7 +85,7 @@ export async function socks(listen: Endpoint, common: CommonOptions, stop: Promi
         const local = upstream.localAddress === undefined ? undefined : { address: upstream.localAddress, port: upstream.localPort ?? 0 };
         client.write(reply(REPLY.SUCCEEDED, local));
         if (early.length > 0) upstream.write(early);
-        monitor.track(upstream, destination);
+        onConnected?.(upstream, destination);
         log.debug({ peer, destination, reliable: upstream.reliable }, 'connected');
         upstream.on('error', (err) => log.warn({ peer, destination, err: err.message }, 'connection failed'));
         bridge(client, upstream);
@@ -82,8 +93,14 @@ export async function socks(listen: Endpoint, common: CommonOptions, stop: Promi
     };
     client.on('data', onData);
   };
+  return { server: netCreateServer({ allowHalfOpen: true }, accept), open };
+}
 
-  const server = netCreateServer({ allowHalfOpen: true }, accept);
+/** Runs the proxy until `stop` resolves (a signal); resolves once everything is closed. */
+export async function socks(listen: Endpoint, common: CommonOptions, stop: Promise<string>, options: SocksOptions): Promise<void> {
+  const monitor = new Monitor(common);
+  const log = monitor.log;
+  const { server, open } = createSocksServer(common.session, options, log, (upstream, destination) => monitor.track(upstream, destination));
   await listenOrExit(server, listen);
   await monitor.start();
   const maps = [...options.maps].map(([from, to]) => `${from}=${show(to)}`);

@@ -1,0 +1,256 @@
+// `rock run` for programs that are not Node: real redis-cli and python3
+// under proxychains-ng, through a fault proxy that resets and black-holes
+// the path to a rock serve in front of the real server, against controls
+// through the same faults without rock serve; a statically linked program
+// is refused, and a missing proxychains-ng is named in one line.
+
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { linkage, planCommand, runProgram } from '../../src/cli/run.js';
+import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { sleep } from '../support/helpers.js';
+import { freePort, programs, run, start, waitForPort } from '../support/programs.js';
+import { ROCK, startRock } from '../support/rock.js';
+
+/** The smallest ELF64 executable header: one PT_LOAD program header, no PT_INTERP (statically linked). */
+function staticElf(): Buffer {
+  const b = Buffer.alloc(64 + 56);
+  b.writeUInt32BE(0x7f454c46, 0);
+  b[4] = 2; // 64-bit
+  b[5] = 1; // little-endian
+  b[6] = 1;
+  b.writeUInt16LE(2, 16); // ET_EXEC
+  b.writeUInt16LE(62, 18); // x86-64
+  b.writeUInt32LE(1, 20);
+  b.writeBigUInt64LE(64n, 0x20); // e_phoff
+  b.writeUInt16LE(64, 0x34);
+  b.writeUInt16LE(56, 0x36); // e_phentsize
+  b.writeUInt16LE(1, 0x38); // e_phnum
+  b.writeUInt32LE(1, 64); // PT_LOAD
+  return b;
+}
+
+/** The same with its program header turned into PT_INTERP: dynamically linked. */
+function dynamicElf(): Buffer {
+  const b = staticElf();
+  b.writeUInt32LE(3, 64);
+  return b;
+}
+
+const timing = ['--failure-timeout', '1000', '--heartbeat', '200'];
+
+/**
+ * Once the program's connection is through (a black hole during its EDP
+ * probe would rightly make it plain TCP), resets every 400 ms and one 2 s
+ * black hole, until `done` resolves.
+ */
+async function faultsUntil(proxy: FaultProxy, done: Promise<unknown>): Promise<void> {
+  let over = false;
+  void done.finally(() => {
+    over = true;
+  });
+  while (proxy.connections === 0 && !over) await sleep(20);
+  await sleep(300);
+  for (let i = 0; !over; i++) {
+    await sleep(400);
+    if (over) break;
+    if (i === 3) {
+      proxy.blackhole();
+      await sleep(2000);
+      proxy.heal();
+    } else proxy.reset();
+  }
+}
+
+describe('rock run: programs that are not Node', () => {
+  test('a statically linked program, or a script whose interpreter is one, is refused with a pointer to racks and rock forward', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rocks-static-'));
+    try {
+      const binary = join(dir, 'static-program');
+      writeFileSync(binary, staticElf());
+      chmodSync(binary, 0o755);
+      const script = join(dir, 'script');
+      writeFileSync(script, `#!${binary} --flag\n`);
+      chmodSync(script, 0o755);
+      const dynamic = join(dir, 'dynamic-program');
+      writeFileSync(dynamic, dynamicElf());
+      assert.equal(linkage(binary), 'static');
+      assert.equal(linkage(dynamic), 'dynamic');
+      assert.equal(linkage(process.execPath), 'dynamic');
+      assert.equal(linkage(script), undefined, 'a script is not ELF');
+      const log = () => {};
+      await assert.rejects(
+        runProgram([binary], {}, log),
+        /static-program is statically linked, so rock run cannot reach its connections: protect it with racks/,
+      );
+      await assert.rejects(
+        runProgram([script], {}, log),
+        /script is statically linked \(its interpreter .*static-program is\).*rock forward --listen/,
+      );
+      assert.equal(planCommand(['sh', '-c', 'true']).kind, 'native');
+      assert.equal(planCommand([dynamic]).kind, 'native');
+      // The command line says it in one line, exit code 2.
+      const r = await run(process.execPath, [ROCK, 'run', '--', binary]);
+      assert.equal(r.code, 2);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /statically linked/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('without proxychains-ng: one line that names the package to install', async () => {
+    const path = process.env.PATH;
+    process.env.PATH = '/nonexistent-rocks-test';
+    try {
+      await assert.rejects(
+        runProgram(['/bin/sh', '-c', 'exit 0'], {}, () => {}),
+        /sh is not a Node\.js program, and rock run needs proxychains-ng.*apt-get install proxychains4/,
+      );
+    } finally {
+      process.env.PATH = path;
+    }
+  });
+
+  const redis = programs('redis-server', 'redis-cli', 'proxychains4');
+  test('redis-cli under rock run, through resets and a black hole to rock serve in front of redis-server: exactly N INCRs', {
+    skip: redis.skip,
+    timeout: 120_000,
+  }, async () => {
+    const N = 20_000;
+    const redisPort = await freePort();
+    const server = start(redis.paths['redis-server'], ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+    await waitForPort(redisPort, '127.0.0.1', 10_000, server);
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${redisPort}`, ...timing], /serving rocks/);
+    const withServe = new FaultProxy(servePort);
+    const withoutServe = new FaultProxy(redisPort);
+    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const cli = redis.paths['redis-cli'];
+    const counter = async (key: string): Promise<number> =>
+      Number((await run(cli, ['-p', String(redisPort), 'GET', key])).stdout.toString().trim() || 0);
+    try {
+      const script = (key: string) => `INCR ${key}\n`.repeat(N);
+      // redis-cli names the service's own port; --map sends it through the faults to rock serve.
+      const reliable = run(
+        process.execPath,
+        [ROCK, 'run', '--include-loopback', '--map', `127.0.0.1:${redisPort}=127.0.0.1:${withPort}`, ...timing, '--', cli, '-p', String(redisPort)],
+        { input: script('reliable'), timeout: 100_000 },
+      );
+      await faultsUntil(withServe, reliable);
+      const r = await reliable;
+      assert.equal(r.code, 0, r.stderr);
+      const replies = r.stdout.toString().trim().split('\n');
+      assert.equal(replies.length, N, `${replies.length} replies`);
+      assert.equal(replies[N - 1], String(N));
+      assert.equal(await counter('reliable'), N, 'the counter');
+      assert.ok(withServe.connections >= 4, `the session went through ${withServe.connections} connections`);
+
+      const plain = run(
+        process.execPath,
+        [
+          ROCK,
+          'run',
+          '--include-loopback',
+          '--map',
+          `127.0.0.1:${redisPort}=127.0.0.1:${withoutPort}`,
+          ...timing,
+          '--',
+          cli,
+          '-p',
+          String(redisPort),
+        ],
+        { input: script('plain'), timeout: 100_000 },
+      );
+      await faultsUntil(withoutServe, plain);
+      const p = await plain;
+      const plainCount = await counter('plain');
+      const errors = (p.stdout.toString() + p.stderr).split('\n').filter((l) => /error|closed|refused|reset/i.test(l)).length;
+      assert.ok(plainCount !== N || errors > 0, `without rock serve the faults show: ${plainCount} of ${N}, ${errors} error lines`);
+      console.log(
+        `# redis-cli under rock run: ${N} of ${N} INCRs through ${withServe.connections} connections; ` +
+          `control without rock serve: counter ${plainCount}, ${errors} error lines, exit ${p.code}`,
+      );
+    } finally {
+      await serve.stop();
+      await withServe.close();
+      await withoutServe.close();
+      await server.stop();
+    }
+  });
+
+  const python = programs('python3', 'proxychains4');
+  test('a Python socket client under rock run streams 8 MiB to an echo behind rock serve through faults: SHA-256 equal', {
+    skip: python.skip,
+    timeout: 120_000,
+  }, async () => {
+    const echo: Server = netCreateServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    echo.listen(0, '127.0.0.1');
+    await once(echo, 'listening');
+    const echoPort = (echo.address() as AddressInfo).port;
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echoPort}`, ...timing], /serving rocks/);
+    const withServe = new FaultProxy(servePort);
+    const withoutServe = new FaultProxy(echoPort);
+    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    // echo.test exists only in --map: proxychains sends the name to the proxy (proxy_dns), which maps it.
+    // Sends 8 MiB of a seeded stream in 64 KiB pieces over about 4 s, reads the echo, prints both digests.
+    const client = `
+import hashlib, random, socket, sys, threading, time
+s = socket.create_connection(("echo.test", ${echoPort}))
+rng = random.Random(7)
+sent, got = hashlib.sha256(), hashlib.sha256()
+total = 8 * 1024 * 1024
+def reader():
+    n = 0
+    while n < total:
+        d = s.recv(65536)
+        if not d: break
+        got.update(d); n += len(d)
+    print("received", n)
+t = threading.Thread(target=reader); t.start()
+for i in range(total // 65536):
+    b = rng.randbytes(65536); sent.update(b); s.sendall(b); time.sleep(0.03)
+t.join()
+print(sent.hexdigest(), got.hexdigest())
+`;
+    try {
+      const under = (port: number) =>
+        run(
+          process.execPath,
+          [ROCK, 'run', '--map', `echo.test:${echoPort}=127.0.0.1:${port}`, ...timing, '--', python.paths.python3, '-c', client],
+          {
+            timeout: 100_000,
+          },
+        );
+      const reliable = under(withPort);
+      await faultsUntil(withServe, reliable);
+      const r = await reliable;
+      assert.equal(r.code, 0, r.stderr);
+      const [received, digests] = r.stdout.toString().trim().split('\n');
+      assert.equal(received, `received ${8 * 1024 * 1024}`);
+      const [sent, got] = digests.split(' ');
+      assert.equal(got, sent, 'SHA-256 of the echo');
+
+      const plain = under(withoutPort);
+      await faultsUntil(withoutServe, plain);
+      const p = await plain;
+      const out = p.stdout.toString();
+      assert.ok(p.code !== 0 || !out.includes(`received ${8 * 1024 * 1024}`), `without rock serve the faults break the stream: ${out}`);
+      console.log(`# python under rock run: 8 MiB echoed intact through ${withServe.connections} connections; control: exit ${p.code}`);
+    } finally {
+      await serve.stop();
+      await withServe.close();
+      await withoutServe.close();
+      echo.close();
+    }
+  });
+});
