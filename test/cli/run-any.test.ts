@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as httpCreateServer } from 'node:http';
 import { createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -251,6 +252,39 @@ print(sent.hexdigest(), got.hexdigest())
       await withServe.close();
       await withoutServe.close();
       echo.close();
+    }
+  });
+
+  const ordinary = programs('redis-server', 'redis-cli', 'curl', 'proxychains4');
+  test('against ordinary servers (no rock serve) redis-cli and curl print byte for byte what they print without rock run', {
+    skip: ordinary.skip,
+    timeout: 60_000,
+  }, async () => {
+    const redisPort = await freePort();
+    const server = start(ordinary.paths['redis-server'], ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+    await waitForPort(redisPort, '127.0.0.1', 10_000, server);
+    const body = Buffer.from('x'.repeat(100_000));
+    const http = httpCreateServer((_req, res) => res.end(body));
+    http.listen(0, '127.0.0.1');
+    await once(http, 'listening');
+    const httpPort = (http.address() as AddressInfo).port;
+    try {
+      const commands = 'FLUSHALL\nSET a 1\nINCR a\nGET a\nLPUSH l x y z\nLRANGE l 0 -1\nGET missing\nINCR l\n';
+      const runs: [string, string[], string][] = [
+        [ordinary.paths['redis-cli'], ['-p', String(redisPort)], commands],
+        [ordinary.paths.curl, ['-s', '-i', '-H', 'Date-Free: 1', `http://127.0.0.1:${httpPort}/x`], ''],
+      ];
+      for (const [program, args, input] of runs) {
+        const plain = await run(program, args, { input });
+        const under = await run(process.execPath, [ROCK, 'run', '--include-loopback', '--', program, ...args], { input });
+        const strip = (b: Buffer) => b.toString('latin1').replace(/^Date: .*\r\n/m, '');
+        assert.equal(under.code, plain.code, under.stderr);
+        assert.equal(strip(under.stdout), strip(plain.stdout), `${program}: the same output`);
+        assert.equal(under.stderr, plain.stderr);
+      }
+    } finally {
+      http.close();
+      await server.stop();
     }
   });
 });
