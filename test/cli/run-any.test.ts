@@ -1,4 +1,4 @@
-// `rock run` for programs that are not Node: real redis-cli and python3
+// `rock run` for programs that are not Node: real redis-cli, python3 and ssh
 // under proxychains-ng, through a fault proxy that resets and black-holes
 // the path to a rock serve in front of the real server, against controls
 // through the same faults without rock serve; a statically linked program
@@ -6,16 +6,17 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as httpCreateServer } from 'node:http';
 import { createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
+import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { linkage, planCommand, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { sleep } from '../support/helpers.js';
-import { freePort, programs, run, start, waitForPort } from '../support/programs.js';
+import { freePort, programs, run, start, startSshd, waitForPort } from '../support/programs.js';
 import { ROCK, startRock } from '../support/rock.js';
 
 /** The smallest ELF64 executable header: one PT_LOAD program header, no PT_INTERP (statically linked). */
@@ -285,6 +286,55 @@ print(sent.hexdigest(), got.hexdigest())
     } finally {
       http.close();
       await server.stop();
+    }
+  });
+
+  const sshFound = programs('ssh', 'sshd', 'ssh-keygen', 'proxychains4');
+  const sshSkip = sshFound.skip ?? (process.getuid?.() !== 0 ? 'sshd needs root here (privilege separation)' : undefined);
+  test('ssh under rock run (no ProxyCommand) streams 20 MiB from sshd behind rock serve through faults: SHA-256 equal', {
+    skip: sshSkip,
+    timeout: 120_000,
+  }, async () => {
+    const scratch = mkdtempSync(join(tmpdir(), 'rocks-run-ssh-'));
+    const sshd = await startSshd(join(scratch, 'sshd'));
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${sshd.port}`, ...timing], /serving rocks/);
+    const withServe = new FaultProxy(servePort);
+    const withoutServe = new FaultProxy(sshd.port);
+    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    try {
+      const stream = async (port: number, file: string) => {
+        // 20 MiB over about 4 s, kept in `file` on the server side to compare.
+        const remote = `for i in $(seq 20); do head -c 1048576 /dev/urandom; sleep 0.2; done | tee ${file}`;
+        const args = ['-p', String(sshd.port), '-i', sshd.clientKey, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no'];
+        args.push('-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', `${userInfo().username}@127.0.0.1`, remote);
+        const map = `127.0.0.1:${sshd.port}=127.0.0.1:${port}`;
+        const ssh = run(process.execPath, [ROCK, 'run', '--include-loopback', '--map', map, ...timing, '--', sshFound.paths.ssh, ...args], {
+          timeout: 100_000,
+        });
+        await faultsUntil(port === withPort ? withServe : withoutServe, ssh);
+        return ssh;
+      };
+      const file = join(scratch, 'sent');
+      const r = await stream(withPort, file);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.length, 20 * 1024 * 1024);
+      const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+      assert.equal(sha(r.stdout), sha(readFileSync(file)), 'SHA-256 of what sshd sent');
+      assert.ok(withServe.connections >= 4, `the session went through ${withServe.connections} connections`);
+
+      const control = await stream(withoutPort, join(scratch, 'control'));
+      assert.ok(control.code !== 0 || control.stdout.length < 20 * 1024 * 1024, 'without rock serve the faults end the ssh session');
+      console.log(
+        `# ssh under rock run: 20 MiB intact through ${withServe.connections} connections; ` +
+          `control: exit ${control.code}, ${control.stdout.length} bytes`,
+      );
+    } finally {
+      await serve.stop();
+      await withServe.close();
+      await withoutServe.close();
+      await sshd.stop();
+      rmSync(scratch, { recursive: true, force: true });
     }
   });
 });
