@@ -40,6 +40,9 @@ export const PROGRAMS = {
   python3: 'python3',
   // rock run for programs that are not Node (test/cli/run-any.test.ts).
   proxychains4: 'proxychains4',
+  // psql and a throwaway PostgreSQL server under rock run (Debian 12's version).
+  psql: 'postgresql-client',
+  '/usr/lib/postgresql/15/bin/postgres': 'postgresql',
   // The network test bed (test/bed): namespaces, veth, routes, tbf, nftables.
   ip: 'iproute2',
   tc: 'iproute2',

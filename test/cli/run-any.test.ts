@@ -1,4 +1,4 @@
-// `rock run` for programs that are not Node: real redis-cli, python3 and ssh
+// `rock run` for programs that are not Node: real redis-cli, python3, ssh and psql
 // under proxychains-ng, through a fault proxy that resets and black-holes
 // the path to a rock serve in front of the real server, against controls
 // through the same faults without rock serve; a statically linked program
@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as httpCreateServer } from 'node:http';
 import { createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
@@ -334,6 +335,90 @@ print(sent.hexdigest(), got.hexdigest())
       await withServe.close();
       await withoutServe.close();
       await sshd.stop();
+      rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  const pgBin = (() => {
+    try {
+      const version = readdirSync('/usr/lib/postgresql').sort().at(-1);
+      return version === undefined ? undefined : `/usr/lib/postgresql/${version}/bin`;
+    } catch {
+      return undefined;
+    }
+  })();
+  const psqlFound = programs('psql', 'proxychains4');
+  const pgSkip =
+    psqlFound.skip ??
+    (pgBin === undefined ? 'the PostgreSQL server is not installed (npm test installs it as root)' : undefined) ??
+    (process.getuid?.() !== 0 ? 'the throwaway PostgreSQL server runs as the postgres user, which needs root' : undefined);
+  test('psql under rock run runs 5,000 numbered INSERTs through faults to rock serve in front of PostgreSQL: exactly 5,000 rows', {
+    skip: pgSkip,
+    timeout: 150_000,
+  }, async () => {
+    const N = 5000;
+    const { uid, gid } = (() => {
+      const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres']).toString().trim());
+      return { uid: id('-u'), gid: id('-g') };
+    })();
+    const scratch = mkdtempSync(join(tmpdir(), 'rocks-run-pg-'));
+    chmodSync(scratch, 0o777);
+    const data = join(scratch, 'data');
+    execFileSync(`${pgBin}/initdb`, ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8'], { uid, gid, stdio: 'ignore' });
+    const pgPort = await freePort();
+    const server = start(
+      `${pgBin}/postgres`,
+      ['-D', data, '-p', String(pgPort), '-k', scratch, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off'],
+      {
+        uid,
+        gid,
+      },
+    );
+    await waitForPort(pgPort, '127.0.0.1', 20_000, server);
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${pgPort}`, ...timing], /serving rocks/);
+    const withServe = new FaultProxy(servePort);
+    const withoutServe = new FaultProxy(pgPort);
+    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const psql = (args: string[], input = '') =>
+      run(psqlFound.paths.psql, ['-h', '127.0.0.1', '-p', String(pgPort), '-U', 'postgres', '-X', '-q', '-A', '-t', ...args], {
+        input,
+        timeout: 120_000,
+      });
+    const count = async (table: string) => (await psql(['-c', `SELECT count(*) || ' ' || count(DISTINCT n) FROM ${table}`])).stdout.toString().trim();
+    try {
+      await psql(['-c', 'CREATE TABLE reliable (n int); CREATE TABLE plain (n int);']);
+      const script = (table: string) => Array.from({ length: N }, (_, i) => `INSERT INTO ${table} VALUES (${i + 1});`).join('\n');
+      const under = (port: number, table: string) => {
+        const map = `127.0.0.1:${pgPort}=127.0.0.1:${port}`;
+        const args = ['-h', '127.0.0.1', '-p', String(pgPort), '-U', 'postgres', '-X', '-q'];
+        return run(process.execPath, [ROCK, 'run', '--include-loopback', '--map', map, ...timing, '--', psqlFound.paths.psql, ...args], {
+          input: script(table),
+          timeout: 120_000,
+        });
+      };
+      const reliable = under(withPort, 'reliable');
+      await faultsUntil(withServe, reliable);
+      const r = await reliable;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, '', 'no psql errors');
+      assert.equal(await count('reliable'), `${N} ${N}`, 'rows, and distinct numbers');
+      assert.ok(withServe.connections >= 4, `the session went through ${withServe.connections} connections`);
+
+      const plain = under(withoutPort, 'plain');
+      await faultsUntil(withoutServe, plain);
+      const p = await plain;
+      const got = await count('plain');
+      assert.ok(got !== `${N} ${N}` || p.stderr !== '', `without rock serve the faults show: ${got}, stderr ${p.stderr.slice(0, 200)}`);
+      console.log(
+        `# psql under rock run: ${N} of ${N} rows through ${withServe.connections} connections; ` +
+          `control without rock serve: rows/distinct ${got}, ${p.stderr.split('\n').filter(Boolean).length} error lines`,
+      );
+    } finally {
+      await serve.stop();
+      await withServe.close();
+      await withoutServe.close();
+      await server.stop();
       rmSync(scratch, { recursive: true, force: true });
     }
   });
