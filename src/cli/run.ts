@@ -183,6 +183,14 @@ async function runNative(
       `${basename(file)} is not a Node.js program, and rock run needs proxychains-ng for it: install it (Debian and Ubuntu: apt-get install proxychains4; macOS: brew install proxychains-ng)`,
     );
   }
+  // The program shares our standard output and error. Node makes a pipe
+  // non-blocking when it first opens it as process.stdout or stderr (and
+  // stream.pipe() looks at process.stdout), which would make the program's
+  // own writes fail with EAGAIN (curl: "Failure writing output"). Open them
+  // now and keep them blocking.
+  for (const stream of [process.stdout, process.stderr]) {
+    (stream as unknown as { _handle?: { setBlocking?(on: boolean): number } })._handle?.setBlocking?.(true);
+  }
   const verbose = process.env.ROCKS_LOG === '1';
   const say = (fields: object, message: string): void => log(`${message} ${JSON.stringify(fields)}`);
   const proxyLog: SocksLog = { debug: verbose ? say : () => {}, info: verbose ? say : () => {}, warn: say };

@@ -1,4 +1,4 @@
-// `rock run` for programs that are not Node: real redis-cli, python3, ssh and psql
+// `rock run` for programs that are not Node: real redis-cli, python3, ssh, psql and curl
 // under proxychains-ng, through a fault proxy that resets and black-holes
 // the path to a rock serve in front of the real server, against controls
 // through the same faults without rock serve; a statically linked program
@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as httpCreateServer } from 'node:http';
@@ -46,6 +46,20 @@ function dynamicElf(): Buffer {
 }
 
 const timing = ['--failure-timeout', '1000', '--heartbeat', '200'];
+
+/**
+ * Runs `program ARGS` plainly and under `rock run --include-loopback`
+ * against an ordinary server: the same exit code, stdout (after `strip`)
+ * and stderr.
+ */
+async function sameWithAndWithout(program: string, args: string[], input = '', strip = (b: Buffer) => b.toString('latin1')): Promise<string> {
+  const plain = await run(program, args, { input, timeout: 30_000 });
+  const under = await run(process.execPath, [ROCK, 'run', '--include-loopback', '--', program, ...args], { input, timeout: 30_000 });
+  assert.equal(under.code, plain.code, under.stderr);
+  assert.equal(strip(under.stdout), strip(plain.stdout), `${program}: the same output`);
+  assert.equal(under.stderr, plain.stderr, `${program}: the same errors`);
+  return strip(plain.stdout);
+}
 
 /**
  * Once the program's connection is through (a black hole during its EDP
@@ -258,7 +272,7 @@ print(sent.hexdigest(), got.hexdigest())
   });
 
   const ordinary = programs('redis-server', 'redis-cli', 'curl', 'proxychains4');
-  test('against ordinary servers (no rock serve) redis-cli and curl print byte for byte what they print without rock run', {
+  test('against ordinary servers (no rock serve) redis-cli, curl and python print byte for byte what they print without rock run', {
     skip: ordinary.skip,
     timeout: 60_000,
   }, async () => {
@@ -272,17 +286,13 @@ print(sent.hexdigest(), got.hexdigest())
     const httpPort = (http.address() as AddressInfo).port;
     try {
       const commands = 'FLUSHALL\nSET a 1\nINCR a\nGET a\nLPUSH l x y z\nLRANGE l 0 -1\nGET missing\nINCR l\n';
-      const runs: [string, string[], string][] = [
-        [ordinary.paths['redis-cli'], ['-p', String(redisPort)], commands],
-        [ordinary.paths.curl, ['-s', '-i', '-H', 'Date-Free: 1', `http://127.0.0.1:${httpPort}/x`], ''],
-      ];
-      for (const [program, args, input] of runs) {
-        const plain = await run(program, args, { input });
-        const under = await run(process.execPath, [ROCK, 'run', '--include-loopback', '--', program, ...args], { input });
-        const strip = (b: Buffer) => b.toString('latin1').replace(/^Date: .*\r\n/m, '');
-        assert.equal(under.code, plain.code, under.stderr);
-        assert.equal(strip(under.stdout), strip(plain.stdout), `${program}: the same output`);
-        assert.equal(under.stderr, plain.stderr);
+      await sameWithAndWithout(ordinary.paths['redis-cli'], ['-p', String(redisPort)], commands);
+      const noDate = (b: Buffer) => b.toString('latin1').replace(/^Date: .*\r\n/m, '');
+      await sameWithAndWithout(ordinary.paths.curl, ['-s', '-i', `http://127.0.0.1:${httpPort}/x`], '', noDate);
+      const py = programs('python3');
+      if (py.skip === undefined) {
+        const script = `import http.client\nc = http.client.HTTPConnection("127.0.0.1", ${httpPort})\nc.request("GET", "/py")\nr = c.getresponse()\nprint(r.status, len(r.read()))`;
+        assert.equal(await sameWithAndWithout(py.paths.python3, ['-c', script]), '200 100000\n');
       }
     } finally {
       http.close();
@@ -316,6 +326,11 @@ print(sent.hexdigest(), got.hexdigest())
         await faultsUntil(port === withPort ? withServe : withoutServe, ssh);
         return ssh;
       };
+      // Against the ordinary sshd, no faults: the same as without rock run.
+      const sshArgs = ['-p', String(sshd.port), '-i', sshd.clientKey, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no'];
+      sshArgs.push('-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', `${userInfo().username}@127.0.0.1`, 'echo hello; id -un; exit 3');
+      await sameWithAndWithout(sshFound.paths.ssh, sshArgs);
+
       const file = join(scratch, 'sent');
       const r = await stream(withPort, file);
       assert.equal(r.code, 0, r.stderr);
@@ -388,6 +403,9 @@ print(sent.hexdigest(), got.hexdigest())
     const count = async (table: string) => (await psql(['-c', `SELECT count(*) || ' ' || count(DISTINCT n) FROM ${table}`])).stdout.toString().trim();
     try {
       await psql(['-c', 'CREATE TABLE reliable (n int); CREATE TABLE plain (n int);']);
+      // Against the ordinary server: the same rows and the same error as without rock run.
+      const query = ['-h', '127.0.0.1', '-p', String(pgPort), '-U', 'postgres', '-X', '-c', 'SELECT generate_series(1, 3) AS n', '-c', 'SELECT 1/0'];
+      await sameWithAndWithout(psqlFound.paths.psql, query);
       const script = (table: string) => Array.from({ length: N }, (_, i) => `INSERT INTO ${table} VALUES (${i + 1});`).join('\n');
       const under = (port: number, table: string) => {
         const map = `127.0.0.1:${pgPort}=127.0.0.1:${port}`;
@@ -420,6 +438,58 @@ print(sent.hexdigest(), got.hexdigest())
       await withoutServe.close();
       await server.stop();
       rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  const curlFound = programs('curl', 'proxychains4');
+  test('curl under rock run downloads 32 MiB from behind rock serve through faults: SHA-256 equal', {
+    skip: curlFound.skip,
+    timeout: 120_000,
+  }, async () => {
+    const SIZE = 32 * 1024 * 1024;
+    const body = randomBytes(SIZE);
+    // 1 MiB per 100 ms, so the faults land mid-transfer.
+    const http = httpCreateServer(async (_req, res) => {
+      res.writeHead(200, { 'content-length': SIZE });
+      for (let at = 0; at < SIZE && !res.destroyed; at += 1024 * 1024) {
+        if (!res.write(body.subarray(at, at + 1024 * 1024))) await once(res, 'drain');
+        await sleep(100);
+      }
+      res.end();
+    });
+    http.listen(0, '127.0.0.1');
+    await once(http, 'listening');
+    const httpPort = (http.address() as AddressInfo).port;
+    const servePort = await freePort();
+    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpPort}`, ...timing], /serving rocks/);
+    const withServe = new FaultProxy(servePort);
+    const withoutServe = new FaultProxy(httpPort);
+    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    try {
+      // files.test exists only in --map: curl's lookup goes to the proxy (proxy_dns).
+      const download = async (port: number, faults: FaultProxy) => {
+        const map = `files.test:80=127.0.0.1:${port}`;
+        const curl = run(process.execPath, [ROCK, 'run', '--map', map, ...timing, '--', curlFound.paths.curl, '-sS', 'http://files.test/'], {
+          timeout: 100_000,
+        });
+        await faultsUntil(faults, curl);
+        return curl;
+      };
+      const r = await download(withPort, withServe);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.length, SIZE);
+      assert.equal(createHash('sha256').update(r.stdout).digest('hex'), createHash('sha256').update(body).digest('hex'), 'SHA-256 of the download');
+      const control = await download(withoutPort, withoutServe);
+      assert.ok(control.code !== 0 || control.stdout.length < SIZE, 'without rock serve the faults break the download');
+      console.log(
+        `# curl under rock run: 32 MiB intact through ${withServe.connections} connections; ` +
+          `control: curl exit ${control.code}, ${control.stdout.length} bytes`,
+      );
+    } finally {
+      await serve.stop();
+      await withServe.close();
+      await withoutServe.close();
+      http.close();
     }
   });
 });
