@@ -18,6 +18,7 @@ import { linkage, planCommand, runProgram } from '../../src/cli/run.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { sleep } from '../support/helpers.js';
 import { freePort, programs, run, start, startSshd, waitForPort } from '../support/programs.js';
+import { slowHttpServer } from '../support/net.js';
 import { ROCK, startRock } from '../support/rock.js';
 
 /** The smallest ELF64 executable header: one PT_LOAD program header, no PT_INTERP (statically linked). */
@@ -448,18 +449,7 @@ print(sent.hexdigest(), got.hexdigest())
   }, async () => {
     const SIZE = 32 * 1024 * 1024;
     const body = randomBytes(SIZE);
-    // 1 MiB per 100 ms, so the faults land mid-transfer.
-    const http = httpCreateServer(async (_req, res) => {
-      res.writeHead(200, { 'content-length': SIZE });
-      for (let at = 0; at < SIZE && !res.destroyed; at += 1024 * 1024) {
-        if (!res.write(body.subarray(at, at + 1024 * 1024))) await once(res, 'drain');
-        await sleep(100);
-      }
-      res.end();
-    });
-    http.listen(0, '127.0.0.1');
-    await once(http, 'listening');
-    const httpPort = (http.address() as AddressInfo).port;
+    const { server: http, port: httpPort } = await slowHttpServer(body);
     const servePort = await freePort();
     const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpPort}`, ...timing], /serving rocks/);
     const withServe = new FaultProxy(servePort);

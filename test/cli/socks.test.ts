@@ -9,12 +9,12 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer as httpCreateServer } from 'node:http';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { type Program, sleep } from '../support/helpers.js';
 import { freePort, programs, run } from '../support/programs.js';
+import { slowHttpServer } from '../support/net.js';
 import { ROCK, startRock } from '../support/rock.js';
 
 /** A plain TCP echo server on `host`. */
@@ -266,18 +266,7 @@ describe('rock socks: curl through faults', () => {
     const SIZE = 32 * 1024 * 1024;
     const body = randomBytes(SIZE);
     const digest = createHash('sha256').update(body).digest('hex');
-    // A slow reader's server: 1 MiB per 100 ms, so the faults land mid-transfer.
-    const http = httpCreateServer(async (_req, res) => {
-      res.writeHead(200, { 'content-length': SIZE });
-      for (let at = 0; at < SIZE && !res.destroyed; at += 1024 * 1024) {
-        if (!res.write(body.subarray(at, at + 1024 * 1024))) await once(res, 'drain');
-        await sleep(100);
-      }
-      res.end();
-    });
-    http.listen(0, '127.0.0.1');
-    await once(http, 'listening');
-    const httpPort = (http.address() as AddressInfo).port;
+    const { server: http, port: httpPort } = await slowHttpServer(body);
     const timing = ['--failure-timeout', '1000', '--heartbeat', '200'];
     const servePort = await freePort();
     const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpPort}`, ...timing], /serving rocks/);

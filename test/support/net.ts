@@ -1,11 +1,12 @@
 // Small helpers for tests over real sockets.
 
 import { once } from 'node:events';
+import { createServer as httpCreateServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { createServer, type ReliableServer, type ReliableServerOptions, type ReliableSocket } from '../../src/index.js';
 import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
-import { until } from './helpers.js';
+import { sleep, until } from './helpers.js';
 
 /** A rocks server listening on an ephemeral port of `host`. */
 export async function listen(
@@ -65,4 +66,22 @@ export async function endAll(client: ReliableSocket, server: ReliableServer, pro
   await until(() => server.sessionCount === 0, 5000, 'the server to release the session');
   await proxy?.close();
   await closeServer(server);
+}
+
+/**
+ * An http server on 127.0.0.1 that answers every request with `body`, 1 MiB
+ * per 100 ms (so that faults land mid-transfer).
+ */
+export async function slowHttpServer(body: Buffer): Promise<{ server: HttpServer; port: number }> {
+  const server = httpCreateServer(async (_req, res) => {
+    res.writeHead(200, { 'content-length': body.length });
+    for (let at = 0; at < body.length && !res.destroyed; at += 1024 * 1024) {
+      if (!res.write(body.subarray(at, at + 1024 * 1024))) await once(res, 'drain');
+      await sleep(100);
+    }
+    res.end();
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as AddressInfo).port };
 }
