@@ -4,12 +4,12 @@
 // check run first; the tests run either way, and `npm test` fails if any failed.
 //
 // Each test file runs in its own `node --test` with a watchdog: a file still
-// running after FILE_TIMEOUT has its Node processes write a diagnostic report
-// (native and JavaScript stacks), which is printed, and is then killed and run
-// once more. A file that hangs twice fails. This exists because a file that
-// is pure computation (test/protocol/fuzz) was seen, rarely and only inside a
-// full run, to stop at 0% CPU in a futex wait; without the watchdog that
-// costs CI its whole time limit. A failing file is never run again.
+// running after FILE_TIMEOUT has the stacks of its processes printed (thread
+// wait channels, gdb when present, and Node's diagnostic report for those
+// whose event loop still runs), is killed and runs once more. A file that
+// hangs twice fails; a failing file is never run again. Without it, one hang
+// (as Node's generateKeyPairSync deadlock was, see src/protocol/keys.ts)
+// costs CI its whole time limit.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';

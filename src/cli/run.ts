@@ -206,8 +206,14 @@ async function runNative(
   } finally {
     server.close();
     // What the program sent just before it exited may still be on its way: let its connections finish.
-    const deadline = Date.now() + CLOSE_GRACE;
-    while (open.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...open].map((s) => (s.destroyed ? undefined : once(s, 'close')))),
+      new Promise((resolve) => {
+        grace = setTimeout(resolve, CLOSE_GRACE);
+      }),
+    ]);
+    clearTimeout(grace);
     for (const s of open) s.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
