@@ -47,6 +47,8 @@ export async function stdio(to: Endpoint, common: CommonOptions, stop: Promise<s
   });
   const code = await Promise.race([done, stop.then(() => EXIT.OK)]);
   socket.destroy();
+  // process.exit() drops what standard output still queues (a pipe whose reader is slower): let it drain first.
+  await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
   await monitor.close();
   return code;
 }

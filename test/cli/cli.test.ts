@@ -5,6 +5,7 @@
 // carries standard input and output; SIGTERM shuts down cleanly.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
@@ -230,6 +231,20 @@ describe('rock: forward and serve', () => {
       assert.equal(r.code, 0, r.stderr);
       assert.ok(r.stdout.equals(input), `stdio echoed ${r.stdout.length} bytes`);
       assert.match(r.stderr, /connection .*mode=reliable/);
+
+      // A reader that takes its time (10 ms after each read): rock stdio must not exit before standard
+      // output has drained. Without the drain it lost the tail in about one run of three here.
+      const slow = spawn(process.execPath, [ROCK, 'stdio', `127.0.0.1:${servePort}`], { stdio: ['pipe', 'pipe', 'ignore'] });
+      slow.stdin.end(input);
+      const chunks: Buffer[] = [];
+      slow.stdout.on('data', (d: Buffer) => {
+        chunks.push(d);
+        slow.stdout.pause();
+        setTimeout(() => slow.stdout.resume(), 10);
+      });
+      const [code] = await once(slow, 'close');
+      assert.equal(code, 0);
+      assert.ok(Buffer.concat(chunks).equals(input), `stdio echoed ${Buffer.concat(chunks).length} bytes to a slow reader`);
       assert.match(serve.output, /mode=plain/);
       assert.match(serve.output, /mode=reliable/);
     } finally {
