@@ -8,7 +8,7 @@ import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
-import { whenLinkReady } from './tls-link.js';
+import { linkChannel, whenLinkReady } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
@@ -312,7 +312,8 @@ export class SessionDriver implements Timed, LinkOwner {
         socket.setNoDelay(this.noDelay);
         if (!this.referenced) socket.unref();
         whenLinkReady(socket, () => {
-          this.session.handleLinkOpen(ev.link);
+          // Only a HELLO uses the channel's key: a resume keeps the session's.
+          this.session.handleLinkOpen(ev.link, this.session.sessionId === undefined ? linkChannel(socket) : undefined);
           this.drive();
         });
         return;

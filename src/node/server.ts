@@ -25,7 +25,7 @@ import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
-import { offeredAlpn, ROCKS_ALPN } from './tls-link.js';
+import { linkChannel, offeredAlpn, ROCKS_ALPN } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
@@ -354,7 +354,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     socket.allowHalfOpen = true;
     this.links.set(id, new LinkHandle(id, socket, this));
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
-    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress);
+    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress, linkChannel(socket));
     if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());
     this.drainCore();
   }

@@ -359,7 +359,21 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.driver.setNoDelay(this.noDelay);
     this.driver.setRef(this.referenced);
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
+    // Over TLS the mode is certain and the link keys the session: what the
+    // application already wrote goes out right behind the HELLO (§15.2).
+    if (this.earlyData) this.writeQueued();
     this.driver.drive();
+  }
+
+  /** Writes may go to the session before it is established: the TLS link keys it, so data follows the HELLO. */
+  private get earlyData(): boolean {
+    return this.driver !== undefined && this.options.tls !== undefined;
+  }
+
+  private writeQueued(): void {
+    const queued = this.queued;
+    this.queued = [];
+    for (const { chunks, callback } of queued) this.writeChunks(chunks, callback);
   }
 
   private startPlain(verdict: Verdict): void {
@@ -413,9 +427,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (this.verdict !== undefined) this.emit('detect', this.verdict);
     this.emit('connect');
     this.emit('ready');
-    const queued = this.queued;
-    this.queued = [];
-    for (const { chunks, callback } of queued) this.writeChunks(chunks, callback);
+    this.writeQueued();
     const final = this.queuedFinal;
     this.queuedFinal = undefined;
     if (final) this._final(final);
@@ -608,7 +620,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private writeChunks(chunks: Buffer[], callback: Callback): void {
-    if (!this.established) {
+    if (!this.established && !this.earlyData) {
       if (!this._connecting) {
         callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
         return;

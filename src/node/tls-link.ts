@@ -13,6 +13,8 @@
 
 import type { Socket } from 'node:net';
 import { TLSSocket, type ConnectionOptions } from 'node:tls';
+import { CHANNEL_MATERIAL_SIZE, channelKeys } from '../protocol/keys.js';
+import type { ChannelKeys } from '../protocol/session.js';
 
 export const ROCKS_ALPN = 'rocks/1';
 
@@ -34,6 +36,21 @@ export function alpnNames(list: ConnectionOptions['ALPNProtocols']): string[] {
 export function clientAlpn(app: ConnectionOptions['ALPNProtocols']): string[] {
   return [ROCKS_ALPN, ...alpnNames(app).filter((p) => p !== ROCKS_ALPN)];
 }
+
+/** The TLS exporter label of a session's key (PROTOCOL.md §15.2). */
+export const ROCKS_EXPORTER_LABEL = 'EXPORTER-rocks-session-key';
+
+/**
+ * The key and id a HELLO on this link gives its session: keying material
+ * exported from the link's TLS 1.3 handshake (RFC 8446 §7.5), which only the
+ * two ends of this TLS connection can compute. Undefined for a link that is
+ * not TLS.
+ */
+export function linkChannel(socket: Socket): ChannelKeys | undefined {
+  if (!(socket instanceof TLSSocket)) return undefined;
+  return channelKeys(socket.exportKeyingMaterial(CHANNEL_MATERIAL_SIZE, ROCKS_EXPORTER_LABEL, NO_CONTEXT));
+}
+const NO_CONTEXT = Buffer.alloc(0);
 
 /** True when this link negotiated rocks. */
 export function isRocksLink(socket: TLSSocket): boolean {

@@ -6,7 +6,8 @@
 
 import { createHmac, createPrivateKey, createPublicKey, diffieHellman, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { RocksError } from './errors.js';
-import { KEY_SIZE, MAC_SIZE } from './frames.js';
+import { KEY_SIZE, MAC_SIZE, SESSION_ID_SIZE } from './frames.js';
+import { CHANNEL_FORMAT } from './routing.js';
 
 /** DER prefix of a PKCS#8 X25519 private key; the 32 key bytes follow it. */
 const PKCS8_X25519_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
@@ -120,6 +121,21 @@ export function confirmMac(key: Buffer, t: ConfirmTranscript): Buffer {
     .update(t.clientPublic)
     .update(t.serverPublic)
     .digest();
+}
+
+/** Bytes of keying material a channel (the TLS exporter) gives a session: its key, then its id. */
+export const CHANNEL_MATERIAL_SIZE = KEY_SIZE + SESSION_ID_SIZE;
+
+/**
+ * The key and session id of a session started over a keying channel, from
+ * the material both ends exported from it (§15.2). The id's first byte says
+ * it came from a channel; the other 15 are the channel's, unguessable.
+ */
+export function channelKeys(material: Buffer): { key: Buffer; sessionId: Buffer } {
+  if (material.length !== CHANNEL_MATERIAL_SIZE) throw new RangeError(`channel material of ${material.length} bytes`);
+  const sessionId = Buffer.from(material.subarray(KEY_SIZE));
+  sessionId[0] = CHANNEL_FORMAT;
+  return { key: Buffer.from(material.subarray(0, KEY_SIZE)), sessionId };
 }
 
 export function macMatches(expected: Buffer, received: Buffer): boolean {

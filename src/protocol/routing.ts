@@ -16,6 +16,8 @@ import { FrameType, HEADER_SIZE, SESSION_ID_SIZE } from './frames.js';
 import type { RandomSource } from './random.js';
 
 export const ROUTABLE_FORMAT = 1;
+/** The first byte of a session id a keying channel gave (§15.2): not routable. */
+export const CHANNEL_FORMAT = 2;
 export const MAX_NODE_ID = 0xffff_ffff;
 export const MAX_WORKER_ID = 0xff;
 const RANDOM_SIZE = SESSION_ID_SIZE - 6;

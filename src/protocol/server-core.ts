@@ -15,10 +15,10 @@ import { RocksError, codeFromWire } from './errors.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, type ResumeFrame } from './frames.js';
 import type { RandomSource } from './random.js';
-import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type LinkId, type SessionHost } from './session.js';
+import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type ChannelKeys, type LinkId, type SessionHost } from './session.js';
 import { invariant, isInvariantBreach } from './invariant.js';
 import { parseProxyHeader, type ProxyAddress } from './proxy-header.js';
-import { makeSessionId, routeLink, type SessionOwner } from './routing.js';
+import { CHANNEL_FORMAT, makeSessionId, routeLink, type SessionOwner } from './routing.js';
 
 export type ServerEvent =
   /** A new session owns `link`: give it a driver (and, once it opens, to the application). */
@@ -74,6 +74,8 @@ interface PendingLink {
   deadline: number;
   /** The deadline queue the link waits in (see DeadlineQueue). */
   queue: DeadlineQueue;
+  /** The link's channel (TLS) keys a session it starts, and names it (§15.2). */
+  channel: ChannelKeys | undefined;
 }
 
 /**
@@ -206,9 +208,10 @@ export class ServerCore implements SessionHost {
   /**
    * A new link; `fromMember`: its peer is a node of the deployment (a relay
    * may come from it); `address`: the peer's address, which the per-address
-   * cap counts (links of members are not counted per address).
+   * cap counts (links of members are not counted per address);
+   * `channel`: the link's channel (TLS) keys a session it starts, and names it (§15.2).
    */
-  handleLinkOpen(link: LinkId, now: number, fromMember = false, address?: string): void {
+  handleLinkOpen(link: LinkId, now: number, fromMember = false, address?: string, channel?: ChannelKeys): void {
     // A connection admitted before it was a link (admitConnection) is counted already.
     const admitted = this.unproven.has(link);
     const counted = admitted ? this.unproven.get(link) : fromMember ? undefined : address;
@@ -228,6 +231,7 @@ export class ServerCore implements SessionHost {
       parser: new FrameParser(),
       deadline: 0,
       queue: this.detectQueue,
+      channel,
     };
     this.pending.set(link, p);
     this.schedule(link, p, this.detectQueue, now + this.limits.detectTimeout);
@@ -327,7 +331,7 @@ export class ServerCore implements SessionHost {
       const frame = p.parser.next();
       if (frame === undefined) return;
       this.unpend(link);
-      if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now);
+      if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now, p.channel);
       else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
       else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
     } catch (err) {
@@ -628,9 +632,14 @@ export class ServerCore implements SessionHost {
 
   // ---- first frames -----------------------------------------------------------
 
-  private onHello(link: LinkId, parser: FrameParser, hello: HelloFrame, now: number): void {
+  private onHello(link: LinkId, parser: FrameParser, hello: HelloFrame, now: number, channel: ChannelKeys | undefined): void {
     if (hello.minVersion > PROTOCOL_VERSION || hello.maxVersion < MIN_PROTOCOL_VERSION) {
       this.reject(link, versionError(hello.minVersion, hello.maxVersion));
+      return;
+    }
+    if (channel === undefined && hello.publicKey.every((b) => b === 0)) {
+      // A HELLO for a keying channel (TLS) on a link that has none.
+      this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', 'HELLO without a public key on a link with no keying channel'));
       return;
     }
     if (this.sessions.size >= this.limits.maxSessions) {
@@ -639,12 +648,18 @@ export class ServerCore implements SessionHost {
     }
     // No refusal for the budget: a new session holds nothing, and may only grow to its share (allowance).
     // Register first: the bytes that came with the HELLO may end the session at once.
-    const sessionId = makeSessionId(this.owner, this.random);
-    const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId);
+    const sessionId = channel?.sessionId ?? makeSessionId(this.owner, this.random);
+    if (this.sessions.has(sessionId.toString('hex'))) {
+      // Only a channel names sessions, with 120 random bits: a replayed channel, not chance.
+      this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', 'a session by this id exists'));
+      return;
+    }
+    const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId, channel?.key);
     this.sessions.set(session.sessionId!.toString('hex'), session);
     this.owned.set(link, session);
-    // Its link counts against the pending-link caps until the client confirms.
-    this.unconfirmed.set(session, link);
+    // Its link counts against the pending-link caps until the client confirms (a channel confirmed it already).
+    if (session.state === 'accepting') this.unconfirmed.set(session, link);
+    else this.releaseUnproven(link);
     this.events.push({ type: 'session', session, link });
     session.processBuffered(link, now);
     this.drive(session);
@@ -676,8 +691,10 @@ export class ServerCore implements SessionHost {
    * would starting over deliver them twice.
    */
   private whyUnknown(id: string, instance: Buffer): RocksError {
-    if (!instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');
     const ending = this.endings.get(id);
+    // A session a TLS channel named, resumed with no instance: its client missed the WELCOME (§15.2).
+    const preWelcome = id.startsWith(CHANNEL_FORMAT.toString(16).padStart(2, '0')) && instance.every((b) => b === 0);
+    if (!preWelcome && !instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');
     if (ending !== undefined) return new RocksError(codeFromWire(ending));
     // This run of the server never confirmed it (or forgot it long ago).
     return new RocksError('ERR_ROCKS_UNCONFIRMED_SESSION');

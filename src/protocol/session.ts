@@ -35,6 +35,7 @@ import {
   FrameType,
   NONCE_SIZE,
   INSTANCE_SIZE,
+  KEY_SIZE,
   type ChallengeFrame,
   type Frame,
   type HelloFrame,
@@ -42,7 +43,7 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { confirmMac, deriveSessionKey, macMatches, resumeMac, type KeyPair } from './keys.js';
+import { confirmMac, deriveSessionKey, macMatches, resumeMac, type ConfirmTranscript, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
@@ -68,6 +69,24 @@ const ACK_DELAY = 20;
  * 183 MB/s against 866 with the default 4 MiB).
  */
 const ACK_EVERY_MAX = 1024 * 1024;
+/**
+ * What a keying channel (TLS) gives a session started on it (§15.2): its key
+ * and its id, which both ends derive from the channel, so the client knows
+ * the id before WELCOME and can resume a session whose WELCOME it missed.
+ */
+export interface ChannelKeys {
+  key: Buffer;
+  sessionId: Buffer;
+}
+
+/**
+ * Over a keying channel the client may send this much data right behind
+ * its HELLO, before WELCOME tells it the server's window; a server always
+ * takes at least this much first (§15.2).
+ */
+export const EARLY_DATA_BYTES = 16 * 1024;
+/** HELLO and WELCOME carry no public key over a keying channel. */
+const NO_PUBLIC_KEY = Buffer.alloc(KEY_SIZE);
 /** Resume attempts a server keeps per session before dropping the oldest. */
 const MAX_PENDING_RESUMES = 4;
 
@@ -154,6 +173,8 @@ interface Link {
   announcement?: Buffer;
   /** Something arrived on this link: a server is at the other end and working on it. */
   heard?: boolean;
+  /** Client: a HELLO over a keying channel, so data may follow it before WELCOME. */
+  keyed?: boolean;
 }
 
 /** A session's server instance before WELCOME names it (never written to). */
@@ -211,6 +232,20 @@ export class Session {
   private everConnected = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
   private serverConfirmed = false;
+  /**
+   * Client: the link whose keyed HELLO awaits WELCOME. The server may hold
+   * the session from the moment that HELLO arrives, so there is no second
+   * HELLO while it is out: if the link is lost, the session is resumed by
+   * the id the channel gave it (§15.2).
+   */
+  private helloLink: Link | undefined;
+  /**
+   * Client: data went out before WELCOME. The server may have delivered it,
+   * so this session is never started over: it fails instead (§15.2).
+   */
+  private sentEarly = false;
+  /** Client: the session id the keying channel of the HELLO gave (§15.2). */
+  private channelId: Buffer | undefined;
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
 
@@ -237,6 +272,10 @@ export class Session {
   /**
    * A server session for a client's HELLO on `link`. `parser` holds whatever
    * arrived after the HELLO. The caller has checked versions and limits.
+   * `channelKey`: the link's channel (TLS) keys the session, and `sessionId`
+   * came from it too (§15.2). The channel proved the client reachable and
+   * holding the key, so the session is confirmed and opens at once, and data
+   * may follow the HELLO.
    */
   static accept(
     config: SessionConfig,
@@ -248,24 +287,29 @@ export class Session {
     hello: HelloFrame,
     instance: Buffer,
     sessionId: Buffer,
+    channelKey?: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
     s._sessionId = sessionId;
-    const keys = drawKeyPair(random);
-    s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
-    s.expectedConfirm = confirmMac(s.key, {
-      version: PROTOCOL_VERSION,
-      sessionId: sessionId,
-      clientPublic: hello.publicKey,
-      serverPublic: keys.publicKey,
-    });
+    let serverPublic: Buffer = NO_PUBLIC_KEY;
+    if (channelKey === undefined) {
+      const keys = drawKeyPair(random);
+      serverPublic = keys.publicKey;
+      s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
+      s.expectedConfirm = confirmMac(s.key, { version: PROTOCOL_VERSION, sessionId, clientPublic: hello.publicKey, serverPublic });
+    } else {
+      s.key = channelKey;
+    }
     s.peerWindow = hello.window;
-    // A server short of budget offers a new session no more than its share.
-    s.windowSent = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
+    // A server short of budget offers a new session no more than its share,
+    // but always takes what a client may send before WELCOME.
+    const offered = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
+    s.windowSent = channelKey === undefined ? offered : Math.max(offered, EARLY_DATA_BYTES);
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, keys.publicKey, s.windowSent, instance));
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, serverPublic, s.windowSent, instance));
     s.serverInstance = instance;
     s.current = l;
+    if (channelKey !== undefined) s.confirm(l, now);
     return s;
   }
 
@@ -315,6 +359,11 @@ export class Session {
     return this.received - (this.finReceived ? 1 : 0);
   }
 
+  /** Client: data went out right behind a keyed HELLO, before WELCOME (§15.2). */
+  get sentEarlyData(): boolean {
+    return this.sentEarly;
+  }
+
   /** Data bytes accepted from the application. */
   get bytesWritten(): number {
     return this.send.end;
@@ -338,8 +387,12 @@ export class Session {
 
   // ---- input --------------------------------------------------------------
 
-  /** Client: the transport for a `dial` event connected. */
-  handleLinkOpen(link: LinkId): void {
+  /**
+   * Client: the transport for a `dial` event connected. `channel`: its
+   * channel (TLS) keys a session started on it (§15.2): the HELLO needs no
+   * key agreement, and data may follow it at once.
+   */
+  handleLinkOpen(link: LinkId, channel?: ChannelKeys): void {
     const l = this.links.get(link);
     if (l === undefined || l.phase !== 'dialing') return;
     this.everConnected = true;
@@ -348,7 +401,19 @@ export class Session {
     // is enhanced, and the HELLO negotiates the version anyway.
     l.out.push(CLIENT_ANNOUNCEMENT);
     l.announcement = Buffer.alloc(0);
-    if (this._sessionId === undefined) {
+    if (this._sessionId === undefined && channel !== undefined) {
+      this.key = channel.key;
+      this.channelId = channel.sessionId;
+      this.helloLink = l;
+      l.keyed = true;
+      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, NO_PUBLIC_KEY, this.config.receiveWindow));
+      l.phase = 'hello';
+      // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
+      this.windowSent = this.config.receiveWindow;
+      this.peerWindow = EARLY_DATA_BYTES;
+      for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'a keyed HELLO went out on another attempt');
+      this.refreshLinkTimers();
+    } else if (this._sessionId === undefined) {
       const keys = drawKeyPair(this.random);
       l.keys = keys;
       l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, keys.publicKey, this.config.receiveWindow));
@@ -413,6 +478,7 @@ export class Session {
       this.linkFailed(now, reason);
       return;
     }
+    if (this.lostHello(l, reason)) return;
     this.removeLink(l);
     if (this.role === 'client' && this._state === 'connecting' && l.phase === 'dialing' && l.id === 1) {
       // The very first dial failed outright: report it as net.connect would.
@@ -433,7 +499,7 @@ export class Session {
           this.release(now, undefined);
           return;
         }
-        this.dropLink(l, 'handshake timed out');
+        if (!this.lostHello(l, 'handshake timed out')) this.dropLink(l, 'handshake timed out');
       }
     }
 
@@ -547,6 +613,7 @@ export class Session {
       out = l.out;
       l.out = [];
     }
+    if (l === this.helloLink) return this.pollEarlyData(out);
     if (l !== this.current || this._state !== 'open') return out;
 
     const limit = Math.min(this.send.end, this.peerWindow);
@@ -576,6 +643,21 @@ export class Session {
       this.close = stepClose(this.role, this.close, 'transmit-close');
     }
     if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
+    return out;
+  }
+
+  /** Client: data right behind a keyed HELLO, up to the window the server always gives (§15.2). */
+  private pollEarlyData(out: Buffer[] | undefined): Buffer[] | undefined {
+    const limit = Math.min(this.send.end, this.peerWindow);
+    if (this.send.next >= limit) return out;
+    out ??= [];
+    while (this.send.next < limit) {
+      const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
+      out.push(encodeDataHeader(this.send.next, size));
+      this.send.read(size, out);
+    }
+    if (this.send.next > this.maxSent) this.maxSent = this.send.next;
+    this.sentEarly = true;
     return out;
   }
 
@@ -652,21 +734,35 @@ export class Session {
     if (f.version < MIN_PROTOCOL_VERSION || f.version > PROTOCOL_VERSION) {
       throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
     }
-    const keys = l.keys!;
+    if (l.keyed && !f.sessionId.equals(this.channelId!)) {
+      throw new RocksError('ERR_ROCKS_PROTOCOL', 'WELCOME names another session than the keying channel gave');
+    }
     // Copies: views would keep the whole received chunk alive for the session's life.
     this._sessionId = Buffer.from(f.sessionId);
     this.serverInstance = Buffer.from(f.instance);
-    this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
-    // CONFIRM goes first, ahead of the ACK and any data (§3.4).
-    const transcript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
-    l.out.push(encodeConfirm(confirmMac(this.key, transcript)));
-    this.peerWindow = f.window;
+    if (!l.keyed) {
+      // Without a keying channel the key comes from the key agreement, and
+      // CONFIRM, ahead of the ACK and any data, proves we hold it (§3.4).
+      const keys = l.keys!;
+      this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+      const transcript: ConfirmTranscript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
+      l.out.push(encodeConfirm(confirmMac(this.key, transcript)));
+    }
+    this.peerWindow = f.window; // after early data, at least EARLY_DATA_BYTES (§15.2)
     this.windowSent = this.config.receiveWindow;
     // After a restart (the server dropped our unconfirmed session) everything
     // the old session sent goes out again; the new session's count starts at 0.
+    // Early data went out on this very link ahead of the WELCOME: the server
+    // reads it before anything we send now, so it does not go out again.
     const resent = this.maxSent;
+    const early = l === this.helloLink ? this.send.next : 0;
+    this.helloLink = undefined;
     this.maxSent = 0;
     this.activate(l, now, 0, 0, resent);
+    if (early > 0) {
+      this.send.rewind(early);
+      this.maxSent = early;
+    }
   }
 
   private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
@@ -717,8 +813,24 @@ export class Session {
           return;
         }
         break;
+      case 'ERR_ROCKS_UNKNOWN_SESSION':
       case 'ERR_ROCKS_UNCONFIRMED_SESSION':
-        if (l.phase === 'resume' && !this.serverConfirmed) {
+        if (l.phase === 'resume' && this._state === 'connecting') {
+          // We resumed a keyed HELLO whose answer we missed, and the server
+          // never held that session: start one, unless data already went out
+          // with the HELLO (a server that died since may have delivered it).
+          if (!this.sentEarly) {
+            this.restartSession(l, now);
+            return;
+          }
+          this.fail(
+            now,
+            new RocksError('ERR_ROCKS_CONNECT_FAILED', 'the connection was lost in its first round trip and the server holds no session for it'),
+            undefined,
+          );
+          return;
+        }
+        if (code === 'ERR_ROCKS_UNCONFIRMED_SESSION' && l.phase === 'resume' && !this.serverConfirmed && !this.sentEarly) {
           // The server dropped the session before it ever held data of ours:
           // start a fresh one and send everything again.
           this.restartSession(l, now);
@@ -960,6 +1072,20 @@ export class Session {
     this.host?.suspended(this, now);
   }
 
+  /**
+   * Client: the link of a keyed HELLO is gone before WELCOME. The server may
+   * hold the session since that HELLO arrived, so the next link resumes it
+   * by the id the channel gave (§15.2), instead of starting a second one.
+   * Returns true when `l` was that link.
+   */
+  private lostHello(l: Link, reason: string): boolean {
+    if (l !== this.helloLink) return false;
+    this.dropLink(l, reason);
+    this._sessionId = this.channelId;
+    this.refreshLinkTimers();
+    return true;
+  }
+
   private restartSession(l: Link, now: number): void {
     this.dropLink(l, 'server dropped the unconfirmed session');
     this._sessionId = undefined;
@@ -1034,6 +1160,7 @@ export class Session {
   private removeLink(l: Link): void {
     this.links.delete(l.id);
     if (l === this.current) this.current = undefined;
+    if (l === this.helloLink) this.helloLink = undefined;
     this.refreshLinkTimers();
   }
 
@@ -1051,7 +1178,7 @@ export class Session {
     }
     this.timers.set(Timer.Handshake, handshake);
     let dialAt = Infinity;
-    if (this.role === 'client' && this.current === undefined && this._state !== 'done') {
+    if (this.role === 'client' && this.current === undefined && this._state !== 'done' && this.helloLink === undefined) {
       // Without a current link, every link is a pending attempt.
       dialAt = this.dials.nextDialTime(this.links.size, silent);
     }

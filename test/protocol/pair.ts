@@ -14,13 +14,15 @@
 // frames built with src/protocol/frames.ts, for the paths a correct peer never
 // takes.
 
+import { createHash } from 'node:crypto';
 import { encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { resolveServerLimits, resolveSessionConfig, type ServerLimitOptions, type SessionOptions } from '../../src/protocol/config.js';
 import { codeFromWire } from '../../src/protocol/errors.js';
 import { FrameParser, FrameType, type Frame } from '../../src/protocol/frames.js';
 import type { RandomSource } from '../../src/protocol/random.js';
 import { ServerCore, type ServerEvent } from '../../src/protocol/server-core.js';
-import { Session, type LinkId, type SessionEvent } from '../../src/protocol/session.js';
+import { CHANNEL_MATERIAL_SIZE, channelKeys } from '../../src/protocol/keys.js';
+import { Session, type ChannelKeys, type LinkId, type SessionEvent } from '../../src/protocol/session.js';
 import { Clock } from '../sim/network.js';
 import { SimRandom } from '../sim/random.js';
 
@@ -437,6 +439,8 @@ export interface PairOptions {
   connect?: boolean;
   /** How the client's first dials end (see DialPlan); 'connect' for the rest. */
   dials?: DialPlan[];
+  /** Every link is a keying channel, as TLS (PROTOCOL.md §15.2): both ends get its key and id. */
+  keyed?: boolean;
 }
 
 /** Raw links get ids from here, apart from the client's own. */
@@ -461,9 +465,11 @@ export class Pair {
   /** Which server session owns each server-side link. */
   private nextRawLink = RAW_LINK_IDS;
   private stepsAtNow = 0;
+  private readonly keyed: boolean;
 
   constructor(opts: PairOptions = {}) {
     this.latency = opts.latency ?? 10;
+    this.keyed = opts.keyed ?? false;
     const seed = opts.seed ?? 14;
     const serverConfig = resolveSessionConfig({ ...opts.options, ...opts.server });
     this.core = new ServerCore(serverConfig, resolveServerLimits(opts.limits), new SimRandom(seed + 1));
@@ -617,7 +623,8 @@ export class Pair {
       },
     };
     const connected = () => {
-      client.session.handleLinkOpen(id);
+      // As src/node/driver.ts: only a HELLO takes the channel's key and id.
+      client.session.handleLinkOpen(id, client.session.sessionId === undefined ? this.channelOf(id) : undefined);
       this.drive(client);
     };
     const after = (run: () => void) => this.clock.at(this.now + this.latency, run);
@@ -660,8 +667,14 @@ export class Pair {
         this.drainCore();
       },
     };
-    this.core.handleLinkOpen(id, this.now);
+    this.core.handleLinkOpen(id, this.now, false, undefined, this.channelOf(id));
     this.drainCore();
+  }
+
+  /** What a keying channel gives both ends of link `id`: the same every run. */
+  channelOf(id: LinkId): ChannelKeys | undefined {
+    if (!this.keyed) return undefined;
+    return channelKeys(createHash('sha512').update(`channel ${id}`).digest().subarray(0, CHANNEL_MATERIAL_SIZE));
   }
 
   // ---- driving -------------------------------------------------------------------

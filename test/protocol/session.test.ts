@@ -413,6 +413,141 @@ describe('pending links (before the first frame, or before CONFIRM)', () => {
 
 // ---- resume ----------------------------------------------------------------------------
 
+describe('over a keying channel (TLS, PROTOCOL.md §15.2)', () => {
+  const keyed = (opts: PairOptions = {}) => new Pair({ ...opts, keyed: true });
+
+  test('data written before the connection goes right behind the HELLO; the server opens at the HELLO; no CONFIRM', () => {
+    const p = keyed();
+    const data = pattern(100);
+    p.client.write(data);
+    p.runFor(20); // the HELLO and the data arrive at 20
+    assert.deepEqual(p.server.events.take(), ['link-active #1', 'open']);
+    assert.equal(p.server.events.at('open'), 20);
+    assert.ok(p.server.received.equals(data));
+    p.handshake();
+    assert.equal(p.client.events.at('connect'), 30);
+    assert.deepEqual(p.link(1).sentBy('client').slice(0, 3), ['EDP', 'HELLO', 'DATA 0+100']);
+    assert.ok(!p.link(1).sentBy('client').includes('CONFIRM'));
+    assert.deepEqual(p.link(1).sentBy('server').slice(0, 2), ['EDP', 'WELCOME']);
+    const id = p.client.session.sessionId!;
+    assert.ok(id.equals(p.server.session.sessionId!));
+    assert.ok(id.equals(p.channelOf(1)!.sessionId), 'the id the channel gave');
+    assert.equal(id[0], 2, 'not a routable id');
+    const hello = p
+      .link(1)
+      .framesSentBy('client')
+      .find((f) => f.type === FrameType.HELLO) as HelloFrame;
+    assert.ok(hello.publicKey.equals(Buffer.alloc(KEY_SIZE)), 'no public key');
+    p.runFor(100);
+    assert.ok(p.server.received.equals(data), 'once');
+  });
+
+  test('at most 16 KiB go before WELCOME, even to a server with a smaller window; the rest after it', () => {
+    const p = keyed({ server: { receiveWindow: 1024 } });
+    const data = pattern(40_000);
+    p.client.write(data);
+    p.runFor(25); // WELCOME has not arrived yet
+    assert.deepEqual(
+      p
+        .link(1)
+        .sentBy('client')
+        .filter((f) => f.startsWith('DATA')),
+      ['DATA 0+16384'],
+    );
+    p.runUntil(() => {
+      p.server.read();
+      return p.server.received.length === data.length;
+    });
+    assert.ok(p.server.received.equals(data));
+    assert.deepEqual(p.server.events.of('error'), []);
+  });
+
+  test('the HELLO link is cut after the HELLO arrived: the client resumes the session by its channel id, the data arrives once', () => {
+    const p = keyed();
+    const data = pattern(3000);
+    p.client.write(data);
+    p.runFor(25); // HELLO and data arrived at 20; WELCOME is on its way
+    p.link(1).cut();
+    p.runUntil(() => p.client.session.state === 'open');
+    p.runFor(100);
+    assert.deepEqual(p.client.events.names(), ['dial #1', 'close-link #1', 'reconnect-attempt 2', 'dial #2', 'link-active #2', 'connect']);
+    assert.deepEqual(p.link(2).sentBy('client').slice(0, 3), ['EDP', 'RESUME', 'PROOF']);
+    const resume = p
+      .link(2)
+      .framesSentBy('client')
+      .find((f) => f.type === FrameType.RESUME) as ResumeFrame;
+    assert.ok(resume.instance.equals(Buffer.alloc(INSTANCE_SIZE)), 'no instance: WELCOME never arrived');
+    assert.equal(p.servers.length, 1, 'one session');
+    assert.ok(p.server.received.equals(data), 'delivered once');
+    p.server.write('back');
+    p.runFor(50);
+    assert.equal(p.client.received.toString(), 'back');
+  });
+
+  test('the HELLO never arrived and nothing went behind it: the resume hears UNCONFIRMED_SESSION and the client starts over', () => {
+    const p = keyed();
+    p.runFor(15); // connected at 10; the HELLO is in flight
+    p.link(1).cut();
+    p.runUntil(() => p.client.session.state === 'open');
+    assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'ERROR(11)']);
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 2), ['EDP', 'HELLO']);
+    assert.equal(p.servers.length, 1);
+    assert.ok(p.client.session.sessionId!.equals(p.channelOf(3)!.sessionId), "the new link's channel names the new session");
+  });
+
+  test('the HELLO never arrived but data went behind it: the connection fails with ERR_ROCKS_CONNECT_FAILED, nothing was delivered', () => {
+    const p = keyed();
+    p.client.write(pattern(500));
+    p.runFor(15);
+    p.link(1).cut();
+    p.runUntil(() => p.client.session.state === 'done');
+    assert.deepEqual(p.client.events.names().slice(-3), ['error ERR_ROCKS_CONNECT_FAILED', 'close-link #2', 'released']);
+    assert.equal(p.servers.length, 0);
+    assert.ok(p.client.session.sentEarlyData);
+  });
+
+  test('no second attempt while a HELLO is unanswered: a silent first link ends by its handshake timeout, then a resume', () => {
+    // Without the rule, a silent attempt would not hold up a fresh one past reconnectDelayMax (dial-schedule.ts).
+    const p = keyed({ client: { handshakeTimeout: 3000, reconnectDelay: 50, reconnectDelayMax: 100 }, dials: ['silent'] });
+    p.client.write(pattern(10));
+    p.runUntil(() => p.client.session.state === 'done' || p.client.session.state === 'open');
+    assert.deepEqual(
+      p.client.events.of('dial').map((d) => d.at),
+      [0, 3000],
+      'one dial until the timeout, then the next at once',
+    );
+    assert.deepEqual(
+      p.client.events.of('error').map((e) => (e.error as { code?: string }).code),
+      ['ERR_ROCKS_CONNECT_FAILED'],
+      'the server never held it',
+    );
+  });
+
+  test('a WELCOME naming another session than the channel gave fails the session (ERR_ROCKS_PROTOCOL)', () => {
+    const fake = fakeServer();
+    const p = keyed({ dials: [fake] });
+    p.runUntil(() => fake.frames.some((f) => f.type === FrameType.HELLO));
+    fake.send(
+      SERVER_ANNOUNCEMENT,
+      encodeWelcome(1, Buffer.alloc(SESSION_ID_SIZE, 0x5e), Buffer.alloc(KEY_SIZE), 1 << 20, Buffer.alloc(INSTANCE_SIZE, 1)),
+    );
+    p.runUntil(() => p.client.session.state === 'done');
+    assert.deepEqual(
+      p.client.events.of('error').map((e) => (e.error as { code?: string }).code),
+      ['ERR_ROCKS_PROTOCOL'],
+    );
+  });
+
+  test('a HELLO with no public key on a link without a keying channel is refused with ERROR(1), no session', () => {
+    const p = new Pair({ connect: false });
+    const raw = p.rawClient();
+    raw.send(CLIENT_ANNOUNCEMENT, encodeHello(1, 1, Buffer.alloc(KEY_SIZE), 1 << 20));
+    p.runFor(50);
+    assert.deepEqual(raw.received, ['EDP', 'ERROR(1)']);
+    assert.equal(p.core.sessionCount, 0);
+  });
+});
+
 describe('acknowledgements', () => {
   test("a window far above the sender's maxInflight: new data is acknowledged every 1 MiB, the writer never waits for the ACK delay", () => {
     // The server offers 32 MiB; the client may hold 4 MiB unacknowledged (the

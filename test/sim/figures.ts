@@ -16,6 +16,12 @@ export interface RunFigures {
   directoryOutages: number;
   /** Clients whose session ended with its node. */
   lost: number;
+  /** Runs whose links were keyed channels (as TLS). */
+  keyed: number;
+  /** Clients that sent data behind their HELLO. */
+  earlyData: number;
+  /** Clients that failed in their first round trip (early data, HELLO lost). */
+  lostFirstTrip: number;
 }
 
 /** The figures summed over many runs, and how many of them had several nodes. */
@@ -24,19 +30,44 @@ export interface ClusterFigures extends Omit<RunFigures, 'nodes'> {
 }
 
 export function noFigures(): ClusterFigures {
-  return { multiNode: 0, relayed: 0, refused: 0, unreachable: 0, deaths: 0, restarts: 0, directoryOutages: 0, lost: 0 };
+  return {
+    multiNode: 0,
+    relayed: 0,
+    refused: 0,
+    unreachable: 0,
+    deaths: 0,
+    restarts: 0,
+    directoryOutages: 0,
+    lost: 0,
+    keyed: 0,
+    earlyData: 0,
+    lostFirstTrip: 0,
+  };
 }
 
 /** Adds one run's figures (or another total's) to `totals`. */
 export function addFigures(totals: ClusterFigures, r: RunFigures | ClusterFigures): void {
   totals.multiNode += 'nodes' in r ? (r.nodes > 1 ? 1 : 0) : r.multiNode;
-  for (const k of ['relayed', 'refused', 'unreachable', 'deaths', 'restarts', 'directoryOutages', 'lost'] as const) totals[k] += r[k];
+  for (const k of [
+    'relayed',
+    'refused',
+    'unreachable',
+    'deaths',
+    'restarts',
+    'directoryOutages',
+    'lost',
+    'keyed',
+    'earlyData',
+    'lostFirstTrip',
+  ] as const)
+    totals[k] += r[k];
 }
 
 export function describeFigures(t: ClusterFigures): string {
   return (
     `${t.multiNode} multi-node runs: ${t.relayed} links relayed, ${t.refused} relays refused (owner gone or unknown), ` +
     `${t.unreachable} dropped (owner unreachable), ${t.deaths} node deaths, ${t.restarts} restarts, ` +
-    `${t.directoryOutages} directory outages, ${t.lost} sessions lost with their node`
+    `${t.directoryOutages} directory outages, ${t.lost} sessions lost with their node; ` +
+    `${t.keyed} keyed-channel runs: ${t.earlyData} clients sent data behind their HELLO, ${t.lostFirstTrip} failed in their first round trip`
   );
 }

@@ -13,6 +13,8 @@ export class EventGrammar {
   private phase: 'new' | 'up' | 'suspended' | 'released' = 'new';
   private readonly seen = new Set<SessionEvent['type']>();
   readonly violations: string[] = [];
+  /** 'connect' or 'open' was seen. */
+  established = false;
 
   constructor(
     private readonly name: string,
@@ -34,6 +36,7 @@ export class EventGrammar {
         if ((ev.type === 'connect') !== (this.role === 'client')) return bad(`on a ${this.role}`);
         if (this.phase !== 'new') return bad('a second time');
         this.phase = 'up';
+        this.established = true;
         return;
       case 'suspend':
         if (this.phase !== 'up') return bad(`while ${this.phase}`);

@@ -3,6 +3,7 @@
 // faults reset it (each end may or may not hear of it) or black-hole it
 // (everything dropped, nobody told). Nothing here knows the rocks protocol.
 
+import type { ChannelKeys } from '../../src/protocol/session.js';
 import { MinHeap } from '../../src/util/min-heap.js';
 import { SIM_OPTIONS } from './options.js';
 import type { SimRandom } from './random.js';
@@ -64,6 +65,8 @@ export class SimLink {
   readonly shape: LinkShape;
   /** Black-holed: bytes and closes vanish. */
   stalled = false;
+  /** What a TLS link's exporter would give both ends (keyed-channel runs), else undefined. */
+  channel: ChannelKeys | undefined;
   private readonly ends: [LinkEnd | undefined, LinkEnd | undefined] = [undefined, undefined];
   private readonly dirs = [new Direction(), new Direction()];
   /** An end that was told the link closed hears nothing more. */

@@ -73,6 +73,14 @@ export const SIM_OPTIONS = {
     /** Chance that a read takes everything unread (else a random part of it). */
     readAll: 0.7,
   },
+  tls: {
+    /**
+     * Share of single-server seeds whose links are keyed channels, as rocks
+     * over TLS: a HELLO needs no key agreement and data follows it at once
+     * (PROTOCOL.md §15.2). Drawn from a generator of its own.
+     */
+    keyedChannel: 0.35,
+  },
   cluster: {
     /**
      * Share of seeds that run several server nodes behind a balancer, with

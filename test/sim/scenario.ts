@@ -20,7 +20,7 @@ import { SIM_OPTIONS, type Range } from './options.js';
 import { buildCluster, nodeAddress } from './cluster.js';
 import type { RunFigures } from './figures.js';
 import { SimRandom } from './random.js';
-import { ClientEndpoint, ServerEndpoint, SimNode, World } from './world.js';
+import { ClientEndpoint, ServerEndpoint, SimNode, World, type ServerPlan } from './world.js';
 
 export interface SimResult extends RunFigures {
   seed: number;
@@ -35,7 +35,27 @@ export interface SimResult extends RunFigures {
   trace: string[];
 }
 
-const EMPTY_FIGURES: RunFigures = { nodes: 0, relayed: 0, refused: 0, unreachable: 0, deaths: 0, restarts: 0, directoryOutages: 0, lost: 0 };
+const EMPTY_FIGURES: RunFigures = {
+  nodes: 0,
+  relayed: 0,
+  refused: 0,
+  unreachable: 0,
+  deaths: 0,
+  restarts: 0,
+  directoryOutages: 0,
+  lost: 0,
+  keyed: 0,
+  earlyData: 0,
+  lostFirstTrip: 0,
+};
+
+/**
+ * The error a client over keyed channels may end with when the link of its
+ * HELLO, with data behind it, was lost before the HELLO reached the server:
+ * the session is not started again, since a server that held it may have
+ * delivered that data (§15.2). Only when no server ever held the session.
+ */
+const LOST_IN_FIRST_TRIP = 'ERR_ROCKS_CONNECT_FAILED';
 
 /** The error a session may end with when the node holding it died. */
 const LOST_WITH_ITS_NODE = 'ERR_ROCKS_UNKNOWN_SESSION';
@@ -122,13 +142,17 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     };
   });
 
-  const planFor = (session: Session) => {
-    const i = world.clients.findIndex((c) => c.session.sessionId?.equals(session.sessionId!));
+  // A keyed channel opens a session before its client has heard WELCOME:
+  // then the client is the one at the other end of the session's link.
+  const planFor = (session: Session, link: SimLink | undefined): ServerPlan | undefined => {
+    let i = world.clients.findIndex((c) => c.session.sessionId?.equals(session.sessionId!));
+    if (i < 0 && link !== undefined) i = world.clients.findIndex((c) => [...c.links.values()].includes(link));
     if (i < 0) return undefined;
     const p = plans[i];
     return {
       random: random.fork(),
       plan: { outgoing: p.down, incoming: p.up, maxWrite: p.maxWrite, writePause: p.writePause, readPause: p.serverReadPause },
+      client: world.clients[i].name,
     };
   };
   // The cluster draws from a generator of its own, so that single-server
@@ -139,6 +163,9 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   if (clusterRandom.chance(SIM_OPTIONS.cluster.multiNode)) {
     quietAt = buildCluster(world, clusterRandom, random, drawn, faultEnd, (node) => new ServerEndpoint(world, random.fork(), planFor, { node }));
   } else {
+    const tlsRandom = new SimRandom(createHash('sha256').update(`tls ${seed}`).digest().readUInt32BE(0) >>> 1);
+    if (tlsRandom.chance(SIM_OPTIONS.tls.keyedChannel)) world.options.channelKeys = tlsRandom.fork();
+    drawn.keyedChannels = world.options.channelKeys !== undefined;
     const server = new ServerEndpoint(world, random.fork(), planFor);
     const node = new SimNode(0, server.core.nodeId, nodeAddress(0));
     node.endpoint = server;
@@ -273,8 +300,26 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     const id = c.session.sessionId?.toString('hex');
     return id !== undefined && world.doomed.has(id);
   };
+  /** A client whose session no server ever opened: none of its data can have been delivered. */
+  const neverHeld = (c: ClientEndpoint): boolean =>
+    world.nodes.every((n) => n.instances.every((server) => !server.finished.some((r) => r.client === c.name)));
+  const lostInFirstTrip = new Set<ClientEndpoint>();
   for (const [i, c] of world.clients.entries()) {
     const lostWithItsNode = doomed(c) && c.errorCodes.length === 1 && c.errorCodes[0] === LOST_WITH_ITS_NODE;
+    if (
+      world.options.channelKeys !== undefined &&
+      c.session.sentEarlyData &&
+      !c.grammar.established &&
+      c.errorCodes.length === 1 &&
+      c.errorCodes[0] === LOST_IN_FIRST_TRIP
+    ) {
+      lostInFirstTrip.add(c);
+      if (!neverHeld(c)) failures.push(`${c.name} failed in its first round trip, yet a server held its session`);
+      failures.push(...c.grammar.violations);
+      if (c.app!.failure) failures.push(c.app!.failure);
+      if (!c.released) failures.push(`${c.name} never released its session`);
+      continue;
+    }
     if (lostWithItsNode) {
       lost++;
       // Promptly: once faults and the balancer's lag are over, within one
@@ -318,6 +363,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   // a death took did at most once. No server finished a session no client has.
   const clientIds = new Set(world.clients.map((c) => c.session.sessionId?.toString('hex')));
   for (const c of world.clients) {
+    if (lostInFirstTrip.has(c)) continue;
     const id = c.session.sessionId?.toString('hex');
     const n = finished.filter((r) => r.sessionId === id).length;
     if (n > 1 || (n === 0 && !doomed(c))) failures.push(`${c.name}'s session finished on ${n} servers`);
@@ -350,5 +396,8 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     ...world.stats,
     directoryOutages: world.cluster?.directory.outages ?? 0,
     lost,
+    keyed: world.options.channelKeys === undefined ? 0 : 1,
+    earlyData: world.clients.filter((c) => c.session.sentEarlyData).length,
+    lostFirstTrip: lostInFirstTrip.size,
   };
 }

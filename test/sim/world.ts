@@ -6,6 +6,7 @@
 // may die (every link of theirs reset, their sessions gone) and restart as a
 // new instance with the same node id and address.
 
+import { CHANNEL_MATERIAL_SIZE, channelKeys } from '../../src/protocol/keys.js';
 import type { SessionConfig, ServerLimits } from '../../src/protocol/config.js';
 import { parseAnnouncement } from '../../src/edp/announcement.js';
 import { parseProxyHeader, type ProxyAddress } from '../../src/protocol/proxy-header.js';
@@ -27,6 +28,16 @@ export interface WorldOptions {
   config: SessionConfig;
   limits: ServerLimits;
   shape: () => LinkShape;
+  /** Keyed-channel runs (rocks over TLS): every link gets a channel key drawn from this. */
+  channelKeys?: SimRandom;
+}
+
+/** Who a server session's application plays: the client's plan, seen from the server. */
+export interface ServerPlan {
+  plan: AppPlan;
+  random: SimRandom;
+  /** The client at the other end. */
+  client: string;
 }
 
 /** An endpoint drives sessions the way src/node/driver.ts does. */
@@ -160,8 +171,11 @@ export class ClientEndpoint extends Endpoint {
 
 export interface ServerRecord {
   sessionId: string;
+  /** The client at the other end. */
+  client: string;
   app: SimApp;
   errors: string[];
+  errorCodes: string[];
   closed: boolean;
 }
 
@@ -196,7 +210,8 @@ export class ServerEndpoint extends Endpoint {
   constructor(
     world: World,
     random: SimRandom,
-    private readonly planFor: (session: Session) => { plan: AppPlan; random: SimRandom } | undefined,
+    /** `link`: the session's link as it opens (a keyed channel opens it before the client knows its id). */
+    private readonly planFor: (session: Session, link: SimLink | undefined) => ServerPlan | undefined,
     options: ServerEndpointOptions = {},
   ) {
     super(world);
@@ -230,7 +245,7 @@ export class ServerEndpoint extends Endpoint {
       },
       onDrain: () => this.fromLink(() => this.core.handleLinkDrain(id)),
     });
-    this.fromLink(() => this.core.handleLinkOpen(id, now(), relayedFor !== undefined));
+    this.fromLink(() => this.core.handleLinkOpen(id, now(), relayedFor !== undefined, undefined, link.channel));
   }
 
   /**
@@ -383,7 +398,8 @@ export class ServerEndpoint extends Endpoint {
         break;
       }
       case 'open': {
-        const p = this.planFor(session);
+        const active = session.activeLink;
+        const p = this.planFor(session, active === undefined ? undefined : this.serverLinks.get(active));
         if (p === undefined) {
           this.errors.push('session opened with no plan left');
           break;
@@ -408,7 +424,14 @@ export class ServerEndpoint extends Endpoint {
           },
         });
         this.apps.set(session, appNow);
-        this.records.set(session, { sessionId: session.sessionId!.toString('hex'), app: appNow, errors: [], closed: false });
+        this.records.set(session, {
+          sessionId: session.sessionId!.toString('hex'),
+          client: p.client,
+          app: appNow,
+          errors: [],
+          errorCodes: [],
+          closed: false,
+        });
         appNow.start();
         break;
       }
@@ -421,9 +444,12 @@ export class ServerEndpoint extends Endpoint {
       case 'writable':
         app?.onWritable();
         break;
-      case 'error':
-        (this.records.get(session)?.errors ?? this.errors).push(ev.error.message);
+      case 'error': {
+        const r = this.records.get(session);
+        (r?.errors ?? this.errors).push(ev.error.message);
+        r?.errorCodes.push((ev.error as { code?: string }).code ?? 'unknown');
         break;
+      }
       case 'closed': {
         const r = this.records.get(session);
         if (r) r.closed = true;
@@ -530,6 +556,8 @@ export class World {
 
   dial(client: ClientEndpoint, linkId: LinkId): void {
     const link = new SimLink(this.clock, this.random, this.nextLinkId++, this.options.shape());
+    const material = this.options.channelKeys?.bytes(CHANNEL_MATERIAL_SIZE);
+    link.channel = material === undefined ? undefined : channelKeys(material);
     client.links.set(linkId, link);
     link.attach(CLIENT, {
       onData: (chunk) => client.act(() => client.session.handleLinkData(linkId, chunk, this.clock.now)),
@@ -551,7 +579,9 @@ export class World {
     if (this.nodes.length > 1) this.trace(`${client.name}: balancer sends link ${link.id} to node${node.index}`);
     const address = { address: `10.0.0.${this.clients.indexOf(client) + 1}`, port: 1024 + (link.id % 60_000) };
     this.open(link, node, address, () => {
-      if (client.links.has(linkId)) client.act(() => client.session.handleLinkOpen(linkId));
+      // As src/node/driver.ts: only a HELLO takes the channel's key.
+      const channel = client.session.sessionId === undefined ? link.channel : undefined;
+      if (client.links.has(linkId)) client.act(() => client.session.handleLinkOpen(linkId, channel));
     });
   }
 
