@@ -138,6 +138,13 @@ export class SessionDriver implements Timed, LinkOwner {
   private driving = false;
   private again = false;
   private driveQueued = false;
+  /**
+   * Server: the session was just handed to the application. Its first
+   * transmission (WELCOME) waits for the application's first turn (one
+   * process.nextTick, when a stream starts flowing), so that a reply to the
+   * first bytes leaves in the same write.
+   */
+  private holdFlush = false;
   private referenced = false;
   private noDelay = true;
 
@@ -226,11 +233,15 @@ export class SessionDriver implements Timed, LinkOwner {
     try {
       do {
         this.again = false;
-        this.flush();
+        // One flush after the events: what the application writes from its
+        // handlers (an echo of the first bytes, a reply) leaves in the same
+        // write as the session's own frames (WELCOME, an ACK). Only a link's
+        // closing must wait for what is queued before it.
         for (let ev = this.session.pollEvent(); ev !== undefined; ev = this.session.pollEvent()) {
+          if (ev.type === 'close-link') this.flush();
           this.handle(ev);
-          this.flush();
         }
+        this.flush();
       } while (this.again);
     } finally {
       this.driving = false;
@@ -281,7 +292,7 @@ export class SessionDriver implements Timed, LinkOwner {
   }
 
   private flush(): void {
-    if (this.links.size === 0) return;
+    if (this.links.size === 0 || this.holdFlush) return;
     const now = monotonicNow();
     for (const [id, h] of this.links) {
       const s = h.socket;
@@ -328,6 +339,11 @@ export class SessionDriver implements Timed, LinkOwner {
       }
       case 'open':
         this.server?.opened();
+        this.holdFlush = true;
+        process.nextTick(() => {
+          this.holdFlush = false;
+          this.drive();
+        });
         return;
       case 'released':
         this.server?.released();

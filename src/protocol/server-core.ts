@@ -76,6 +76,8 @@ interface PendingLink {
   queue: DeadlineQueue;
   /** The link's channel (TLS) keys a session it starts, and names it (§15.2). */
   channel: ChannelKeys | undefined;
+  /** We read the client's announcement and owe ours: it goes out with our answer to the first frame, or alone. */
+  owesAnnouncement: boolean;
 }
 
 /**
@@ -111,6 +113,8 @@ export class ServerCore implements SessionHost {
   private readonly relays: boolean;
 
   private readonly pending = new Map<LinkId, PendingLink>();
+  /** While its first frame is handled: the link whose announcement is owed (see greetWith). */
+  private greeting: LinkId | undefined;
   /** Pending links waiting for detectTimeout (no byte, or part of an announcement's magic). */
   private readonly detectQueue = new DeadlineQueue();
   /** Pending links given the handshake's time (announced, or a member's relay). */
@@ -232,6 +236,7 @@ export class ServerCore implements SessionHost {
       deadline: 0,
       queue: this.detectQueue,
       channel,
+      owesAnnouncement: false,
     };
     this.pending.set(link, p);
     this.schedule(link, p, this.detectQueue, now + this.limits.detectTimeout);
@@ -323,20 +328,44 @@ export class ServerCore implements SessionHost {
     if (p === undefined) return;
     if (p.detecting !== undefined) {
       chunk = this.detect(link, p, chunk, now) ?? Buffer.alloc(0);
-      if (chunk.length === 0) return;
+      if (chunk.length === 0) {
+        this.announceNow(link, p);
+        return;
+      }
     }
     p.parser.push(chunk);
     // Whatever a stranger sends, only this link may suffer for it.
+    // Our announcement goes out in the same write as the answer to the first frame (one TLS record, one segment).
+    if (p.owesAnnouncement) this.greeting = link;
     try {
       const frame = p.parser.next();
-      if (frame === undefined) return;
+      if (frame === undefined) {
+        this.announceNow(link, p);
+        return;
+      }
       this.unpend(link);
       if (frame.type === FrameType.HELLO) this.onHello(link, p.parser, frame, now, p.channel);
       else if (frame.type === FrameType.RESUME) this.onResume(link, p.parser, frame, now);
       else this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', `a connection must start with HELLO or RESUME, not 0x${frame.type.toString(16)}`));
     } catch (err) {
       this.reject(link, err);
+    } finally {
+      this.greeting = undefined;
     }
+  }
+
+  /** No first frame yet (a probe, or a slow client): our announcement goes out now, alone. */
+  private announceNow(link: LinkId, p: PendingLink): void {
+    if (!p.owesAnnouncement) return;
+    p.owesAnnouncement = false;
+    this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
+  }
+
+  /** The session that now owns `link` sends our announcement ahead of its answer, if we owe it. */
+  private greetWith(session: Session, link: LinkId): void {
+    if (this.greeting !== link) return;
+    this.greeting = undefined;
+    session.greet(link, SERVER_ANNOUNCEMENT);
   }
 
   /** The link can take more bytes: its session may have some to send. */
@@ -461,7 +490,7 @@ export class ServerCore implements SessionHost {
           }
         }
         p.detecting = undefined;
-        this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
+        p.owesAnnouncement = true;
         return bytes.subarray(r.length);
     }
   }
@@ -655,6 +684,7 @@ export class ServerCore implements SessionHost {
       return;
     }
     const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId, channel?.key);
+    this.greetWith(session, link);
     this.sessions.set(session.sessionId!.toString('hex'), session);
     this.owned.set(link, session);
     // Its link counts against the pending-link caps until the client confirms (a channel confirmed it already).
@@ -679,6 +709,7 @@ export class ServerCore implements SessionHost {
     // A resume link is bounded by its session's resume slots (§6.3), not by the pending-link caps.
     this.releaseUnproven(link);
     session.handleResumeLink(link, parser, resume, now);
+    this.greetWith(session, link);
     this.owned.set(link, session);
     this.events.push({ type: 'bind', session, link });
     session.processBuffered(link, now);
@@ -705,6 +736,10 @@ export class ServerCore implements SessionHost {
     this.forget(link);
     const error = err instanceof RocksError ? err : new RocksError('ERR_ROCKS_INTERNAL', String(err));
     const final = error.wireCode !== 0 ? [encodeError(error.wireCode, error.message)] : [];
+    if (this.greeting === link) {
+      this.greeting = undefined;
+      final.unshift(SERVER_ANNOUNCEMENT);
+    }
     this.events.push({ type: 'rejected', link, error });
     this.events.push({ type: 'close-link', link, final });
   }

@@ -313,6 +313,11 @@ export class Session {
     return s;
   }
 
+  /** Server: `bytes` go out on `link` ahead of anything else (our EDP announcement, in the same write as WELCOME or CHALLENGE). */
+  greet(link: LinkId, bytes: Buffer): void {
+    this.links.get(link)?.out.unshift(bytes);
+  }
+
   /** Parses what a handed-over link's parser already holds (after accept or handleResumeLink). */
   processBuffered(link: LinkId, now: number): void {
     const l = this.links.get(link);
@@ -858,7 +863,7 @@ export class Session {
     }
     this.fail(
       now,
-      new RocksError(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`),
+      RocksError.fromPeer(code === 'ERR_ROCKS_UNCONFIRMED_SESSION' ? 'ERR_ROCKS_UNKNOWN_SESSION' : code, `server said: ${message}`),
       undefined,
     );
   }
@@ -944,7 +949,7 @@ export class Session {
           return;
         }
         // Whatever the peer reports, for anyone resuming later the peer aborted.
-        this.fail(now, new RocksError(codeFromWire(f.code), `peer said: ${f.message}`), undefined, ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire);
+        this.fail(now, RocksError.fromPeer(codeFromWire(f.code), `peer said: ${f.message}`), undefined, ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire);
         return;
       }
       default:
