@@ -768,6 +768,13 @@ export class Session {
       this.send.rewind(early);
       this.maxSent = early;
     }
+    if (l.keyed) {
+      // Nothing to tell the server yet: our HELLO gave our window, and data
+      // that came with WELCOME is acknowledged as any (§4.4). Over TLS a
+      // client that connects, reads a reply and leaves sends no extra write.
+      this.ackNeeded = false;
+      this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
+    }
   }
 
   private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
