@@ -25,7 +25,8 @@ import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
-import { linkChannel, offeredAlpn, ROCKS_ALPN } from './tls-link.js';
+import { deferAccept, peekBytes } from './peek.js';
+import { CLIENT_HELLO_LIMIT, linkChannel, offeredAlpn, ROCKS_ALPN } from './tls-link.js';
 
 const debug = debuglog('rocks');
 
@@ -122,7 +123,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       relays: this.directory !== undefined,
     });
     // Half-open, so that we can still answer a probe after it ended its side.
-    this.server = netCreateServer({ allowHalfOpen: true }, (s) => this.onTcpConnection(s));
+    // Over TLS nothing is read before the ClientHello was peeked (acceptTls).
+    this.server = netCreateServer({ allowHalfOpen: true, pauseOnConnect: options.tls !== undefined }, (s) => this.onTcpConnection(s));
     this.server.on('listening', () => this.onListening());
     this.server.on('error', (err) => this.emit('error', err));
     this.server.on('close', () => this.maybeClosed());
@@ -193,6 +195,22 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     socket.once('close', () => {
       if (tls.early.get(key) === e) this.settleEarly(tls.early, socket, true);
     });
+    const handOver = (offered: string[] | undefined): void => {
+      const rocks = offered?.includes(ROCKS_ALPN) === true;
+      if (!rocks) {
+        // A plain TLS connection's handshake has the application's tls handshakeTimeout, as with node:tls.
+        clearTimeout(e.deadline);
+        e.deadline = undefined;
+      }
+      (rocks ? tls.rocks : tls.plain).emit('connection', socket);
+    };
+    // Usually the whole ClientHello is there to peek at (peek.ts): TLS then gets the socket untouched.
+    const peeked = peekBytes(socket, CLIENT_HELLO_LIMIT);
+    const offeredNow = peeked === undefined ? 'incomplete' : offeredAlpn(peeked);
+    if (offeredNow !== 'incomplete') {
+      handOver(offeredNow);
+      return;
+    }
     let bytes: Buffer = Buffer.alloc(0);
     const onError = (): void => {
       socket.destroy();
@@ -205,16 +223,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       socket.removeListener('error', onError);
       socket.pause();
       socket.unshift(bytes);
-      const rocks = offered?.includes(ROCKS_ALPN) === true;
-      if (!rocks) {
-        // A plain TLS connection's handshake has the application's tls handshakeTimeout, as with node:tls.
-        clearTimeout(e.deadline);
-        e.deadline = undefined;
-      }
-      (rocks ? tls.rocks : tls.plain).emit('connection', socket);
+      handOver(offered);
     };
     socket.on('data', onData);
     socket.on('error', onError);
+    socket.resume();
   }
 
   /**
@@ -361,6 +374,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
 
   /** The directory starts once we listen: a node advertises where it can be reached. */
   private onListening(): void {
+    if (this.tls !== undefined) deferAccept(this.server);
     if (this.directory === undefined) {
       this.emit('listening');
       return;

@@ -92,7 +92,7 @@ export function whenLinkReady(socket: Socket, open: () => void): void {
 // ---- the server's look at the ClientHello ------------------------------------------------
 
 /** Most bytes read before the ClientHello is complete; beyond it the connection goes to TLS as it is. */
-const CLIENT_HELLO_LIMIT = 64 * 1024;
+export const CLIENT_HELLO_LIMIT = 64 * 1024;
 
 /**
  * The ALPN protocols a ClientHello offers: a list (empty without the

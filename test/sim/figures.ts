@@ -45,6 +45,12 @@ export function noFigures(): ClusterFigures {
   };
 }
 
+/** One run's figures, all zero (a run that failed before it had any). */
+export function noRunFigures(): RunFigures {
+  const { multiNode: _, ...rest } = noFigures();
+  return { nodes: 0, ...rest };
+}
+
 /** Adds one run's figures (or another total's) to `totals`. */
 export function addFigures(totals: ClusterFigures, r: RunFigures | ClusterFigures): void {
   totals.multiNode += 'nodes' in r ? (r.nodes > 1 ? 1 : 0) : r.multiNode;

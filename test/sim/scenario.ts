@@ -18,7 +18,7 @@ import { streamBytes } from './app.js';
 import type { SimLink } from './network.js';
 import { SIM_OPTIONS, type Range } from './options.js';
 import { buildCluster, nodeAddress } from './cluster.js';
-import type { RunFigures } from './figures.js';
+import { noRunFigures, type RunFigures } from './figures.js';
 import { SimRandom } from './random.js';
 import { ClientEndpoint, ServerEndpoint, SimNode, World, type ServerPlan } from './world.js';
 
@@ -35,19 +35,6 @@ export interface SimResult extends RunFigures {
   trace: string[];
 }
 
-const EMPTY_FIGURES: RunFigures = {
-  nodes: 0,
-  relayed: 0,
-  refused: 0,
-  unreachable: 0,
-  deaths: 0,
-  restarts: 0,
-  directoryOutages: 0,
-  lost: 0,
-  keyed: 0,
-  earlyData: 0,
-  lostFirstTrip: 0,
-};
 
 /**
  * The error a client over keyed channels may end with when the link of its
@@ -72,7 +59,7 @@ export function runSeed(seed: number, verbose = false): SimResult {
     return simulate(seed, verbose, drawn, trace);
   } catch (err) {
     const failure = `exception outside the run loop: ${(err as Error)?.stack ?? String(err)}`;
-    return { seed, drawn, failures: [failure], simTime: 0, faults: 0, suspends: 0, resumes: 0, bytes: 0, trace, ...EMPTY_FIGURES };
+    return { seed, drawn, failures: [failure], simTime: 0, faults: 0, suspends: 0, resumes: 0, bytes: 0, trace, ...noRunFigures() };
   }
 }
 
