@@ -17,13 +17,11 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { ensureBuilt, ensurePrograms, root } from './ensure.mjs';
 
-/**
- * A test file's process exits once its tests are done, whatever is left
- * (Node 20.14 and later). Left to end by itself, test/node/relay was seen once
- * spinning at full CPU in Node's exit clean-up (Environment::CleanupHandles)
- * after all its tests had passed.
- */
-const FORCE_EXIT = spawnSync(process.execPath, ['--test-force-exit', '-e', '']).status === 0 ? ['--test-force-exit'] : [];
+// No --test-force-exit: on Node 20 it sometimes ends a run before its last
+// suites ran, with exit code 0 (test/protocol/session reported 110, 119 or
+// 122 of its 128 tests). A file whose process does not end (test/node/relay
+// was seen once spinning in Node's exit clean-up after all its tests had
+// passed) is left to the watchdog below.
 
 /** Seconds one test file may run before it counts as hung (ROCKS_TEST_FILE_TIMEOUT overrides). */
 const FILE_TIMEOUT = Number(process.env.ROCKS_TEST_FILE_TIMEOUT ?? 600);
@@ -109,7 +107,7 @@ function runFile(file, totals) {
     ...process.env,
     NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --report-on-signal --report-signal=SIGUSR2 --report-directory=${reports}`.trim(),
   };
-  const child = spawn(process.execPath, ['--test', ...FORCE_EXIT, file], { cwd: root, env, stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+  const child = spawn(process.execPath, ['--test', file], { cwd: root, env, stdio: ['ignore', 'pipe', 'inherit'], detached: true });
   const counts = {};
   let pending = '';
   child.stdout.on('data', (chunk) => {
