@@ -35,7 +35,6 @@ export interface SimResult extends RunFigures {
   trace: string[];
 }
 
-
 /**
  * The error a client over keyed channels may end with when the link of its
  * HELLO, with data behind it, was lost before the HELLO reached the server:
