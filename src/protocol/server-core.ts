@@ -76,8 +76,6 @@ interface PendingLink {
   queue: DeadlineQueue;
   /** The link's channel (TLS) keys a session it starts, and names it (§15.2). */
   channel: ChannelKeys | undefined;
-  /** We read the client's announcement and owe ours: it goes out with our answer to the first frame, or alone. */
-  owesAnnouncement: boolean;
 }
 
 /**
@@ -113,7 +111,11 @@ export class ServerCore implements SessionHost {
   private readonly relays: boolean;
 
   private readonly pending = new Map<LinkId, PendingLink>();
-  /** While its first frame is handled: the link whose announcement is owed (see greetWith). */
+  /**
+   * While a link's bytes are handled: we read its client's announcement and
+   * owe ours, which goes out with our answer to its first frame (greetWith,
+   * reject), or alone when no whole frame came (announceAlone).
+   */
   private greeting: LinkId | undefined;
   /** Pending links waiting for detectTimeout (no byte, or part of an announcement's magic). */
   private readonly detectQueue = new DeadlineQueue();
@@ -236,7 +238,6 @@ export class ServerCore implements SessionHost {
       deadline: 0,
       queue: this.detectQueue,
       channel,
-      owesAnnouncement: false,
     };
     this.pending.set(link, p);
     this.schedule(link, p, this.detectQueue, now + this.limits.detectTimeout);
@@ -329,18 +330,16 @@ export class ServerCore implements SessionHost {
     if (p.detecting !== undefined) {
       chunk = this.detect(link, p, chunk, now) ?? Buffer.alloc(0);
       if (chunk.length === 0) {
-        this.announceNow(link, p);
+        this.announceAlone(link);
         return;
       }
     }
     p.parser.push(chunk);
     // Whatever a stranger sends, only this link may suffer for it.
-    // Our announcement goes out in the same write as the answer to the first frame (one TLS record, one segment).
-    if (p.owesAnnouncement) this.greeting = link;
     try {
       const frame = p.parser.next();
       if (frame === undefined) {
-        this.announceNow(link, p);
+        this.announceAlone(link);
         return;
       }
       this.unpend(link);
@@ -354,10 +353,10 @@ export class ServerCore implements SessionHost {
     }
   }
 
-  /** No first frame yet (a probe, or a slow client): our announcement goes out now, alone. */
-  private announceNow(link: LinkId, p: PendingLink): void {
-    if (!p.owesAnnouncement) return;
-    p.owesAnnouncement = false;
+  /** No whole first frame yet (a probe, or a slow client): the announcement we owe goes out now, alone. */
+  private announceAlone(link: LinkId): void {
+    if (this.greeting !== link) return;
+    this.greeting = undefined;
     this.events.push({ type: 'send', link, bytes: SERVER_ANNOUNCEMENT });
   }
 
@@ -490,7 +489,7 @@ export class ServerCore implements SessionHost {
           }
         }
         p.detecting = undefined;
-        p.owesAnnouncement = true;
+        this.greeting = link; // answered with our first frame, one TLS record and one segment
         return bytes.subarray(r.length);
     }
   }
@@ -703,7 +702,7 @@ export class ServerCore implements SessionHost {
     const id = resume.sessionId.toString('hex');
     const session = this.sessions.get(id);
     if (session === undefined) {
-      this.reject(link, this.whyUnknown(id, resume.instance));
+      this.reject(link, this.whyUnknown(resume));
       return;
     }
     // A resume link is bounded by its session's resume slots (§6.3), not by the pending-link caps.
@@ -721,11 +720,11 @@ export class ServerCore implements SessionHost {
    * to know whether its bytes may have reached an application: only then
    * would starting over deliver them twice.
    */
-  private whyUnknown(id: string, instance: Buffer): RocksError {
-    const ending = this.endings.get(id);
+  private whyUnknown(resume: ResumeFrame): RocksError {
+    const ending = this.endings.get(resume.sessionId.toString('hex'));
     // A session a TLS channel named, resumed with no instance: its client missed the WELCOME (§15.2).
-    const preWelcome = id.startsWith(CHANNEL_FORMAT.toString(16).padStart(2, '0')) && instance.every((b) => b === 0);
-    if (!preWelcome && !instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');
+    const preWelcome = resume.sessionId[0] === CHANNEL_FORMAT && resume.instance.every((b) => b === 0);
+    if (!preWelcome && !resume.instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');
     if (ending !== undefined) return new RocksError(codeFromWire(ending));
     // This run of the server never confirmed it (or forgot it long ago).
     return new RocksError('ERR_ROCKS_UNCONFIRMED_SESSION');

@@ -173,8 +173,6 @@ interface Link {
   announcement?: Buffer;
   /** Something arrived on this link: a server is at the other end and working on it. */
   heard?: boolean;
-  /** Client: a HELLO over a keying channel, so data may follow it before WELCOME. */
-  keyed?: boolean;
 }
 
 /** A session's server instance before WELCOME names it (never written to). */
@@ -410,7 +408,6 @@ export class Session {
       this.key = channel.key;
       this.channelId = channel.sessionId;
       this.helloLink = l;
-      l.keyed = true;
       l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, NO_PUBLIC_KEY, this.config.receiveWindow));
       l.phase = 'hello';
       // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
@@ -618,23 +615,22 @@ export class Session {
       out = l.out;
       l.out = [];
     }
-    if (l === this.helloLink) return this.pollEarlyData(out);
+    const limit = Math.min(this.send.end, this.peerWindow);
+    if (l === this.helloLink) {
+      // Client: data right behind a keyed HELLO, up to the window the server always gives (§15.2).
+      const before = this.send.next;
+      out = this.pushData(out, limit, budget);
+      if (this.send.next > before) this.sentEarly = true;
+      return out;
+    }
     if (l !== this.current || this._state !== 'open') return out;
 
-    const limit = Math.min(this.send.end, this.peerWindow);
     // A pending acknowledgement rides along with data for free.
     if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       out ??= [];
       out.push(this.makeAck());
     }
-    while (budget > 0 && this.send.next < limit) {
-      const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
-      out ??= [];
-      out.push(encodeDataHeader(this.send.next, size));
-      this.send.read(size, out);
-      budget -= size;
-    }
-    if (this.send.next > this.maxSent) this.maxSent = this.send.next;
+    out = this.pushData(out, limit, budget);
     if (this.fin === 'queued' && this.send.next === this.send.end) {
       out ??= [];
       out.push(encodeFin(this.send.end));
@@ -651,18 +647,16 @@ export class Session {
     return out;
   }
 
-  /** Client: data right behind a keyed HELLO, up to the window the server always gives (§15.2). */
-  private pollEarlyData(out: Buffer[] | undefined): Buffer[] | undefined {
-    const limit = Math.min(this.send.end, this.peerWindow);
-    if (this.send.next >= limit) return out;
-    out ??= [];
-    while (this.send.next < limit) {
+  /** DATA frames for what may be sent up to `limit`, about `budget` bytes at most, appended to `out`. */
+  private pushData(out: Buffer[] | undefined, limit: number, budget: number): Buffer[] | undefined {
+    while (budget > 0 && this.send.next < limit) {
       const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
+      out ??= [];
       out.push(encodeDataHeader(this.send.next, size));
       this.send.read(size, out);
+      budget -= size;
     }
     if (this.send.next > this.maxSent) this.maxSent = this.send.next;
-    this.sentEarly = true;
     return out;
   }
 
@@ -739,13 +733,14 @@ export class Session {
     if (f.version < MIN_PROTOCOL_VERSION || f.version > PROTOCOL_VERSION) {
       throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
     }
-    if (l.keyed && !f.sessionId.equals(this.channelId!)) {
+    const keyed = l === this.helloLink;
+    if (keyed && !f.sessionId.equals(this.channelId!)) {
       throw new RocksError('ERR_ROCKS_PROTOCOL', 'WELCOME names another session than the keying channel gave');
     }
     // Copies: views would keep the whole received chunk alive for the session's life.
     this._sessionId = Buffer.from(f.sessionId);
     this.serverInstance = Buffer.from(f.instance);
-    if (!l.keyed) {
+    if (!keyed) {
       // Without a keying channel the key comes from the key agreement, and
       // CONFIRM, ahead of the ACK and any data, proves we hold it (§3.4).
       const keys = l.keys!;
@@ -760,20 +755,16 @@ export class Session {
     // Early data went out on this very link ahead of the WELCOME: the server
     // reads it before anything we send now, so it does not go out again.
     const resent = this.maxSent;
-    const early = l === this.helloLink ? this.send.next : 0;
+    const early = keyed ? this.send.next : 0;
     this.helloLink = undefined;
     this.maxSent = 0;
-    this.activate(l, now, 0, 0, resent);
+    // Over TLS nothing is owed to the server yet: our HELLO gave our window,
+    // and data that came with WELCOME is acknowledged as any (§4.4), so a
+    // client that connects, reads a reply and leaves sends no extra write.
+    this.activate(l, now, 0, 0, resent, !keyed);
     if (early > 0) {
       this.send.rewind(early);
       this.maxSent = early;
-    }
-    if (l.keyed) {
-      // Nothing to tell the server yet: our HELLO gave our window, and data
-      // that came with WELCOME is acknowledged as any (§4.4). Over TLS a
-      // client that connects, reads a reply and leaves sends no extra write.
-      this.ackNeeded = false;
-      this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
     }
   }
 
@@ -996,7 +987,14 @@ export class Session {
    * `l` carries the session from now on; the peer holds `peerReceived` of
    * our units and had sent `peerSent`; `replayedOut` of ours go out again.
    */
-  private activate(l: Link, now: number, peerReceived: number, peerSent: number, replayedOut = Math.max(0, this.maxSent - peerReceived)): void {
+  private activate(
+    l: Link,
+    now: number,
+    peerReceived: number,
+    peerSent: number,
+    replayedOut = Math.max(0, this.maxSent - peerReceived),
+    owesAck = true,
+  ): void {
     const wasState = this._state;
     const previous = this.current;
     if (previous !== undefined && previous !== l) {
@@ -1025,7 +1023,7 @@ export class Session {
     if (wasState === 'accepting') {
       this.confirm(l, now);
     } else {
-      this.enterOpen(now);
+      this.enterOpen(now, owesAck);
       this.emit({ type: 'link-active', link: l.id });
       if (wasState === 'connecting') {
         this.timers.stop(Timer.Connect);
@@ -1051,11 +1049,12 @@ export class Session {
     this.emit({ type: 'open' });
   }
 
-  /** The current link carries the session: the peer is watched, and owed an ACK at once. */
-  private enterOpen(now: number): void {
+  /** The current link carries the session: the peer is watched, and owed an ACK at once (unless not `owesAck`). */
+  private enterOpen(now: number, owesAck = true): void {
     this._state = 'open';
     this.timers.set(Timer.Failure, now + this.config.failureTimeout);
-    this.needAck();
+    if (owesAck) this.needAck();
+    else this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
   }
 
   private linkFailed(now: number, reason: string): void {
@@ -1092,9 +1091,8 @@ export class Session {
    */
   private lostHello(l: Link, reason: string): boolean {
     if (l !== this.helloLink) return false;
-    this.dropLink(l, reason);
+    this.dropLink(l, reason); // no longer the HELLO's link: dials may start again
     this._sessionId = this.channelId;
-    this.refreshLinkTimers();
     return true;
   }
 

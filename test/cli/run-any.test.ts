@@ -15,11 +15,11 @@ import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { linkage, planCommand, runProgram } from '../../src/cli/run.js';
-import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { sleep } from '../support/helpers.js';
 import { freePort, programs, run, start, startSshd, waitForPort } from '../support/programs.js';
 import { slowHttpServer } from '../support/net.js';
-import { ROCK, startRock } from '../support/rock.js';
+import { ROCK, serveWithControl } from '../support/rock.js';
 
 /** The smallest ELF64 executable header: one PT_LOAD program header, no PT_INTERP (statically linked). */
 function staticElf(): Buffer {
@@ -144,11 +144,7 @@ describe('rock run: programs that are not Node', () => {
     const redisPort = await freePort();
     const server = start(redis.paths['redis-server'], ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
     await waitForPort(redisPort, '127.0.0.1', 10_000, server);
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${redisPort}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(redisPort);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(redisPort, timing);
     const cli = redis.paths['redis-cli'];
     const counter = async (key: string): Promise<number> =>
       Number((await run(cli, ['-p', String(redisPort), 'GET', key])).stdout.toString().trim() || 0);
@@ -195,9 +191,7 @@ describe('rock run: programs that are not Node', () => {
           `control without rock serve: counter ${plainCount}, ${errors} error lines, exit ${p.code}`,
       );
     } finally {
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       await server.stop();
     }
   });
@@ -214,11 +208,7 @@ describe('rock run: programs that are not Node', () => {
     echo.listen(0, '127.0.0.1');
     await once(echo, 'listening');
     const echoPort = (echo.address() as AddressInfo).port;
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${echoPort}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(echoPort);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(echoPort, timing);
     // echo.test exists only in --map: proxychains sends the name to the proxy (proxy_dns), which maps it.
     // Sends 8 MiB of a seeded stream in 64 KiB pieces over about 4 s, reads the echo, prints both digests.
     const client = `
@@ -265,9 +255,7 @@ print(sent.hexdigest(), got.hexdigest())
       assert.ok(p.code !== 0 || !out.includes(`received ${8 * 1024 * 1024}`), `without rock serve the faults break the stream: ${out}`);
       console.log(`# python under rock run: 8 MiB echoed intact through ${withServe.connections} connections; control: exit ${p.code}`);
     } finally {
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       echo.close();
     }
   });
@@ -309,11 +297,7 @@ print(sent.hexdigest(), got.hexdigest())
   }, async () => {
     const scratch = mkdtempSync(join(tmpdir(), 'rocks-run-ssh-'));
     const sshd = await startSshd(join(scratch, 'sshd'));
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${sshd.port}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(sshd.port);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(sshd.port, timing);
     try {
       const stream = async (port: number, file: string) => {
         // 20 MiB over about 4 s, kept in `file` on the server side to compare.
@@ -347,9 +331,7 @@ print(sent.hexdigest(), got.hexdigest())
           `control: exit ${control.code}, ${control.stdout.length} bytes`,
       );
     } finally {
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       await sshd.stop();
       rmSync(scratch, { recursive: true, force: true });
     }
@@ -391,11 +373,7 @@ print(sent.hexdigest(), got.hexdigest())
       },
     );
     await waitForPort(pgPort, '127.0.0.1', 20_000, server);
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${pgPort}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(pgPort);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(pgPort, timing);
     const psql = (args: string[], input = '') =>
       run(psqlFound.paths.psql, ['-h', '127.0.0.1', '-p', String(pgPort), '-U', 'postgres', '-X', '-q', '-A', '-t', ...args], {
         input,
@@ -434,9 +412,7 @@ print(sent.hexdigest(), got.hexdigest())
           `control without rock serve: rows/distinct ${got}, ${p.stderr.split('\n').filter(Boolean).length} error lines`,
       );
     } finally {
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       await server.stop();
       rmSync(scratch, { recursive: true, force: true });
     }
@@ -450,11 +426,7 @@ print(sent.hexdigest(), got.hexdigest())
     const SIZE = 32 * 1024 * 1024;
     const body = randomBytes(SIZE);
     const { server: http, port: httpPort } = await slowHttpServer(body);
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpPort}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(httpPort);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(httpPort, timing);
     try {
       // files.test exists only in --map: curl's lookup goes to the proxy (proxy_dns).
       const download = async (port: number, faults: FaultProxy) => {
@@ -476,9 +448,7 @@ print(sent.hexdigest(), got.hexdigest())
           `control: curl exit ${control.code}, ${control.stdout.length} bytes`,
       );
     } finally {
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       http.close();
     }
   });

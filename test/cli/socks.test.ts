@@ -11,11 +11,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import type { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { type Program, sleep } from '../support/helpers.js';
 import { freePort, programs, run } from '../support/programs.js';
 import { slowHttpServer } from '../support/net.js';
-import { ROCK, startRock } from '../support/rock.js';
+import { ROCK, serveWithControl, startRock } from '../support/rock.js';
 
 /** A plain TCP echo server on `host`. */
 async function echoServer(host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
@@ -268,11 +268,7 @@ describe('rock socks: curl through faults', () => {
     const digest = createHash('sha256').update(body).digest('hex');
     const { server: http, port: httpPort } = await slowHttpServer(body);
     const timing = ['--failure-timeout', '1000', '--heartbeat', '200'];
-    const servePort = await freePort();
-    const serve = await startRock(['serve', '--listen', `127.0.0.1:${servePort}`, '--to', `127.0.0.1:${httpPort}`, ...timing], /serving rocks/);
-    const withServe = new FaultProxy(servePort);
-    const withoutServe = new FaultProxy(httpPort);
-    const [withPort, withoutPort] = [await withServe.listen(), await withoutServe.listen()];
+    const { withServe, withoutServe, withPort, withoutPort, close } = await serveWithControl(httpPort, timing);
     const socksPort = await freePort();
     // The destination the user names is the service's usual address; --map sends it through the faults.
     const proxy = await startRock(
@@ -321,9 +317,7 @@ describe('rock socks: curl through faults', () => {
       );
     } finally {
       await proxy.stop();
-      await serve.stop();
-      await withServe.close();
-      await withoutServe.close();
+      await close();
       http.close();
     }
   });
