@@ -770,7 +770,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         this.delivered += ev.data.length;
         this.push(ev.data);
         // We are inside the driver's loop, which sends any window update next.
-        this.driver!.session.updateUnread(this.readableLength, monotonicNow());
+        this.reportUnread(false);
         return;
       case 'end':
         this.push(null);
@@ -823,11 +823,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
     }
   }
 
-  private reportUnread(): void {
-    const driver = this.driver;
-    if (driver === undefined || driver.session.state === 'done') return;
-    // Reading often changes nothing (flowing mode reads as it delivers): then there is nothing to drive.
-    if (driver.session.updateUnread(this.readableLength, monotonicNow())) driver.drive();
+  /** Tells the session how much the application has still to read; `drive`: and let it act on that now. */
+  private reportUnread(drive = true): void {
+    const session = this.driver?.session;
+    // Reading often changes nothing (flowing mode reads as it delivers): a
+    // check per chunk that must cost next to nothing.
+    if (session === undefined || session.unreadBytes === this.readableLength || session.state === 'done') return;
+    if (session.updateUnread(this.readableLength, monotonicNow()) && drive) this.driver!.drive();
   }
 
   /** Calls every write and end callback still waiting, with `err` (null on a clean close). */

@@ -19,6 +19,7 @@ import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type ChannelKeys, type
 import { invariant, isInvariantBreach } from './invariant.js';
 import { parseProxyHeader, type ProxyAddress } from './proxy-header.js';
 import { CHANNEL_FORMAT, makeSessionId, routeLink, type SessionOwner } from './routing.js';
+import { Fifo } from '../util/fifo.js';
 
 export type ServerEvent =
   /** A new session owns `link`: give it a driver (and, once it opens, to the application). */
@@ -151,8 +152,7 @@ export class ServerCore implements SessionHost {
   readonly instance: Buffer;
   private owner: SessionOwner;
 
-  private events: ServerEvent[] = [];
-  private eventHead = 0;
+  private readonly events = new Fifo<ServerEvent>();
   /** Sessions with a `drive` event in the queue: one is enough. */
   private readonly toDrive = new Set<Session>();
 
@@ -530,13 +530,8 @@ export class ServerCore implements SessionHost {
   // ---- output -------------------------------------------------------------
 
   pollEvent(): ServerEvent | undefined {
-    if (this.eventHead === this.events.length) return undefined;
-    const ev = this.events[this.eventHead++];
-    if (this.eventHead === this.events.length) {
-      this.events.length = 0;
-      this.eventHead = 0;
-    }
-    if (ev.type === 'drive') this.toDrive.delete(ev.session);
+    const ev = this.events.shift();
+    if (ev?.type === 'drive') this.toDrive.delete(ev.session);
     return ev;
   }
 
@@ -572,8 +567,7 @@ export class ServerCore implements SessionHost {
     invariant(this.buffered >= 0, () => `${this.buffered} bytes buffered after a change of ${delta}`);
     // Sessions held back wake when the total falls below a threshold it was over.
     const budget = this.limits.maxBufferedBytes;
-    const crossed = (limit: number) => before >= limit && this.buffered < limit;
-    if (delta < 0 && this.budgetWaiters.size > 0 && (crossed(budget) || crossed(budget / 2))) {
+    if (delta < 0 && this.budgetWaiters.size > 0 && (crossed(before, this.buffered, budget) || crossed(before, this.buffered, budget / 2))) {
       const waiters = [...this.budgetWaiters];
       this.budgetWaiters.clear();
       for (const s of waiters) {
@@ -756,4 +750,9 @@ export function relayRefusal(message: string): Buffer[] {
 
 function versionError(min: number, max: number): RocksError {
   return new RocksError('ERR_ROCKS_VERSION', `client speaks ${min}-${max}, server ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`);
+}
+
+/** A total that fell from `before` to `after` went below `limit`. */
+function crossed(before: number, after: number, limit: number): boolean {
+  return before >= limit && after < limit;
 }

@@ -22,6 +22,7 @@ import {
   encodeAck,
   encodeChallenge,
   encodeConfirm,
+  DATA_HEADER_SIZE,
   encodeDataHeader,
   encodeError,
   encodeFin,
@@ -51,14 +52,20 @@ import { stepClose, stepOutgoingFin, type CloseHandshake, type OutgoingFin } fro
 import { Timer, TimerTable } from './timers.js';
 import { DialSchedule } from './dial-schedule.js';
 import { invariant, isInvariantBreach } from './invariant.js';
+import { Fifo } from '../util/fifo.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
 
 export type LinkId = number;
 
-/** Bytes of application data per DATA frame we send (at most MAX_DATA_PAYLOAD). */
-const SEND_FRAME_BYTES = 64 * 1024;
+/**
+ * Bytes of application data per DATA frame we send (at most
+ * MAX_DATA_PAYLOAD). With its header a full frame is 64 KiB, four whole TLS
+ * records: a 64 KiB payload would take a fifth record for 13 bytes, and the
+ * receiver would decrypt and handle a quarter more records.
+ */
+const SEND_FRAME_BYTES = 64 * 1024 - DATA_HEADER_SIZE;
 /** An acknowledgement waits at most this long for company before it goes out alone. */
 const ACK_DELAY = 20;
 /**
@@ -247,8 +254,7 @@ export class Session {
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
 
-  private events: SessionEvent[] = [];
-  private eventHead = 0;
+  private readonly events = new Fifo<SessionEvent>();
 
   private constructor(role: 'client' | 'server', config: SessionConfig, random: RandomSource, host?: SessionHost) {
     this.role = role;
@@ -564,6 +570,11 @@ export class Session {
     this.release(now, this.endingCode(ERROR_CODES.ERR_ROCKS_PEER_ABORTED.wire));
   }
 
+  /** Bytes delivered to the application that it has not read, as last reported to updateUnread. */
+  get unreadBytes(): number {
+    return this.unread;
+  }
+
   /** The application has not yet read `unread` of the bytes delivered to it. Returns false when nothing changed. */
   updateUnread(unread: number, now: number): boolean {
     if (unread === this.unread) return false;
@@ -661,13 +672,7 @@ export class Session {
   }
 
   pollEvent(): SessionEvent | undefined {
-    if (this.eventHead === this.events.length) return undefined;
-    const ev = this.events[this.eventHead++];
-    if (this.eventHead === this.events.length) {
-      this.events.length = 0;
-      this.eventHead = 0;
-    }
-    return ev;
+    return this.events.shift();
   }
 
   /** The earliest time at which handleTimeout has work to do, or undefined. */
