@@ -128,6 +128,8 @@ export type SessionEvent =
   | { type: 'suspend'; reason: string }
   | { type: 'resume'; outage: number; replayedOut: number; replayedIn: number }
   | { type: 'reconnect-attempt'; attempt: number; delay: number }
+  /** The session moved to a new link while the old one was still open (after link-active; PROTOCOL.md §6.8). */
+  | { type: 'migrate'; reason: string }
   /** No application data moved for the idle timeout. */
   | { type: 'timeout' }
   /** Both directions are finished and acknowledged (server: CLOSE sent; client: CLOSE received). */
@@ -180,6 +182,17 @@ interface Link {
   announcement?: Buffer;
   /** Something arrived on this link: a server is at the other end and working on it. */
   heard?: boolean;
+  /** Client: this link moves an open session off its current one (migrate). */
+  migration?: Migration;
+}
+
+/** Why a client moves its session to a new link while the current one still carries it. */
+interface Migration {
+  reason: string;
+  /** When the network change was noticed. */
+  at: number;
+  /** The current link is in doubt (the process stalled, an interface went down): move even if the new link takes the same path. */
+  verify: boolean;
 }
 
 /** A session's server instance before WELCOME names it (never written to). */
@@ -338,6 +351,11 @@ export class Session {
     return this._sessionId;
   }
 
+  /** How long the peer may stay silent before the link is declared failed (ms). */
+  get failureTimeout(): number {
+    return this.config.failureTimeout;
+  }
+
   /** The link carrying the session, if any. */
   get activeLink(): LinkId | undefined {
     return this.current?.id;
@@ -399,11 +417,17 @@ export class Session {
   /**
    * Client: the transport for a `dial` event connected. `channel`: its
    * channel (TLS) keys a session started on it (§15.2): the HELLO needs no
-   * key agreement, and data may follow it at once.
+   * key agreement, and data may follow it at once. `samePath`: its local
+   * address is the current link's (a migration then stops, unless it verifies).
    */
-  handleLinkOpen(link: LinkId, channel?: ChannelKeys): void {
+  handleLinkOpen(link: LinkId, channel?: ChannelKeys, samePath = false): void {
     const l = this.links.get(link);
     if (l === undefined || l.phase !== 'dialing') return;
+    if (l.migration !== undefined && samePath && !l.migration.verify && this.current !== undefined) {
+      // A new route that leads where the current link already goes: nothing to move to.
+      this.dropLink(l, 'the new connection takes the path of the current one');
+      return;
+    }
     this.everConnected = true;
     // The EDP announcement, then the first frame without waiting for the
     // server's announcement: we already know (probe, cache or option) that it
@@ -552,6 +576,31 @@ export class Session {
     this.touch(now);
     this.account();
     return this.canAcceptWrites();
+  }
+
+  /**
+   * Client: the network changed under the session (PROTOCOL.md §6.8).
+   * Suspended, the next dial starts now. Open, a new link resumes the
+   * session while the current one goes on carrying it; the resume moves it
+   * (the server switches when it reads it), and a new link that fails
+   * leaves it where it is. One migration at a time: a newer change drops an
+   * older attempt, which may have left on a path that is gone. `verify`:
+   * the current link is in doubt, so move even along the same path.
+   */
+  migrate(now: number, reason: string, verify: boolean): void {
+    if (this.role !== 'client' || this.helloLink !== undefined) return;
+    if (this._state === 'suspended') {
+      this.dials.dialNow(now);
+      this.refreshLinkTimers();
+      return;
+    }
+    if (this._state !== 'open') return;
+    for (const l of [...this.links.values()]) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
+    const id = this.nextLinkId++;
+    const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
+    l.migration = { reason, at: now, verify };
+    this.refreshLinkTimers();
+    this.emit({ type: 'dial', link: id });
   }
 
   /** Ends our direction: FIN follows the data already written. */
@@ -781,13 +830,17 @@ export class Session {
       this.dropLink(l, 'server failed resume authentication');
       return;
     }
-    if (!this.peerReceivedValid(f.received)) {
+    // While the old link still carries the session (a migration), the server
+    // may have acknowledged more on it after it wrote this CHALLENGE: what
+    // we were told there stands.
+    const received = this.current !== undefined ? Math.max(f.received, this.send.start) : f.received;
+    if (!this.peerReceivedValid(received)) {
       this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), l);
       return;
     }
     const mac = resumeMac(this.key!, 'client', this.transcript(l, this.received, this.maxSent));
     l.out.push(encodeProof(this.received, this.maxSent, mac));
-    this.activate(l, now, f.received, f.sent);
+    this.activate(l, now, received, f.sent);
   }
 
   private onProof(l: Link, f: ProofFrame, now: number): void {
@@ -1002,14 +1055,10 @@ export class Session {
   ): void {
     const wasState = this._state;
     const previous = this.current;
-    if (previous !== undefined && previous !== l) {
-      // The server had not noticed the failure yet: the new link replaces the old.
-      this.closeLink(previous, false);
-      if (wasState === 'open') {
-        this.suspendedAt = now;
-        this.emit({ type: 'suspend', reason: 'the peer reconnected on a new connection' });
-      }
-    }
+    const replacing = previous !== undefined && previous !== l;
+    // The server had not noticed the failure yet, or the client moved the
+    // session off a link that still worked: the new link replaces the old.
+    if (replacing) this.closeLink(previous, false);
     for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'another attempt won');
 
     this.current = l;
@@ -1022,6 +1071,17 @@ export class Session {
 
     // Rewind to what the peer holds: all before it is acknowledged, the rest is replayed.
     const replayedIn = Math.max(0, peerSent - this.received);
+    // A link replaced while open shows the application a suspend and a
+    // resume only when bytes were caught on it and go again: a move that
+    // stalled nothing is none of its business.
+    const moved = replacing && wasState === 'open';
+    const movedWhy = l.migration?.reason ?? 'the peer reconnected on a new connection';
+    const stalled = !moved || replayedOut > 0 || replayedIn > 0;
+    if (moved && stalled) {
+      this.suspendedAt = l.migration?.at ?? now;
+      this.emit({ type: 'suspend', reason: movedWhy });
+    }
+    l.migration = undefined;
     this.send.rewind(Math.min(Math.max(peerReceived, this.send.start), this.send.end));
     if (peerReceived <= this.send.end) this.fin = stepOutgoingFin(this.fin, 'rewind');
 
@@ -1030,10 +1090,11 @@ export class Session {
     } else {
       this.enterOpen(now, owesAck);
       this.emit({ type: 'link-active', link: l.id });
+      if (moved) this.emit({ type: 'migrate', reason: movedWhy });
       if (wasState === 'connecting') {
         this.timers.stop(Timer.Connect);
         this.emit({ type: 'connect' });
-      } else {
+      } else if (stalled) {
         if (wasState === 'suspended') this.host?.resumed(this);
         this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
       }

@@ -48,6 +48,7 @@ const LABELS = {
   suspend: 'suspend',
   resume: 'resume',
   'reconnect-attempt': 'reconnect-attempt',
+  migrate: 'migrate',
   timeout: 'timeout',
   closed: 'closed',
   error: 'error',
@@ -340,6 +341,12 @@ export class Peer {
     this.pair.drive(this);
   }
 
+  /** Client: the network changed under the session (src/node/network-watch.ts). */
+  migrate(reason: string, verify = false): void {
+    this.session.migrate(this.pair.now, reason, verify);
+    this.pair.drive(this);
+  }
+
   /** The application reads everything delivered so far. */
   read(): void {
     this.session.updateUnread(0, this.pair.now);
@@ -460,6 +467,8 @@ export class Pair {
   readonly lastHeard: Record<Side, number> = { client: -Infinity, server: -Infinity };
   /** How the next dials end, first to last; 'connect' when empty. */
   readonly dialPlans: DialPlan[] = [];
+  /** Each new link leaves from the local address of the current one (the driver's samePath). */
+  samePath = false;
   private readonly _client: Peer | undefined;
   private readonly serverPeers = new Map<Session, Peer>();
   /** Which server session owns each server-side link. */
@@ -624,7 +633,7 @@ export class Pair {
     };
     const connected = () => {
       // As src/node/driver.ts: only a HELLO takes the channel's key and id.
-      client.session.handleLinkOpen(id, client.session.sessionId === undefined ? this.channelOf(id) : undefined);
+      client.session.handleLinkOpen(id, client.session.sessionId === undefined ? this.channelOf(id) : undefined, this.samePath);
       this.drive(client);
     };
     const after = (run: () => void) => this.clock.at(this.now + this.latency, run);

@@ -64,9 +64,17 @@ function established(opts: PairOptions = {}): Pair {
 
 /** Runs until the client is suspended and has resumed again. */
 function untilResumed(p: Pair, within = 60_000): void {
-  const resumed = p.servers.length > 0 ? p.server.events.of('resume').length : 0;
+  const resumed = p.client.events.of('resume').length;
   p.runUntil(() => p.client.session.state === 'suspended', within);
-  p.runUntil(() => p.client.session.state === 'open' && p.server.events.of('resume').length > resumed, within);
+  // The server switches links silently when nothing was in flight: wait for it to carry the session on the client's link.
+  p.runUntil(
+    () =>
+      p.client.session.state === 'open' &&
+      p.client.events.of('resume').length > resumed &&
+      p.server.session.state === 'open' &&
+      p.server.session.activeLink === p.client.session.activeLink,
+    within,
+  );
 }
 
 const wire = (code: RocksErrorCode) => ERROR_CODES[code].wire;
@@ -677,8 +685,8 @@ describe('resume', () => {
     assert.deepEqual(p.link(2).sentBy('client').slice(1, 5), ['RESUME', 'PROOF', 'ACK 0', 'DATA 0+1000']);
     assert.ok(p.server.received.equals(a), 'every byte once');
     assert.equal(p.server.session.bytesReceived, 1000);
-    assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'resume']);
-    assert.equal(p.server.events.of('resume')[0].replayedIn, 0);
+    // Nothing the server sent or was sent had to go again: its application saw no stall, only the move.
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'link-active #2', 'migrate']);
   });
 
   test('the old link delivers the FIN after the CHALLENGE: the replayed FIN is ignored', () => {
@@ -693,7 +701,7 @@ describe('resume', () => {
     untilResumed(p);
     p.runFor(100);
     assert.deepEqual(p.link(2).sentBy('client').slice(1, 6), ['RESUME', 'PROOF', 'ACK 0', 'DATA 0+2', 'FIN 2']);
-    assert.deepEqual(p.server.events.take(), ['end', 'close-link #1', 'suspend', 'link-active #2', 'resume']);
+    assert.deepEqual(p.server.events.take(), ['end', 'close-link #1', 'link-active #2', 'migrate']);
     assert.equal(p.server.received.toString(), 'ab');
     assert.deepEqual(p.client.events.take().slice(-2), ['resume', 'fin-acked']);
   });
@@ -781,13 +789,25 @@ describe('resume', () => {
     assert.ok(p.client.received.equals(down));
   });
 
-  test('a server that has not noticed the failure: the resume replaces its still-open link', () => {
+  test('a server that has not noticed the failure: the resume replaces its still-open link, silently when nothing was in flight', () => {
     const p = established();
     p.link(1).cut(['client']); // only the client hears the reset
     untilResumed(p);
-    assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'resume']);
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'link-active #2', 'migrate']);
+    assert.equal(p.server.events.of('migrate')[0].reason, 'the peer reconnected on a new connection');
+  });
+
+  test('a server that has not noticed the failure, with bytes lost on the old link: suspend and resume, outage 0', () => {
+    const p = established();
+    p.link(1).cut(['client']); // only the client hears the reset
+    const down = pattern(3000);
+    p.server.write(down); // goes out on the old link, which no longer reaches the client
+    untilResumed(p);
+    p.runFor(100);
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'migrate', 'resume']);
     assert.equal(p.server.events.of('suspend')[0].reason, 'the peer reconnected on a new connection');
-    assert.equal(p.server.events.of('resume')[0].outage, 0);
+    assert.deepEqual([p.server.events.of('resume')[0].outage, p.server.events.of('resume')[0].replayedOut], [0, 3000]);
+    assert.ok(p.client.received.equals(down));
   });
 
   test('a bad PROOF is refused with ERROR(4) and leaves the session untouched', () => {
@@ -1010,6 +1030,134 @@ describe('timers', () => {
 });
 
 // ---- reconnection ---------------------------------------------------------------------
+
+describe('network changes (migrate, PROTOCOL.md §6.8)', () => {
+  test('a move over a link that still works: a new link resumes the session, which neither application sees stall', () => {
+    const p = established();
+    p.client.migrate('the default route changed');
+    assert.deepEqual(p.client.events.take(), ['dial #2']);
+    p.runUntil(() => p.server.session.activeLink === 2 && p.client.session.activeLink === 2);
+    p.runFor(100);
+    assert.deepEqual(p.client.events.take(), ['close-link #1', 'link-active #2', 'migrate']);
+    assert.equal(p.client.events.of('migrate')[0].reason, 'the default route changed');
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'link-active #2', 'migrate']);
+    const up = pattern(5000);
+    const down = pattern(7000);
+    p.client.write(up);
+    p.server.write(down);
+    p.runFor(200);
+    assert.ok(p.server.received.equals(up) && p.client.received.equals(down));
+    assert.deepEqual(p.link(2).sentBy('client').slice(0, 3), ['EDP', 'RESUME', 'PROOF']);
+  });
+
+  test('a move off a link that lost bytes (its address vanished): both ends suspend and resume, every byte once', () => {
+    const p = established();
+    const up = pattern(3000);
+    const down = pattern(4000);
+    p.link(1).blackhole(); // the old address is gone: nothing on link 1 arrives any more, and nobody is told
+    p.client.write(up);
+    p.server.write(down);
+    p.runFor(50);
+    p.client.migrate('address 10.1.1.2 was removed', true);
+    p.runUntil(() => p.client.events.of('resume').length === 1 && p.server.events.of('resume').length === 1, 2000);
+    p.runFor(200);
+    assert.deepEqual(p.client.events.take(), ['dial #2', 'close-link #1', 'suspend', 'link-active #2', 'migrate', 'resume']);
+    assert.equal(p.client.events.of('suspend')[0].reason, 'address 10.1.1.2 was removed');
+    const resumed = p.client.events.of('resume')[0];
+    assert.deepEqual([resumed.replayedOut, resumed.replayedIn], [3000, 4000]);
+    assert.ok(resumed.outage < 2 * p.latency * 3, `resumed ${resumed.outage} ms after the change: a round trip and the handshake`);
+    assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'migrate', 'resume']);
+    assert.ok(p.server.received.equals(up) && p.client.received.equals(down));
+  });
+
+  test('the old link acknowledges more after the server wrote its CHALLENGE: the move goes on from what was acknowledged', () => {
+    const p = established();
+    const a = pattern(1000);
+    p.link(1).hold('client');
+    p.client.write(a); // in flight on the old link
+    p.runFor(1);
+    p.client.migrate('the default route changed');
+    p.runUntil(() => p.links.has(2));
+    p.link(2).hold('server'); // nothing of the new link reaches the client for now
+    p.runUntil(() => p.link(2).sentBy('server').includes('CHALLENGE'));
+    const challenge = p
+      .link(2)
+      .framesSentBy('server')
+      .find((f) => f.type === FrameType.CHALLENGE);
+    assert.equal(challenge?.type === FrameType.CHALLENGE && challenge.received, 0);
+    p.link(1).release('client'); // a reaches the server on the old link, which acknowledges it there
+    p.runUntil(() => p.client.session.bufferedAmount === 0);
+    p.link(2).release('server'); // then the CHALLENGE, which says 0 of our 1000
+    p.runUntil(() => p.client.session.activeLink === 2 && p.server.session.activeLink === 2);
+    p.runFor(100);
+    assert.deepEqual(p.client.events.of('error'), []);
+    assert.ok(p.server.received.equals(a), 'every byte once');
+    assert.deepEqual(p.client.events.take(), ['dial #2', 'close-link #1', 'link-active #2', 'migrate']);
+  });
+
+  test('a new route that leads where the current link goes: the new link closes, the session stays', () => {
+    const p = established();
+    p.samePath = true;
+    p.client.migrate('the default route changed');
+    p.runFor(200);
+    assert.deepEqual(p.client.events.take(), ['dial #2', 'close-link #2']);
+    assert.equal(p.client.session.activeLink, 1);
+    assert.deepEqual(p.link(2).sentBy('client'), [], 'not even the EDP announcement went out on it');
+    assert.deepEqual(p.server.events.take(), []);
+  });
+
+  test('after a stall (verify), the session moves even along the same path', () => {
+    const p = established();
+    p.samePath = true;
+    p.client.migrate('the process did not run for 30000 ms', true);
+    p.runUntil(() => p.server.session.activeLink === 2 && p.client.session.activeLink === 2);
+  });
+
+  test('a newer change drops the attempt of an older one; a failed attempt leaves the session where it was', () => {
+    const p = established();
+    p.planDials('hang', 'refuse');
+    p.client.migrate('interface eth0 went down', true);
+    p.client.migrate('the default route changed');
+    p.runFor(200);
+    // #2 hung and was dropped for the newer change; #3 was refused (the transport closed itself).
+    assert.deepEqual(p.client.events.take(), ['dial #2', 'close-link #2', 'dial #3']);
+    assert.match(p.client.session.describe(), /links\[1:active\*\]/);
+    assert.equal(p.client.session.state, 'open');
+    assert.equal(p.client.session.activeLink, 1);
+    p.client.write('still here');
+    p.runFor(100);
+    assert.equal(p.server.received.toString(), 'still here');
+  });
+
+  test('suspended: a change makes the next dial start now instead of after the backoff', () => {
+    const p = established({ options: { reconnectDelay: 5000, reconnectDelayMax: 5000 }, jitter: 0.5 });
+    p.planDials('refuse');
+    p.link(1).cut();
+    p.runUntil(() => p.client.events.of('reconnect-attempt').length === 1 && p.links.has(2) && !p.client.links.has(2));
+    const refused = p.now;
+    p.runFor(100);
+    assert.equal(p.client.events.of('reconnect-attempt').length, 1, 'the backoff holds the next dial');
+    p.client.migrate('dialing at once after a network change');
+    p.runUntil(() => p.client.session.state === 'open');
+    assert.ok(p.now - refused < 1000, `resumed ${p.now - refused} ms after the refused dial, not after the ${5000} ms backoff`);
+  });
+
+  test('no migration before the session exists, or after it ended', () => {
+    const p = new Pair({ connect: true });
+    p.client.migrate('too early', true);
+    p.handshake();
+    p.client.end();
+    p.server.end();
+    p.runUntil(() => p.client.session.state === 'done');
+    p.client.migrate('too late', true);
+    p.runFor(100);
+    assert.deepEqual(
+      p.client.events.all.filter((e) => e.type === 'dial' || e.type === 'migrate').map((e) => e.type),
+      ['dial'],
+      'only the first dial',
+    );
+  });
+});
 
 describe('reconnection', () => {
   test('backoff: the delays double from reconnectDelay up to reconnectDelayMax, jittered over their upper half', () => {

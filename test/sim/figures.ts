@@ -22,6 +22,10 @@ export interface RunFigures {
   earlyData: number;
   /** Clients that failed in their first round trip (early data, HELLO lost). */
   lostFirstTrip: number;
+  /** Runs in which the network changed under clients. */
+  changing: number;
+  /** Sessions moved to a new link while the old one was open. */
+  migrations: number;
 }
 
 /** The figures summed over many runs, and how many of them had several nodes. */
@@ -42,6 +46,8 @@ export function noFigures(): ClusterFigures {
     keyed: 0,
     earlyData: 0,
     lostFirstTrip: 0,
+    changing: 0,
+    migrations: 0,
   };
 }
 
@@ -65,6 +71,8 @@ export function addFigures(totals: ClusterFigures, r: RunFigures | ClusterFigure
     'keyed',
     'earlyData',
     'lostFirstTrip',
+    'changing',
+    'migrations',
   ] as const)
     totals[k] += r[k];
 }
@@ -74,6 +82,7 @@ export function describeFigures(t: ClusterFigures): string {
     `${t.multiNode} multi-node runs: ${t.relayed} links relayed, ${t.refused} relays refused (owner gone or unknown), ` +
     `${t.unreachable} dropped (owner unreachable), ${t.deaths} node deaths, ${t.restarts} restarts, ` +
     `${t.directoryOutages} directory outages, ${t.lost} sessions lost with their node; ` +
-    `${t.keyed} keyed-channel runs: ${t.earlyData} clients sent data behind their HELLO, ${t.lostFirstTrip} failed in their first round trip`
+    `${t.keyed} keyed-channel runs: ${t.earlyData} clients sent data behind their HELLO, ${t.lostFirstTrip} failed in their first round trip; ` +
+    `${t.changing} runs with network changes: ${t.migrations} sessions moved to a new link while the old one was open`
   );
 }

@@ -46,6 +46,10 @@ export class EventGrammar {
         if (this.phase !== 'suspended') return bad(`while ${this.phase}`);
         this.phase = 'up';
         return;
+      case 'migrate':
+        // Moved while open: alone, or inside the suspend/resume pair of a move that stalled data.
+        if (this.phase !== 'up' && this.phase !== 'suspended') return bad(`while ${this.phase}`);
+        return;
       case 'data':
       case 'end':
       case 'fin-acked':

@@ -81,6 +81,21 @@ export const SIM_OPTIONS = {
      */
     keyedChannel: 0.35,
   },
+  changes: {
+    /**
+     * Share of seeds in which the network changes under clients (src/node/
+     * network-watch.ts): a client moves its open session to a new link
+     * while the old one may still carry data and acknowledgements, or
+     * redials at once while suspended. Drawn from a generator of its own.
+     */
+    changing: 0.4,
+    /** Mean ms between two changes (each at one client), drawn per seed. */
+    meanGap: [50, 2000],
+    /** Chance that a change also black-holes the client's current link (its address vanished). */
+    oldLinkGone: 0.4,
+    /** Chance that a change asks for a move even along the same path (after a stall). */
+    verify: 0.5,
+  },
   cluster: {
     /**
      * Share of seeds that run several server nodes behind a balancer, with

@@ -207,6 +207,29 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   };
   scheduleFault();
 
+  // Network changes under clients, from a generator of their own: the other draws stay as they were.
+  const netRandom = new SimRandom(createHash('sha256').update(`network ${seed}`).digest().readUInt32BE(0) >>> 1);
+  const changing = netRandom.chance(SIM_OPTIONS.changes.changing);
+  drawn.networkChanges = changing;
+  const changeGap = netRandom.spread(SIM_OPTIONS.changes.meanGap[0], SIM_OPTIONS.changes.meanGap[1]);
+  const scheduleChange = (): void => {
+    world.clock.after(Math.round(-Math.log(1 - netRandom.fraction()) * changeGap), () => {
+      if (world.clock.now > faultEnd) return;
+      const live = world.clients.filter((c) => !c.released);
+      if (live.length > 0) {
+        const client = netRandom.pick(live);
+        const current = client.session.activeLink === undefined ? undefined : client.links.get(client.session.activeLink);
+        const gone = current !== undefined && !current.stalled && netRandom.chance(SIM_OPTIONS.changes.oldLinkGone);
+        const verify = netRandom.chance(SIM_OPTIONS.changes.verify);
+        world.trace(`CHANGE ${client.name}${gone ? `, its link ${current.id} black-holed` : ''}${verify ? ' (verify)' : ''}`);
+        if (gone) injure(current, 'stall');
+        client.act(() => client.session.migrate(world.clock.now, 'sim network change', verify));
+      }
+      scheduleChange();
+    });
+  };
+  if (changing) scheduleChange();
+
   // Aim some faults at handshakes and resumes: shortly after a connection starts.
   const dial = world.dial.bind(world);
   world.dial = (client, linkId) => {
@@ -385,5 +408,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     keyed: world.options.channelKeys === undefined ? 0 : 1,
     earlyData: world.clients.filter((c) => c.session.sentEarlyData).length,
     lostFirstTrip: lostInFirstTrip.size,
+    changing: changing ? 1 : 0,
+    migrations: world.clients.reduce((n, c) => n + c.migrations, 0),
   };
 }

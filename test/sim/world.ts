@@ -97,6 +97,8 @@ export class ClientEndpoint extends Endpoint {
   readonly grammar: EventGrammar;
   suspends = 0;
   resumes = 0;
+  /** Times the session moved to a new link while the old one was open (a network change). */
+  migrations = 0;
   protected readonly side = CLIENT;
 
   constructor(world: World, name: string, random: SimRandom, plan: AppPlan, appRandom: SimRandom) {
@@ -151,6 +153,9 @@ export class ClientEndpoint extends Endpoint {
         break;
       case 'resume':
         this.resumes++;
+        break;
+      case 'migrate':
+        this.migrations++;
         break;
       case 'error':
         this.errors.push(ev.error.message);
