@@ -9,6 +9,7 @@ export type {
   ReliableSocketOptions,
   ReconnectInfo,
   SuspendInfo,
+  MigrateInfo,
   ReconnectAttemptInfo,
   DetectInfo,
 } from './node/socket.js';

@@ -7,10 +7,14 @@ import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
+import { describeChange, interfaceOf, type NetworkChange, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
 
 const debug = debuglog('rocks');
+
+// A stalled process (sleep, SIGSTOP) is a change every client session hears of.
+sharedScheduler.onStall = (ms) => networkWatcher.reportStall(ms);
 
 /** Data we keep queued in a link's socket before waiting for 'drain'. */
 const LINK_HIGH_WATER = 256 * 1024;
@@ -147,6 +151,8 @@ export class SessionDriver implements Timed, LinkOwner {
   private holdFlush = false;
   private referenced = false;
   private noDelay = true;
+  /** Client: stops hearing of network changes (networkWatcher). */
+  private unwatch: (() => void) | undefined;
 
   constructor(
     session: Session,
@@ -155,6 +161,39 @@ export class SessionDriver implements Timed, LinkOwner {
   ) {
     this.session = session;
     this.listener = listener;
+  }
+
+  /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8). */
+  watchNetwork(): void {
+    this.unwatch ??= networkWatcher.subscribe((change) => this.onNetworkChange(change));
+  }
+
+  private onNetworkChange(change: NetworkChange): void {
+    const decision = this.migrationFor(change);
+    if (decision === undefined) return;
+    debug('network change (%s): %s', describeChange(change), decision.reason);
+    this.session.migrate(monotonicNow(), decision.reason, decision.verify);
+    this.drive();
+  }
+
+  /** Whether `change` touches this session's connection, and why. */
+  private migrationFor(change: NetworkChange): { reason: string; verify: boolean } | undefined {
+    const state = this.session.state;
+    if (change.stalledMs > 0) {
+      // A stall shorter than failureTimeout left the peer watching us: nothing to verify.
+      if (state !== 'open' || change.stalledMs <= this.session.failureTimeout) return undefined;
+      return { reason: `the process did not run for ${Math.round(change.stalledMs)} ms: checking the connection`, verify: true };
+    }
+    // Suspended, any change may have brought the path back.
+    if (state === 'suspended') return { reason: `dialing at once after a network change (${describeChange(change)})`, verify: true };
+    const local = this.activeSocket()?.localAddress;
+    if (state !== 'open' || local === undefined) return undefined;
+    if (change.removed.has(local) || change.removed.has('')) return { reason: `address ${local} was removed`, verify: true };
+    const device = interfaceOf(local, change) ?? '';
+    const link = change.links.get(device) ?? change.links.get('');
+    if (link !== undefined) return { reason: `interface ${device || '?'} went ${link ? 'up' : 'down'}`, verify: true };
+    if (change.defaultRoute || change.added.size > 0) return { reason: 'the default route or the addresses changed', verify: false };
+    return undefined;
   }
 
   /**
@@ -246,8 +285,11 @@ export class SessionDriver implements Timed, LinkOwner {
     } finally {
       this.driving = false;
     }
-    if (this.session.state === 'done') this.setRef(false);
-    else sharedScheduler.schedule(this, this.session.pollTimeout());
+    if (this.session.state === 'done') {
+      this.setRef(false);
+      this.unwatch?.();
+      this.unwatch = undefined;
+    } else sharedScheduler.schedule(this, this.session.pollTimeout());
     this.server?.afterDrive();
   }
 
@@ -324,7 +366,10 @@ export class SessionDriver implements Timed, LinkOwner {
         if (!this.referenced) socket.unref();
         whenLinkReady(socket, () => {
           // Only a HELLO uses the channel's key: a resume keeps the session's.
-          this.session.handleLinkOpen(ev.link, this.session.sessionId === undefined ? linkChannel(socket) : undefined);
+          const channel = this.session.sessionId === undefined ? linkChannel(socket) : undefined;
+          const current = this.activeSocket();
+          const samePath = current !== undefined && socket.localAddress !== undefined && socket.localAddress === current.localAddress;
+          this.session.handleLinkOpen(ev.link, channel, samePath);
           this.drive();
         });
         return;

@@ -16,11 +16,19 @@ export function monotonicNow(): number {
   return performance.now();
 }
 
+/** A timer this late, or wall time this far ahead of monotonic time, means the process did not run (sleep, SIGSTOP). */
+const STALL_MS = 1000;
+
 export class Scheduler {
   private readonly heap = new MinHeap<{ target: Timed; at: number }>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
   private refs = 0;
+  /** When the timer was armed, by both clocks: monotonic time stands still while the machine sleeps, wall time does not. */
+  private armedMono = 0;
+  private armedWall = 0;
+  /** Told how long the process stood still, when a timer shows it did for longer than STALL_MS. */
+  onStall: ((ms: number) => void) | undefined;
 
   /** Wakes `target` at `at` (ms, monotonic), unless it is already due earlier. */
   schedule(target: Timed, at: number | undefined): void {
@@ -43,15 +51,20 @@ export class Scheduler {
   private arm(at: number): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timerAt = at;
+    this.armedMono = monotonicNow();
+    this.armedWall = Date.now();
     // setTimeout rounds to whole ms and may fire a little early; fire() copes.
     this.timer = setTimeout(() => this.fire(), Math.max(0, Math.ceil(at - monotonicNow())));
     if (this.refs === 0) this.timer.unref();
   }
 
   private fire(): void {
+    const now = monotonicNow();
+    const late = now - this.timerAt;
+    const slept = Date.now() - this.armedWall - (now - this.armedMono);
     this.timer = undefined;
     this.timerAt = Infinity;
-    const now = monotonicNow();
+    if (Math.max(late, slept) > STALL_MS) this.onStall?.(Math.max(late, slept));
     // Take everything due first: a target that asks again for a time already
     // past waits for the next turn of the event loop instead of spinning here.
     const due: Timed[] = [];

@@ -32,6 +32,18 @@ export interface SuspendInfo {
   reason: string;
 }
 
+/**
+ * What the `migrate` event carries: the session moved to a new connection
+ * while the old one was still open (PROTOCOL.md §6.8): on a client, because
+ * the network changed under it; on a server, because its client moved. The
+ * addresses are the new connection's by then. A `suspend` and a `reconnect`
+ * come with it only when bytes were caught on the old connection and went
+ * again.
+ */
+export interface MigrateInfo {
+  reason: string;
+}
+
 /** What the `reconnect` event carries: the session is carried again after a suspension. */
 export interface ReconnectInfo {
   /** How long the connection was suspended, in ms. */
@@ -73,6 +85,13 @@ export interface ReliableSocketOptions extends SessionOptions {
    * connection, as tls.connect would make it.
    */
   tls?: ConnectionOptions;
+  /**
+   * Client: when the host's addresses, default route or interfaces change,
+   * or the process did not run for longer than failureTimeout (sleep), the
+   * session moves to a new connection at once instead of waiting out
+   * failureTimeout (PROTOCOL.md §6.8). Default true.
+   */
+  watchNetwork?: boolean;
 }
 
 export type ReliableConnectOptions = ReliableSocketOptions & {
@@ -358,6 +377,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.driver = new SessionDriver(session, this);
     this.driver.setNoDelay(this.noDelay);
     this.driver.setRef(this.referenced);
+    // A Unix socket path has no network to change under it.
+    if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetwork();
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
     // Over TLS the mode is certain and the link keys the session: what the
     // application already wrote goes out right behind the HELLO (§15.2).
@@ -799,6 +820,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
       }
       case 'suspend':
         this.emit('suspend', { reason: ev.reason } satisfies SuspendInfo);
+        return;
+      case 'migrate':
+        this.emit('migrate', { reason: ev.reason } satisfies MigrateInfo);
         return;
       case 'resume':
         this.emit('reconnect', {

@@ -99,6 +99,8 @@ export interface Carriage {
   on(event: 'packet', listener: (packet: Buffer) => void): this;
   on(event: 'ready' | 'suspend' | 'resume', listener: () => void): this;
   on(event: 'close', listener: (reason: string) => void): this;
+  /** The rocks connection moved to a new link while the old one was open (a network change, `reason`). */
+  on(event: 'move', listener: (reason: string) => void): this;
   on(event: 'rejected', listener: () => void): this;
   /** The framing broke (`reason`); the carriage is looking for the peer's SYNC. */
   on(event: 'resync', listener: (reason: string) => void): this;
@@ -155,6 +157,7 @@ export class Carriage extends EventEmitter {
       this.emit('suspend');
     });
     socket.on('reconnect', () => this.emit('resume'));
+    socket.on('migrate', (info: { reason: string }) => this.emit('move', info.reason));
     socket.on('error', (err: Error) => this.close(err.message));
     socket.on('close', () => this.close('connection closed'));
     const frame = Buffer.alloc(HEADER + PUBLIC_KEY);

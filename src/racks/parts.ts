@@ -42,7 +42,7 @@ export interface KernelControl {
   keepAddress(address: string): void;
 }
 
-/** The host's own IPv4 addresses, and word when they change (`ip monitor address`). */
+/** The host's own IPv4 addresses, and word when they change (the network watcher, src/node/network-watch.ts). */
 export interface AddressWatcher {
   /** Calls `onChange` whenever the addresses may have changed. */
   start(onChange: () => void): void;

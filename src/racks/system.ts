@@ -1,12 +1,12 @@
 // The real parts of a rack daemon (src/racks/parts.ts), on Linux as root:
 // the TUN device with offload, a raw socket whose packets the rules let
-// pass, racks' nftables table and routes, `ip monitor address`, rocks on the
+// pass, racks' nftables table and routes, the network watcher, rocks on the
 // rack port, the system clock. `rack up` (src/cli/rack.ts) opens them and
 // builds the daemon from them.
 
-import { spawn, type ChildProcess } from 'node:child_process';
 import { networkInterfaces } from 'node:os';
-import type { RackLogger, RackOptions } from './daemon.js';
+import { networkWatcher } from '../node/network-watch.js';
+import type { RackOptions } from './daemon.js';
 import { RocksLinks } from './links.js';
 import * as netfilter from './netfilter.js';
 import { systemClock, type AddressWatcher, type RackParts } from './parts.js';
@@ -35,22 +35,24 @@ export function openSystemParts(options: RackOptions, kernel: netfilter.RackKern
     tun,
     raw,
     kernel: netfilter.kernelControl(options.specs, { ...kernel, port: options.port }),
-    addresses: new IpMonitor(options.log),
+    addresses: new IpMonitor(),
     links: new RocksLinks(options),
     clock: systemClock,
   };
 }
 
-/** `ip -o -4 monitor address` says when, and node:os says what, the host's IPv4 addresses are. */
+/**
+ * The process's network watcher (src/node/network-watch.ts, the one rocks
+ * sessions use) says when, and node:os says what, the host's IPv4
+ * addresses are.
+ */
 class IpMonitor implements AddressWatcher {
-  private monitor: ChildProcess | undefined;
-
-  constructor(private readonly log: RackLogger) {}
+  private unsubscribe: (() => void) | undefined;
 
   start(onChange: () => void): void {
-    this.monitor = spawn('ip', ['-o', '-4', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    this.monitor.stdout!.on('data', () => onChange());
-    this.monitor.on('error', (err) => this.log.warn({ err: err.message }, 'cannot watch addresses'));
+    this.unsubscribe = networkWatcher.subscribe((change) => {
+      if (change.added.size > 0 || change.removed.size > 0) onChange();
+    });
   }
 
   addresses(): Set<string> {
@@ -60,6 +62,6 @@ class IpMonitor implements AddressWatcher {
   }
 
   close(): void {
-    this.monitor?.kill();
+    this.unsubscribe?.();
   }
 }

@@ -1,0 +1,267 @@
+// One watcher of the host's network per process, shared by every client
+// session (PROTOCOL.md §6.8). A session whose local address vanished, whose
+// interface went down or whose default route changed moves to a new
+// connection at once instead of waiting out failureTimeout; one whose
+// process stalled (the machine slept, SIGSTOP) checks its connection at once.
+//
+// Linux reports address, route and link changes on rtnetlink; `ip -o
+// monitor address route link` prints one line per message. We read that
+// rather than a netlink socket through koffi: iproute2 already decodes every
+// message of both address families and follows the namespace it runs in,
+// a crash of the child costs us nothing, and the kernel's structures never
+// reach our code. macOS reports them on a routing socket, and `route -n
+// monitor` prints one block per message. Elsewhere the watcher is off and
+// sessions rely on failureTimeout alone.
+//
+// The child runs only while client sessions subscribe, and blocks in the
+// kernel between messages: an idle process pays nothing for it.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { networkInterfaces } from 'node:os';
+import { createInterface } from 'node:readline';
+import { debuglog } from 'node:util';
+
+const debug = debuglog('rocks');
+
+/** Changes that arrive within this many ms of each other are handled together (a move is a removal, an addition and a route). */
+const SETTLE_MS = 25;
+/** A monitor that exited is started again after this long, while sessions still subscribe. */
+const RESTART_MS = 5000;
+
+/** One line of `ip -o monitor address route link`, as far as a session cares. */
+export type MonitorEvent =
+  | { kind: 'address'; deleted: boolean; device: string; address: string }
+  | { kind: 'route'; deleted: boolean; isDefault: boolean }
+  | { kind: 'link'; device: string; up: boolean };
+
+const ADDRESS_LINE = /^(Deleted )?\d+: ([^\s@:]+)(?:@\S+)?:?\s+inet6? ([0-9a-fA-F.:]+)\/\d+/;
+const LINK_LINE = /^(Deleted )?\d+: ([^\s@:]+)(?:@[^\s:]+)?: <([A-Z0-9_,-]*)>/;
+// A route: its destination (default, or a prefix with an optional type such as `local`), then `dev` or `via` somewhere after.
+const ROUTE_LINE = /^(Deleted )?(?:(default)|(?:[a-z]+ )?(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]*:[0-9a-fA-F:]+)(?:\/\d+)?)\s.*\b(?:dev|via)\s/;
+
+/** Parses one line of `ip -o monitor address route link`; undefined for one it does not understand. */
+export function parseIpMonitorLine(line: string): MonitorEvent | undefined {
+  // With a timestamp option iproute2 prefixes "[ADDR]", "[ROUTE]", "[LINK]": never relied on, but harmless.
+  const text = line.replace(/^\[[A-Z]+\]/, '').trim();
+  let m = ADDRESS_LINE.exec(text);
+  if (m) return { kind: 'address', deleted: m[1] !== undefined, device: m[2], address: m[3] };
+  m = LINK_LINE.exec(text);
+  if (m) {
+    const flags = m[3].split(',');
+    const up = m[1] === undefined && flags.includes('UP') && flags.includes('LOWER_UP') && !flags.includes('NO-CARRIER');
+    return { kind: 'link', device: m[2], up };
+  }
+  m = ROUTE_LINE.exec(text);
+  if (m) return { kind: 'route', deleted: m[1] !== undefined, isDefault: m[2] !== undefined };
+  return undefined;
+}
+
+/**
+ * What `route -n monitor` (macOS) reports, one message at a time: its
+ * header line names the message type. The addresses follow in a format
+ * that varies with the message; a removed address is reported without one
+ * (every session treats it as possibly its own).
+ */
+export function parseRouteMonitorLine(line: string): MonitorEvent | undefined {
+  const m = /^(RTM_[A-Z]+):/.exec(line.trim());
+  if (m === null) return undefined;
+  switch (m[1]) {
+    case 'RTM_DELADDR':
+      return { kind: 'address', deleted: true, device: '', address: '' };
+    case 'RTM_NEWADDR':
+      return { kind: 'address', deleted: false, device: '', address: '' };
+    case 'RTM_IFINFO':
+      return { kind: 'link', device: '', up: !/flags:<[^>]*\bDOWN\b/.test(line) };
+    default:
+      return undefined;
+  }
+}
+
+/** What changed on the host since the last report, for sessions to decide whether it touches their connection. */
+export interface NetworkChange {
+  /** Addresses taken off an interface ('' when the system does not say which). */
+  removed: Set<string>;
+  /** Addresses put on an interface. */
+  added: Set<string>;
+  /** Interfaces whose state changed, and whether they are up now ('' when the system does not say which). */
+  links: Map<string, boolean>;
+  /** A default route appeared, changed or went away. */
+  defaultRoute: boolean;
+  /** The process did not run for this many ms (the machine slept, SIGSTOP); 0 for a network change. */
+  stalledMs: number;
+}
+
+/** Gathers monitor events into one NetworkChange; `take` returns it and starts the next. */
+export class ChangeAccumulator {
+  private change = emptyChange();
+  private any = false;
+  /** The last state seen of each interface: a link line that repeats it changes nothing. */
+  private readonly linkState = new Map<string, boolean>();
+
+  /** Adds one event; returns whether it is a change a session may care about. */
+  add(ev: MonitorEvent): boolean {
+    switch (ev.kind) {
+      case 'address':
+        if (isLinkLocal(ev.address)) return false;
+        (ev.deleted ? this.change.removed : this.change.added).add(ev.address);
+        break;
+      case 'route':
+        if (!ev.isDefault) return false;
+        this.change.defaultRoute = true;
+        break;
+      case 'link':
+        if (ev.device !== '' && this.linkState.get(ev.device) === ev.up) return false;
+        if (ev.device !== '') this.linkState.set(ev.device, ev.up);
+        this.change.links.set(ev.device, ev.up);
+        break;
+    }
+    this.any = true;
+    return true;
+  }
+
+  get pending(): boolean {
+    return this.any;
+  }
+
+  take(): NetworkChange {
+    const change = this.change;
+    this.change = emptyChange();
+    this.any = false;
+    return change;
+  }
+}
+
+function emptyChange(): NetworkChange {
+  return { removed: new Set(), added: new Set(), links: new Map(), defaultRoute: false, stalledMs: 0 };
+}
+
+function isLinkLocal(address: string): boolean {
+  return address.startsWith('fe80:') || address.startsWith('169.254.') || address.startsWith('127.') || address === '::1';
+}
+
+/** A one-line account of a change, for logs. */
+export function describeChange(change: NetworkChange): string {
+  if (change.stalledMs > 0) return `the process did not run for ${Math.round(change.stalledMs)} ms`;
+  const parts: string[] = [];
+  if (change.removed.size > 0) parts.push(`removed ${[...change.removed].join(', ') || 'an address'}`);
+  if (change.added.size > 0) parts.push(`added ${[...change.added].join(', ') || 'an address'}`);
+  for (const [device, up] of change.links) parts.push(`${device || 'an interface'} ${up ? 'up' : 'down'}`);
+  if (change.defaultRoute) parts.push('default route changed');
+  return parts.join('; ');
+}
+
+/**
+ * The interface that holds `address` as the host was when `change` came,
+ * if any. Read once per change (getifaddrs is a round of system calls),
+ * however many sessions ask.
+ */
+export function interfaceOf(address: string, change: NetworkChange): string | undefined {
+  let byAddress = interfacesAt.get(change);
+  if (byAddress === undefined) {
+    byAddress = new Map();
+    for (const [name, list] of Object.entries(networkInterfaces())) for (const a of list ?? []) byAddress.set(a.address, name);
+    interfacesAt.set(change, byAddress);
+  }
+  return byAddress.get(address);
+}
+const interfacesAt = new WeakMap<NetworkChange, Map<string, string>>();
+
+type Listener = (change: NetworkChange) => void;
+
+/** The monitor command of this platform and its line parser, or undefined where there is none. */
+function monitorCommand(): { command: string; parse: (line: string) => MonitorEvent | undefined } | undefined {
+  if (process.platform === 'linux') return { command: 'ip -o monitor address route link', parse: parseIpMonitorLine };
+  if (process.platform === 'darwin') return { command: 'route -n monitor', parse: parseRouteMonitorLine };
+  return undefined;
+}
+
+/**
+ * Runs `command` so that it ends with us, however we end: a shell starts it
+ * and waits for the end of its standard input, our pipe, which the kernel
+ * closes when this process dies (even by SIGKILL); then it stops the
+ * command. Exit code 127: no such command here.
+ */
+function supervised(command: string): string {
+  const name = command.split(' ')[0];
+  return `command -v ${name} >/dev/null || exit 127; ${command} & trap 'kill $! 2>/dev/null' EXIT INT TERM; cat >/dev/null`;
+}
+
+export class NetworkWatcher {
+  private readonly listeners = new Set<Listener>();
+  private child: ChildProcess | undefined;
+  private restart: NodeJS.Timeout | undefined;
+  private settle: NodeJS.Timeout | undefined;
+  private readonly changes = new ChangeAccumulator();
+  private unavailable = false;
+
+  /** Calls `listener` with each change until the returned function is called; the monitor runs while anyone listens. */
+  subscribe(listener: Listener): () => void {
+    this.listeners.add(listener);
+    if (this.listeners.size === 1) this.start();
+    return () => {
+      if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
+      this.stop();
+    };
+  }
+
+  /** The scheduler saw the process stall for `ms` (a late timer, or wall time that moved on while monotonic time stood still). */
+  reportStall(ms: number): void {
+    if (this.listeners.size === 0) return;
+    debug('network watch: %s', describeChange({ ...emptyChange(), stalledMs: ms }));
+    this.deliver({ ...emptyChange(), stalledMs: ms });
+  }
+
+  /** Feeds one monitor line (the child's output; tests call it directly). */
+  onLine(line: string, parse: (line: string) => MonitorEvent | undefined = parseIpMonitorLine): void {
+    const ev = parse(line);
+    if (ev === undefined || !this.changes.add(ev)) return;
+    this.settle ??= setTimeout(() => {
+      this.settle = undefined;
+      const change = this.changes.take();
+      debug('network watch: %s', describeChange(change));
+      this.deliver(change);
+    }, SETTLE_MS).unref();
+  }
+
+  private deliver(change: NetworkChange): void {
+    for (const listener of [...this.listeners]) listener(change);
+  }
+
+  private start(): void {
+    const monitor = monitorCommand();
+    if (monitor === undefined || this.unavailable || this.child !== undefined) return;
+    const child = spawn('sh', ['-c', supervised(monitor.command)], { stdio: ['pipe', 'pipe', 'ignore'] });
+    this.child = child;
+    // Neither the child nor its pipes keep this process alive.
+    child.unref();
+    for (const pipe of [child.stdin, child.stdout]) (pipe as unknown as { unref?: () => void } | null)?.unref?.();
+    createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line, monitor.parse));
+    child.on('error', (err) => {
+      debug('network watch off: %s', err.message);
+      this.unavailable = true;
+    });
+    child.on('exit', (code) => {
+      if (this.child !== child) return;
+      this.child = undefined;
+      if (code === 127) {
+        // No such command here: sessions rely on failureTimeout, as without a watcher.
+        debug('network watch off: no %s command', monitor.command.split(' ')[0]);
+        this.unavailable = true;
+      }
+      if (this.listeners.size > 0 && !this.unavailable) this.restart = setTimeout(() => this.start(), RESTART_MS).unref();
+    });
+  }
+
+  private stop(): void {
+    clearTimeout(this.restart);
+    clearTimeout(this.settle);
+    this.settle = undefined;
+    this.changes.take();
+    const child = this.child;
+    this.child = undefined;
+    child?.kill();
+  }
+}
+
+/** The watcher every session of this process shares. */
+export const networkWatcher = new NetworkWatcher();
