@@ -54,7 +54,8 @@ export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface CommonOptions {
-  session: SessionOptions;
+  /** What every rocks socket of the command gets (the session's options, and whether it follows network changes). */
+  session: SessionOptions & { watchNetwork?: boolean };
   logLevel: LogLevel;
   json: boolean;
   metrics: Endpoint | undefined;
@@ -66,6 +67,7 @@ export const COMMON_OPTIONS = {
   'failure-timeout': { type: 'string' },
   heartbeat: { type: 'string' },
   'suspend-limit': { type: 'string' },
+  'no-watch-network': { type: 'boolean' },
   'log-level': { type: 'string' },
   json: { type: 'boolean' },
   metrics: { type: 'string' },
@@ -76,6 +78,8 @@ export const COMMON_HELP = `Common options:
   --failure-timeout MS     silence that declares a connection failed (default 5000, min 200)
   --heartbeat MS           keepalive interval (default failure-timeout / 5)
   --suspend-limit DURATION how long a connection may stay suspended (default 72h; e.g. 90s, 30m, 2d)
+  --no-watch-network       clients: wait out the failure timeout instead of moving to a new
+                           connection at once when addresses, routes or interfaces change
   --log-level LEVEL        error, warn, info (default) or debug
   --json                   log one JSON object per line
   --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics
@@ -138,7 +142,8 @@ export function parseDuration(text: string, what: string): number {
 }
 
 export function commonOptions(values: Record<string, string | boolean | undefined>): CommonOptions {
-  const session: SessionOptions = {};
+  const session: CommonOptions['session'] = {};
+  if (values['no-watch-network'] === true) session.watchNetwork = false;
   if (typeof values['failure-timeout'] === 'string') session.failureTimeout = parseMs(values['failure-timeout'], '--failure-timeout');
   if (typeof values.heartbeat === 'string') session.heartbeatInterval = parseMs(values.heartbeat, '--heartbeat');
   if (typeof values['suspend-limit'] === 'string') session.suspendLimit = parseDuration(values['suspend-limit'], '--suspend-limit');

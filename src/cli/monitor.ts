@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { clearScreenDown, moveCursor } from 'node:readline';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ReliableSocket, ReconnectInfo, SuspendInfo } from '../node/socket.js';
+import type { MigrateInfo, ReliableSocket, ReconnectInfo, SuspendInfo } from '../node/socket.js';
 import type { CommonOptions } from './args.js';
 
 interface Tracked {
@@ -112,6 +112,9 @@ export class Monitor {
       t.suspendedSince = Date.now();
       log.warn({ reason: info.reason }, 'suspended');
       this.drawStatus();
+    });
+    socket.on('migrate', (info: MigrateInfo) => {
+      log.info({ reason: info.reason, local: socket.localAddress, remote: socket.remoteAddress }, 'moved to a new connection');
     });
     socket.on('reconnect', (info: ReconnectInfo) => {
       t.suspendedSince = undefined;

@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server } from 'node:net';
 import { describe, test } from 'node:test';
+import { COMMON_OPTIONS, commonOptions, parse } from '../../src/cli/args.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { parseJsonLines, sleep } from '../support/helpers.js';
 import { freePort, run, start } from '../support/programs.js';
@@ -79,6 +80,13 @@ describe('rock: command line', () => {
       assert.match(r.stdout.toString(), new RegExp(`^Usage: rock ${command}`));
     }
     assert.match((await rock('serve', '-h')).stdout.toString(), /--suspend-limit DURATION/);
+    assert.match((await rock('forward', '-h')).stdout.toString(), /--no-watch-network/);
+  });
+
+  test('--no-watch-network turns the network watcher off for the sockets of the command', () => {
+    assert.equal(commonOptions(parse(['--no-watch-network'], COMMON_OPTIONS).values).session.watchNetwork, false);
+    assert.equal(commonOptions(parse([], COMMON_OPTIONS).values).session.watchNetwork, undefined, 'on by default');
+    assert.throws(() => parse(['--no-watch-network=yes'], COMMON_OPTIONS), /--no-watch-network/);
   });
 
   test('port in use exits 3; an unreachable target exits 1', async () => {
