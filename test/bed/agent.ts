@@ -2,7 +2,7 @@
 // server or client whose connections carry a paced stream of random bytes
 // both ways, hashed on each side. It reports on stdout, one JSON object per
 // line with a wall-clock time `t` (the test compares it with when it broke
-// the network): connected (a client's with its session id and EDP verdict), suspend, resume, error, and at each connection's
+// the network): connected (a client's with its session id and EDP verdict), suspend, resume, migrate, error, and at each connection's
 // close a result with the bytes and SHA-256 of each direction.
 //
 //   node agent.js server --listen HOST:PORT [--rate B/s] [--options JSON]
@@ -100,6 +100,9 @@ function watch(socket: Conn, id: number, side: 'client' | 'server', writer: Pace
     received += d.length;
   });
   socket.on('suspend', (info: { reason: string }) => report({ type: 'suspend', id, side, reason: info.reason }));
+  socket.on('migrate', (info: { reason: string }) =>
+    report({ type: 'migrate', id, side, reason: info.reason, remote: socket.remoteAddress, local: socket.localAddress }),
+  );
   socket.on('reconnect', (info: ReconnectInfo) => {
     report({
       type: 'resume',

@@ -234,8 +234,10 @@ async function applyFault(
   else bed.moveClient();
   const failedSince = (): number[] => withEventSince(client, 'error', live, broken);
   // Lifted only once every live session noticed, so none rides it out unsuspended (and so never resumes).
+  // A move may be noticed as a move (the network watcher, PROTOCOL.md §6.8) with no suspension, when no bytes were caught.
+  const moved = (): number[] => (fault.kind === 'move' ? withEventSince(client, 'migrate', live, broken) : []);
   const unnoticed = (): number[] => {
-    const noticed = new Set([...suspended, ...withEventSince(client, 'suspend', live, broken), ...failedSince()]);
+    const noticed = new Set([...suspended, ...withEventSince(client, 'suspend', live, broken), ...moved(), ...failedSince()]);
     return live.filter((id) => !noticed.has(id));
   };
   await client.waitFor(
@@ -252,7 +254,8 @@ async function applyFault(
   }
   const settled = (): boolean => {
     const failed = new Set(failedSince());
-    return live.every((id) => failed.has(id) || withEventSince(client, 'resume', [id], broken).length > 0);
+    const back = new Set([...withEventSince(client, 'resume', live, broken), ...moved()]);
+    return live.every((id) => failed.has(id) || back.has(id));
   };
   await client.waitFor(settled, 30_000, `every session to resume or fail after the ${describeFault(fault, nodeIds)}`);
   const lost = failedSince().length;

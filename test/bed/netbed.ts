@@ -4,6 +4,7 @@
 // for faults.
 //
 //   client (10.1.1.2/24) ── eth0 ═ to-client ── router ── to-server  ═ eth0 ── server  (10.2.2.2/24)
+//          (10.3.1.2/24) ── eth1 ═ to-cell ───┘   (with a cellular uplink)
 //                                                  ├───── to-server1 ═ eth0 ── server1 (10.2.3.2/24)
 //                                                  └───── ...                  serverI (10.2.(I+2).2/24)
 //
@@ -55,6 +56,12 @@ export interface NetBedOptions {
    * land elsewhere with three servers.
    */
   spread?: 'inc' | 'random';
+  /**
+   * A second uplink on the client, "cellular" (eth1, 10.3.1.2/24 via the
+   * router's to-cell), beside its "wifi" (eth0). The default route stays on
+   * wifi until useUplink('cellular'); the fault rules act on wifi only.
+   */
+  cellular?: boolean;
 }
 
 /** Why network-namespace tests cannot run here, or undefined when they can. */
@@ -134,6 +141,7 @@ interface Subnet {
 }
 
 const clientSubnet = (n: number): Subnet => ({ host: `10.1.${n}.2`, gateway: `10.1.${n}.1` });
+const CELLULAR: Subnet = { host: '10.3.1.2', gateway: '10.3.1.1' };
 const serverSubnet = (index: number): Subnet => ({ host: `10.2.${index + 2}.2`, gateway: `10.2.${index + 2}.1` });
 /** The router's side of server `index`'s link. */
 const serverSide = (index: number): string => (index === 0 ? 'to-server' : `to-server${index}`);
@@ -155,14 +163,17 @@ export class NetBed {
 
   /** How the balancer picks a server (NetBedOptions.spread). */
   readonly spread: 'inc' | 'random';
+  /** The client's cellular uplink (NetBedOptions.cellular), if it has one. */
+  readonly cellular: Subnet | undefined;
 
-  constructor({ servers = 1, spread = 'inc' }: NetBedOptions = {}) {
+  constructor({ servers = 1, spread = 'inc', cellular = false }: NetBedOptions = {}) {
     if (!Number.isInteger(servers) || servers < 1 || servers > 200) throw new RangeError(`servers must be an integer from 1 to 200, got ${servers}`);
     hookExit();
     sweepLeftovers();
     const id = `${PREFIX}${process.pid}-${++beds}`;
     this.servers = servers;
     this.spread = spread;
+    this.cellular = cellular ? CELLULAR : undefined;
     this.serverAddresses = Array.from({ length: servers }, (_, i) => serverSubnet(i).host);
     this.serverAddress = this.serverAddresses[0];
     this.ns = { client: `${id}-c`, server: `${id}-s`, router: `${id}-r` };
@@ -210,6 +221,13 @@ export class NetBed {
       this.ip(host, 'addr', 'add', `${subnet.host}/24`, 'dev', 'eth0');
       this.ip(host, 'link', 'set', 'eth0', 'up');
       this.ip(host, 'route', 'add', 'default', 'via', subnet.gateway);
+    }
+    if (this.cellular !== undefined) {
+      this.ip(router, 'link', 'add', 'to-cell', 'type', 'veth', 'peer', 'name', 'eth1', 'netns', client);
+      this.ip(router, 'addr', 'add', `${this.cellular.gateway}/24`, 'dev', 'to-cell');
+      this.ip(router, 'link', 'set', 'to-cell', 'up');
+      this.ip(client, 'addr', 'add', `${this.cellular.host}/24`, 'dev', 'eth1');
+      this.ip(client, 'link', 'set', 'eth1', 'up');
     }
     this.nft(`add table inet ${NFT_TABLE}`);
     this.nft(`add chain inet ${NFT_TABLE} forward { type filter hook forward priority 0; policy accept; }`);
@@ -319,6 +337,19 @@ export class NetBed {
     this.ip(this.ns.router, 'addr', 'del', `${old.gateway}/24`, 'dev', 'to-client');
     this.client = next;
     return next.host;
+  }
+
+  /**
+   * The client's default route moves to `uplink` (needs NetBedOptions.cellular),
+   * as a phone's does when Wi-Fi goes and comes back. Both keep their
+   * addresses; new connections leave from the uplink's.
+   */
+  useUplink(uplink: 'wifi' | 'cellular'): string {
+    if (this.cellular === undefined) throw new Error('this bed has no cellular uplink (new NetBed({ cellular: true }))');
+    const [via, dev, address] =
+      uplink === 'wifi' ? [this.client.gateway, 'eth0', this.client.host] : [this.cellular.gateway, 'eth1', this.cellular.host];
+    this.ip(this.ns.client, 'route', 'replace', 'default', 'via', via, 'dev', dev);
+    return address;
   }
 
   /** The client's interface goes down (cable out, Wi-Fi off): its routes go with it. */

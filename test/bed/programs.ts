@@ -6,15 +6,15 @@
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { parseJsonLines, Program, readJsonLines, until } from '../support/helpers.js';
+import { parseJsonLines, Program, readJsonLines, sleep, until } from '../support/helpers.js';
 import { ROCK } from '../support/rock.js';
-import type { HostName, NetBed } from './netbed.js';
+import { type HostName, NetBed, type NetBedOptions } from './netbed.js';
 
 const AGENT = fileURLToPath(new URL('./agent.js', import.meta.url));
 
 export interface AgentEvent {
   t: number;
-  type: 'listening' | 'connected' | 'suspend' | 'resume' | 'error' | 'result' | 'done' | 'fatal';
+  type: 'listening' | 'connected' | 'suspend' | 'resume' | 'migrate' | 'error' | 'result' | 'done' | 'fatal';
   id?: number;
   side?: 'client' | 'server';
   reliable?: boolean;
@@ -25,8 +25,10 @@ export interface AgentEvent {
   outage?: number;
   replayedOut?: number;
   replayedIn?: number;
-  /** The peer's address (on a resume: where the session came back from). */
+  /** The peer's address (on a resume or a migrate: where the session came back from). */
   remote?: string;
+  /** On a migrate: the local address of the new connection. */
+  local?: string;
   /** A client's session id (hex), on connected. */
   session?: string;
   code?: string;
@@ -326,7 +328,73 @@ export class CommandPath {
     };
   }
 
+  /** Times of the forward's 'moved to a new connection' log lines, with the new connection's local address. */
+  moves(): { time: number; local: string }[] {
+    return (this.forward?.logs() ?? []).filter((l) => l.msg === 'moved to a new connection').map((l) => ({ time: l.time, local: String(l.local) }));
+  }
+
   async stop(): Promise<void> {
     await Promise.all([this.stream.stop(), ...this.processes.map((p) => p.stop())]);
+  }
+}
+
+/** What a streaming scenario gives its body: the bed, both agents and the command path, all streaming. */
+export interface StreamingWorld {
+  bed: NetBed;
+  client: Agent;
+  server: Agent;
+  command: CommandPath;
+}
+
+export interface ScenarioOptions {
+  /** Agent connections (default 1) and what each sends a second, each way (default 256 KiB). */
+  count?: number;
+  rate?: number;
+  /** The bed's bandwidth limit (default 100 Mbit/s), sysctls on every host, and options of the bed itself. */
+  mbit?: number;
+  sysctl?: Record<string, string>;
+  bed?: NetBedOptions;
+  /** Session options of both agents, and the command line options of rock serve and forward (default: the library's). */
+  options?: object;
+  rockOptions?: string[];
+  /** How long everything streams before and after the body (ms, default 1000). */
+  settle?: number;
+}
+
+const RATE = 256 * 1024;
+const AGENT_PORT = 7000;
+const ROCK_PORT = 7100;
+
+/**
+ * A bed with a server agent, a client agent and the command path, all
+ * streaming, around `body`; then every byte of the agents and of socat is
+ * checked by SHA-256 and the amounts printed. Torn down whatever happens.
+ */
+export async function streamingScenario(name: string, body: (world: StreamingWorld) => Promise<void>, opts: ScenarioOptions = {}): Promise<void> {
+  const { count = 1, rate = RATE, mbit = 100, sysctl = {}, options = {}, rockOptions = [], settle = 1000 } = opts;
+  const bed = new NetBed(opts.bed);
+  const command = new CommandPath(bed);
+  let server: Agent | undefined;
+  let client: Agent | undefined;
+  try {
+    bed.shape(mbit);
+    for (const [key, value] of Object.entries(sysctl)) bed.hostSysctl(key, value);
+    server = await agentServer(bed, AGENT_PORT, options, rate);
+    client = await agentClient(bed, AGENT_PORT, options, rate, count);
+    await command.start(ROCK_PORT, rockOptions, RATE);
+    if (!client.of('connected').every((e) => e.reliable)) throw new Error('the agent connections are not all reliable');
+    await sleep(settle); // streaming before the body
+    await body({ bed, client, server, command });
+    await sleep(settle); // and after it
+    const agents = await finishAndVerify(client, server, count);
+    const socat = await command.finishAndVerify();
+    console.log(
+      `# ${name}: ${count} rocks connection(s) carried ${(agents.bytes / 2 ** 20).toFixed(1)} MiB, socat through rock forward + serve ${(socat.bytes / 2 ** 20).toFixed(1)} MiB; every byte intact both ways`,
+    );
+  } finally {
+    await command.stop();
+    await client?.stop();
+    await server?.stop();
+    bed.destroy();
   }
 }

@@ -10,14 +10,27 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
-import { NetBed, netbedSkip } from '../bed/netbed.js';
-import { agentClient, agentServer, CommandPath, finishAndVerify, strays, type Agent, type AgentEvent } from '../bed/programs.js';
+import { netbedSkip } from '../bed/netbed.js';
+import {
+  agentClient,
+  agentServer,
+  type Agent,
+  type AgentEvent,
+  type CommandPath,
+  type ScenarioOptions,
+  type StreamingWorld,
+  streamingScenario,
+  strays,
+} from '../bed/programs.js';
 import { sleep, until } from '../support/helpers.js';
 
 const skip = netbedSkip();
 
 const FAILURE_TIMEOUT = 2000;
-const options = { failureTimeout: FAILURE_TIMEOUT, reconnectDelayMax: 1000 };
+// These scenarios time failure detection: the network watcher, which moves
+// sessions at once on a change it sees (test/netns/network-change.test.ts),
+// is off, as it is where the system has none.
+const options = { failureTimeout: FAILURE_TIMEOUT, reconnectDelayMax: 1000, watchNetwork: false };
 /** The heartbeat both ends use: the library's default for this failureTimeout (failureTimeout / 5, PROTOCOL.md §12). */
 const HEARTBEAT = resolveSessionConfig(options).heartbeatInterval;
 /**
@@ -33,48 +46,16 @@ const SCHEDULING_MARGIN = 100;
  * covers what was already past the router when the fault began.
  */
 const DETECTION_BOUND = FAILURE_TIMEOUT + HEARTBEAT + SCHEDULING_MARGIN;
-const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat', String(HEARTBEAT)];
+const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat', String(HEARTBEAT), '--no-watch-network'];
 const AGENT_PORT = 7000;
-const ROCK_PORT = 7100;
 const RATE = 256 * 1024; // bytes a second, each way, per stream
 
 const ms = (values: number[]): string => values.map((v) => Math.round(v)).join(', ');
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
 
-/** A bed with a server agent, a client agent and the command path, all streaming; torn down whatever happens. */
-async function scenario(
-  name: string,
-  body: (world: { bed: NetBed; client: Agent; server: Agent; command: CommandPath }) => Promise<void>,
-  { count = 1, rate = RATE, mbit = 100, sysctl = {} as Record<string, string> } = {},
-): Promise<void> {
-  const bed = new NetBed();
-  const command = new CommandPath(bed);
-  let server: Agent | undefined;
-  let client: Agent | undefined;
-  try {
-    bed.shape(mbit);
-    for (const [key, value] of Object.entries(sysctl)) bed.hostSysctl(key, value);
-    server = await agentServer(bed, AGENT_PORT, options, rate);
-    client = await agentClient(bed, AGENT_PORT, options, rate, count);
-    await command.start(ROCK_PORT, rockOptions, RATE);
-    assert.ok(
-      client.of('connected').every((e) => e.reliable),
-      'the agent connections are reliable',
-    );
-    await sleep(1000); // streaming before the fault
-    await body({ bed, client, server, command });
-    await sleep(1000); // and after it
-    const agents = await finishAndVerify(client, server, count);
-    const socat = await command.finishAndVerify();
-    console.log(
-      `# ${name}: ${count} rocks connection(s) carried ${(agents.bytes / 2 ** 20).toFixed(1)} MiB, socat through rock forward + serve ${(socat.bytes / 2 ** 20).toFixed(1)} MiB; every byte intact both ways`,
-    );
-  } finally {
-    await command.stop();
-    await client?.stop();
-    await server?.stop();
-    bed.destroy();
-  }
+/** The scenarios' world: the library's streaming scenario at this file's failureTimeout. */
+function scenario(name: string, body: (world: StreamingWorld) => Promise<void>, opts: ScenarioOptions = {}): Promise<void> {
+  return streamingScenario(name, body, { options, rockOptions, ...opts });
 }
 
 /** Restores the path `ms` after `broken`; resolves with when it began to (the path may be back before the command returns). */

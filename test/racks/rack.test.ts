@@ -42,6 +42,8 @@ const DETECT_MAX = FAILURE_TIMEOUT + HEARTBEAT;
  * trips on the bed's 100 Mbit/s links, and the daemon then logs: 1 s for those.
  */
 const RESUME_MAX = RECONNECT_DELAY_MAX + 1000;
+/** An address change moves the carriage at once (PROTOCOL.md §6.8): the watcher's settling, a round trip and a resume. */
+const MOVE_MAX = 300;
 
 function rackUp(bed: NetBed, host: HostName, extra: string[] = []): Promise<RockProcess> {
   const rack = new RockProcess(
@@ -179,8 +181,12 @@ describe('rack up on both hosts', { skip }, () => {
       await sleep(1000);
       const moved = Date.now();
       const now = bed.moveClient();
+      // The carriage is a rocks client session: the network watcher moves it at
+      // once (PROTOCOL.md §6.8), with a suspend/resume pair only if bytes were caught.
+      const movedAfter = (r: RockProcess): number =>
+        Math.min(...[...logTimes(r, 'carriage moved to a new connection'), ...logTimes(r, 'carriage resumed')].filter((t) => t >= moved)) - moved;
       await until(
-        () => logTimes(racks[0], 'carriage resumed').some((t) => t >= moved) && stream.gotBytes > 0,
+        () => racks.every((r) => Number.isFinite(movedAfter(r))) && stream.gotBytes > 0,
         20_000,
         () => racks.map((r) => r.output).join('\n'),
       );
@@ -190,8 +196,12 @@ describe('rack up on both hosts', { skip }, () => {
         10_000,
         () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`,
       );
-      // The move is both the break and the heal: the new address works at once, once the failure is detected.
-      checkTimes(`address change ${original} → ${now}`, racks, moved, moved, DETECT_MAX + RESUME_MAX);
+      const times = racks.map(movedAfter);
+      console.log(`# address change ${original} → ${now}: the carriage moved ${times.join(' / ')} ms after the move began (client / server; failure timeout ${FAILURE_TIMEOUT})`);
+      assert.ok(
+        times.every((t) => t <= MOVE_MAX),
+        `the carriage moved within ${MOVE_MAX} ms of the address change: ${times.join(' / ')}\n${racks.map((r) => r.output).join('\n')}`,
+      );
       assert.ok(
         racks[0].logs().some((l) => l.msg.startsWith('local address gone') && l.address === original),
         `the client's daemon kept ${original} on the TUN:\n${racks[0].output}`,
