@@ -153,6 +153,7 @@ export class SessionDriver implements Timed, LinkOwner {
   private noDelay = true;
   /** Client: stops hearing of network changes (networkWatcher). */
   private unwatch: (() => void) | undefined;
+  private watchWhenOpen = false;
 
   constructor(
     session: Session,
@@ -163,9 +164,9 @@ export class SessionDriver implements Timed, LinkOwner {
     this.listener = listener;
   }
 
-  /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8). */
-  watchNetwork(): void {
-    this.unwatch ??= networkWatcher.subscribe((change) => this.onNetworkChange(change));
+  /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8), from 'connect' on. */
+  watchNetworkOnceOpen(): void {
+    this.watchWhenOpen = true;
   }
 
   private onNetworkChange(change: NetworkChange): void {
@@ -392,6 +393,10 @@ export class SessionDriver implements Timed, LinkOwner {
         return;
       case 'released':
         this.server?.released();
+        this.listener?.onSessionEvent(ev);
+        return;
+      case 'connect':
+        if (this.watchWhenOpen) this.unwatch ??= networkWatcher.subscribe((change) => this.onNetworkChange(change));
         this.listener?.onSessionEvent(ev);
         return;
       default:

@@ -13,7 +13,7 @@
 // monitor` prints one block per message. Elsewhere the watcher is off and
 // sessions rely on failureTimeout alone.
 //
-// The child runs only while client sessions subscribe, and blocks in the
+// The child runs while client sessions subscribe (and LINGER_MS after), and blocks in the
 // kernel between messages: an idle process pays nothing for it.
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -27,6 +27,12 @@ const debug = debuglog('rocks');
 const SETTLE_MS = 25;
 /** A monitor that exited is started again after this long, while sessions still subscribe. */
 const RESTART_MS = 5000;
+/**
+ * The monitor runs on this long after the last session left: starting it
+ * costs a fork of this process (about 6 ms of a blocked event loop), and a
+ * program that opens one short connection after another would pay it each time.
+ */
+const LINGER_MS = 60_000;
 
 /** One line of `ip -o monitor address route link`, as far as a session cares. */
 export type MonitorEvent =
@@ -193,14 +199,32 @@ export class NetworkWatcher {
   private settle: NodeJS.Timeout | undefined;
   private readonly changes = new ChangeAccumulator();
   private unavailable = false;
+  private starting: NodeJS.Immediate | undefined;
+  private linger: NodeJS.Timeout | undefined;
+  /** How many times the monitor was started (a diagnostic). */
+  starts = 0;
 
-  /** Calls `listener` with each change until the returned function is called; the monitor runs while anyone listens. */
+  /**
+   * Calls `listener` with each change until the returned function is called.
+   * The monitor starts on the next turn of the event loop (not inside the
+   * caller's work) and runs while anyone listens, and LINGER_MS after.
+   */
   subscribe(listener: Listener): () => void {
     this.listeners.add(listener);
-    if (this.listeners.size === 1) this.start();
+    clearTimeout(this.linger);
+    this.linger = undefined;
+    if (this.child === undefined && this.starting === undefined) {
+      this.starting = setImmediate(() => {
+        this.starting = undefined;
+        if (this.listeners.size > 0) this.start();
+      }).unref();
+    }
     return () => {
       if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
-      this.stop();
+      this.linger ??= setTimeout(() => {
+        this.linger = undefined;
+        if (this.listeners.size === 0) this.stop();
+      }, LINGER_MS).unref();
     };
   }
 
@@ -230,6 +254,7 @@ export class NetworkWatcher {
   private start(): void {
     const monitor = monitorCommand();
     if (monitor === undefined || this.unavailable || this.child !== undefined) return;
+    this.starts++;
     const child = spawn('sh', ['-c', supervised(monitor.command)], { stdio: ['pipe', 'pipe', 'ignore'] });
     this.child = child;
     // Neither the child nor its pipes keep this process alive.
@@ -253,6 +278,8 @@ export class NetworkWatcher {
   }
 
   private stop(): void {
+    clearImmediate(this.starting);
+    this.starting = undefined;
     clearTimeout(this.restart);
     clearTimeout(this.settle);
     this.settle = undefined;

@@ -377,8 +377,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.driver = new SessionDriver(session, this);
     this.driver.setNoDelay(this.noDelay);
     this.driver.setRef(this.referenced);
-    // A Unix socket path has no network to change under it.
-    if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetwork();
+    // From 'connect' on (a change before it is no business of the first dial's). A Unix socket path has no network to change under it.
+    if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetworkOnceOpen();
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
     // Over TLS the mode is certain and the link keys the session: what the
     // application already wrote goes out right behind the HELLO (§15.2).

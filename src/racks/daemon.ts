@@ -394,10 +394,7 @@ export class RackDaemon {
     carriage.on('suspend', () => this.onSuspend(carriage));
     carriage.on('resume', () => this.onResume(carriage));
     carriage.on('move', (reason: string) =>
-      this.log.info(
-        { peer: carriage.socket.remoteAddress, local: carriage.socket.localAddress, reason },
-        'carriage moved to a new connection',
-      ),
+      this.log.info({ peer: carriage.socket.remoteAddress, local: carriage.socket.localAddress, reason }, 'carriage moved to a new connection'),
     );
     carriage.once('close', (reason: string) => {
       // Its connections cannot continue: reset them locally rather than hold them forever.

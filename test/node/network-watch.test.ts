@@ -149,4 +149,17 @@ describe('the watcher', () => {
       for (const f of off) f();
     }
   });
+
+  test('one connection after another: the monitor starts once, after the caller is done, and outlives each of them', {
+    skip: process.platform !== 'linux' && 'the monitor command is Linux and macOS only',
+  }, async () => {
+    const watcher = new NetworkWatcher();
+    for (let i = 0; i < 5; i++) {
+      const off = watcher.subscribe(() => {});
+      assert.equal(watcher.starts, i === 0 ? 0 : 1, 'not started inside subscribe');
+      await new Promise((resolve) => setImmediate(resolve));
+      off();
+    }
+    assert.equal(watcher.starts, 1);
+  });
 });

@@ -197,7 +197,9 @@ describe('rack up on both hosts', { skip }, () => {
         () => `the echo to flow again after the move\n${racks.map((r) => r.output).join('\n')}`,
       );
       const times = racks.map(movedAfter);
-      console.log(`# address change ${original} → ${now}: the carriage moved ${times.join(' / ')} ms after the move began (client / server; failure timeout ${FAILURE_TIMEOUT})`);
+      console.log(
+        `# address change ${original} → ${now}: the carriage moved ${times.join(' / ')} ms after the move began (client / server; failure timeout ${FAILURE_TIMEOUT})`,
+      );
       assert.ok(
         times.every((t) => t <= MOVE_MAX),
         `the carriage moved within ${MOVE_MAX} ms of the address change: ${times.join(' / ')}\n${racks.map((r) => r.output).join('\n')}`,
