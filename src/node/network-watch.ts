@@ -174,22 +174,27 @@ const interfacesAt = new WeakMap<NetworkChange, Map<string, string>>();
 
 type Listener = (change: NetworkChange) => void;
 
-/** The monitor command of this platform and its line parser, or undefined where there is none. */
-function monitorCommand(): { command: string; parse: (line: string) => MonitorEvent | undefined } | undefined {
-  if (process.platform === 'linux') return { command: 'ip -o monitor address route link', parse: parseIpMonitorLine };
-  if (process.platform === 'darwin') return { command: 'route -n monitor', parse: parseRouteMonitorLine };
-  return undefined;
-}
-
 /**
- * Runs `command` so that it ends with us, however we end: a shell starts it
- * and waits for the end of its standard input, our pipe, which the kernel
- * closes when this process dies (even by SIGKILL); then it stops the
- * command. Exit code 127: no such command here.
+ * The monitor of this platform and its line parser, or undefined where there
+ * is none. It must end with us, however we end (SIGKILL included): on Linux
+ * the kernel sends it SIGTERM when we die (setpriv --pdeathsig); elsewhere a
+ * shell starts it and stops it once its standard input, our pipe, ends.
+ * Exit code 127: no such command here.
  */
-function supervised(command: string): string {
-  const name = command.split(' ')[0];
-  return `command -v ${name} >/dev/null || exit 127; ${command} & trap 'kill $! 2>/dev/null' EXIT INT TERM; cat >/dev/null`;
+function monitorCommand(
+  setpriv: boolean,
+): { file: string; args: string[]; stdin: 'ignore' | 'pipe'; parse: (line: string) => MonitorEvent | undefined } | undefined {
+  if (process.platform === 'linux') {
+    const ip = ['ip', '-o', 'monitor', 'address', 'route', 'link'];
+    // Without setpriv (busybox systems) it ends with us on a normal exit, or at its first line after.
+    if (!setpriv) return { file: ip[0], args: ip.slice(1), stdin: 'ignore', parse: parseIpMonitorLine };
+    return { file: 'setpriv', args: ['--pdeathsig', 'TERM', '--', ...ip], stdin: 'ignore', parse: parseIpMonitorLine };
+  }
+  if (process.platform === 'darwin') {
+    const script = `command -v route >/dev/null || exit 127; route -n monitor & trap 'kill $! 2>/dev/null' EXIT INT TERM; cat >/dev/null`;
+    return { file: 'sh', args: ['-c', script], stdin: 'pipe', parse: parseRouteMonitorLine };
+  }
+  return undefined;
 }
 
 export class NetworkWatcher {
@@ -201,6 +206,8 @@ export class NetworkWatcher {
   private unavailable = false;
   private starting: NodeJS.Immediate | undefined;
   private linger: NodeJS.Timeout | undefined;
+  private setpriv = true;
+  private exitHooked = false;
   /** How many times the monitor was started (a diagnostic). */
   starts = 0;
 
@@ -252,32 +259,43 @@ export class NetworkWatcher {
   }
 
   private start(): void {
-    const monitor = monitorCommand();
+    const monitor = monitorCommand(this.setpriv);
     if (monitor === undefined || this.unavailable || this.child !== undefined) return;
     this.starts++;
-    const child = spawn('sh', ['-c', supervised(monitor.command)], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = spawn(monitor.file, monitor.args, { stdio: [monitor.stdin, 'pipe', 'ignore'] });
     this.child = child;
     // Neither the child nor its pipes keep this process alive.
     child.unref();
     for (const pipe of [child.stdin, child.stdout]) (pipe as unknown as { unref?: () => void } | null)?.unref?.();
     createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line, monitor.parse));
     child.on('error', (err) => {
+      if (monitor.file === 'setpriv') {
+        this.setpriv = false;
+        return; // 'exit' follows, and a start without it
+      }
+      // No such command here: sessions rely on failureTimeout, as without a watcher.
       debug('network watch off: %s', err.message);
       this.unavailable = true;
     });
     child.on('exit', (code) => {
       if (this.child !== child) return;
       this.child = undefined;
-      if (code === 127) {
-        // No such command here: sessions rely on failureTimeout, as without a watcher.
-        debug('network watch off: no %s command', monitor.command.split(' ')[0]);
+      if (code === 127 || code === 1) {
+        debug('network watch off: %s exited with %d', monitor.file, code);
         this.unavailable = true;
       }
-      if (this.listeners.size > 0 && !this.unavailable) this.restart = setTimeout(() => this.start(), RESTART_MS).unref();
+      const again = monitor.file === 'setpriv' && !this.setpriv ? 0 : RESTART_MS;
+      if (this.listeners.size > 0 && !this.unavailable) this.restart = setTimeout(() => this.start(), again).unref();
     });
+    if (!this.exitHooked) {
+      // Gone before we are: an exiting process then holds no handle of the child's.
+      this.exitHooked = true;
+      process.once('exit', () => this.stop());
+    }
   }
 
-  private stop(): void {
+  /** Stops the monitor and lets go of everything of it. */
+  stop(): void {
     clearImmediate(this.starting);
     this.starting = undefined;
     clearTimeout(this.restart);
@@ -286,7 +304,10 @@ export class NetworkWatcher {
     this.changes.take();
     const child = this.child;
     this.child = undefined;
-    child?.kill();
+    if (child === undefined) return;
+    child.stdin?.destroy();
+    child.stdout?.destroy();
+    child.kill();
   }
 }
 
