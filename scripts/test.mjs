@@ -120,17 +120,20 @@ function runFile(file, totals) {
     }
   });
   let hung = false;
+  let closed = false;
   const timer = setTimeout(() => {
     hung = true;
     describeGroup(child.pid);
     signalGroup(child.pid, 'SIGUSR2');
     setTimeout(() => {
-      printReports(reports);
+      // The group may have ended meanwhile (its reports went with it): then there is nothing left to print or kill.
+      if (!closed) printReports(reports);
       signalGroup(child.pid, 'SIGKILL');
     }, 3000);
   }, FILE_TIMEOUT * 1000);
   return new Promise((resolve) => {
     child.on('close', (code, signal) => {
+      closed = true;
       clearTimeout(timer);
       for (const [key, value] of Object.entries(counts)) totals[key] += value;
       rmSync(reports, { recursive: true, force: true });
