@@ -40,6 +40,8 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('iperf'), new Set(['raw', 'rocks']));
       // racks needs root and the network test bed; without them the case measures nothing and says why.
       assert.deepEqual(variants('racks'), netbedSkip() ? new Set() : new Set(['raw', 'racks']));
+      // move too: an address change on the bed, with the network watcher and without it.
+      assert.deepEqual(variants('move'), netbedSkip() ? new Set() : new Set(['watcher', 'failure timeout']));
       assert.ok(
         result.rows.every((row) => row.samples.length > 0 && row.samples.every(Number.isFinite)),
         'every measure has finite samples',
