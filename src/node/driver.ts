@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
-import { describeChange, interfaceOf, type NetworkChange, networkWatcher } from './network-watch.js';
+import { describeChange, type NetworkChange, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
 
@@ -190,9 +190,10 @@ export class SessionDriver implements Timed, LinkOwner {
     const local = this.activeSocket()?.localAddress;
     if (state !== 'open' || local === undefined) return undefined;
     if (change.removed.has(local) || change.removed.has('')) return { reason: `address ${local} was removed`, verify: true };
-    const device = interfaceOf(local, change) ?? '';
-    const link = change.links.get(device) ?? change.links.get('');
-    if (link !== undefined) return { reason: `interface ${device || '?'} went ${link ? 'up' : 'down'}`, verify: true };
+    // An address whose interface the watcher does not know may be on any that changed.
+    const device = change.interfaces.get(local);
+    const link = device === undefined ? change.links.values().next().value : (change.links.get(device) ?? change.links.get(''));
+    if (link !== undefined) return { reason: `interface ${device ?? 'of our address'} went ${link ? 'up' : 'down'}`, verify: true };
     if (change.defaultRoute || change.added.size > 0) return { reason: 'the default route or the addresses changed', verify: false };
     return undefined;
   }

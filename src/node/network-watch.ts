@@ -95,19 +95,36 @@ export interface NetworkChange {
   defaultRoute: boolean;
   /** The process did not run for this many ms (the machine slept, SIGSTOP); 0 for a network change. */
   stalledMs: number;
+  /**
+   * The interface of each address of the host, as the watcher last knew it:
+   * an interface that is down still holds its addresses, which getifaddrs
+   * (os.networkInterfaces) no longer lists.
+   */
+  interfaces: ReadonlyMap<string, string>;
 }
 
 /** Gathers monitor events into one NetworkChange; `take` returns it and starts the next. */
 export class ChangeAccumulator {
-  private change = emptyChange();
   private any = false;
   /** The last state seen of each interface: a link line that repeats it changes nothing. */
   private readonly linkState = new Map<string, boolean>();
+  /** Each address's interface: learned when the monitor starts, kept by its address lines. */
+  private readonly interfaces = new Map<string, string>();
+  private change = emptyChange(this.interfaces);
+
+  /** Learns the interfaces of the host's addresses (os.networkInterfaces(), which lists those that are up). */
+  learn(byInterface: NodeJS.Dict<{ address: string }[]>): void {
+    for (const [name, list] of Object.entries(byInterface)) for (const a of list ?? []) this.interfaces.set(a.address, name);
+  }
 
   /** Adds one event; returns whether it is a change a session may care about. */
   add(ev: MonitorEvent): boolean {
     switch (ev.kind) {
       case 'address':
+        if (ev.address !== '') {
+          if (ev.deleted) this.interfaces.delete(ev.address);
+          else this.interfaces.set(ev.address, ev.device);
+        }
         if (isLinkLocal(ev.address)) return false;
         (ev.deleted ? this.change.removed : this.change.added).add(ev.address);
         break;
@@ -131,14 +148,14 @@ export class ChangeAccumulator {
 
   take(): NetworkChange {
     const change = this.change;
-    this.change = emptyChange();
+    this.change = emptyChange(this.interfaces);
     this.any = false;
     return change;
   }
 }
 
-function emptyChange(): NetworkChange {
-  return { removed: new Set(), added: new Set(), links: new Map(), defaultRoute: false, stalledMs: 0 };
+function emptyChange(interfaces: ReadonlyMap<string, string> = new Map()): NetworkChange {
+  return { removed: new Set(), added: new Set(), links: new Map(), defaultRoute: false, stalledMs: 0, interfaces };
 }
 
 function isLinkLocal(address: string): boolean {
@@ -155,22 +172,6 @@ export function describeChange(change: NetworkChange): string {
   if (change.defaultRoute) parts.push('default route changed');
   return parts.join('; ');
 }
-
-/**
- * The interface that holds `address` as the host was when `change` came,
- * if any. Read once per change (getifaddrs is a round of system calls),
- * however many sessions ask.
- */
-export function interfaceOf(address: string, change: NetworkChange): string | undefined {
-  let byAddress = interfacesAt.get(change);
-  if (byAddress === undefined) {
-    byAddress = new Map();
-    for (const [name, list] of Object.entries(networkInterfaces())) for (const a of list ?? []) byAddress.set(a.address, name);
-    interfacesAt.set(change, byAddress);
-  }
-  return byAddress.get(address);
-}
-const interfacesAt = new WeakMap<NetworkChange, Map<string, string>>();
 
 type Listener = (change: NetworkChange) => void;
 
@@ -248,6 +249,8 @@ export class NetworkWatcher {
     if (ev === undefined || !this.changes.add(ev)) return;
     this.settle ??= setTimeout(() => {
       this.settle = undefined;
+      // An interface that was not running at start (a veth still without carrier) has its addresses learned now.
+      this.changes.learn(networkInterfaces());
       const change = this.changes.take();
       debug('network watch: %s', describeChange(change));
       this.deliver(change);
@@ -262,6 +265,7 @@ export class NetworkWatcher {
     const monitor = monitorCommand(this.setpriv);
     if (monitor === undefined || this.unavailable || this.child !== undefined) return;
     this.starts++;
+    this.changes.learn(networkInterfaces());
     const child = spawn(monitor.file, monitor.args, { stdio: [monitor.stdin, 'pipe', 'ignore'] });
     this.child = child;
     // Neither the child nor its pipes keep this process alive.

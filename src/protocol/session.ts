@@ -217,6 +217,14 @@ export class Session {
   private serverInstance: Buffer = NO_INSTANCE;
   private readonly links = new Map<LinkId, Link>();
   private current: Link | undefined;
+  /**
+   * Client: a change put the current link in doubt (a verify migration) and
+   * no link has taken the session since. Later changes verify too, so that a
+   * route that comes back along the same path still moves the session. What
+   * arrives on the current link proves nothing: an interface that came back
+   * without its route receives, but cannot send.
+   */
+  private currentInDoubt = false;
   private nextLinkId = 1;
   private readonly timers = new TimerTable();
 
@@ -595,6 +603,10 @@ export class Session {
       return;
     }
     if (this._state !== 'open') return;
+    // Until a link takes the session, a change after one that doubted the
+    // current link (an interface down, then its route back) verifies too.
+    if (verify) this.currentInDoubt = true;
+    else verify = this.currentInDoubt;
     for (const l of [...this.links.values()]) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
@@ -1062,6 +1074,7 @@ export class Session {
     for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'another attempt won');
 
     this.current = l;
+    this.currentInDoubt = false;
     l.phase = 'active';
     l.deadline = Infinity;
     l.keys = undefined;

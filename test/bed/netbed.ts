@@ -359,7 +359,17 @@ export class NetBed {
 
   /** The client's interface comes back, and with it its default route. */
   linkUp(): void {
+    this.interfaceUp();
+    this.restoreDefaultRoute();
+  }
+
+  /** The client's interface comes back without its default route (which went with it), as before a DHCP lease. */
+  interfaceUp(): void {
     this.ip(this.ns.client, 'link', 'set', 'eth0', 'up');
+  }
+
+  /** The client's default route comes back through its gateway. */
+  restoreDefaultRoute(): void {
     this.ip(this.ns.client, 'route', 'replace', 'default', 'via', this.client.gateway);
   }
 

@@ -100,6 +100,19 @@ describe('reading ip -o monitor', () => {
     assert.equal(acc.add({ kind: 'link', device: 'v1', up: false }), true);
     assert.equal(describeChange(acc.take()), 'v1 down');
   });
+
+  test('the interface of each address: learned at start, kept by address lines, still known while its interface is down', () => {
+    const acc = new ChangeAccumulator();
+    acc.learn({ lo: [{ address: '127.0.0.1' }], eth0: [{ address: '10.1.1.2' }, { address: 'fd00::2' }] });
+    acc.add(parseIpMonitorLine('2: eth0: <BROADCAST,MULTICAST> mtu 1500 qdisc noqueue state DOWN group default')!);
+    assert.equal(acc.take().interfaces.get('10.1.1.2'), 'eth0', 'an interface that went down keeps its addresses');
+    acc.add(parseIpMonitorLine('3: wlan0    inet 10.7.0.2/24 scope global wlan0\\       valid_lft forever preferred_lft forever')!);
+    acc.add(parseIpMonitorLine('Deleted 2: eth0    inet 10.1.1.2/24 scope global eth0\\       valid_lft forever preferred_lft forever')!);
+    const change = acc.take();
+    assert.equal(change.interfaces.get('10.7.0.2'), 'wlan0');
+    assert.equal(change.interfaces.get('10.1.1.2'), undefined);
+    assert.equal(change.interfaces.get('fd00::2'), 'eth0');
+  });
 });
 
 describe('reading route -n monitor (macOS)', () => {

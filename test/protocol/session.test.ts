@@ -1129,6 +1129,47 @@ describe('network changes (migrate, PROTOCOL.md §6.8)', () => {
     assert.equal(p.server.received.toString(), 'still here');
   });
 
+  test('an interface down (its attempt fails), then its route back along the same path: the second change still moves', () => {
+    const p = established();
+    const up = pattern(2000);
+    p.link(1).blackhole(); // down: what the old link sends is lost until the session leaves it
+    p.planDials('refuse');
+    p.client.migrate('interface eth0 went down', true);
+    p.client.write(up);
+    p.runFor(50);
+    assert.deepEqual(p.client.events.take(), ['dial #2']);
+    p.samePath = true; // back up: the new default route leaves from the same address
+    p.client.migrate('the default route or the addresses changed');
+    p.runUntil(() => p.server.session.activeLink === 3 && p.client.session.activeLink === 3, 1000);
+    p.runFor(100);
+    assert.ok(p.server.received.equals(up), 'every byte once');
+  });
+
+  test('what arrives on a doubted link does not clear the doubt: it may receive and not send', () => {
+    const p = established();
+    p.link(1).hold('client'); // the interface is back without its route: the client's bytes go nowhere
+    p.planDials('refuse');
+    p.client.migrate('interface eth0 went up', true);
+    p.server.write('arrives');
+    p.runFor(50);
+    assert.equal(p.client.received.toString(), 'arrives');
+    p.samePath = true;
+    p.client.migrate('the default route or the addresses changed');
+    p.runUntil(() => p.server.session.activeLink === 3 && p.client.session.activeLink === 3, 1000);
+  });
+
+  test('once a link took the session, a same-path change no longer doubts it', () => {
+    const p = established();
+    p.client.migrate('interface eth0 went up', true);
+    p.runUntil(() => p.server.session.activeLink === 2 && p.client.session.activeLink === 2);
+    p.client.events.take();
+    p.samePath = true;
+    p.client.migrate('the default route or the addresses changed');
+    p.runFor(200);
+    assert.deepEqual(p.client.events.take(), ['dial #3', 'close-link #3']);
+    assert.equal(p.client.session.activeLink, 2);
+  });
+
   test('suspended: a change makes the next dial start now instead of after the backoff', () => {
     const p = established({ options: { reconnectDelay: 5000, reconnectDelayMax: 5000 }, jitter: 0.5 });
     p.planDials('refuse');
