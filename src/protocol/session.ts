@@ -66,8 +66,17 @@ export type LinkId = number;
  * receiver would decrypt and handle a quarter more records.
  */
 const SEND_FRAME_BYTES = 64 * 1024 - DATA_HEADER_SIZE;
-/** An acknowledgement waits at most this long for company before it goes out alone. */
+/** An acknowledgement of ACK_LAZY_BYTES or more waits at most this long for company before it goes out alone. */
 const ACK_DELAY = 20;
+/**
+ * Less than ACK_LAZY_BYTES waits up to ACK_DELAY_LAZY (a heartbeat due
+ * sooner carries it): long enough for the next write of a paced or
+ * request/response stream to carry it, as TCP's delayed ACK waits up to
+ * 200 ms. A standalone ACK costs each end a system call and a wake-up; what
+ * waits is only that much more in the peer's replay buffer.
+ */
+const ACK_DELAY_LAZY = 200;
+const ACK_LAZY_BYTES = 64 * 1024;
 /**
  * New data acknowledged at once every receiveWindow/4, but at least every
  * 1 MiB: the sender stops at its own maxInflight (4 MiB by default), which
@@ -978,8 +987,12 @@ export class Session {
         this.touch(now);
         this.account();
         this.emit({ type: 'data', data });
-        if (this.received - this.ackSent >= Math.min(this.config.receiveWindow / 4, ACK_EVERY_MAX)) this.needAck();
-        else if (!this.ackNeeded) this.timers.setOnce(Timer.AckDelay, now + ACK_DELAY);
+        const owed = this.received - this.ackSent;
+        if (owed >= Math.min(this.config.receiveWindow / 4, ACK_EVERY_MAX)) this.needAck();
+        else if (!this.ackNeeded) {
+          const when = now + (owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY);
+          if (when < this.timers.get(Timer.AckDelay)) this.timers.set(Timer.AckDelay, when);
+        }
         return;
       }
       case FrameType.ACK:

@@ -167,7 +167,7 @@ describe('establishment', () => {
     const down = pattern(7000);
     p.client.write(up);
     p.server.write(down);
-    p.runFor(100);
+    p.runFor(250); // a few KiB are acknowledged within ACK_DELAY_LAZY (200 ms)
     assert.ok(p.server.received.equals(up));
     assert.ok(p.client.received.equals(down));
     assert.equal(p.client.session.bytesReceived, 7000);
@@ -915,13 +915,27 @@ describe('timers', () => {
     assert.equal(p.client.session.state, 'open');
   });
 
-  test('a delayed ACK: new data is acknowledged 20 ms (ACK_DELAY) after it arrives', () => {
+  test('a delayed ACK: less than 64 KiB waits 200 ms (ACK_DELAY_LAZY) for company, more 20 ms (ACK_DELAY)', () => {
     const p = established();
+    p.runFor(60);
+    let t = p.now;
+    p.client.write(pattern(100));
+    p.runFor(300);
+    assert.deepEqual(p.link(1).timesOf('server', 'ACK 100'), [t + 10 + 200]);
+    t = p.now;
+    p.client.write(pattern(100 * 1024)); // two frames: the second brings the debt past 64 KiB
+    p.runFor(300);
+    assert.deepEqual(p.link(1).timesOf('server', `ACK ${100 + 100 * 1024}`), [t + 10 + 20]);
+  });
+
+  test('a heartbeat due before the delayed ACK carries it', () => {
+    const p = established({ options: { heartbeatInterval: 50 } });
     p.runFor(60);
     const t = p.now;
     p.client.write(pattern(100));
     p.runFor(100);
-    assert.deepEqual(p.link(1).timesOf('server', 'ACK 100'), [t + 10 + 20]);
+    const first = p.link(1).timesOf('server', 'ACK 100')[0];
+    assert.ok(first <= t + 10 + 50, `acknowledged ${first - t - 10} ms after it arrived`);
   });
 
   test('an ACK rides along with data and goes first', () => {
