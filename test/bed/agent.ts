@@ -5,8 +5,8 @@
 // the network): connected (a client's with its session id and EDP verdict), suspend, resume, migrate, error, and at each connection's
 // close a result with the bytes and SHA-256 of each direction.
 //
-//   node agent.js server --listen HOST:PORT [--rate B/s] [--options JSON]
-//   node agent.js client --to HOST:PORT [--count N] [--rate B/s] [--plain] [--options JSON]
+//   node agent.js server --listen HOST:PORT [--rate B/s] [--tick MS] [--options JSON]
+//   node agent.js client --to HOST:PORT [--count N] [--rate B/s] [--tick MS] [--plain] [--options JSON]
 //
 // A client's connections send until it reads `finish` on stdin, then end;
 // the server sends until the client's end arrives, then ends too. The client
@@ -25,6 +25,7 @@ const { positionals, values } = parseArgs({
     to: { type: 'string' },
     count: { type: 'string', default: '1' },
     rate: { type: 'string', default: '262144' },
+    tick: { type: 'string', default: '50' },
     plain: { type: 'boolean', default: false },
     options: { type: 'string', default: '{}' },
   },
@@ -36,7 +37,8 @@ const report = (event: Record<string, unknown>): void => {
 
 const rate = Number(values.rate);
 const sessionOptions = JSON.parse(values.options!) as Record<string, unknown>;
-const TICK = 50;
+/** Each connection writes once per tick (ms): rate × tick / 1000 bytes. */
+const TICK = Number(values.tick);
 // Slices of one random pool at a per-connection offset: distinct streams without a randomBytes call per write.
 const pool = randomBytes(4 * 1024 * 1024);
 

@@ -78,8 +78,9 @@ export class Agent extends HostProcess {
 }
 
 /** An agent server listening on the server host, once it says so. */
-export async function agentServer(bed: NetBed, port: number, options: object, rate: number): Promise<Agent> {
-  const agent = new Agent(bed, 'server', ['server', '--listen', `0.0.0.0:${port}`, '--rate', String(rate), '--options', JSON.stringify(options)]);
+export async function agentServer(bed: NetBed, port: number, options: object, rate: number, tick = TICK): Promise<Agent> {
+  const args = ['server', '--listen', `0.0.0.0:${port}`, '--rate', String(rate), '--tick', String(tick), '--options', JSON.stringify(options)];
+  const agent = new Agent(bed, 'server', args);
   await agent.waitFor((a) => a.of('listening').length === 1, 10_000, 'listening');
   return agent;
 }
@@ -93,8 +94,10 @@ export async function agentClient(
   count = 1,
   plain = false,
   to = bed.serverAddress,
+  tick = TICK,
 ): Promise<Agent> {
-  const args = ['client', '--to', `${to}:${port}`, '--count', String(count), '--rate', String(rate), '--options', JSON.stringify(options)];
+  const args = ['client', '--to', `${to}:${port}`, '--count', String(count), '--rate', String(rate), '--tick', String(tick)];
+  args.push('--options', JSON.stringify(options));
   const agent = new Agent(bed, 'client', plain ? [...args, '--plain'] : args);
   await agent.waitFor((a) => a.of('connected').length === count, 30_000, `${count} connections`);
   return agent;
@@ -350,6 +353,8 @@ export interface ScenarioOptions {
   /** Agent connections (default 1) and what each sends a second, each way (default 256 KiB). */
   count?: number;
   rate?: number;
+  /** How often each connection writes (ms, default 50). */
+  tick?: number;
   /** The bed's bandwidth limit (default 100 Mbit/s), sysctls on every host, and options of the bed itself. */
   mbit?: number;
   sysctl?: Record<string, string>;
@@ -362,6 +367,7 @@ export interface ScenarioOptions {
 }
 
 const RATE = 256 * 1024;
+const TICK = 50;
 const AGENT_PORT = 7000;
 const ROCK_PORT = 7100;
 
@@ -371,7 +377,7 @@ const ROCK_PORT = 7100;
  * checked by SHA-256 and the amounts printed. Torn down whatever happens.
  */
 export async function streamingScenario(name: string, body: (world: StreamingWorld) => Promise<void>, opts: ScenarioOptions = {}): Promise<void> {
-  const { count = 1, rate = RATE, mbit = 100, sysctl = {}, options = {}, rockOptions = [], settle = 1000 } = opts;
+  const { count = 1, rate = RATE, tick = TICK, mbit = 100, sysctl = {}, options = {}, rockOptions = [], settle = 1000 } = opts;
   const bed = new NetBed(opts.bed);
   const command = new CommandPath(bed);
   let server: Agent | undefined;
@@ -379,8 +385,8 @@ export async function streamingScenario(name: string, body: (world: StreamingWor
   try {
     bed.shape(mbit);
     for (const [key, value] of Object.entries(sysctl)) bed.hostSysctl(key, value);
-    server = await agentServer(bed, AGENT_PORT, options, rate);
-    client = await agentClient(bed, AGENT_PORT, options, rate, count);
+    server = await agentServer(bed, AGENT_PORT, options, rate, tick);
+    client = await agentClient(bed, AGENT_PORT, options, rate, count, false, bed.serverAddress, tick);
     await command.start(ROCK_PORT, rockOptions, RATE);
     if (!client.of('connected').every((e) => e.reliable)) throw new Error('the agent connections are not all reliable');
     await sleep(settle); // streaming before the body
