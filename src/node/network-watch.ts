@@ -239,8 +239,9 @@ export class NetworkWatcher {
   /** The scheduler saw the process stall for `ms` (a late timer, or wall time that moved on while monotonic time stood still). */
   reportStall(ms: number): void {
     if (this.listeners.size === 0) return;
-    debug('network watch: %s', describeChange({ ...emptyChange(), stalledMs: ms }));
-    this.deliver({ ...emptyChange(), stalledMs: ms });
+    const change = { ...emptyChange(), stalledMs: ms };
+    debug('network watch: %s', describeChange(change));
+    this.deliver(change);
   }
 
   /** Feeds one monitor line (the child's output; tests call it directly). */
