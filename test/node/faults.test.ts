@@ -109,12 +109,17 @@ describe('surviving faults on real sockets', () => {
     let phase = 'starting';
     const describe = (s: ReliableSocket) => (s as unknown as { driver?: { session: { describe(): string } } }).driver?.session.describe();
     let progress = '';
+    // What the end waits for, and which of it is still pending (a CI run once stalled here with both sessions done).
+    const waiting = new Set<string>();
+    const streams = (s: ReliableSocket | undefined) =>
+      s && `writableFinished ${s.writableFinished} readableEnded ${s.readableEnded} destroyed ${s.destroyed} closed ${s.closed}`;
     const watchdog = setInterval(() => {
       const now = `${phase} ${clientReader.count()} ${serverReader?.count()}`;
       if (now === progress) {
         console.log(
           `stalled (${phase}); client: ${describe(c)}; server: ${describe(serverSockets[0])}; ` +
-            `read ${clientReader.count()}/${serverReader?.count()}, written ${clientWriter.written}/${serverWriter?.written}`,
+            `read ${clientReader.count()}/${serverReader?.count()}, written ${clientWriter.written}/${serverWriter?.written}; ` +
+            `pending: ${[...waiting].join(', ') || 'nothing'}; client stream: ${streams(c)}; server stream: ${streams(serverSockets[0])}`,
         );
       }
       progress = now;
@@ -164,7 +169,18 @@ describe('surviving faults on real sockets', () => {
     clientWriter.stop();
     serverWriter!.stop();
     const closed = new Promise((r) => c.on('close', r));
-    await Promise.all([clientWriter.done, serverWriter!.done, clientReader.ended, serverReader!.ended, closed]);
+    const awaited = {
+      'client writer': clientWriter.done,
+      'server writer': serverWriter!.done,
+      'client end': clientReader.ended,
+      'server end': serverReader!.ended,
+      'client close': closed,
+    };
+    for (const [name, p] of Object.entries(awaited)) {
+      waiting.add(name);
+      void p.then(() => waiting.delete(name));
+    }
+    await Promise.all(Object.values(awaited));
     clearInterval(watchdog);
 
     assert.equal(serverSockets.length, 1, 'one session on the server for the whole run');
