@@ -42,6 +42,46 @@ export interface LinkOwner {
   onLinkEnd?(link: LinkId): void;
 }
 
+/** The handle of a socket we listen to; our listeners, shared by all sockets, find it here. */
+const kLink = Symbol('rocks.link');
+type LinkedSocket = Socket & { [kLink]?: LinkHandle };
+
+// One set of listener functions for every link (Node calls them with the
+// socket as `this`): closures per link would cost each idle session about
+// 650 bytes.
+function onSocketData(this: LinkedSocket, chunk: Buffer): void {
+  const h = this[kLink]!;
+  h.owner?.onLinkData(h.id, chunk);
+}
+function onSocketDrain(this: LinkedSocket): void {
+  const h = this[kLink]!;
+  h.owner?.onLinkDrain(h.id);
+}
+function onSocketEnd(this: LinkedSocket): void {
+  const h = this[kLink]!;
+  if (h.owner?.onLinkEnd) h.owner.onLinkEnd(h.id);
+  else this.destroy();
+}
+function onSocketError(this: LinkedSocket, err: Error): void {
+  this[kLink]!.error = err;
+}
+function onSocketClose(this: LinkedSocket): void {
+  const h = this[kLink]!;
+  h.closed = true;
+  const owner = h.owner;
+  h.owner = undefined;
+  const err = h.error;
+  owner?.onLinkClosed(h.id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
+}
+// biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
+const SOCKET_LISTENERS: [string, (this: LinkedSocket, ...args: any[]) => void][] = [
+  ['data', onSocketData],
+  ['drain', onSocketDrain],
+  ['end', onSocketEnd],
+  ['error', onSocketError],
+  ['close', onSocketClose],
+];
+
 /** A socket and the owner its events go to (a client's session driver, or a server for all its links). */
 export class LinkHandle {
   owner: LinkOwner | undefined;
@@ -49,9 +89,8 @@ export class LinkHandle {
   closed = false;
   /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
   clientAddress: ProxyAddress | undefined;
-  private error: Error | undefined;
-  // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
-  private readonly listeners: [string, (...args: any[]) => void][];
+  /** The socket's last error, the reason its 'close' gives. */
+  error: Error | undefined;
 
   constructor(
     readonly id: LinkId,
@@ -59,40 +98,15 @@ export class LinkHandle {
     owner: LinkOwner,
   ) {
     this.owner = owner;
-    this.listeners = [
-      ['data', (chunk: Buffer) => this.owner?.onLinkData(id, chunk)],
-      ['drain', () => this.owner?.onLinkDrain(id)],
-      [
-        'end',
-        () => {
-          if (this.owner?.onLinkEnd) this.owner.onLinkEnd(id);
-          else socket.destroy();
-        },
-      ],
-      [
-        'error',
-        (err: Error) => {
-          this.error = err;
-        },
-      ],
-      [
-        'close',
-        () => {
-          this.closed = true;
-          const owner = this.owner;
-          this.owner = undefined;
-          const err = this.error;
-          owner?.onLinkClosed(id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
-        },
-      ],
-    ];
-    for (const [event, fn] of this.listeners) socket.on(event, fn);
+    (socket as LinkedSocket)[kLink] = this;
+    for (const [event, fn] of SOCKET_LISTENERS) socket.on(event, fn);
   }
 
   /** Gives the socket up to a new user: none of our listeners stays on it. */
   handOff(): Socket {
     this.owner = undefined;
-    for (const [event, fn] of this.listeners) this.socket.removeListener(event, fn);
+    for (const [event, fn] of SOCKET_LISTENERS) this.socket.removeListener(event, fn);
+    (this.socket as LinkedSocket)[kLink] = undefined;
     return this.socket;
   }
 
@@ -127,9 +141,9 @@ export interface SessionListener {
  */
 export interface ServerSessionHooks {
   /** The client confirmed the session ('open'): time for 'connection'. */
-  opened(): void;
+  opened(session: Session): void;
   /** The session is gone ('released'). */
-  released(): void;
+  released(session: Session): void;
   /** After each drive: the server handles what the session's calls told it (an eviction, freed budget). */
   afterDrive(): void;
 }
@@ -385,7 +399,7 @@ export class SessionDriver implements Timed, LinkOwner {
         return;
       }
       case 'open':
-        this.server?.opened();
+        this.server?.opened(this.session);
         this.holdFlush = true;
         process.nextTick(() => {
           this.holdFlush = false;
@@ -393,7 +407,7 @@ export class SessionDriver implements Timed, LinkOwner {
         });
         return;
       case 'released':
-        this.server?.released();
+        this.server?.released(this.session);
         this.listener?.onSessionEvent(ev);
         return;
       case 'connect':

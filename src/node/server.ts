@@ -22,7 +22,7 @@ import type { NodeDirectory } from './directory.js';
 import { relayLink } from './node-relay.js';
 import { listenThroughPrimary, type PrimaryListen, routedByPrimary } from './cluster.js';
 import type { LinkId, Session } from '../protocol/session.js';
-import { LinkHandle, type LinkOwner, type SessionDriver } from './driver.js';
+import { LinkHandle, type LinkOwner, type ServerSessionHooks, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
 import { deferAccept, peekBytes } from './peek.js';
@@ -89,6 +89,20 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   /** Every link of the server; the core knows which session owns which. */
   private readonly links = new Map<LinkId, LinkHandle>();
   private readonly drivers = new Map<Session, { driver: SessionDriver; socket: ReliableSocket }>();
+  /** One 'close' listener for every socket handed out (Node calls it with the socket as `this`), not a closure each. */
+  private readonly forgetSocket: (this: ReliableSocket) => void;
+  /** What the driver of each session tells this server: one object for all, not closures per session. */
+  private readonly sessionHooks: ServerSessionHooks = {
+    // The application sees the socket once the client confirms the session.
+    opened: (session) => {
+      const entry = this.drivers.get(session);
+      if (entry !== undefined) this.handToApplication(entry.socket);
+    },
+    released: (session) => {
+      this.drivers.delete(session);
+    },
+    afterDrive: () => this.drainCore(),
+  };
   /** Sockets the application holds (emitted by 'connection' and not yet closed). */
   private readonly open = new Set<ReliableSocket>();
   /** Where the other nodes of the deployment are, when there are any. */
@@ -108,6 +122,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
+    const server = this;
+    this.forgetSocket = function (this: ReliableSocket) {
+      server.open.delete(this);
+      server.maybeClosed();
+    };
     const { tls: _serverTls, ...socketOptions } = options;
     this.socketOptions = socketOptions;
     this.handshakeTimeout = resolveSessionConfig(options).handshakeTimeout;
@@ -419,12 +438,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       switch (ev.type) {
         case 'session': {
           const session = ev.session;
-          const { socket, driver } = ReliableSocket.fromSession(session, this.socketOptions, {
-            // The application sees the socket once the client confirms the session.
-            opened: () => this.handToApplication(socket),
-            released: () => this.drivers.delete(session),
-            afterDrive: () => this.drainCore(),
-          });
+          const { socket, driver } = ReliableSocket.fromSession(session, this.socketOptions, this.sessionHooks);
           this.drivers.set(session, { driver, socket });
           this.bindLink(ev.link, driver);
           break;
@@ -540,10 +554,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
 
   private handToApplication(socket: ReliableSocket): void {
     this.open.add(socket);
-    socket.on('close', () => {
-      this.open.delete(socket);
-      this.maybeClosed();
-    });
+    socket.on('close', this.forgetSocket);
     if (this.options.pauseOnConnect) socket.pause();
     this.emit('connection', socket);
   }
