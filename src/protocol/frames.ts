@@ -352,7 +352,10 @@ export class FrameParser {
     if (first.length < n) return this.gather(n, true);
     this.buffered -= n;
     if (first.length === n) {
-      this.chunks.shift();
+      // Emptied with length = 0, the list gives its storage back (150 bytes
+      // an idle link would keep); shift() would keep it.
+      if (this.chunks.length === 1) this.chunks.length = 0;
+      else this.chunks.shift();
       return first;
     }
     this.chunks[0] = first.subarray(n);
@@ -377,7 +380,8 @@ export class FrameParser {
       }
     }
     if (consume) {
-      this.chunks.splice(0, i);
+      if (i === this.chunks.length) this.chunks.length = 0;
+      else this.chunks.splice(0, i);
       this.buffered -= n;
     }
     return out;

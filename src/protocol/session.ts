@@ -44,7 +44,7 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { confirmMac, deriveSessionKey, macMatches, resumeMac, type ConfirmTranscript, type KeyPair } from './keys.js';
+import { confirmMac, deriveSessionKey, keepTogether, macMatches, resumeMac, type ConfirmTranscript, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
@@ -262,7 +262,8 @@ export class Session {
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
-  private readonly dials: DialSchedule;
+  /** Client only: a server never dials. */
+  private readonly dials: DialSchedule | undefined;
   /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
   private everConnected = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
@@ -291,7 +292,7 @@ export class Session {
     this.config = config;
     this.random = random;
     this.host = host;
-    this.dials = new DialSchedule(config, random);
+    this.dials = role === 'client' ? new DialSchedule(config, random) : undefined;
     this._state = role === 'client' ? 'connecting' : 'accepting';
   }
 
@@ -324,16 +325,15 @@ export class Session {
     channelKey?: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
-    s._sessionId = sessionId;
     let serverPublic: Buffer = NO_PUBLIC_KEY;
-    if (channelKey === undefined) {
+    let key = channelKey;
+    if (key === undefined) {
       const keys = drawKeyPair(random);
       serverPublic = keys.publicKey;
-      s.key = deriveSessionKey(keys, hello.publicKey, s._sessionId, hello.publicKey, keys.publicKey);
-      s.expectedConfirm = confirmMac(s.key, { version: PROTOCOL_VERSION, sessionId, clientPublic: hello.publicKey, serverPublic });
-    } else {
-      s.key = channelKey;
+      key = deriveSessionKey(keys, hello.publicKey, sessionId, hello.publicKey, keys.publicKey);
+      s.expectedConfirm = confirmMac(key, { version: PROTOCOL_VERSION, sessionId, clientPublic: hello.publicKey, serverPublic });
     }
+    [s._sessionId, s.key] = keepTogether(sessionId, key);
     s.peerWindow = hello.window;
     // A server short of budget offers a new session no more than its share,
     // but always takes what a client may send before WELCOME.
@@ -539,6 +539,9 @@ export class Session {
   handleTimeout(now: number): void {
     if (this._state === 'done') return;
     const timers = this.timers;
+    // A timer finds most sessions quiet (a heartbeat is due): the event
+    // queue, empty between turns, gives its storage back (150 bytes).
+    this.events.trim();
 
     if (timers.expired(Timer.Handshake, now)) {
       for (const l of this.links.values()) {
@@ -607,7 +610,7 @@ export class Session {
   migrate(now: number, reason: string, verify: boolean): void {
     if (this.role !== 'client' || this.helloLink !== undefined) return;
     if (this._state === 'suspended') {
-      this.dials.dialNow(now);
+      this.dials?.dialNow(now);
       this.refreshLinkTimers();
       return;
     }
@@ -812,17 +815,17 @@ export class Session {
     if (keyed && !f.sessionId.equals(this.channelId!)) {
       throw new RocksError('ERR_ROCKS_PROTOCOL', 'WELCOME names another session than the keying channel gave');
     }
-    // Copies: views would keep the whole received chunk alive for the session's life.
-    this._sessionId = Buffer.from(f.sessionId);
-    this.serverInstance = Buffer.from(f.instance);
+    let key = this.key;
     if (!keyed) {
       // Without a keying channel the key comes from the key agreement, and
       // CONFIRM, ahead of the ACK and any data, proves we hold it (§3.4).
       const keys = l.keys!;
-      this.key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+      key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
       const transcript: ConfirmTranscript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
-      l.out.push(encodeConfirm(confirmMac(this.key, transcript)));
+      l.out.push(encodeConfirm(confirmMac(key, transcript)));
     }
+    // Copies: views would keep the whole received chunk alive for the session's life.
+    [this._sessionId, this.serverInstance, this.key] = keepTogether(f.sessionId, f.instance, key!);
     this.peerWindow = f.window; // after early data, at least EARLY_DATA_BYTES (§15.2)
     this.windowSent = this.config.receiveWindow;
     // After a restart (the server dropped our unconfirmed session) everything
@@ -1091,7 +1094,7 @@ export class Session {
     l.phase = 'active';
     l.deadline = Infinity;
     l.keys = undefined;
-    this.dials.stop();
+    this.dials?.stop();
     this.timers.stop(Timer.Suspend);
     this.refreshLinkTimers();
 
@@ -1169,7 +1172,7 @@ export class Session {
     this.timers.stop(Timer.Heartbeat);
     this.timers.stop(Timer.AckDelay);
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
-    if (this.role === 'client') this.dials.restart(now);
+    this.dials?.restart(now);
     this.refreshLinkTimers();
     this.emit({ type: 'suspend', reason });
     this.host?.suspended(this, now);
@@ -1194,7 +1197,7 @@ export class Session {
     this.key = undefined;
     this.fin = stepOutgoingFin(this.fin, 'rewind');
     this.send.rewind(0);
-    this.dials.dialNow(now);
+    this.dials?.dialNow(now);
     this.refreshLinkTimers();
   }
 
@@ -1282,7 +1285,7 @@ export class Session {
     let dialAt = Infinity;
     if (this.role === 'client' && this.current === undefined && this._state !== 'done' && this.helloLink === undefined) {
       // Without a current link, every link is a pending attempt.
-      dialAt = this.dials.nextDialTime(this.links.size, silent);
+      dialAt = this.dials!.nextDialTime(this.links.size, silent);
     }
     this.timers.set(Timer.Dial, dialAt);
   }
@@ -1290,7 +1293,7 @@ export class Session {
   private dial(now: number): void {
     const id = this.nextLinkId++;
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
-    const { attempt, delay } = this.dials.dialed(now);
+    const { attempt, delay } = this.dials!.dialed(now);
     if (this._state !== 'connecting' || this.everConnected) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });

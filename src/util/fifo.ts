@@ -16,6 +16,11 @@ export class Fifo<T> {
     this.items[this.tail++] = item;
   }
 
+  /** Gives the storage back if the queue is empty (a quiet owner's memory). */
+  trim(): void {
+    if (this.head === this.tail) this.items.length = 0;
+  }
+
   /** The oldest item, or undefined when empty. */
   shift(): T | undefined {
     if (this.head === this.tail) return undefined;

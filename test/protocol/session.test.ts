@@ -176,6 +176,16 @@ describe('establishment', () => {
     assert.equal(p.server.session.bufferedAmount, 0, 'acknowledged');
   });
 
+  test("what a session keeps for life (id, key) lies in a small buffer of its own, not in a slab of Node's pool", () => {
+    // A slice of the 8 KiB pool keeps the whole slab alive, filled by
+    // short-lived buffers: about 570 bytes per idle session.
+    const p = established();
+    for (const side of [p.client, p.server]) {
+      const id = side.session.sessionId!;
+      assert.ok(id.buffer.byteLength <= 64, `${side === p.client ? 'client' : 'server'}: id in a buffer of ${id.buffer.byteLength} bytes`);
+    }
+  });
+
   test('an unconfirmed server session sends nothing after WELCOME and is not shown until the client speaks', () => {
     const p = new Pair();
     p.runFor(20); // the HELLO has arrived
