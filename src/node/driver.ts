@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
-import { describeChange, type NetworkChange, networkWatcher } from './network-watch.js';
+import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
 
@@ -148,7 +148,7 @@ export interface ServerSessionHooks {
   afterDrive(): void;
 }
 
-export class SessionDriver implements Timed, LinkOwner {
+export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   scheduledAt: number | undefined;
   readonly session: Session;
   readonly links = new Map<LinkId, LinkHandle>();
@@ -165,8 +165,8 @@ export class SessionDriver implements Timed, LinkOwner {
   private holdFlush = false;
   private referenced = false;
   private noDelay = true;
-  /** Client: stops hearing of network changes (networkWatcher). */
-  private unwatch: (() => void) | undefined;
+  /** Client: hears of network changes (networkWatcher). */
+  private watching = false;
   private watchWhenOpen = false;
 
   constructor(
@@ -183,7 +183,8 @@ export class SessionDriver implements Timed, LinkOwner {
     this.watchWhenOpen = true;
   }
 
-  private onNetworkChange(change: NetworkChange): void {
+  /** The network watcher's call (NetworkListener). */
+  onNetworkChange(change: NetworkChange): void {
     const decision = this.migrationFor(change);
     if (decision === undefined) return;
     debug('network change (%s): %s', describeChange(change), decision.reason);
@@ -303,8 +304,8 @@ export class SessionDriver implements Timed, LinkOwner {
     }
     if (this.session.state === 'done') {
       this.setRef(false);
-      this.unwatch?.();
-      this.unwatch = undefined;
+      if (this.watching) networkWatcher.unwatch(this);
+      this.watching = false;
     } else sharedScheduler.schedule(this, this.session.pollTimeout());
     this.server?.afterDrive();
   }
@@ -411,7 +412,10 @@ export class SessionDriver implements Timed, LinkOwner {
         this.listener?.onSessionEvent(ev);
         return;
       case 'connect':
-        if (this.watchWhenOpen) this.unwatch ??= networkWatcher.subscribe((change) => this.onNetworkChange(change));
+        if (this.watchWhenOpen && !this.watching) {
+          networkWatcher.watch(this);
+          this.watching = true;
+        }
         this.listener?.onSessionEvent(ev);
         return;
       default:

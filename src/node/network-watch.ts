@@ -175,6 +175,11 @@ export function describeChange(change: NetworkChange): string {
 
 type Listener = (change: NetworkChange) => void;
 
+/** Who hears of changes through watch(): an object, so that a session needs no closure to listen. */
+export interface NetworkListener {
+  onNetworkChange(change: NetworkChange): void;
+}
+
 /**
  * The monitor of this platform and its line parser, or undefined where there
  * is none. It must end with us, however we end (SIGKILL included): on Linux
@@ -199,7 +204,7 @@ function monitorCommand(
 }
 
 export class NetworkWatcher {
-  private readonly listeners = new Set<Listener>();
+  private readonly listeners = new Set<NetworkListener>();
   private child: ChildProcess | undefined;
   private restart: NodeJS.Timeout | undefined;
   private settle: NodeJS.Timeout | undefined;
@@ -213,11 +218,11 @@ export class NetworkWatcher {
   starts = 0;
 
   /**
-   * Calls `listener` with each change until the returned function is called.
-   * The monitor starts on the next turn of the event loop (not inside the
-   * caller's work) and runs while anyone listens, and LINGER_MS after.
+   * Tells `listener` of each change until unwatch(listener). The monitor
+   * starts on the next turn of the event loop (not inside the caller's work)
+   * and runs while anyone listens, and LINGER_MS after.
    */
-  subscribe(listener: Listener): () => void {
+  watch(listener: NetworkListener): void {
     this.listeners.add(listener);
     clearTimeout(this.linger);
     this.linger = undefined;
@@ -227,13 +232,21 @@ export class NetworkWatcher {
         if (this.listeners.size > 0) this.start();
       }).unref();
     }
-    return () => {
-      if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
-      this.linger ??= setTimeout(() => {
-        this.linger = undefined;
-        if (this.listeners.size === 0) this.stop();
-      }, LINGER_MS).unref();
-    };
+  }
+
+  unwatch(listener: NetworkListener): void {
+    if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
+    this.linger ??= setTimeout(() => {
+      this.linger = undefined;
+      if (this.listeners.size === 0) this.stop();
+    }, LINGER_MS).unref();
+  }
+
+  /** Calls `listener` with each change until the returned function is called (see watch). */
+  subscribe(listener: Listener): () => void {
+    const watcher: NetworkListener = { onNetworkChange: listener };
+    this.watch(watcher);
+    return () => this.unwatch(watcher);
   }
 
   /** The scheduler saw the process stall for `ms` (a late timer, or wall time that moved on while monotonic time stood still). */
@@ -259,7 +272,7 @@ export class NetworkWatcher {
   }
 
   private deliver(change: NetworkChange): void {
-    for (const listener of [...this.listeners]) listener(change);
+    for (const listener of [...this.listeners]) listener.onNetworkChange(change);
   }
 
   private start(): void {
