@@ -10,6 +10,7 @@ import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
+import { IdList } from '../util/id-list.js';
 
 const debug = debuglog('rocks');
 
@@ -151,7 +152,7 @@ export interface ServerSessionHooks {
 export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   scheduledAt: number | undefined;
   readonly session: Session;
-  readonly links = new Map<LinkId, LinkHandle>();
+  readonly links = new IdList<LinkHandle>();
   private listener: SessionListener | undefined;
   private driving = false;
   private again = false;
@@ -218,7 +219,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * input keeps going to the server, whose core routes it to the session.
    */
   adopt(handle: LinkHandle): void {
-    this.links.set(handle.id, handle);
+    this.links.add(handle);
     handle.socket.setNoDelay(this.noDelay);
   }
 
@@ -353,7 +354,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   private flush(): void {
     if (this.links.size === 0 || this.holdFlush) return;
     const now = monotonicNow();
-    for (const [id, h] of this.links) {
+    for (const h of this.links.values()) {
+      const id = h.id;
       const s = h.socket;
       if (h.closed) this.links.delete(id); // a server link: the core told the session
       if (s.destroyed || s.connecting) continue;
@@ -378,7 +380,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           return;
         }
         const handle = new LinkHandle(ev.link, socket, this);
-        this.links.set(ev.link, handle);
+        this.links.add(handle);
         socket.setNoDelay(this.noDelay);
         if (!this.referenced) socket.unref();
         whenLinkReady(socket, () => {

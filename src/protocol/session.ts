@@ -53,6 +53,7 @@ import { Timer, TimerTable } from './timers.js';
 import { DialSchedule } from './dial-schedule.js';
 import { invariant, isInvariantBreach } from './invariant.js';
 import { Fifo } from '../util/fifo.js';
+import { IdList } from '../util/id-list.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -224,7 +225,7 @@ export class Session {
   private expectedConfirm: Buffer | undefined;
   /** The run of the server that issued the session (WELCOME), named again in RESUME. */
   private serverInstance: Buffer = NO_INSTANCE;
-  private readonly links = new Map<LinkId, Link>();
+  private readonly links = new IdList<Link>();
   private current: Link | undefined;
   /**
    * Client: a change put the current link in doubt (a verify migration) and
@@ -379,8 +380,8 @@ export class Session {
   }
 
   /** The links the session holds (it may have something to send on any of them). */
-  linkIds(): IterableIterator<LinkId> {
-    return this.links.keys();
+  linkIds(): LinkId[] {
+    return this.links.ids();
   }
 
   /** Bytes the session holds: written and not yet acknowledged, plus received and not yet read. */
@@ -1257,7 +1258,7 @@ export class Session {
 
   private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
     const l: Link = { id, phase, parser, out: [], deadline };
-    this.links.set(id, l);
+    this.links.add(l);
     this.refreshLinkTimers();
     return l;
   }
