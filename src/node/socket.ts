@@ -532,23 +532,34 @@ export class ReliableSocket extends Duplex implements SessionListener {
     return active instanceof TLSSocket ? active : this.lastTls;
   }
 
-  /** True when the connection runs over TLS, as TLSSocket's own `encrypted`. */
-  get encrypted(): boolean {
-    return this.tlsLink() !== undefined || this.options.tls !== undefined;
+  /**
+   * Over TLS these four read as TLSSocket's; without TLS they are undefined,
+   * as on a net.Socket. Libraries tell the two apart by them: node:http2's
+   * server answers a connection whose alpnProtocol is false (TLS without
+   * ALPN) with "403 Missing ALPN Protocol", so h2c and gRPC servers under
+   * `rock run` need undefined here.
+   */
+  private get overTls(): boolean {
+    return this.options.tls !== undefined || this.tlsLink() !== undefined;
   }
 
-  /** Whether the peer's certificate was verified (TLS). */
-  get authorized(): boolean {
-    return this.tlsLink()?.authorized ?? false;
+  /** True when the connection runs over TLS, as TLSSocket's own `encrypted`; undefined without TLS. */
+  get encrypted(): true | undefined {
+    return this.overTls ? true : undefined;
+  }
+
+  /** Whether the peer's certificate was verified (TLS); undefined without TLS. */
+  get authorized(): boolean | undefined {
+    return this.overTls ? (this.tlsLink()?.authorized ?? false) : undefined;
   }
 
   get authorizationError(): Error | undefined {
     return this.tlsLink()?.authorizationError;
   }
 
-  /** The ALPN protocol selected: the application's in plain mode, `rocks/1` in reliable mode; false without. */
-  get alpnProtocol(): string | false | null {
-    return this.tlsLink()?.alpnProtocol ?? false;
+  /** The ALPN protocol selected: the application's in plain mode, `rocks/1` in reliable mode; false for none; undefined without TLS. */
+  get alpnProtocol(): string | false | null | undefined {
+    return this.overTls ? (this.tlsLink()?.alpnProtocol ?? false) : undefined;
   }
 
   getPeerCertificate(detailed?: boolean): PeerCertificate | Record<string, never> {

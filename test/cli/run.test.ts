@@ -3,7 +3,8 @@
 // real sockets on 127.0.0.1: an ioredis client whose connection to
 // redis-server, through rock serve, survives repeated resets, the same client unchanged against an ordinary redis-server,
 // an http server that curl cannot tell apart, an http download through
-// resets, every way of opening a connection, child processes, and runProgram;
+// resets, HTTP/2 calls through resets, every way of opening a connection,
+// child processes, and runProgram;
 // and an https client under rock run whose own TLS, end to end to a node
 // https server behind rock serve, survives resets and black holes.
 
@@ -282,6 +283,36 @@ describe('rock run: unmodified Node programs over rocks', () => {
         assert.match(server.output, /accept 127\.0\.0\.1:\d+: reliable/);
         assert.ok(faults.resets >= 3, `the proxy reset the connection ${faults.resets} times`);
         assert.ok(proxy.connections > 3, `${proxy.connections} connections through the proxy`);
+      } finally {
+        await proxy.close();
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test('an HTTP/2 server and client without TLS (h2c, as gRPC runs) under rock run: 400 calls through repeated resets, every answer right', {
+    timeout: 90_000,
+  }, async () => {
+    const port = await freePort();
+    const server = start(process.execPath, [fixture('h2-server.mjs'), String(port)], { env: rocksEnv({}, { ROCKS_LOG: '1' }) });
+    try {
+      await waitForPort(port, '127.0.0.1', 10_000, server);
+      const proxy = new FaultProxy(port);
+      try {
+        const proxyPort = await proxy.listen();
+        const faults = resetRepeatedly(proxy, 40);
+        const result = await runNode(
+          [fixture('h2-calls.mjs'), `http://127.0.0.1:${proxyPort}`, '400'],
+          rocksEnv({ failureTimeout: 2000 }, { ROCKS_LOG: '1' }),
+          60_000,
+        );
+        proxy.onChunk = undefined;
+        assert.equal(result.stdout, 'calls 400 of 400 answered right\n', result.stderr);
+        assert.equal(result.code, 0);
+        assert.match(result.stderr, new RegExp(`connect 127\\.0\\.0\\.1:${proxyPort}: reliable`));
+        assert.match(server.output, /accept 127\.0\.0\.1:\d+: reliable/);
+        assert.ok(faults.resets >= 3, `the proxy reset the connection ${faults.resets} times`);
       } finally {
         await proxy.close();
       }

@@ -108,7 +108,7 @@ describe('EDP by ALPN with real TLS programs', { skip: found.skip }, () => {
 
   test('curl against a rocks TLS server: a plain TLS connection carrying its request', async () => {
     for (const alpn of [['http/1.1'], undefined]) {
-      const seen: { reliable: boolean; alpn: string | false | null }[] = [];
+      const seen: { reliable: boolean; alpn: string | false | null | undefined }[] = [];
       const { server, port } = await listen({ tls: { key: certs.server.key, cert: certs.server.cert, ALPNProtocols: alpn } }, (s) => {
         seen.push({ reliable: s.reliable, alpn: s.alpnProtocol });
         let request = '';

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { connect as connectH2, createServer as createH2Server } from 'node:http2';
 import { createServer as netCreateServer, type AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -257,6 +258,72 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
       for (const s of serverSides) s.destroy();
       await closeServer(server);
     }
+  });
+
+  test('node:http2 without TLS (h2c, as gRPC uses it) over rocks: 300 calls through link resets, every answer right', {
+    timeout: 60_000,
+  }, async () => {
+    // A server hands each rocks socket to node:http2, which refuses a
+    // socket that claims TLS without ALPN (alpnProtocol false) with
+    // "403 Missing ALPN Protocol": without TLS the TLS properties must read
+    // as on a net.Socket.
+    const h2 = createH2Server();
+    h2.on('stream', (stream) => {
+      const body: Buffer[] = [];
+      stream.on('data', (d: Buffer) => body.push(d));
+      stream.on('end', () => {
+        stream.respond({ ':status': 200 }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+        stream.end(Buffer.concat(body));
+      });
+      stream.on('error', () => {});
+    });
+    const serverSides: ReliableSocket[] = [];
+    const { server, port } = await listen({}, (s) => {
+      serverSides.push(s);
+      s.on('error', () => {});
+      h2.emit('connection', s);
+    });
+    const proxy = new FaultProxy(port);
+    const proxyPort = await proxy.listen();
+    let client: ReliableSocket | undefined;
+    let resumes = 0;
+    const session = connectH2('http://localhost', {
+      createConnection: () => {
+        client = connect({ port: proxyPort, host: '127.0.0.1', failureTimeout: 2000 });
+        client.on('reconnect', () => resumes++);
+        return client;
+      },
+    });
+    const call = (i: number): Promise<boolean> =>
+      new Promise((resolve, reject) => {
+        const body = Buffer.alloc(1 + ((i * 7919) % 8000), i & 0xff);
+        const req = session.request({ ':method': 'POST', ':path': '/echo' });
+        const got: Buffer[] = [];
+        let status: unknown;
+        req.on('trailers', (t) => (status = t['grpc-status']));
+        req.on('data', (d: Buffer) => got.push(d));
+        req.on('error', reject);
+        req.on('end', () => resolve(status === '0' && Buffer.concat(got).equals(body)));
+        req.end(body);
+      });
+    let right = 0;
+    for (let i = 0; i < 300; i++) {
+      if (i > 0 && i % 50 === 0) proxy.reset();
+      if (await call(i)) right++;
+    }
+    assert.equal(right, 300);
+    assert.ok(resumes >= 5, `the client resumed ${resumes} times`);
+    assert.equal(serverSides.length, 1, 'one connection all along');
+    for (const s of [client!, serverSides[0]]) {
+      assert.equal(s.reliable, true);
+      assert.deepEqual([s.encrypted, s.authorized, s.alpnProtocol], [undefined, undefined, undefined]);
+    }
+    await new Promise<void>((resolve) => session.close(resolve));
+    // Both ends finish their closing handshake through the proxy before it goes.
+    await until(() => serverSides[0].destroyed, 10_000, 'the server side to close');
+    await proxy.close();
+    await closeServer(server);
   });
 
   test('closing both ends leaves no socket or timer behind', async () => {

@@ -132,7 +132,7 @@ describe('rocks over TLS', { skip }, () => {
   });
 
   test('ordinary TLS clients get plain TLS connections from a rocks TLS server', async () => {
-    const seen: { reliable: boolean; encrypted: boolean; alpn: string | false | null }[] = [];
+    const seen: { reliable: boolean; encrypted: true | undefined; alpn: string | false | null | undefined }[] = [];
     for (const [serverAlpn, clientAlpn, selected] of [
       [['http/1.1'], ['h2', 'http/1.1'], 'http/1.1'],
       [undefined, ['h2', 'http/1.1'], false], // no list of the application's: no ALPN answer, as node:tls gives
