@@ -11,6 +11,7 @@ import { iperf } from './cases/iperf.js';
 import { latency } from './cases/latency.js';
 import { memory } from './cases/memory.js';
 import { move } from './cases/move.js';
+import { nagle } from './cases/nagle.js';
 import { outage } from './cases/outage.js';
 import { racks } from './cases/racks.js';
 import { relay } from './cases/relay.js';
@@ -20,7 +21,7 @@ import { tls } from './cases/tls.js';
 import { machine, markdown, rows, svg, table } from './core/report.js';
 import type { BenchCase, Context, Measure } from './core/types.js';
 
-const CASES: BenchCase[] = [bulk, latency, setup, tls, outage, move, relay, memory, scale, iperf, racks];
+const CASES: BenchCase[] = [bulk, latency, setup, tls, nagle, outage, move, relay, memory, scale, iperf, racks];
 
 const { values } = parseArgs({
   options: {

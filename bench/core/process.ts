@@ -82,22 +82,29 @@ export class Peer {
   }
 }
 
-/** Runs a server peer and a client peer against it; resolves with the client's 'result'. */
+/**
+ * Runs a server peer and a client peer against it; resolves with the
+ * client's 'result'. With `hop`, the client reaches the server through that
+ * peer (told the server's port with --to-port), a middlebox of its own.
+ */
 export async function runPair<T extends Message>(
   server: [string, string[]],
   client: [string, string[]],
-  options: { nofile?: number } = {},
+  options: { nofile?: number; hop?: [string, string[]] } = {},
 ): Promise<T> {
-  const s = new Peer(server[0], server[1], options);
+  const started: Peer[] = [];
+  const start = async (name: string, args: string[]): Promise<number> => {
+    const peer = new Peer(name, args, options);
+    started.push(peer);
+    return (await peer.next<{ type: 'ready'; port: number }>('ready', 30_000)).port;
+  };
   try {
-    const { port } = await s.next<{ type: 'ready'; port: number }>('ready', 30_000);
+    let port = await start(...server);
+    if (options.hop) port = await start(options.hop[0], [...options.hop[1], '--to-port', String(port)]);
     const c = new Peer(client[0], [...client[1], '--port', String(port)], options);
-    try {
-      return await c.next<T>('result');
-    } finally {
-      await c.stop();
-    }
+    started.push(c);
+    return await c.next<T>('result');
   } finally {
-    await s.stop();
+    for (const peer of started.reverse()) await peer.stop();
   }
 }

@@ -3,19 +3,21 @@
 //
 //   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes
 //   pingpong  --size S --count M --warmup K          round-trip p50 and p99 (ms)
+//   unary     --size S --count M --warmup K          HTTP/2 calls one after another: mean, p50 (ms)
 //   setup     --count K --concurrent C               connect to first echoed byte (ms)
 //   detect    --repeats R                            black hole to 'suspend' (ms)     (rocks)
 //   resume    --repeats R --outage MS                path back to first new byte (ms) (rocks)
 //   hold      --count N [--inflight B]               N idle connections; memory on request
 
 import { once } from 'node:events';
+import { connect as connectH2, type ClientHttp2Session } from 'node:http2';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
 import type { ReconnectInfo } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { timeBulk } from './bulk.js';
-import { dial, peerArgs, say, type Stream, type Transport } from './transport.js';
+import { dial, fatal, peerArgs, say, type Stream, type Transport } from './transport.js';
 
 const args = peerArgs({
   bytes: { type: 'string', default: '0' },
@@ -73,6 +75,42 @@ async function pingpong(): Promise<void> {
   rtts.sort((a, b) => a - b);
   s.destroy();
   say({ type: 'result', p50: rtts[Math.floor(rtts.length * 0.5)], p99: rtts[Math.floor(rtts.length * 0.99)] });
+}
+
+/** One call as gRPC makes a unary one (POST, a body, the echo and trailers back); fails on a wrong answer. */
+function call(session: ClientHttp2Session, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':method': 'POST', ':path': '/bench.Echo/Call', 'content-type': 'application/grpc', te: 'trailers' });
+    const got: Buffer[] = [];
+    req.on('data', (d: Buffer) => got.push(d));
+    req.on('error', reject);
+    req.on('end', () => (Buffer.concat(got).equals(body) ? resolve() : reject(new Error('the answer is not the request echoed'))));
+    req.end(body);
+  });
+}
+
+/**
+ * Unary calls over node:http2 (h2c) on one connection of the transport, one
+ * after another, as a gRPC client makes them: HTTP/2 writes its frames in
+ * several small writes, which a hop with Nagle's algorithm holds back. The
+ * mean shows how often that happens; p50 hides it when under half the calls stall.
+ */
+async function unary(): Promise<void> {
+  const session = connectH2('http://localhost', { createConnection: () => dial(transport, port, options) });
+  session.on('error', fatal);
+  const body = Buffer.alloc(Number(args.size), 9);
+  for (let i = 0; i < Number(args.warmup); i++) await call(session, body);
+  const times: number[] = [];
+  const start = performance.now();
+  for (let i = 0; i < Number(args.count); i++) {
+    const t = performance.now();
+    await call(session, body);
+    times.push(performance.now() - t);
+  }
+  const mean = (performance.now() - start) / times.length;
+  times.sort((a, b) => a - b);
+  session.destroy();
+  say({ type: 'result', mean, p50: times[Math.floor(times.length * 0.5)], p99: times[Math.floor(times.length * 0.99)] });
 }
 
 /** Connect, send one byte, wait for its echo, close: ms. */
@@ -215,7 +253,7 @@ async function hold(): Promise<void> {
   });
 }
 
-const jobs: Record<string, () => Promise<void>> = { bulk, pingpong, setup, detect, resume, hold };
+const jobs: Record<string, () => Promise<void>> = { bulk, pingpong, unary, setup, detect, resume, hold };
 const job = jobs[args.job ?? ''];
 if (!job) {
   say({ type: 'fatal', message: `unknown job ${args.job}` });

@@ -1,10 +1,13 @@
 // The server side of the raw and rocks benchmarks (bench/peers/client.ts is
 // the other): `--job echo` echoes; `--job bulk` counts N bytes in (and with
 // --both sends N out once the client's first bytes arrive), then writes one
-// byte 0xff to say it is done; `--job hold` keeps connections idle and
-// reports memory on request. `--host` and `--listen-port` place it (the
+// byte 0xff to say it is done; `--job unary` answers HTTP/2 (h2c) requests
+// as a gRPC server answers unary calls: headers, the request's body echoed,
+// trailers; `--job hold` keeps connections idle and reports memory on
+// request. `--host` and `--listen-port` place it (the
 // relay case runs two rocks nodes on 127.0.0.2 and 127.0.0.3).
 
+import { createServer as createH2Server } from 'node:http2';
 import type { ReconnectInfo } from '../../src/index.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 import { sendBulk } from './bulk.js';
@@ -36,6 +39,19 @@ function bulk(s: Stream): void {
   });
 }
 
+/** node:http2 over whatever stream the transport gives: each connection is handed to it. */
+const h2 = createH2Server();
+h2.on('stream', (stream) => {
+  const body: Buffer[] = [];
+  stream.on('data', (d: Buffer) => body.push(d));
+  stream.on('end', () => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(Buffer.concat(body));
+  });
+  stream.on('error', () => {});
+});
+
 const { port } = await listen(
   transport,
   JSON.parse(args.options!),
@@ -49,6 +65,7 @@ const { port } = await listen(
     });
     if (args.job === 'echo') s.pipe(s);
     else if (args.job === 'bulk') bulk(s);
+    else if (args.job === 'unary') h2.emit('connection', s);
     else if (args.job === 'hold') s.resume();
   },
   { host: args.host as string, port: Number(args['listen-port']) },

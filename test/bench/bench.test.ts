@@ -30,6 +30,7 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'socket.io']));
       // tls: 'raw' is node:tls there.
       assert.deepEqual(variants('tls'), new Set(['raw', 'rocks']));
+      assert.deepEqual(variants('nagle'), new Set(['raw', 'rocks']));
       assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
       // relay: the case itself fails unless node A heard every relayed resume as relayed (and no direct one).
       assert.deepEqual(variants('relay'), new Set(['raw', 'raw (relayed)', 'rocks (direct)', 'rocks (relayed)']));

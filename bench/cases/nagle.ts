@@ -1,0 +1,73 @@
+// 12. Through a hop with Nagle's algorithm on (socat's default, and many
+// middleboxes'): a plain TCP relay process between client and server
+// (bench/peers/pipe.ts --nagle), against the same connection direct. Two
+// patterns: ping-pong of 64 B (one write each way per round trip) and
+// unary calls over HTTP/2 (h2c), answered as a gRPC server answers them:
+// HTTP/2 writes a call's frames in several small writes, and the hop holds
+// a small segment while an earlier one is unacknowledged, until the peer's
+// delayed ACK (40 ms on Linux) comes. The target (issue 19): the hop costs
+// rocks no more than it costs raw TCP, that is the mean call through the
+// hop at most what raw pays there plus what rocks pays direct.
+
+import type { BenchCase, Context, Measure } from '../core/types.js';
+import { median } from '../core/stats.js';
+import { measure, repeat } from './common.js';
+
+const TRANSPORTS = ['raw', 'rocks'] as const;
+const HOP: [string, string[]] = ['pipe', ['--nagle']];
+
+type Timed = { type: string; mean?: number; p50: number; p99: number };
+
+async function measureAll(ctx: Context): Promise<Measure[]> {
+  const out: Measure[] = [];
+  const calls: Record<string, number> = {};
+  for (const route of ['direct', 'Nagle hop'] as const) {
+    const hop = route === 'direct' ? undefined : HOP;
+    for (const transport of TRANSPORTS) {
+      const count = ctx.quick ? 300 : 2000;
+      const ping = ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)];
+      const pings = await repeat<Timed>(ctx.repeats, transport, ['--job', 'echo'], ping, {}, hop);
+      ctx.log(`nagle ${route} ping-pong 64 B ${transport}: p50 ${pings.map((r) => r.p50.toFixed(3)).join(', ')} ms`);
+      out.push(
+        measure(
+          { case: 'nagle', metric: `${route}: ping-pong 64 B p50`, variant: transport, unit: 'ms', better: 'lower' },
+          pings.map((r) => r.p50),
+        ),
+      );
+
+      const n = ctx.quick ? 30 : 200;
+      const job = ['--job', 'unary', '--size', '100', '--count', String(n), '--warmup', '20'];
+      const unary = await repeat<Timed>(ctx.repeats, transport, ['--job', 'unary'], job, {}, hop);
+      const means = unary.map((r) => r.mean!);
+      ctx.log(
+        `nagle ${route} unary ${transport}: mean ${means.map((m) => m.toFixed(2)).join(', ')} ms, p50 ${unary.map((r) => r.p50.toFixed(2)).join(', ')}`,
+      );
+      out.push(
+        measure(
+          {
+            case: 'nagle',
+            metric: `${route}: HTTP/2 unary call, mean`,
+            variant: transport,
+            unit: 'ms',
+            better: 'lower',
+            note: `${n} calls one after another, 100 B each way`,
+          },
+          means,
+        ),
+      );
+      calls[`${route} ${transport}`] = median(means);
+    }
+  }
+  const hopCost = (t: string): number => calls[`Nagle hop ${t}`] - calls[`direct ${t}`];
+  const met = hopCost('rocks') <= hopCost('raw');
+  ctx.log(
+    `nagle: the hop adds ${hopCost('raw').toFixed(2)} ms per call to raw, ${hopCost('rocks').toFixed(2)} ms to rocks (target: no more than to raw: ${met ? 'met' : 'NOT met'})`,
+  );
+  return out;
+}
+
+export const nagle: BenchCase = {
+  id: 'nagle',
+  title: "Through a hop with Nagle's algorithm on (ping-pong, HTTP/2 unary calls)",
+  run: measureAll,
+};
