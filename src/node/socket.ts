@@ -380,15 +380,16 @@ export class ReliableSocket extends Duplex implements SessionListener {
     // From 'connect' on (a change before it is no business of the first dial's). A Unix socket path has no network to change under it.
     if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetworkOnceOpen();
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
-    // Over TLS the mode is certain and the link keys the session: what the
-    // application already wrote goes out right behind the HELLO (§15.2).
+    // Over TLS (the link keys the session), or with the earlyData option,
+    // what the application already wrote goes out right behind the HELLO
+    // (§3.8, §15.2).
     if (this.earlyData) this.writeQueued();
     this.driver.drive();
   }
 
-  /** Writes may go to the session before it is established: the TLS link keys it, so data follows the HELLO. */
+  /** Writes may go to the session before it is established: data follows the HELLO (over TLS, or with the earlyData option). */
   private get earlyData(): boolean {
-    return this.driver !== undefined && this.options.tls !== undefined;
+    return this.driver !== undefined && (this.options.tls !== undefined || this.options.earlyData === true);
   }
 
   private writeQueued(): void {
@@ -413,13 +414,17 @@ export class ReliableSocket extends Duplex implements SessionListener {
    * A cached verdict may be stale (the server changed): forget it and probe
    * again, once. A fresh verdict that the server's own answer contradicts
    * (no announcement, or no common version) falls back to a plain
-   * connection. Nothing was sent for the application yet: its writes wait.
+   * connection. Nothing was sent for the application yet: its writes wait,
+   * unless earlyData handed them to the session, which may have sent them
+   * behind its HELLO to whatever answered: then the error stands, rather
+   * than send them again on another connection (§3.8).
    */
   private fallBack(error: RocksError): boolean {
     const notEnhanced = error.code === 'ERR_ROCKS_NOT_ENHANCED' || error.code === 'ERR_ROCKS_VERSION';
     const retry = this.verdictCached && !this.reprobed;
+    const handedOver = (this.driver?.session.bytesWritten ?? 0) > 0;
     // Over TLS the server's ALPN answer was the verdict: the error stands.
-    if (this.established || this.options.enhanced === true || this.options.tls !== undefined || !(notEnhanced || retry)) return false;
+    if (this.established || handedOver || this.options.enhanced === true || this.options.tls !== undefined || !(notEnhanced || retry)) return false;
     this.driver = undefined;
     const key = this.destination();
     detectionCache.invalidate(key);

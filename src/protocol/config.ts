@@ -23,6 +23,16 @@ export interface SessionOptions {
   connectTimeout?: number;
   /** How long the closing handshake may take once both directions are finished (ms): a client keeps resuming to receive CLOSE, a server keeps its record of the session to answer it. Default 120000. */
   closeLinger?: number;
+  /**
+   * Client, links without TLS: what the application wrote before the
+   * connection was established goes right behind the HELLO (up to 16 KiB),
+   * so the first answer comes a round trip sooner. The price: a connection
+   * whose first link is lost before the server confirmed the session fails
+   * (as a TCP connection reset in its first round trip does) instead of
+   * starting over, since that data may have been delivered (PROTOCOL.md
+   * §3.8). Over TLS data always goes behind the HELLO (§15.2). Default false.
+   */
+  earlyData?: boolean;
 }
 
 export type SessionConfig = Required<SessionOptions>;
@@ -34,6 +44,11 @@ function check(name: string, value: unknown, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
     throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be a number from ${min} to ${max}, got ${String(value)}`);
   }
+  return value;
+}
+
+function flag(name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw new RocksError('ERR_ROCKS_INVALID_OPTION', `${name} must be true or false, got ${String(value)}`);
   return value;
 }
 
@@ -52,6 +67,7 @@ export function resolveSessionConfig(options: SessionOptions = {}): SessionConfi
     reconnectDelayMax,
     connectTimeout: check('connectTimeout', options.connectTimeout ?? 20_000, 50, 24 * HOUR),
     closeLinger: check('closeLinger', options.closeLinger ?? 120_000, 0, 24 * HOUR),
+    earlyData: flag('earlyData', options.earlyData ?? false),
   };
 }
 

@@ -97,9 +97,9 @@ export interface ChannelKeys {
 }
 
 /**
- * Over a keying channel the client may send this much data right behind
- * its HELLO, before WELCOME tells it the server's window; a server always
- * takes at least this much first (§15.2).
+ * The client may send this much data right behind its HELLO, before
+ * WELCOME tells it the server's window; a server always takes at least this
+ * much first (§3.8, §15.2).
  */
 export const EARLY_DATA_BYTES = 16 * 1024;
 /** HELLO and WELCOME carry no public key over a keying channel. */
@@ -270,15 +270,17 @@ export class Session {
   /** Client: the server has sent something after WELCOME, so it holds the session. */
   private serverConfirmed = false;
   /**
-   * Client: the link whose keyed HELLO awaits WELCOME. The server may hold
-   * the session from the moment that HELLO arrives, so there is no second
-   * HELLO while it is out: if the link is lost, the session is resumed by
-   * the id the channel gave it (§15.2).
+   * Client: the link whose HELLO awaits WELCOME with data behind it, or
+   * keyed by its channel. The server may hand the session to its
+   * application the moment that HELLO arrives, so there is no second HELLO
+   * while it is out: if the link is lost, a keyed session is resumed by the
+   * id the channel gave it (§15.2), and one with data behind its HELLO
+   * fails (§3.8).
    */
   private helloLink: Link | undefined;
   /**
    * Client: data went out before WELCOME. The server may have delivered it,
-   * so this session is never started over: it fails instead (§15.2).
+   * so this session is never started over: it fails instead (§3.8, §15.2).
    */
   private sentEarly = false;
   /** Client: the session id the keying channel of the HELLO gave (§15.2). */
@@ -339,7 +341,7 @@ export class Session {
     // A server short of budget offers a new session no more than its share,
     // but always takes what a client may send before WELCOME.
     const offered = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
-    s.windowSent = channelKey === undefined ? offered : Math.max(offered, EARLY_DATA_BYTES);
+    s.windowSent = Math.max(offered, EARLY_DATA_BYTES);
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
     l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, serverPublic, s.windowSent, instance));
     s.serverInstance = instance;
@@ -468,6 +470,16 @@ export class Session {
       l.keys = keys;
       l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, keys.publicKey, this.config.receiveWindow));
       l.phase = 'hello';
+      if (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined) {
+        // What the application already wrote goes right behind the HELLO
+        // (§3.8), on this attempt alone: the server hands the session to
+        // its application as the data arrives.
+        this.helloLink = l;
+        this.windowSent = this.config.receiveWindow;
+        this.peerWindow = EARLY_DATA_BYTES;
+        for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'data went behind the HELLO of another attempt');
+        this.refreshLinkTimers();
+      }
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
       l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce, this.serverInstance));
@@ -528,7 +540,7 @@ export class Session {
       this.linkFailed(now, reason);
       return;
     }
-    if (this.lostHello(l, reason)) return;
+    if (this.lostHello(l, reason, now)) return;
     this.removeLink(l);
     if (this.role === 'client' && this._state === 'connecting' && l.phase === 'dialing' && l.id === 1) {
       // The very first dial failed outright: report it as net.connect would.
@@ -548,12 +560,16 @@ export class Session {
       for (const l of this.links.values()) {
         if (l.deadline > now) continue;
         if (l === this.current) {
-          // Only an unconfirmed server session has a deadline on its current link.
-          this.release(now, undefined);
+          // Only an unconfirmed server session has a deadline on its current
+          // link; one opened at its early data tells its application.
+          if (this._state === 'open')
+            this.fail(now, new RocksError('ERR_ROCKS_HANDSHAKE_TIMEOUT', 'the client never confirmed the session'), undefined);
+          else this.release(now, undefined);
           return;
         }
-        if (!this.lostHello(l, 'handshake timed out')) this.dropLink(l, 'handshake timed out');
+        if (!this.lostHello(l, 'handshake timed out', now)) this.dropLink(l, 'handshake timed out');
       }
+      if ((this._state as SessionState) === 'done') return;
     }
 
     if (timers.expired(Timer.Failure, now)) {
@@ -702,7 +718,7 @@ export class Session {
     }
     const limit = Math.min(this.send.end, this.peerWindow);
     if (l === this.helloLink) {
-      // Client: data right behind a keyed HELLO, up to the window the server always gives (§15.2).
+      // Client: data right behind the HELLO, up to the window the server always gives (§3.8, §15.2).
       const before = this.send.next;
       out = this.pushData(out, limit, budget);
       if (this.send.next > before) this.sentEarly = true;
@@ -812,7 +828,7 @@ export class Session {
     if (f.version < MIN_PROTOCOL_VERSION || f.version > PROTOCOL_VERSION) {
       throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
     }
-    const keyed = l === this.helloLink;
+    const keyed = l === this.helloLink && this.channelId !== undefined;
     if (keyed && !f.sessionId.equals(this.channelId!)) {
       throw new RocksError('ERR_ROCKS_PROTOCOL', 'WELCOME names another session than the keying channel gave');
     }
@@ -834,7 +850,7 @@ export class Session {
     // Early data went out on this very link ahead of the WELCOME: the server
     // reads it before anything we send now, so it does not go out again.
     const resent = this.maxSent;
-    const early = keyed ? this.send.next : 0;
+    const early = l === this.helloLink ? this.send.next : 0;
     this.helloLink = undefined;
     this.maxSent = 0;
     // Over TLS nothing is owed to the server yet: our HELLO gave our window,
@@ -950,24 +966,30 @@ export class Session {
   }
 
   private onSessionFrame(l: Link, f: Frame, now: number): void {
-    if (this._state === 'accepting') {
-      // The client's first frame after WELCOME must be CONFIRM, whose MAC
-      // proves it derived the session key: only then is the session real. A
-      // client giving up instead just leaves.
-      if (f.type === FrameType.ERROR) {
+    if (this.expectedConfirm !== undefined) {
+      // Server, before CONFIRM: the client's first frames after its HELLO are
+      // data it sent behind the HELLO, if any, then CONFIRM, whose MAC proves
+      // it derived the session key (§3.4, §3.8). Only then is the session
+      // held through a failure. A client giving up instead just leaves.
+      if (f.type === FrameType.CONFIRM) {
+        if (!macMatches(this.expectedConfirm, f.mac)) {
+          this.fail(now, new RocksError('ERR_ROCKS_AUTH_FAILED', 'confirmation MAC did not match'), l);
+          return;
+        }
+        this.confirm(l, now);
+        return;
+      }
+      if (f.type === FrameType.DATA && f.offset + f.data.length <= EARLY_DATA_BYTES) {
+        // Its application gets the session with the data, as a TCP server
+        // gets a connection with its first bytes; then the DATA as any.
+        if (this._state === 'accepting') this.openEarly(l, now);
+      } else if (this._state === 'accepting' && f.type === FrameType.ERROR) {
         this.closeLink(l, false);
         this.release(now, undefined);
         return;
-      }
-      if (f.type !== FrameType.CONFIRM) {
+      } else if (f.type !== FrameType.ERROR) {
         throw new RocksError('ERR_ROCKS_PROTOCOL', `frame 0x${f.type.toString(16)} after WELCOME, before CONFIRM`);
       }
-      if (!macMatches(this.expectedConfirm!, f.mac)) {
-        this.fail(now, new RocksError('ERR_ROCKS_AUTH_FAILED', 'confirmation MAC did not match'), l);
-        return;
-      }
-      this.confirm(l, now);
-      return;
     } else if (this.role === 'client') {
       this.serverConfirmed = true;
     }
@@ -1118,6 +1140,7 @@ export class Session {
     if (wasState === 'accepting') {
       this.confirm(l, now);
     } else {
+      if (this.expectedConfirm !== undefined) this.confirm(l, now); // a PROOF proves the key as CONFIRM does
       this.enterOpen(now, owesAck);
       this.emit({ type: 'link-active', link: l.id });
       if (moved) this.emit({ type: 'migrate', reason: movedWhy });
@@ -1140,7 +1163,19 @@ export class Session {
     this.host?.confirmed(this);
     l.deadline = Infinity;
     this.refreshLinkTimers();
+    if (this._state === 'open') return; // opened at its early data (§3.8)
     this.enterOpen(now);
+    this.emit({ type: 'link-active', link: l.id });
+    this.emit({ type: 'open' });
+  }
+
+  /**
+   * Server: data came behind the HELLO (§3.8). The application gets the
+   * session now and may answer at once; it is not held through a failure
+   * until CONFIRM, which is still due within handshakeTimeout of the HELLO.
+   */
+  private openEarly(l: Link, now: number): void {
+    this.enterOpen(now, false);
     this.emit({ type: 'link-active', link: l.id });
     this.emit({ type: 'open' });
   }
@@ -1162,6 +1197,12 @@ export class Session {
       this.release(now, undefined);
       return;
     }
+    if (this.expectedConfirm !== undefined) {
+      // Opened at its early data, never confirmed (§3.8): a stranger's as
+      // likely as not, so nothing is held; the application hears of it.
+      this.fail(now, new RocksError('ERR_ROCKS_CONNECT_FAILED', `the connection was lost before the client confirmed it (${reason})`), undefined);
+      return;
+    }
     this.enterSuspended(now, reason);
   }
 
@@ -1180,15 +1221,20 @@ export class Session {
   }
 
   /**
-   * Client: the link of a keyed HELLO is gone before WELCOME. The server may
-   * hold the session since that HELLO arrived, so the next link resumes it
-   * by the id the channel gave (§15.2), instead of starting a second one.
+   * Client: the link of a keyed HELLO, or of one with data behind it, is
+   * gone before WELCOME. The server may hold the session since that HELLO
+   * arrived. Keyed, the next link resumes it by the id the channel gave
+   * (§15.2), instead of starting a second one. Unkeyed, we never learnt its
+   * id: with data gone out, the connection fails rather than send that data
+   * into a second session (§3.8); without, the next HELLO starts afresh.
    * Returns true when `l` was that link.
    */
-  private lostHello(l: Link, reason: string): boolean {
+  private lostHello(l: Link, reason: string, now: number): boolean {
     if (l !== this.helloLink) return false;
     this.dropLink(l, reason); // no longer the HELLO's link: dials may start again
-    this._sessionId = this.channelId;
+    if (this.channelId !== undefined) this._sessionId = this.channelId;
+    else if (this.sentEarly)
+      this.fail(now, new RocksError('ERR_ROCKS_CONNECT_FAILED', `the connection was lost in its first round trip (${reason})`), undefined);
     return true;
   }
 
@@ -1235,7 +1281,7 @@ export class Session {
 
   /** What a client resuming this session later should hear, given why it ends. */
   private endingCode(reason: number): number | undefined {
-    if (this._state === 'accepting') return undefined; // never confirmed
+    if (this._state === 'accepting' || this.expectedConfirm !== undefined) return undefined; // never confirmed
     if (this.closeAnnounced) return ERROR_CODES.ERR_ROCKS_SESSION_CLOSED.wire;
     return reason;
   }

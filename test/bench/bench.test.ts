@@ -27,7 +27,7 @@ describe('benchmarks', () => {
       const variants = (id: string) => new Set(result.rows.filter((row) => row.case === id).map((row) => row.variant));
       assert.deepEqual(variants('bulk'), new Set(['raw', 'rocks', 'socket.io']));
       assert.deepEqual(variants('latency'), new Set(['raw', 'rocks', 'socket.io']));
-      assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'socket.io']));
+      assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'rocks (early data)', 'socket.io']));
       // tls: 'raw' is node:tls there.
       assert.deepEqual(variants('tls'), new Set(['raw', 'rocks']));
       assert.deepEqual(variants('nagle'), new Set(['raw', 'rocks']));

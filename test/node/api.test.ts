@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { connect as connectH2, createServer as createH2Server } from 'node:http2';
 import { createServer as netCreateServer, type AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
@@ -324,6 +325,49 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     await until(() => serverSides[0].destroyed, 10_000, 'the server side to close');
     await proxy.close();
     await closeServer(server);
+  });
+
+  test('earlyData: what is written before connect goes behind the HELLO, so the echo comes one round trip after it, not two', {
+    timeout: 30_000,
+  }, async () => {
+    const DELAY = 40; // each way, through the proxy: a round trip of 80 ms
+    const serverSides: ReliableSocket[] = [];
+    const { server, port } = await listen({}, (s) => {
+      serverSides.push(s);
+      echo(s);
+    });
+    const proxy = new FaultProxy(port);
+    const proxyPort = await proxy.listen();
+    proxy.setDelay(DELAY);
+    const timings: Record<string, number> = {};
+    try {
+      for (const earlyData of [false, true]) {
+        const start = performance.now();
+        const c = connect({ port: proxyPort, host: '127.0.0.1', enhanced: true, earlyData });
+        try {
+          c.write('ping');
+          let connectAt = 0;
+          c.once('connect', () => (connectAt = performance.now()));
+          await once(c, 'data');
+          const echoedAt = performance.now();
+          timings[String(earlyData)] = echoedAt - start;
+          assert.equal(c.reliable, true);
+          // With earlyData, WELCOME and the echo travel together: no round trip between 'connect' and the answer.
+          if (earlyData) assert.ok(echoedAt - connectAt < DELAY, `echo ${(echoedAt - connectAt).toFixed(1)} ms after connect`);
+          else assert.ok(echoedAt - connectAt >= 2 * DELAY - 5, `echo ${(echoedAt - connectAt).toFixed(1)} ms after connect`);
+        } finally {
+          c.destroy();
+        }
+      }
+      console.log(
+        `# connect to first echo through a ${2 * DELAY} ms round trip: ${timings.false.toFixed(0)} ms without earlyData, ${timings.true.toFixed(0)} ms with it`,
+      );
+    } finally {
+      // A destroy's abort may still be on its way through the delay when the proxy closes.
+      for (const s of serverSides) s.destroy();
+      await proxy.close();
+      await closeServer(server);
+    }
   });
 
   test('closing both ends leaves no socket or timer behind', async () => {

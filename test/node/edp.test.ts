@@ -246,6 +246,27 @@ describe('EDP over real sockets', () => {
     await new Promise((r) => server.close(r));
   });
 
+  test('a stale cached verdict with earlyData: the data that went behind the HELLO is not sent again, the connection fails with ERR_ROCKS_NOT_ENHANCED', async () => {
+    const rocks = await listen({}, rocksEcho);
+    const { c, detect } = await connected({ port: rocks.port, host: '127.0.0.1' });
+    assert.equal(detect.reliable, true);
+    await endAll(c, rocks.server);
+    const { server, seen } = await ordinaryServer((s) => s.once('data', () => s.end('ERR unknown command\r\n')), '127.0.0.1', rocks.port);
+    const stale = connect({ port: rocks.port, host: '127.0.0.1', earlyData: true });
+    stale.write('once only');
+    // Falling back would make a plain connection, without the data the session took.
+    const outcome = await Promise.race([
+      once(stale, 'error').then(([e]) => (e as RocksError).code),
+      once(stale, 'connect').then(() => `connected ${stale.reliable ? 'reliably' : 'plainly'}`),
+    ]);
+    stale.destroy();
+    assert.equal(outcome, 'ERR_ROCKS_NOT_ENHANCED');
+    await until(() => seen.length >= 1 && seen.every((x) => x.closed), 5000, 'the server to see the attempt close');
+    assert.equal(seen.length, 1, 'no second connection carried the data again');
+    assert.ok(seen[0].received.includes(Buffer.from('once only')), 'it went behind the HELLO');
+    await new Promise((r) => server.close(r));
+  });
+
   test('version negotiation: no rocks version in common means plain, or ERR_ROCKS_VERSION when rocks was required', async () => {
     // A server from the future: it speaks rocks 2-3 and racks 1, and announces that to probes and rocks clients alike.
     const future = encodeAnnouncement([

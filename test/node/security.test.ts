@@ -209,4 +209,40 @@ describe('strangers cannot crowd the server', () => {
     assert.deepEqual(live.serverEvents, []);
     await live.close();
   });
+
+  test('a flood of HELLO with data behind it, then gone (1,000 strangers, no CONFIRM): each reaches the application as a connection that fails, none is held', async () => {
+    const ends = new Map<string, number>();
+    const live = await liveSession();
+    let opened = 0;
+    live.server.on('connection', (s: ReliableSocket) => {
+      opened++; // strangers only: the live session connected before this listener
+      let got = '';
+      s.on('data', (d: Buffer) => (got += d.toString()));
+      s.on('error', (e: { code?: string }) => {
+        const key = `${e.code} after ${got.length === 5 ? 'its 5 bytes' : `${got.length} bytes`}`;
+        ends.set(key, (ends.get(key) ?? 0) + 1);
+      });
+    });
+    const total = 1000;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 100 }, async () => {
+        while (next < total) {
+          next++;
+          const s = await rawStranger(live.port, { confirm: false, early: 5 });
+          await s.closed;
+        }
+      }),
+    );
+    await until(() => live.server.sessionCount === 1, 10_000, 'the strangers’ sessions to go');
+    console.log(`HELLO+data flood: ${total} strangers; their applications' ends: ${JSON.stringify(Object.fromEntries(ends))}`);
+    assert.equal(opened, total, 'each reached the application, as a TCP connection with its first bytes would');
+    assert.deepEqual(Object.fromEntries(ends), { 'ERR_ROCKS_CONNECT_FAILED after its 5 bytes': total });
+    assert.equal(live.server.suspendedCount, 0, 'no stranger left a suspended session');
+    await live.roundTrip('the live session carries on');
+    // Every server socket's events: the strangers' ends, and nothing from the live session.
+    assert.equal(live.serverEvents.length, total);
+    assert.ok(live.serverEvents.every((e) => e.startsWith('error') && e.includes('before the client confirmed it')));
+    await live.close();
+  });
 });

@@ -45,7 +45,7 @@ import { confirmMac, deriveSessionKey, freshKeyPair, keyPairFromSeed, type KeyPa
 import { systemRandom } from '../../src/protocol/random.js';
 import { EDP_MAGIC, encodeAnnouncement, parseAnnouncement, ROCKS } from '../../src/edp/announcement.js';
 import { ServerCore, type ServerEvent } from '../../src/protocol/server-core.js';
-import type { LinkId, Session, SessionEvent } from '../../src/protocol/session.js';
+import { EARLY_DATA_BYTES, type LinkId, type Session, type SessionEvent } from '../../src/protocol/session.js';
 
 // ---- the bound on what a parser may keep ---------------------------------------
 //
@@ -1098,6 +1098,9 @@ interface Established {
 }
 
 /** A server session created from a valid HELLO, WELCOME already sent. */
+/** A new session's first window: its receiveWindow, but never less than a client may send behind its HELLO (§3.8). */
+const firstWindow = (options: SessionOptions): number => Math.max(resolveSessionConfig(options).receiveWindow, EARLY_DATA_BYTES);
+
 function establish(options: SessionOptions): Established {
   const h = new Harness(newCore(options));
   h.open(1);
@@ -1111,7 +1114,7 @@ function establish(options: SessionOptions): Established {
   const sent = session.pollTransmit(1, h.now, 1 << 20) ?? [];
   const welcome = parseAll(sent);
   assert.ok(welcome.length === 1 && welcome[0].type === FrameType.WELCOME);
-  assert.equal(welcome[0].window, resolveSessionConfig(options).receiveWindow);
+  assert.equal(welcome[0].window, firstWindow(options));
   assert.deepEqual(h.sessionEvents.get(session), [], 'nothing for the application before the client speaks');
   return { h, session, confirm: confirmFor(session, keys, sent) };
 }
@@ -1159,7 +1162,7 @@ describe('fuzz: established server session', () => {
   test('a valid client stream is delivered exactly, within the window', () => {
     fc.assert(
       fc.property(windows, clientStream, chunking, (options, stream, sizes) => {
-        const window = resolveSessionConfig(options).receiveWindow;
+        const window = firstWindow(options);
         const est = establish(options);
         const log = runSession(est, split(Buffer.concat([est.confirm, stream.bytes]), sizes));
         const state = est.session.state;
@@ -1204,7 +1207,7 @@ describe('fuzz: established server session', () => {
     );
     fc.assert(
       fc.property(windows, input, chunking, fc.boolean(), (options, bytes, sizes, confirmed) => {
-        const window = resolveSessionConfig(options).receiveWindow;
+        const window = firstWindow(options);
         const est = establish(options);
         const log = runSession(est, split(confirmed ? Buffer.concat([est.confirm, bytes]) : bytes, sizes));
         assertSessionSettled(est, log, window);

@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { encodeAnnouncement, ROCKS } from '../../src/edp/announcement.js';
-import { ERROR_CODES, type RocksErrorCode } from '../../src/protocol/errors.js';
+import { ERROR_CODES, type RocksError, type RocksErrorCode } from '../../src/protocol/errors.js';
 import {
   encodeAck,
   encodeChallenge,
@@ -41,6 +41,7 @@ import { confirmMac, deriveSessionKey, keyPairFromSeed, resumeMac } from '../../
 import { performance } from 'node:perf_hooks';
 import { resolveServerLimits, resolveSessionConfig } from '../../src/protocol/config.js';
 import { ServerCore } from '../../src/protocol/server-core.js';
+import { EARLY_DATA_BYTES } from '../../src/protocol/session.js';
 import { SimRandom } from '../sim/random.js';
 import { CLIENT_ANNOUNCEMENT, fakeServer, Pair, SERVER_ANNOUNCEMENT, type PairOptions, type RawPeer } from './pair.js';
 
@@ -341,6 +342,107 @@ describe('key confirmation (CONFIRM)', () => {
     raw.send(confirm);
     p.runFor(50);
     assert.deepEqual(raw.errors, ['ERR_ROCKS_PROTOCOL']);
+  });
+});
+
+describe('data behind a HELLO without TLS (the earlyData option, PROTOCOL.md §3.8)', () => {
+  const early = (opts: PairOptions = {}) => new Pair({ ...opts, client: { earlyData: true, ...opts.client } });
+
+  test('data written before the connection goes right behind the HELLO; the server opens at it and answers before CONFIRM', () => {
+    const p = early();
+    const data = pattern(100);
+    p.client.write(data);
+    p.runFor(20); // the HELLO and the data arrive at 20
+    assert.deepEqual(p.server.events.take(), ['link-active #1', 'open']);
+    assert.equal(p.server.events.at('open'), 20);
+    assert.ok(p.server.received.equals(data));
+    assert.equal(p.core.unprovenLinkCount, 1, 'unconfirmed: its link still counts against the pending-link caps');
+    p.server.write('answer');
+    p.runFor(10); // WELCOME and the answer arrive at 30
+    assert.equal(p.client.events.at('connect'), 30);
+    assert.equal(p.client.received.toString(), 'answer', 'the answer came with WELCOME, one round trip after the HELLO');
+    assert.deepEqual(p.link(1).sentBy('client').slice(0, 4), ['EDP', 'HELLO', 'DATA 0+100', 'CONFIRM']);
+    p.runFor(10); // the CONFIRM arrives at 40
+    assert.equal(p.core.unprovenLinkCount, 0, 'confirmed');
+    p.link(1).cut();
+    p.runUntil(() => p.client.events.of('resume').length === 1);
+    assert.equal(p.servers.length, 1, 'a confirmed session is held through a failure');
+    assert.ok(p.server.received.equals(data), 'delivered once');
+  });
+
+  test('without the option data waits for WELCOME, behind CONFIRM', () => {
+    const p = new Pair();
+    p.client.write(pattern(100));
+    p.runFor(50);
+    assert.deepEqual(p.link(1).sentBy('client').slice(0, 5), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'DATA 0+100']);
+  });
+
+  test('the link is lost after the data arrived, before WELCOME: the server application and the client fail; nothing is held or sent again', () => {
+    const p = early();
+    const data = pattern(3000);
+    p.client.write(data);
+    p.runFor(25); // HELLO and data arrived at 20; WELCOME is on its way
+    p.link(1).cut();
+    p.runUntil(() => p.client.session.state === 'done');
+    p.runFor(100);
+    assert.deepEqual(p.server.events.names().slice(-2), ['error ERR_ROCKS_CONNECT_FAILED', 'released']);
+    assert.ok(p.server.received.equals(data), 'what arrived was delivered, once');
+    assert.deepEqual(p.client.events.names().slice(-2), ['error ERR_ROCKS_CONNECT_FAILED', 'released']);
+    assert.equal(p.links.size, 1, 'no second HELLO carried the data');
+    assert.equal(p.core.sessionCount, 0);
+    assert.equal(p.core.suspendedCount, 0);
+  });
+
+  test("the link is lost after WELCOME, before the server heard CONFIRM: the client's resume hears UNCONFIRMED_SESSION and it fails", () => {
+    const p = early();
+    p.client.write(pattern(300));
+    p.runFor(25);
+    p.link(1).hold('client'); // the CONFIRM the client sends at WELCOME (30) never arrives
+    p.runFor(10);
+    assert.equal(p.client.events.at('connect'), 30);
+    p.link(1).cut();
+    p.runUntil(() => p.client.session.state === 'done');
+    assert.deepEqual(p.server.events.names().slice(-2), ['error ERR_ROCKS_CONNECT_FAILED', 'released']);
+    assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'ERROR(11)']);
+    assert.deepEqual(
+      p.client.events.of('error').map((e) => (e.error as RocksError).code),
+      ['ERR_ROCKS_UNKNOWN_SESSION'],
+    );
+    assert.equal(p.links.size, 2, 'no new session: the data went behind a HELLO');
+  });
+
+  test("a stranger's HELLO and data, then nothing: its application hears ERR_ROCKS_HANDSHAKE_TIMEOUT, nothing is held", () => {
+    const p = new Pair({ connect: false, server: { handshakeTimeout: 500 } });
+    const raw = p.rawClient();
+    const hello = rawHello(5);
+    raw.send(CLIENT_ANNOUNCEMENT, hello.frame, encodeDataHeader(0, 5), Buffer.from('hello'));
+    p.runFor(20);
+    assert.deepEqual(p.servers[0].events.take(), ['link-active #1000', 'open']);
+    assert.equal(p.servers[0].received.toString(), 'hello');
+    p.runFor(1000);
+    assert.deepEqual(p.servers[0].events.names().slice(-3), ['error ERR_ROCKS_HANDSHAKE_TIMEOUT', 'close-link #1000', 'released']);
+    assert.equal(p.core.sessionCount, 0);
+    assert.equal(p.core.suspendedCount, 0);
+    assert.equal(p.core.unprovenLinkCount, 0);
+    assert.deepEqual(
+      rawResume(p, raw.last(FrameType.WELCOME).sessionId).errors,
+      ['ERR_ROCKS_UNCONFIRMED_SESSION'],
+      'no record of an unconfirmed session',
+    );
+  });
+
+  test('more than 16 KiB before CONFIRM, or an ACK before it: ERROR(1)', () => {
+    for (const frames of [
+      [encodeDataHeader(0, EARLY_DATA_BYTES + 1), Buffer.alloc(EARLY_DATA_BYTES + 1)],
+      [encodeDataHeader(0, 5), Buffer.from('hello'), encodeAck(0, 1 << 20)],
+    ]) {
+      const p = new Pair({ connect: false });
+      const raw = p.rawClient();
+      raw.send(CLIENT_ANNOUNCEMENT, rawHello(6).frame, ...frames);
+      p.runFor(50);
+      assert.deepEqual(raw.received, ['EDP', 'WELCOME', 'ERROR(1)']);
+      assert.equal(p.core.sessionCount, 0);
+    }
   });
 });
 
@@ -1721,7 +1823,12 @@ describe('errors: a server session', () => {
   });
 
   const sessionFrameErrors: [string, () => Buffer[], RocksErrorCode][] = [
-    ['DATA beyond the advertised window', () => [encodeDataHeader(0, 1025), Buffer.alloc(1025)], 'ERR_ROCKS_FLOW_CONTROL'],
+    // A new session's first window is never below EARLY_DATA_BYTES (§3.8).
+    [
+      'DATA beyond the advertised window',
+      () => [encodeDataHeader(0, EARLY_DATA_BYTES + 1), Buffer.alloc(EARLY_DATA_BYTES + 1)],
+      'ERR_ROCKS_FLOW_CONTROL',
+    ],
     ['DATA leaving a gap', () => [encodeDataHeader(5, 1), Buffer.alloc(1)], 'ERR_ROCKS_PROTOCOL'],
     ['DATA after FIN', () => [encodeFin(0), encodeDataHeader(0, 1), Buffer.alloc(1)], 'ERR_ROCKS_PROTOCOL'],
     ['an ACK of more than was sent', () => [encodeAck(1, 1 << 20)], 'ERR_ROCKS_PROTOCOL'],

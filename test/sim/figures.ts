@@ -18,10 +18,16 @@ export interface RunFigures {
   lost: number;
   /** Runs whose links were keyed channels (as TLS). */
   keyed: number;
-  /** Clients that sent data behind their HELLO. */
+  /** Clients that sent data behind their HELLO, in keyed runs. */
   earlyData: number;
-  /** Clients that failed in their first round trip (early data, HELLO lost). */
+  /** Clients that failed in their first round trip (early data, HELLO lost), in keyed runs. */
   lostFirstTrip: number;
+  /** Runs without keyed channels whose clients send data behind their HELLO (the earlyData option). */
+  plainEarlyRuns: number;
+  /** Clients of those runs that sent data behind their HELLO. */
+  plainEarlyData: number;
+  /** Clients of those runs that failed before a server confirmed their session. */
+  plainLostFirstTrip: number;
   /** Runs in which the network changed under clients. */
   changing: number;
   /** Sessions moved to a new link while the old one was open. */
@@ -46,6 +52,9 @@ export function noFigures(): ClusterFigures {
     keyed: 0,
     earlyData: 0,
     lostFirstTrip: 0,
+    plainEarlyRuns: 0,
+    plainEarlyData: 0,
+    plainLostFirstTrip: 0,
     changing: 0,
     migrations: 0,
   };
@@ -71,6 +80,9 @@ export function addFigures(totals: ClusterFigures, r: RunFigures | ClusterFigure
     'keyed',
     'earlyData',
     'lostFirstTrip',
+    'plainEarlyRuns',
+    'plainEarlyData',
+    'plainLostFirstTrip',
     'changing',
     'migrations',
   ] as const)
@@ -83,6 +95,7 @@ export function describeFigures(t: ClusterFigures): string {
     `${t.unreachable} dropped (owner unreachable), ${t.deaths} node deaths, ${t.restarts} restarts, ` +
     `${t.directoryOutages} directory outages, ${t.lost} sessions lost with their node; ` +
     `${t.keyed} keyed-channel runs: ${t.earlyData} clients sent data behind their HELLO, ${t.lostFirstTrip} failed in their first round trip; ` +
+    `${t.plainEarlyRuns} runs with data behind plain HELLOs: ${t.plainEarlyData} clients sent some, ${t.plainLostFirstTrip} failed before their session was confirmed; ` +
     `${t.changing} runs with network changes: ${t.migrations} sessions moved to a new link while the old one was open`
   );
 }

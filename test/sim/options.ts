@@ -81,6 +81,11 @@ export const SIM_OPTIONS = {
      */
     keyedChannel: 0.35,
   },
+  /**
+   * Share of seeds whose clients send data behind a HELLO without TLS (the
+   * earlyData option, PROTOCOL.md §3.8). Drawn from a generator of its own.
+   */
+  earlyData: 0.5,
   changes: {
     /**
      * Share of seeds in which the network changes under clients (src/node/

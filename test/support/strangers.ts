@@ -1,6 +1,7 @@
 // Strangers over real sockets: raw rocks clients that do as little as an
 // attacker needs (HELLO, then an ACK or a CONFIRM, a few bytes, and vanish or
-// stall), to check that they cannot crowd a server.
+// stall; or HELLO with data behind it, and vanish), to check that they
+// cannot crowd a server.
 
 import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -28,6 +29,8 @@ export interface StrangerOptions {
   send?: number;
   /** Leave the connection open after sending, instead of vanishing. */
   stay?: boolean;
+  /** Send this many data bytes right behind the HELLO (PROTOCOL.md §3.8), then vanish at WELCOME without answering it. */
+  early?: number;
 }
 
 export interface Stranger {
@@ -64,6 +67,11 @@ export async function stranger(port: number, options: StrangerOptions): Promise<
         frames.push(f);
         if (f.type !== FrameType.WELCOME || result.welcome !== undefined) continue;
         result.welcome = f;
+        if (options.early !== undefined) {
+          socket.end();
+          resolve();
+          continue;
+        }
         const out: Buffer[] = [];
         if (options.confirm) {
           const key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
@@ -84,7 +92,8 @@ export async function stranger(port: number, options: StrangerOptions): Promise<
     void closed.then(() => resolve());
   });
   await once(socket, 'connect');
-  socket.write(Buffer.concat([ANNOUNCEMENT, encodeHello(1, 1, keys.publicKey, window)]));
+  const early = options.early === undefined ? [] : [encodeDataHeader(0, options.early), Buffer.alloc(options.early, 0x65)];
+  socket.write(Buffer.concat([ANNOUNCEMENT, encodeHello(1, 1, keys.publicKey, window), ...early]));
   await answered;
   return result;
 }
