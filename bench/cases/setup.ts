@@ -1,8 +1,11 @@
 // 3. Connection set-up: connect to the first echoed byte, one after another
 // (the median of each run) and 100 at once (until all have their echo).
-// rocks three ways: probing every time (EDP cache off), with the verdict
-// cached, and with detection skipped (enhanced: true). socket.io: a new
-// websocket connection (forceNew) each time.
+// rocks four ways: probing every time (EDP cache off), with the verdict
+// cached, with detection skipped (enhanced: true), and with the verdict
+// cached and the first bytes behind the HELLO (earlyData). socket.io: a new
+// websocket connection (forceNew) each time. Then the same one after another
+// through a 20 ms round trip (a proxy in the client's process delays each
+// chunk 10 ms): on a real path round trips, not CPU, decide set-up.
 
 import type { BenchCase, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
@@ -13,8 +16,11 @@ const VARIANTS: [string, string, object, boolean][] = [
   ['rocks (probe)', 'rocks', { detectCacheTtl: 0 }, false],
   ['rocks (cached)', 'rocks', {}, true],
   ['rocks (enhanced)', 'rocks', { enhanced: true }, false],
+  ['rocks (early data)', 'rocks', { earlyData: true }, true],
   ['socket.io', 'socket.io', {}, false],
 ];
+/** The round trip of the delayed runs, ms. */
+const RTT = 20;
 
 export const setup: BenchCase = {
   id: 'setup',
@@ -42,6 +48,17 @@ export const setup: BenchCase = {
         measure(
           { case: 'setup', metric: '100 concurrent, all echoed', variant, unit: 'ms', better: 'lower' },
           results.map((r) => r.concurrent),
+        ),
+      );
+    }
+    for (const [variant, transport, options, warm] of VARIANTS.filter(([, transport]) => transport !== 'socket.io')) {
+      const job = ['--job', 'setup', '--count', String(ctx.quick ? 5 : 30), '--concurrent', '0', '--delay', String(RTT), ...(warm ? ['--warm'] : [])];
+      const results = await repeat<{ type: string; sequential: number[] }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+      ctx.log(`setup ${variant} through a ${RTT} ms round trip: median ${results.map((r) => median(r.sequential).toFixed(1)).join(', ')} ms`);
+      out.push(
+        measure(
+          { case: 'setup', metric: `sequential, median, ${RTT} ms round trip`, variant, unit: 'ms', better: 'lower' },
+          results.map((r) => median(r.sequential)),
         ),
       );
     }

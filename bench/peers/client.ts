@@ -4,7 +4,8 @@
 //   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes
 //   pingpong  --size S --count M --warmup K          round-trip p50 and p99 (ms)
 //   unary     --size S --count M --warmup K          HTTP/2 calls one after another: mean, p50 (ms)
-//   setup     --count K --concurrent C               connect to first echoed byte (ms)
+//   setup     --count K --concurrent C [--delay MS]  connect to first echoed byte (ms); --delay: through a
+//                                                    proxy here that delays each chunk MS/2 (an MS round trip)
 //   detect    --repeats R                            black hole to 'suspend' (ms)     (rocks)
 //   resume    --repeats R --outage MS                path back to first new byte (ms) (rocks)
 //   hold      --count N [--inflight B]               N idle connections; memory on request
@@ -31,6 +32,7 @@ const args = peerArgs({
   outage: { type: 'string', default: '2000' },
   inflight: { type: 'string', default: '0' },
   warm: { type: 'boolean', default: false },
+  delay: { type: 'string', default: '0' },
 });
 const transport = args.transport as Transport;
 const options = JSON.parse(args.options!) as { failureTimeout?: number; heartbeatInterval?: number };
@@ -114,9 +116,9 @@ async function unary(): Promise<void> {
 }
 
 /** Connect, send one byte, wait for its echo, close: ms. */
-async function oneConnection(): Promise<number> {
+async function oneConnection(to = port): Promise<number> {
   const start = performance.now();
-  const s = dial(transport, port, options);
+  const s = dial(transport, to, options);
   s.write(Buffer.from([1]));
   await once(s, 'data');
   const ms = performance.now() - start;
@@ -125,11 +127,15 @@ async function oneConnection(): Promise<number> {
 }
 
 async function setup(): Promise<void> {
-  if (args.warm) await oneConnection(); // fills the EDP verdict cache: what 'cached' measures
+  const delay = Number(args.delay);
+  const proxy = delay > 0 ? new FaultProxy(port) : undefined;
+  const to = proxy ? await proxy.listen() : port;
+  proxy?.setDelay(delay / 2);
+  if (args.warm) await oneConnection(to); // fills the EDP verdict cache: what 'cached' measures
   const sequential: number[] = [];
-  for (let i = 0; i < Number(args.count); i++) sequential.push(await oneConnection());
+  for (let i = 0; i < Number(args.count); i++) sequential.push(await oneConnection(to));
   const start = performance.now();
-  await Promise.all(Array.from({ length: Number(args.concurrent) }, () => oneConnection()));
+  await Promise.all(Array.from({ length: Number(args.concurrent) }, () => oneConnection(to)));
   say({ type: 'result', sequential, concurrent: performance.now() - start });
 }
 
