@@ -454,37 +454,40 @@ export class Session {
     // is enhanced, and the HELLO negotiates the version anyway.
     l.out.push(CLIENT_ANNOUNCEMENT);
     l.announcement = Buffer.alloc(0);
-    if (this._sessionId === undefined && channel !== undefined) {
-      this.key = channel.key;
-      this.channelId = channel.sessionId;
-      this.helloLink = l;
-      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, NO_PUBLIC_KEY, this.config.receiveWindow));
-      l.phase = 'hello';
-      // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
-      this.windowSent = this.config.receiveWindow;
-      this.peerWindow = EARLY_DATA_BYTES;
-      for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'a keyed HELLO went out on another attempt');
-      this.refreshLinkTimers();
-    } else if (this._sessionId === undefined) {
-      const keys = drawKeyPair(this.random);
-      l.keys = keys;
-      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, keys.publicKey, this.config.receiveWindow));
-      l.phase = 'hello';
-      if (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined) {
-        // What the application already wrote goes right behind the HELLO
-        // (§3.8), on this attempt alone: the server hands the session to
-        // its application as the data arrives.
-        this.helloLink = l;
-        this.windowSent = this.config.receiveWindow;
-        this.peerWindow = EARLY_DATA_BYTES;
-        for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'data went behind the HELLO of another attempt');
-        this.refreshLinkTimers();
+    if (this._sessionId === undefined) {
+      let publicKey: Buffer = NO_PUBLIC_KEY;
+      if (channel !== undefined) {
+        this.key = channel.key;
+        this.channelId = channel.sessionId;
+      } else {
+        l.keys = drawKeyPair(this.random);
+        publicKey = l.keys.publicKey;
       }
+      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow));
+      l.phase = 'hello';
+      // Keyed by its channel, or with the application's data to go behind it (§3.8, §15.2).
+      if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
       l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce, this.serverInstance));
       l.phase = 'resume';
     }
+  }
+
+  /**
+   * Client: `l`'s HELLO may open the session at the server the moment it
+   * arrives, with data behind it or keyed by its channel: until WELCOME it
+   * is the only attempt, and data follows it up to the window every server
+   * gives (§3.8, §15.2).
+   */
+  private onlyHello(l: Link): void {
+    this.helloLink = l;
+    // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
+    this.windowSent = this.config.receiveWindow;
+    this.peerWindow = EARLY_DATA_BYTES;
+    for (const other of [...this.links.values()])
+      if (other !== l) this.dropLink(other, 'a HELLO that may open the session went out on another attempt');
+    this.refreshLinkTimers();
   }
 
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {

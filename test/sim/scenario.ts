@@ -318,35 +318,31 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     const id = c.session.sessionId?.toString('hex');
     return id !== undefined && world.doomed.has(id);
   };
+  const instances = world.nodes.flatMap((n) => n.instances);
+  const finished = instances.flatMap((server) => server.finished);
+  type ServerRecord = (typeof finished)[number];
+  /** What the servers' applications recorded of a client's sessions. */
+  const recordsOf = (c: ClientEndpoint): ServerRecord[] => finished.filter((r) => r.client === c.name);
   /** A client whose session no server ever opened: none of its data can have been delivered. */
-  const neverHeld = (c: ClientEndpoint): boolean =>
-    world.nodes.every((n) => n.instances.every((server) => !server.finished.some((r) => r.client === c.name)));
-  /** Server records of sessions opened at their early data that ended unconfirmed, by client. */
-  const unconfirmedEnds = (c: ClientEndpoint) =>
-    world.nodes.flatMap((n) =>
-      n.instances.flatMap((server) =>
-        server.finished.filter((r) => r.client === c.name && r.errorCodes.length === 1 && NEVER_CONFIRMED.has(r.errorCodes[0])),
-      ),
-    );
-  /** A client whose session no server held past its early data: each that opened it ended it unconfirmed. */
-  const neverConfirmed = (c: ClientEndpoint): boolean =>
-    world.nodes.every((n) => n.instances.every((server) => server.finished.every((r) => r.client !== c.name || unconfirmedEnds(c).includes(r))));
+  const neverHeld = (c: ClientEndpoint): boolean => recordsOf(c).length === 0;
+  /** A session opened at its early data that ended without the client's CONFIRM. */
+  const endedUnconfirmed = (r: ServerRecord): boolean => r.errorCodes.length === 1 && NEVER_CONFIRMED.has(r.errorCodes[0]);
   const lostInFirstTrip = new Set<ClientEndpoint>();
   const keyedRun = world.options.channelKeys !== undefined;
   for (const [i, c] of world.clients.entries()) {
     const lostWithItsNode = doomed(c) && c.errorCodes.length === 1 && c.errorCodes[0] === LOST_WITH_ITS_NODE;
-    const keyed = keyedRun;
     const lostCode = c.errorCodes.length === 1 ? c.errorCodes[0] : undefined;
     // Keyed, only a client that never connected; without TLS also one that
     // connected and restarted after its server dropped an unconfirmed session.
-    const lostBehindHello = lostCode === LOST_IN_FIRST_TRIP && (!keyed || !c.grammar.established);
+    const lostBehindHello = lostCode === LOST_IN_FIRST_TRIP && (!keyedRun || !c.grammar.established);
     // Without TLS a client that had WELCOME resumes, and hears that the
     // server dropped the session it never confirmed (a session its node
     // took with it counts as that only if a server ended it unconfirmed).
-    const droppedUnconfirmed = !keyed && lostCode === LOST_WITH_ITS_NODE && (unconfirmedEnds(c).length > 0 || !doomed(c));
+    const droppedUnconfirmed = !keyedRun && lostCode === LOST_WITH_ITS_NODE && (recordsOf(c).some(endedUnconfirmed) || !doomed(c));
     if (c.session.sentEarlyData && (lostBehindHello || droppedUnconfirmed)) {
       lostInFirstTrip.add(c);
-      if (keyed ? !neverHeld(c) : !neverConfirmed(c)) failures.push(`${c.name} failed in its first round trip, yet a server held its session`);
+      if (keyedRun ? !neverHeld(c) : !recordsOf(c).every(endedUnconfirmed))
+        failures.push(`${c.name} failed in its first round trip, yet a server held its session`);
       failures.push(...c.grammar.violations);
       if (c.app!.failure) failures.push(c.app!.failure);
       if (!c.released) failures.push(`${c.name} never released its session`);
@@ -376,8 +372,6 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     if (c.released && c.session.pollTimeout() !== undefined) failures.push(`${c.name} keeps a timer after release`);
     bytes += app.bytesReceived + app.bytesWritten;
   }
-  const instances = world.nodes.flatMap((n) => n.instances);
-  const finished = instances.flatMap((server) => server.finished);
   for (const server of instances) {
     for (const e of server.errors) failures.push(`${server.name}: ${e}`);
     for (const g of server.grammars.values()) {
@@ -388,7 +382,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   }
   // A session opened at its early data and never confirmed may end in
   // error only if its client failed in its first round trip too.
-  const excused = new Set([...lostInFirstTrip].flatMap((c) => unconfirmedEnds(c)));
+  const excused = new Set([...lostInFirstTrip].flatMap((c) => recordsOf(c).filter(endedUnconfirmed)));
   for (const r of finished) {
     if (r.app.failure) failures.push(r.app.failure);
     if (excused.has(r)) continue;
