@@ -33,6 +33,23 @@ export interface SessionOptions {
    * §3.8). Over TLS data always goes behind the HELLO (§15.2). Default false.
    */
   earlyData?: boolean;
+  /**
+   * Where the OS allows (Linux), each link's socket gets TCP keepalive and
+   * TCP_USER_TIMEOUT so that its kernel finds a dead path within
+   * failureTimeout plus heartbeatInterval, and a peer that agrees (PACE
+   * frames, PROTOCOL.md §5.1) sends heartbeats only every
+   * pathCheckInterval: an idle session wakes neither process. Needs a
+   * heartbeatInterval of at least 1000 ms (the kernel counts whole seconds).
+   * Default true.
+   */
+  kernelLiveness?: boolean;
+  /**
+   * On a link the kernel watches, an end-to-end heartbeat still crosses at
+   * least this often (ms), and the peer's silence is tolerated for three
+   * times as long: what finds a failure behind a TCP-terminating middlebox,
+   * whose own kernel answers ours. Default 30000 (or heartbeatInterval, if more).
+   */
+  pathCheckInterval?: number;
 }
 
 export type SessionConfig = Required<SessionOptions>;
@@ -68,6 +85,8 @@ export function resolveSessionConfig(options: SessionOptions = {}): SessionConfi
     connectTimeout: check('connectTimeout', options.connectTimeout ?? 20_000, 50, 24 * HOUR),
     closeLinger: check('closeLinger', options.closeLinger ?? 120_000, 0, 24 * HOUR),
     earlyData: flag('earlyData', options.earlyData ?? false),
+    kernelLiveness: flag('kernelLiveness', options.kernelLiveness ?? true),
+    pathCheckInterval: check('pathCheckInterval', options.pathCheckInterval ?? Math.max(30_000, heartbeatInterval), heartbeatInterval, 24 * HOUR),
   };
 }
 

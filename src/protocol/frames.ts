@@ -19,6 +19,7 @@ export const FrameType = {
   FIN: 0x12,
   CLOSE: 0x13,
   CLOSE_ACK: 0x14,
+  PACE: 0x15,
   ERROR: 0x1f,
 } as const;
 
@@ -37,6 +38,11 @@ export const MAX_DATA_PAYLOAD = 256 * 1024;
 export const MAX_ERROR_MESSAGE = 512;
 /** HELLO may grow in later versions; a v1 peer ignores this many extra bytes at most. */
 export const MAX_HELLO_EXTENSION = 256;
+/**
+ * HELLO extension entry (`kind:u8 | length:u8 | value`): the client takes
+ * PACE frames (§5.1). Its value is empty.
+ */
+export const HELLO_EXT_PACE = 0x01;
 /** Offsets are u64 on the wire but must stay exact in a JS number. */
 export const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
 
@@ -48,6 +54,7 @@ const PROOF_SIZE = 8 + 8 + MAC_SIZE;
 const CONFIRM_SIZE = MAC_SIZE;
 const ACK_SIZE = 16;
 const FIN_SIZE = 8;
+const PACE_SIZE = 4;
 
 export interface HelloFrame {
   type: typeof FrameType.HELLO;
@@ -55,6 +62,8 @@ export interface HelloFrame {
   maxVersion: number;
   publicKey: Buffer;
   window: number;
+  /** The client takes PACE frames (its HELLO extension said so). */
+  pace: boolean;
 }
 export interface WelcomeFrame {
   type: typeof FrameType.WELCOME;
@@ -104,6 +113,11 @@ export interface FinFrame {
   type: typeof FrameType.FIN;
   offset: number;
 }
+/** The sender's kernel watches the link: the receiver's heartbeats may come as rarely as every `interval` ms (§5.1). */
+export interface PaceFrame {
+  type: typeof FrameType.PACE;
+  interval: number;
+}
 export interface CloseFrame {
   type: typeof FrameType.CLOSE;
 }
@@ -128,6 +142,7 @@ export type Frame =
   | FinFrame
   | CloseFrame
   | CloseAckFrame
+  | PaceFrame
   | ErrorFrame;
 
 // ---- encoding -------------------------------------------------------------
@@ -150,13 +165,18 @@ function frame(type: number, payloadSize: number): Buffer {
   return buf;
 }
 
-export function encodeHello(minVersion: number, maxVersion: number, publicKey: Buffer, window: number): Buffer {
-  const buf = frame(FrameType.HELLO, HELLO_SIZE);
+/** `pace`: the extension tells the server that this client takes PACE frames. */
+export function encodeHello(minVersion: number, maxVersion: number, publicKey: Buffer, window: number, pace = false): Buffer {
+  const buf = frame(FrameType.HELLO, HELLO_SIZE + (pace ? 2 : 0));
   MAGIC.copy(buf, 5);
   buf[9] = minVersion;
   buf[10] = maxVersion;
   publicKey.copy(buf, 11);
   buf.writeUInt32BE(window, 11 + KEY_SIZE);
+  if (pace) {
+    buf[5 + HELLO_SIZE] = HELLO_EXT_PACE;
+    buf[6 + HELLO_SIZE] = 0;
+  }
   return buf;
 }
 
@@ -225,6 +245,12 @@ export function encodeFin(offset: number): Buffer {
   return buf;
 }
 
+export function encodePace(interval: number): Buffer {
+  const buf = frame(FrameType.PACE, PACE_SIZE);
+  buf.writeUInt32BE(interval, 5);
+  return buf;
+}
+
 export function encodeClose(): Buffer {
   return frame(FrameType.CLOSE, 0);
 }
@@ -261,6 +287,7 @@ const CONTROL_SIZES: Record<number, readonly [number, number]> = {
   [FrameType.FIN]: [FIN_SIZE, FIN_SIZE],
   [FrameType.CLOSE]: [0, 0],
   [FrameType.CLOSE_ACK]: [0, 0],
+  [FrameType.PACE]: [PACE_SIZE, PACE_SIZE],
   [FrameType.ERROR]: [2, 2 + MAX_ERROR_MESSAGE],
 };
 
@@ -398,6 +425,7 @@ function decodeControl(type: number, body: Buffer): Frame {
         maxVersion: body[5],
         publicKey: Buffer.from(body.subarray(6, 6 + KEY_SIZE)),
         window: body.readUInt32BE(6 + KEY_SIZE),
+        pace: extensionHas(body.subarray(HELLO_SIZE), HELLO_EXT_PACE),
       };
     case FrameType.WELCOME:
       return {
@@ -441,9 +469,24 @@ function decodeControl(type: number, body: Buffer): Frame {
     case FrameType.CLOSE:
     case FrameType.CLOSE_ACK:
       return { type };
+    case FrameType.PACE:
+      return { type, interval: body.readUInt32BE(0) };
     default: // FrameType.ERROR; CONTROL_SIZES admits no other type
       return { type: FrameType.ERROR, code: body.readUInt16BE(0), message: body.subarray(2).toString('utf8') };
   }
+}
+
+/**
+ * Whether a HELLO extension holds an entry of `kind`. Entries of other kinds
+ * are skipped; one that runs past the end ends the list (a v1 server ignored
+ * the extension altogether, so nothing in it may fail a HELLO).
+ */
+function extensionHas(ext: Buffer, kind: number): boolean {
+  for (let pos = 0; pos + 2 <= ext.length; pos += 2 + ext[pos + 1]) {
+    if (pos + 2 + ext[pos + 1] > ext.length) return false;
+    if (ext[pos] === kind) return true;
+  }
+  return false;
 }
 
 function checkMagic(body: Buffer): void {

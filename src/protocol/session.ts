@@ -27,6 +27,7 @@ import {
   encodeError,
   encodeFin,
   encodeHello,
+  encodePace,
   encodeProof,
   encodeResume,
   encodeWelcome,
@@ -194,6 +195,12 @@ interface Link {
   heard?: boolean;
   /** Client: this link moves an open session off its current one (migrate). */
   migration?: Migration;
+  /** Our kernel watches this link's TCP connection for a dead path (keepalive, TCP_USER_TIMEOUT; §5.1). */
+  watched?: boolean;
+  /** The peer's PACE on this link: our heartbeats may come as rarely as this (ms). */
+  peerPace?: number;
+  /** A PACE frame is owed to the peer on this link. */
+  paceOwed?: boolean;
 }
 
 /** Why a client moves its session to a new link while the current one still carries it. */
@@ -204,6 +211,12 @@ interface Migration {
   /** The current link is in doubt (the process stalled, an interface went down): move even if the new link takes the same path. */
   verify: boolean;
 }
+
+/**
+ * Where our kernel watches the link and the peer heeds our PACE, we wait
+ * this many of its path checks before we declare the link failed (§5.1).
+ */
+const PATH_CHECKS_MISSED = 3;
 
 /** A session's server instance before WELCOME names it (never written to). */
 const NO_INSTANCE = Buffer.alloc(INSTANCE_SIZE);
@@ -287,6 +300,8 @@ export class Session {
   private channelId: Buffer | undefined;
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
+  /** The peer takes PACE frames: a server learns it from the HELLO, a client from the server's first PACE (§5.1). */
+  private peerTakesPace = false;
 
   private readonly events = new Fifo<SessionEvent>();
 
@@ -328,6 +343,7 @@ export class Session {
     channelKey?: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
+    s.peerTakesPace = hello.pace;
     let serverPublic: Buffer = NO_PUBLIC_KEY;
     let key = channelKey;
     if (key === undefined) {
@@ -374,6 +390,11 @@ export class Session {
   /** How long the peer may stay silent before the link is declared failed (ms). */
   get failureTimeout(): number {
     return this.config.failureTimeout;
+  }
+
+  /** The options the session runs with. */
+  get settings(): Readonly<SessionConfig> {
+    return this.config;
   }
 
   /** The link carrying the session, if any. */
@@ -463,7 +484,7 @@ export class Session {
         l.keys = drawKeyPair(this.random);
         publicKey = l.keys.publicKey;
       }
-      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow));
+      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow, true));
       l.phase = 'hello';
       // Keyed by its channel, or with the application's data to go behind it (§3.8, §15.2).
       if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
@@ -493,7 +514,7 @@ export class Session {
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
     const l = this.links.get(link);
     if (l === undefined) return;
-    if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.config.failureTimeout);
+    if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
     if (!l.heard) {
       l.heard = true;
       this.refreshLinkTimers();
@@ -533,6 +554,20 @@ export class Session {
     // fall back to a plain one. Afterwards it is just a failed attempt.
     if (this._state === 'connecting') this.fail(now, new RocksError('ERR_ROCKS_NOT_ENHANCED', reason), undefined);
     else this.dropLink(l, reason);
+  }
+
+  /**
+   * Our kernel watches `link`'s connection for a dead path from now on
+   * (keepalive and TCP_USER_TIMEOUT, §5.1): once it carries the session we
+   * tell the peer, which may then beat as rarely as pathCheckInterval, and
+   * wait that much longer for it. Any time after the link exists.
+   */
+  handleLinkWatched(link: LinkId, now: number): void {
+    const l = this.links.get(link);
+    if (l === undefined || l.watched) return;
+    l.watched = true;
+    this.offerPace(l);
+    if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
 
   /** A link's transport closed or failed. `error` is the transport's error, if any. */
@@ -576,7 +611,7 @@ export class Session {
     }
 
     if (timers.expired(Timer.Failure, now)) {
-      const lastHeard = timers.get(Timer.Failure) - this.config.failureTimeout;
+      const lastHeard = timers.get(Timer.Failure) - this.silenceLimit();
       this.linkFailed(now, `nothing heard from the peer for ${Math.round(now - lastHeard)} ms`);
     } else {
       const beat = timers.expired(Timer.Heartbeat, now);
@@ -729,6 +764,11 @@ export class Session {
     }
     if (l !== this.current || this._state !== 'open') return out;
 
+    if (l.paceOwed) {
+      l.paceOwed = false;
+      out ??= [];
+      out.push(encodePace(l.watched ? this.config.pathCheckInterval : 0));
+    }
     // A pending acknowledgement rides along with data for free.
     if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       out ??= [];
@@ -747,7 +787,7 @@ export class Session {
       out.push(this.makeAck(), encodeClose());
       this.close = stepClose(this.role, this.close, 'transmit-close');
     }
-    if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
+    if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.heartbeatEvery());
     return out;
   }
 
@@ -1026,6 +1066,8 @@ export class Session {
       }
       case FrameType.ACK:
         return this.onAck(f.received, f.window, now);
+      case FrameType.PACE:
+        return this.onPace(l, f.interval, now);
       case FrameType.FIN:
         if (this.finReceived && f.offset === this.received - 1) return; // replayed
         if (this.finReceived || f.offset !== this.received) {
@@ -1073,6 +1115,36 @@ export class Session {
     }
     this.acknowledge(received, now);
     if (window > this.peerWindow) this.peerWindow = window;
+  }
+
+  /** The peer's kernel watches `l` (a non-zero `interval`), or not; either way it takes PACE (§5.1). */
+  private onPace(l: Link, interval: number, now: number): void {
+    l.peerPace = interval;
+    // A client learns from the server's first PACE that it takes ours; a server learnt it from the HELLO.
+    if (this.peerTakesPace || this.role === 'server') return;
+    this.peerTakesPace = true;
+    this.offerPace(l);
+    if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
+  }
+
+  /**
+   * Tells the peer on `l`, once confirmed, whether our kernel watches it. A
+   * server always does, which is how a client learns that it takes PACE; a
+   * client only when it does (a link without PACE is taken as unwatched).
+   */
+  private offerPace(l: Link): void {
+    if (this.peerTakesPace && this.expectedConfirm === undefined && (this.role === 'server' || l.watched)) l.paceOwed = true;
+  }
+
+  /** How long the peer may stay silent on the current link: a path check's tolerance where our kernel watches it (§5.1). */
+  private silenceLimit(): number {
+    const F = this.config.failureTimeout;
+    return this.current?.watched && this.peerTakesPace ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
+  }
+
+  /** How long we may stay silent on the current link: as long as the peer's PACE allows, never less than our own rate. */
+  private heartbeatEvery(): number {
+    return Math.max(this.config.heartbeatInterval, this.current?.peerPace ?? 0);
   }
 
   private acknowledge(received: number, now: number): void {
@@ -1155,6 +1227,7 @@ export class Session {
         this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
       }
     }
+    this.offerPace(l);
     this.acknowledge(peerReceived, now);
     if (this.close === 'streaming') this.checkFinished(now);
     else this.close = stepClose(this.role, this.close, 'link-activated');
@@ -1164,6 +1237,7 @@ export class Session {
   private confirm(l: Link, now: number): void {
     this.expectedConfirm = undefined;
     this.host?.confirmed(this);
+    this.offerPace(l);
     l.deadline = Infinity;
     this.refreshLinkTimers();
     if (this._state === 'open') return; // opened at its early data (§3.8)
@@ -1186,9 +1260,9 @@ export class Session {
   /** The current link carries the session: the peer is watched, and owed an ACK at once (unless not `owesAck`). */
   private enterOpen(now: number, owesAck = true): void {
     this._state = 'open';
-    this.timers.set(Timer.Failure, now + this.config.failureTimeout);
+    this.timers.set(Timer.Failure, now + this.silenceLimit());
     if (owesAck) this.needAck();
-    else this.timers.set(Timer.Heartbeat, now + this.config.heartbeatInterval);
+    else this.timers.set(Timer.Heartbeat, now + this.heartbeatEvery());
   }
 
   private linkFailed(now: number, reason: string): void {

@@ -24,6 +24,7 @@ import {
   encodeError,
   encodeFin,
   encodeHello,
+  encodePace,
   encodeProof,
   encodeResume,
   encodeWelcome,
@@ -33,6 +34,7 @@ import {
   HEADER_SIZE,
   KEY_SIZE,
   MAX_ERROR_MESSAGE,
+  HELLO_EXT_PACE,
   MAX_HELLO_EXTENSION,
   MAX_OFFSET,
   NONCE_SIZE,
@@ -74,6 +76,7 @@ const CONTROL_PAYLOAD_MAX = Math.max(
   encodeConfirm(Buffer.alloc(MAC_SIZE)).length - HEADER_SIZE,
   encodeAck(0, 0).length - HEADER_SIZE,
   encodeFin(0).length - HEADER_SIZE,
+  encodePace(0).length - HEADER_SIZE,
 );
 /** Most bytes a drained parser may hold: 518. */
 const RESIDUE_BOUND = Math.max(HEADER_SIZE + CONTROL_PAYLOAD_MAX - 1, DATA_HEADER_SIZE - 1);
@@ -157,16 +160,32 @@ interface Encoded {
   frame: Frame;
 }
 
-const helloFrame = fc
-  .record({ min: u8, max: u8, key: publicKey, window: u32, extension: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: MAX_HELLO_EXTENSION })) })
-  .chain((h) =>
-    bytes(h.extension).map((ext): Encoded => {
-      const base = encodeHello(h.min, h.max, h.key, h.window);
-      const buf = Buffer.concat([base, ext]);
-      buf.writeUInt32BE(base.length - HEADER_SIZE + ext.length, 1);
-      return { bytes: buf, frame: { type: FrameType.HELLO, minVersion: h.min, maxVersion: h.max, publicKey: h.key, window: h.window } };
-    }),
-  );
+/**
+ * A HELLO extension: entries (`kind | length | value`), then maybe a last
+ * entry whose length runs past the end, which ends the list. The frame
+ * takes PACE when an entry before that is of kind HELLO_EXT_PACE.
+ */
+const helloExtension = fc
+  .record({
+    entries: fc.array(fc.record({ kind: u8, value: fc.uint8Array({ maxLength: 40 }) }), { maxLength: 5 }),
+    cut: fc.option(fc.record({ kind: u8, claimed: fc.integer({ min: 1, max: 255 }), value: fc.uint8Array({ maxLength: 40 }) })),
+  })
+  .map(({ entries, cut }) => {
+    const parts = entries.map((e) => Buffer.concat([Buffer.from([e.kind, e.value.length]), e.value]));
+    if (cut !== null && cut.claimed > cut.value.length) parts.push(Buffer.concat([Buffer.from([cut.kind, cut.claimed]), cut.value]));
+    return { ext: Buffer.concat(parts), pace: entries.some((e) => e.kind === HELLO_EXT_PACE) };
+  })
+  .filter(({ ext }) => ext.length <= MAX_HELLO_EXTENSION);
+
+const helloFrame = fc.record({ min: u8, max: u8, key: publicKey, window: u32, extension: helloExtension }).map((h): Encoded => {
+  const base = encodeHello(h.min, h.max, h.key, h.window);
+  const buf = Buffer.concat([base, h.extension.ext]);
+  buf.writeUInt32BE(base.length - HEADER_SIZE + h.extension.ext.length, 1);
+  return {
+    bytes: buf,
+    frame: { type: FrameType.HELLO, minVersion: h.min, maxVersion: h.max, publicKey: h.key, window: h.window, pace: h.extension.pace },
+  };
+});
 
 /** UTF-8 text that survives encodeError and decoding unchanged. */
 const errorMessage = fc
@@ -215,6 +234,7 @@ const anyFrame: fc.Arbitrary<Encoded> = fc.oneof(
     }),
   ),
   u53.map((offset): Encoded => ({ bytes: encodeFin(offset), frame: { type: FrameType.FIN, offset } })),
+  u32.map((interval): Encoded => ({ bytes: encodePace(interval), frame: { type: FrameType.PACE, interval } })),
   fc.constant<Encoded>({ bytes: encodeClose(), frame: { type: FrameType.CLOSE } }),
   fc.constant<Encoded>({ bytes: encodeCloseAck(), frame: { type: FrameType.CLOSE_ACK } }),
   fc.record({ code: u16, message: errorMessage }).map(

@@ -124,6 +124,8 @@ export function frameName(f: Frame): string {
       return `FIN ${f.offset}`;
     case FrameType.ERROR:
       return `ERROR(${f.code})`;
+    case FrameType.PACE:
+      return `PACE ${f.interval}`;
     default:
       return Object.entries(FrameType).find(([, v]) => v === f.type)![0];
   }
@@ -448,6 +450,8 @@ export interface PairOptions {
   dials?: DialPlan[];
   /** Every link is a keying channel, as TLS (PROTOCOL.md §15.2): both ends get its key and id. */
   keyed?: boolean;
+  /** Whose kernel watches every link for a dead path (PROTOCOL.md §5.1), as the Node adapters report it. Default neither. */
+  watched?: { client?: boolean; server?: boolean };
 }
 
 /** Raw links get ids from here, apart from the client's own. */
@@ -475,10 +479,12 @@ export class Pair {
   private nextRawLink = RAW_LINK_IDS;
   private stepsAtNow = 0;
   private readonly keyed: boolean;
+  private readonly watched: { client: boolean; server: boolean };
 
   constructor(opts: PairOptions = {}) {
     this.latency = opts.latency ?? 10;
     this.keyed = opts.keyed ?? false;
+    this.watched = { client: opts.watched?.client ?? false, server: opts.watched?.server ?? false };
     const seed = opts.seed ?? 14;
     const serverConfig = resolveSessionConfig({ ...opts.options, ...opts.server });
     this.core = new ServerCore(serverConfig, resolveServerLimits(opts.limits), new SimRandom(seed + 1));
@@ -633,6 +639,7 @@ export class Pair {
     };
     const connected = () => {
       // As src/node/driver.ts: only a HELLO takes the channel's key and id.
+      if (this.watched.client) client.session.handleLinkWatched(id, this.now);
       client.session.handleLinkOpen(id, client.session.sessionId === undefined ? this.channelOf(id) : undefined, this.samePath);
       this.drive(client);
     };
@@ -735,6 +742,7 @@ export class Pair {
             this.servers.push(peer);
           }
           peer.links.set(ev.link, this.link(ev.link));
+          if (this.watched.server) ev.session.handleLinkWatched(ev.link, this.now);
           break;
         }
         case 'drive': {

@@ -161,7 +161,7 @@ describe('establishment', () => {
     assert.equal(p.server.events.at('open'), 40);
     assert.deepEqual(p.coreNames(), ['session #1']);
     assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0']);
-    assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'ACK 0']);
+    assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'PACE 0', 'ACK 0']);
     assert.ok(p.client.session.sessionId!.equals(p.server.session.sessionId!));
 
     const up = pattern(5000);
@@ -711,7 +711,7 @@ describe('resume', () => {
     assert.equal(p.client.events.of('dial')[1].at, cutAt, 'the first dial after a failure is immediate');
     assert.deepEqual(p.server.events.take(), ['close-link #1', 'suspend', 'link-active #2', 'resume']);
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME', 'PROOF', 'ACK 0']);
-    assert.deepEqual(p.link(2).sentBy('server').slice(0, 3), ['EDP', 'CHALLENGE', 'ACK 0']);
+    assert.deepEqual(p.link(2).sentBy('server').slice(0, 4), ['EDP', 'CHALLENGE', 'PACE 0', 'ACK 0']);
     const [c] = p.client.events.of('resume');
     const [s] = p.server.events.of('resume');
     assert.deepEqual([c.replayedOut, c.replayedIn, s.replayedOut, s.replayedIn], [0, 0, 0, 0]);
@@ -1001,6 +1001,99 @@ describe('resume', () => {
 });
 
 // ---- timers ----------------------------------------------------------------------------
+
+describe('kernel liveness: PACE (PROTOCOL.md §5.1)', () => {
+  const both = { watched: { client: true, server: true } };
+
+  test('both kernels watch the link: each side sends PACE once, then heartbeats every pathCheckInterval, not every heartbeatInterval', () => {
+    const p = established(both);
+    p.runFor(2 * p.latency); // the server's PACE reaches the client, whose own comes back
+    assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'PACE 30000', 'ACK 0']);
+    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'PACE 30000']);
+    const from = p.now;
+    p.runFor(120_000);
+    const beats = (side: 'client' | 'server') =>
+      p
+        .link(1)
+        .timesOf(side, 'ACK')
+        .filter((t) => t > from);
+    // One heartbeat at the default rate went out before the peer's PACE arrived, then one every 30 s.
+    assert.ok(beats('client').length <= 5, `client heartbeats in 120 s: ${beats('client')}`);
+    assert.ok(beats('server').length <= 5, `server heartbeats in 120 s: ${beats('server')}`);
+    for (const side of ['client', 'server'] as const) {
+      const t = beats(side);
+      for (let i = 1; i < t.length; i++) assert.equal(t[i] - t[i - 1], 30_000, `${side}: ${t}`);
+    }
+    assert.deepEqual([p.client.session.state, p.server.session.state], ['open', 'open']);
+    assert.deepEqual([p.client.events.take(), p.server.events.take()], [[], []]);
+  });
+
+  test('only the server is watched: the client may beat every 30 s, the server still beats every second for the client', () => {
+    const p = established({ watched: { server: true } });
+    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0'], 'an unwatched client sends no PACE');
+    const from = p.now + 2000;
+    p.runFor(62_000);
+    const count = (side: 'client' | 'server') =>
+      p
+        .link(1)
+        .timesOf(side, 'ACK')
+        .filter((t) => t > from).length;
+    assert.ok(count('client') <= 2, `client: ${count('client')} heartbeats in 60 s`);
+    assert.ok(count('server') >= 59, `server: ${count('server')} heartbeats in 60 s`);
+    assert.deepEqual([p.client.session.state, p.server.session.state], ['open', 'open']);
+  });
+
+  test('a black hole no kernel reports: user space still finds it, at three path checks (90 s)', () => {
+    const p = established(both);
+    p.runFor(40_000);
+    p.planDials('hang', 'hang');
+    p.link(1).blackhole();
+    const heard = { ...p.lastHeard };
+    p.runUntil(() => p.client.session.state === 'suspended' && p.server.session.state === 'suspended', 200_000);
+    assert.equal(p.client.events.at('suspend'), heard.client + 90_000);
+    assert.equal(p.server.events.at('suspend'), heard.server + 90_000);
+  });
+
+  test('each new link starts at the default rate and is paced again once both PACEs crossed it', () => {
+    const p = established(both);
+    p.runFor(40_000);
+    p.link(1).cut();
+    untilResumed(p);
+    p.runFor(100);
+    assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME', 'PROOF', 'PACE 30000', 'ACK 0']);
+    assert.deepEqual(p.link(2).sentBy('server').slice(0, 3), ['EDP', 'CHALLENGE', 'PACE 30000']);
+    const from = p.now;
+    p.runFor(61_000);
+    assert.ok(
+      p
+        .link(2)
+        .timesOf('client', 'ACK')
+        .filter((t) => t > from).length <= 3,
+    );
+    assert.ok(
+      p
+        .link(2)
+        .timesOf('server', 'ACK')
+        .filter((t) => t > from).length <= 3,
+    );
+  });
+
+  test('an old server (no PACE): a watched client sends none, beats every heartbeatInterval and gives up at failureTimeout', () => {
+    const { p, fake } = establishedWithFake({ watched: { client: true } });
+    p.planDials('hang');
+    const heard = p.lastHeard.client;
+    // The fake server never speaks again: the client's silence limit is failureTimeout, as without a kernel.
+    p.runUntil(() => p.client.session.state === 'suspended', 10_000);
+    assert.equal(p.client.events.at('suspend'), heard + 5000);
+    assert.ok(!fake.received.some((f) => f.startsWith('PACE')), `nothing the server cannot read: ${fake.received}`);
+    const beats = p
+      .link(1)
+      .timesOf('client', 'ACK')
+      .filter((t) => t > heard);
+    assert.ok(beats.length >= 4, `heartbeats before the suspend: ${beats}`);
+    for (let i = 1; i < beats.length; i++) assert.equal(beats[i] - beats[i - 1], 1000, `${beats}`);
+  });
+});
 
 describe('timers', () => {
   test('failure detection: nothing heard for failureTimeout suspends each side at exactly lastHeard + failureTimeout', () => {
@@ -1575,7 +1668,7 @@ describe('closing', () => {
       'released',
     ]);
     // The ACK every newly active link starts with, then the ACK that goes with CLOSE.
-    assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'CHALLENGE', 'ACK 1', 'ACK 1', 'CLOSE']);
+    assert.deepEqual(p.link(2).sentBy('server'), ['EDP', 'CHALLENGE', 'PACE 0', 'ACK 1', 'ACK 1', 'CLOSE']);
     assert.deepEqual(p.link(2).sentBy('client'), ['EDP', 'RESUME', 'PROOF', 'ACK 1', 'CLOSE_ACK']);
   });
 

@@ -16,6 +16,7 @@ import {
   encodeError,
   encodeFin,
   encodeHello,
+  encodePace,
   encodeProof,
   encodeResume,
   encodeWelcome,
@@ -113,7 +114,11 @@ describe('docs/PROTOCOL.md Appendix A', () => {
   const expected: Record<string, { encode: () => Buffer; frame: Frame; follows?: Buffer }> = {
     'HELLO(1,1,client public,4194304)': {
       encode: () => encodeHello(1, 1, client.publicKey, 4194304),
-      frame: { type: FrameType.HELLO, minVersion: 1, maxVersion: 1, publicKey: client.publicKey, window: 4194304 },
+      frame: { type: FrameType.HELLO, minVersion: 1, maxVersion: 1, publicKey: client.publicKey, window: 4194304, pace: false },
+    },
+    'HELLO(1,1,client public,4194304) taking PACE': {
+      encode: () => encodeHello(1, 1, client.publicKey, 4194304, true),
+      frame: { type: FrameType.HELLO, minVersion: 1, maxVersion: 1, publicKey: client.publicKey, window: 4194304, pace: true },
     },
     'WELCOME(1,id,server public,4194304,server instance)': {
       encode: () => encodeWelcome(1, id, server.publicKey, 4194304, instance),
@@ -142,6 +147,7 @@ describe('docs/PROTOCOL.md Appendix A', () => {
     },
     'ACK(1000, 4195304)': { encode: () => encodeAck(1000, 4195304), frame: { type: FrameType.ACK, received: 1000, window: 4195304 } },
     'FIN(1000)': { encode: () => encodeFin(1000), frame: { type: FrameType.FIN, offset: 1000 } },
+    'PACE(30000)': { encode: () => encodePace(30000), frame: { type: FrameType.PACE, interval: 30000 } },
     CLOSE: { encode: () => encodeClose(), frame: { type: FrameType.CLOSE } },
     CLOSE_ACK: { encode: () => encodeCloseAck(), frame: { type: FrameType.CLOSE_ACK } },
     'ERROR(3,"gone")': { encode: () => encodeError(3, 'gone'), frame: { type: FrameType.ERROR, code: 3, message: 'gone' } },
