@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
+import { watchInKernel } from './kernel-liveness.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
@@ -413,6 +414,15 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         this.server?.released(this.session);
         this.listener?.onSessionEvent(ev);
         return;
+      case 'link-active': {
+        // A rocks link for sure now: the kernel may watch it (never a connection served plain).
+        // A relayed link's connection ends at another node, whose kernel would answer for the client.
+        const h = this.links.get(ev.link);
+        if (h !== undefined && h.clientAddress === undefined && watchInKernel(h.socket, this.session.settings))
+          this.session.handleLinkWatched(ev.link, monotonicNow());
+        this.listener?.onSessionEvent(ev);
+        return;
+      }
       case 'connect':
         if (this.watchWhenOpen && !this.watching) {
           networkWatcher.watch(this);

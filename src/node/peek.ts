@@ -12,9 +12,9 @@
 // connection is accepted once its first bytes are there. Anywhere else, or
 // when the bytes are not all there yet, the caller reads them as before.
 
-import { createRequire } from 'node:module';
 import type { Server, Socket } from 'node:net';
 import { debuglog } from 'node:util';
+import { fdOf, setIntOption, socketCalls } from './socket-calls.js';
 
 const debug = debuglog('rocks');
 
@@ -25,45 +25,12 @@ const MSG_DONTWAIT = 0x40;
 /** Seconds a connection that sends nothing waits in the kernel before it is accepted all the same. */
 const DEFER_SECONDS = 5;
 
-interface Calls {
-  recv(fd: number, buf: Buffer, length: number, flags: number): number;
-  setsockopt(fd: number, level: number, name: number, value: Buffer, length: number): number;
-}
-
-let calls: Calls | null | undefined;
-
-/** The libc calls, loaded on first use; null where there are none (not Linux, or koffi cannot load). */
-function libc(): Calls | null {
-  if (calls !== undefined) return calls;
-  calls = null;
-  if (process.platform !== 'linux') return calls;
-  try {
-    const koffi = createRequire(import.meta.url)('koffi');
-    const lib = koffi.load('libc.so.6');
-    calls = {
-      recv: lib.func('long recv(int fd, void *buf, unsigned long length, int flags)'),
-      setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, unsigned int length)'),
-    };
-  } catch (err) {
-    debug('no MSG_PEEK (%s): ClientHellos are read and handed back', (err as Error).message);
-  }
-  return calls;
-}
-
-/** The descriptor of a socket's or server's handle, where Node has one (TCP on Unix). */
-function fdOf(owner: Socket | Server): number | undefined {
-  const fd = (owner as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-}
-
 /** Asks the kernel to accept a connection on `server` once its first bytes are there. Best effort. */
 export function deferAccept(server: Server): void {
-  const c = libc();
+  const c = socketCalls();
   const fd = fdOf(server);
   if (c === null || fd === undefined) return;
-  const seconds = Buffer.alloc(4);
-  seconds.writeInt32LE(DEFER_SECONDS);
-  if (c.setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds, 4) !== 0) debug('TCP_DEFER_ACCEPT refused');
+  if (!setIntOption(c, fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, DEFER_SECONDS)) debug('TCP_DEFER_ACCEPT refused');
 }
 
 /**
@@ -71,7 +38,7 @@ export function deferAccept(server: Server): void {
  * cannot be peeked (no MSG_PEEK here, nothing there yet, or the end).
  */
 export function peekBytes(socket: Socket, max: number): Buffer | undefined {
-  const c = libc();
+  const c = socketCalls();
   const fd = fdOf(socket);
   if (c === null || fd === undefined) return undefined;
   if (scratch.length < max) scratch = Buffer.allocUnsafe(max);

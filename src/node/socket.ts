@@ -605,9 +605,14 @@ export class ReliableSocket extends Duplex implements SessionListener {
     return this;
   }
 
-  /** In reliable mode rocks' own heartbeats detect failures within failureTimeout; this only reaches the current connection. */
+  /**
+   * A plain connection (the server is not enhanced) takes it as net.Socket
+   * does. In reliable mode rocks watches its connections itself (its
+   * heartbeats, and the kernel's keepalive where it set it, PROTOCOL.md
+   * §5.1), so this changes nothing: it would undo what the session counts on.
+   */
   setKeepAlive(enable = false, initialDelay = 0): this {
-    (this.raw ?? this.driver?.activeSocket())?.setKeepAlive(enable, initialDelay);
+    this.raw?.setKeepAlive(enable, initialDelay);
     return this;
   }
 

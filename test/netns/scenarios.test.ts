@@ -40,12 +40,6 @@ const HEARTBEAT = resolveSessionConfig(options).heartbeatInterval;
  * agent's timers share one event loop with up to 200 sessions.
  */
 const SCHEDULING_MARGIN = 100;
-/**
- * An end declares the link failed failureTimeout after the last byte it
- * heard, and that byte came no later than the fault; one heartbeat interval
- * covers what was already past the router when the fault began.
- */
-const DETECTION_BOUND = FAILURE_TIMEOUT + HEARTBEAT + SCHEDULING_MARGIN;
 const rockOptions = ['--failure-timeout', String(FAILURE_TIMEOUT), '--heartbeat', String(HEARTBEAT), '--no-watch-network'];
 const AGENT_PORT = 7000;
 const RATE = 256 * 1024; // bytes a second, each way, per stream
@@ -113,10 +107,16 @@ async function outage(
   count: number,
   broken: number,
   heal: () => Promise<number>,
+  timers = { failureTimeout: FAILURE_TIMEOUT, heartbeat: HEARTBEAT },
 ): Promise<void> {
   const { client, server, command } = world;
+  // An end declares the link failed failureTimeout after the last byte it
+  // heard (its kernel after the last answer to a probe), and that came no
+  // later than the fault; one heartbeat interval covers what was already past
+  // the router when the fault began.
+  const bound = timers.failureTimeout + timers.heartbeat + SCHEDULING_MARGIN;
   // Waits longer than the bound, so that a late detection is reported with its time.
-  await client.waitFor((a) => firstAfter(a, 'suspend', broken).length === count, 3 * FAILURE_TIMEOUT, `${count} suspensions`);
+  await client.waitFor((a) => firstAfter(a, 'suspend', broken).length === count, 3 * timers.failureTimeout, `${count} suspensions`);
   const healed = await heal();
   const resumes = await allResumed(client, server, count, healed, 30_000);
   const cmd = await commandResumed(command, broken);
@@ -129,11 +129,11 @@ async function outage(
   assert.deepEqual([...client.of('error'), ...server.of('error').filter((e) => !stray.has(e.id!))], [], 'no connection failed');
   assert.equal(detection.length, 2 * count + 1, `every end suspended (the agents' both ends and rock forward): ${ms(detection)}`);
   assert.ok(
-    detection.every((d) => d <= DETECTION_BOUND),
-    `detection within failureTimeout + heartbeat + ${SCHEDULING_MARGIN} ms (${DETECTION_BOUND} ms), the agents' ends then rock forward: ${ms(detection)}`,
+    detection.every((d) => d <= bound),
+    `detection within failureTimeout + heartbeat + ${SCHEDULING_MARGIN} ms (${bound} ms), the agents' ends then rock forward: ${ms(detection)}`,
   );
   console.log(
-    `# ${label}: ${detection.length} ends suspended, ${resumeTimes.length} resumed; detection (ms) median ${Math.round(median(detection))}, max ${Math.round(Math.max(...detection))} (failureTimeout ${FAILURE_TIMEOUT}, heartbeat ${HEARTBEAT}); ` +
+    `# ${label}: ${detection.length} ends suspended, ${resumeTimes.length} resumed; detection (ms) median ${Math.round(median(detection))}, max ${Math.round(Math.max(...detection))} (failureTimeout ${timers.failureTimeout}, heartbeat ${timers.heartbeat}); ` +
       `resumed (ms after the path was usable again) median ${Math.round(median(resumeTimes))}, max ${Math.round(Math.max(...resumeTimes))}; ` +
       `rock forward: detected after ${cmd.suspended - broken}, resumed ${cmd.resumed - healed} after; ` +
       `${stray.size} resume attempt(s) whose announcement was lost served plain on the server`,
@@ -172,6 +172,36 @@ describe('network test bed scenarios (namespaces, veth, a router)', { skip }, ()
         restoreAfter(broken, 30_000, () => world.bed.heal()),
       );
     });
+  });
+
+  test('kernel liveness at the defaults (failureTimeout 5000): idle sessions that send heartbeats only every 30 s find a black hole within failureTimeout + heartbeat', {
+    timeout: 120_000,
+  }, async () => {
+    // The agents' connections write once a minute, so they are idle when the
+    // path goes; only the kernel's probes can find it in time (the sessions'
+    // own silence limit is 90 s, three path checks). The command path streams:
+    // its data, unacknowledged, meets TCP_USER_TIMEOUT.
+    const defaults = resolveSessionConfig({});
+    const timers = { failureTimeout: defaults.failureTimeout, heartbeat: defaults.heartbeatInterval };
+    await scenario(
+      'kernel liveness',
+      async (world) => {
+        const broken = Date.now();
+        world.bed.blackhole();
+        await outage(
+          'kernel liveness, black hole 10 s',
+          world,
+          1,
+          broken,
+          restoreAfter(broken, 10_000, () => world.bed.heal()),
+          timers,
+        );
+        // The kernel said so (the connection timed out), not the sessions' own silence limit.
+        const reasons = [...firstAfter(world.client, 'suspend', broken), ...firstAfter(world.server, 'suspend', broken)].map((e) => e.reason);
+        assert.deepEqual(reasons, ['ETIMEDOUT', 'ETIMEDOUT']);
+      },
+      { options: { reconnectDelayMax: 1000, watchNetwork: false }, rockOptions: ['--no-watch-network'], tick: 60_000, rate: 1024, settle: 3000 },
+    );
   });
 
   test('the link goes down for 10 s and comes back up', { timeout: 90_000 }, async () => {
