@@ -102,7 +102,7 @@ export function buildCluster(
         link.reset(random.pick(odds.resetNotify));
       } else {
         world.trace(`FAULT black-hole node link ${link.id}`);
-        link.stalled = true;
+        link.stall();
       }
       world.links.delete(link);
     });

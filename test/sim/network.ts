@@ -68,6 +68,8 @@ export class SimLink {
   /** What a TLS link's exporter would give both ends (keyed-channel runs), else undefined. */
   channel: ChannelKeys | undefined;
   private readonly ends: [LinkEnd | undefined, LinkEnd | undefined] = [undefined, undefined];
+  /** Ends whose kernel watches the connection (keepalive, TCP_USER_TIMEOUT): how long it takes to find it dead. */
+  private readonly watchers: [(() => number) | undefined, (() => number) | undefined] = [undefined, undefined];
   private readonly dirs = [new Direction(), new Direction()];
   /** An end that was told the link closed hears nothing more. */
   private readonly told = [false, false];
@@ -84,6 +86,21 @@ export class SimLink {
 
   attach(side: 0 | 1, end: LinkEnd): void {
     this.ends[side] = end;
+  }
+
+  /** `side`'s kernel watches the connection: once it is black-holed, that end hears ETIMEDOUT after `detectAfter()` ms. */
+  watch(side: 0 | 1, detectAfter: () => number): void {
+    this.watchers[side] = detectAfter;
+  }
+
+  /** Black-holes the link: bytes and closes vanish, and only a watching kernel finds out. */
+  stall(): void {
+    if (this.stalled) return;
+    this.stalled = true;
+    for (const side of [0, 1] as const) {
+      const detectAfter = this.watchers[side];
+      if (detectAfter !== undefined) this.clock.after(detectAfter(), () => this.tell(side, 'ETIMEDOUT'));
+    }
   }
 
   /** Room left in `side`'s send buffer. */
@@ -135,7 +152,7 @@ export class SimLink {
       }
     }
     // Whatever is not told stops hearing anything: the connection is gone.
-    this.stalled = true;
+    this.stall();
   }
 
   /** Both ends are told at once (a refused or failed connect). */

@@ -86,6 +86,13 @@ export const SIM_OPTIONS = {
    * earlyData option, PROTOCOL.md §3.8). Drawn from a generator of its own.
    */
   earlyData: 0.5,
+  /**
+   * Share of seeds whose kernels watch the links (PROTOCOL.md §5.1): PACE
+   * frames cross them, heartbeats come only every pathCheckInterval (drawn
+   * as this many failure timeouts), and a black hole is reported to each
+   * watching end. Drawn from a generator of its own.
+   */
+  kernelLiveness: { share: 0.5, pathChecks: [2, 4, 10] },
   changes: {
     /**
      * Share of seeds in which the network changes under clients (src/node/

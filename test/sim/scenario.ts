@@ -77,8 +77,11 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
   const latency = spread(network.latency);
   const faultEnd = spread(odds.faultEnd);
   const earlyRandom = new SimRandom(createHash('sha256').update(`early ${seed}`).digest().readUInt32BE(0) >>> 1);
+  const kernelRandom = new SimRandom(createHash('sha256').update(`kernel ${seed}`).digest().readUInt32BE(0) >>> 1);
+  const kernelWatched = kernelRandom.chance(SIM_OPTIONS.kernelLiveness.share);
   const config = resolveSessionConfig({
     earlyData: earlyRandom.chance(SIM_OPTIONS.earlyData),
+    pathCheckInterval: failureTimeout * kernelRandom.pick(SIM_OPTIONS.kernelLiveness.pathChecks),
     failureTimeout,
     heartbeatInterval: random.chance(timing.defaultHeartbeat) ? undefined : Math.round(failureTimeout / random.pick(timing.heartbeatDivisors)),
     receiveWindow: spread(timing.receiveWindow),
@@ -92,12 +95,13 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
     connectTimeout: 24 * 3_600_000,
     handshakeTimeout: Math.max(failureTimeout, 12 * latency + 100),
   });
-  Object.assign(drawn, { latency, faultEnd, config });
+  Object.assign(drawn, { latency, faultEnd, config, kernelWatched });
   const world = new World(
     random.fork(),
     {
       config,
       limits: resolveServerLimits({}),
+      kernelWatched,
       shape: () => ({
         latency: latency * (0.5 + random.fraction()),
         bandwidth: spread(network.bandwidth),
@@ -192,7 +196,7 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
       link.reset(random.pick(odds.resetNotify));
     } else {
       world.trace(`FAULT black-hole link ${link.id}`);
-      link.stalled = true;
+      link.stall();
     }
     world.links.delete(link);
   };

@@ -30,6 +30,12 @@ export interface WorldOptions {
   shape: () => LinkShape;
   /** Keyed-channel runs (rocks over TLS): every link gets a channel key drawn from this. */
   channelKeys?: SimRandom;
+  /**
+   * Runs where kernels watch connections (PROTOCOL.md §5.1): every client
+   * link and every server link not relayed by another node; a black-holed
+   * one is reported to a watching end within failureTimeout + heartbeatInterval.
+   */
+  kernelWatched?: boolean;
 }
 
 /** Who a server session's application plays: the client's plan, seen from the server. */
@@ -198,6 +204,8 @@ export class ServerEndpoint extends Endpoint {
   private readonly remotes = new Map<LinkId, ProxyAddress>();
   /** Links another node relays: the client their PROXY header must name. */
   private readonly relayedFor = new Map<LinkId, ProxyAddress>();
+  /** Links our kernel watches (kernelWatched runs): their session hears so once it takes them. */
+  private readonly watchedLinks = new Set<LinkId>();
   readonly apps = new Map<Session, SimApp>();
   readonly finished: ServerRecord[] = [];
   private readonly records = new Map<Session, ServerRecord>();
@@ -250,6 +258,11 @@ export class ServerEndpoint extends Endpoint {
       },
       onDrain: () => this.fromLink(() => this.core.handleLinkDrain(id)),
     });
+    // A relayed link's connection ends at the relaying node, whose kernel answers for the client.
+    if (this.world.options.kernelWatched && relayedFor === undefined) {
+      link.watch(SERVER, () => this.world.kernelDetection());
+      this.watchedLinks.add(id);
+    }
     this.fromLink(() => this.core.handleLinkOpen(id, now(), relayedFor !== undefined, undefined, link.channel));
   }
 
@@ -303,9 +316,11 @@ export class ServerEndpoint extends Endpoint {
         case 'session':
           this.issued.add(ev.session.sessionId!.toString('hex'));
           this.live.add(ev.session);
+          if (this.watchedLinks.has(ev.link)) ev.session.handleLinkWatched(ev.link, this.world.clock.now);
           break;
         case 'bind':
           this.live.add(ev.session);
+          if (this.watchedLinks.has(ev.link)) ev.session.handleLinkWatched(ev.link, this.world.clock.now);
           break;
         case 'drive':
           super.drive(ev.session);
@@ -559,6 +574,12 @@ export class World {
     return this.traceLines;
   }
 
+  /** How long a watching kernel takes to find a black-holed connection dead: its probes' bound (PROTOCOL.md §5.1). */
+  kernelDetection(): number {
+    const { failureTimeout, heartbeatInterval } = this.options.config;
+    return failureTimeout + this.random.fraction() * heartbeatInterval;
+  }
+
   dial(client: ClientEndpoint, linkId: LinkId): void {
     const link = new SimLink(this.clock, this.random, this.nextLinkId++, this.options.shape());
     const material = this.options.channelKeys?.bytes(CHANNEL_MATERIAL_SIZE);
@@ -586,7 +607,12 @@ export class World {
     this.open(link, node, address, () => {
       // As src/node/driver.ts: only a HELLO takes the channel's key.
       const channel = client.session.sessionId === undefined ? link.channel : undefined;
-      if (client.links.has(linkId)) client.act(() => client.session.handleLinkOpen(linkId, channel));
+      if (!client.links.has(linkId)) return;
+      if (this.options.kernelWatched) link.watch(CLIENT, () => this.kernelDetection());
+      client.act(() => {
+        if (this.options.kernelWatched) client.session.handleLinkWatched(linkId, this.clock.now);
+        client.session.handleLinkOpen(linkId, channel);
+      });
     });
   }
 
