@@ -68,6 +68,8 @@ export const COMMON_OPTIONS = {
   heartbeat: { type: 'string' },
   'suspend-limit': { type: 'string' },
   'no-watch-network': { type: 'boolean' },
+  'no-kernel-liveness': { type: 'boolean' },
+  'path-check': { type: 'string' },
   'log-level': { type: 'string' },
   json: { type: 'boolean' },
   metrics: { type: 'string' },
@@ -80,6 +82,9 @@ export const COMMON_HELP = `Common options:
   --suspend-limit DURATION how long a connection may stay suspended (default 72h; e.g. 90s, 30m, 2d)
   --no-watch-network       clients: wait out the failure timeout instead of moving to a new
                            connection at once when addresses, routes or interfaces change
+  --no-kernel-liveness     heartbeats every --heartbeat instead of the kernel's keepalive probes
+                           (behind a TCP-terminating middlebox: find failures past it sooner)
+  --path-check MS          with kernel liveness, an end-to-end heartbeat this often (default 30000)
   --log-level LEVEL        error, warn, info (default) or debug
   --json                   log one JSON object per line
   --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics
@@ -144,6 +149,8 @@ export function parseDuration(text: string, what: string): number {
 export function commonOptions(values: Record<string, string | boolean | undefined>): CommonOptions {
   const session: CommonOptions['session'] = {};
   if (values['no-watch-network'] === true) session.watchNetwork = false;
+  if (values['no-kernel-liveness'] === true) session.kernelLiveness = false;
+  if (typeof values['path-check'] === 'string') session.pathCheckInterval = parseMs(values['path-check'], '--path-check');
   if (typeof values['failure-timeout'] === 'string') session.failureTimeout = parseMs(values['failure-timeout'], '--failure-timeout');
   if (typeof values.heartbeat === 'string') session.heartbeatInterval = parseMs(values.heartbeat, '--heartbeat');
   if (typeof values['suspend-limit'] === 'string') session.suspendLimit = parseDuration(values['suspend-limit'], '--suspend-limit');

@@ -161,7 +161,12 @@ function common(values: Record<string, string | boolean | undefined>): CommonOpt
   try {
     resolveSessionConfig(options.session);
   } catch (err) {
-    const flags: Record<string, string> = { failureTimeout: '--failure-timeout', heartbeatInterval: '--heartbeat', suspendLimit: '--suspend-limit' };
+    const flags: Record<string, string> = {
+      failureTimeout: '--failure-timeout',
+      heartbeatInterval: '--heartbeat',
+      suspendLimit: '--suspend-limit',
+      pathCheckInterval: '--path-check',
+    };
     throw new UsageError((err as Error).message.replace(/^invalid option: (\w+)/, (_, name: string) => flags[name] ?? name));
   }
   return options;

@@ -37,6 +37,8 @@ describe('rock: command line', () => {
       [['serve', '--listen', '7000', '--to', 'h:1', '--failure-timeout', '50'], /--failure-timeout must be a number from 200/],
       [['serve', '--listen', '7000', '--to', 'h:1', '--failure-timeout', 'soon'], /--failure-timeout: expected milliseconds/],
       [['serve', '--listen', '7000', '--to', 'h:1', '--suspend-limit', 'forever'], /--suspend-limit: expected a duration/],
+      [['forward', '--listen', '7000', '--to', 'h:1', '--path-check', '10'], /--path-check must be a number from 1000/],
+      [['forward', '--listen', '7000', '--to', 'h:1', '--path-check', 'rarely'], /--path-check: expected milliseconds/],
       [['serve', '--listen', '7000', '--to', 'h:1', '--log-level', 'loud'], /--log-level: expected one of error, warn, info, debug/],
       [
         ['serve', '--listen', '7000', '--to', 'h:1', '--node-id', '-1'],
@@ -87,6 +89,12 @@ describe('rock: command line', () => {
     assert.equal(commonOptions(parse(['--no-watch-network'], COMMON_OPTIONS).values).session.watchNetwork, false);
     assert.equal(commonOptions(parse([], COMMON_OPTIONS).values).session.watchNetwork, undefined, 'on by default');
     assert.throws(() => parse(['--no-watch-network=yes'], COMMON_OPTIONS), /--no-watch-network/);
+  });
+
+  test('--no-kernel-liveness and --path-check reach the sockets of the command', () => {
+    const { session } = commonOptions(parse(['--no-kernel-liveness', '--path-check', '60000'], COMMON_OPTIONS).values);
+    assert.deepEqual([session.kernelLiveness, session.pathCheckInterval], [false, 60_000]);
+    assert.equal(commonOptions(parse([], COMMON_OPTIONS).values).session.kernelLiveness, undefined, 'the library default');
   });
 
   test('port in use exits 3; an unreachable target exits 1', async () => {
