@@ -9,9 +9,9 @@ import { invariant } from './invariant.js';
 export const Timer = {
   /** The earliest handshake deadline among the links not yet carrying the session. */
   Handshake: 0,
-  /** Open: nothing heard from the peer for failureTimeout declares the link failed. */
+  /** Open: nothing heard from the peer for failureTimeout (three path checks on a link our kernel watches) declares the link failed. */
   Failure: 1,
-  /** Open: nothing sent for heartbeatInterval; an ACK goes out as a keepalive. */
+  /** Open: nothing sent for heartbeatInterval (or as long as the peer's PACE allows); an ACK goes out as a keepalive. */
   Heartbeat: 2,
   /** Open: a delayed acknowledgement must leave even without data to ride on. */
   AckDelay: 3,
