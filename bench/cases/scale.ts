@@ -242,29 +242,24 @@ export const scale: BenchCase = {
       note: `${note}${fewer}`,
     });
     const proxyCpu = results.map((r) => r.proxyCpu.toFixed(1)).join(', ');
-    const floor = (side: 'server' | 'client', pick: (f: (typeof floors)[number]) => number): Measure => ({
+    type Cpus = { serverCpu: number; clientCpu: number };
+    /** Idle CPU of one side over rounds that measured no outage. */
+    const idleCpu = (variant: string, rounds: Cpus[], side: 'server' | 'client', note: string): Measure => ({
       case: 'scale',
       metric: `heartbeat CPU, ${n} idle, ${side} process`,
-      variant: 'raw',
+      variant,
       unit: '% of a core',
       better: 'lower',
-      samples: floors.map(pick),
-      note: `the floor: ${n} plain node:net connections, each writing a 1-byte heartbeat every ${config.heartbeat} ms both ways (what any per-connection liveness check at rocks' rate costs)${fewer}`,
+      samples: rounds.map((r) => (side === 'server' ? r.serverCpu : r.clientCpu)),
+      note: `${note}${fewer}`,
     });
-    const watched = (side: 'server' | 'client', pick: (k: (typeof kernel)[number]) => number): Measure => ({
-      case: 'scale',
-      metric: `heartbeat CPU, ${n} idle, ${side} process`,
-      variant: 'rocks (kernel liveness)',
-      unit: '% of a core',
-      better: 'lower',
-      samples: kernel.map(pick),
-      note: `library defaults (kernelLiveness on): client straight to server on loopback, kernel keepalive watches each connection and a heartbeat crosses every 30 s; process.cpuUsage() over ${idleMs / 1000} s idle; target < 2% for 10,000${fewer}`,
-    });
+    const floorNote = `the floor: ${n} plain node:net connections, each writing a 1-byte heartbeat every ${config.heartbeat} ms both ways (what any per-connection liveness check at rocks' rate costs)`;
+    const kernelNote = `library defaults (kernelLiveness on): client straight to server on loopback, kernel keepalive watches each connection and a heartbeat crosses every 30 s; process.cpuUsage() over ${idleMs / 1000} s idle; target < 2% for 10,000`;
     return [
-      floor('server', (f) => f.serverCpu),
-      floor('client', (f) => f.clientCpu),
-      watched('server', (k) => k.serverCpu),
-      watched('client', (k) => k.clientCpu),
+      idleCpu('raw', floors, 'server', floorNote),
+      idleCpu('raw', floors, 'client', floorNote),
+      idleCpu('rocks (kernel liveness)', kernel, 'server', kernelNote),
+      idleCpu('rocks (kernel liveness)', kernel, 'client', kernelNote),
       m(
         `set-up of ${n} connections`,
         'ms',

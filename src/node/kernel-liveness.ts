@@ -9,13 +9,12 @@
 import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { SessionConfig } from '../protocol/config.js';
-import { fdOf, setIntOption, socketCalls } from './socket-calls.js';
+import { fdOf, IPPROTO_TCP, setIntOption, socketCalls } from './socket-calls.js';
 
 const debug = debuglog('rocks');
 
 const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
-const IPPROTO_TCP = 6;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;

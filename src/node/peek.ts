@@ -14,11 +14,10 @@
 
 import type { Server, Socket } from 'node:net';
 import { debuglog } from 'node:util';
-import { fdOf, setIntOption, socketCalls } from './socket-calls.js';
+import { fdOf, IPPROTO_TCP, setIntOption, socketCalls } from './socket-calls.js';
 
 const debug = debuglog('rocks');
 
-const IPPROTO_TCP = 6;
 const TCP_DEFER_ACCEPT = 9;
 const MSG_PEEK = 0x2;
 const MSG_DONTWAIT = 0x40;

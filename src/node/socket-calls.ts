@@ -12,6 +12,8 @@ export interface SocketCalls {
   setsockopt(fd: number, level: number, name: number, value: Buffer, length: number): number;
 }
 
+export const IPPROTO_TCP = 6;
+
 let calls: SocketCalls | null | undefined;
 
 /** The libc calls, loaded on first use; null where there are none (not Linux, or koffi cannot load). */
