@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { createServer, encodeAnnouncement, ROCKS } from '../../src/index.js';
 import { EDP_MAGIC } from '../../src/edp/announcement.js';
 import { encodeResume, FrameParser, FrameType } from '../../src/protocol/frames.js';
-import { FaultProxy } from '../../src/testbed/fault-proxy.js';
+import { FaultProxy, resetSocket } from '../../src/testbed/fault-proxy.js';
 import { allFlowing, allResumed, EchoClient, lostSessions, resetsAndBlackHole } from '../support/echo-client.js';
 import { type Program, parseJsonLines, readJsonLines, until } from '../support/helpers.js';
 import { freePort, start } from '../support/programs.js';
@@ -353,7 +353,7 @@ class SwitchingHop {
   }
 
   cut(): void {
-    for (const s of this.links) s.resetAndDestroy();
+    for (const s of this.links) resetSocket(s);
   }
 
   close(): void {

@@ -5,6 +5,7 @@
 // suspension outlasts suspendLimit, neither before nor long after.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { lookup as dnsLookup } from 'node:dns';
@@ -412,5 +413,43 @@ describe('surviving faults on real sockets', () => {
     assert.ok(lookups > lookupsBefore, 'the host name was resolved again');
     assert.ok(attempts.length >= 1 && attempts[0] === 1, `reconnect attempts ${attempts.join(',')}`);
     await endAll(c, server, proxy);
+  });
+});
+
+const FAULT_PROXY = new URL('../../src/testbed/fault-proxy.js', import.meta.url).href;
+
+describe('the fault proxy', () => {
+  // In a process of its own: the failure this guards against is a process
+  // that never exits (a reset refused during end() leaks the handle).
+  test('resets an open connection, and one still ending without leaking it', async () => {
+    const script = `
+      import { createServer, connect } from 'node:net';
+      import { resetSocket } from ${JSON.stringify(FAULT_PROXY)};
+      let accepted = 0;
+      const server = createServer({ allowHalfOpen: true }, (s) => {
+        s.on('error', (err) => console.log('server side: ' + err.code));
+        if (++accepted === 1) { resetSocket(s); return; }
+        s.end('bye');
+        resetSocket(s); // the shutdown has not completed yet
+        server.close();
+      });
+      const dial = (port, then) => {
+        const c = connect(port, '127.0.0.1');
+        c.on('error', (err) => console.log('client: ' + err.code));
+        c.on('close', then);
+        c.resume();
+      };
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address();
+        dial(port, () => dial(port, () => console.log('closed')));
+      });
+    `;
+    const run = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const child = execFile(process.execPath, ['--input-type=module', '-e', script], { timeout: 10_000 }, (_err, out) =>
+        resolve({ code: child.exitCode, out }),
+      );
+    });
+    assert.equal(run.out, 'client: ECONNRESET\nclosed\n', 'the first connection was reset, the second closed');
+    assert.equal(run.code, 0, 'the process exited by itself');
   });
 });
