@@ -8,6 +8,7 @@ import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { watchInKernel } from './kernel-liveness.js';
+import { ackAtOnce, QUICK_ACK_BELOW } from './quick-ack.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
@@ -53,6 +54,8 @@ type LinkedSocket = Socket & { [kLink]?: LinkHandle };
 // 650 bytes.
 function onSocketData(this: LinkedSocket, chunk: Buffer): void {
   const h = this[kLink]!;
+  // A message's sender may be a middlebox holding the rest of it for our ACK (quick-ack.ts).
+  if (chunk.length < QUICK_ACK_BELOW) ackAtOnce(this);
   h.owner?.onLinkData(h.id, chunk);
 }
 function onSocketDrain(this: LinkedSocket): void {

@@ -1,0 +1,87 @@
+// Acknowledging small reads at once (src/node/quick-ack.ts), read back from
+// the kernel: getsockopt(TCP_QUICKACK) is 0 while a connection is in the
+// delayed-ACK ("ping-pong") mode a request/response exchange puts it in,
+// and 1 once TCP_QUICKACK has sent the pending ACK. The time this saves
+// behind a hop with Nagle on is measured by the bench (`--only nagle`).
+
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createRequire } from 'node:module';
+import { type AddressInfo, connect as netConnect, createServer as netCreateServer, type Socket } from 'node:net';
+import { describe, test } from 'node:test';
+import { connect, type ReliableSocket } from '../../src/index.js';
+import { ackAtOnce } from '../../src/node/quick-ack.js';
+import { fdOf, IPPROTO_TCP, socketCalls } from '../../src/node/socket-calls.js';
+import { closeServer, listen } from '../support/net.js';
+
+const TCP_QUICKACK = 12;
+const EXCHANGES = 20;
+const MESSAGE = Buffer.alloc(100, 0x61);
+const skip = socketCalls() === null ? 'no socket calls here (Linux with koffi only)' : false;
+
+/** The kernel's quick-ACK flag of a socket: 0 while it delays ACKs. */
+function quickAck(socket: Socket): number {
+  const koffi = createRequire(import.meta.url)('koffi');
+  const getsockopt = koffi.load('libc.so.6').func('int getsockopt(int, int, int, _Out_ void *, _Inout_ unsigned int *)');
+  const value = Buffer.alloc(4);
+  assert.equal(getsockopt(fdOf(socket), IPPROTO_TCP, TCP_QUICKACK, value, [4]), 0, 'getsockopt');
+  return value.readInt32LE();
+}
+
+/**
+ * Sends MESSAGE and waits for its echo EXCHANGES times; returns the quick-ACK
+ * flag of `link` read as each echo arrives, before anything else runs.
+ */
+async function pingPong(app: Socket, link: () => Socket): Promise<number[]> {
+  const flags: number[] = [];
+  for (let i = 0; i < EXCHANGES; i++) {
+    app.write(MESSAGE);
+    let got = 0;
+    await new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => {
+        got += d.length;
+        if (got < MESSAGE.length) return;
+        flags.push(quickAck(link()));
+        app.off('data', onData);
+        resolve();
+      };
+      app.on('data', onData);
+    });
+  }
+  return flags;
+}
+
+describe('quick ACK on small reads', { skip }, () => {
+  test('raw TCP in a request/response exchange delays its ACKs; TCP_QUICKACK ends it', async (t) => {
+    const server = netCreateServer((s) => s.on('data', (d) => s.write(d)));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const c = netConnect((server.address() as AddressInfo).port, '127.0.0.1');
+    t.after(() => {
+      c.destroy();
+      server.close();
+    });
+    await once(c, 'connect');
+    const flags = await pingPong(c, () => c);
+    assert.equal(flags.at(-1), 0, `raw flags ${flags.join('')}: the kernel delays ACKs in an exchange`);
+    ackAtOnce(c);
+    assert.equal(quickAck(c), 1, 'the pending ACK left at once');
+  });
+
+  test('a rocks link acknowledges every small read at once', async (t) => {
+    const { server, port } = await listen({}, (s) => {
+      s.on('error', () => {});
+      s.on('data', (d) => s.write(d));
+    });
+    const c: ReliableSocket = connect({ port, host: '127.0.0.1', enhanced: true });
+    t.after(async () => {
+      c.destroy();
+      await closeServer(server);
+    });
+    await once(c, 'connect');
+    const driver = (c as unknown as { driver: { links: { values(): { socket: Socket }[] } } }).driver;
+    const link = () => driver.links.values()[0].socket;
+    const flags = await pingPong(c as unknown as Socket, link);
+    assert.deepEqual(flags, new Array(EXCHANGES).fill(1), `rocks flags ${flags.join('')}`);
+  });
+});
