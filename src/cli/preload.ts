@@ -131,9 +131,10 @@ function track(socket: ReliableSocket): void {
 // session suspended (up to suspendLimit) for a resume that can never come:
 // abort the reliable ones, which tells the peer now (ERR_ROCKS_PEER_ABORTED).
 process.on('exit', () => {
+  const exited = new Error('the program exited');
   for (const socket of live) {
     if (!socket.reliable) continue;
-    socket.destroy();
+    socket.destroy(exited); // with an error: an abort, never a close left to finish in the background
   }
 });
 
@@ -189,7 +190,10 @@ function tlsConnect(...args: unknown[]): Tls.TLSSocket {
   // tls.connect only applies timeout to a socket it made itself: do the same.
   const { timeout, ...tlsOnly } = options;
   const { host, port, family, localAddress, lookup, noDelay, keepAlive, keepAliveInitialDelay } = options;
-  const socket = rocksSocket({ host, port, family, localAddress, lookup, noDelay, keepAlive, keepAliveInitialDelay });
+  // Half-open, as a TCP handle under node's TLS is: the TLSSocket ends it
+  // after its close_notify. Ended on the peer's end by itself, it would
+  // refuse that close_notify when both sides end at once (write after end).
+  const socket = rocksSocket({ host, port, family, localAddress, lookup, noDelay, keepAlive, keepAliveInitialDelay, allowHalfOpen: true });
   const secure = call([{ ...tlsOnly, socket }, ...(listener ? [listener] : [])]);
   if (typeof timeout === 'number' && timeout > 0) secure.setTimeout(timeout);
   return secure;
@@ -274,7 +278,9 @@ function listen(this: Net.Server, ...args: unknown[]): Net.Server {
     throw Object.assign(new Error('Listen method has been called more than once without closing.'), { code: 'ERR_SERVER_ALREADY_LISTEN' });
   }
   const server = this as Net.Server & { allowHalfOpen?: boolean; pauseOnConnect?: boolean; _unref?: boolean };
-  const rocks = new ReliableServer({ ...sessionOptions, allowHalfOpen: server.allowHalfOpen === true });
+  // Under a tls.Server (https too) half-open, as for tls.connect above.
+  const halfOpen = server.allowHalfOpen === true || server instanceof tls.Server;
+  const rocks = new ReliableServer({ ...sessionOptions, allowHalfOpen: halfOpen });
   // An AbortSignal in the options closes the program's server (and so ours), as with node:net.
   const [first, ...more] = tcp.rest;
   const { signal, ...listenOptions } = (typeof first === 'object' && first !== null ? first : {}) as { signal?: AbortSignal };

@@ -35,6 +35,18 @@ function totalLength(parts: Buffer[]): number {
 }
 /** A link we ended gracefully is destroyed if the peer has not closed it by then. */
 const CLOSING_LINK_TIMEOUT = 10_000;
+/** How long a session the application closed after end() may take to finish (lingerAfterClose). */
+const LINGER_AFTER_CLOSE_MS = 60_000;
+/**
+ * Sessions finishing in the background after the application closed them.
+ * At exit they abort, so that their peers learn it now rather than hold
+ * them suspended: the kernel finishes a TCP close after its process exits,
+ * but these bytes go with the process.
+ */
+const lingering = new Set<SessionDriver>();
+function abortAllLingering(): void {
+  for (const driver of lingering) driver.abortLingering('the program exited');
+}
 
 /** Whoever currently receives a link's socket events. */
 export interface LinkOwner {
@@ -161,6 +173,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   private driving = false;
   private again = false;
   private driveQueued = false;
+  /** Closed by the application with the peer still able to write (lingerAfterClose): its data aborts. */
+  private abortOnData = false;
   /**
    * Server: the session was just handed to the application. Its first
    * transmission (WELCOME) waits for the application's first turn (one
@@ -231,6 +245,28 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   detach(): void {
     this.listener = undefined;
     this.setRef(false);
+  }
+
+  /**
+   * The application closed a session it had ended whose peer may still
+   * write: as the kernel does for a TCP socket closed after shutdown(), new
+   * data from the peer aborts it (the kernel resets), and so does a close
+   * not done within a minute (Linux's tcp_fin_timeout).
+   */
+  lingerAfterClose(): void {
+    this.abortOnData = true;
+    const timer = setTimeout(() => this.abortLingering('closed by the application, and not finished within a minute'), LINGER_AFTER_CLOSE_MS);
+    timer.unref();
+    if (lingering.size === 0) process.once('exit', abortAllLingering);
+    lingering.add(this);
+  }
+
+  /** Aborts a session lingerAfterClose let finish in the background, unless it has. */
+  abortLingering(why: string): void {
+    lingering.delete(this);
+    if (this.session.state === 'done') return;
+    this.session.abort(monotonicNow(), why);
+    this.driveNow();
   }
 
   setRef(on: boolean): void {
@@ -308,6 +344,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       this.driving = false;
     }
     if (this.session.state === 'done') {
+      lingering.delete(this);
       this.setRef(false);
       if (this.watching) networkWatcher.unwatch(this);
       this.watching = false;
@@ -431,6 +468,10 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           networkWatcher.watch(this);
           this.watching = true;
         }
+        this.listener?.onSessionEvent(ev);
+        return;
+      case 'data':
+        if (this.abortOnData) this.session.abort(monotonicNow(), 'data after the application closed the connection');
         this.listener?.onSessionEvent(ev);
         return;
       default:

@@ -731,9 +731,18 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.firstLink = undefined;
     const driver = this.driver;
     if (driver !== undefined) {
-      if (driver.session.finished || driver.session.state === 'done') {
+      const session = driver.session;
+      if (session.finished || session.state === 'done') {
         // A clean close: the closing handshake completes in the background.
         driver.detach();
+        driver.drive();
+      } else if (err === null && session.ended && this.readableLength === 0) {
+        // Destroyed after end() with nothing left unread, as TLS does to the
+        // stream under it: like close() after shutdown() on a TCP socket,
+        // our last bytes and FIN still go out, in the background (lost if
+        // the process exits first, unlike the kernel's).
+        driver.detach();
+        driver.lingerAfterClose();
         driver.drive();
       } else {
         // Data written in this same turn (drives are deferred) goes out before the abort, as it would have with net.Socket.

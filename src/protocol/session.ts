@@ -442,6 +442,11 @@ export class Session {
     return this.fin === 'acked' && this.finReceived;
   }
 
+  /** The application ended its direction (the FIN may still be on its way). */
+  get ended(): boolean {
+    return this.fin !== 'none';
+  }
+
   /** A one-line summary of the session's state, for diagnostics. */
   describe(): string {
     const links = [...this.links.values()].map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
