@@ -736,11 +736,17 @@ export class ReliableSocket extends Duplex implements SessionListener {
         // A clean close: the closing handshake completes in the background.
         driver.detach();
         driver.drive();
-      } else if (err === null && session.ended && this.readableLength === 0) {
+      } else if (
+        err === null &&
+        this.readableLength === 0 &&
+        (session.ended || (this.established && this.writableEnded && this.writableLength === 0))
+      ) {
         // Destroyed after end() with nothing left unread, as TLS does to the
         // stream under it: like close() after shutdown() on a TCP socket,
-        // our last bytes and FIN still go out, in the background (lost if
-        // the process exits first, unlike the kernel's).
+        // our last bytes and FIN still go out, in the background (aborted
+        // if the process exits first: unlike the kernel's, they go with it).
+        // An end() in this same turn has not reached _final yet.
+        if (!session.ended) session.end(monotonicNow());
         driver.detach();
         driver.lingerAfterClose();
         driver.drive();

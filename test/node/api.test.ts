@@ -162,6 +162,39 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     await closeServer(server);
   });
 
+  test('destroy() after end() with nothing unread: the last bytes still arrive, then a clean end; new data from the peer aborts', async () => {
+    const BYTES = 256 << 10; // within what the session takes at once: net.Socket too drops what it still holds
+    const received: Buffer[] = [];
+    const sides: ReliableSocket[] = [];
+    const errors: string[] = [];
+    const { server, port } = await listen({ allowHalfOpen: true }, (s) => {
+      sides.push(s);
+      s.on('error', (err: RocksError) => errors.push(err.code));
+      s.on('data', (d: Buffer) => received.push(d));
+    });
+    // As close() after shutdown() on TCP: written, ended, destroyed in one turn.
+    const c = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    await once(c, 'connect');
+    c.end(Buffer.alloc(BYTES, 0x61));
+    c.destroy();
+    await until(() => sides[0]?.readableEnded === true, 10_000, 'the server to read the end');
+    assert.equal(Buffer.concat(received).length, BYTES);
+    sides[0].end();
+    await until(() => server.sessionCount === 0, 5000, 'the session to finish');
+    assert.deepEqual(errors, [], 'a clean close');
+
+    // The same, but the server writes after the client closed: that aborts, as a TCP reset would.
+    const d = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    await once(d, 'connect');
+    d.end('bye');
+    d.destroy();
+    await until(() => sides[1]?.readableEnded === true, 10_000, 'the server to read the second end');
+    sides[1].write('too late');
+    await until(() => errors.length === 1, 5000, 'the abort');
+    assert.deepEqual(errors, ['ERR_ROCKS_PEER_ABORTED']);
+    await closeServer(server);
+  });
+
   test('server: listen errors, close callbacks and events behave as net.Server', async () => {
     const { server, port } = await listen({}, echo);
     const second = new ReliableServer();
