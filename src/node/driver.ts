@@ -173,8 +173,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   private driving = false;
   private again = false;
   private driveQueued = false;
-  /** Closed by the application with the peer still able to write (lingerAfterClose): its data aborts. */
-  private abortOnData = false;
+  /** Set while a session the application closed finishes in the background (lingerAfterClose). */
+  private lingerTimer: NodeJS.Timeout | undefined;
   /**
    * Server: the session was just handed to the application. Its first
    * transmission (WELCOME) waits for the application's first turn (one
@@ -254,19 +254,26 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * not done within a minute (Linux's tcp_fin_timeout).
    */
   lingerAfterClose(): void {
-    this.abortOnData = true;
-    const timer = setTimeout(() => this.abortLingering('closed by the application, and not finished within a minute'), LINGER_AFTER_CLOSE_MS);
-    timer.unref();
+    this.lingerTimer = setTimeout(() => this.abortLingering('closed by the application, and not finished within a minute'), LINGER_AFTER_CLOSE_MS);
+    this.lingerTimer.unref();
     if (lingering.size === 0) process.once('exit', abortAllLingering);
     lingering.add(this);
   }
 
   /** Aborts a session lingerAfterClose let finish in the background, unless it has. */
   abortLingering(why: string): void {
-    lingering.delete(this);
+    this.stopLingering();
     if (this.session.state === 'done') return;
     this.session.abort(monotonicNow(), why);
     this.driveNow();
+  }
+
+  /** Its timer would hold the finished session for the rest of the minute. */
+  private stopLingering(): void {
+    if (this.lingerTimer === undefined) return;
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    lingering.delete(this);
   }
 
   setRef(on: boolean): void {
@@ -344,7 +351,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       this.driving = false;
     }
     if (this.session.state === 'done') {
-      lingering.delete(this);
+      this.stopLingering();
       this.setRef(false);
       if (this.watching) networkWatcher.unwatch(this);
       this.watching = false;
@@ -471,7 +478,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         this.listener?.onSessionEvent(ev);
         return;
       case 'data':
-        if (this.abortOnData) this.session.abort(monotonicNow(), 'data after the application closed the connection');
+        if (this.lingerTimer !== undefined) this.session.abort(monotonicNow(), 'data after the application closed the connection');
         this.listener?.onSessionEvent(ev);
         return;
       default:

@@ -19,10 +19,16 @@ const EXCHANGES = 20;
 const MESSAGE = Buffer.alloc(100, 0x61);
 const skip = socketCalls() === null ? 'no socket calls here (Linux with koffi only)' : false;
 
+/** getsockopt through koffi, loaded once. */
+const getsockopt: (fd: number | undefined, level: number, name: number, value: Buffer, length: number[]) => number =
+  skip === false
+    ? createRequire(import.meta.url)('koffi')
+        .load('libc.so.6')
+        .func('int getsockopt(int, int, int, _Out_ void *, _Inout_ unsigned int *)')
+    : () => -1;
+
 /** The kernel's quick-ACK flag of a socket: 0 while it delays ACKs. */
 function quickAck(socket: Socket): number {
-  const koffi = createRequire(import.meta.url)('koffi');
-  const getsockopt = koffi.load('libc.so.6').func('int getsockopt(int, int, int, _Out_ void *, _Inout_ unsigned int *)');
   const value = Buffer.alloc(4);
   assert.equal(getsockopt(fdOf(socket), IPPROTO_TCP, TCP_QUICKACK, value, [4]), 0, 'getsockopt');
   return value.readInt32LE();
