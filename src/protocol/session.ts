@@ -571,7 +571,7 @@ export class Session {
     const l = this.links.get(link);
     if (l === undefined || l.watched) return;
     l.watched = true;
-    this.offerPace(l);
+    this.offerPace(l, now);
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
 
@@ -768,12 +768,8 @@ export class Session {
       return out;
     }
     if (l !== this.current || this._state !== 'open') return out;
+    const queued = out?.length ?? 0; // handshake frames go first
 
-    if (l.paceOwed) {
-      l.paceOwed = false;
-      out ??= [];
-      out.push(encodePace(l.watched ? this.config.pathCheckInterval : 0));
-    }
     // A pending acknowledgement rides along with data for free.
     if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       out ??= [];
@@ -791,6 +787,13 @@ export class Session {
       out ??= [];
       out.push(this.makeAck(), encodeClose());
       this.close = stepClose(this.role, this.close, 'transmit-close');
+    }
+    // The server's PACE goes out at once (with WELCOME, or the answer to a
+    // RESUME); the client's rides with whatever goes next (offerPace).
+    if (l.paceOwed && (this.role === 'server' || out !== undefined)) {
+      l.paceOwed = false;
+      out ??= [];
+      out.splice(queued, 0, encodePace(l.watched ? this.config.pathCheckInterval : 0));
     }
     if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.heartbeatEvery());
     return out;
@@ -1063,10 +1066,7 @@ export class Session {
         this.emit({ type: 'data', data });
         const owed = this.received - this.ackSent;
         if (owed >= Math.min(this.config.receiveWindow / 4, ACK_EVERY_MAX)) this.needAck();
-        else if (!this.ackNeeded) {
-          const when = now + (owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY);
-          if (when < this.timers.get(Timer.AckDelay)) this.timers.set(Timer.AckDelay, when);
-        }
+        else if (!this.ackNeeded) this.ackWithin(owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY, now);
         return;
       }
       case FrameType.ACK:
@@ -1128,7 +1128,7 @@ export class Session {
     // A client learns from the server's first PACE that it takes ours; a server learnt it from the HELLO.
     if (this.peerTakesPace || this.role === 'server') return;
     this.peerTakesPace = true;
-    this.offerPace(l);
+    this.offerPace(l, now);
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
 
@@ -1137,8 +1137,13 @@ export class Session {
    * server always does, which is how a client learns that it takes PACE; a
    * client only when it does (a link without PACE is taken as unwatched).
    */
-  private offerPace(l: Link): void {
-    if (this.peerTakesPace && this.expectedConfirm === undefined && (this.role === 'server' || l.watched)) l.paceOwed = true;
+  private offerPace(l: Link, now: number): void {
+    if (!this.peerTakesPace || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
+    l.paceOwed = true;
+    // The client's PACE waits for company like a small acknowledgement: on
+    // its own it would be a write and a wake-up for both ends at every
+    // connection's first reply (pollTransmit).
+    if (this.role === 'client') this.ackWithin(ACK_DELAY_LAZY, now);
   }
 
   /** How long the peer may stay silent on the current link: a path check's tolerance where our kernel watches it (§5.1). */
@@ -1232,7 +1237,7 @@ export class Session {
         this.emit({ type: 'resume', outage: now - this.suspendedAt, replayedOut, replayedIn });
       }
     }
-    this.offerPace(l);
+    this.offerPace(l, now);
     this.acknowledge(peerReceived, now);
     if (this.close === 'streaming') this.checkFinished(now);
     else this.close = stepClose(this.role, this.close, 'link-activated');
@@ -1242,7 +1247,7 @@ export class Session {
   private confirm(l: Link, now: number): void {
     this.expectedConfirm = undefined;
     this.host?.confirmed(this);
-    this.offerPace(l);
+    this.offerPace(l, now);
     l.deadline = Infinity;
     this.refreshLinkTimers();
     if (this._state === 'open') return; // opened at its early data (§3.8)
@@ -1523,6 +1528,11 @@ export class Session {
   }
 
   /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
+  /** An acknowledgement goes out within `delay`, with company if any comes first. */
+  private ackWithin(delay: number, now: number): void {
+    if (now + delay < this.timers.get(Timer.AckDelay)) this.timers.set(Timer.AckDelay, now + delay);
+  }
+
   private needAck(): void {
     this.ackNeeded = true;
     this.timers.stop(Timer.AckDelay);

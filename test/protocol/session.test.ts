@@ -1007,9 +1007,13 @@ describe('kernel liveness: PACE (PROTOCOL.md §5.1)', () => {
 
   test('both kernels watch the link: each side sends PACE once, then heartbeats every pathCheckInterval, not every heartbeatInterval', () => {
     const p = established(both);
-    p.runFor(2 * p.latency); // the server's PACE reaches the client, whose own comes back
+    p.runFor(2 * p.latency); // the server's PACE reaches the client
     assert.deepEqual(p.link(1).sentBy('server'), ['EDP', 'WELCOME', 'PACE 30000', 'ACK 0']);
-    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'PACE 30000']);
+    // The client's own waits for company, 200 ms at most (ACK_DELAY_LAZY); nothing else comes here, so an ACK carries it.
+    const heardPace = p.link(1).timesOf('server', 'PACE')[0] + p.latency;
+    p.runFor(200);
+    assert.deepEqual(p.link(1).sentBy('client'), ['EDP', 'HELLO', 'CONFIRM', 'ACK 0', 'PACE 30000', 'ACK 0']);
+    assert.deepEqual(p.link(1).timesOf('client', 'PACE'), [heardPace + 200]);
     const from = p.now;
     p.runFor(120_000);
     const beats = (side: 'client' | 'server') =>
@@ -1026,6 +1030,16 @@ describe('kernel liveness: PACE (PROTOCOL.md §5.1)', () => {
     }
     assert.deepEqual([p.client.session.state, p.server.session.state], ['open', 'open']);
     assert.deepEqual([p.client.events.take(), p.server.events.take()], [[], []]);
+  });
+
+  test("the client's PACE rides with its next data instead of going alone", () => {
+    const p = established(both);
+    p.runFor(2 * p.latency); // the server's PACE reaches the client
+    const sent = p.link(1).sentBy('client').length;
+    p.client.write(pattern(10));
+    p.runFor(p.latency);
+    assert.deepEqual(p.link(1).sentBy('client').slice(sent), ['PACE 30000', 'ACK 0', 'DATA 0+10']);
+    assert.equal(p.link(1).timesOf('client', 'PACE')[0], p.link(1).timesOf('client', 'DATA')[0], 'in one transmission');
   });
 
   test('only the server is watched: the client may beat every 30 s, the server still beats every second for the client', () => {
