@@ -8,7 +8,7 @@ import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
 import { watchInKernel } from './kernel-liveness.js';
-import { ackAtOnce, QUICK_ACK_BELOW } from './quick-ack.js';
+import { ackSoon, QUICK_ACK_BELOW } from './quick-ack.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
@@ -67,7 +67,7 @@ type LinkedSocket = Socket & { [kLink]?: LinkHandle };
 function onSocketData(this: LinkedSocket, chunk: Buffer): void {
   const h = this[kLink]!;
   // A message's sender may be a middlebox holding the rest of it for our ACK (quick-ack.ts).
-  if (chunk.length < QUICK_ACK_BELOW) ackAtOnce(this);
+  if (chunk.length < QUICK_ACK_BELOW) ackSoon(this, h.nagle);
   h.owner?.onLinkData(h.id, chunk);
 }
 function onSocketDrain(this: LinkedSocket): void {
@@ -108,6 +108,8 @@ export class LinkHandle {
   clientAddress: ProxyAddress | undefined;
   /** The socket's last error, the reason its 'close' gives. */
   error: Error | undefined;
+  /** The socket has Nagle's algorithm on (the application asked for setNoDelay(false)). */
+  nagle = false;
 
   constructor(
     readonly id: LinkId,
@@ -117,6 +119,11 @@ export class LinkHandle {
     this.owner = owner;
     (socket as LinkedSocket)[kLink] = this;
     for (const [event, fn] of SOCKET_LISTENERS) socket.on(event, fn);
+  }
+
+  setNoDelay(on: boolean): void {
+    this.nagle = !on;
+    this.socket.setNoDelay(on);
   }
 
   /** Gives the socket up to a new user: none of our listeners stays on it. */
@@ -238,7 +245,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    */
   adopt(handle: LinkHandle): void {
     this.links.add(handle);
-    handle.socket.setNoDelay(this.noDelay);
+    handle.setNoDelay(this.noDelay);
   }
 
   /** The application let go of the socket (it closed after a clean finish): finish the protocol in the background. */
@@ -289,7 +296,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   setNoDelay(on: boolean): void {
     this.noDelay = on;
-    for (const h of this.links.values()) h.socket.setNoDelay(on);
+    for (const h of this.links.values()) h.setNoDelay(on);
   }
 
   /** The socket carrying the session now, if any. */
@@ -429,7 +436,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         }
         const handle = new LinkHandle(ev.link, socket, this);
         this.links.add(handle);
-        socket.setNoDelay(this.noDelay);
+        handle.setNoDelay(this.noDelay);
         if (!this.referenced) socket.unref();
         whenLinkReady(socket, () => {
           // Only a HELLO uses the channel's key: a resume keeps the session's.

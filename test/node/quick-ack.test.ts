@@ -36,9 +36,10 @@ function quickAck(socket: Socket): number {
 
 /**
  * Sends MESSAGE and waits for its echo EXCHANGES times; returns the quick-ACK
- * flag of `link` read as each echo arrives, before anything else runs.
+ * flag of `link` read as each echo arrives, after `settle` (the rest of
+ * that turn of the event loop, or nothing), before the next write.
  */
-async function pingPong(app: Socket, link: () => Socket): Promise<number[]> {
+async function pingPong(app: Socket, link: () => Socket, settle: () => Promise<void> = async () => {}): Promise<number[]> {
   const flags: number[] = [];
   for (let i = 0; i < EXCHANGES; i++) {
     app.write(MESSAGE);
@@ -47,15 +48,38 @@ async function pingPong(app: Socket, link: () => Socket): Promise<number[]> {
       const onData = (d: Buffer) => {
         got += d.length;
         if (got < MESSAGE.length) return;
-        flags.push(quickAck(link()));
         app.off('data', onData);
-        resolve();
+        void settle().then(() => {
+          flags.push(quickAck(link()));
+          resolve();
+        });
       };
       app.on('data', onData);
     });
   }
   return flags;
 }
+
+const endOfTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Counts TCP_QUICKACK calls by descriptor while it runs. */
+async function countingQuickAcks<T>(run: () => Promise<T>): Promise<{ result: T; calls: Map<number, number> }> {
+  const c = socketCalls()!;
+  const real = c.setsockopt;
+  const calls = new Map<number, number>();
+  c.setsockopt = (fd, level, name, value, length) => {
+    if (level === IPPROTO_TCP && name === TCP_QUICKACK) calls.set(fd, (calls.get(fd) ?? 0) + 1);
+    return real(fd, level, name, value, length);
+  };
+  try {
+    return { result: await run(), calls };
+  } finally {
+    c.setsockopt = real;
+  }
+}
+
+type WithDriver = { driver: { links: { values(): { socket: Socket }[] } } };
+const linkOf = (s: ReliableSocket) => () => (s as unknown as WithDriver).driver.links.values()[0].socket;
 
 describe('quick ACK on small reads', { skip }, () => {
   test('raw TCP in a request/response exchange delays its ACKs; TCP_QUICKACK ends it', async (t) => {
@@ -74,10 +98,12 @@ describe('quick ACK on small reads', { skip }, () => {
     assert.equal(quickAck(c), 1, 'the pending ACK left at once');
   });
 
-  test('a rocks link acknowledges every small read at once', async (t) => {
+  test('a rocks link acknowledges a small read it does not answer by the end of the turn; a reply in the turn carries the ACK instead', async (t) => {
+    let served: ReliableSocket | undefined;
     const { server, port } = await listen({}, (s) => {
+      served = s;
       s.on('error', () => {});
-      s.on('data', (d) => s.write(d));
+      s.on('data', (d) => s.write(d)); // answers in the same turn
     });
     const c: ReliableSocket = connect({ port, host: '127.0.0.1', enhanced: true });
     t.after(async () => {
@@ -85,9 +111,11 @@ describe('quick ACK on small reads', { skip }, () => {
       await closeServer(server);
     });
     await once(c, 'connect');
-    const driver = (c as unknown as { driver: { links: { values(): { socket: Socket }[] } } }).driver;
-    const link = () => driver.links.values()[0].socket;
-    const flags = await pingPong(c as unknown as Socket, link);
-    assert.deepEqual(flags, new Array(EXCHANGES).fill(1), `rocks flags ${flags.join('')}`);
+    const { result: flags, calls } = await countingQuickAcks(() => pingPong(c as unknown as Socket, linkOf(c), endOfTurn));
+    // The client reads each echo and writes nothing until the next turn.
+    assert.deepEqual(flags, new Array(EXCHANGES).fill(1), `client flags ${flags.join('')}`);
+    assert.equal(calls.get(fdOf(linkOf(c)())!), EXCHANGES, 'one call per unanswered read');
+    assert.ok(served !== undefined);
+    assert.equal(calls.get(fdOf(linkOf(served)())!) ?? 0, 0, 'the server answered every request in its turn: no call');
   });
 });
