@@ -2,7 +2,7 @@
 // and one way with 1 KiB writes (quick mode: 64 MiB). MB/s of payload moved.
 
 import type { BenchCase, Measure } from '../core/types.js';
-import { MIB, measure, repeat } from './common.js';
+import { MIB, measure, repeatEach } from './common.js';
 
 export const bulk: BenchCase = {
   id: 'bulk',
@@ -16,10 +16,14 @@ export const bulk: BenchCase = {
       [`${size} both ways at once, 64 KiB writes`, 65536, true],
       [`${size} one way, 1 KiB writes`, 1024, false],
     ] as const) {
-      for (const transport of ['raw', 'rocks', 'socket.io']) {
-        const job = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', String(writeSize), ...(both ? ['--both'] : [])];
-        const results = await repeat<{ type: string; seconds: number; bytes: number }>(ctx.repeats, transport, job, job);
-        const samples = results.map((r) => r.bytes / r.seconds / 1e6);
+      const job = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', String(writeSize), ...(both ? ['--both'] : [])];
+      const transports = ['raw', 'rocks', 'socket.io'];
+      const runs = await repeatEach<{ type: string; seconds: number; bytes: number }>(
+        ctx.repeats,
+        Object.fromEntries(transports.map((transport) => [transport, { transport, serverJob: job, clientJob: job }])),
+      );
+      for (const transport of transports) {
+        const samples = runs[transport].map((r) => r.bytes / r.seconds / 1e6);
         ctx.log(`bulk ${metric} ${transport}: ${samples.map((s) => s.toFixed(0)).join(', ')} MB/s`);
         out.push(measure({ case: 'bulk', metric, variant: transport, unit: 'MB/s', better: 'higher' }, samples));
       }

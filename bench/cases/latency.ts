@@ -2,7 +2,7 @@
 // connection to an echo server; p50 and p99 of each run.
 
 import type { BenchCase, Measure } from '../core/types.js';
-import { measure, repeat } from './common.js';
+import { measure, repeatEach } from './common.js';
 
 export const latency: BenchCase = {
   id: 'latency',
@@ -14,9 +14,14 @@ export const latency: BenchCase = {
       ['64 B', 64],
       ['16 KiB', 16384],
     ] as const) {
-      for (const transport of ['raw', 'rocks', 'socket.io']) {
-        const job = ['--job', 'pingpong', '--size', String(size), '--count', String(count), '--warmup', String(count / 10)];
-        const results = await repeat<{ type: string; p50: number; p99: number }>(ctx.repeats, transport, ['--job', 'echo'], job);
+      const job = ['--job', 'pingpong', '--size', String(size), '--count', String(count), '--warmup', String(count / 10)];
+      const transports = ['raw', 'rocks', 'socket.io'];
+      const runs = await repeatEach<{ type: string; p50: number; p99: number }>(
+        ctx.repeats,
+        Object.fromEntries(transports.map((transport) => [transport, { transport, serverJob: ['--job', 'echo'], clientJob: job }])),
+      );
+      for (const transport of transports) {
+        const results = runs[transport];
         ctx.log(`ping-pong ${label} ${transport}: p50 ${results.map((r) => r.p50.toFixed(3)).join(', ')} ms`);
         out.push(
           measure(

@@ -11,7 +11,7 @@
 
 import type { BenchCase, Context, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
-import { measure, repeat } from './common.js';
+import { measure, repeatEach, type Run } from './common.js';
 
 const TRANSPORTS = ['raw', 'rocks'] as const;
 const HOP: [string, string[]] = ['pipe', ['--nagle']];
@@ -23,10 +23,18 @@ async function measureAll(ctx: Context): Promise<Measure[]> {
   const calls: Record<string, number> = {};
   for (const route of ['direct', 'Nagle hop'] as const) {
     const hop = route === 'direct' ? undefined : HOP;
+    // raw and rocks take turns (repeatEach), so that the machine's drift does not enter their ratio.
+    const each = (serverJob: string[], clientJob: string[]) =>
+      repeatEach<Timed>(
+        ctx.repeats,
+        Object.fromEntries(TRANSPORTS.map((transport): [string, Run] => [transport, { transport, serverJob, clientJob, hop }])),
+      );
+    const count = ctx.quick ? 300 : 2000;
+    const pingRuns = await each(['--job', 'echo'], ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)]);
+    const n = ctx.quick ? 30 : 200;
+    const unaryRuns = await each(['--job', 'unary'], ['--job', 'unary', '--size', '100', '--count', String(n), '--warmup', '20']);
     for (const transport of TRANSPORTS) {
-      const count = ctx.quick ? 300 : 2000;
-      const ping = ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)];
-      const pings = await repeat<Timed>(ctx.repeats, transport, ['--job', 'echo'], ping, {}, hop);
+      const pings = pingRuns[transport];
       ctx.log(`nagle ${route} ping-pong 64 B ${transport}: p50 ${pings.map((r) => r.p50.toFixed(3)).join(', ')} ms`);
       out.push(
         measure(
@@ -35,9 +43,7 @@ async function measureAll(ctx: Context): Promise<Measure[]> {
         ),
       );
 
-      const n = ctx.quick ? 30 : 200;
-      const job = ['--job', 'unary', '--size', '100', '--count', String(n), '--warmup', '20'];
-      const unary = await repeat<Timed>(ctx.repeats, transport, ['--job', 'unary'], job, {}, hop);
+      const unary = unaryRuns[transport];
       const means = unary.map((r) => r.mean!);
       ctx.log(
         `nagle ${route} unary ${transport}: mean ${means.map((m) => m.toFixed(2)).join(', ')} ms, p50 ${unary.map((r) => r.p50.toFixed(2)).join(', ')}`,

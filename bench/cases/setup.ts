@@ -9,7 +9,7 @@
 
 import type { BenchCase, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
-import { measure, repeat } from './common.js';
+import { measure, repeatEach, type Run } from './common.js';
 
 const VARIANTS: [string, string, object, boolean][] = [
   ['raw', 'raw', {}, false],
@@ -28,15 +28,23 @@ export const setup: BenchCase = {
   async run(ctx) {
     const count = ctx.quick ? 20 : 200;
     const out: Measure[] = [];
-    for (const [variant, transport, options, warm] of VARIANTS) {
-      const job = ['--job', 'setup', '--count', String(count), '--concurrent', '100', ...(warm ? ['--warm'] : [])];
-      const results = await repeat<{ type: string; sequential: number[]; concurrent: number }>(
-        ctx.repeats,
-        transport,
-        ['--job', 'echo'],
-        job,
-        options,
-      );
+    // The variants take turns (repeatEach), so that the machine's drift does not enter their ratios.
+    const runs = await repeatEach<{ type: string; sequential: number[]; concurrent: number }>(
+      ctx.repeats,
+      Object.fromEntries(
+        VARIANTS.map(([variant, transport, options, warm]): [string, Run] => [
+          variant,
+          {
+            transport,
+            options,
+            serverJob: ['--job', 'echo'],
+            clientJob: ['--job', 'setup', '--count', String(count), '--concurrent', '100', ...(warm ? ['--warm'] : [])],
+          },
+        ]),
+      ),
+    );
+    for (const [variant] of VARIANTS) {
+      const results = runs[variant];
       ctx.log(`setup ${variant}: sequential median ${results.map((r) => median(r.sequential).toFixed(2)).join(', ')} ms`);
       out.push(
         measure(
@@ -51,9 +59,33 @@ export const setup: BenchCase = {
         ),
       );
     }
-    for (const [variant, transport, options, warm] of VARIANTS.filter(([, transport]) => transport !== 'socket.io')) {
-      const job = ['--job', 'setup', '--count', String(ctx.quick ? 5 : 30), '--concurrent', '0', '--delay', String(RTT), ...(warm ? ['--warm'] : [])];
-      const results = await repeat<{ type: string; sequential: number[] }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
+    const delayed = VARIANTS.filter(([, transport]) => transport !== 'socket.io');
+    const delayedRuns = await repeatEach<{ type: string; sequential: number[] }>(
+      ctx.repeats,
+      Object.fromEntries(
+        delayed.map(([variant, transport, options, warm]): [string, Run] => [
+          variant,
+          {
+            transport,
+            options,
+            serverJob: ['--job', 'echo'],
+            clientJob: [
+              '--job',
+              'setup',
+              '--count',
+              String(ctx.quick ? 5 : 30),
+              '--concurrent',
+              '0',
+              '--delay',
+              String(RTT),
+              ...(warm ? ['--warm'] : []),
+            ],
+          },
+        ]),
+      ),
+    );
+    for (const [variant] of delayed) {
+      const results = delayedRuns[variant];
       ctx.log(`setup ${variant} through a ${RTT} ms round trip: median ${results.map((r) => median(r.sequential).toFixed(1)).join(', ')} ms`);
       out.push(
         measure(

@@ -10,9 +10,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { keygen } from '../../src/cli/keygen.js';
+import type { Message } from '../core/process.js';
 import type { Context, BenchCase, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
-import { MIB, measure, repeat } from './common.js';
+import { MIB, measure, repeatEach, type Run } from './common.js';
 
 const TRANSPORTS: [variant: string, transport: string][] = [
   ['raw', 'tls'],
@@ -29,32 +30,43 @@ async function measureAll(ctx: Context, tlsDir: string): Promise<Measure[]> {
     for (const [variant] of TRANSPORTS) out.push(measure({ case: 'tls', metric, variant, unit, better, note }, samples[variant]));
   };
 
+  // Each variant runs in turn with the other (repeatEach), so that the machine's drift does not enter the ratios.
+  const each = <T extends Message>(serverJob: string[], clientJob: string[]) =>
+    repeatEach<T>(
+      ctx.repeats,
+      Object.fromEntries(TRANSPORTS.map(([variant, transport]): [string, Run] => [variant, { transport, serverJob, clientJob, options }])),
+    );
+
   const bytes = ctx.quick ? 64 * MIB : 1024 * MIB;
   const bulk: Record<string, number[]> = {};
-  for (const [variant, transport] of TRANSPORTS) {
-    const job = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', '65536'];
-    const results = await repeat<{ type: string; seconds: number; bytes: number }>(ctx.repeats, transport, job, job, options);
-    bulk[variant] = results.map((r) => r.bytes / r.seconds / 1e6);
+  const bulkJob = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', '65536'];
+  const bulkRuns = await each<{ type: string; seconds: number; bytes: number }>(bulkJob, bulkJob);
+  for (const [variant] of TRANSPORTS) {
+    bulk[variant] = bulkRuns[variant].map((r) => r.bytes / r.seconds / 1e6);
     ctx.log(`tls bulk ${variant}: ${bulk[variant].map((s) => s.toFixed(0)).join(', ')} MB/s`);
   }
   add(`${ctx.quick ? '64 MiB' : '1 GiB'} one way, 64 KiB writes`, 'MB/s', 'higher', bulk, `target: rocks at least ${TARGETS.bulk.ratio}x raw TLS`);
 
   const count = ctx.quick ? 500 : 10_000;
   const pingpong: Record<string, number[]> = {};
-  for (const [variant, transport] of TRANSPORTS) {
-    const job = ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)];
-    const results = await repeat<{ type: string; p50: number; p99: number }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
-    pingpong[variant] = results.map((r) => r.p50);
+  const pingRuns = await each<{ type: string; p50: number; p99: number }>(
+    ['--job', 'echo'],
+    ['--job', 'pingpong', '--size', '64', '--count', String(count), '--warmup', String(count / 10)],
+  );
+  for (const [variant] of TRANSPORTS) {
+    pingpong[variant] = pingRuns[variant].map((r) => r.p50);
     ctx.log(`tls ping-pong 64 B ${variant}: p50 ${pingpong[variant].map((p) => p.toFixed(3)).join(', ')} ms`);
   }
   add('ping-pong 64 B p50', 'ms', 'lower', pingpong);
 
   const connections = ctx.quick ? 20 : 200;
   const setup: Record<string, number[]> = {};
-  for (const [variant, transport] of TRANSPORTS) {
-    const job = ['--job', 'setup', '--count', String(connections), '--concurrent', '10'];
-    const results = await repeat<{ type: string; sequential: number[] }>(ctx.repeats, transport, ['--job', 'echo'], job, options);
-    setup[variant] = results.map((r) => median(r.sequential));
+  const setupRuns = await each<{ type: string; sequential: number[] }>(
+    ['--job', 'echo'],
+    ['--job', 'setup', '--count', String(connections), '--concurrent', '10'],
+  );
+  for (const [variant] of TRANSPORTS) {
+    setup[variant] = setupRuns[variant].map((r) => median(r.sequential));
     ctx.log(`tls set-up ${variant}: sequential median ${setup[variant].map((m) => m.toFixed(2)).join(', ')} ms`);
   }
   add(
