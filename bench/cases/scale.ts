@@ -14,6 +14,7 @@
 // A black-holed FaultProxy keeps old connections dead for good and accepts
 // new ones only after heal(): every session resumes over a new connection.
 
+import { KERNEL_WATCH_DELAY_MS } from '../../src/node/kernel-liveness.js';
 import { sleep } from '../../test/support/helpers.js';
 import { Peer } from '../core/process.js';
 import type { BenchCase, Context, Measure } from '../core/types.js';
@@ -78,8 +79,9 @@ async function kernelRound(n: number, idleMs: number): Promise<{ serverCpu: numb
     );
     peers.push(client);
     await client.next('ready', 300_000);
-    // The PACE exchange and the heartbeats sent before it settle within a second or two.
-    await sleep(3000);
+    // The kernel watches a link a second after it carries its session (KERNEL_WATCH_DELAY_MS); the PACE
+    // exchange and the heartbeats sent before it settle within a second or two after that.
+    await sleep(KERNEL_WATCH_DELAY_MS + 3000);
     for (const p of peers) p.send({ type: 'cpu', ms: idleMs });
     const [serverCpu, clientCpu] = (await Promise.all(peers.map((p) => p.next<Cpu>('cpu', idleMs + 30_000)))).map(percent);
     return { serverCpu, clientCpu };

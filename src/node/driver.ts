@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 import type { LinkId, Session, SessionEvent } from '../protocol/session.js';
-import { watchInKernel } from './kernel-liveness.js';
+import { watchInKernelSoon } from './kernel-liveness.js';
 import { ackSoon, QUICK_ACK_BELOW } from './quick-ack.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
@@ -426,6 +426,13 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     }
   }
 
+  /** The kernel watches `h`'s connection now: the session tells its peer (PACE) if the link still carries it. */
+  private linkWatched(h: LinkHandle): void {
+    if (this.links.get(h.id) !== h || this.session.state === 'done') return;
+    this.session.handleLinkWatched(h.id, monotonicNow());
+    this.drive();
+  }
+
   private handle(ev: SessionEvent): void {
     switch (ev.type) {
       case 'dial': {
@@ -472,8 +479,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         // A rocks link for sure now: the kernel may watch it (never a connection served plain).
         // A relayed link's connection ends at another node, whose kernel would answer for the client.
         const h = this.links.get(ev.link);
-        if (h !== undefined && h.clientAddress === undefined && watchInKernel(h.socket, this.session.settings))
-          this.session.handleLinkWatched(ev.link, monotonicNow());
+        if (h !== undefined && h.clientAddress === undefined) watchInKernelSoon(h.socket, this.session.settings, () => this.linkWatched(h));
         this.listener?.onSessionEvent(ev);
         return;
       }

@@ -9,6 +9,7 @@
 import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { SessionConfig } from '../protocol/config.js';
+import { monotonicNow } from './scheduler.js';
 import { fdOf, IPPROTO_TCP, setIntOption, socketCalls } from './socket-calls.js';
 
 const debug = debuglog('rocks');
@@ -47,4 +48,41 @@ export function watchInKernel(socket: Socket, config: Liveness): boolean {
     setIntOption(c, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, config.failureTimeout);
   if (!ok) debug('the kernel cannot watch connection fd %d: heartbeats watch it', fd);
   return ok;
+}
+
+/**
+ * How long a link carries its session before the kernel is asked to watch
+ * it. The five setsockopt calls cost each end about 50 µs per connection on
+ * the critical path of its first exchange (measured on the bench's VM),
+ * which a connection closed within a second never needs: until then
+ * heartbeats watch it, as they watch every link (PROTOCOL.md §5.1).
+ */
+export const KERNEL_WATCH_DELAY_MS = 1000;
+
+/** Links waiting to be watched, oldest first. */
+const waiting: { at: number; socket: Socket; config: Liveness; watched: () => void }[] = [];
+let timerArmed = false;
+
+/**
+ * watchInKernel for `socket` KERNEL_WATCH_DELAY_MS from now, unless it is
+ * destroyed by then; `watched` is called if the kernel took the options.
+ * One timer for all links.
+ */
+export function watchInKernelSoon(socket: Socket, config: Liveness, watched: () => void): void {
+  if (!kernelCanWatch(config)) return;
+  waiting.push({ at: monotonicNow(), socket, config, watched });
+  if (timerArmed) return;
+  timerArmed = true;
+  setTimeout(watchDue, KERNEL_WATCH_DELAY_MS).unref();
+}
+
+function watchDue(): void {
+  timerArmed = false;
+  const now = monotonicNow();
+  let due = 0;
+  while (due < waiting.length && now - waiting[due].at >= KERNEL_WATCH_DELAY_MS) due++;
+  for (const w of waiting.splice(0, due)) if (!w.socket.destroyed && watchInKernel(w.socket, w.config)) w.watched();
+  if (waiting.length === 0) return;
+  timerArmed = true;
+  setTimeout(watchDue, KERNEL_WATCH_DELAY_MS - (now - waiting[0].at)).unref();
 }

@@ -13,14 +13,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../../src/index.js';
-import { kernelCanWatch } from '../../src/node/kernel-liveness.js';
+import { KERNEL_WATCH_DELAY_MS, kernelCanWatch } from '../../src/node/kernel-liveness.js';
+import { socketCalls } from '../../src/node/socket-calls.js';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
 import { sleep, until } from '../support/helpers.js';
 
 const skip = kernelCanWatch(resolveSessionConfig({})) ? false : 'the kernel cannot watch connections here (Linux with koffi only)';
 /** Idle time observed, after the PACE exchange and the heartbeats sent before it. */
 const IDLE_MS = 4000;
-const SETTLE_MS = 1500;
+/** The kernel watches a link KERNEL_WATCH_DELAY_MS after it carries the session; a heartbeat at the old rate may follow the PACEs. */
+const SETTLE_MS = KERNEL_WATCH_DELAY_MS + 2000;
+const SOL_SOCKET = 1;
+const SO_KEEPALIVE = 9;
 
 /** A relay from `listenAt` to `target` that counts the bytes going each way. */
 async function countingRelay(listenAt: number | string, target: { port: number } | { path: string }) {
@@ -97,6 +101,45 @@ describe('kernel liveness (PROTOCOL.md §5.1)', { skip }, () => {
     assert.deepEqual(watched, { up: 0, down: 0 }, 'the kernel watches: heartbeats only every 30 s');
     // An ACK frame is 21 bytes; one a second each way.
     assert.ok(beating.up >= 3 * 21 && beating.down >= 3 * 21, `heartbeats each way: ${JSON.stringify(beating)}`);
+  });
+
+  test('the kernel is asked only once a link carried its session for KERNEL_WATCH_DELAY_MS: a shorter connection makes no call', async (t) => {
+    const c = socketCalls()!;
+    const real = c.setsockopt;
+    const keepalives: number[] = [];
+    c.setsockopt = (fd, level, name, value, length) => {
+      if (level === SOL_SOCKET && name === SO_KEEPALIVE) keepalives.push(fd);
+      return real(fd, level, name, value, length);
+    };
+    const server = createServer({}, (s) => {
+      s.on('error', () => {});
+      s.on('data', (d) => s.write(d));
+    });
+    const sockets: ReliableSocket[] = [];
+    t.after(() => {
+      c.setsockopt = real;
+      for (const s of sockets) s.destroy();
+      server.close();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    const exchange = async (): Promise<ReliableSocket> => {
+      const s = connect({ port, host: '127.0.0.1', enhanced: true });
+      sockets.push(s);
+      s.on('error', () => {});
+      s.write('x');
+      await once(s, 'data');
+      return s;
+    };
+    for (let i = 0; i < 5; i++) (await exchange()).destroy();
+    await sleep(KERNEL_WATCH_DELAY_MS + 500);
+    assert.deepEqual(keepalives, [], 'five connections closed at once: no call');
+    const kept = await exchange();
+    await sleep(KERNEL_WATCH_DELAY_MS / 2);
+    assert.deepEqual(keepalives, [], 'not yet');
+    await until(() => keepalives.length === 2, KERNEL_WATCH_DELAY_MS + 1000, 'both ends to ask their kernels');
+    kept.destroy();
   });
 
   test('a Unix socket: the kernel cannot watch it, so the session keeps beating every second', async () => {
