@@ -1331,6 +1331,13 @@ export class Session {
     this.key = undefined;
     this.fin = stepOutgoingFin(this.fin, 'rewind');
     this.send.rewind(0);
+    if (this.current !== undefined) {
+      // A move found out (a resume from a new path): the link that carried
+      // the dropped session, still open on our side, carries nothing now.
+      // Data sent on it would move the cursor of the new session's stream.
+      this.linkFailed(now, 'the server dropped the session before it was confirmed');
+      return;
+    }
     this.dials?.dialNow(now);
     this.refreshLinkTimers();
   }

@@ -1283,6 +1283,34 @@ describe('network changes (migrate, PROTOCOL.md §6.8)', () => {
     assert.deepEqual(p.link(2).sentBy('client').slice(0, 3), ['EDP', 'RESUME', 'PROOF']);
   });
 
+  test('a move finds the server dropped the unconfirmed session: the old link goes too, the new HELLO starts the stream at 0', () => {
+    // Seed 1291871450: the old link, black-holed after WELCOME, kept sending
+    // for the dead session after the restart, and the new HELLO's early
+    // data began where that left off (DATA at 13197, expected 0).
+    const p = new Pair({ client: { earlyData: true, handshakeTimeout: 300 }, server: { handshakeTimeout: 300 } });
+    p.runUntil(() => p.client.session.state === 'open');
+    p.link(1).blackhole(); // CONFIRM and all after it are lost, and nobody is told
+    const data = pattern(20_000);
+    p.client.write(data);
+    p.runFor(1000); // the server dropped the session it never saw confirmed
+    assert.deepEqual(p.servers[0].events.names(), ['close-link #1', 'released']);
+    p.client.migrate('the default route changed');
+    p.runUntil(() => p.servers.length === 2 && p.servers[1].received.length === data.length, 10_000);
+    p.runFor(200);
+    assert.ok(p.servers[1].received.equals(data), 'every byte once, from 0');
+    assert.deepEqual(p.client.events.names().slice(3), [
+      'dial #2',
+      'close-link #2', // RESUME answered with ERROR(11)
+      'close-link #1', // the dead session's link goes with it
+      'suspend',
+      'reconnect-attempt 1',
+      'dial #3',
+      'link-active #3',
+      'resume',
+    ]);
+    assert.deepEqual(p.link(3).sentBy('client').slice(0, 3), ['EDP', 'HELLO', 'DATA 0+16384']);
+  });
+
   test('a move off a link that lost bytes (its address vanished): both ends suspend and resume, every byte once', () => {
     const p = established();
     const up = pattern(3000);
