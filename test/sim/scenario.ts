@@ -358,7 +358,16 @@ function simulate(seed: number, verbose: boolean, drawn: Record<string, unknown>
       // failure detection and one resume attempt (two reconnect delays at most).
       const node = world.nodes[world.doomed.get(c.session.sessionId!.toString('hex'))!];
       const from = Math.max(faultEnd, world.outageUntil, node.diedAt + (world.cluster?.balancerLag ?? 0));
-      const bound = config.failureTimeout + config.handshakeTimeout + 2 * config.reconnectDelayMax + 20 * latency;
+      // Where kernels watch the links and nodes relay, a failure beyond the
+      // relay (its link to the owner reset without a word) shows only to the
+      // end-to-end path check: three pathCheckIntervals of silence
+      // (PROTOCOL.md §5.1; seed 77003818). The relay's kernel does not watch
+      // its link to the owner.
+      const silence =
+        world.options.kernelWatched && world.cluster !== undefined
+          ? Math.max(config.failureTimeout, 3 * config.pathCheckInterval)
+          : config.failureTimeout;
+      const bound = silence + config.handshakeTimeout + 2 * config.reconnectDelayMax + 20 * latency;
       if (c.releasedAt > from + bound)
         failures.push(`${c.name} learnt its session was lost ${(c.releasedAt - from).toFixed(0)} ms after it could have (at most ${bound})`);
     } else {
