@@ -451,6 +451,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this._connecting = false;
     this.established = true;
     if (this.verdict !== undefined) this.emit('detect', this.verdict);
+    this.verdict = undefined; // told: an idle connection need not keep it
     this.emit('connect');
     this.emit('ready');
     this.writeQueued();

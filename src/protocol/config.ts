@@ -70,6 +70,21 @@ function flag(name: string, value: unknown): boolean {
 }
 
 export function resolveSessionConfig(options: SessionOptions = {}): SessionConfig {
+  const config = resolve(options);
+  // Sessions keep their config for life and never change it: those with the
+  // same settings share one object (about 120 bytes each otherwise).
+  const key = Object.values(config).join();
+  const shared = resolved.get(key);
+  if (shared !== undefined) return shared;
+  if (resolved.size >= RESOLVED_KEPT) resolved.clear();
+  resolved.set(key, config);
+  return config;
+}
+const resolved = new Map<string, SessionConfig>();
+/** Distinct settings kept for sharing; a program that makes more only shares less. */
+const RESOLVED_KEPT = 64;
+
+function resolve(options: SessionOptions): SessionConfig {
   const failureTimeout = check('failureTimeout', options.failureTimeout ?? 5000, 200, 24 * HOUR);
   const heartbeatInterval = check('heartbeatInterval', options.heartbeatInterval ?? Math.round(failureTimeout / 5), 10, failureTimeout / 2);
   const reconnectDelayMax = check('reconnectDelayMax', options.reconnectDelayMax ?? 2000, 1, HOUR);

@@ -187,6 +187,16 @@ describe('establishment', () => {
     }
   });
 
+  test('sessions with the same settings share one config object; other settings get their own', () => {
+    const a = resolveSessionConfig({ failureTimeout: 3000 });
+    assert.equal(resolveSessionConfig({ failureTimeout: 3000 }), a, 'the same object');
+    assert.equal(resolveSessionConfig({ failureTimeout: 3000, heartbeatInterval: 600 }), a, 'the same settings, spelled out');
+    const b = resolveSessionConfig({ failureTimeout: 3000, earlyData: true });
+    assert.notEqual(b, a);
+    assert.deepEqual([a.earlyData, b.earlyData, b.failureTimeout, b.heartbeatInterval], [false, true, 3000, 600]);
+    assert.throws(() => resolveSessionConfig({ failureTimeout: -1 }), /failureTimeout must be a number/);
+  });
+
   test('an unconfirmed server session sends nothing after WELCOME and is not shown until the client speaks', () => {
     const p = new Pair();
     p.runFor(20); // the HELLO has arrived
