@@ -2,7 +2,7 @@
 // counterpart of client.ts. Each job prints one {"type":"result"} line:
 //   bulk      --bytes N --write-size W [--both]  {seconds, bytes}
 //   pingpong  --size S --count M --warmup K      {p50, p99} round trips, ms
-//   setup     --count K --concurrent C           {sequential: ms[], concurrent: ms}
+//   setup     --count K --concurrent C --warmup W {cold: ms[], sequential: ms[], concurrent: ms}
 //   detect    [--repeats R]                      {detection: ms | ms[], bound: ms}
 //   resume    --repeats R --outage MS             {resume: ms[], lost: bytes[], recovered: boolean[]}
 //   hold      --count N                          N idle connections, memory before and after (bench/cases/memory.ts)
@@ -99,11 +99,13 @@ async function roundTrip(): Promise<number> {
 }
 
 async function setup(): Promise<object> {
+  const cold: number[] = []; // as bench/peers/client.ts: the first connections of the process, apart
+  for (let i = 0; i < Number(args.warmup); i++) cold.push(await roundTrip());
   const sequential: number[] = [];
   for (let i = 0; i < Number(args.count); i++) sequential.push(await roundTrip());
   const start = performance.now();
   await Promise.all(Array.from({ length: Number(args.concurrent) }, roundTrip));
-  return { sequential, concurrent: performance.now() - start };
+  return { cold, sequential, concurrent: performance.now() - start };
 }
 
 /** Black-holes an established connection and times socket.io's own detection (its ping timeout). */
