@@ -9,6 +9,7 @@
 // through a 20 ms round trip (a proxy in the client's process delays each
 // chunk 10 ms): on a real path round trips, not CPU, decide set-up.
 
+import type { Message } from '../core/process.js';
 import type { BenchCase, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
 import { measure, repeatEach, type Run } from './common.js';
@@ -31,20 +32,27 @@ export const setup: BenchCase = {
     const count = ctx.quick ? 20 : 200;
     const out: Measure[] = [];
     // The variants take turns (repeatEach), so that the machine's drift does not enter their ratios.
-    const runs = await repeatEach<{ type: string; cold: number[]; sequential: number[]; concurrent: number }>(
-      ctx.repeats,
-      Object.fromEntries(
-        VARIANTS.map(([variant, transport, options, warm]): [string, Run] => [
-          variant,
-          {
-            transport,
-            options,
-            serverJob: ['--job', 'echo'],
-            clientJob: ['--job', 'setup', '--warmup', String(count), '--count', String(count), '--concurrent', '100', ...(warm ? ['--warm'] : [])],
-          },
-        ]),
-      ),
-    );
+    const each = <T extends Message>(variants: typeof VARIANTS, clientJob: (warm: boolean) => string[]) =>
+      repeatEach<T>(
+        ctx.repeats,
+        Object.fromEntries(
+          variants.map(([variant, transport, options, warm]): [string, Run] => [
+            variant,
+            { transport, options, serverJob: ['--job', 'echo'], clientJob: clientJob(warm) },
+          ]),
+        ),
+      );
+    const runs = await each<{ type: string; cold: number[]; sequential: number[]; concurrent: number }>(VARIANTS, (warm) => [
+      '--job',
+      'setup',
+      '--warmup',
+      String(count),
+      '--count',
+      String(count),
+      '--concurrent',
+      '100',
+      ...(warm ? ['--warm'] : []),
+    ]);
     for (const [variant] of VARIANTS) {
       const results = runs[variant];
       ctx.log(
@@ -70,32 +78,19 @@ export const setup: BenchCase = {
       );
     }
     const delayed = VARIANTS.filter(([, transport]) => transport !== 'socket.io');
-    const delayedRuns = await repeatEach<{ type: string; sequential: number[] }>(
-      ctx.repeats,
-      Object.fromEntries(
-        delayed.map(([variant, transport, options, warm]): [string, Run] => [
-          variant,
-          {
-            transport,
-            options,
-            serverJob: ['--job', 'echo'],
-            clientJob: [
-              '--job',
-              'setup',
-              '--warmup',
-              '0', // round trips decide these, not the code's warmth
-              '--count',
-              String(ctx.quick ? 5 : 30),
-              '--concurrent',
-              '0',
-              '--delay',
-              String(RTT),
-              ...(warm ? ['--warm'] : []),
-            ],
-          },
-        ]),
-      ),
-    );
+    const delayedRuns = await each<{ type: string; sequential: number[] }>(delayed, (warm) => [
+      '--job',
+      'setup',
+      '--warmup',
+      '0', // round trips decide these, not the code's warmth
+      '--count',
+      String(ctx.quick ? 5 : 30),
+      '--concurrent',
+      '0',
+      '--delay',
+      String(RTT),
+      ...(warm ? ['--warm'] : []),
+    ]);
     for (const [variant] of delayed) {
       const results = delayedRuns[variant];
       ctx.log(`setup ${variant} through a ${RTT} ms round trip: median ${results.map((r) => median(r.sequential).toFixed(1)).join(', ')} ms`);

@@ -1534,12 +1534,12 @@ export class Session {
     if (this.idleTimeout > 0) this.timers.set(Timer.Idle, now + this.idleTimeout);
   }
 
-  /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
   /** An acknowledgement goes out within `delay`, with company if any comes first. */
   private ackWithin(delay: number, now: number): void {
     if (now + delay < this.timers.get(Timer.AckDelay)) this.timers.set(Timer.AckDelay, now + delay);
   }
 
+  /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
   private needAck(): void {
     this.ackNeeded = true;
     this.timers.stop(Timer.AckDelay);
