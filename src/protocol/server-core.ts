@@ -153,8 +153,6 @@ export class ServerCore implements SessionHost {
   private owner: SessionOwner;
 
   private readonly events = new Fifo<ServerEvent>();
-  /** Sessions with a `drive` event in the queue: one is enough. */
-  private readonly toDrive = new Set<Session>();
 
   constructor(config: SessionConfig, limits: ServerLimits, random: RandomSource, options: EndpointOptions = {}) {
     this.config = config;
@@ -531,7 +529,7 @@ export class ServerCore implements SessionHost {
 
   pollEvent(): ServerEvent | undefined {
     const ev = this.events.shift();
-    if (ev?.type === 'drive') this.toDrive.delete(ev.session);
+    if (ev?.type === 'drive') ev.session.driveQueued = false;
     return ev;
   }
 
@@ -544,8 +542,8 @@ export class ServerCore implements SessionHost {
 
   /** Asks the caller to drive the session (once, however often asked before it polls). */
   private drive(session: Session): void {
-    if (this.toDrive.has(session)) return;
-    this.toDrive.add(session);
+    if (session.driveQueued) return;
+    session.driveQueued = true;
     this.events.push({ type: 'drive', session });
   }
 

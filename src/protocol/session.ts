@@ -226,6 +226,14 @@ const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
 export class Session {
   readonly role: 'client' | 'server';
+  /**
+   * Owned by the host that routes this session's input (ServerCore): true
+   * while a request to drive it waits in the host's queue. A field rather
+   * than a Set of queued sessions: adding to and deleting from a long-lived
+   * Set at every chunk rebuilds its table in V8's old space, garbage that
+   * cost a bulk transfer a full collection every 130 MB.
+   */
+  driveQueued = false;
   private readonly config: SessionConfig;
   private readonly random: RandomSource;
   private readonly host: SessionHost | undefined;
