@@ -1410,7 +1410,25 @@ export class Session {
   // ---- links -----------------------------------------------------------------
 
   private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
-    const l: Link = { id, phase, parser, out: [], deadline };
+    // Every field from the start: fields added later (watched, a second in,
+    // the peer's PACE) change the object's shape under the hot code, which V8
+    // then deoptimizes and compiles again.
+    const l: Link = {
+      id,
+      phase,
+      parser,
+      out: [],
+      deadline,
+      keys: undefined,
+      clientNonce: undefined,
+      serverNonce: undefined,
+      announcement: undefined,
+      heard: false,
+      migration: undefined,
+      watched: false,
+      peerPace: undefined,
+      paceOwed: false,
+    };
     this.links.add(l);
     this.refreshLinkTimers();
     return l;
