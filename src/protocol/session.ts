@@ -90,7 +90,7 @@ const ACK_LAZY_BYTES = 64 * 1024;
  * runs, medians), the server spending 1.67 CPU s/GiB against 1.46.
  */
 const ACK_EVERY_MAX = 2 * 1024 * 1024;
-/** The window is announced when it can grow by this share of receiveWindow (or of the guaranteed share, held to it). */
+/** The window is announced when it can grow by this share of receiveWindow (a session held to its guaranteed share steps by a quarter of that). */
 const WINDOW_STEP = 1 / 2;
 /**
  * What a keying channel (TLS) gives a session started on it (§15.2): its key
@@ -1410,9 +1410,9 @@ export class Session {
   // ---- links -----------------------------------------------------------------
 
   private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
-    // Every field from the start: fields added later (watched, a second in,
-    // the peer's PACE) change the object's shape under the hot code, which V8
-    // then deoptimizes and compiles again.
+    // Every field from the start: fields added later (watched, set a second
+    // in; the peer's PACE) change the object's shape under the hot code,
+    // which V8 then deoptimizes and compiles again.
     const l: Link = {
       id,
       phase,
