@@ -14,6 +14,7 @@ import type { ServerLimits, SessionConfig } from './config.js';
 import { RocksError, codeFromWire } from './errors.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { encodeError, FrameParser, FrameType, INSTANCE_SIZE, type HelloFrame, type ResumeFrame } from './frames.js';
+import { hold, type Held } from './keys.js';
 import type { RandomSource } from './random.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Session, type ChannelKeys, type LinkId, type SessionHost } from './session.js';
 import { invariant, isInvariantBreach } from './invariant.js';
@@ -135,7 +136,8 @@ export class ServerCore implements SessionHost {
   private deadlineChecks = 0;
   /** Links a session owns: their input goes to it. */
   private readonly owned = new Map<LinkId, Session>();
-  private readonly sessions = new Map<string, Session>();
+  /** Sessions by their id as held (Session.heldId): the key is the string the session holds, not a copy. */
+  private readonly sessions = new Map<Held, Session>();
   /**
    * Suspended sessions by the bytes they moved before (Session.bytesMoved):
    * bucket b holds those that moved fewer than 2^b (bucket 0: none), each in
@@ -146,7 +148,7 @@ export class ServerCore implements SessionHost {
   private readonly suspendedIn = new Map<Session, Set<Session>>();
   private readonly budgetWaiters = new Set<Session>();
   /** Why recently released sessions ended (wire error code), oldest first. */
-  private readonly endings = new Map<string, number>();
+  private readonly endings = new Map<Held, number>();
   private buffered = 0;
   /** This run of the server; a client resuming with another one knows the server restarted. */
   readonly instance: Buffer;
@@ -200,11 +202,6 @@ export class ServerCore implements SessionHost {
   /** How many pending links were examined for their deadlines so far: constant per event, whatever the number pending. */
   get pendingDeadlineChecks(): number {
     return this.deadlineChecks;
-  }
-
-  /** Whether this server holds the session with this id (hex or bytes). */
-  hasSession(id: Buffer | string): boolean {
-    return this.sessions.has(typeof id === 'string' ? id : id.toString('hex'));
   }
 
   // ---- input --------------------------------------------------------------
@@ -642,7 +639,7 @@ export class ServerCore implements SessionHost {
     this.confirmed(session);
     this.unsuspend(session);
     this.budgetWaiters.delete(session);
-    const id = session.sessionId!.toString('hex');
+    const id = session.heldId!;
     if (this.sessions.get(id) !== session) return;
     this.sessions.delete(id);
     if (reason === undefined) return;
@@ -669,14 +666,14 @@ export class ServerCore implements SessionHost {
     // No refusal for the budget: a new session holds nothing, and may only grow to its share (allowance).
     // Register first: the bytes that came with the HELLO may end the session at once.
     const sessionId = channel?.sessionId ?? makeSessionId(this.owner, this.random);
-    if (this.sessions.has(sessionId.toString('hex'))) {
+    if (this.sessions.has(hold(sessionId))) {
       // Only a channel names sessions, with 120 random bits: a replayed channel, not chance.
       this.reject(link, new RocksError('ERR_ROCKS_PROTOCOL', 'a session by this id exists'));
       return;
     }
     const session = Session.accept(this.config, this.random, this, now, link, parser, hello, this.instance, sessionId, channel?.key);
     this.greetWith(session, link);
-    this.sessions.set(session.sessionId!.toString('hex'), session);
+    this.sessions.set(session.heldId!, session);
     this.owned.set(link, session);
     // Its link counts against the pending-link caps until the client confirms (a channel confirmed it already).
     if (session.state === 'accepting') this.unconfirmed.set(session, link);
@@ -691,8 +688,7 @@ export class ServerCore implements SessionHost {
       this.reject(link, versionError(resume.version, resume.version));
       return;
     }
-    const id = resume.sessionId.toString('hex');
-    const session = this.sessions.get(id);
+    const session = this.sessions.get(hold(resume.sessionId));
     if (session === undefined) {
       this.reject(link, this.whyUnknown(resume));
       return;
@@ -713,7 +709,7 @@ export class ServerCore implements SessionHost {
    * would starting over deliver them twice.
    */
   private whyUnknown(resume: ResumeFrame): RocksError {
-    const ending = this.endings.get(resume.sessionId.toString('hex'));
+    const ending = this.endings.get(hold(resume.sessionId));
     // A session a TLS channel named, resumed with no instance: its client missed the WELCOME (§15.2).
     const preWelcome = resume.sessionId[0] === CHANNEL_FORMAT && resume.instance.every((b) => b === 0);
     if (!preWelcome && !resume.instance.equals(this.instance)) return new RocksError('ERR_ROCKS_UNKNOWN_SESSION', 'the server restarted');

@@ -45,7 +45,7 @@ import {
   type ResumeFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { confirmMac, deriveSessionKey, keepTogether, macMatches, resumeMac, type ConfirmTranscript, type KeyPair } from './keys.js';
+import { confirmMac, deriveSessionKey, type Held, hold, macMatches, resumeMac, unhold, type ConfirmTranscript, type KeyPair } from './keys.js';
 import { commonVersion, encodeAnnouncement, parseAnnouncement, ROCKS } from '../edp/announcement.js';
 import { drawKeyPair, type RandomSource } from './random.js';
 import { SendBuffer } from './send-buffer.js';
@@ -245,12 +245,12 @@ export class Session {
 
   private _state: SessionState;
   private close: CloseHandshake = 'streaming';
-  private _sessionId: Buffer | undefined;
-  private key: Buffer | undefined;
+  private _sessionId: Held | undefined;
+  private key: Held | undefined;
   /** Server, until the client confirms: the MAC its CONFIRM must carry (§3.4). */
   private expectedConfirm: Buffer | undefined;
-  /** The run of the server that issued the session (WELCOME), named again in RESUME. */
-  private serverInstance: Buffer = NO_INSTANCE;
+  /** Client: the run of the server that issued the session (WELCOME), named again in RESUME. */
+  private serverInstance: Held = hold(NO_INSTANCE);
   private readonly links = new IdList<Link>();
   private current: Link | undefined;
   /**
@@ -310,7 +310,7 @@ export class Session {
    */
   private sentEarly = false;
   /** Client: the session id the keying channel of the HELLO gave (§15.2). */
-  private channelId: Buffer | undefined;
+  private channelId: Held | undefined;
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
   /** The peer takes PACE frames: a server learns it from the HELLO, a client from the server's first PACE (§5.1). */
@@ -365,15 +365,15 @@ export class Session {
       key = deriveSessionKey(keys, hello.publicKey, sessionId, hello.publicKey, keys.publicKey);
       s.expectedConfirm = confirmMac(key, { version: PROTOCOL_VERSION, sessionId, clientPublic: hello.publicKey, serverPublic });
     }
-    [s._sessionId, s.key] = keepTogether(sessionId, key);
+    s._sessionId = hold(sessionId);
+    s.key = hold(key);
     s.peerWindow = hello.window;
     // A server short of budget offers a new session no more than its share,
     // but always takes what a client may send before WELCOME.
     const offered = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
     s.windowSent = Math.max(offered, EARLY_DATA_BYTES);
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, s._sessionId, serverPublic, s.windowSent, instance));
-    s.serverInstance = instance;
+    l.out.push(encodeWelcome(PROTOCOL_VERSION, sessionId, serverPublic, s.windowSent, instance));
     s.current = l;
     if (channelKey !== undefined) s.confirm(l, now);
     return s;
@@ -397,6 +397,11 @@ export class Session {
   }
 
   get sessionId(): Buffer | undefined {
+    return this._sessionId === undefined ? undefined : unhold(this._sessionId);
+  }
+
+  /** The session id as held (latin1): a server's key for the session, one string shared with it. */
+  get heldId(): Held | undefined {
     return this._sessionId;
   }
 
@@ -496,8 +501,8 @@ export class Session {
     if (this._sessionId === undefined) {
       let publicKey: Buffer = NO_PUBLIC_KEY;
       if (channel !== undefined) {
-        this.key = channel.key;
-        this.channelId = channel.sessionId;
+        this.key = hold(channel.key);
+        this.channelId = hold(channel.sessionId);
       } else {
         l.keys = drawKeyPair(this.random);
         publicKey = l.keys.publicKey;
@@ -508,7 +513,7 @@ export class Session {
       if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
-      l.out.push(encodeResume(PROTOCOL_VERSION, this._sessionId, l.clientNonce, this.serverInstance));
+      l.out.push(encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), l.clientNonce, unhold(this.serverInstance)));
       l.phase = 'resume';
     }
   }
@@ -845,7 +850,7 @@ export class Session {
     const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
     l.clientNonce = resume.nonce;
     l.serverNonce = this.random.bytes(NONCE_SIZE);
-    const mac = resumeMac(this.key!, 'server', this.transcript(l, this.received, this.maxSent));
+    const mac = this.resumeMac('server', l, this.received, this.maxSent);
     l.out.push(encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
   }
 
@@ -893,7 +898,7 @@ export class Session {
       throw new RocksError('ERR_ROCKS_VERSION', `server chose version ${f.version}`);
     }
     const keyed = l === this.helloLink && this.channelId !== undefined;
-    if (keyed && !f.sessionId.equals(this.channelId!)) {
+    if (keyed && hold(f.sessionId) !== this.channelId) {
       throw new RocksError('ERR_ROCKS_PROTOCOL', 'WELCOME names another session than the keying channel gave');
     }
     let key = this.key;
@@ -901,12 +906,14 @@ export class Session {
       // Without a keying channel the key comes from the key agreement, and
       // CONFIRM, ahead of the ACK and any data, proves we hold it (§3.4).
       const keys = l.keys!;
-      key = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
       const transcript: ConfirmTranscript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
-      l.out.push(encodeConfirm(confirmMac(key, transcript)));
+      const derived = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
+      l.out.push(encodeConfirm(confirmMac(derived, transcript)));
+      key = hold(derived);
     }
-    // Copies: views would keep the whole received chunk alive for the session's life.
-    [this._sessionId, this.serverInstance, this.key] = keepTogether(f.sessionId, f.instance, key!);
+    this._sessionId = hold(f.sessionId);
+    this.serverInstance = hold(f.instance);
+    this.key = key;
     this.peerWindow = f.window; // after early data, at least EARLY_DATA_BYTES (§15.2)
     this.windowSent = this.config.receiveWindow;
     // After a restart (the server dropped our unconfirmed session) everything
@@ -929,7 +936,7 @@ export class Session {
 
   private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
     l.serverNonce = f.nonce;
-    const expected = resumeMac(this.key!, 'server', this.transcript(l, f.received, f.sent));
+    const expected = this.resumeMac('server', l, f.received, f.sent);
     if (!macMatches(expected, f.mac)) {
       // Not our server (or not our session): keep trying, the real one may come back.
       this.dropLink(l, 'server failed resume authentication');
@@ -943,13 +950,13 @@ export class Session {
       this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), l);
       return;
     }
-    const mac = resumeMac(this.key!, 'client', this.transcript(l, this.received, this.maxSent));
+    const mac = this.resumeMac('client', l, this.received, this.maxSent);
     l.out.push(encodeProof(this.received, this.maxSent, mac));
     this.activate(l, now, received, f.sent);
   }
 
   private onProof(l: Link, f: ProofFrame, now: number): void {
-    const expected = resumeMac(this.key!, 'client', this.transcript(l, f.received, f.sent));
+    const expected = this.resumeMac('client', l, f.received, f.sent);
     if (!macMatches(expected, f.mac)) {
       // A stolen session id or a replayed resume: refuse it without touching the session.
       this.closeLink(l, true, [errorFrame('ERR_ROCKS_AUTH_FAILED', 'resume proof did not match')]);
@@ -1500,15 +1507,16 @@ export class Session {
 
   // ---- helpers -----------------------------------------------------------------
 
-  private transcript(l: Link, received: number, sent: number) {
-    return {
+  /** The MAC by which `by` proves, on resume link `l`, that it holds the key, for the offsets it reports. */
+  private resumeMac(by: 'client' | 'server', l: Link, received: number, sent: number): Buffer {
+    return resumeMac(unhold(this.key!), by, {
       version: PROTOCOL_VERSION,
-      sessionId: this._sessionId!,
+      sessionId: unhold(this._sessionId!),
       clientNonce: l.clientNonce!,
       serverNonce: l.serverNonce!,
       received,
       sent,
-    };
+    });
   }
 
   /** A peer reporting it holds fewer units than it acknowledged, or more than we sent, is broken. */
