@@ -20,7 +20,7 @@ export function monotonicNow(): number {
 const STALL_MS = 1000;
 
 export class Scheduler {
-  private readonly heap = new MinHeap<{ target: Timed; at: number }>();
+  private readonly heap = new MinHeap<Timed>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
   private refs = 0;
@@ -35,7 +35,7 @@ export class Scheduler {
     if (at === undefined) return;
     if (target.scheduledAt !== undefined && target.scheduledAt <= at) return;
     target.scheduledAt = at;
-    this.heap.push(at, { target, at });
+    this.heap.push(at, target);
     if (at < this.timerAt) this.arm(at);
   }
 
@@ -69,7 +69,8 @@ export class Scheduler {
     // past waits for the next turn of the event loop instead of spinning here.
     const due: Timed[] = [];
     while (this.heap.peekKey() <= now) {
-      const { target, at } = this.heap.pop()!;
+      const at = this.heap.peekKey();
+      const target = this.heap.pop()!;
       if (target.scheduledAt !== at) continue; // superseded by an earlier request
       target.scheduledAt = undefined;
       due.push(target);
