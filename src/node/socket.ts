@@ -148,8 +148,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private options: ReliableConnectOptions;
   private dialOptions: NetConnectOpts | undefined;
   private addresses: Addresses = {};
-  /** Writes (and the end) waiting for the connection to be established, in either mode. */
-  private queued: { chunks: Buffer[]; callback: Callback }[] = [];
+  /** Writes waiting for the connection to be established, in either mode; undefined when none (no array for an idle socket). */
+  private queued: { chunks: Buffer[]; callback: Callback }[] | undefined;
   private queuedFinal: Callback | undefined;
   private pendingWrite: Callback | undefined;
   private pendingFinal: Callback | undefined;
@@ -393,8 +393,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private writeQueued(): void {
-    const queued = this.queued;
-    this.queued = [];
+    const queued = this.queued ?? [];
+    this.queued = undefined;
     for (const { chunks, callback } of queued) this.writeChunks(chunks, callback);
   }
 
@@ -668,7 +668,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
         callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
         return;
       }
-      this.queued.push({ chunks, callback });
+      if (this.queued === undefined) this.queued = [{ chunks, callback }];
+      else this.queued.push({ chunks, callback });
       return;
     }
     if (this.raw !== undefined) {
@@ -895,9 +896,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** Calls every write and end callback still waiting, with `err` (null on a clean close). */
   private settleCallbacks(err: Error | null): void {
-    const callbacks = [this.pendingWrite, this.pendingFinal, this.queuedFinal, ...this.queued.map((q) => q.callback)];
+    const callbacks = [this.pendingWrite, this.pendingFinal, this.queuedFinal, ...(this.queued ?? []).map((q) => q.callback)];
     this.pendingWrite = this.pendingFinal = this.queuedFinal = undefined;
-    this.queued = [];
+    this.queued = undefined;
     for (const cb of callbacks) cb?.(err);
   }
 }

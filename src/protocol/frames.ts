@@ -299,8 +299,15 @@ const CONTROL_SIZES: Record<number, readonly [number, number]> = {
  * It never holds more than the chunks pushed and not yet parsed: a control
  * frame is at most a few hundred bytes and DATA is handed out piece by piece.
  */
+/**
+ * The chunk list of a parser that holds nothing: shared, and frozen so that
+ * nothing pushes into it; the first chunk brings a list of its own. An idle
+ * link's own empty array would cost 32 bytes.
+ */
+const NO_CHUNKS = Object.freeze([]) as unknown as Buffer[];
+
 export class FrameParser {
-  private chunks: Buffer[] = [];
+  private chunks: Buffer[] = NO_CHUNKS;
   private buffered = 0;
   /** Bytes of the current DATA frame still to come, or 0 between frames. */
   private dataRemaining = 0;
@@ -312,14 +319,15 @@ export class FrameParser {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
+    if (this.chunks.length === 0) this.chunks = [chunk];
+    else this.chunks.push(chunk);
     this.buffered += chunk.length;
   }
 
   /** Removes and returns whatever is still buffered (used to hand a link over). */
   drain(): Buffer[] {
     const chunks = this.chunks;
-    this.chunks = [];
+    this.chunks = NO_CHUNKS;
     this.buffered = 0;
     return chunks;
   }
@@ -379,9 +387,9 @@ export class FrameParser {
     if (first.length < n) return this.gather(n, true);
     this.buffered -= n;
     if (first.length === n) {
-      // Emptied with length = 0, the list gives its storage back (150 bytes
-      // an idle link would keep); shift() would keep it.
-      if (this.chunks.length === 1) this.chunks.length = 0;
+      // An emptied list is let go: its storage is 150 bytes an idle link
+      // would keep; shift() would keep it.
+      if (this.chunks.length === 1) this.chunks = NO_CHUNKS;
       else this.chunks.shift();
       return first;
     }
@@ -407,7 +415,7 @@ export class FrameParser {
       }
     }
     if (consume) {
-      if (i === this.chunks.length) this.chunks.length = 0;
+      if (i === this.chunks.length) this.chunks = NO_CHUNKS;
       else this.chunks.splice(0, i);
       this.buffered -= n;
     }

@@ -21,16 +21,23 @@ const SMALL_BLOCK_SIZE = 8 * 1024;
 /** Acknowledged blocks kept for reuse. */
 const MAX_SPARE_BLOCKS = 32;
 
+/**
+ * The block list of a buffer that has none: shared, and frozen so that
+ * nothing pushes into it. An idle session's two empty lists of its own
+ * would cost 64 bytes.
+ */
+const NO_BLOCKS = Object.freeze([]) as unknown as Buffer[];
+
 export class SendBuffer {
   /** Filled blocks, oldest first; the block being filled is `tail`. */
-  private blocks: Buffer[] = [];
+  private blocks: Buffer[] = NO_BLOCKS;
   /** Index of the first block still holding unacknowledged bytes. */
   private head = 0;
   /** Stream offset of the first byte of blocks[head]. */
   private headStart = 0;
   private tail: Buffer | undefined;
   private tailUsed = 0;
-  private spare: Buffer[] = [];
+  private spare: Buffer[] = NO_BLOCKS;
 
   /** Stream offset of the first unacknowledged byte. */
   private acked = 0;
@@ -66,7 +73,10 @@ export class SendBuffer {
     let from = 0;
     while (from < chunk.length) {
       if (this.tail === undefined || this.tailUsed === this.tail.length) {
-        if (this.tail !== undefined) this.blocks.push(this.tail);
+        if (this.tail !== undefined) {
+          if (this.blocks === NO_BLOCKS) this.blocks = [];
+          this.blocks.push(this.tail);
+        }
         this.tail = this.newBlock(this.length + chunk.length - from);
         this.tailUsed = 0;
       }
@@ -87,12 +97,15 @@ export class SendBuffer {
       const block = this.blocks[this.head];
       this.headStart += block.length;
       this.head++;
-      if (block.length === BLOCK_SIZE && this.spare.length < MAX_SPARE_BLOCKS) this.spare.push(block);
+      if (block.length === BLOCK_SIZE && this.spare.length < MAX_SPARE_BLOCKS) {
+        if (this.spare === NO_BLOCKS) this.spare = [];
+        this.spare.push(block);
+      }
     }
     if (this.acked === this.written && this.head === this.blocks.length) {
       // Everything was delivered, so no view of the tail is still waiting to
       // be sent: refill it from its start instead of allocating again.
-      this.blocks.length = 0;
+      this.blocks = NO_BLOCKS;
       this.head = 0;
       this.headStart = this.written;
       this.tailUsed = 0;
@@ -145,14 +158,14 @@ export class SendBuffer {
 
   /** Frees the memory of an empty buffer; called when the connection goes idle. */
   freeIdleMemory(): void {
-    this.spare = [];
+    this.spare = NO_BLOCKS;
     if (this.length === 0) this.tail = undefined;
   }
 
   /** A block for `pending` bytes to come: a recycled or new bulk block, or a small one. */
   private newBlock(pending: number): Buffer {
     if (pending < SMALL_BLOCK_SIZE) return Buffer.allocUnsafeSlow(SMALL_BLOCK_SIZE);
-    return this.spare.pop() ?? Buffer.allocUnsafeSlow(BLOCK_SIZE);
+    return this.spare.length > 0 ? this.spare.pop()! : Buffer.allocUnsafeSlow(BLOCK_SIZE);
   }
 
   private compact(): void {

@@ -187,8 +187,8 @@ interface Link {
   id: LinkId;
   phase: LinkPhase;
   parser: FrameParser;
-  /** Control frames waiting for pollTransmit. */
-  out: Buffer[];
+  /** Control frames waiting for pollTransmit; none is undefined, not an array of its own (32 bytes an idle link would keep). */
+  out: Buffer[] | undefined;
   /** The handshake on this link must complete by then. */
   deadline: number;
   keys?: KeyPair;
@@ -223,8 +223,14 @@ interface Migration {
  */
 const PATH_CHECKS_MISSED = 3;
 
+/** Queues a control frame on `l` for pollTransmit. */
+function queueFrame(l: Link, frame: Buffer): void {
+  if (l.out === undefined) l.out = [frame];
+  else l.out.push(frame);
+}
+
 /** A session's server instance before WELCOME names it (never written to). */
-const NO_INSTANCE = Buffer.alloc(INSTANCE_SIZE);
+const NO_INSTANCE: Held = hold(Buffer.alloc(INSTANCE_SIZE));
 
 /** Every client link opens with this EDP announcement (src/edp). */
 const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
@@ -250,7 +256,7 @@ export class Session {
   /** Server, until the client confirms: the MAC its CONFIRM must carry (§3.4). */
   private expectedConfirm: Buffer | undefined;
   /** Client: the run of the server that issued the session (WELCOME), named again in RESUME. */
-  private serverInstance: Held = hold(NO_INSTANCE);
+  private serverInstance: Held = NO_INSTANCE;
   private readonly links = new IdList<Link>();
   private current: Link | undefined;
   /**
@@ -373,7 +379,7 @@ export class Session {
     const offered = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
     s.windowSent = Math.max(offered, EARLY_DATA_BYTES);
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
-    l.out.push(encodeWelcome(PROTOCOL_VERSION, sessionId, serverPublic, s.windowSent, instance));
+    queueFrame(l, encodeWelcome(PROTOCOL_VERSION, sessionId, serverPublic, s.windowSent, instance));
     s.current = l;
     if (channelKey !== undefined) s.confirm(l, now);
     return s;
@@ -381,7 +387,8 @@ export class Session {
 
   /** Server: `bytes` go out on `link` ahead of anything else (our EDP announcement, in the same write as WELCOME or CHALLENGE). */
   greet(link: LinkId, bytes: Buffer): void {
-    this.links.get(link)?.out.unshift(bytes);
+    const l = this.links.get(link);
+    if (l !== undefined) l.out = l.out === undefined ? [bytes] : [bytes, ...l.out];
   }
 
   /** Parses what a handed-over link's parser already holds (after accept or handleResumeLink). */
@@ -496,7 +503,7 @@ export class Session {
     // The EDP announcement, then the first frame without waiting for the
     // server's announcement: we already know (probe, cache or option) that it
     // is enhanced, and the HELLO negotiates the version anyway.
-    l.out.push(CLIENT_ANNOUNCEMENT);
+    queueFrame(l, CLIENT_ANNOUNCEMENT);
     l.announcement = Buffer.alloc(0);
     if (this._sessionId === undefined) {
       let publicKey: Buffer = NO_PUBLIC_KEY;
@@ -507,13 +514,13 @@ export class Session {
         l.keys = drawKeyPair(this.random);
         publicKey = l.keys.publicKey;
       }
-      l.out.push(encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow, true));
+      queueFrame(l, encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow, true));
       l.phase = 'hello';
       // Keyed by its channel, or with the application's data to go behind it (§3.8, §15.2).
       if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
     } else {
       l.clientNonce = this.random.bytes(NONCE_SIZE);
-      l.out.push(encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), l.clientNonce, unhold(this.serverInstance)));
+      queueFrame(l, encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), l.clientNonce, unhold(this.serverInstance)));
       l.phase = 'resume';
     }
   }
@@ -773,9 +780,9 @@ export class Session {
     const l = this.links.get(link);
     if (l === undefined) return undefined;
     let out: Buffer[] | undefined;
-    if (l.out.length > 0) {
+    if (l.out !== undefined) {
       out = l.out;
-      l.out = [];
+      l.out = undefined;
     }
     const limit = Math.min(this.send.end, this.peerWindow);
     if (l === this.helloLink) {
@@ -851,7 +858,7 @@ export class Session {
     l.clientNonce = resume.nonce;
     l.serverNonce = this.random.bytes(NONCE_SIZE);
     const mac = this.resumeMac('server', l, this.received, this.maxSent);
-    l.out.push(encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
+    queueFrame(l, encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
   }
 
   /** Server: fail this session because the server must shed a suspended session. */
@@ -908,7 +915,7 @@ export class Session {
       const keys = l.keys!;
       const transcript: ConfirmTranscript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
       const derived = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
-      l.out.push(encodeConfirm(confirmMac(derived, transcript)));
+      queueFrame(l, encodeConfirm(confirmMac(derived, transcript)));
       key = hold(derived);
     }
     this._sessionId = hold(f.sessionId);
@@ -951,7 +958,7 @@ export class Session {
       return;
     }
     const mac = this.resumeMac('client', l, this.received, this.maxSent);
-    l.out.push(encodeProof(this.received, this.maxSent, mac));
+    queueFrame(l, encodeProof(this.received, this.maxSent, mac));
     this.activate(l, now, received, f.sent);
   }
 
@@ -1424,7 +1431,7 @@ export class Session {
       id,
       phase,
       parser,
-      out: [],
+      out: undefined,
       deadline,
       keys: undefined,
       clientNonce: undefined,
@@ -1486,7 +1493,7 @@ export class Session {
   private closeLink(l: Link, graceful: boolean, final?: Buffer[], reason?: string): void {
     if (this.links.get(l.id) !== l) return;
     this.removeLink(l);
-    const pending = l.out.length > 0 && graceful ? l.out : [];
+    const pending = l.out !== undefined && graceful ? l.out : [];
     const bytes = final ? [...pending, ...final] : pending;
     this.emit({ type: 'close-link', link: l.id, graceful, final: bytes.length > 0 ? bytes : undefined, reason });
   }

@@ -1,10 +1,15 @@
 // A first-in first-out queue that keeps its storage when it empties. The
 // protocol's event queues fill and drain once per chunk of input; an array
 // emptied with `length = 0` gives its storage back and grows it anew on the
-// next push, an allocation per chunk that this avoids.
+// next push, an allocation per chunk that this avoids. A queue that never
+// held anything, or was trimmed, has no array of its own (32 bytes for each
+// idle session).
+
+/** Shared by every queue without storage; frozen, so that nothing writes into it. */
+const NO_ITEMS = Object.freeze([]) as unknown as undefined[];
 
 export class Fifo<T> {
-  private items: (T | undefined)[] = [];
+  private items: (T | undefined)[] = NO_ITEMS;
   private head = 0;
   private tail = 0;
 
@@ -13,12 +18,13 @@ export class Fifo<T> {
   }
 
   push(item: T): void {
+    if (this.items === NO_ITEMS) this.items = [];
     this.items[this.tail++] = item;
   }
 
   /** Gives the storage back if the queue is empty (a quiet owner's memory). */
   trim(): void {
-    if (this.head === this.tail) this.items.length = 0;
+    if (this.head === this.tail) this.items = NO_ITEMS;
   }
 
   /** The oldest item, or undefined when empty. */
