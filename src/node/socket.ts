@@ -146,7 +146,6 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** Plain mode: the one ordinary connection. */
   private raw: Socket | undefined;
   private options: ReliableConnectOptions;
-  private dialOptions: NetConnectOpts | undefined;
   private addresses: Addresses = {};
   /** Writes waiting for the connection to be established, in either mode; undefined when none (no array for an idle socket). */
   private queued: { chunks: Buffer[]; callback: Callback }[] | undefined;
@@ -225,12 +224,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.options = { ...this.options, ...options };
     resolveSessionConfig(this.options);
     checkDetectOptions(this.options);
-    const dial: Record<string, unknown> = {};
-    for (const key of DIAL_KEYS) if (options[key] != null) dial[key] = options[key];
-    if (dial.port === undefined && dial.path === undefined) {
+    if (options.port == null && options.path == null) {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'connect needs a port or a path');
     }
-    this.dialOptions = dial as unknown as NetConnectOpts;
     if (options.noDelay === false) this.noDelay = false;
     if (listener) this.once('connect', listener);
     if (options.timeout !== undefined) this.setTimeout(options.timeout);
@@ -345,7 +341,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     }
     this.verdictCached = false;
     const ttl = this.options.detectCacheTtl ?? 600_000;
-    const run = (): Promise<Verdict> => probe(this.dialOptions!, this.options.probeTimeout ?? 500);
+    const run = (): Promise<Verdict> => probe(this.dialOptions, this.options.probeTimeout ?? 500);
     // With the cache off, every connection probes (what detectCacheTtl: 0 asks for).
     (ttl > 0 ? detectionCache.probeOnce(key, run) : run()).then(
       (verdict) => {
@@ -387,6 +383,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.driver.drive();
   }
 
+  /** What net.connect gets for every dial: made when needed rather than kept (56 bytes an idle client would hold). */
+  private get dialOptions(): NetConnectOpts {
+    const dial: Record<string, unknown> = {};
+    for (const key of DIAL_KEYS) if (this.options[key] != null) dial[key] = this.options[key];
+    return dial as unknown as NetConnectOpts;
+  }
+
   /** Writes may go to the session before it is established: data follows the HELLO (over TLS, or with the earlyData option). */
   private get earlyData(): boolean {
     return this.driver !== undefined && (this.options.tls !== undefined || this.options.earlyData === true);
@@ -400,7 +403,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   private startPlain(verdict: Verdict): void {
     this.decided(false, verdict.reason);
-    const raw = netConnect(this.dialOptions!);
+    const raw = netConnect(this.dialOptions);
     this.attachRaw(raw);
     raw.once('connect', () => {
       this.learnFrom(raw);
@@ -441,7 +444,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** SessionListener: opens a transport for a dial. Host names are resolved again at every attempt. */
   dial(): Socket {
-    if (this.options.tls === undefined) return netConnect(this.dialOptions!);
+    if (this.options.tls === undefined) return netConnect(this.dialOptions);
     const first = this.firstLink;
     this.firstLink = undefined;
     return first ?? this.dialTls(true);
