@@ -88,23 +88,28 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly options: ReliableServerOptions;
   /** Every link of the server; the core knows which session owns which. */
   private readonly links = new Map<LinkId, LinkHandle>();
-  private readonly drivers = new Map<Session, { driver: SessionDriver; socket: ReliableSocket }>();
+  private readonly drivers = new Map<Session, SessionDriver>();
+  /** The socket of each session not yet handed to the application (until the client confirms it). */
+  private readonly unopened = new Map<Session, ReliableSocket>();
   /** One 'close' listener for every socket handed out (Node calls it with the socket as `this`), not a closure each. */
   private readonly forgetSocket: (this: ReliableSocket) => void;
   /** What the driver of each session tells this server: one object for all, not closures per session. */
   private readonly sessionHooks: ServerSessionHooks = {
     // The application sees the socket once the client confirms the session.
     opened: (session) => {
-      const entry = this.drivers.get(session);
-      if (entry !== undefined) this.handToApplication(entry.socket);
+      const socket = this.unopened.get(session);
+      if (socket === undefined) return;
+      this.unopened.delete(session);
+      this.handToApplication(socket);
     },
     released: (session) => {
       this.drivers.delete(session);
+      this.unopened.delete(session);
     },
     afterDrive: () => this.drainCore(),
   };
-  /** Sockets the application holds (emitted by 'connection' and not yet closed). */
-  private readonly open = new Set<ReliableSocket>();
+  /** Sockets the application holds (emitted by 'connection' and not yet closed): a count, as nothing needs them by name. */
+  private openSockets = 0;
   /** Where the other nodes of the deployment are, when there are any. */
   private readonly directory: NodeDirectory | undefined;
   private relayed = 0;
@@ -124,7 +129,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.options = options;
     const server = this;
     this.forgetSocket = function (this: ReliableSocket) {
-      server.open.delete(this);
+      server.openSockets--;
       server.maybeClosed();
     };
     const { tls: _serverTls, ...socketOptions } = options;
@@ -317,7 +322,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   }
 
   getConnections(callback: (err: Error | null, count: number) => void): this {
-    const count = this.open.size;
+    const count = this.openSockets;
     queueMicrotask(() => callback(null, count));
     return this;
   }
@@ -439,18 +444,19 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
         case 'session': {
           const session = ev.session;
           const { socket, driver } = ReliableSocket.fromSession(session, this.socketOptions, this.sessionHooks);
-          this.drivers.set(session, { driver, socket });
+          this.drivers.set(session, driver);
+          this.unopened.set(session, socket);
           this.bindLink(ev.link, driver);
           break;
         }
         case 'bind': {
-          const entry = this.drivers.get(ev.session);
-          if (entry === undefined) this.links.get(ev.link)?.close(undefined, false);
-          else this.bindLink(ev.link, entry.driver);
+          const driver = this.drivers.get(ev.session);
+          if (driver === undefined) this.links.get(ev.link)?.close(undefined, false);
+          else this.bindLink(ev.link, driver);
           break;
         }
         case 'drive':
-          this.drivers.get(ev.session)?.driver.drive();
+          this.drivers.get(ev.session)?.drive();
           break;
         case 'close-link':
           this.links.get(ev.link)?.close(ev.final, ev.final !== undefined);
@@ -553,7 +559,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   }
 
   private handToApplication(socket: ReliableSocket): void {
-    this.open.add(socket);
+    this.openSockets++;
     socket.on('close', this.forgetSocket);
     if (this.options.pauseOnConnect) socket.pause();
     this.emit('connection', socket);
@@ -572,7 +578,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   }
 
   private maybeClosed(): void {
-    if (this.closing && !this.listening && this.open.size === 0 && !this.closeEmitted) {
+    if (this.closing && !this.listening && this.openSockets === 0 && !this.closeEmitted) {
       this.closeEmitted = true;
       this.emit('close');
     }
