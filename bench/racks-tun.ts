@@ -72,7 +72,7 @@ async function inside(): Promise<void> {
     packetsPerSecond: Math.round(received / elapsed),
     megabytesPerSecond: Number((bytes / elapsed / 1e6).toFixed(1)),
     processCpu: Number(((cpu.user + cpu.system) / 1e6 / elapsed).toFixed(2)),
-    polls: tun.stats.polls,
+    waits: tun.stats.waits,
     writeErrors: tun.stats.writeErrors,
   };
   await tun.close();

@@ -1,5 +1,5 @@
 // The few libc calls racks needs that Node has no API for, through koffi
-// (FFI): the TUN device (open, ioctl, read, write, poll, eventfd) and the raw
+// (FFI): the TUN device (open, ioctl, fcntl, read, write) and the raw
 // socket (socket, setsockopt, sendto). Loaded once, on first use.
 
 import koffi from 'koffi';
@@ -10,10 +10,7 @@ export interface Libc {
   read(fd: number, buf: Buffer, count: number): number;
   write(fd: number, buf: Buffer, count: number): number;
   ioctl(fd: number, request: number, ...rest: unknown[]): number;
-  eventfd(initval: number, flags: number): number;
-  poll: ((fds: Buffer, nfds: number, timeout: number) => number) & {
-    async(fds: Buffer, nfds: number, timeout: number, callback: (err: unknown, result: number) => void): void;
-  };
+  fcntl(fd: number, command: number, ...rest: unknown[]): number;
   socket(domain: number, type: number, protocol: number): number;
   setsockopt(fd: number, level: number, name: number, value: Buffer, length: number): number;
   sendto(fd: number, buf: Buffer, length: number, flags: number, address: Buffer, addressLength: number): number;
@@ -31,8 +28,7 @@ export function libc(): Libc {
     read: lib.func('long read(int fd, void *buf, unsigned long count)'),
     write: lib.func('long write(int fd, const void *buf, unsigned long count)'),
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
-    eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
-    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
+    fcntl: lib.func('int fcntl(int fd, int command, ...)'),
     socket: lib.func('int socket(int domain, int type, int protocol)'),
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, unsigned int length)'),
     sendto: lib.func('long sendto(int fd, const void *buf, unsigned long length, int flags, const void *address, unsigned int addressLength)'),
