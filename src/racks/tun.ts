@@ -14,11 +14,12 @@
 //   a turn);
 // - when the queue runs dry the fd turns signal-driven (O_ASYNC, owned by
 //   this process): the kernel sends SIGIO when a packet is queued, and the
-//   process's SIGIO listener, which libuv runs on the event loop, turns the
-//   signals off and starts a drain. Waiting costs no thread, and a packet
-//   wakes the event loop directly. Signals stay off while packets flow: on
-//   for good, one per packet halved what the reader moved (the TUN bench:
-//   78,000 packets a second against 153,000).
+//   process's SIGIO listener, which libuv runs on the event loop, starts a
+//   drain. Waiting costs no thread, and a packet wakes the event loop
+//   directly. Signals go off once a turn reads a second packet, as traffic
+//   flows: left on, one per packet halved what the reader moved (the TUN
+//   bench: 78,000 packets a second against 153,000). One packet at a time
+//   (a round trip) keeps them on: a wait and a wake then cost no fcntl().
 //   A poll() on libuv's threadpool did this before: a thread's wake-up and
 //   a hop to the main thread for each packet of sparse traffic (a racks
 //   round trip waits for two TUN reads), and it held a dying process at
@@ -225,7 +226,6 @@ export class TunDevice extends EventEmitter {
   readable(): void {
     if (!this.waiting || this.closing) return;
     this.waiting = false;
-    this.signal(false);
     this.schedule();
   }
 
@@ -247,8 +247,9 @@ export class TunDevice extends EventEmitter {
     });
   }
 
-  /** Reads up to a batch of packets; then yields, or waits in poll() when the queue is empty. */
+  /** Reads up to a batch of packets; then yields, or waits for SIGIO when the queue is empty. */
   private drain(): void {
+    let read = 0;
     for (let i = 0; i < this.batch; i++) {
       if (this.paused || this.closing) return;
       if (SLAB - this.slabOffset < this.maxPacket) {
@@ -274,7 +275,7 @@ export class TunDevice extends EventEmitter {
         this.emit('error', new SystemCallError('read', errno, this.name));
         return;
       }
-      if (this.signalled) this.signal(false); // the look after turning them on found a packet
+      if (++read > 1 && this.signalled) this.signal(false); // packets flow
       const packet = this.slab.subarray(this.slabOffset, this.slabOffset + n);
       this.slabOffset += (n + 7) & ~7;
       this.stats.packetsIn++;
