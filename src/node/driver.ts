@@ -67,7 +67,7 @@ type LinkedSocket = Socket & { [kLink]?: LinkHandle };
 function onSocketData(this: LinkedSocket, chunk: Buffer): void {
   const h = this[kLink]!;
   // A message's sender may be a middlebox holding the rest of it for our ACK (quick-ack.ts).
-  if (chunk.length < QUICK_ACK_BELOW) ackSoon(this, h.nagle);
+  if (h.quickAck && chunk.length < QUICK_ACK_BELOW) ackSoon(this, h.nagle);
   h.owner?.onLinkData(h.id, chunk);
 }
 function onSocketDrain(this: LinkedSocket): void {
@@ -110,6 +110,8 @@ export class LinkHandle {
   error: Error | undefined;
   /** The socket has Nagle's algorithm on (the application asked for setNoDelay(false)). */
   nagle = false;
+  /** Small reads are acknowledged at once (the quickAck option). */
+  quickAck = true;
 
   constructor(
     readonly id: LinkId,
@@ -191,6 +193,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   private holdFlush = false;
   private referenced = false;
   private noDelay = true;
+  private quickAck = true;
   /** Client: hears of network changes (networkWatcher). */
   private watching = false;
   private watchWhenOpen = false;
@@ -246,6 +249,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   adopt(handle: LinkHandle): void {
     this.links.add(handle);
     handle.setNoDelay(this.noDelay);
+    handle.quickAck = this.quickAck;
   }
 
   /** The application let go of the socket (it closed after a clean finish): finish the protocol in the background. */
@@ -297,6 +301,11 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   setNoDelay(on: boolean): void {
     this.noDelay = on;
     for (const h of this.links.values()) h.setNoDelay(on);
+  }
+
+  setQuickAck(on: boolean): void {
+    this.quickAck = on;
+    for (const h of this.links.values()) h.quickAck = on;
   }
 
   /** The socket carrying the session now, if any. */
@@ -444,6 +453,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         const handle = new LinkHandle(ev.link, socket, this);
         this.links.add(handle);
         handle.setNoDelay(this.noDelay);
+        handle.quickAck = this.quickAck;
         if (!this.referenced) socket.unref();
         whenLinkReady(socket, () => {
           // Only a HELLO uses the channel's key: a resume keeps the session's.

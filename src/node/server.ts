@@ -389,7 +389,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     }
     // A socket passed between processes comes without it; a probe's answer needs it.
     socket.allowHalfOpen = true;
-    this.links.set(id, new LinkHandle(id, socket, this));
+    const handle = new LinkHandle(id, socket, this);
+    handle.quickAck = this.options.quickAck !== false;
+    this.links.set(id, handle);
     const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
     this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress, linkChannel(socket));
     if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());

@@ -92,6 +92,15 @@ export interface ReliableSocketOptions extends SessionOptions {
    * failureTimeout (PROTOCOL.md §6.8). Default true.
    */
   watchNetwork?: boolean;
+  /**
+   * After a read of less than a segment that nothing answered in the same
+   * turn, the kernel acknowledges it at once (TCP_QUICKACK, Linux): a hop
+   * with Nagle's algorithm on may hold the rest of a message until then.
+   * False for a peer that never waits for our ACK to send more (a rack
+   * daemon's carriages): each such ACK costs a system call and a segment.
+   * Default true.
+   */
+  quickAck?: boolean;
 }
 
 export type ReliableConnectOptions = ReliableSocketOptions & {
@@ -188,6 +197,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   static fromSession(session: Session, options: ReliableSocketOptions, hooks: ServerSessionHooks): { socket: ReliableSocket; driver: SessionDriver } {
     const socket = new ReliableSocket(options);
     const driver = new SessionDriver(session, socket, hooks);
+    driver.setQuickAck(options.quickAck !== false);
     socket.driver = driver;
     socket.established = true;
     driver.setRef(true);
@@ -372,6 +382,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const session = Session.connect(resolveSessionConfig(this.options), systemRandom, monotonicNow());
     this.driver = new SessionDriver(session, this);
     this.driver.setNoDelay(this.noDelay);
+    this.driver.setQuickAck(this.options.quickAck !== false);
     this.driver.setRef(this.referenced);
     // From 'connect' on (a change before it is no business of the first dial's). A Unix socket path has no network to change under it.
     if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetworkOnceOpen();

@@ -37,7 +37,8 @@ export class RocksLinks implements CarriageLinks {
 
   async listen(onSocket: (socket: ReliableSocket) => void): Promise<void> {
     const o = this.options;
-    const server = createServer({ failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit, tls: o.tls?.server }, onSocket);
+    // quickAck off: the other daemon never waits for our ACK to send more, and carried round trips would pay a system call and a segment each.
+    const server = createServer({ failureTimeout: o.failureTimeout, suspendLimit: o.suspendLimit, tls: o.tls?.server, quickAck: false }, onSocket);
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -62,6 +63,7 @@ export class RocksLinks implements CarriageLinks {
       connectTimeout: o.probeTimeout,
       probeTimeout: o.probeTimeout,
       tls: o.tls?.client,
+      quickAck: false,
     });
   }
 

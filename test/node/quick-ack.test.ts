@@ -118,4 +118,24 @@ describe('quick ACK on small reads', { skip }, () => {
     assert.ok(served !== undefined);
     assert.equal(calls.get(fdOf(linkOf(served)())!) ?? 0, 0, 'the server answered every request in its turn: no call');
   });
+
+  test('quickAck: false leaves the ACKs of both ends to the kernel: no call, and the exchange delays its ACKs as raw TCP does', async (t) => {
+    let served: ReliableSocket | undefined;
+    const { server, port } = await listen({ quickAck: false }, (s) => {
+      served = s;
+      s.on('error', () => {});
+      // Answers in the next turn: with quickAck on, every request would get a call.
+      s.on('data', (d) => setImmediate(() => s.write(d)));
+    });
+    const c: ReliableSocket = connect({ port, host: '127.0.0.1', enhanced: true, quickAck: false });
+    t.after(async () => {
+      c.destroy();
+      await closeServer(server);
+    });
+    await once(c, 'connect');
+    const { result: flags, calls } = await countingQuickAcks(() => pingPong(c as unknown as Socket, linkOf(c), endOfTurn));
+    assert.equal(flags.at(-1), 0, `client flags ${flags.join('')}: the kernel delays ACKs in an exchange`);
+    assert.ok(served !== undefined);
+    assert.deepEqual([...calls.values()], [], 'no TCP_QUICKACK call on either end');
+  });
 });
