@@ -226,7 +226,9 @@ export class TunDevice extends EventEmitter {
   readable(): void {
     if (!this.waiting || this.closing) return;
     this.waiting = false;
-    this.schedule();
+    // Now, not in a setImmediate: the signal's turn of the loop is the packet's.
+    if (this.paused) this.schedule();
+    else this.drain();
   }
 
   /** Turns the kernel's SIGIO for this device on or off. */
