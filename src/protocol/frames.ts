@@ -6,6 +6,7 @@
 // docs/PROTOCOL.md is the normative description of these layouts.
 
 import { RocksError } from './errors.js';
+import { NO_ITEMS } from '../util/empty.js';
 
 export const FrameType = {
   HELLO: 0x01,
@@ -299,15 +300,8 @@ const CONTROL_SIZES: Record<number, readonly [number, number]> = {
  * It never holds more than the chunks pushed and not yet parsed: a control
  * frame is at most a few hundred bytes and DATA is handed out piece by piece.
  */
-/**
- * The chunk list of a parser that holds nothing: shared, and frozen so that
- * nothing pushes into it; the first chunk brings a list of its own. An idle
- * link's own empty array would cost 32 bytes.
- */
-const NO_CHUNKS = Object.freeze([]) as unknown as Buffer[];
-
 export class FrameParser {
-  private chunks: Buffer[] = NO_CHUNKS;
+  private chunks: Buffer[] = NO_ITEMS;
   private buffered = 0;
   /** Bytes of the current DATA frame still to come, or 0 between frames. */
   private dataRemaining = 0;
@@ -327,7 +321,7 @@ export class FrameParser {
   /** Removes and returns whatever is still buffered (used to hand a link over). */
   drain(): Buffer[] {
     const chunks = this.chunks;
-    this.chunks = NO_CHUNKS;
+    this.chunks = NO_ITEMS;
     this.buffered = 0;
     return chunks;
   }
@@ -389,7 +383,7 @@ export class FrameParser {
     if (first.length === n) {
       // An emptied list is let go: its storage is 150 bytes an idle link
       // would keep; shift() would keep it.
-      if (this.chunks.length === 1) this.chunks = NO_CHUNKS;
+      if (this.chunks.length === 1) this.chunks = NO_ITEMS;
       else this.chunks.shift();
       return first;
     }
@@ -415,7 +409,7 @@ export class FrameParser {
       }
     }
     if (consume) {
-      if (i === this.chunks.length) this.chunks = NO_CHUNKS;
+      if (i === this.chunks.length) this.chunks = NO_ITEMS;
       else this.chunks.splice(0, i);
       this.buffered -= n;
     }

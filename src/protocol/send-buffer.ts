@@ -13,6 +13,7 @@
 // long ago; no pending socket write can still point into them.
 
 import { invariant } from './invariant.js';
+import { NO_ITEMS } from '../util/empty.js';
 
 /** Block size for bulk data; these blocks are recycled. */
 const BLOCK_SIZE = 64 * 1024;
@@ -21,23 +22,16 @@ const SMALL_BLOCK_SIZE = 8 * 1024;
 /** Acknowledged blocks kept for reuse. */
 const MAX_SPARE_BLOCKS = 32;
 
-/**
- * The block list of a buffer that has none: shared, and frozen so that
- * nothing pushes into it. An idle session's two empty lists of its own
- * would cost 64 bytes.
- */
-const NO_BLOCKS = Object.freeze([]) as unknown as Buffer[];
-
 export class SendBuffer {
   /** Filled blocks, oldest first; the block being filled is `tail`. */
-  private blocks: Buffer[] = NO_BLOCKS;
+  private blocks: Buffer[] = NO_ITEMS;
   /** Index of the first block still holding unacknowledged bytes. */
   private head = 0;
   /** Stream offset of the first byte of blocks[head]. */
   private headStart = 0;
   private tail: Buffer | undefined;
   private tailUsed = 0;
-  private spare: Buffer[] = NO_BLOCKS;
+  private spare: Buffer[] = NO_ITEMS;
 
   /** Stream offset of the first unacknowledged byte. */
   private acked = 0;
@@ -74,7 +68,7 @@ export class SendBuffer {
     while (from < chunk.length) {
       if (this.tail === undefined || this.tailUsed === this.tail.length) {
         if (this.tail !== undefined) {
-          if (this.blocks === NO_BLOCKS) this.blocks = [];
+          if (this.blocks === NO_ITEMS) this.blocks = [];
           this.blocks.push(this.tail);
         }
         this.tail = this.newBlock(this.length + chunk.length - from);
@@ -98,14 +92,14 @@ export class SendBuffer {
       this.headStart += block.length;
       this.head++;
       if (block.length === BLOCK_SIZE && this.spare.length < MAX_SPARE_BLOCKS) {
-        if (this.spare === NO_BLOCKS) this.spare = [];
+        if (this.spare === NO_ITEMS) this.spare = [];
         this.spare.push(block);
       }
     }
     if (this.acked === this.written && this.head === this.blocks.length) {
       // Everything was delivered, so no view of the tail is still waiting to
       // be sent: refill it from its start instead of allocating again.
-      this.blocks = NO_BLOCKS;
+      this.blocks = NO_ITEMS;
       this.head = 0;
       this.headStart = this.written;
       this.tailUsed = 0;
@@ -158,7 +152,7 @@ export class SendBuffer {
 
   /** Frees the memory of an empty buffer; called when the connection goes idle. */
   freeIdleMemory(): void {
-    this.spare = NO_BLOCKS;
+    this.spare = NO_ITEMS;
     if (this.length === 0) this.tail = undefined;
   }
 

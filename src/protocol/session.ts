@@ -229,7 +229,7 @@ function queueFrame(l: Link, frame: Buffer): void {
   else l.out.push(frame);
 }
 
-/** A session's server instance before WELCOME names it (never written to). */
+/** A session's server instance before WELCOME names it. */
 const NO_INSTANCE: Held = hold(Buffer.alloc(INSTANCE_SIZE));
 
 /** Every client link opens with this EDP announcement (src/edp). */

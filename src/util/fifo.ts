@@ -5,8 +5,7 @@
 // held anything, or was trimmed, has no array of its own (32 bytes for each
 // idle session).
 
-/** Shared by every queue without storage; frozen, so that nothing writes into it. */
-const NO_ITEMS = Object.freeze([]) as unknown as undefined[];
+import { NO_ITEMS } from './empty.js';
 
 export class Fifo<T> {
   private items: (T | undefined)[] = NO_ITEMS;

@@ -3,10 +3,10 @@
 // for every session. A change replaces the array, so a loop over values()
 // walks the list as it was when the loop began and may delete as it goes.
 
-const EMPTY: readonly never[] = [];
+import { NO_ITEMS } from './empty.js';
 
 export class IdList<T extends { readonly id: number }> {
-  private items: readonly T[] = EMPTY;
+  private items: readonly T[] = NO_ITEMS;
 
   get size(): number {
     return this.items.length;
@@ -35,7 +35,7 @@ export class IdList<T extends { readonly id: number }> {
   }
 
   clear(): void {
-    this.items = EMPTY;
+    this.items = NO_ITEMS;
   }
 
   /** The items, oldest first: a snapshot that later changes leave alone. */
