@@ -2,6 +2,7 @@
 // {"type":"result"} line at the end (bench/core/process.ts).
 //
 //   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes
+//             [--warmup-bytes B]                     after B bytes untimed (one way): a warm process
 //   pingpong  --size S --count M --warmup K          round-trip p50 and p99 (ms)
 //   unary     --size S --count M --warmup K          HTTP/2 calls one after another: mean, p50 (ms)
 //   setup     --count K --concurrent C [--delay MS] [--warmup W]
@@ -26,6 +27,7 @@ const args = peerArgs({
   bytes: { type: 'string', default: '0' },
   'write-size': { type: 'string', default: '65536' },
   both: { type: 'boolean', default: false },
+  'warmup-bytes': { type: 'string', default: '0' },
   size: { type: 'string', default: '64' },
   count: { type: 'string', default: '1000' },
   warmup: { type: 'string', default: '100' },
@@ -48,7 +50,7 @@ async function connected(s: Stream): Promise<Stream> {
 async function bulk(): Promise<void> {
   const bytes = Number(args.bytes);
   const s = await connected(dial(transport, port, options));
-  const { seconds } = await timeBulk(s, bytes, Number(args['write-size']), args.both as boolean);
+  const { seconds } = await timeBulk(s, bytes, Number(args['write-size']), args.both as boolean, Number(args['warmup-bytes']));
   s.destroy();
   say({ type: 'result', seconds, bytes: args.both ? 2 * bytes : bytes });
 }

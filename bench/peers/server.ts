@@ -1,7 +1,8 @@
 // The server side of the raw and rocks benchmarks (bench/peers/client.ts is
 // the other): `--job echo` echoes; `--job bulk` counts N bytes in (and with
 // --both sends N out once the client's first bytes arrive), then writes one
-// byte 0xff to say it is done; `--job unary` answers HTTP/2 (h2c) requests
+// byte 0xff to say it is done (with `--warmup-bytes W`, one-way only, it
+// first counts W bytes and writes 0xfe, the client's signal to start timing); `--job unary` answers HTTP/2 (h2c) requests
 // as a gRPC server answers unary calls: headers, the request's body echoed,
 // trailers; `--job hold` keeps connections idle and reports memory on
 // request. `--host` and `--listen-port` place it (the
@@ -11,18 +12,21 @@ import { createServer as createH2Server } from 'node:http2';
 import type { ReconnectInfo } from '../../src/index.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 import { sendBulk } from './bulk.js';
-import { listen, peerArgs, say, type Stream, type Transport } from './transport.js';
+import { fatal, listen, peerArgs, say, type Stream, type Transport } from './transport.js';
 
 const args = peerArgs({
   bytes: { type: 'string', default: '0' },
   'write-size': { type: 'string', default: '65536' },
   both: { type: 'boolean', default: false },
+  'warmup-bytes': { type: 'string', default: '0' },
   host: { type: 'string', default: '127.0.0.1' },
   'listen-port': { type: 'string', default: '0' },
 });
 const transport = args.transport as Transport;
 const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);
+const warmupBytes = Number(args['warmup-bytes']);
+if (warmupBytes > 0 && args.both) fatal('--warmup-bytes is for one-way bulk only, not with --both');
 const sockets = new Set<Stream>();
 /** Resumes this process served, and how many of them another node relayed here. */
 const resumes = { all: 0, relayed: 0 };
@@ -34,8 +38,10 @@ function bulk(s: Stream): void {
   let sending: Promise<void> | undefined;
   s.on('data', (d: Buffer) => {
     sending ??= args.both ? sendBulk(s, bytes, writeSize) : Promise.resolve();
+    const before = received;
     received += d.length;
-    if (received === bytes) void sending.then(() => s.write(Buffer.from([0xff])));
+    if (before < warmupBytes && received >= warmupBytes) s.write(Buffer.from([0xfe]));
+    if (received === warmupBytes + bytes) void sending.then(() => s.write(Buffer.from([0xff])));
   });
 }
 
