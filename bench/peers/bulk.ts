@@ -31,24 +31,29 @@ export async function timeBulk(
   warmupBytes = 0,
 ): Promise<{ seconds: number; cpu: number }> {
   let received = 0;
+  let last = -1;
   let awaited = Number.POSITIVE_INFINITY;
   let reached: () => void = () => {};
   s.on('data', (d: Buffer) => {
     received += d.length;
+    last = d[d.length - 1];
     if (received >= awaited) reached();
   });
-  /** Resolves once `n` bytes in all have come from the server. */
-  const receivedAll = (n: number) =>
-    new Promise<void>((resolve) => {
+  /** Resolves once `n` bytes in all have come from the server, the last of them `end`. */
+  const receivedAll = async (n: number, end: number) => {
+    await new Promise<void>((resolve) => {
       awaited = n;
       reached = resolve;
       if (received >= n) resolve();
     });
+    if (received !== n || last !== end)
+      throw new Error(`bulk: expected ${n} bytes ending in ${end} from the server, got ${received} ending in ${last}`);
+  };
   if (warmupBytes > 0) {
     await sendBulk(s, warmupBytes, writeSize);
-    await receivedAll(1);
+    await receivedAll(1, 0xfe);
   }
-  const done = receivedAll(received + (both ? bytes + 1 : 1));
+  const done = receivedAll(received + (both ? bytes + 1 : 1), 0xff);
   const start = performance.now();
   const cpu = process.cpuUsage();
   await sendBulk(s, bytes, writeSize);

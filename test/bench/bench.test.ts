@@ -30,6 +30,8 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'rocks (early data)', 'socket.io']));
       // tls: 'raw' is node:tls there.
       assert.deepEqual(variants('tls'), new Set(['raw', 'rocks']));
+      const tlsBulk = result.rows.filter((row) => row.case === 'tls' && row.metric.includes('one way')).map((row) => row.metric);
+      assert.deepEqual(new Set(tlsBulk), new Set(['64 MiB one way, 64 KiB writes, warm', '64 MiB one way, 64 KiB writes, fresh process']));
       assert.deepEqual(variants('nagle'), new Set(['raw', 'rocks']));
       assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
       // relay: the case itself fails unless node A heard every relayed resume as relayed (and no direct one).

@@ -1,0 +1,33 @@
+// The bulk job's warm-up (bench/peers/bulk.ts): the client sends the
+// warm-up bytes, waits for the server's word that they all arrived, and
+// only then times the rest. A server that miscounts leaves the client
+// waiting, so these runs fail by their deadline.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Peer, runPair } from '../../bench/core/process.js';
+
+const MIB = 1024 * 1024;
+
+describe('bench bulk peers', () => {
+  for (const transport of ['raw', 'rocks']) {
+    test(`${transport}: times the bytes after the warm-up, and only those`, { timeout: 60_000 }, async () => {
+      const job = ['--transport', transport, '--options', '{}', '--job', 'bulk', '--bytes', String(MIB), '--write-size', '65536'];
+      const result = await runPair<{ type: 'result'; seconds: number; bytes: number }>(
+        ['server', [...job, '--warmup-bytes', String(8 * MIB)]],
+        ['client', [...job, '--warmup-bytes', String(8 * MIB)]],
+      );
+      assert.equal(result.bytes, MIB);
+      assert.ok(result.seconds > 0 && Number.isFinite(result.seconds));
+    });
+  }
+
+  test('the server refuses a warm-up both ways with a clear error', { timeout: 30_000 }, async () => {
+    const server = new Peer('server', ['--transport', 'raw', '--options', '{}', '--job', 'bulk', '--bytes', '1', '--both', '--warmup-bytes', '1']);
+    try {
+      await assert.rejects(server.next('ready', 20_000), /--warmup-bytes is for one-way bulk only/);
+    } finally {
+      await server.stop();
+    }
+  });
+});
