@@ -43,7 +43,7 @@ async function measureAll(ctx: Context, tlsDir: string): Promise<Measure[]> {
   // Bulk twice: in a warm process (the target: what each byte costs once V8
   // has optimized both ends), and from a fresh one, shown apart. The fresh
   // run carries each process's optimizing compiles, a cost per process and
-  // not per byte: about 0.3 s of TurboFan for rocks against 0.08 for raw TLS
+  // not per byte: 0.24-0.3 s of TurboFan for rocks against 0.08 for raw TLS
   // on the receiving end, a fifth of a 1 GiB run on two cores.
   const bytes = ctx.quick ? 64 * MIB : 1024 * MIB;
   const warmupBytes = ctx.quick ? 16 * MIB : 256 * MIB;

@@ -1,8 +1,9 @@
 // The server side of the raw and rocks benchmarks (bench/peers/client.ts is
 // the other): `--job echo` echoes; `--job bulk` counts N bytes in (and with
 // --both sends N out once the client's first bytes arrive), then writes one
-// byte 0xff to say it is done (with `--warmup-bytes W`, one-way only, it
-// first counts W bytes and writes 0xfe, the client's signal to start timing); `--job unary` answers HTTP/2 (h2c) requests
+// byte 0xff to say it is done (with `--warmup-bytes W`, one way only, it
+// first counts W bytes and writes 0xfe, the client's signal to start
+// timing); `--job unary` answers HTTP/2 (h2c) requests
 // as a gRPC server answers unary calls: headers, the request's body echoed,
 // trailers; `--job hold` keeps connections idle and reports memory on
 // request. `--host` and `--listen-port` place it (the

@@ -1,7 +1,8 @@
 // The bulk job's warm-up (bench/peers/bulk.ts): the client sends the
 // warm-up bytes, waits for the server's word that they all arrived, and
-// only then times the rest. A server that miscounts leaves the client
-// waiting, so these runs fail by their deadline.
+// only then times the rest. A server that miscounts either leaves the
+// client waiting (the run fails by its deadline) or sends its words out of
+// turn (the client checks them: 0xfe, then 0xff, one byte each).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
