@@ -1,7 +1,8 @@
 // Small helpers shared by the cases.
 
 import { runPair, type Message } from '../core/process.js';
-import type { Measure } from '../core/types.js';
+import { median } from '../core/stats.js';
+import type { Context, Measure } from '../core/types.js';
 
 export const MIB = 1024 * 1024;
 
@@ -13,6 +14,8 @@ export interface Run {
   options?: object;
   /** A peer between client and server: [name, args]. */
   hop?: [string, string[]];
+  /** A message type the server sends too: it comes as the result's `server`. */
+  serverReport?: string;
 }
 
 function runOnce<T extends Message>(run: Run): Promise<T> {
@@ -21,7 +24,10 @@ function runOnce<T extends Message>(run: Run): Promise<T> {
     run.transport === 'socket.io'
       ? ['sio-server', 'sio-client', []]
       : ['server', 'client', ['--transport', run.transport, '--options', JSON.stringify(run.options ?? {})]];
-  return runPair<T>([server, [...common, ...run.serverJob]], [client, [...common, ...run.clientJob]], { hop: run.hop });
+  return runPair<T>([server, [...common, ...run.serverJob]], [client, [...common, ...run.clientJob]], {
+    hop: run.hop,
+    serverReport: run.serverReport,
+  });
 }
 
 /**
@@ -50,4 +56,37 @@ export async function repeat<T extends Message>(
 
 export function measure(fields: Omit<Measure, 'samples'>, samples: number[]): Measure {
   return { ...fields, samples };
+}
+
+/** A bulk run (the client peer's --job bulk): the client's seconds and CPU seconds, and the server's (its 'server-cpu'). */
+export type BulkResult = Message & { seconds: number; bytes: number; cpu: number; server: { cpu: number } };
+
+/** The message a bulk server peer sends with its CPU time (Run.serverReport). */
+export const BULK_REPORT = 'server-cpu';
+
+/**
+ * The rows of one bulk metric: MB/s for each variant, and beside them the
+ * CPU seconds each side used per GiB moved, so that what a byte costs
+ * shows in every run, not only how fast the two cores moved it. The log
+ * gives both sides together as a ratio to raw.
+ */
+export function bulkMeasures(ctx: Context, fields: { case: string; metric: string; note?: string }, runs: Record<string, BulkResult[]>): Measure[] {
+  const out: Measure[] = [];
+  const perGiB = (r: BulkResult, cpu: number) => cpu / (r.bytes / 2 ** 30);
+  const both: Record<string, number> = {};
+  for (const [variant, results] of Object.entries(runs)) {
+    const mbps = results.map((r) => r.bytes / r.seconds / 1e6);
+    const client = results.map((r) => perGiB(r, r.cpu));
+    const server = results.map((r) => perGiB(r, r.server.cpu));
+    both[variant] = median(results.map((r) => perGiB(r, r.cpu + r.server.cpu)));
+    const vsRaw = variant !== 'raw' && both.raw !== undefined ? `, ${(both[variant] / both.raw).toFixed(2)}x raw` : '';
+    ctx.log(
+      `${fields.case} ${fields.metric} ${variant}: ${mbps.map((s) => s.toFixed(0)).join(', ')} MB/s; CPU s per GiB client ${client.map((c) => c.toFixed(2)).join(', ')}, server ${server.map((c) => c.toFixed(2)).join(', ')} (both, median: ${both[variant].toFixed(2)}${vsRaw})`,
+    );
+    const row = { case: fields.case, variant, ...(fields.note ? { note: fields.note } : {}) };
+    out.push(measure({ ...row, metric: fields.metric, unit: 'MB/s', better: 'higher' }, mbps));
+    out.push(measure({ ...row, metric: `${fields.metric}: CPU per GiB, client`, unit: 's', better: 'lower' }, client));
+    out.push(measure({ ...row, metric: `${fields.metric}: CPU per GiB, server`, unit: 's', better: 'lower' }, server));
+  }
+  return out;
 }

@@ -16,7 +16,7 @@ import { keygen } from '../../src/cli/keygen.js';
 import type { Message } from '../core/process.js';
 import type { Context, BenchCase, Measure } from '../core/types.js';
 import { median } from '../core/stats.js';
-import { MIB, measure, repeatEach, type Run } from './common.js';
+import { BULK_REPORT, type BulkResult, bulkMeasures, MIB, measure, repeatEach, type Run } from './common.js';
 
 const TRANSPORTS: [variant: string, transport: string][] = [
   ['raw', 'tls'],
@@ -34,10 +34,12 @@ async function measureAll(ctx: Context, tlsDir: string): Promise<Measure[]> {
   };
 
   // Each variant runs in turn with the other (repeatEach), so that the machine's drift does not enter the ratios.
-  const each = <T extends Message>(serverJob: string[], clientJob: string[]) =>
+  const each = <T extends Message>(serverJob: string[], clientJob: string[], serverReport?: string) =>
     repeatEach<T>(
       ctx.repeats,
-      Object.fromEntries(TRANSPORTS.map(([variant, transport]): [string, Run] => [variant, { transport, serverJob, clientJob, options }])),
+      Object.fromEntries(
+        TRANSPORTS.map(([variant, transport]): [string, Run] => [variant, { transport, serverJob, clientJob, options, serverReport }]),
+      ),
     );
 
   // Bulk twice: in a warm process (the target: what each byte costs once V8
@@ -48,28 +50,23 @@ async function measureAll(ctx: Context, tlsDir: string): Promise<Measure[]> {
   const bytes = ctx.quick ? 64 * MIB : 1024 * MIB;
   const warmupBytes = ctx.quick ? 16 * MIB : 256 * MIB;
   const bulkJob = ['--job', 'bulk', '--bytes', String(bytes), '--write-size', '65536'];
+  const size = ctx.quick ? '64 MiB' : '1 GiB';
   const bulk: Record<string, number[]> = {};
   const fresh: Record<string, number[]> = {};
-  const bulkRuns: [Record<string, number[]>, string[], string][] = [
-    [bulk, [...bulkJob, '--warmup-bytes', String(warmupBytes)], 'warm'],
-    [fresh, bulkJob, 'fresh process'],
+  const bulkRuns: [Record<string, number[]>, string[], string, string][] = [
+    [
+      bulk,
+      [...bulkJob, '--warmup-bytes', String(warmupBytes)],
+      'warm',
+      `target: rocks at least ${TARGETS.bulk.ratio}x raw TLS; timed after ${warmupBytes / MIB} MiB on the same connection`,
+    ],
+    [fresh, bulkJob, 'fresh process', 'the same from the first byte: includes the optimizing compiles'],
   ];
-  for (const [samples, job, what] of bulkRuns) {
-    const runs = await each<{ type: string; seconds: number; bytes: number }>(job, job);
-    for (const [variant] of TRANSPORTS) {
-      samples[variant] = runs[variant].map((r) => r.bytes / r.seconds / 1e6);
-      ctx.log(`tls bulk ${what} ${variant}: ${samples[variant].map((s) => s.toFixed(0)).join(', ')} MB/s`);
-    }
+  for (const [samples, job, what, note] of bulkRuns) {
+    const runs = await each<BulkResult>(job, job, BULK_REPORT);
+    for (const [variant] of TRANSPORTS) samples[variant] = runs[variant].map((r) => r.bytes / r.seconds / 1e6);
+    out.push(...bulkMeasures(ctx, { case: 'tls', metric: `${size} one way, 64 KiB writes, ${what}`, note }, runs));
   }
-  const size = ctx.quick ? '64 MiB' : '1 GiB';
-  add(
-    `${size} one way, 64 KiB writes, warm`,
-    'MB/s',
-    'higher',
-    bulk,
-    `target: rocks at least ${TARGETS.bulk.ratio}x raw TLS; timed after ${warmupBytes / MIB} MiB on the same connection`,
-  );
-  add(`${size} one way, 64 KiB writes, fresh process`, 'MB/s', 'higher', fresh, 'the same from the first byte: includes the optimizing compiles');
 
   const count = ctx.quick ? 500 : 10_000;
   const pingpong: Record<string, number[]> = {};

@@ -86,11 +86,13 @@ export class Peer {
  * Runs a server peer and a client peer against it; resolves with the
  * client's 'result'. With `hop`, the client reaches the server through that
  * peer (told the server's port with --to-port), a middlebox of its own.
+ * With `serverReport`, the server's message of that type is awaited too and
+ * comes as the result's `server`.
  */
 export async function runPair<T extends Message>(
   server: [string, string[]],
   client: [string, string[]],
-  options: { nofile?: number; hop?: [string, string[]] } = {},
+  options: { nofile?: number; hop?: [string, string[]]; serverReport?: string } = {},
 ): Promise<T> {
   const started: Peer[] = [];
   const start = async (name: string, args: string[]): Promise<number> => {
@@ -100,10 +102,13 @@ export async function runPair<T extends Message>(
   };
   try {
     let port = await start(...server);
+    const serverPeer = started[0];
     if (options.hop) port = await start(options.hop[0], [...options.hop[1], '--to-port', String(port)]);
     const c = new Peer(client[0], [...client[1], '--port', String(port)], options);
     started.push(c);
-    return await c.next<T>('result');
+    const result = await c.next<T>('result');
+    if (options.serverReport === undefined) return result;
+    return { ...result, server: await serverPeer.next(options.serverReport, 30_000) };
   } finally {
     for (const peer of started.reverse()) await peer.stop();
   }

@@ -2,6 +2,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { cpuSince } from './say.js';
 import type { Stream } from './transport.js';
 
 /** Writes `total` bytes in `size` writes, honouring backpressure; resolves when all are handed over. */
@@ -58,6 +59,5 @@ export async function timeBulk(
   const cpu = process.cpuUsage();
   await sendBulk(s, bytes, writeSize);
   await done;
-  const used = process.cpuUsage(cpu);
-  return { seconds: (performance.now() - start) / 1000, cpu: (used.user + used.system) / 1e6 };
+  return { seconds: (performance.now() - start) / 1000, cpu: cpuSince(cpu) };
 }

@@ -1,7 +1,7 @@
 // The client side of the raw and rocks benchmarks: one job per run, one
 // {"type":"result"} line at the end (bench/core/process.ts).
 //
-//   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes
+//   bulk      --bytes N --write-size W [--both]      seconds to move N (2N) bytes, CPU seconds used
 //             [--warmup-bytes B]                     after B bytes untimed (one way): a warm process
 //   pingpong  --size S --count M --warmup K          round-trip p50 and p99 (ms)
 //   unary     --size S --count M --warmup K          HTTP/2 calls one after another: mean, p50 (ms)
@@ -50,9 +50,9 @@ async function connected(s: Stream): Promise<Stream> {
 async function bulk(): Promise<void> {
   const bytes = Number(args.bytes);
   const s = await connected(dial(transport, port, options));
-  const { seconds } = await timeBulk(s, bytes, Number(args['write-size']), args.both as boolean, Number(args['warmup-bytes']));
+  const { seconds, cpu } = await timeBulk(s, bytes, Number(args['write-size']), args.both as boolean, Number(args['warmup-bytes']));
   s.destroy();
-  say({ type: 'result', seconds, bytes: args.both ? 2 * bytes : bytes });
+  say({ type: 'result', seconds, bytes: args.both ? 2 * bytes : bytes, cpu });
 }
 
 /** Sends `size` bytes and waits until as many came back: one round trip, in ms. */

@@ -10,4 +10,10 @@ export function fatal(err: unknown): never {
   process.exit(1);
 }
 
+/** CPU seconds (user and system) this process used since `start`, a process.cpuUsage(). */
+export function cpuSince(start: NodeJS.CpuUsage): number {
+  const used = process.cpuUsage(start);
+  return (used.user + used.system) / 1e6;
+}
+
 process.on('uncaughtException', fatal);

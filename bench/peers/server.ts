@@ -1,18 +1,19 @@
 // The server side of the raw and rocks benchmarks (bench/peers/client.ts is
 // the other): `--job echo` echoes; `--job bulk` counts N bytes in (and with
 // --both sends N out once the client's first bytes arrive), then writes one
-// byte 0xff to say it is done (with `--warmup-bytes W`, one way only, it
-// first counts W bytes and writes 0xfe, the client's signal to start
-// timing); `--job unary` answers HTTP/2 (h2c) requests
-// as a gRPC server answers unary calls: headers, the request's body echoed,
-// trailers; `--job hold` keeps connections idle and reports memory on
-// request. `--host` and `--listen-port` place it (the
+// byte 0xff to say it is done and reports the CPU time it used meanwhile
+// (with `--warmup-bytes W`, one way only, it first counts W bytes and writes
+// 0xfe, the client's signal to start timing); `--job unary` answers HTTP/2
+// (h2c) requests as a gRPC server answers unary calls: headers, the
+// request's body echoed, trailers; `--job hold` keeps connections idle and
+// reports memory on request. `--host` and `--listen-port` place it (the
 // relay case runs two rocks nodes on 127.0.0.2 and 127.0.0.3).
 
 import { createServer as createH2Server } from 'node:http2';
 import type { ReconnectInfo } from '../../src/index.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 import { sendBulk } from './bulk.js';
+import { cpuSince } from './say.js';
 import { fatal, listen, peerArgs, say, type Stream, type Transport } from './transport.js';
 
 const args = peerArgs({
@@ -37,12 +38,21 @@ function bulk(s: Stream): void {
   // Sending waits for the client's first bytes: the client times from then,
   // whatever happened to the connection before (the relay case cuts it first).
   let sending: Promise<void> | undefined;
+  // Timed from the first byte after the warm-up (which the client sends
+  // only once our 0xfe came) to the end byte: this process's CPU time and
+  // the bytes it received meanwhile go out as {"type":"server-cpu"}.
+  let timed: { cpu: NodeJS.CpuUsage; from: number } | undefined;
   s.on('data', (d: Buffer) => {
+    if (timed === undefined && received >= warmupBytes) timed = { cpu: process.cpuUsage(), from: received };
     sending ??= args.both ? sendBulk(s, bytes, writeSize) : Promise.resolve();
     const before = received;
     received += d.length;
     if (before < warmupBytes && received >= warmupBytes) s.write(Buffer.from([0xfe]));
-    if (received === warmupBytes + bytes) void sending.then(() => s.write(Buffer.from([0xff])));
+    if (received === warmupBytes + bytes)
+      void sending.then(() => {
+        s.write(Buffer.from([0xff]));
+        say({ type: 'server-cpu', cpu: cpuSince(timed!.cpu), bytes: received - timed!.from });
+      });
   });
 }
 

@@ -1,6 +1,6 @@
 // The client side of the socket.io benchmarks, against sio-server.ts: the
 // counterpart of client.ts. Each job prints one {"type":"result"} line:
-//   bulk      --bytes N --write-size W [--both]  {seconds, bytes}
+//   bulk      --bytes N --write-size W [--both]  {seconds, bytes, cpu} (CPU seconds used)
 //   pingpong  --size S --count M --warmup K      {p50, p99} round trips, ms
 //   setup     --count K --concurrent C --warmup W {cold: ms[], sequential: ms[], concurrent: ms}
 //   detect    [--repeats R]                      {detection: ms | ms[], bound: ms}
@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { io, type Socket } from 'socket.io-client';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
 import { quantile } from '../core/stats.js';
-import { fatal, say } from './say.js';
+import { cpuSince, fatal, say } from './say.js';
 import { ACK_EVERY, sendBulk } from './sio-flow.js';
 
 const { values: args } = parseArgs({
@@ -61,11 +61,12 @@ async function bulk(): Promise<object> {
   const done = once(socket, 'done');
   await once(socket, 'connect');
   const start = performance.now();
+  const cpu = process.cpuUsage();
   await sendBulk(socket, bytes, Number(args['write-size']));
   await Promise.all([done, receiving]);
   const seconds = (performance.now() - start) / 1000;
   socket.close();
-  return { seconds, bytes: args.both ? 2 * bytes : bytes };
+  return { seconds, bytes: args.both ? 2 * bytes : bytes, cpu: cpuSince(cpu) };
 }
 
 async function pingpong(): Promise<object> {

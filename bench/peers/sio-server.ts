@@ -1,7 +1,7 @@
 // The server side of the socket.io benchmarks (bench/peers/sio-client.ts is
 // the other), the counterpart of server.ts: `--job echo` sends every 'd'
 // back; `--job bulk` counts N bytes of 'd' in (and with --both sends N out)
-// then emits 'done'; `--job hold` keeps connections idle and reports memory
+// then emits 'done' and reports the CPU time it used; `--job hold` keeps connections idle and reports memory
 // on request. socket.io runs as a user wanting reliability would run
 // it: websocket only, connection state recovery on.
 // Flow control for bulk: sio-flow.ts.
@@ -10,7 +10,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { Server, type Socket } from 'socket.io';
-import { fatal, say } from './say.js';
+import { cpuSince, fatal, say } from './say.js';
 import { ACK_EVERY, sendBulk } from './sio-flow.js';
 import { readJsonLines } from '../../test/support/helpers.js';
 
@@ -29,13 +29,18 @@ const bytes = Number(args.bytes);
 const writeSize = Number(args['write-size']);
 
 function bulk(socket: Socket): void {
+  const cpu = process.cpuUsage();
   const sending = args.both ? sendBulk(socket, bytes, writeSize) : Promise.resolve();
   let received = 0;
   let messages = 0;
   socket.on('d', (d: Buffer) => {
     received += d.byteLength;
     if (++messages % ACK_EVERY === 0) socket.emit('ack', ACK_EVERY);
-    if (received === bytes) void sending.then(() => socket.emit('done'));
+    if (received === bytes)
+      void sending.then(() => {
+        socket.emit('done');
+        say({ type: 'server-cpu', cpu: cpuSince(cpu), bytes: received });
+      });
   });
 }
 

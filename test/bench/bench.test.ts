@@ -30,8 +30,19 @@ describe('benchmarks', () => {
       assert.deepEqual(variants('setup'), new Set(['raw', 'rocks (probe)', 'rocks (cached)', 'rocks (enhanced)', 'rocks (early data)', 'socket.io']));
       // tls: 'raw' is node:tls there.
       assert.deepEqual(variants('tls'), new Set(['raw', 'rocks']));
-      const tlsBulk = result.rows.filter((row) => row.case === 'tls' && row.metric.includes('one way')).map((row) => row.metric);
-      assert.deepEqual(new Set(tlsBulk), new Set(['64 MiB one way, 64 KiB writes, warm', '64 MiB one way, 64 KiB writes, fresh process']));
+      // Every bulk metric comes with the CPU per GiB of each side, for every variant.
+      const bulkMetrics = (id: string, variant: string) =>
+        new Set(
+          result.rows.filter((row) => row.case === id && row.variant === variant && /one way|both ways/.test(row.metric)).map((row) => row.metric),
+        );
+      const withCpu = (metrics: string[]) => new Set(metrics.flatMap((m) => [m, `${m}: CPU per GiB, client`, `${m}: CPU per GiB, server`]));
+      const oneWay = '64 MiB one way, 64 KiB writes';
+      const allBulk = [oneWay, `${oneWay}, warm`, '64 MiB both ways at once, 64 KiB writes', '64 MiB one way, 1 KiB writes'];
+      assert.deepEqual(bulkMetrics('bulk', 'raw'), withCpu(allBulk));
+      assert.deepEqual(bulkMetrics('bulk', 'rocks'), withCpu(allBulk));
+      // socket.io's peers take no warm-up.
+      assert.deepEqual(bulkMetrics('bulk', 'socket.io'), withCpu(allBulk.filter((m) => !m.endsWith('warm'))));
+      for (const variant of ['raw', 'rocks']) assert.deepEqual(bulkMetrics('tls', variant), withCpu([`${oneWay}, warm`, `${oneWay}, fresh process`]));
       assert.deepEqual(variants('nagle'), new Set(['raw', 'rocks']));
       assert.deepEqual(variants('outage'), new Set(['rocks', 'socket.io']));
       // relay: the case itself fails unless node A heard every relayed resume as relayed (and no direct one).

@@ -14,12 +14,16 @@ describe('bench bulk peers', () => {
   for (const transport of ['raw', 'rocks']) {
     test(`${transport}: times the bytes after the warm-up, and only those`, { timeout: 60_000 }, async () => {
       const job = ['--transport', transport, '--options', '{}', '--job', 'bulk', '--bytes', String(MIB), '--write-size', '65536'];
-      const result = await runPair<{ type: 'result'; seconds: number; bytes: number }>(
+      const result = await runPair<{ type: 'result'; seconds: number; bytes: number; cpu: number; server: { cpu: number; bytes: number } }>(
         ['server', [...job, '--warmup-bytes', String(8 * MIB)]],
         ['client', [...job, '--warmup-bytes', String(8 * MIB)]],
+        { serverReport: 'server-cpu' },
       );
       assert.equal(result.bytes, MIB);
       assert.ok(result.seconds > 0 && Number.isFinite(result.seconds));
+      // The server's CPU time covers the timed bytes, not the warm-up.
+      assert.equal(result.server.bytes, MIB);
+      for (const cpu of [result.cpu, result.server.cpu]) assert.ok(cpu > 0 && Number.isFinite(cpu), `CPU seconds ${cpu}`);
     });
   }
 
