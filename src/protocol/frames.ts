@@ -156,7 +156,11 @@ function writeU64(buf: Buffer, value: number, pos: number): void {
 function readU64(buf: Buffer, pos: number): number {
   const hi = buf.readUInt32BE(pos);
   if (hi > 0x1f_ffff) throw new RocksError('ERR_ROCKS_PROTOCOL', 'offset beyond 2^53');
-  return hi * 0x1_0000_0000 + buf.readUInt32BE(pos + 4);
+  const lo = buf.readUInt32BE(pos + 4);
+  // hi * 2^32 is a double even when hi is 0. Stored into a session's small
+  // integer fields (peerWindow, offsets), it would widen them to doubles,
+  // and V8 would throw away the code compiled for the session's old shape.
+  return hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
 }
 
 function frame(type: number, payloadSize: number): Buffer {

@@ -39,6 +39,7 @@ function allFrames(): Buffer[] {
     encodeClose(),
     encodeCloseAck(),
     encodeError(6, 'aborted: ünïcode'),
+    encodeAck(2 ** 32 - 1, 2 ** 32), // either side of the 32-bit halves
   ];
 }
 
@@ -67,7 +68,7 @@ describe('frames', () => {
   test('every frame type survives encode and parse, whatever the chunking', () => {
     const stream = Buffer.concat(allFrames());
     const whole = parse(stream, () => stream.length);
-    assert.equal(whole.length, 11);
+    assert.equal(whole.length, 12);
     for (const size of [1, 2, 3, 7, 13, 64]) {
       assert.deepEqual(
         parse(stream, () => size),
@@ -90,6 +91,7 @@ describe('frames', () => {
     assert.ok(ch.type === FrameType.CHALLENGE && ch.received === 12345 && ch.sent === big);
     const err = whole[10];
     assert.ok(err.type === FrameType.ERROR && err.code === 6 && err.message === 'aborted: ünïcode');
+    assert.deepEqual(whole[11], { type: FrameType.ACK, received: 2 ** 32 - 1, window: 2 ** 32 });
   });
 
   test('DATA is handed out as views of the chunks it arrived in, without copying', () => {
