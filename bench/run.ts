@@ -51,10 +51,20 @@ const ctx: Context = {
 };
 const started = Date.now();
 const measures: Measure[] = [];
+// A case that fails (the scale case gives up when a heal takes over a
+// minute) is reported and the run goes on: the other cases' figures are
+// still written, and the exit code says that something failed.
+const failed: { case: string; error: string }[] = [];
 for (const c of CASES.filter((c) => !only || only.includes(c.id))) {
   console.log(`${c.title}...`);
   const t = Date.now();
-  measures.push(...(await c.run(ctx)));
+  try {
+    measures.push(...(await c.run(ctx)));
+  } catch (err) {
+    const error = err instanceof Error ? err.message : String(err);
+    failed.push({ case: c.id, error });
+    console.log(`  FAILED: ${error}`);
+  }
   console.log(`  (${((Date.now() - t) / 1000).toFixed(1)} s)`);
 }
 
@@ -69,9 +79,9 @@ const about = {
 console.log(`\n${table(all)}\n`);
 mkdirSync(values.out!, { recursive: true });
 const stamp = about.date.replace(/[:.]/g, '-');
-const json = `${JSON.stringify({ ...about, rows: all, timelines: ctx.timelines }, null, 2)}\n`;
+const json = `${JSON.stringify({ ...about, rows: all, timelines: ctx.timelines, failed }, null, 2)}\n`;
 const chart = svg(all, ctx.timelines);
-const md = `Taken ${about.date.slice(0, 10)} on ${about.machine.cpus} × ${about.machine.model}, ${about.machine.memoryGiB} GiB, Node ${about.machine.node}, Linux ${about.machine.kernel}; ${ctx.quick ? 'quick mode, ' : ''}${ctx.repeats} runs each.\n\n${markdown(all)}\n`;
+const md = `Taken ${about.date.slice(0, 10)} on ${about.machine.cpus} × ${about.machine.model}, ${about.machine.memoryGiB} GiB, Node ${about.machine.node}, Linux ${about.machine.kernel}; ${ctx.quick ? 'quick mode, ' : ''}${ctx.repeats} runs each.\n\n${markdown(all)}\n${failed.map((f) => `\nFailed: ${f.case}: ${f.error}\n`).join('')}`;
 for (const [name, text] of [
   [`bench-${stamp}.json`, json],
   [`bench-${stamp}.svg`, chart],
@@ -82,3 +92,7 @@ for (const [name, text] of [
   writeFileSync(join(values.out!, name), text);
 }
 console.log(`Written to ${values.out} (latest.json, latest.svg, latest.md) in ${about.seconds} s.`);
+if (failed.length > 0) {
+  console.error(`bench: ${failed.length} case(s) failed: ${failed.map((f) => f.case).join(', ')}`);
+  process.exit(1);
+}
