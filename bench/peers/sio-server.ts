@@ -1,9 +1,10 @@
 // The server side of the socket.io benchmarks (bench/peers/sio-client.ts is
 // the other), the counterpart of server.ts: `--job echo` sends every 'd'
 // back; `--job bulk` counts N bytes of 'd' in (and with --both sends N out)
-// then emits 'done' and reports the CPU time it used; `--job hold` keeps connections idle and reports memory
-// on request. socket.io runs as a user wanting reliability would run
-// it: websocket only, connection state recovery on.
+// then emits 'done' and reports the CPU time it used since the connection
+// came; `--job hold` keeps connections idle and reports memory on request.
+// socket.io runs as a user wanting reliability would run it: websocket
+// only, connection state recovery on.
 // Flow control for bulk: sio-flow.ts.
 
 import { createServer } from 'node:http';
