@@ -380,6 +380,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.openLink(socket, initial, age, this.nextLinkId++);
   }
 
+  /** A plain connection whose announcement came late, taken back as a new link (ReliableSocket.fromPlain). */
+  private readonly takeLate = (socket: Socket, first: Buffer): void => this.acceptLink(socket, first);
+
   /** A link under `id` (one the core may already count, see acceptTls). */
   private openLink(socket: Socket, initial: Buffer, age: number, id: LinkId): void {
     if (this.closing) {
@@ -471,7 +474,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           if (h === undefined) break;
           this.links.delete(ev.link);
           debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
-          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.socketOptions);
+          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.socketOptions, this.takeLate);
           this.handToApplication(socket);
           break;
         }

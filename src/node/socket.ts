@@ -148,6 +148,8 @@ interface Addresses {
 }
 
 type Callback = (err?: Error | null) => void;
+/** Takes a plain connection back as a rocks link: `first`, its first bytes, are an announcement. */
+export type LateAnnouncement = (raw: Socket, first: Buffer) => void;
 
 export class ReliableSocket extends Duplex implements SessionListener {
   /** Reliable mode: the session and its driver. */
@@ -167,8 +169,14 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private referenced = true;
   private idleTimeout = 0;
   private noDelay = true;
-  /** Plain server side: drop the connection if its first bytes are a late rocks announcement. */
-  private guardLateAnnouncement = false;
+  /**
+   * Plain server side, until the first bytes come: what to do with a rocks
+   * announcement that came after detectTimeout (see onRawData).
+   */
+  private lateAnnouncement: LateAnnouncement | 'drop' | undefined;
+  /** Plain mode: our listeners on `raw`, so that a late announcement can take it back (detachRaw). */
+  // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
+  private plainListeners: [string, (...args: any[]) => void][] | undefined;
   private reprobed = false;
   private verdictCached = false;
   /** The mode chosen and why, for the 'detect' event (client side). */
@@ -207,12 +215,14 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /**
    * Wraps a server-side connection from an ordinary client (used by
    * ReliableServer): `initial` holds what EDP already read of it.
+   * `takeLate`: where a connection that was silent for detectTimeout goes
+   * when its first bytes turn out to be a rocks announcement after all.
    */
-  static fromPlain(raw: Socket, initial: Buffer, ended: boolean, options: ReliableSocketOptions): ReliableSocket {
+  static fromPlain(raw: Socket, initial: Buffer, ended: boolean, options: ReliableSocketOptions, takeLate?: LateAnnouncement): ReliableSocket {
     const socket = new ReliableSocket(options);
     socket.established = true;
     // Over TLS the client's ALPN offer already told a rocks client apart.
-    socket.guardLateAnnouncement = initial.length === 0 && !ended && !(raw instanceof TLSSocket);
+    if (initial.length === 0 && !ended && !(raw instanceof TLSSocket)) socket.lateAnnouncement = takeLate ?? 'drop';
     socket.attachRaw(raw);
     socket.learnFrom(raw);
     if (initial.length > 0) socket.deliver(initial);
@@ -785,30 +795,58 @@ export class ReliableSocket extends Duplex implements SessionListener {
     raw.setNoDelay(this.noDelay);
     if (!this.referenced) raw.unref();
     if (this.idleTimeout > 0) raw.setTimeout(this.idleTimeout);
-    raw.on('data', (chunk: Buffer) => {
-      if (this.guardLateAnnouncement) {
-        this.guardLateAnnouncement = false;
-        // A rocks client whose announcement came after detectTimeout: it will
-        // try again; to the application this is an empty connection.
-        if (chunk.length >= EDP_MAGIC.length && chunk.subarray(0, EDP_MAGIC.length).equals(EDP_MAGIC)) {
+    let ended = false;
+    this.plainListeners = [
+      ['data', (chunk: Buffer) => this.onRawData(chunk)],
+      [
+        'end',
+        () => {
+          ended = true;
+          this.push(null);
+        },
+      ],
+      ['timeout', () => this.emit('timeout')],
+      ['error', (err: Error) => this.destroy(err)],
+      // Closed without its end and without an error (destroyed under us): nothing more will come.
+      ['close', () => !ended && !this.destroyed && this.destroy()],
+    ];
+    for (const [event, fn] of this.plainListeners) raw.on(event, fn);
+  }
+
+  private onRawData(chunk: Buffer): void {
+    const late = this.lateAnnouncement;
+    if (late !== undefined) {
+      this.lateAnnouncement = undefined;
+      if (chunk.length >= EDP_MAGIC.length && chunk.subarray(0, EDP_MAGIC.length).equals(EDP_MAGIC)) {
+        // A rocks client whose announcement came after detectTimeout (a busy
+        // middlebox, a lost first segment). While the application has sent
+        // nothing on the connection, the server can still take it as a rocks
+        // link; otherwise it is dropped and the client dials again. Either
+        // way the application saw a connection that closes empty.
+        const raw = this.raw!;
+        if (late !== 'drop' && raw.bytesWritten === 0 && !raw.writableEnded) {
+          debug('taking up a connection whose rocks announcement came after detectTimeout');
+          this.detachRaw();
+          this.destroy();
+          late(raw, chunk);
+        } else {
           debug('dropping a connection whose rocks announcement came too late');
           this.destroy();
-          return;
         }
+        return;
       }
-      this.deliver(chunk);
-    });
-    let ended = false;
-    raw.on('end', () => {
-      ended = true;
-      this.push(null);
-    });
-    raw.on('timeout', () => this.emit('timeout'));
-    raw.on('error', (err) => this.destroy(err));
-    // Closed without its end and without an error (destroyed under us): nothing more will come.
-    raw.on('close', () => {
-      if (!ended && !this.destroyed) this.destroy();
-    });
+    }
+    this.deliver(chunk);
+  }
+
+  /** Gives `raw` up untouched: none of our listeners or settings stays on it. */
+  private detachRaw(): void {
+    const raw = this.raw!;
+    for (const [event, fn] of this.plainListeners!) raw.removeListener(event, fn);
+    if (this.idleTimeout > 0) raw.setTimeout(0);
+    if (!this.referenced) raw.ref();
+    this.raw = undefined;
+    this.plainListeners = undefined;
   }
 
   private deliver(chunk: Buffer): void {

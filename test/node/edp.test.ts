@@ -339,6 +339,58 @@ describe('EDP over real sockets', () => {
     await endAll(c, server);
   });
 
+  test('an announcement that comes after detectTimeout: the link is still taken as rocks while the application has written nothing', async () => {
+    const detectTimeout = 100;
+    const plain: { received: number; closed: boolean }[] = [];
+    const { server, port } = await listen({ detectTimeout }, (s) => {
+      if (s.reliable) return rocksEcho(s);
+      const seen = { received: 0, closed: false };
+      plain.push(seen);
+      s.on('data', (d: Buffer) => (seen.received += d.length));
+      s.on('close', () => (seen.closed = true));
+      rocksEcho(s);
+    });
+    // A middlebox that forwards the client's first bytes 300 ms after it connected to the server (a busy balancer).
+    const proxy = new FaultProxy(port);
+    const proxyPort = await proxy.listen();
+    proxy.setDelay(300);
+    const { c, detect } = await connected({ port: proxyPort, host: '127.0.0.1', enhanced: true, connectTimeout: 3000 });
+    assert.equal(detect.reliable, true);
+    await roundTrip(c, 'after a late announcement');
+    // The application was handed the silent connection first; it closed without a byte.
+    await until(() => plain.length === 1 && plain[0].closed, 5000, 'the plain connection closed');
+    assert.equal(plain[0].received, 0);
+    await endAll(c, server);
+    await proxy.close();
+
+    // At the bytes: a client silent for longer than detectTimeout, then an announcement, gets the server's.
+    const again = await listen({ detectTimeout }, (s) => s.on('error', () => {}));
+    const late = netConnect(again.port, '127.0.0.1');
+    await once(late, 'connect');
+    await new Promise((r) => setTimeout(r, detectTimeout * 3));
+    late.write(encodeAnnouncement([ROCKS]));
+    const [answer] = (await once(late, 'data')) as [Buffer];
+    assert.ok(answer.equals(encodeAnnouncement([ROCKS])), `the server's announcement, got ${answer.toString('hex')}`);
+    late.destroy();
+    await closeServer(again.server);
+  });
+
+  test('an announcement that comes after the application spoke on the plain connection: dropped, the client dials again', async () => {
+    const detectTimeout = 100;
+    const BANNER = 'SSH-2.0-rocks.test\r\n';
+    const { server, port } = await listen({ detectTimeout }, (s) => {
+      s.on('error', () => {});
+      if (!s.reliable) s.write(BANNER);
+    });
+    const late = netConnect(port, '127.0.0.1');
+    const got = collect(late as unknown as ReliableSocket);
+    await once(late, 'data');
+    late.write(encodeAnnouncement([ROCKS]));
+    // The banner and nothing else: the server closes what it can no longer take as rocks.
+    assert.equal((await got).toString(), BANNER);
+    await closeServer(server);
+  });
+
   test('IPv6: detection both ways on ::1, cached under the bracketed address', {
     skip: hasIPv6Loopback() ? undefined : 'no IPv6 loopback here',
   }, async () => {
