@@ -19,6 +19,11 @@ export function monotonicNow(): number {
 /** A timer this late, or wall time this far ahead of monotonic time, means the process did not run (sleep, SIGSTOP). */
 const STALL_MS = 1000;
 
+/** Time the event loop spent waiting for I/O since the process started (ms). */
+function loopIdleTime(): number {
+  return performance.nodeTiming.idleTime;
+}
+
 export class Scheduler {
   private readonly heap = new MinHeap<Timed>();
   private timer: NodeJS.Timeout | undefined;
@@ -27,6 +32,8 @@ export class Scheduler {
   /** When the timer was armed, by both clocks: monotonic time stands still while the machine sleeps, wall time does not. */
   private armedMono = 0;
   private armedWall = 0;
+  /** The loop's idle time when the timer was armed: a late timer tells a stopped process from a busy one by it. */
+  private armedIdle = 0;
   /** Told how long the process stood still, when a timer shows it did for longer than STALL_MS. */
   onStall: ((ms: number) => void) | undefined;
 
@@ -53,6 +60,7 @@ export class Scheduler {
     this.timerAt = at;
     this.armedMono = monotonicNow();
     this.armedWall = Date.now();
+    this.armedIdle = loopIdleTime();
     // setTimeout rounds to whole ms and may fire a little early; fire() copes.
     this.timer = setTimeout(() => this.fire(), Math.max(0, Math.ceil(at - monotonicNow())));
     if (this.refs === 0) this.timer.unref();
@@ -60,7 +68,11 @@ export class Scheduler {
 
   private fire(): void {
     const now = monotonicNow();
-    const late = now - this.timerAt;
+    // Late while the loop waited for I/O: the process was stopped (SIGSTOP)
+    // or not scheduled. Late while the loop was busy (thousands of sessions
+    // resuming at once) is not a stall: the process ran and its kernel kept
+    // its connections, and checking every one of them would add to the load.
+    const late = loopIdleTime() - this.armedIdle >= (now - this.timerAt) / 2 ? now - this.timerAt : 0;
     const slept = Date.now() - this.armedWall - (now - this.armedMono);
     this.timer = undefined;
     this.timerAt = Infinity;

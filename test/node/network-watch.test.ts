@@ -3,6 +3,9 @@
 // which lines are changes a session may care about, and which are not.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
 import {
   ChangeAccumulator,
@@ -12,6 +15,7 @@ import {
   parseIpMonitorLine,
   parseRouteMonitorLine,
 } from '../../src/node/network-watch.js';
+import { monotonicNow, Scheduler } from '../../src/node/scheduler.js';
 import { sleep } from '../support/helpers.js';
 
 // Recorded from `ip -o monitor address route link` in a namespace while a veth
@@ -174,5 +178,49 @@ describe('the watcher', () => {
       off();
     }
     assert.equal(watcher.starts, 1);
+  });
+});
+
+describe('stall detection (the scheduler)', () => {
+  test('a timer made late by a busy event loop is not a stall', async () => {
+    const scheduler = new Scheduler();
+    const stalls: number[] = [];
+    scheduler.onStall = (ms) => stalls.push(ms);
+    scheduler.ref();
+    const fired = new Promise<void>((resolve) => scheduler.schedule({ scheduledAt: undefined, onTimer: () => resolve() }, monotonicNow() + 10));
+    // 1.5 s of work in one callback (thousands of sessions resuming at once): the timer fires that late.
+    const until = Date.now() + 1500;
+    while (Date.now() < until);
+    await fired;
+    scheduler.unref();
+    assert.deepEqual(stalls, []);
+  });
+
+  test('a process stopped while it waited (SIGSTOP) reports the stall', { skip: process.platform === 'win32' && 'no SIGSTOP' }, async () => {
+    const scheduler = new URL('../../src/node/scheduler.js', import.meta.url).href;
+    const child = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { Scheduler, monotonicNow } from ${JSON.stringify(scheduler)};
+         const s = new Scheduler();
+         s.ref();
+         let stalled = 0;
+         s.onStall = (ms) => (stalled = ms);
+         s.schedule({ scheduledAt: undefined, onTimer: () => console.log(JSON.stringify({ stalled })) }, monotonicNow() + 500);
+         console.log('armed');`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    assert.equal((await lines.next()).value, 'armed');
+    await sleep(100);
+    child.kill('SIGSTOP');
+    await sleep(2000);
+    child.kill('SIGCONT');
+    const { stalled } = JSON.parse((await lines.next()).value as string) as { stalled: number };
+    assert.ok(stalled >= 1200, `stall reported: ${stalled} ms`);
+    await once(child, 'exit');
   });
 });
