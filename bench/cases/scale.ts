@@ -156,12 +156,13 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
       corrupt: number;
       failed: number;
       timedOut: boolean;
+      attempts: number;
     }>('recovered', 120_000);
     const resume = r.lastResume - healedAt;
     const echoed = r.lastData - healedAt;
     ctx.log(
       `    heal: ${r.resumed}/${n} resumed, the last after ${resume.toFixed(0)} ms, last echoed byte after ${echoed.toFixed(0)} ms; ` +
-        `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}`,
+        `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}; ${r.attempts} reconnect attempts`,
     );
     if (r.timedOut || r.failed > 0 || r.resumed < n || r.lost > 0 || r.extra > 0 || r.corrupt > 0) {
       throw new Error(
