@@ -380,7 +380,13 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     this.openLink(socket, initial, age, this.nextLinkId++);
   }
 
-  /** A plain connection whose announcement came late, taken back as a new link (ReliableSocket.fromPlain). */
+  /**
+   * A plain connection whose announcement came late, taken back as a new
+   * link (ReliableSocket.fromPlain). Not in a cluster worker: the primary
+   * gave the silent connection to any worker, and a resume there of another
+   * worker's session would be answered as unknown, ending it; dropped, the
+   * client dials again and the primary routes it.
+   */
   private readonly takeLate = (socket: Socket, first: Buffer): void => this.acceptLink(socket, first);
 
   /** A link under `id` (one the core may already count, see acceptTls). */
@@ -474,7 +480,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
           if (h === undefined) break;
           this.links.delete(ev.link);
           debug('%s:%d: %s', h.socket.remoteAddress, h.socket.remotePort, ev.reason);
-          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.socketOptions, this.takeLate);
+          const socket = ReliableSocket.fromPlain(h.handOff(), ev.initial, ev.ended, this.socketOptions, this.cluster ? undefined : this.takeLate);
           this.handToApplication(socket);
           break;
         }
