@@ -323,28 +323,28 @@ describe('Node cluster: the primary routes each link to its worker', () => {
       await cluster.program.stop();
     }
   });
-});
 
-test('a resume that comes after detectTimeout is dropped in a worker, not taken up where its session may not be', { timeout: 30_000 }, async () => {
-  const cluster = await startCluster('routed', 2, { quietPlain: true });
-  try {
-    const id = Buffer.alloc(16, 7);
-    id[0] = 1;
-    id.writeUInt32BE(cluster.nodeId, 1);
-    // Silent past detectTimeout (500 ms): the primary gives the link to any worker as a plain one.
-    const late = netConnect({ port: cluster.port, host: '127.0.0.1', allowHalfOpen: true });
-    await once(late, 'connect');
-    await until(() => cluster.events.some((e) => e.event === 'plain'), 5000, 'the silent link served plainly');
-    late.write(Buffer.concat([encodeAnnouncement([ROCKS]), encodeResume(1, id, Buffer.alloc(16), Buffer.alloc(8))]));
-    let received = Buffer.alloc(0);
-    late.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
-    await once(late, 'end');
-    late.destroy();
-    // Taken up, the worker would have answered (its announcement, then an unknown session's ERROR).
-    assert.equal(received.length, 0, `closed without a word, got ${received.toString('hex')}`);
-  } finally {
-    await cluster.program.stop();
-  }
+  test('a resume that comes after detectTimeout is dropped in a worker, not taken up where its session may not be', { timeout: 30_000 }, async () => {
+    const cluster = await startCluster('routed', 2, { quietPlain: true });
+    try {
+      const id = Buffer.alloc(16, 7);
+      id[0] = 1;
+      id.writeUInt32BE(cluster.nodeId, 1);
+      // Silent past detectTimeout (500 ms): the primary gives the link to any worker as a plain one.
+      const late = netConnect({ port: cluster.port, host: '127.0.0.1', allowHalfOpen: true });
+      await once(late, 'connect');
+      await until(() => cluster.events.some((e) => e.event === 'plain'), 5000, 'the silent link served plainly');
+      late.write(Buffer.concat([encodeAnnouncement([ROCKS]), encodeResume(1, id, Buffer.alloc(16), Buffer.alloc(8))]));
+      let received = Buffer.alloc(0);
+      late.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
+      await once(late, 'end');
+      late.destroy();
+      // Taken up, the worker would have answered (its announcement, then an unknown session's ERROR).
+      assert.equal(received.length, 0, `closed without a word, got ${received.toString('hex')}`);
+    } finally {
+      await cluster.program.stop();
+    }
+  });
 });
 
 /** A TCP hop to a port that can change, as a balancer that sends new links elsewhere; cut() resets every link. */
