@@ -11,6 +11,7 @@ import { watchInKernelSoon } from './kernel-liveness.js';
 import { ackSoon, QUICK_ACK_BELOW } from './quick-ack.js';
 import { describeChange, type NetworkChange, type NetworkListener, networkWatcher } from './network-watch.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
+import { localAddressOf } from './socket-ends.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
 import { IdList } from '../util/id-list.js';
 
@@ -231,7 +232,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     }
     // Suspended, any change may have brought the path back.
     if (state === 'suspended') return { reason: `dialing at once after a network change (${describeChange(change)})`, verify: true };
-    const local = this.activeSocket()?.localAddress;
+    const active = this.activeSocket();
+    const local = active === undefined ? undefined : localAddressOf(active);
     if (state !== 'open' || local === undefined) return undefined;
     if (change.removed.has(local) || change.removed.has('')) return { reason: `address ${local} was removed`, verify: true };
     // An address whose interface the watcher does not know may be on any that changed.
@@ -459,7 +461,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           // Only a HELLO uses the channel's key: a resume keeps the session's.
           const channel = this.session.sessionId === undefined ? linkChannel(socket) : undefined;
           const current = this.activeSocket();
-          const samePath = current !== undefined && socket.localAddress !== undefined && socket.localAddress === current.localAddress;
+          const local = localAddressOf(socket);
+          const samePath = current !== undefined && local !== undefined && local === localAddressOf(current);
           this.session.handleLinkOpen(ev.link, channel, samePath);
           this.drive();
         });

@@ -24,6 +24,7 @@ import { listenThroughPrimary, type PrimaryListen, routedByPrimary } from './clu
 import type { LinkId, Session } from '../protocol/session.js';
 import { LinkHandle, type LinkOwner, type ServerSessionHooks, type SessionDriver } from './driver.js';
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
+import { remoteAddressOf } from './socket-ends.js';
 import { ReliableSocket, type ReliableSocketOptions } from './socket.js';
 import { deferAccept, peekBytes } from './peek.js';
 import { CLIENT_HELLO_LIMIT, linkChannel, offeredAlpn, ROCKS_ALPN } from './tls-link.js';
@@ -401,8 +402,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     const handle = new LinkHandle(id, socket, this);
     handle.quickAck = this.options.quickAck !== false;
     this.links.set(id, handle);
-    const fromMember = socket.remoteAddress !== undefined && this.directory?.isMember(socket.remoteAddress) === true;
-    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, socket.remoteAddress, linkChannel(socket));
+    const from = remoteAddressOf(socket);
+    const fromMember = from !== undefined && this.directory?.isMember(from) === true;
+    this.core.handleLinkOpen(id, monotonicNow() - age, fromMember, from, linkChannel(socket));
     if (initial.length > 0) this.core.handleLinkData(id, initial, monotonicNow());
     this.drainCore();
   }

@@ -9,7 +9,7 @@
 // server's ALPN answer on the first link decides the mode, and in plain mode
 // the socket is a pass-through over that one TLSSocket.
 
-import { isIPv6, connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
+import { connect as netConnect, type AddressInfo, type NetConnectOpts, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { Duplex } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, TLSSocket } from 'node:tls';
 import { debuglog } from 'node:util';
@@ -23,6 +23,7 @@ import { destinationKey, detectionCache, probe, type Verdict } from './detect.js
 import { normalizeConnectArgs } from './connect-args.js';
 import { type LinkHandle, SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
+import { type Ends, endsOf, familyOf } from './socket-ends.js';
 import { clientAlpn, isRocksLink, isVerificationFailure, markSecured, ROCKS_ALPN, watchHandshake } from './tls-link.js';
 
 const debug = debuglog('rocks');
@@ -138,15 +139,6 @@ const DIAL_KEYS = [
   'autoSelectFamilyAttemptTimeout',
 ] as const;
 
-interface Addresses {
-  remoteAddress?: string;
-  remotePort?: number;
-  remoteFamily?: string;
-  localAddress?: string;
-  localPort?: number;
-  local?: AddressInfo;
-}
-
 type Callback = (err?: Error | null) => void;
 /** Takes a plain connection back as a rocks link: `first`, its first bytes, are an announcement. */
 export type LateAnnouncement = (raw: Socket, first: Buffer) => void;
@@ -157,7 +149,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** Plain mode: the one ordinary connection. */
   private raw: Socket | undefined;
   private options: ReliableConnectOptions;
-  private addresses: Addresses = {};
+  /** The ends of the connection it last ran on (socket-ends.ts). */
+  private ends: Ends | undefined;
   /** Writes waiting for the connection to be established, in either mode; undefined when none (no array for an idle socket). */
   private queued: { chunks: Buffer[]; callback: Callback }[] | undefined;
   private queuedFinal: Callback | undefined;
@@ -508,23 +501,24 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   get remoteAddress(): string | undefined {
-    return this.addresses.remoteAddress;
+    return this.ends?.remoteAddress;
   }
 
   get remotePort(): number | undefined {
-    return this.addresses.remotePort;
+    return this.ends?.remotePort;
   }
 
   get remoteFamily(): string | undefined {
-    return this.addresses.remoteFamily;
+    const address = this.ends?.remoteAddress;
+    return address === undefined ? undefined : familyOf(address);
   }
 
   get localAddress(): string | undefined {
-    return this.addresses.localAddress;
+    return this.ends?.localAddress;
   }
 
   get localPort(): number | undefined {
-    return this.addresses.localPort;
+    return this.ends?.localPort;
   }
 
   /** Application bytes received. */
@@ -620,7 +614,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   address(): AddressInfo | Record<string, never> {
-    return this.addresses.local ?? {};
+    const { localAddress: address, localPort: port } = this.ends ?? {};
+    return address === undefined || port === undefined ? {} : { address, family: familyOf(address), port };
   }
 
   setNoDelay(noDelay = true): this {
@@ -861,15 +856,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private learnFrom(s: Socket, client?: ProxyAddress): void {
-    const local = s.address();
-    this.addresses = {
-      remoteAddress: client?.address ?? s.remoteAddress,
-      remotePort: client?.port ?? s.remotePort,
-      remoteFamily: client === undefined ? s.remoteFamily : isIPv6(client.address) ? 'IPv6' : 'IPv4',
-      localAddress: s.localAddress,
-      localPort: s.localPort,
-      local: 'port' in local ? (local as AddressInfo) : undefined,
-    };
+    this.ends = endsOf(s);
+    if (client !== undefined) {
+      this.ends.remoteAddress = client.address;
+      this.ends.remotePort = client.port;
+    }
   }
 
   // ---- session events -------------------------------------------------------------------
