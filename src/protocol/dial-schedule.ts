@@ -27,8 +27,13 @@ export class DialSchedule {
     private readonly random: RandomSource,
   ) {}
 
-  /** The link carrying the session failed: dial at once, counting attempts from one. */
-  restart(now: number): void {
+  /**
+   * The link carrying the session failed: dial at once, counting attempts
+   * from one. `pendingSince`: when the newest attempt still pending was
+   * dialed (a move's), which counts as the last dial.
+   */
+  restart(now: number, pendingSince = -Infinity): void {
+    this.lastAt = pendingSince;
     this.attempts = 0;
     this.delay = 0;
     this.nextAt = now;
@@ -37,12 +42,6 @@ export class DialSchedule {
   /** Dial at once, keeping the count (the server dropped the session before confirming it). */
   dialNow(now: number): void {
     this.nextAt = now;
-  }
-
-  /** A link carries the session: no dial until the next restart. */
-  stop(): void {
-    this.nextAt = Infinity;
-    this.attempts = 0;
   }
 
   /** Records a dial at `now`. Returns its attempt number and the backoff that preceded it. */

@@ -295,8 +295,12 @@ export class Session {
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
-  /** Client only: a server never dials. */
-  private readonly dials: DialSchedule | undefined;
+  /**
+   * Client, while it has no link carrying the session (connecting or
+   * suspended); made again for each outage, so that an open session holds
+   * none (dials()). A server never dials.
+   */
+  private dialSchedule: DialSchedule | undefined;
   /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
   private everConnected = false;
   /** Client: the server has sent something after WELCOME, so it holds the session. */
@@ -329,7 +333,6 @@ export class Session {
     this.config = config;
     this.random = random;
     this.host = host;
-    this.dials = role === 'client' ? new DialSchedule(config, random) : undefined;
     this._state = role === 'client' ? 'connecting' : 'accepting';
   }
 
@@ -695,7 +698,7 @@ export class Session {
   migrate(now: number, reason: string, verify: boolean): void {
     if (this.role !== 'client' || this.helloLink !== undefined) return;
     if (this._state === 'suspended') {
-      this.dials?.dialNow(now);
+      this.dials().dialNow(now);
       this.refreshLinkTimers();
       return;
     }
@@ -1229,7 +1232,7 @@ export class Session {
     l.phase = 'active';
     l.deadline = Infinity;
     l.keys = undefined;
-    this.dials?.stop();
+    this.dialSchedule = undefined;
     this.timers.stop(Timer.Suspend);
     this.refreshLinkTimers();
 
@@ -1328,7 +1331,11 @@ export class Session {
     this.timers.stop(Timer.Heartbeat);
     this.timers.stop(Timer.AckDelay);
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
-    this.dials?.restart(now);
+    if (this.role === 'client') {
+      let pendingSince = -Infinity;
+      for (const l of this.links.values()) if (l.migration !== undefined && l.migration.at > pendingSince) pendingSince = l.migration.at;
+      this.dials().restart(now, pendingSince);
+    }
     this.refreshLinkTimers();
     this.emit({ type: 'suspend', reason });
     this.host?.suspended(this, now);
@@ -1365,7 +1372,7 @@ export class Session {
       this.linkFailed(now, 'the server dropped the session before it was confirmed');
       return;
     }
-    this.dials?.dialNow(now);
+    this.dials().dialNow(now);
     this.refreshLinkTimers();
   }
 
@@ -1471,15 +1478,20 @@ export class Session {
     let dialAt = Infinity;
     if (this.role === 'client' && this.current === undefined && this._state !== 'done' && this.helloLink === undefined) {
       // Without a current link, every link is a pending attempt.
-      dialAt = this.dials!.nextDialTime(this.links.size, silent);
+      dialAt = this.dials().nextDialTime(this.links.size, silent);
     }
     this.timers.set(Timer.Dial, dialAt);
+  }
+
+  private dials(): DialSchedule {
+    this.dialSchedule ??= new DialSchedule(this.config, this.random);
+    return this.dialSchedule;
   }
 
   private dial(now: number): void {
     const id = this.nextLinkId++;
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
-    const { attempt, delay } = this.dials!.dialed(now);
+    const { attempt, delay } = this.dials().dialed(now);
     if (this._state !== 'connecting' || this.everConnected) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });

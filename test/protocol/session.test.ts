@@ -1545,6 +1545,25 @@ describe('reconnection', () => {
     assert.equal(p.client.events.of('dial')[2].at, cutAt + 2000);
   });
 
+  test('a pending move holds up the first dial after a failure as any silent attempt: until reconnectDelayMax after its dial', () => {
+    const p = established({ jitter: 0.5, options: { reconnectDelayMax: 2000, handshakeTimeout: 5000 } });
+    p.runFor(3000); // the last reconnect-schedule dial (the first link's) is long past
+    p.planDials('silent');
+    p.client.migrate('the default route changed');
+    const movedAt = p.now;
+    p.runFor(500);
+    p.link(1).cut();
+    untilResumed(p);
+    // The move's dial, then the reconnect dial: not at the cut, but reconnectDelayMax after the move's.
+    assert.deepEqual(
+      p.client.events
+        .of('dial')
+        .slice(1)
+        .map((d) => d.at - movedAt),
+      [0, 2000],
+    );
+  });
+
   test('at most two attempts at once: a third waits until one of two silent attempts times out', () => {
     const p = established({ jitter: 0.5, options: { reconnectDelayMax: 2000, handshakeTimeout: 5000 } });
     p.planDials('silent', 'silent');
