@@ -13,7 +13,8 @@ import { describeChange, type NetworkChange, type NetworkListener, networkWatche
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { localAddressOf } from './socket-ends.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
-import { IdList } from '../util/id-list.js';
+import { NO_ITEMS } from '../util/empty.js';
+import { byId, type IdList, withItem, withoutId } from '../util/id-list.js';
 
 const debug = debuglog('rocks');
 
@@ -178,7 +179,7 @@ export interface ServerSessionHooks {
 export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   scheduledAt: number | undefined;
   readonly session: Session;
-  readonly links = new IdList<LinkHandle>();
+  private links: IdList<LinkHandle> = NO_ITEMS;
   private listener: SessionListener | undefined;
   private driving = false;
   private again = false;
@@ -249,7 +250,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * input keeps going to the server, whose core routes it to the session.
    */
   adopt(handle: LinkHandle): void {
-    this.links.add(handle);
+    this.links = withItem(this.links, handle);
     handle.setNoDelay(this.noDelay);
     handle.quickAck = this.quickAck;
   }
@@ -294,7 +295,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     this.referenced = on;
     if (on) sharedScheduler.ref();
     else sharedScheduler.unref();
-    for (const h of this.links.values()) {
+    for (const h of this.links) {
       if (on) h.socket.ref();
       else h.socket.unref();
     }
@@ -302,18 +303,23 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   setNoDelay(on: boolean): void {
     this.noDelay = on;
-    for (const h of this.links.values()) h.setNoDelay(on);
+    for (const h of this.links) h.setNoDelay(on);
   }
 
   setQuickAck(on: boolean): void {
     this.quickAck = on;
-    for (const h of this.links.values()) h.quickAck = on;
+    for (const h of this.links) h.quickAck = on;
+  }
+
+  /** The handle of one of the session's links. */
+  link(id: LinkId): LinkHandle | undefined {
+    return byId(this.links, id);
   }
 
   /** The socket carrying the session now, if any. */
   activeSocket(): Socket | undefined {
     const id = this.session.activeLink;
-    return id === undefined ? undefined : this.links.get(id)?.socket;
+    return id === undefined ? undefined : byId(this.links, id)?.socket;
   }
 
   // ---- LinkOwner --------------------------------------------------------------
@@ -324,7 +330,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void {
-    this.links.delete(link);
+    this.links = withoutId(this.links, link);
     this.session.handleLinkClosed(link, monotonicNow(), reason, error);
     this.drive();
   }
@@ -418,12 +424,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   private flush(): void {
-    if (this.links.size === 0 || this.holdFlush) return;
+    if (this.links.length === 0 || this.holdFlush) return;
     const now = monotonicNow();
-    for (const h of this.links.values()) {
+    for (const h of this.links) {
       const id = h.id;
       const s = h.socket;
-      if (h.closed) this.links.delete(id); // a server link: the core told the session
+      if (h.closed) this.links = withoutId(this.links, id); // a server link: the core told the session
       if (s.destroyed || s.connecting) continue;
       const out = this.session.pollTransmit(id, now, LINK_HIGH_WATER - s.writableLength);
       if (out === undefined) continue;
@@ -439,7 +445,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   /** The kernel watches `h`'s connection now: the session tells its peer (PACE) if the link still carries it. */
   private linkWatched(h: LinkHandle): void {
-    if (this.links.get(h.id) !== h || this.session.state === 'done') return;
+    if (byId(this.links, h.id) !== h || this.session.state === 'done') return;
     this.session.handleLinkWatched(h.id, monotonicNow());
     this.drive();
   }
@@ -453,7 +459,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           return;
         }
         const handle = new LinkHandle(ev.link, socket, this);
-        this.links.add(handle);
+        this.links = withItem(this.links, handle);
         handle.setNoDelay(this.noDelay);
         handle.quickAck = this.quickAck;
         if (!this.referenced) socket.unref();
@@ -469,10 +475,10 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         return;
       }
       case 'close-link': {
-        const h = this.links.get(ev.link);
+        const h = byId(this.links, ev.link);
         if (h === undefined) return;
         if (ev.reason) debug('closing connection %d: %s', ev.link, ev.reason);
-        this.links.delete(ev.link);
+        this.links = withoutId(this.links, ev.link);
         h.close(ev.final, ev.graceful);
         return;
       }
@@ -491,7 +497,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       case 'link-active': {
         // A rocks link for sure now: the kernel may watch it (never a connection served plain).
         // A relayed link's connection ends at another node, whose kernel would answer for the client.
-        const h = this.links.get(ev.link);
+        const h = byId(this.links, ev.link);
         if (h !== undefined && h.clientAddress === undefined) watchInKernelSoon(h.socket, this.session.settings, () => this.linkWatched(h));
         this.listener?.onSessionEvent(ev);
         return;

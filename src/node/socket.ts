@@ -852,7 +852,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** `client`: the client a relayed link carries, who is then our remote end. */
   private activeHandle(): LinkHandle | undefined {
     const id = this.driver?.session.activeLink;
-    return id === undefined ? undefined : this.driver?.links.get(id);
+    return id === undefined ? undefined : this.driver?.link(id);
   }
 
   private learnFrom(s: Socket, client?: ProxyAddress): void {
@@ -882,7 +882,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         if (this.options.tls !== undefined) this.emit('secureConnect');
         return;
       case 'link-active': {
-        const h = this.driver?.links.get(ev.link);
+        const h = this.driver?.link(ev.link);
         if (h !== undefined) this.learnFrom(h.socket, h.clientAddress);
         if (h?.socket instanceof TLSSocket) this.lastTls = h.socket;
         return;

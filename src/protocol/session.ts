@@ -54,7 +54,8 @@ import { Timer, TimerTable } from './timers.js';
 import { DialSchedule } from './dial-schedule.js';
 import { invariant, isInvariantBreach } from './invariant.js';
 import { Fifo } from '../util/fifo.js';
-import { IdList } from '../util/id-list.js';
+import { byId, type IdList, withItem, withoutId } from '../util/id-list.js';
+import { NO_ITEMS } from '../util/empty.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -257,7 +258,7 @@ export class Session {
   private expectedConfirm: Buffer | undefined;
   /** Client: the run of the server that issued the session (WELCOME), named again in RESUME. */
   private serverInstance: Held = NO_INSTANCE;
-  private readonly links = new IdList<Link>();
+  private links: IdList<Link> = NO_ITEMS;
   private current: Link | undefined;
   /**
    * Client: a change put the current link in doubt (a verify migration) and
@@ -390,13 +391,13 @@ export class Session {
 
   /** Server: `bytes` go out on `link` ahead of anything else (our EDP announcement, in the same write as WELCOME or CHALLENGE). */
   greet(link: LinkId, bytes: Buffer): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l !== undefined) l.out = l.out === undefined ? [bytes] : [bytes, ...l.out];
   }
 
   /** Parses what a handed-over link's parser already holds (after accept or handleResumeLink). */
   processBuffered(link: LinkId, now: number): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l !== undefined) this.processLink(l, now);
   }
 
@@ -432,7 +433,7 @@ export class Session {
 
   /** The links the session holds (it may have something to send on any of them). */
   linkIds(): LinkId[] {
-    return this.links.ids();
+    return this.links.map((l) => l.id);
   }
 
   /** Bytes the session holds: written and not yet acknowledged, plus received and not yet read. */
@@ -477,7 +478,7 @@ export class Session {
 
   /** A one-line summary of the session's state, for diagnostics. */
   describe(): string {
-    const links = [...this.links.values()].map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
+    const links = this.links.map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
     return (
       `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
@@ -495,7 +496,7 @@ export class Session {
    * address is the current link's (a migration then stops, unless it verifies).
    */
   handleLinkOpen(link: LinkId, channel?: ChannelKeys, samePath = false): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l === undefined || l.phase !== 'dialing') return;
     if (l.migration !== undefined && samePath && !l.migration.verify && this.current !== undefined) {
       // A new route that leads where the current link already goes: nothing to move to.
@@ -539,13 +540,12 @@ export class Session {
     // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
     this.windowSent = this.config.receiveWindow;
     this.peerWindow = EARLY_DATA_BYTES;
-    for (const other of [...this.links.values()])
-      if (other !== l) this.dropLink(other, 'a HELLO that may open the session went out on another attempt');
+    for (const other of this.links) if (other !== l) this.dropLink(other, 'a HELLO that may open the session went out on another attempt');
     this.refreshLinkTimers();
   }
 
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l === undefined) return;
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
     if (!l.heard) {
@@ -596,7 +596,7 @@ export class Session {
    * wait that much longer for it. Any time after the link exists.
    */
   handleLinkWatched(link: LinkId, now: number): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l === undefined || l.watched) return;
     l.watched = true;
     this.offerPace(l, now);
@@ -605,7 +605,7 @@ export class Session {
 
   /** A link's transport closed or failed. `error` is the transport's error, if any. */
   handleLinkClosed(link: LinkId, now: number, reason: string, error?: Error): void {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l === undefined) return;
     if (l === this.current) {
       this.linkFailed(now, reason);
@@ -628,7 +628,7 @@ export class Session {
     this.events.trim();
 
     if (timers.expired(Timer.Handshake, now)) {
-      for (const l of this.links.values()) {
+      for (const l of this.links) {
         if (l.deadline > now) continue;
         if (l === this.current) {
           // Only an unconfirmed server session has a deadline on its current
@@ -707,7 +707,7 @@ export class Session {
     // current link (an interface down, then its route back) verifies too.
     if (verify) this.currentInDoubt = true;
     else verify = this.currentInDoubt;
-    for (const l of [...this.links.values()]) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
+    for (const l of this.links) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
     l.migration = { reason, at: now, verify };
@@ -780,7 +780,7 @@ export class Session {
    * control frames are always included.
    */
   pollTransmit(link: LinkId, now: number, budget: number): Buffer[] | undefined {
-    const l = this.links.get(link);
+    const l = byId(this.links, link);
     if (l === undefined) return undefined;
     let out: Buffer[] | undefined;
     if (l.out !== undefined) {
@@ -855,7 +855,7 @@ export class Session {
   /** Server: a client asks on `link` to resume this session. The caller matched the session id and version. */
   handleResumeLink(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
     if (this._state === 'done') return;
-    const pending = [...this.links.values()].filter((l) => l.phase === 'challenge');
+    const pending = this.links.filter((l) => l.phase === 'challenge');
     if (pending.length >= MAX_PENDING_RESUMES) this.dropLink(pending[0], 'superseded by a newer resume attempt');
     const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
     l.clientNonce = resume.nonce;
@@ -873,7 +873,7 @@ export class Session {
 
   private processLink(l: Link, now: number): void {
     try {
-      while (this.links.get(l.id) === l) {
+      while (byId(this.links, l.id) === l) {
         const frame = l.parser.next();
         if (frame === undefined) break;
         this.handleFrame(l, frame, now);
@@ -1225,7 +1225,7 @@ export class Session {
     // The server had not noticed the failure yet, or the client moved the
     // session off a link that still worked: the new link replaces the old.
     if (replacing) this.closeLink(previous, false);
-    for (const other of [...this.links.values()]) if (other !== l) this.dropLink(other, 'another attempt won');
+    for (const other of this.links) if (other !== l) this.dropLink(other, 'another attempt won');
 
     this.current = l;
     this.currentInDoubt = false;
@@ -1333,7 +1333,7 @@ export class Session {
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
     if (this.role === 'client') {
       let pendingSince = -Infinity;
-      for (const l of this.links.values()) if (l.migration !== undefined && l.migration.at > pendingSince) pendingSince = l.migration.at;
+      for (const l of this.links) if (l.migration !== undefined && l.migration.at > pendingSince) pendingSince = l.migration.at;
       this.dials().restart(now, pendingSince);
     }
     this.refreshLinkTimers();
@@ -1416,8 +1416,8 @@ export class Session {
 
   private release(_now: number, reason: number | undefined): void {
     if (this._state === 'done') return;
-    for (const l of this.links.values()) this.emit({ type: 'close-link', link: l.id, graceful: false });
-    this.links.clear();
+    for (const l of this.links) this.emit({ type: 'close-link', link: l.id, graceful: false });
+    this.links = NO_ITEMS;
     this.current = undefined;
     this._state = 'done';
     this.timers.stopAll();
@@ -1450,13 +1450,13 @@ export class Session {
       peerPace: undefined,
       paceOwed: false,
     };
-    this.links.add(l);
+    this.links = withItem(this.links, l);
     this.refreshLinkTimers();
     return l;
   }
 
   private removeLink(l: Link): void {
-    this.links.delete(l.id);
+    this.links = withoutId(this.links, l.id);
     if (l === this.current) this.current = undefined;
     if (l === this.helloLink) this.helloLink = undefined;
     this.refreshLinkTimers();
@@ -1470,7 +1470,7 @@ export class Session {
   private refreshLinkTimers(): void {
     let handshake = Infinity;
     let silent = 0;
-    for (const l of this.links.values()) {
+    for (const l of this.links) {
       if (l.deadline < handshake) handshake = l.deadline;
       if (!l.heard) silent++;
     }
@@ -1478,7 +1478,7 @@ export class Session {
     let dialAt = Infinity;
     if (this.role === 'client' && this.current === undefined && this._state !== 'done' && this.helloLink === undefined) {
       // Without a current link, every link is a pending attempt.
-      dialAt = this.dials().nextDialTime(this.links.size, silent);
+      dialAt = this.dials().nextDialTime(this.links.length, silent);
     }
     this.timers.set(Timer.Dial, dialAt);
   }
@@ -1503,7 +1503,7 @@ export class Session {
   }
 
   private closeLink(l: Link, graceful: boolean, final?: Buffer[], reason?: string): void {
-    if (this.links.get(l.id) !== l) return;
+    if (byId(this.links, l.id) !== l) return;
     this.removeLink(l);
     const pending = l.out !== undefined && graceful ? l.out : [];
     const bytes = final ? [...pending, ...final] : pending;
