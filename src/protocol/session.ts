@@ -192,11 +192,8 @@ interface Link {
   out: Buffer[] | undefined;
   /** The handshake on this link must complete by then. */
   deadline: number;
-  keys?: KeyPair;
-  clientNonce?: Buffer;
-  serverNonce?: Buffer;
-  /** Client: bytes received while waiting for the server's EDP announcement. */
-  announcement?: Buffer;
+  /** Until the link carries the session; an active link keeps none of it. */
+  handshake: LinkHandshake | undefined;
   /** Something arrived on this link: a server is at the other end and working on it. */
   heard?: boolean;
   /** Client: this link moves an open session off its current one (migrate). */
@@ -207,6 +204,17 @@ interface Link {
   peerPace?: number;
   /** A PACE frame is owed to the peer on this link. */
   paceOwed?: boolean;
+}
+
+/** What a link's handshake needs, dropped once the link carries the session. */
+interface LinkHandshake {
+  /** Client, HELLO without a keying channel: our half of the key agreement. */
+  keys: KeyPair | undefined;
+  /** Resume (RESUME and CHALLENGE): both nonces go into the MACs of CHALLENGE and PROOF. */
+  clientNonce: Buffer | undefined;
+  serverNonce: Buffer | undefined;
+  /** Client: bytes received while waiting for the server's EDP announcement. */
+  announcement: Buffer | undefined;
 }
 
 /** Why a client moves its session to a new link while the current one still carries it. */
@@ -508,23 +516,24 @@ export class Session {
     // server's announcement: we already know (probe, cache or option) that it
     // is enhanced, and the HELLO negotiates the version anyway.
     queueFrame(l, CLIENT_ANNOUNCEMENT);
-    l.announcement = Buffer.alloc(0);
+    const handshake = l.handshake!;
+    handshake.announcement = Buffer.alloc(0);
     if (this._sessionId === undefined) {
       let publicKey: Buffer = NO_PUBLIC_KEY;
       if (channel !== undefined) {
         this.key = hold(channel.key);
         this.channelId = hold(channel.sessionId);
       } else {
-        l.keys = drawKeyPair(this.random);
-        publicKey = l.keys.publicKey;
+        handshake.keys = drawKeyPair(this.random);
+        publicKey = handshake.keys.publicKey;
       }
       queueFrame(l, encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow, true));
       l.phase = 'hello';
       // Keyed by its channel, or with the application's data to go behind it (§3.8, §15.2).
       if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
     } else {
-      l.clientNonce = this.random.bytes(NONCE_SIZE);
-      queueFrame(l, encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), l.clientNonce, unhold(this.serverInstance)));
+      handshake.clientNonce = this.random.bytes(NONCE_SIZE);
+      queueFrame(l, encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), handshake.clientNonce, unhold(this.serverInstance)));
       l.phase = 'resume';
     }
   }
@@ -552,7 +561,7 @@ export class Session {
       l.heard = true;
       this.refreshLinkTimers();
     }
-    if (l.announcement !== undefined) {
+    if (l.handshake?.announcement !== undefined) {
       chunk = this.readAnnouncement(l, chunk, now) ?? Buffer.alloc(0);
       if (chunk.length === 0) return;
     }
@@ -562,13 +571,14 @@ export class Session {
 
   /** Client: what the server sends first must be its EDP announcement. Returns the bytes after it. */
   private readAnnouncement(l: Link, chunk: Buffer, now: number): Buffer | undefined {
-    const bytes = l.announcement!.length === 0 ? chunk : Buffer.concat([l.announcement!, chunk]);
+    const handshake = l.handshake!;
+    const bytes = handshake.announcement!.length === 0 ? chunk : Buffer.concat([handshake.announcement!, chunk]);
     const r = parseAnnouncement(bytes);
     if (r.kind === 'incomplete') {
-      l.announcement = bytes;
+      handshake.announcement = bytes;
       return undefined;
     }
-    l.announcement = undefined;
+    handshake.announcement = undefined;
     if (r.kind !== 'announcement') {
       this.notEnhanced(l, now, r.kind === 'malformed' ? `malformed announcement: ${r.reason}` : 'the server answered without an announcement');
       return undefined;
@@ -858,10 +868,11 @@ export class Session {
     const pending = this.links.filter((l) => l.phase === 'challenge');
     if (pending.length >= MAX_PENDING_RESUMES) this.dropLink(pending[0], 'superseded by a newer resume attempt');
     const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
-    l.clientNonce = resume.nonce;
-    l.serverNonce = this.random.bytes(NONCE_SIZE);
+    const handshake = l.handshake!;
+    handshake.clientNonce = resume.nonce;
+    handshake.serverNonce = this.random.bytes(NONCE_SIZE);
     const mac = this.resumeMac('server', l, this.received, this.maxSent);
-    queueFrame(l, encodeChallenge(l.serverNonce, this.received, this.maxSent, mac));
+    queueFrame(l, encodeChallenge(handshake.serverNonce, this.received, this.maxSent, mac));
   }
 
   /** Server: fail this session because the server must shed a suspended session. */
@@ -915,7 +926,7 @@ export class Session {
     if (!keyed) {
       // Without a keying channel the key comes from the key agreement, and
       // CONFIRM, ahead of the ACK and any data, proves we hold it (§3.4).
-      const keys = l.keys!;
+      const keys = l.handshake!.keys!;
       const transcript: ConfirmTranscript = { version: f.version, sessionId: f.sessionId, clientPublic: keys.publicKey, serverPublic: f.publicKey };
       const derived = deriveSessionKey(keys, f.publicKey, f.sessionId, keys.publicKey, f.publicKey);
       queueFrame(l, encodeConfirm(confirmMac(derived, transcript)));
@@ -945,7 +956,7 @@ export class Session {
   }
 
   private onChallenge(l: Link, f: ChallengeFrame, now: number): void {
-    l.serverNonce = f.nonce;
+    l.handshake!.serverNonce = f.nonce;
     const expected = this.resumeMac('server', l, f.received, f.sent);
     if (!macMatches(expected, f.mac)) {
       // Not our server (or not our session): keep trying, the real one may come back.
@@ -1231,7 +1242,7 @@ export class Session {
     this.currentInDoubt = false;
     l.phase = 'active';
     l.deadline = Infinity;
-    l.keys = undefined;
+    l.handshake = undefined;
     this.dialSchedule = undefined;
     this.timers.stop(Timer.Suspend);
     this.refreshLinkTimers();
@@ -1440,10 +1451,7 @@ export class Session {
       parser,
       out: undefined,
       deadline,
-      keys: undefined,
-      clientNonce: undefined,
-      serverNonce: undefined,
-      announcement: undefined,
+      handshake: phase === 'active' ? undefined : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined },
       heard: false,
       migration: undefined,
       watched: false,
@@ -1531,8 +1539,8 @@ export class Session {
     return resumeMac(unhold(this.key!), by, {
       version: PROTOCOL_VERSION,
       sessionId: unhold(this._sessionId!),
-      clientNonce: l.clientNonce!,
-      serverNonce: l.serverNonce!,
+      clientNonce: l.handshake!.clientNonce!,
+      serverNonce: l.handshake!.serverNonce!,
       received,
       sent,
     });

@@ -64,6 +64,26 @@ function established(opts: PairOptions = {}): Pair {
 }
 
 /** Runs until the client is suspended and has resumed again. */
+/** Fields a session shares with others (its settings, its random source, its server), not walked. */
+const SHARED_FIELDS = new Set(['config', 'random', 'host']);
+
+/** Paths from a session to Buffers that are views of a larger ArrayBuffer (Node's pool, a read chunk). */
+function slicesHeldBy(root: object): string[] {
+  const found: string[] = [];
+  const seen = new Set<unknown>();
+  const walk = (v: unknown, path: string): void => {
+    if (v === null || typeof v !== 'object' || seen.has(v)) return;
+    seen.add(v);
+    if (Buffer.isBuffer(v)) {
+      if (v.byteLength !== v.buffer.byteLength) found.push(`${path} (${v.byteLength} of ${v.buffer.byteLength})`);
+      return;
+    }
+    for (const [k, child] of Object.entries(v)) if (!(v === root && SHARED_FIELDS.has(k))) walk(child, `${path}.${k}`);
+  };
+  walk(root, 'session');
+  return found;
+}
+
 function untilResumed(p: Pair, within = 60_000): void {
   const resumed = p.client.events.of('resume').length;
   p.runUntil(() => p.client.session.state === 'suspended', within);
@@ -187,6 +207,17 @@ describe('establishment', () => {
       assert.equal(typeof held, 'string');
       assert.equal(held.length, SESSION_ID_SIZE);
       assert.ok(Buffer.from(held, 'latin1').equals(side.session.sessionId!), 'held byte for byte');
+    }
+  });
+
+  test('after a resume neither session keeps a slice of a larger buffer (a nonce, a frame): each would pin the whole of it', () => {
+    const p = established();
+    p.link(1).cut();
+    untilResumed(p);
+    p.runFor(100);
+    for (const side of [p.client, p.server]) {
+      const pinned = slicesHeldBy(side.session);
+      assert.deepEqual(pinned, [], `${side.session.role}: ${pinned.join(', ')}`);
     }
   });
 
