@@ -176,29 +176,41 @@ export interface ServerSessionHooks {
   afterDrive(): void;
 }
 
-export class SessionDriver implements Timed, LinkOwner, NetworkListener {
-  scheduledAt: number | undefined;
-  readonly session: Session;
-  private links: IdList<LinkHandle> = NO_ITEMS;
-  private listener: SessionListener | undefined;
-  private driving = false;
-  private again = false;
-  private driveQueued = false;
-  /** Set while a session the application closed finishes in the background (lingerAfterClose). */
-  private lingerTimer: NodeJS.Timeout | undefined;
+/**
+ * A driver's yes/no state, packed into one small integer: as Node builds V8
+ * (no pointer compression) every field costs each session 8 bytes, a
+ * boolean too. Node's own streams keep theirs the same way.
+ */
+const Flag = {
+  /** drive() is running: a nested call only asks for another pass. */
+  Driving: 1 << 0,
+  Again: 1 << 1,
+  /** A drive waits in a microtask. */
+  DriveQueued: 1 << 2,
   /**
    * Server: the session was just handed to the application. Its first
    * transmission (WELCOME) waits for the application's first turn (one
    * process.nextTick, when a stream starts flowing), so that a reply to the
    * first bytes leaves in the same write.
    */
-  private holdFlush = false;
-  private referenced = false;
-  private noDelay = true;
-  private quickAck = true;
+  HoldFlush: 1 << 3,
+  Referenced: 1 << 4,
+  NoDelay: 1 << 5,
+  QuickAck: 1 << 6,
   /** Client: hears of network changes (networkWatcher). */
-  private watching = false;
-  private watchWhenOpen = false;
+  Watching: 1 << 7,
+  WatchWhenOpen: 1 << 8,
+} as const;
+
+export class SessionDriver implements Timed, LinkOwner, NetworkListener {
+  scheduledAt: number | undefined;
+  readonly session: Session;
+  private links: IdList<LinkHandle> = NO_ITEMS;
+  private listener: SessionListener | undefined;
+  /** Yes/no state, one bit each (Flag). */
+  private flags: number = Flag.NoDelay | Flag.QuickAck;
+  /** Set while a session the application closed finishes in the background (lingerAfterClose). */
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   constructor(
     session: Session,
@@ -209,9 +221,17 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     this.listener = listener;
   }
 
+  private has(flag: number): boolean {
+    return (this.flags & flag) !== 0;
+  }
+
+  private set(flag: number, on: boolean): void {
+    this.flags = on ? this.flags | flag : this.flags & ~flag;
+  }
+
   /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8), from 'connect' on. */
   watchNetworkOnceOpen(): void {
-    this.watchWhenOpen = true;
+    this.set(Flag.WatchWhenOpen, true);
   }
 
   /** The network watcher's call (NetworkListener). */
@@ -251,8 +271,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    */
   adopt(handle: LinkHandle): void {
     this.links = withItem(this.links, handle);
-    handle.setNoDelay(this.noDelay);
-    handle.quickAck = this.quickAck;
+    handle.setNoDelay(this.has(Flag.NoDelay));
+    handle.quickAck = this.has(Flag.QuickAck);
   }
 
   /** The application let go of the socket (it closed after a clean finish): finish the protocol in the background. */
@@ -291,8 +311,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   setRef(on: boolean): void {
-    if (on === this.referenced || (on && this.session.state === 'done')) return;
-    this.referenced = on;
+    if (on === this.has(Flag.Referenced) || (on && this.session.state === 'done')) return;
+    this.set(Flag.Referenced, on);
     if (on) sharedScheduler.ref();
     else sharedScheduler.unref();
     for (const h of this.links) {
@@ -302,12 +322,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   setNoDelay(on: boolean): void {
-    this.noDelay = on;
+    this.set(Flag.NoDelay, on);
     for (const h of this.links) h.setNoDelay(on);
   }
 
   setQuickAck(on: boolean): void {
-    this.quickAck = on;
+    this.set(Flag.QuickAck, on);
     for (const h of this.links) h.quickAck = on;
   }
 
@@ -353,14 +373,14 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * running loop to go round once more.
    */
   drive(): void {
-    if (this.driving) {
-      this.again = true;
+    if (this.has(Flag.Driving)) {
+      this.set(Flag.Again, true);
       return;
     }
-    this.driving = true;
+    this.set(Flag.Driving, true);
     try {
       do {
-        this.again = false;
+        this.set(Flag.Again, false);
         // One flush after the events: what the application writes from its
         // handlers (an echo of the first bytes, a reply) leaves in the same
         // write as the session's own frames (WELCOME, an ACK). Only a link's
@@ -370,15 +390,15 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           this.handle(ev);
         }
         this.flush();
-      } while (this.again);
+      } while (this.has(Flag.Again));
     } finally {
-      this.driving = false;
+      this.set(Flag.Driving, false);
     }
     if (this.session.state === 'done') {
       this.stopLingering();
       this.setRef(false);
-      if (this.watching) networkWatcher.unwatch(this);
-      this.watching = false;
+      if (this.has(Flag.Watching)) networkWatcher.unwatch(this);
+      this.set(Flag.Watching, false);
     } else sharedScheduler.schedule(this, this.session.pollTimeout());
     this.server?.afterDrive();
   }
@@ -389,15 +409,15 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * instead of one system call each, and a lone write waits for nothing.
    */
   driveSoon(): void {
-    if (this.driving) {
+    if (this.has(Flag.Driving)) {
       // Written from an event handler: the running loop transmits it next.
-      this.again = true;
+      this.set(Flag.Again, true);
       return;
     }
-    if (this.driveQueued) return;
-    this.driveQueued = true;
+    if (this.has(Flag.DriveQueued)) return;
+    this.set(Flag.DriveQueued, true);
     queueMicrotask(() => {
-      this.driveQueued = false;
+      this.set(Flag.DriveQueued, false);
       this.drive();
     });
   }
@@ -409,12 +429,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * must still be told.
    */
   driveNow(): void {
-    const outer = this.driving;
-    this.driving = false;
+    const outer = this.has(Flag.Driving);
+    this.set(Flag.Driving, false);
     try {
       this.drive();
     } finally {
-      this.driving = outer;
+      this.set(Flag.Driving, outer);
     }
   }
 
@@ -424,7 +444,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   private flush(): void {
-    if (this.links.length === 0 || this.holdFlush) return;
+    if (this.links.length === 0 || this.has(Flag.HoldFlush)) return;
     const now = monotonicNow();
     for (const h of this.links) {
       const id = h.id;
@@ -460,9 +480,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         }
         const handle = new LinkHandle(ev.link, socket, this);
         this.links = withItem(this.links, handle);
-        handle.setNoDelay(this.noDelay);
-        handle.quickAck = this.quickAck;
-        if (!this.referenced) socket.unref();
+        handle.setNoDelay(this.has(Flag.NoDelay));
+        handle.quickAck = this.has(Flag.QuickAck);
+        if (!this.has(Flag.Referenced)) socket.unref();
         whenLinkReady(socket, () => {
           // Only a HELLO uses the channel's key: a resume keeps the session's.
           const channel = this.session.sessionId === undefined ? linkChannel(socket) : undefined;
@@ -484,9 +504,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       }
       case 'open':
         this.server?.opened(this.session);
-        this.holdFlush = true;
+        this.set(Flag.HoldFlush, true);
         process.nextTick(() => {
-          this.holdFlush = false;
+          this.set(Flag.HoldFlush, false);
           this.drive();
         });
         return;
@@ -503,9 +523,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         return;
       }
       case 'connect':
-        if (this.watchWhenOpen && !this.watching) {
+        if (this.has(Flag.WatchWhenOpen) && !this.has(Flag.Watching)) {
           networkWatcher.watch(this);
-          this.watching = true;
+          this.set(Flag.Watching, true);
         }
         this.listener?.onSessionEvent(ev);
         return;
