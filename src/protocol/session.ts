@@ -238,6 +238,40 @@ function queueFrame(l: Link, frame: Buffer): void {
   else l.out.push(frame);
 }
 
+/**
+ * A session's yes/no state, packed into one small integer: as Node builds V8
+ * (no pointer compression) every field costs each session 8 bytes, a
+ * boolean too. Node's own streams keep theirs the same way.
+ */
+const Flag = {
+  /** The application's last write was refused (backpressure); 'writable' is owed. */
+  WriteBlocked: 1 << 0,
+  FinReceived: 1 << 1,
+  /** An ACK goes out with the next transmission (the AckDelay and Heartbeat timers stop meanwhile). */
+  AckNeeded: 1 << 2,
+  /** The window last stopped short of receiveWindow because of the host's budget. */
+  BudgetLimited: 1 << 3,
+  /** The peer takes PACE frames: a server learns it from the HELLO, a client from the server's first PACE (§5.1). */
+  PeerTakesPace: 1 << 4,
+  /**
+   * Client: a change put the current link in doubt (a verify migration) and
+   * no link has taken the session since. Later changes verify too, so that a
+   * route that comes back along the same path still moves the session. What
+   * arrives on the current link proves nothing: an interface that came back
+   * without its route receives, but cannot send.
+   */
+  CurrentInDoubt: 1 << 5,
+  /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
+  EverConnected: 1 << 6,
+  /** Client: the server has sent something after WELCOME, so it holds the session. */
+  ServerConfirmed: 1 << 7,
+  /**
+   * Client: data went out before WELCOME. The server may have delivered it,
+   * so this session is never started over: it fails instead (§3.8, §15.2).
+   */
+  SentEarly: 1 << 8,
+} as const;
+
 /** A session's server instance before WELCOME names it. */
 const NO_INSTANCE: Held = hold(Buffer.alloc(INSTANCE_SIZE));
 
@@ -254,6 +288,8 @@ export class Session {
    * cost a bulk transfer a full collection every 130 MB.
    */
   driveQueued = false;
+  /** Yes/no state, one bit each (Flag). */
+  private flags = 0;
   private readonly config: SessionConfig;
   private readonly random: RandomSource;
   private readonly host: SessionHost | undefined;
@@ -268,14 +304,6 @@ export class Session {
   private serverInstance: Held = NO_INSTANCE;
   private links: IdList<Link> = NO_ITEMS;
   private current: Link | undefined;
-  /**
-   * Client: a change put the current link in doubt (a verify migration) and
-   * no link has taken the session since. Later changes verify too, so that a
-   * route that comes back along the same path still moves the session. What
-   * arrives on the current link proves nothing: an interface that came back
-   * without its route receives, but cannot send.
-   */
-  private currentInDoubt = false;
   private nextLinkId = 1;
   private readonly timers = new TimerTable();
 
@@ -286,21 +314,15 @@ export class Session {
   private maxSent = 0;
   /** The peer lets us send data up to this offset. */
   private peerWindow = 0;
-  private writeBlocked = false;
 
   // Receiving direction.
   private received = 0;
-  private finReceived = false;
   private unread = 0;
   private ackSent = 0;
   private windowSent = 0;
-  /** An ACK goes out with the next transmission (the AckDelay and Heartbeat timers stop meanwhile). */
-  private ackNeeded = false;
 
   // Accounting reported to the host.
   private buffered = 0;
-  /** The window last stopped short of receiveWindow because of the host's budget. */
-  private budgetLimited = false;
 
   // Reconnecting (client) and time spent suspended.
   private suspendedAt = 0;
@@ -310,10 +332,6 @@ export class Session {
    * none (dials()). A server never dials.
    */
   private dialSchedule: DialSchedule | undefined;
-  /** Client: a dialed transport connected at least once, so later dials are reconnect attempts. */
-  private everConnected = false;
-  /** Client: the server has sent something after WELCOME, so it holds the session. */
-  private serverConfirmed = false;
   /**
    * Client: the link whose HELLO awaits WELCOME with data behind it, or
    * keyed by its channel. The server may hand the session to its
@@ -323,17 +341,10 @@ export class Session {
    * fails (§3.8).
    */
   private helloLink: Link | undefined;
-  /**
-   * Client: data went out before WELCOME. The server may have delivered it,
-   * so this session is never started over: it fails instead (§3.8, §15.2).
-   */
-  private sentEarly = false;
   /** Client: the session id the keying channel of the HELLO gave (§15.2). */
   private channelId: Held | undefined;
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
-  /** The peer takes PACE frames: a server learns it from the HELLO, a client from the server's first PACE (§5.1). */
-  private peerTakesPace = false;
 
   private readonly events = new Fifo<SessionEvent>();
 
@@ -374,7 +385,7 @@ export class Session {
     channelKey?: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
-    s.peerTakesPace = hello.pace;
+    s.set(Flag.PeerTakesPace, hello.pace);
     let serverPublic: Buffer = NO_PUBLIC_KEY;
     let key = channelKey;
     if (key === undefined) {
@@ -407,6 +418,14 @@ export class Session {
   processBuffered(link: LinkId, now: number): void {
     const l = byId(this.links, link);
     if (l !== undefined) this.processLink(l, now);
+  }
+
+  private has(flag: number): boolean {
+    return (this.flags & flag) !== 0;
+  }
+
+  private set(flag: number, on: boolean): void {
+    this.flags = on ? this.flags | flag : this.flags & ~flag;
   }
 
   // ---- getters ------------------------------------------------------------
@@ -461,12 +480,12 @@ export class Session {
 
   /** Data bytes received from the peer. */
   get bytesReceived(): number {
-    return this.received - (this.finReceived ? 1 : 0);
+    return this.received - (this.has(Flag.FinReceived) ? 1 : 0);
   }
 
   /** Client: data went out right behind a keyed HELLO, before WELCOME (§15.2). */
   get sentEarlyData(): boolean {
-    return this.sentEarly;
+    return this.has(Flag.SentEarly);
   }
 
   /** Data bytes accepted from the application. */
@@ -476,7 +495,7 @@ export class Session {
 
   /** Both directions are finished and acknowledged. */
   get finished(): boolean {
-    return this.fin === 'acked' && this.finReceived;
+    return this.fin === 'acked' && this.has(Flag.FinReceived);
   }
 
   /** The application ended its direction (the FIN may still be on its way). */
@@ -490,8 +509,8 @@ export class Session {
     return (
       `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
-      ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.finReceived ? ' fin' : ''}]` +
-      `${this.writeBlocked ? ' write-blocked' : ''}${this.ackNeeded ? ' ack-needed' : ''}`
+      ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.has(Flag.FinReceived) ? ' fin' : ''}]` +
+      `${this.has(Flag.WriteBlocked) ? ' write-blocked' : ''}${this.has(Flag.AckNeeded) ? ' ack-needed' : ''}`
     );
   }
 
@@ -511,7 +530,7 @@ export class Session {
       this.dropLink(l, 'the new connection takes the path of the current one');
       return;
     }
-    this.everConnected = true;
+    this.set(Flag.EverConnected, true);
     // The EDP announcement, then the first frame without waiting for the
     // server's announcement: we already know (probe, cache or option) that it
     // is enhanced, and the HELLO negotiates the version anyway.
@@ -715,8 +734,8 @@ export class Session {
     if (this._state !== 'open') return;
     // Until a link takes the session, a change after one that doubted the
     // current link (an interface down, then its route back) verifies too.
-    if (verify) this.currentInDoubt = true;
-    else verify = this.currentInDoubt;
+    if (verify) this.set(Flag.CurrentInDoubt, true);
+    else verify = this.has(Flag.CurrentInDoubt);
     for (const l of this.links) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
@@ -761,7 +780,7 @@ export class Session {
   /** Announces the window when it can grow by a step: half of receiveWindow, or a quarter of the guaranteed share when held to its share. */
   private offerWindow(): void {
     const growth = this.windowTarget() - this.windowSent; // first: it decides budgetLimited
-    const step = this.budgetLimited ? this.host!.guaranteedShare / 4 : this.config.receiveWindow * WINDOW_STEP;
+    const step = this.has(Flag.BudgetLimited) ? this.host!.guaranteedShare / 4 : this.config.receiveWindow * WINDOW_STEP;
     if (growth >= step) this.needAck();
   }
 
@@ -775,8 +794,8 @@ export class Session {
   /** The host's budget freed: re-evaluate backpressure and our window. */
   recheck(): void {
     if (this._state === 'done') return;
-    if (this.writeBlocked && this.canAcceptWrites()) {
-      this.writeBlocked = false;
+    if (this.has(Flag.WriteBlocked) && this.canAcceptWrites()) {
+      this.set(Flag.WriteBlocked, false);
       this.emit({ type: 'writable' });
     }
     if (this.windowTarget() > this.windowSent) this.needAck();
@@ -802,14 +821,14 @@ export class Session {
       // Client: data right behind the HELLO, up to the window the server always gives (§3.8, §15.2).
       const before = this.send.next;
       out = this.pushData(out, limit, budget);
-      if (this.send.next > before) this.sentEarly = true;
+      if (this.send.next > before) this.set(Flag.SentEarly, true);
       return out;
     }
     if (l !== this.current || this._state !== 'open') return out;
     const queued = out?.length ?? 0; // handshake frames go first
 
     // A pending acknowledgement rides along with data for free.
-    if (this.ackNeeded || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
+    if (this.has(Flag.AckNeeded) || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       out ??= [];
       out.push(this.makeAck());
     }
@@ -1013,7 +1032,7 @@ export class Session {
           // We resumed a keyed HELLO whose answer we missed, and the server
           // never held that session: start one, unless data already went out
           // with the HELLO (a server that died since may have delivered it).
-          if (!this.sentEarly) {
+          if (!this.has(Flag.SentEarly)) {
             this.restartSession(l, now);
             return;
           }
@@ -1024,7 +1043,7 @@ export class Session {
           );
           return;
         }
-        if (code === 'ERR_ROCKS_UNCONFIRMED_SESSION' && l.phase === 'resume' && !this.serverConfirmed && !this.sentEarly) {
+        if (code === 'ERR_ROCKS_UNCONFIRMED_SESSION' && l.phase === 'resume' && !this.has(Flag.ServerConfirmed) && !this.has(Flag.SentEarly)) {
           // The server dropped the session before it ever held data of ours:
           // start a fresh one and send everything again.
           this.restartSession(l, now);
@@ -1032,7 +1051,7 @@ export class Session {
         }
         break;
       case 'ERR_ROCKS_SESSION_CLOSED':
-        if (this.fin !== 'none' && this.finReceived) {
+        if (this.fin !== 'none' && this.has(Flag.FinReceived)) {
           // The server closed cleanly, so it held our FIN: we are finished.
           this.dropLink(l, message);
           if (this.fin === 'queued') this.fin = stepOutgoingFin(this.fin, 'held-by-peer');
@@ -1083,7 +1102,7 @@ export class Session {
         throw new RocksError('ERR_ROCKS_PROTOCOL', `frame 0x${f.type.toString(16)} after WELCOME, before CONFIRM`);
       }
     } else if (this.role === 'client') {
-      this.serverConfirmed = true;
+      this.set(Flag.ServerConfirmed, true);
     }
     switch (f.type) {
       case FrameType.DATA: {
@@ -1095,7 +1114,7 @@ export class Session {
         // more after our CHALLENGE named a resume point. Keep only what is new.
         const data = f.offset === dataEnd ? f.data : f.data.subarray(dataEnd - f.offset);
         if (data.length === 0) return;
-        if (this.finReceived) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA after FIN');
+        if (this.has(Flag.FinReceived)) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA after FIN');
         const end = this.received + data.length;
         if (end > this.windowSent) {
           throw new RocksError('ERR_ROCKS_FLOW_CONTROL', `data up to ${end} beyond window ${this.windowSent}`);
@@ -1107,7 +1126,7 @@ export class Session {
         this.emit({ type: 'data', data });
         const owed = this.received - this.ackSent;
         if (owed >= Math.min(this.config.receiveWindow * WINDOW_STEP, ACK_EVERY_MAX)) this.needAck();
-        else if (!this.ackNeeded) this.ackWithin(owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY, now);
+        else if (!this.has(Flag.AckNeeded)) this.ackWithin(owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY, now);
         return;
       }
       case FrameType.ACK:
@@ -1115,12 +1134,12 @@ export class Session {
       case FrameType.PACE:
         return this.onPace(l, f.interval, now);
       case FrameType.FIN:
-        if (this.finReceived && f.offset === this.received - 1) return; // replayed
-        if (this.finReceived || f.offset !== this.received) {
+        if (this.has(Flag.FinReceived) && f.offset === this.received - 1) return; // replayed
+        if (this.has(Flag.FinReceived) || f.offset !== this.received) {
           throw new RocksError('ERR_ROCKS_PROTOCOL', `FIN at offset ${f.offset}, expected ${this.received}`);
         }
         this.received += 1;
-        this.finReceived = true;
+        this.set(Flag.FinReceived, true);
         this.needAck();
         this.emit({ type: 'end' });
         this.checkFinished(now);
@@ -1167,8 +1186,8 @@ export class Session {
   private onPace(l: Link, interval: number, now: number): void {
     l.peerPace = interval;
     // A client learns from the server's first PACE that it takes ours; a server learnt it from the HELLO.
-    if (this.peerTakesPace || this.role === 'server') return;
-    this.peerTakesPace = true;
+    if (this.has(Flag.PeerTakesPace) || this.role === 'server') return;
+    this.set(Flag.PeerTakesPace, true);
     this.offerPace(l, now);
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
@@ -1179,7 +1198,7 @@ export class Session {
    * client only when it does (a link without PACE is taken as unwatched).
    */
   private offerPace(l: Link, now: number): void {
-    if (!this.peerTakesPace || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
+    if (!this.has(Flag.PeerTakesPace) || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
     l.paceOwed = true;
     // The client's PACE waits for company like a small acknowledgement: on
     // its own it would be a write and a wake-up for both ends at every
@@ -1190,7 +1209,7 @@ export class Session {
   /** How long the peer may stay silent on the current link: a path check's tolerance where our kernel watches it (§5.1). */
   private silenceLimit(): number {
     const F = this.config.failureTimeout;
-    return this.current?.watched && this.peerTakesPace ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
+    return this.current?.watched && this.has(Flag.PeerTakesPace) ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
   }
 
   /** How long we may stay silent on the current link: as long as the peer's PACE allows, never less than our own rate. */
@@ -1203,15 +1222,15 @@ export class Session {
     if (freed > 0) {
       this.account();
       // Held to its share, acknowledged output makes room for input too (an echo's window reopens as its echo is acknowledged).
-      if (this.budgetLimited) this.offerWindow();
+      if (this.has(Flag.BudgetLimited)) this.offerWindow();
     }
     if (received > this.send.end && this.fin === 'sent') {
       this.fin = stepOutgoingFin(this.fin, 'ack');
       this.emit({ type: 'fin-acked' });
       this.checkFinished(now);
     }
-    if (this.writeBlocked && this.canAcceptWrites()) {
-      this.writeBlocked = false;
+    if (this.has(Flag.WriteBlocked) && this.canAcceptWrites()) {
+      this.set(Flag.WriteBlocked, false);
       this.emit({ type: 'writable' });
     }
   }
@@ -1239,7 +1258,7 @@ export class Session {
     for (const other of this.links) if (other !== l) this.dropLink(other, 'another attempt won');
 
     this.current = l;
-    this.currentInDoubt = false;
+    this.set(Flag.CurrentInDoubt, false);
     l.phase = 'active';
     l.deadline = Infinity;
     l.handshake = undefined;
@@ -1337,7 +1356,7 @@ export class Session {
   private enterSuspended(now: number, reason: string): void {
     this._state = 'suspended';
     this.suspendedAt = now;
-    this.ackNeeded = false;
+    this.set(Flag.AckNeeded, false);
     this.timers.stop(Timer.Failure);
     this.timers.stop(Timer.Heartbeat);
     this.timers.stop(Timer.AckDelay);
@@ -1365,7 +1384,7 @@ export class Session {
     if (l !== this.helloLink) return false;
     this.dropLink(l, reason); // no longer the HELLO's link: dials may start again
     if (this.channelId !== undefined) this._sessionId = this.channelId;
-    else if (this.sentEarly)
+    else if (this.has(Flag.SentEarly))
       this.fail(now, new RocksError('ERR_ROCKS_CONNECT_FAILED', `the connection was lost in its first round trip (${reason})`), undefined);
     return true;
   }
@@ -1500,7 +1519,7 @@ export class Session {
     const id = this.nextLinkId++;
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
     const { attempt, delay } = this.dials().dialed(now);
-    if (this._state !== 'connecting' || this.everConnected) this.emit({ type: 'reconnect-attempt', attempt, delay });
+    if (this._state !== 'connecting' || this.has(Flag.EverConnected)) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
   }
@@ -1555,7 +1574,7 @@ export class Session {
     const target = this.windowTarget();
     if (target > this.windowSent) this.windowSent = target;
     this.ackSent = this.received;
-    this.ackNeeded = false;
+    this.set(Flag.AckNeeded, false);
     this.timers.stop(Timer.AckDelay);
     return encodeAck(this.received, this.windowSent);
   }
@@ -1566,7 +1585,7 @@ export class Session {
     if (target <= this.windowSent || this.host === undefined) return target;
     // What the peer may still send becomes ours to hold: no more than our share.
     const allowed = this.bytesReceived + this.host.allowance(this);
-    this.budgetLimited = allowed < target;
+    this.set(Flag.BudgetLimited, allowed < target);
     if (allowed < target) {
       this.host.waitForBudget(this);
       return Math.max(this.windowSent, Math.floor(allowed));
@@ -1582,7 +1601,7 @@ export class Session {
       this.host.waitForBudget(this);
       ok = false;
     }
-    if (!ok) this.writeBlocked = true;
+    if (!ok) this.set(Flag.WriteBlocked, true);
     return ok;
   }
 
@@ -1607,7 +1626,7 @@ export class Session {
 
   /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
   private needAck(): void {
-    this.ackNeeded = true;
+    this.set(Flag.AckNeeded, true);
     this.timers.stop(Timer.AckDelay);
     this.timers.stop(Timer.Heartbeat);
   }
