@@ -221,17 +221,17 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     this.listener = listener;
   }
 
-  private has(flag: number): boolean {
+  private hasFlag(flag: number): boolean {
     return (this.flags & flag) !== 0;
   }
 
-  private set(flag: number, on: boolean): void {
+  private setFlag(flag: number, on: boolean): void {
     this.flags = on ? this.flags | flag : this.flags & ~flag;
   }
 
   /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8), from 'connect' on. */
   watchNetworkOnceOpen(): void {
-    this.set(Flag.WatchWhenOpen, true);
+    this.setFlag(Flag.WatchWhenOpen, true);
   }
 
   /** The network watcher's call (NetworkListener). */
@@ -271,8 +271,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    */
   adopt(handle: LinkHandle): void {
     this.links = withItem(this.links, handle);
-    handle.setNoDelay(this.has(Flag.NoDelay));
-    handle.quickAck = this.has(Flag.QuickAck);
+    handle.setNoDelay(this.hasFlag(Flag.NoDelay));
+    handle.quickAck = this.hasFlag(Flag.QuickAck);
   }
 
   /** The application let go of the socket (it closed after a clean finish): finish the protocol in the background. */
@@ -311,8 +311,8 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   setRef(on: boolean): void {
-    if (on === this.has(Flag.Referenced) || (on && this.session.state === 'done')) return;
-    this.set(Flag.Referenced, on);
+    if (on === this.hasFlag(Flag.Referenced) || (on && this.session.state === 'done')) return;
+    this.setFlag(Flag.Referenced, on);
     if (on) sharedScheduler.ref();
     else sharedScheduler.unref();
     for (const h of this.links) {
@@ -322,12 +322,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   setNoDelay(on: boolean): void {
-    this.set(Flag.NoDelay, on);
+    this.setFlag(Flag.NoDelay, on);
     for (const h of this.links) h.setNoDelay(on);
   }
 
   setQuickAck(on: boolean): void {
-    this.set(Flag.QuickAck, on);
+    this.setFlag(Flag.QuickAck, on);
     for (const h of this.links) h.quickAck = on;
   }
 
@@ -373,14 +373,14 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * running loop to go round once more.
    */
   drive(): void {
-    if (this.has(Flag.Driving)) {
-      this.set(Flag.Again, true);
+    if (this.hasFlag(Flag.Driving)) {
+      this.setFlag(Flag.Again, true);
       return;
     }
-    this.set(Flag.Driving, true);
+    this.setFlag(Flag.Driving, true);
     try {
       do {
-        this.set(Flag.Again, false);
+        this.setFlag(Flag.Again, false);
         // One flush after the events: what the application writes from its
         // handlers (an echo of the first bytes, a reply) leaves in the same
         // write as the session's own frames (WELCOME, an ACK). Only a link's
@@ -390,15 +390,15 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           this.handle(ev);
         }
         this.flush();
-      } while (this.has(Flag.Again));
+      } while (this.hasFlag(Flag.Again));
     } finally {
-      this.set(Flag.Driving, false);
+      this.setFlag(Flag.Driving, false);
     }
     if (this.session.state === 'done') {
       this.stopLingering();
       this.setRef(false);
-      if (this.has(Flag.Watching)) networkWatcher.unwatch(this);
-      this.set(Flag.Watching, false);
+      if (this.hasFlag(Flag.Watching)) networkWatcher.unwatch(this);
+      this.setFlag(Flag.Watching, false);
     } else sharedScheduler.schedule(this, this.session.pollTimeout());
     this.server?.afterDrive();
   }
@@ -409,15 +409,15 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * instead of one system call each, and a lone write waits for nothing.
    */
   driveSoon(): void {
-    if (this.has(Flag.Driving)) {
+    if (this.hasFlag(Flag.Driving)) {
       // Written from an event handler: the running loop transmits it next.
-      this.set(Flag.Again, true);
+      this.setFlag(Flag.Again, true);
       return;
     }
-    if (this.has(Flag.DriveQueued)) return;
-    this.set(Flag.DriveQueued, true);
+    if (this.hasFlag(Flag.DriveQueued)) return;
+    this.setFlag(Flag.DriveQueued, true);
     queueMicrotask(() => {
-      this.set(Flag.DriveQueued, false);
+      this.setFlag(Flag.DriveQueued, false);
       this.drive();
     });
   }
@@ -429,12 +429,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * must still be told.
    */
   driveNow(): void {
-    const outer = this.has(Flag.Driving);
-    this.set(Flag.Driving, false);
+    const outer = this.hasFlag(Flag.Driving);
+    this.setFlag(Flag.Driving, false);
     try {
       this.drive();
     } finally {
-      this.set(Flag.Driving, outer);
+      this.setFlag(Flag.Driving, outer);
     }
   }
 
@@ -444,7 +444,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   private flush(): void {
-    if (this.links.length === 0 || this.has(Flag.HoldFlush)) return;
+    if (this.links.length === 0 || this.hasFlag(Flag.HoldFlush)) return;
     const now = monotonicNow();
     for (const h of this.links) {
       const id = h.id;
@@ -480,9 +480,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         }
         const handle = new LinkHandle(ev.link, socket, this);
         this.links = withItem(this.links, handle);
-        handle.setNoDelay(this.has(Flag.NoDelay));
-        handle.quickAck = this.has(Flag.QuickAck);
-        if (!this.has(Flag.Referenced)) socket.unref();
+        handle.setNoDelay(this.hasFlag(Flag.NoDelay));
+        handle.quickAck = this.hasFlag(Flag.QuickAck);
+        if (!this.hasFlag(Flag.Referenced)) socket.unref();
         whenLinkReady(socket, () => {
           // Only a HELLO uses the channel's key: a resume keeps the session's.
           const channel = this.session.sessionId === undefined ? linkChannel(socket) : undefined;
@@ -504,9 +504,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       }
       case 'open':
         this.server?.opened(this.session);
-        this.set(Flag.HoldFlush, true);
+        this.setFlag(Flag.HoldFlush, true);
         process.nextTick(() => {
-          this.set(Flag.HoldFlush, false);
+          this.setFlag(Flag.HoldFlush, false);
           this.drive();
         });
         return;
@@ -523,9 +523,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         return;
       }
       case 'connect':
-        if (this.has(Flag.WatchWhenOpen) && !this.has(Flag.Watching)) {
+        if (this.hasFlag(Flag.WatchWhenOpen) && !this.hasFlag(Flag.Watching)) {
           networkWatcher.watch(this);
-          this.set(Flag.Watching, true);
+          this.setFlag(Flag.Watching, true);
         }
         this.listener?.onSessionEvent(ev);
         return;

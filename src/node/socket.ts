@@ -143,6 +143,24 @@ type Callback = (err?: Error | null) => void;
 /** Takes a plain connection back as a rocks link: `first`, its first bytes, are an announcement. */
 export type LateAnnouncement = (raw: Socket, first: Buffer) => void;
 
+/**
+ * A socket's yes/no state, packed into one small integer: as Node builds V8
+ * (no pointer compression) every field costs each connection 8 bytes, a
+ * boolean too. Node's own streams keep theirs the same way.
+ */
+const Flag = {
+  /** connect() was called and the connection is not yet established. */
+  Connecting: 1 << 0,
+  /** Connected once, in either mode: writes go through from now on. */
+  Established: 1 << 1,
+  Referenced: 1 << 2,
+  NoDelay: 1 << 3,
+  /** Client: the verdict came from the detection cache, not from a probe of this connection. */
+  VerdictCached: 1 << 4,
+  /** Client: a cached verdict proved wrong and this connection probed again (once at most). */
+  Reprobed: 1 << 5,
+} as const;
+
 export class ReliableSocket extends Duplex implements SessionListener {
   /** Reliable mode: the session and its driver. */
   private driver: SessionDriver | undefined;
@@ -157,11 +175,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private pendingWrite: Callback | undefined;
   private pendingFinal: Callback | undefined;
   private delivered = 0;
-  private _connecting = false;
-  private established = false;
-  private referenced = true;
   private idleTimeout = 0;
-  private noDelay = true;
+  /** Yes/no state, one bit each (Flag). */
+  private flags: number = Flag.Referenced | Flag.NoDelay;
   /**
    * Plain server side, until the first bytes come: what to do with a rocks
    * announcement that came after detectTimeout (see onRawData).
@@ -170,8 +186,6 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** Plain mode: our listeners on `raw`, so that a late announcement can take it back (detachRaw). */
   // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private plainListeners: [string, (...args: any[]) => void][] | undefined;
-  private reprobed = false;
-  private verdictCached = false;
   /** The mode chosen and why, for the 'detect' event (client side). */
   private verdict: DetectInfo | undefined;
   /** TLS: the first link, already secured when the session adopts it. */
@@ -194,13 +208,21 @@ export class ReliableSocket extends Duplex implements SessionListener {
     resolveSessionConfig(options); // fail early on bad options
   }
 
+  private hasFlag(flag: number): boolean {
+    return (this.flags & flag) !== 0;
+  }
+
+  private setFlag(flag: number, on: boolean): void {
+    this.flags = on ? this.flags | flag : this.flags & ~flag;
+  }
+
   /** Wraps a server-side session (used by ReliableServer). */
   static fromSession(session: Session, options: ReliableSocketOptions, hooks: ServerSessionHooks): { socket: ReliableSocket; driver: SessionDriver } {
     const socket = new ReliableSocket(options);
     const driver = new SessionDriver(session, socket, hooks);
     driver.setQuickAck(options.quickAck !== false);
     socket.driver = driver;
-    socket.established = true;
+    socket.setFlag(Flag.Established, true);
     driver.setRef(true);
     return { socket, driver };
   }
@@ -213,7 +235,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
    */
   static fromPlain(raw: Socket, initial: Buffer, ended: boolean, options: ReliableSocketOptions, takeLate?: LateAnnouncement): ReliableSocket {
     const socket = new ReliableSocket(options);
-    socket.established = true;
+    socket.setFlag(Flag.Established, true);
     // Over TLS the client's ALPN offer already told a rocks client apart.
     if (initial.length === 0 && !ended && !(raw instanceof TLSSocket)) socket.lateAnnouncement = takeLate ?? 'drop';
     socket.attachRaw(raw);
@@ -230,7 +252,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   connect(port: number, connectListener?: () => void): this;
   connect(path: string, connectListener?: () => void): this;
   connect(...args: unknown[]): this {
-    if (this._connecting || this.established) {
+    if (this.hasFlag(Flag.Connecting) || this.hasFlag(Flag.Established)) {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'socket is already connected or connecting');
     }
     const [options, listener] = normalizeConnectArgs(args);
@@ -240,10 +262,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
     if (options.port == null && options.path == null) {
       throw new RocksError('ERR_ROCKS_INVALID_OPTION', 'connect needs a port or a path');
     }
-    if (options.noDelay === false) this.noDelay = false;
+    if (options.noDelay === false) this.setFlag(Flag.NoDelay, false);
     if (listener) this.once('connect', listener);
     if (options.timeout !== undefined) this.setTimeout(options.timeout);
-    this._connecting = true;
+    this.setFlag(Flag.Connecting, true);
 
     if (this.options.tls !== undefined) this.connectTls(this.options.tls);
     else if (this.options.enhanced === true) this.startReliable({ enhanced: true, reason: 'the application said the server speaks rocks' });
@@ -348,11 +370,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const key = this.destination();
     const cached = detectionCache.get(key);
     if (cached !== undefined) {
-      this.verdictCached = true;
+      this.setFlag(Flag.VerdictCached, true);
       this.decide(cached);
       return;
     }
-    this.verdictCached = false;
+    this.setFlag(Flag.VerdictCached, false);
     const ttl = this.options.detectCacheTtl ?? 600_000;
     const run = (): Promise<Verdict> => probe(this.dialOptions, this.options.probeTimeout ?? 500);
     // With the cache off, every connection probes (what detectCacheTtl: 0 asks for).
@@ -372,8 +394,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** Logs a decision; the 'detect' event follows with the connection, once the mode is certain. */
   private decided(reliable: boolean, reason: string): void {
-    this.verdict = { reliable, reason, cached: this.verdictCached };
-    debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', this.destination(), reason, this.verdictCached ? ' (cached)' : '');
+    this.verdict = { reliable, reason, cached: this.hasFlag(Flag.VerdictCached) };
+    debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', this.destination(), reason, this.hasFlag(Flag.VerdictCached) ? ' (cached)' : '');
   }
 
   private destination(): string {
@@ -384,9 +406,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
     this.decided(true, verdict.reason);
     const session = Session.connect(resolveSessionConfig(this.options), systemRandom, monotonicNow());
     this.driver = new SessionDriver(session, this);
-    this.driver.setNoDelay(this.noDelay);
+    this.driver.setNoDelay(this.hasFlag(Flag.NoDelay));
     this.driver.setQuickAck(this.options.quickAck !== false);
-    this.driver.setRef(this.referenced);
+    this.driver.setRef(this.hasFlag(Flag.Referenced));
     // From 'connect' on (a change before it is no business of the first dial's). A Unix socket path has no network to change under it.
     if (this.options.watchNetwork !== false && (this.dialOptions as { path?: string }).path === undefined) this.driver.watchNetworkOnceOpen();
     if (this.idleTimeout > 0) session.setIdleTimeout(this.idleTimeout, monotonicNow());
@@ -438,16 +460,17 @@ export class ReliableSocket extends Duplex implements SessionListener {
    */
   private fallBack(error: RocksError): boolean {
     const notEnhanced = error.code === 'ERR_ROCKS_NOT_ENHANCED' || error.code === 'ERR_ROCKS_VERSION';
-    const retry = this.verdictCached && !this.reprobed;
+    const retry = this.hasFlag(Flag.VerdictCached) && !this.hasFlag(Flag.Reprobed);
     const handedOver = (this.driver?.session.bytesWritten ?? 0) > 0;
     // Over TLS the server's ALPN answer was the verdict: the error stands.
-    if (this.established || handedOver || this.options.enhanced === true || this.options.tls !== undefined || !(notEnhanced || retry)) return false;
+    if (this.hasFlag(Flag.Established) || handedOver || this.options.enhanced === true || this.options.tls !== undefined || !(notEnhanced || retry))
+      return false;
     this.driver = undefined;
     const key = this.destination();
     detectionCache.invalidate(key);
     debug('%s: %s', key, error.message);
     if (retry) {
-      this.reprobed = true;
+      this.setFlag(Flag.Reprobed, true);
       this.detect();
     } else {
       detectionCache.set(key, { enhanced: false, reason: error.message }, this.options.detectCacheTtl ?? 600_000);
@@ -465,8 +488,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private becomeConnected(): void {
-    this._connecting = false;
-    this.established = true;
+    this.setFlag(Flag.Connecting, false);
+    this.setFlag(Flag.Established, true);
     if (this.verdict !== undefined) this.emit('detect', this.verdict);
     this.verdict = undefined; // told: an idle connection need not keep it
     this.emit('connect');
@@ -480,20 +503,20 @@ export class ReliableSocket extends Duplex implements SessionListener {
   // ---- the net.Socket surface ------------------------------------------------------
 
   get connecting(): boolean {
-    return this._connecting;
+    return this.hasFlag(Flag.Connecting);
   }
 
   get pending(): boolean {
-    return !this.established;
+    return !this.hasFlag(Flag.Established);
   }
 
   /** True between two rocks ends, false with an ordinary peer (or before the connection is established). */
   get reliable(): boolean {
-    return this.driver !== undefined && this.established;
+    return this.driver !== undefined && this.hasFlag(Flag.Established);
   }
 
   get readyState(): 'opening' | 'open' | 'readOnly' | 'writeOnly' | 'closed' {
-    if (this._connecting) return 'opening';
+    if (this.hasFlag(Flag.Connecting)) return 'opening';
     if (this.readable && this.writable) return 'open';
     if (this.readable) return 'readOnly';
     if (this.writable) return 'writeOnly';
@@ -619,7 +642,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   setNoDelay(noDelay = true): this {
-    this.noDelay = noDelay;
+    this.setFlag(Flag.NoDelay, noDelay);
     this.driver?.setNoDelay(noDelay);
     this.raw?.setNoDelay(noDelay);
     return this;
@@ -655,14 +678,14 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   ref(): this {
-    this.referenced = true;
+    this.setFlag(Flag.Referenced, true);
     this.driver?.setRef(true);
     this.raw?.ref();
     return this;
   }
 
   unref(): this {
-    this.referenced = false;
+    this.setFlag(Flag.Referenced, false);
     this.driver?.setRef(false);
     this.raw?.unref();
     return this;
@@ -682,8 +705,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private writeChunks(chunks: Buffer[], callback: Callback): void {
-    if (!this.established && !this.earlyData) {
-      if (!this._connecting) {
+    if (!this.hasFlag(Flag.Established) && !this.earlyData) {
+      if (!this.hasFlag(Flag.Connecting)) {
         callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
         return;
       }
@@ -712,8 +735,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   override _final(callback: Callback): void {
-    if (!this.established) {
-      if (this._connecting) this.queuedFinal = callback;
+    if (!this.hasFlag(Flag.Established)) {
+      if (this.hasFlag(Flag.Connecting)) this.queuedFinal = callback;
       else callback();
       return;
     }
@@ -760,7 +783,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
       } else if (
         err === null &&
         this.readableLength === 0 &&
-        (session.ended || (this.established && this.writableEnded && this.writableLength === 0))
+        (session.ended || (this.hasFlag(Flag.Established) && this.writableEnded && this.writableLength === 0))
       ) {
         // Destroyed after end() with nothing left unread, as TLS does to the
         // stream under it: like close() after shutdown() on a TCP socket,
@@ -779,7 +802,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         driver.detach();
       }
     }
-    this._connecting = false;
+    this.setFlag(Flag.Connecting, false);
     callback(err);
   }
 
@@ -787,8 +810,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   private attachRaw(raw: Socket): void {
     this.raw = raw;
-    raw.setNoDelay(this.noDelay);
-    if (!this.referenced) raw.unref();
+    raw.setNoDelay(this.hasFlag(Flag.NoDelay));
+    if (!this.hasFlag(Flag.Referenced)) raw.unref();
     if (this.idleTimeout > 0) raw.setTimeout(this.idleTimeout);
     let ended = false;
     this.plainListeners = [
@@ -839,7 +862,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const raw = this.raw!;
     for (const [event, fn] of this.plainListeners!) raw.removeListener(event, fn);
     if (this.idleTimeout > 0) raw.setTimeout(0);
-    if (!this.referenced) raw.ref();
+    if (!this.hasFlag(Flag.Referenced)) raw.ref();
     this.raw = undefined;
     this.plainListeners = undefined;
   }

@@ -385,7 +385,7 @@ export class Session {
     channelKey?: Buffer,
   ): Session {
     const s = new Session('server', config, random, host);
-    s.set(Flag.PeerTakesPace, hello.pace);
+    s.setFlag(Flag.PeerTakesPace, hello.pace);
     let serverPublic: Buffer = NO_PUBLIC_KEY;
     let key = channelKey;
     if (key === undefined) {
@@ -420,11 +420,11 @@ export class Session {
     if (l !== undefined) this.processLink(l, now);
   }
 
-  private has(flag: number): boolean {
+  private hasFlag(flag: number): boolean {
     return (this.flags & flag) !== 0;
   }
 
-  private set(flag: number, on: boolean): void {
+  private setFlag(flag: number, on: boolean): void {
     this.flags = on ? this.flags | flag : this.flags & ~flag;
   }
 
@@ -480,12 +480,12 @@ export class Session {
 
   /** Data bytes received from the peer. */
   get bytesReceived(): number {
-    return this.received - (this.has(Flag.FinReceived) ? 1 : 0);
+    return this.received - (this.hasFlag(Flag.FinReceived) ? 1 : 0);
   }
 
   /** Client: data went out right behind a keyed HELLO, before WELCOME (§15.2). */
   get sentEarlyData(): boolean {
-    return this.has(Flag.SentEarly);
+    return this.hasFlag(Flag.SentEarly);
   }
 
   /** Data bytes accepted from the application. */
@@ -495,7 +495,7 @@ export class Session {
 
   /** Both directions are finished and acknowledged. */
   get finished(): boolean {
-    return this.fin === 'acked' && this.has(Flag.FinReceived);
+    return this.fin === 'acked' && this.hasFlag(Flag.FinReceived);
   }
 
   /** The application ended its direction (the FIN may still be on its way). */
@@ -509,8 +509,8 @@ export class Session {
     return (
       `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
-      ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.has(Flag.FinReceived) ? ' fin' : ''}]` +
-      `${this.has(Flag.WriteBlocked) ? ' write-blocked' : ''}${this.has(Flag.AckNeeded) ? ' ack-needed' : ''}`
+      ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.hasFlag(Flag.FinReceived) ? ' fin' : ''}]` +
+      `${this.hasFlag(Flag.WriteBlocked) ? ' write-blocked' : ''}${this.hasFlag(Flag.AckNeeded) ? ' ack-needed' : ''}`
     );
   }
 
@@ -530,7 +530,7 @@ export class Session {
       this.dropLink(l, 'the new connection takes the path of the current one');
       return;
     }
-    this.set(Flag.EverConnected, true);
+    this.setFlag(Flag.EverConnected, true);
     // The EDP announcement, then the first frame without waiting for the
     // server's announcement: we already know (probe, cache or option) that it
     // is enhanced, and the HELLO negotiates the version anyway.
@@ -734,8 +734,8 @@ export class Session {
     if (this._state !== 'open') return;
     // Until a link takes the session, a change after one that doubted the
     // current link (an interface down, then its route back) verifies too.
-    if (verify) this.set(Flag.CurrentInDoubt, true);
-    else verify = this.has(Flag.CurrentInDoubt);
+    if (verify) this.setFlag(Flag.CurrentInDoubt, true);
+    else verify = this.hasFlag(Flag.CurrentInDoubt);
     for (const l of this.links) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
@@ -780,7 +780,7 @@ export class Session {
   /** Announces the window when it can grow by a step: half of receiveWindow, or a quarter of the guaranteed share when held to its share. */
   private offerWindow(): void {
     const growth = this.windowTarget() - this.windowSent; // first: it decides budgetLimited
-    const step = this.has(Flag.BudgetLimited) ? this.host!.guaranteedShare / 4 : this.config.receiveWindow * WINDOW_STEP;
+    const step = this.hasFlag(Flag.BudgetLimited) ? this.host!.guaranteedShare / 4 : this.config.receiveWindow * WINDOW_STEP;
     if (growth >= step) this.needAck();
   }
 
@@ -794,8 +794,8 @@ export class Session {
   /** The host's budget freed: re-evaluate backpressure and our window. */
   recheck(): void {
     if (this._state === 'done') return;
-    if (this.has(Flag.WriteBlocked) && this.canAcceptWrites()) {
-      this.set(Flag.WriteBlocked, false);
+    if (this.hasFlag(Flag.WriteBlocked) && this.canAcceptWrites()) {
+      this.setFlag(Flag.WriteBlocked, false);
       this.emit({ type: 'writable' });
     }
     if (this.windowTarget() > this.windowSent) this.needAck();
@@ -821,14 +821,14 @@ export class Session {
       // Client: data right behind the HELLO, up to the window the server always gives (§3.8, §15.2).
       const before = this.send.next;
       out = this.pushData(out, limit, budget);
-      if (this.send.next > before) this.set(Flag.SentEarly, true);
+      if (this.send.next > before) this.setFlag(Flag.SentEarly, true);
       return out;
     }
     if (l !== this.current || this._state !== 'open') return out;
     const queued = out?.length ?? 0; // handshake frames go first
 
     // A pending acknowledgement rides along with data for free.
-    if (this.has(Flag.AckNeeded) || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
+    if (this.hasFlag(Flag.AckNeeded) || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
       out ??= [];
       out.push(this.makeAck());
     }
@@ -1032,7 +1032,7 @@ export class Session {
           // We resumed a keyed HELLO whose answer we missed, and the server
           // never held that session: start one, unless data already went out
           // with the HELLO (a server that died since may have delivered it).
-          if (!this.has(Flag.SentEarly)) {
+          if (!this.hasFlag(Flag.SentEarly)) {
             this.restartSession(l, now);
             return;
           }
@@ -1043,7 +1043,12 @@ export class Session {
           );
           return;
         }
-        if (code === 'ERR_ROCKS_UNCONFIRMED_SESSION' && l.phase === 'resume' && !this.has(Flag.ServerConfirmed) && !this.has(Flag.SentEarly)) {
+        if (
+          code === 'ERR_ROCKS_UNCONFIRMED_SESSION' &&
+          l.phase === 'resume' &&
+          !this.hasFlag(Flag.ServerConfirmed) &&
+          !this.hasFlag(Flag.SentEarly)
+        ) {
           // The server dropped the session before it ever held data of ours:
           // start a fresh one and send everything again.
           this.restartSession(l, now);
@@ -1051,7 +1056,7 @@ export class Session {
         }
         break;
       case 'ERR_ROCKS_SESSION_CLOSED':
-        if (this.fin !== 'none' && this.has(Flag.FinReceived)) {
+        if (this.fin !== 'none' && this.hasFlag(Flag.FinReceived)) {
           // The server closed cleanly, so it held our FIN: we are finished.
           this.dropLink(l, message);
           if (this.fin === 'queued') this.fin = stepOutgoingFin(this.fin, 'held-by-peer');
@@ -1102,7 +1107,7 @@ export class Session {
         throw new RocksError('ERR_ROCKS_PROTOCOL', `frame 0x${f.type.toString(16)} after WELCOME, before CONFIRM`);
       }
     } else if (this.role === 'client') {
-      this.set(Flag.ServerConfirmed, true);
+      this.setFlag(Flag.ServerConfirmed, true);
     }
     switch (f.type) {
       case FrameType.DATA: {
@@ -1114,7 +1119,7 @@ export class Session {
         // more after our CHALLENGE named a resume point. Keep only what is new.
         const data = f.offset === dataEnd ? f.data : f.data.subarray(dataEnd - f.offset);
         if (data.length === 0) return;
-        if (this.has(Flag.FinReceived)) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA after FIN');
+        if (this.hasFlag(Flag.FinReceived)) throw new RocksError('ERR_ROCKS_PROTOCOL', 'DATA after FIN');
         const end = this.received + data.length;
         if (end > this.windowSent) {
           throw new RocksError('ERR_ROCKS_FLOW_CONTROL', `data up to ${end} beyond window ${this.windowSent}`);
@@ -1126,7 +1131,7 @@ export class Session {
         this.emit({ type: 'data', data });
         const owed = this.received - this.ackSent;
         if (owed >= Math.min(this.config.receiveWindow * WINDOW_STEP, ACK_EVERY_MAX)) this.needAck();
-        else if (!this.has(Flag.AckNeeded)) this.ackWithin(owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY, now);
+        else if (!this.hasFlag(Flag.AckNeeded)) this.ackWithin(owed < ACK_LAZY_BYTES ? ACK_DELAY_LAZY : ACK_DELAY, now);
         return;
       }
       case FrameType.ACK:
@@ -1134,12 +1139,12 @@ export class Session {
       case FrameType.PACE:
         return this.onPace(l, f.interval, now);
       case FrameType.FIN:
-        if (this.has(Flag.FinReceived) && f.offset === this.received - 1) return; // replayed
-        if (this.has(Flag.FinReceived) || f.offset !== this.received) {
+        if (this.hasFlag(Flag.FinReceived) && f.offset === this.received - 1) return; // replayed
+        if (this.hasFlag(Flag.FinReceived) || f.offset !== this.received) {
           throw new RocksError('ERR_ROCKS_PROTOCOL', `FIN at offset ${f.offset}, expected ${this.received}`);
         }
         this.received += 1;
-        this.set(Flag.FinReceived, true);
+        this.setFlag(Flag.FinReceived, true);
         this.needAck();
         this.emit({ type: 'end' });
         this.checkFinished(now);
@@ -1186,8 +1191,8 @@ export class Session {
   private onPace(l: Link, interval: number, now: number): void {
     l.peerPace = interval;
     // A client learns from the server's first PACE that it takes ours; a server learnt it from the HELLO.
-    if (this.has(Flag.PeerTakesPace) || this.role === 'server') return;
-    this.set(Flag.PeerTakesPace, true);
+    if (this.hasFlag(Flag.PeerTakesPace) || this.role === 'server') return;
+    this.setFlag(Flag.PeerTakesPace, true);
     this.offerPace(l, now);
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
@@ -1198,7 +1203,7 @@ export class Session {
    * client only when it does (a link without PACE is taken as unwatched).
    */
   private offerPace(l: Link, now: number): void {
-    if (!this.has(Flag.PeerTakesPace) || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
+    if (!this.hasFlag(Flag.PeerTakesPace) || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
     l.paceOwed = true;
     // The client's PACE waits for company like a small acknowledgement: on
     // its own it would be a write and a wake-up for both ends at every
@@ -1209,7 +1214,7 @@ export class Session {
   /** How long the peer may stay silent on the current link: a path check's tolerance where our kernel watches it (§5.1). */
   private silenceLimit(): number {
     const F = this.config.failureTimeout;
-    return this.current?.watched && this.has(Flag.PeerTakesPace) ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
+    return this.current?.watched && this.hasFlag(Flag.PeerTakesPace) ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
   }
 
   /** How long we may stay silent on the current link: as long as the peer's PACE allows, never less than our own rate. */
@@ -1222,15 +1227,15 @@ export class Session {
     if (freed > 0) {
       this.account();
       // Held to its share, acknowledged output makes room for input too (an echo's window reopens as its echo is acknowledged).
-      if (this.has(Flag.BudgetLimited)) this.offerWindow();
+      if (this.hasFlag(Flag.BudgetLimited)) this.offerWindow();
     }
     if (received > this.send.end && this.fin === 'sent') {
       this.fin = stepOutgoingFin(this.fin, 'ack');
       this.emit({ type: 'fin-acked' });
       this.checkFinished(now);
     }
-    if (this.has(Flag.WriteBlocked) && this.canAcceptWrites()) {
-      this.set(Flag.WriteBlocked, false);
+    if (this.hasFlag(Flag.WriteBlocked) && this.canAcceptWrites()) {
+      this.setFlag(Flag.WriteBlocked, false);
       this.emit({ type: 'writable' });
     }
   }
@@ -1258,7 +1263,7 @@ export class Session {
     for (const other of this.links) if (other !== l) this.dropLink(other, 'another attempt won');
 
     this.current = l;
-    this.set(Flag.CurrentInDoubt, false);
+    this.setFlag(Flag.CurrentInDoubt, false);
     l.phase = 'active';
     l.deadline = Infinity;
     l.handshake = undefined;
@@ -1356,7 +1361,7 @@ export class Session {
   private enterSuspended(now: number, reason: string): void {
     this._state = 'suspended';
     this.suspendedAt = now;
-    this.set(Flag.AckNeeded, false);
+    this.setFlag(Flag.AckNeeded, false);
     this.timers.stop(Timer.Failure);
     this.timers.stop(Timer.Heartbeat);
     this.timers.stop(Timer.AckDelay);
@@ -1384,7 +1389,7 @@ export class Session {
     if (l !== this.helloLink) return false;
     this.dropLink(l, reason); // no longer the HELLO's link: dials may start again
     if (this.channelId !== undefined) this._sessionId = this.channelId;
-    else if (this.has(Flag.SentEarly))
+    else if (this.hasFlag(Flag.SentEarly))
       this.fail(now, new RocksError('ERR_ROCKS_CONNECT_FAILED', `the connection was lost in its first round trip (${reason})`), undefined);
     return true;
   }
@@ -1519,7 +1524,7 @@ export class Session {
     const id = this.nextLinkId++;
     this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
     const { attempt, delay } = this.dials().dialed(now);
-    if (this._state !== 'connecting' || this.has(Flag.EverConnected)) this.emit({ type: 'reconnect-attempt', attempt, delay });
+    if (this._state !== 'connecting' || this.hasFlag(Flag.EverConnected)) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
   }
@@ -1574,7 +1579,7 @@ export class Session {
     const target = this.windowTarget();
     if (target > this.windowSent) this.windowSent = target;
     this.ackSent = this.received;
-    this.set(Flag.AckNeeded, false);
+    this.setFlag(Flag.AckNeeded, false);
     this.timers.stop(Timer.AckDelay);
     return encodeAck(this.received, this.windowSent);
   }
@@ -1585,7 +1590,7 @@ export class Session {
     if (target <= this.windowSent || this.host === undefined) return target;
     // What the peer may still send becomes ours to hold: no more than our share.
     const allowed = this.bytesReceived + this.host.allowance(this);
-    this.set(Flag.BudgetLimited, allowed < target);
+    this.setFlag(Flag.BudgetLimited, allowed < target);
     if (allowed < target) {
       this.host.waitForBudget(this);
       return Math.max(this.windowSent, Math.floor(allowed));
@@ -1601,7 +1606,7 @@ export class Session {
       this.host.waitForBudget(this);
       ok = false;
     }
-    if (!ok) this.set(Flag.WriteBlocked, true);
+    if (!ok) this.setFlag(Flag.WriteBlocked, true);
     return ok;
   }
 
@@ -1626,7 +1631,7 @@ export class Session {
 
   /** An ACK goes out with the next transmission, so neither a delayed ACK nor a heartbeat is due meanwhile. */
   private needAck(): void {
-    this.set(Flag.AckNeeded, true);
+    this.setFlag(Flag.AckNeeded, true);
     this.timers.stop(Timer.AckDelay);
     this.timers.stop(Timer.Heartbeat);
   }
