@@ -73,6 +73,11 @@ function tlsKey(s: Socket): string {
   return `${s.remoteAddress}|${s.remotePort}`;
 }
 
+/** The driver a server set on one of its sessions (Session.driver). */
+function driverOf(session: Session): SessionDriver | undefined {
+  return session.driver as SessionDriver | undefined;
+}
+
 /** What the 'relay' event tells about a resuming link this node carried (or could not carry) to another node. */
 export interface RelayInfo {
   nodeId: number;
@@ -89,7 +94,6 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly options: ReliableServerOptions;
   /** Every link of the server; the core knows which session owns which. */
   private readonly links = new Map<LinkId, LinkHandle>();
-  private readonly drivers = new Map<Session, SessionDriver>();
   /** The socket of each session not yet handed to the application (until the client confirms it). */
   private readonly unopened = new Map<Session, ReliableSocket>();
   /** One 'close' listener for every socket handed out (Node calls it with the socket as `this`), not a closure each. */
@@ -104,7 +108,7 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       this.handToApplication(socket);
     },
     released: (session) => {
-      this.drivers.delete(session);
+      session.driver = undefined;
       this.unopened.delete(session);
     },
     afterDrive: () => this.drainCore(),
@@ -457,19 +461,19 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
         case 'session': {
           const session = ev.session;
           const { socket, driver } = ReliableSocket.fromSession(session, this.socketOptions, this.sessionHooks);
-          this.drivers.set(session, driver);
+          session.driver = driver;
           this.unopened.set(session, socket);
           this.bindLink(ev.link, driver);
           break;
         }
         case 'bind': {
-          const driver = this.drivers.get(ev.session);
+          const driver = driverOf(ev.session);
           if (driver === undefined) this.links.get(ev.link)?.close(undefined, false);
           else this.bindLink(ev.link, driver);
           break;
         }
         case 'drive':
-          this.drivers.get(ev.session)?.drive();
+          driverOf(ev.session)?.drive();
           break;
         case 'close-link':
           this.links.get(ev.link)?.close(ev.final, ev.final !== undefined);

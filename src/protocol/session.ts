@@ -288,6 +288,12 @@ export class Session {
    * cost a bulk transfer a full collection every 130 MB.
    */
   driveQueued = false;
+  /**
+   * Owned by the adapter that drives a server's session (its
+   * SessionDriver): a field rather than a Map from sessions to drivers,
+   * whose table costs a server about 40 bytes a session.
+   */
+  driver: unknown = undefined;
   /** Yes/no state, one bit each (Flag). */
   private flags = 0;
   private readonly config: SessionConfig;
