@@ -23,7 +23,7 @@ import { destinationKey, detectionCache, probe, type Verdict } from './detect.js
 import { normalizeConnectArgs } from './connect-args.js';
 import { type LinkHandle, SessionDriver, type ServerSessionHooks, type SessionListener } from './driver.js';
 import { monotonicNow } from './scheduler.js';
-import { type Ends, endsOf, familyOf } from './socket-ends.js';
+import { endsOf, familyOf } from './socket-ends.js';
 import { clientAlpn, isRocksLink, isVerificationFailure, markSecured, ROCKS_ALPN, watchHandshake } from './tls-link.js';
 
 const debug = debuglog('rocks');
@@ -167,8 +167,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** Plain mode: the one ordinary connection. */
   private raw: Socket | undefined;
   private options: ReliableConnectOptions;
-  /** The ends of the connection it last ran on (socket-ends.ts). */
-  private ends: Ends | undefined;
+  // The ends of the connection it last ran on (socket-ends.ts); fields of
+  // their own, as an object of them would cost each connection 32 bytes more.
+  private lastRemoteAddress: string | undefined;
+  private lastRemotePort: number | undefined;
+  private lastLocalAddress: string | undefined;
+  private lastLocalPort: number | undefined;
   /** Writes waiting for the connection to be established, in either mode; undefined when none (no array for an idle socket). */
   private queued: { chunks: Buffer[]; callback: Callback }[] | undefined;
   private queuedFinal: Callback | undefined;
@@ -524,24 +528,24 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   get remoteAddress(): string | undefined {
-    return this.ends?.remoteAddress;
+    return this.lastRemoteAddress;
   }
 
   get remotePort(): number | undefined {
-    return this.ends?.remotePort;
+    return this.lastRemotePort;
   }
 
   get remoteFamily(): string | undefined {
-    const address = this.ends?.remoteAddress;
+    const address = this.lastRemoteAddress;
     return address === undefined ? undefined : familyOf(address);
   }
 
   get localAddress(): string | undefined {
-    return this.ends?.localAddress;
+    return this.lastLocalAddress;
   }
 
   get localPort(): number | undefined {
-    return this.ends?.localPort;
+    return this.lastLocalPort;
   }
 
   /** Application bytes received. */
@@ -637,7 +641,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   address(): AddressInfo | Record<string, never> {
-    const { localAddress: address, localPort: port } = this.ends ?? {};
+    const address = this.lastLocalAddress;
+    const port = this.lastLocalPort;
     return address === undefined || port === undefined ? {} : { address, family: familyOf(address), port };
   }
 
@@ -879,11 +884,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private learnFrom(s: Socket, client?: ProxyAddress): void {
-    this.ends = endsOf(s);
-    if (client !== undefined) {
-      this.ends.remoteAddress = client.address;
-      this.ends.remotePort = client.port;
-    }
+    const ends = endsOf(s);
+    this.lastRemoteAddress = client?.address ?? ends.remoteAddress;
+    this.lastRemotePort = client?.port ?? ends.remotePort;
+    this.lastLocalAddress = ends.localAddress;
+    this.lastLocalPort = ends.localPort;
   }
 
   // ---- session events -------------------------------------------------------------------
