@@ -274,6 +274,8 @@ const Flag = {
 
 /** A session's server instance before WELCOME names it. */
 const NO_INSTANCE: Held = hold(Buffer.alloc(INSTANCE_SIZE));
+/** The instance the last WELCOME named, held once for every session that names the same (24 bytes a session). */
+let lastInstance: Held = NO_INSTANCE;
 
 /** Every client link opens with this EDP announcement (src/edp). */
 const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
@@ -958,7 +960,10 @@ export class Session {
       key = hold(derived);
     }
     this._sessionId = hold(f.sessionId);
-    this.serverInstance = hold(f.instance);
+    const instance = hold(f.instance);
+    // Equal strings, one copy: the sessions of a client mostly name one server.
+    if (instance !== lastInstance) lastInstance = instance;
+    this.serverInstance = lastInstance;
     this.key = key;
     this.peerWindow = f.window; // after early data, at least EARLY_DATA_BYTES (§15.2)
     this.windowSent = this.config.receiveWindow;
