@@ -40,6 +40,11 @@ export class Scheduler {
   /** Wakes `target` at `at` (ms, monotonic), unless it is already due earlier. */
   schedule(target: Timed, at: number | undefined): void {
     if (at === undefined) return;
+    // Whole milliseconds, as setTimeout counts them: a target then wakes at
+    // its deadline or within 1 ms after, never before, and its scheduledAt
+    // is a small integer, where a fraction would cost each session a boxed
+    // number (16 bytes).
+    at = Math.ceil(at);
     if (target.scheduledAt !== undefined && target.scheduledAt <= at) return;
     target.scheduledAt = at;
     this.heap.push(at, target);

@@ -181,6 +181,25 @@ describe('the watcher', () => {
   });
 });
 
+describe('the scheduler', () => {
+  test('a target wakes at its deadline or just after, never before; its scheduledAt is whole milliseconds', async () => {
+    const scheduler = new Scheduler();
+    scheduler.ref();
+    const at = monotonicNow() + 20.4;
+    let wake: (now: number) => void = () => {};
+    const woke = new Promise<number>((resolve) => {
+      wake = resolve;
+    });
+    const target = { scheduledAt: undefined as number | undefined, onTimer: (now: number) => wake(now) };
+    scheduler.schedule(target, at);
+    // A small integer, where a fraction would be a boxed number on every session.
+    assert.equal(target.scheduledAt, Math.ceil(at));
+    const now = await woke;
+    scheduler.unref();
+    assert.ok(now >= at, `woke ${(at - now).toFixed(2)} ms early`);
+  });
+});
+
 describe('stall detection (the scheduler)', () => {
   test('a timer made late by a busy event loop is not a stall', async () => {
     const scheduler = new Scheduler();
