@@ -96,8 +96,8 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   private readonly links = new Map<LinkId, LinkHandle>();
   /** The socket of each session not yet handed to the application (until the client confirms it). */
   private readonly unopened = new Map<Session, ReliableSocket>();
-  /** One 'close' listener for every socket handed out (Node calls it with the socket as `this`), not a closure each. */
-  private readonly forgetSocket: (this: ReliableSocket) => void;
+  /** A socket handed out closed: the 'close' listener of plain ones (one for all, not a closure each), and what drivers report. */
+  private readonly forgetSocket: () => void;
   /** What the driver of each session tells this server: one object for all, not closures per session. */
   private readonly sessionHooks: ServerSessionHooks = {
     // The application sees the socket once the client confirms the session.
@@ -105,13 +105,14 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
       const socket = this.unopened.get(session);
       if (socket === undefined) return;
       this.unopened.delete(session);
-      this.handToApplication(socket);
+      this.handToApplication(socket, driverOf(session));
     },
     released: (session) => {
       session.driver = undefined;
       this.unopened.delete(session);
     },
     afterDrive: () => this.drainCore(),
+    socketClosed: () => this.forgetSocket(),
   };
   /** Sockets the application holds (emitted by 'connection' and not yet closed): a count, as nothing needs them by name. */
   private openSockets = 0;
@@ -132,10 +133,9 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
   constructor(options: ReliableServerOptions = {}, connectionListener?: (socket: ReliableSocket) => void) {
     super();
     this.options = options;
-    const server = this;
-    this.forgetSocket = function (this: ReliableSocket) {
-      server.openSockets--;
-      server.maybeClosed();
+    this.forgetSocket = () => {
+      this.openSockets--;
+      this.maybeClosed();
     };
     const { tls: _serverTls, ...socketOptions } = options;
     this.socketOptions = socketOptions;
@@ -575,9 +575,11 @@ export class ReliableServer extends EventEmitter implements LinkOwner, Timed {
     );
   }
 
-  private handToApplication(socket: ReliableSocket): void {
+  /** `driver`: the socket's session's, which reports its close (SessionDriver.reportSocketClose); a plain socket has none. */
+  private handToApplication(socket: ReliableSocket, driver?: SessionDriver): void {
     this.openSockets++;
-    socket.on('close', this.forgetSocket);
+    if (driver !== undefined) driver.reportSocketClose();
+    else socket.on('close', this.forgetSocket);
     if (this.options.pauseOnConnect) socket.pause();
     this.emit('connection', socket);
   }

@@ -809,6 +809,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
     }
     this.setFlag(Flag.Connecting, false);
     callback(err);
+    driver?.socketDestroyed();
   }
 
   // ---- plain mode ----------------------------------------------------------------------

@@ -211,8 +211,12 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
 
   test("close() calls back once the application's sockets are closed, not when the last link ends its closing handshake", async () => {
     let serverSide: ReliableSocket | undefined;
+    let ourListeners = -1;
     const { server, port } = await listen({}, (s) => {
       serverSide = s;
+      // The server hears of the close through the session's driver: no
+      // listener of its own beside the application's (an array of two).
+      ourListeners = s.listenerCount('close');
       echo(s);
     });
     const proxy = new FaultProxy(port);
@@ -227,6 +231,7 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     c.end();
     await serverClosed;
     await new Promise<void>((resolve) => server.close(() => resolve()));
+    assert.equal(ourListeners, 0, "the server's own 'close' listeners on a session's socket");
     assert.equal(server.sessionCount, 1, 'the session was still finishing its closing handshake');
     await until(() => server.sessionCount === 0, 10_000, 'the session to finish');
     await proxy.close();
