@@ -354,7 +354,8 @@ export class Session {
   /** setIdleTimeout's value; 0 is off. */
   private idleTimeout = 0;
 
-  private readonly events = new Fifo<SessionEvent>();
+  /** Events for pollEvent; none while the session is quiet (handleTimeout drops the queue). */
+  private events: Fifo<SessionEvent> | undefined;
 
   private constructor(role: 'client' | 'server', config: SessionConfig, random: RandomSource, host?: SessionHost) {
     this.role = role;
@@ -661,8 +662,8 @@ export class Session {
     if (this._state === 'done') return;
     const timers = this.timers;
     // A timer finds most sessions quiet (a heartbeat is due): the event
-    // queue, empty between turns, gives its storage back (150 bytes).
-    this.events.trim();
+    // queue, empty between turns, goes with its storage (200 bytes).
+    if (this.events?.size === 0) this.events = undefined;
 
     if (timers.expired(Timer.Handshake, now)) {
       for (const l of this.links) {
@@ -878,7 +879,7 @@ export class Session {
   }
 
   pollEvent(): SessionEvent | undefined {
-    return this.events.shift();
+    return this.events?.shift();
   }
 
   /** The earliest time at which handleTimeout has work to do, or undefined. */
@@ -1648,6 +1649,7 @@ export class Session {
   }
 
   private emit(ev: SessionEvent): void {
+    this.events ??= new Fifo();
     this.events.push(ev);
   }
 }

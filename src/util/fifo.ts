@@ -2,8 +2,8 @@
 // protocol's event queues fill and drain once per chunk of input; an array
 // emptied with `length = 0` gives its storage back and grows it anew on the
 // next push, an allocation per chunk that this avoids. A queue that never
-// held anything, or was trimmed, has no array of its own (32 bytes for each
-// idle session).
+// held anything has no array of its own; a quiet session drops its queue
+// altogether (Session.handleTimeout).
 
 import { NO_ITEMS } from './empty.js';
 
@@ -19,11 +19,6 @@ export class Fifo<T> {
   push(item: T): void {
     if (this.items === NO_ITEMS) this.items = [];
     this.items[this.tail++] = item;
-  }
-
-  /** Gives the storage back if the queue is empty (a quiet owner's memory). */
-  trim(): void {
-    if (this.head === this.tail) this.items = NO_ITEMS;
   }
 
   /** The oldest item, or undefined when empty. */
