@@ -43,6 +43,15 @@ export class SendBuffer {
   private cursorIndex = 0;
   private cursorStart = 0;
 
+  /** `offset`: where the stream stands, everything before it acknowledged (a session makes its buffer again when it writes). */
+  constructor(offset = 0) {
+    this.headStart = offset;
+    this.acked = offset;
+    this.written = offset;
+    this.cursor = offset;
+    this.cursorStart = offset;
+  }
+
   /** Offset of the oldest byte still held (everything before it was acknowledged). */
   get start(): number {
     return this.acked;

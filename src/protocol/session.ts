@@ -316,7 +316,13 @@ export class Session {
   private readonly timers = new TimerTable();
 
   // Sending direction.
-  private readonly send = new SendBuffer();
+  /**
+   * What the application wrote and the peer has not acknowledged; none
+   * while that is nothing and the session is quiet (a heartbeat drops it:
+   * 112 bytes), and sendOffset then tells where the stream stands.
+   */
+  private sendBuffer: SendBuffer | undefined;
+  private sendOffset = 0;
   private fin: OutgoingFin = 'none';
   /** Highest unit offset ever transmitted (FIN included). */
   private maxSent = 0;
@@ -472,6 +478,35 @@ export class Session {
     return this.links.map((l) => l.id);
   }
 
+  // The send buffer's offsets, also while there is none.
+  private get sendStart(): number {
+    return this.sendBuffer?.start ?? this.sendOffset;
+  }
+
+  private get sendEnd(): number {
+    return this.sendBuffer?.end ?? this.sendOffset;
+  }
+
+  private get sendNext(): number {
+    return this.sendBuffer?.next ?? this.sendOffset;
+  }
+
+  private get sendLength(): number {
+    return this.sendBuffer?.length ?? 0;
+  }
+
+  /** A heartbeat found the session quiet: what nobody waits for goes. */
+  private freeIdleMemory(): void {
+    const send = this.sendBuffer;
+    if (send === undefined) return;
+    if (send.length > 0) {
+      send.freeIdleMemory();
+      return;
+    }
+    this.sendOffset = send.end;
+    this.sendBuffer = undefined;
+  }
+
   /** Bytes the session holds: written and not yet acknowledged, plus received and not yet read. */
   get heldBytes(): number {
     return this.buffered;
@@ -479,12 +514,12 @@ export class Session {
 
   /** Data bytes that reached the other side or came from it: what eviction weighs a session by. */
   get bytesMoved(): number {
-    return this.send.start + this.bytesReceived;
+    return this.sendStart + this.bytesReceived;
   }
 
   /** Bytes written by the application and not yet acknowledged by the peer. */
   get bufferedAmount(): number {
-    return this.send.length;
+    return this.sendLength;
   }
 
   /** Data bytes received from the peer. */
@@ -499,7 +534,7 @@ export class Session {
 
   /** Data bytes accepted from the application. */
   get bytesWritten(): number {
-    return this.send.end;
+    return this.sendEnd;
   }
 
   /** Both directions are finished and acknowledged. */
@@ -516,7 +551,7 @@ export class Session {
   describe(): string {
     const links = this.links.map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
     return (
-      `${this.role} ${this._state} ${this.close} links[${links}] send[${this.send.start}..${this.send.next}..${this.send.end}` +
+      `${this.role} ${this._state} ${this.close} links[${links}] send[${this.sendStart}..${this.sendNext}..${this.sendEnd}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
       ` recv[${this.received} unread ${this.unread} win ${this.windowSent}${this.hasFlag(Flag.FinReceived) ? ' fin' : ''}]` +
       `${this.hasFlag(Flag.WriteBlocked) ? ' write-blocked' : ''}${this.hasFlag(Flag.AckNeeded) ? ' ack-needed' : ''}`
@@ -558,7 +593,7 @@ export class Session {
       queueFrame(l, encodeHello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, publicKey, this.config.receiveWindow, true));
       l.phase = 'hello';
       // Keyed by its channel, or with the application's data to go behind it (§3.8, §15.2).
-      if (channel !== undefined || (this.config.earlyData && this.send.end > 0 && this.helloLink === undefined)) this.onlyHello(l);
+      if (channel !== undefined || (this.config.earlyData && this.sendEnd > 0 && this.helloLink === undefined)) this.onlyHello(l);
     } else {
       handshake.clientNonce = this.random.bytes(NONCE_SIZE);
       queueFrame(l, encodeResume(PROTOCOL_VERSION, unhold(this._sessionId), handshake.clientNonce, unhold(this.serverInstance)));
@@ -687,7 +722,7 @@ export class Session {
     } else {
       const beat = timers.expired(Timer.Heartbeat, now);
       if (beat || timers.expired(Timer.AckDelay, now)) this.needAck();
-      if (beat) this.send.freeIdleMemory();
+      if (beat) this.freeIdleMemory();
     }
 
     if (timers.expired(Timer.Suspend, now)) {
@@ -718,7 +753,8 @@ export class Session {
   /** Queues application data. Returns false when the caller should wait for `writable`. */
   write(chunk: Buffer, now: number): boolean {
     if (this._state === 'done' || chunk.length === 0) return true;
-    this.send.append(chunk);
+    this.sendBuffer ??= new SendBuffer(this.sendOffset);
+    this.sendBuffer.append(chunk);
     this.touch(now);
     this.account();
     return this.canAcceptWrites();
@@ -825,28 +861,28 @@ export class Session {
       out = l.out;
       l.out = undefined;
     }
-    const limit = Math.min(this.send.end, this.peerWindow);
+    const limit = Math.min(this.sendEnd, this.peerWindow);
     if (l === this.helloLink) {
       // Client: data right behind the HELLO, up to the window the server always gives (§3.8, §15.2).
-      const before = this.send.next;
+      const before = this.sendNext;
       out = this.pushData(out, limit, budget);
-      if (this.send.next > before) this.setFlag(Flag.SentEarly, true);
+      if (this.sendNext > before) this.setFlag(Flag.SentEarly, true);
       return out;
     }
     if (l !== this.current || this._state !== 'open') return out;
     const queued = out?.length ?? 0; // handshake frames go first
 
     // A pending acknowledgement rides along with data for free.
-    if (this.hasFlag(Flag.AckNeeded) || (this.timers.isArmed(Timer.AckDelay) && this.send.next < limit)) {
+    if (this.hasFlag(Flag.AckNeeded) || (this.timers.isArmed(Timer.AckDelay) && this.sendNext < limit)) {
       out ??= [];
       out.push(this.makeAck());
     }
     out = this.pushData(out, limit, budget);
-    if (this.fin === 'queued' && this.send.next === this.send.end) {
+    if (this.fin === 'queued' && this.sendNext === this.sendEnd) {
       out ??= [];
-      out.push(encodeFin(this.send.end));
+      out.push(encodeFin(this.sendEnd));
       this.fin = stepOutgoingFin(this.fin, 'transmit');
-      this.maxSent = this.send.end + 1;
+      this.maxSent = this.sendEnd + 1;
     }
     if (this.close === 'close-owed') {
       // The client must hold the acknowledgement of its FIN before CLOSE.
@@ -867,14 +903,16 @@ export class Session {
 
   /** DATA frames for what may be sent up to `limit`, about `budget` bytes at most, appended to `out`. */
   private pushData(out: Buffer[] | undefined, limit: number, budget: number): Buffer[] | undefined {
-    while (budget > 0 && this.send.next < limit) {
-      const size = Math.min(SEND_FRAME_BYTES, limit - this.send.next);
+    const send = this.sendBuffer;
+    if (send === undefined) return out; // nothing to send: the stream ends at sendOffset
+    while (budget > 0 && send.next < limit) {
+      const size = Math.min(SEND_FRAME_BYTES, limit - send.next);
       out ??= [];
-      out.push(encodeDataHeader(this.send.next, size));
-      this.send.read(size, out);
+      out.push(encodeDataHeader(send.next, size));
+      send.read(size, out);
       budget -= size;
     }
-    if (this.send.next > this.maxSent) this.maxSent = this.send.next;
+    if (send.next > this.maxSent) this.maxSent = send.next;
     return out;
   }
 
@@ -973,7 +1011,7 @@ export class Session {
     // Early data went out on this very link ahead of the WELCOME: the server
     // reads it before anything we send now, so it does not go out again.
     const resent = this.maxSent;
-    const early = l === this.helloLink ? this.send.next : 0;
+    const early = l === this.helloLink ? this.sendNext : 0;
     this.helloLink = undefined;
     this.maxSent = 0;
     // Over TLS nothing is owed to the server yet: our HELLO gave our window,
@@ -981,7 +1019,7 @@ export class Session {
     // client that connects, reads a reply and leaves sends no extra write.
     this.activate(l, now, 0, 0, resent, !keyed);
     if (early > 0) {
-      this.send.rewind(early);
+      this.sendBuffer?.rewind(early);
       this.maxSent = early;
     }
   }
@@ -997,7 +1035,7 @@ export class Session {
     // While the old link still carries the session (a migration), the server
     // may have acknowledged more on it after it wrote this CHALLENGE: what
     // we were told there stands.
-    const received = this.current !== undefined ? Math.max(f.received, this.send.start) : f.received;
+    const received = this.current !== undefined ? Math.max(f.received, this.sendStart) : f.received;
     if (!this.peerReceivedValid(received)) {
       this.fail(now, new RocksError('ERR_ROCKS_PROTOCOL', `server claims ${f.received} of our ${this.maxSent} units`), l);
       return;
@@ -1072,7 +1110,7 @@ export class Session {
           // The server closed cleanly, so it held our FIN: we are finished.
           this.dropLink(l, message);
           if (this.fin === 'queued') this.fin = stepOutgoingFin(this.fin, 'held-by-peer');
-          this.acknowledge(this.send.end + 1, now);
+          this.acknowledge(this.sendEnd + 1, now);
           this.completeClose(now);
           return;
         }
@@ -1192,8 +1230,8 @@ export class Session {
   }
 
   private onAck(received: number, window: number, now: number): void {
-    if (received < this.send.start || received > this.maxSent) {
-      throw new RocksError('ERR_ROCKS_PROTOCOL', `ACK of ${received} outside [${this.send.start}, ${this.maxSent}]`);
+    if (received < this.sendStart || received > this.maxSent) {
+      throw new RocksError('ERR_ROCKS_PROTOCOL', `ACK of ${received} outside [${this.sendStart}, ${this.maxSent}]`);
     }
     this.acknowledge(received, now);
     if (window > this.peerWindow) this.peerWindow = window;
@@ -1235,13 +1273,13 @@ export class Session {
   }
 
   private acknowledge(received: number, now: number): void {
-    const freed = this.send.trimTo(Math.min(received, this.send.end));
+    const freed = this.sendBuffer?.trimTo(Math.min(received, this.sendBuffer.end)) ?? 0;
     if (freed > 0) {
       this.account();
       // Held to its share, acknowledged output makes room for input too (an echo's window reopens as its echo is acknowledged).
       if (this.hasFlag(Flag.BudgetLimited)) this.offerWindow();
     }
-    if (received > this.send.end && this.fin === 'sent') {
+    if (received > this.sendEnd && this.fin === 'sent') {
       this.fin = stepOutgoingFin(this.fin, 'ack');
       this.emit({ type: 'fin-acked' });
       this.checkFinished(now);
@@ -1296,8 +1334,8 @@ export class Session {
       this.emit({ type: 'suspend', reason: movedWhy });
     }
     l.migration = undefined;
-    this.send.rewind(Math.min(Math.max(peerReceived, this.send.start), this.send.end));
-    if (peerReceived <= this.send.end) this.fin = stepOutgoingFin(this.fin, 'rewind');
+    this.sendBuffer?.rewind(Math.min(Math.max(peerReceived, this.sendBuffer.start), this.sendBuffer.end));
+    if (peerReceived <= this.sendEnd) this.fin = stepOutgoingFin(this.fin, 'rewind');
 
     if (wasState === 'accepting') {
       this.confirm(l, now);
@@ -1411,7 +1449,7 @@ export class Session {
     this._sessionId = undefined;
     this.key = undefined;
     this.fin = stepOutgoingFin(this.fin, 'rewind');
-    this.send.rewind(0);
+    this.sendBuffer?.rewind(0);
     if (this.current !== undefined) {
       // A move found out (a resume from a new path): the link that carried
       // the dropped session, still open on our side, carries nothing now.
@@ -1468,7 +1506,7 @@ export class Session {
     this.current = undefined;
     this._state = 'done';
     this.timers.stopAll();
-    this.send.trimTo(this.send.end);
+    this.sendBuffer?.trimTo(this.sendBuffer.end);
     this.unread = 0;
     this.account();
     this.host?.released(this, reason);
@@ -1584,7 +1622,7 @@ export class Session {
 
   /** A peer reporting it holds fewer units than it acknowledged, or more than we sent, is broken. */
   private peerReceivedValid(peerReceived: number): boolean {
-    return peerReceived >= this.send.start && peerReceived <= this.maxSent;
+    return peerReceived >= this.sendStart && peerReceived <= this.maxSent;
   }
 
   private makeAck(): Buffer {
@@ -1611,10 +1649,10 @@ export class Session {
   }
 
   private canAcceptWrites(): boolean {
-    let ok = this.send.length < this.config.maxInflight;
+    let ok = this.sendLength < this.config.maxInflight;
     // Unread input counts against the share but cannot starve output: an
     // application that echoes reads only as fast as it can write.
-    if (ok && this.host !== undefined && this.host.allowance(this) <= 0 && this.send.length >= this.host.guaranteedShare) {
+    if (ok && this.host !== undefined && this.host.allowance(this) <= 0 && this.sendLength >= this.host.guaranteedShare) {
       this.host.waitForBudget(this);
       ok = false;
     }
@@ -1623,7 +1661,7 @@ export class Session {
   }
 
   private account(): void {
-    const now = this.send.length + this.unread;
+    const now = this.sendLength + this.unread;
     if (now !== this.buffered) {
       const delta = now - this.buffered;
       this.buffered = now;

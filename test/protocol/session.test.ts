@@ -1178,6 +1178,29 @@ describe('timers', () => {
     assert.equal(p.client.session.state, 'open');
   });
 
+  test('a quiet session drops its send buffer at a heartbeat, and the stream goes on from where it stood, also over a resume', () => {
+    const p = established({ options: { failureTimeout: 1000, heartbeatInterval: 250 } });
+    const held = (side: typeof p.client) => (side.session as unknown as { sendBuffer: unknown }).sendBuffer !== undefined;
+    const first = pattern(5000);
+    p.client.write(first);
+    p.server.write(first);
+    p.runFor(100);
+    assert.ok(held(p.client) && held(p.server), 'a buffer while there is data');
+    p.runFor(1000); // acknowledged, then a heartbeat or more
+    assert.ok(!held(p.client) && !held(p.server), 'none once all is acknowledged and a heartbeat came');
+    const second = pattern(7000).subarray(3000);
+    p.client.write(second);
+    p.server.write(second);
+    p.runFor(10);
+    p.link(1).cut(); // the resume replays from offsets the new buffers started at
+    untilResumed(p);
+    p.runFor(500);
+    const both = Buffer.concat([first, second]);
+    assert.ok(p.server.received.equals(both), 'client to server: every byte once, in order');
+    assert.ok(p.client.received.equals(both), 'server to client: every byte once, in order');
+    assert.equal(p.client.session.bytesWritten, both.length);
+  });
+
   test('a delayed ACK: less than 64 KiB waits 200 ms (ACK_DELAY_LAZY) for company, more 20 ms (ACK_DELAY)', () => {
     const p = established();
     p.runFor(60);
