@@ -194,16 +194,30 @@ interface Link {
   deadline: number;
   /** Until the link carries the session; an active link keeps none of it. */
   handshake: LinkHandshake | undefined;
-  /** Something arrived on this link: a server is at the other end and working on it. */
-  heard?: boolean;
+  /** Yes/no state, one bit each (LinkFlag). */
+  flags: number;
   /** Client: this link moves an open session off its current one (migrate). */
   migration?: Migration;
-  /** Our kernel watches this link's TCP connection for a dead path (keepalive, TCP_USER_TIMEOUT; §5.1). */
-  watched?: boolean;
   /** The peer's PACE on this link: our heartbeats may come as rarely as this (ms). */
   peerPace?: number;
+}
+
+/** A link's yes/no state, bits of Link.flags. */
+const LinkFlag = {
+  /** Something arrived on this link: a server is at the other end and working on it. */
+  Heard: 1 << 0,
+  /** Our kernel watches this link's TCP connection for a dead path (keepalive, TCP_USER_TIMEOUT; §5.1). */
+  Watched: 1 << 1,
   /** A PACE frame is owed to the peer on this link. */
-  paceOwed?: boolean;
+  PaceOwed: 1 << 2,
+} as const;
+
+function linkHas(l: Link, flag: number): boolean {
+  return (l.flags & flag) !== 0;
+}
+
+function linkSet(l: Link, flag: number, on: boolean): void {
+  l.flags = on ? l.flags | flag : l.flags & ~flag;
 }
 
 /** What a link's handshake needs, dropped once the link carries the session. */
@@ -620,8 +634,8 @@ export class Session {
     const l = byId(this.links, link);
     if (l === undefined) return;
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
-    if (!l.heard) {
-      l.heard = true;
+    if (!linkHas(l, LinkFlag.Heard)) {
+      linkSet(l, LinkFlag.Heard, true);
       this.refreshLinkTimers();
     }
     if (l.handshake?.announcement !== undefined) {
@@ -670,8 +684,8 @@ export class Session {
    */
   handleLinkWatched(link: LinkId, now: number): void {
     const l = byId(this.links, link);
-    if (l === undefined || l.watched) return;
-    l.watched = true;
+    if (l === undefined || linkHas(l, LinkFlag.Watched)) return;
+    linkSet(l, LinkFlag.Watched, true);
     this.offerPace(l, now);
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
   }
@@ -892,10 +906,10 @@ export class Session {
     }
     // The server's PACE goes out at once (with WELCOME, or the answer to a
     // RESUME); the client's rides with whatever goes next (offerPace).
-    if (l.paceOwed && (this.role === 'server' || out !== undefined)) {
-      l.paceOwed = false;
+    if (linkHas(l, LinkFlag.PaceOwed) && (this.role === 'server' || out !== undefined)) {
+      linkSet(l, LinkFlag.PaceOwed, false);
       out ??= [];
-      out.splice(queued, 0, encodePace(l.watched ? this.config.pathCheckInterval : 0));
+      out.splice(queued, 0, encodePace(linkHas(l, LinkFlag.Watched) ? this.config.pathCheckInterval : 0));
     }
     if (out !== undefined) this.timers.set(Timer.Heartbeat, now + this.heartbeatEvery());
     return out;
@@ -1253,8 +1267,8 @@ export class Session {
    * client only when it does (a link without PACE is taken as unwatched).
    */
   private offerPace(l: Link, now: number): void {
-    if (!this.hasFlag(Flag.PeerTakesPace) || this.expectedConfirm !== undefined || !(this.role === 'server' || l.watched)) return;
-    l.paceOwed = true;
+    if (!this.hasFlag(Flag.PeerTakesPace) || this.expectedConfirm !== undefined || !(this.role === 'server' || linkHas(l, LinkFlag.Watched))) return;
+    linkSet(l, LinkFlag.PaceOwed, true);
     // The client's PACE waits for company like a small acknowledgement: on
     // its own it would be a write and a wake-up for both ends at every
     // connection's first reply (pollTransmit).
@@ -1264,7 +1278,10 @@ export class Session {
   /** How long the peer may stay silent on the current link: a path check's tolerance where our kernel watches it (§5.1). */
   private silenceLimit(): number {
     const F = this.config.failureTimeout;
-    return this.current?.watched && this.hasFlag(Flag.PeerTakesPace) ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval) : F;
+    const current = this.current;
+    return current !== undefined && linkHas(current, LinkFlag.Watched) && this.hasFlag(Flag.PeerTakesPace)
+      ? Math.max(F, PATH_CHECKS_MISSED * this.config.pathCheckInterval)
+      : F;
   }
 
   /** How long we may stay silent on the current link: as long as the peer's PACE allows, never less than our own rate. */
@@ -1526,11 +1543,9 @@ export class Session {
       out: undefined,
       deadline,
       handshake: phase === 'active' ? undefined : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined },
-      heard: false,
+      flags: 0,
       migration: undefined,
-      watched: false,
       peerPace: undefined,
-      paceOwed: false,
     };
     this.links = withItem(this.links, l);
     this.refreshLinkTimers();
@@ -1554,7 +1569,7 @@ export class Session {
     let silent = 0;
     for (const l of this.links) {
       if (l.deadline < handshake) handshake = l.deadline;
-      if (!l.heard) silent++;
+      if (!linkHas(l, LinkFlag.Heard)) silent++;
     }
     this.timers.set(Timer.Handshake, handshake);
     let dialAt = Infinity;
