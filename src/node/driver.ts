@@ -101,19 +101,48 @@ const SOCKET_LISTENERS: [string, (this: LinkedSocket, ...args: any[]) => void][]
   ['close', onSocketClose],
 ];
 
+/** A link handle's yes/no state, bits of its flags (one field for three: 16 bytes a link). */
+const HandleFlag = {
+  Closed: 1 << 0,
+  Nagle: 1 << 1,
+  QuickAck: 1 << 2,
+} as const;
+
 /** A socket and the owner its events go to (a client's session driver, or a server for all its links). */
 export class LinkHandle {
   owner: LinkOwner | undefined;
-  /** The socket emitted 'close'. */
-  closed = false;
   /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
   clientAddress: ProxyAddress | undefined;
   /** The socket's last error, the reason its 'close' gives. */
   error: Error | undefined;
+  private flags: number = HandleFlag.QuickAck;
+
+  /** The socket emitted 'close'. */
+  get closed(): boolean {
+    return (this.flags & HandleFlag.Closed) !== 0;
+  }
+
+  set closed(on: boolean) {
+    this.setFlag(HandleFlag.Closed, on);
+  }
+
   /** The socket has Nagle's algorithm on (the application asked for setNoDelay(false)). */
-  nagle = false;
+  get nagle(): boolean {
+    return (this.flags & HandleFlag.Nagle) !== 0;
+  }
+
   /** Small reads are acknowledged at once (the quickAck option). */
-  quickAck = true;
+  get quickAck(): boolean {
+    return (this.flags & HandleFlag.QuickAck) !== 0;
+  }
+
+  set quickAck(on: boolean) {
+    this.setFlag(HandleFlag.QuickAck, on);
+  }
+
+  private setFlag(flag: number, on: boolean): void {
+    this.flags = on ? this.flags | flag : this.flags & ~flag;
+  }
 
   constructor(
     readonly id: LinkId,
@@ -126,7 +155,7 @@ export class LinkHandle {
   }
 
   setNoDelay(on: boolean): void {
-    this.nagle = !on;
+    this.setFlag(HandleFlag.Nagle, !on);
     this.socket.setNoDelay(on);
   }
 
