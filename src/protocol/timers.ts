@@ -30,47 +30,58 @@ export type Timer = (typeof Timer)[keyof typeof Timer];
 
 const KINDS = 9;
 
-export class TimerTable {
-  // A plain array of doubles: 120 bytes, where a Float64Array with its
-  // ArrayBuffer and backing store costs 256 for each session.
-  private readonly at: number[] = new Array<number>(KINDS).fill(Infinity);
+/**
+ * The deadlines by kind (Infinity: not armed). The table is itself the
+ * array of them, 120 bytes of doubles: a class holding an array costs 32
+ * more, and a Float64Array with its ArrayBuffer and backing store 256.
+ */
+export class TimerTable extends Array<number> {
+  constructor() {
+    super(KINDS);
+    this.fill(Infinity);
+  }
+
+  // Array methods that make arrays (map, filter, slice) make plain ones.
+  static override get [Symbol.species](): ArrayConstructor {
+    return Array;
+  }
 
   set(kind: Timer, when: number): void {
     // A NaN deadline would never fire: the session would hang without a word.
     invariant(!Number.isNaN(when), () => `timer ${kind} set to NaN`);
-    this.at[kind] = when;
+    this[kind] = when;
   }
 
   stop(kind: Timer): void {
-    this.at[kind] = Infinity;
+    this[kind] = Infinity;
   }
 
   /** Arms `kind` unless it is armed already. */
   setOnce(kind: Timer, when: number): void {
-    if (this.at[kind] === Infinity) this.at[kind] = when;
+    if (this[kind] === Infinity) this[kind] = when;
   }
 
   get(kind: Timer): number {
-    return this.at[kind];
+    return this[kind];
   }
 
   isArmed(kind: Timer): boolean {
-    return this.at[kind] !== Infinity;
+    return this[kind] !== Infinity;
   }
 
   /** Whether `kind` is armed and due at `now`. */
   expired(kind: Timer, now: number): boolean {
-    return this.at[kind] <= now;
+    return this[kind] <= now;
   }
 
   /** The earliest armed deadline, or Infinity. */
   next(): number {
     let t = Infinity;
-    for (let k = 0; k < KINDS; k++) if (this.at[k] < t) t = this.at[k];
+    for (let k = 0; k < KINDS; k++) if (this[k] < t) t = this[k];
     return t;
   }
 
   stopAll(): void {
-    this.at.fill(Infinity);
+    this.fill(Infinity);
   }
 }
