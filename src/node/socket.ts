@@ -161,6 +161,16 @@ const Flag = {
   Reprobed: 1 << 5,
 } as const;
 
+/** What a socket over TLS (the tls option) keeps across its links. */
+interface TlsLinks {
+  /** Client: the first link, already secured when the session adopts it. */
+  firstLink: TLSSocket | undefined;
+  /** Client: the latest session ticket, offered on the next dial so that a resume costs one round trip. */
+  ticket: Buffer | undefined;
+  /** The last link that carried the session, for getPeerCertificate() and friends while suspended. */
+  last: TLSSocket | undefined;
+}
+
 export class ReliableSocket extends Duplex implements SessionListener {
   /** Reliable mode: the session and its driver. */
   private driver: SessionDriver | undefined;
@@ -192,12 +202,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private plainListeners: [string, (...args: any[]) => void][] | undefined;
   /** The mode chosen and why, for the 'detect' event (client side). */
   private verdict: DetectInfo | undefined;
-  /** TLS: the first link, already secured when the session adopts it. */
-  private firstLink: TLSSocket | undefined;
-  /** TLS: the latest session ticket, offered on the next dial so that a resume costs one round trip. */
-  private tlsTicket: Buffer | undefined;
-  /** TLS: the last link that carried the session, for getPeerCertificate() and friends while suspended. */
-  private lastTls: TLSSocket | undefined;
+  /** Over TLS: one field for the three, which a socket without TLS never needs. */
+  private tlsLinks: TlsLinks | undefined;
 
   constructor(options: ReliableSocketOptions = {}) {
     super({
@@ -210,6 +216,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
     });
     this.options = options;
     resolveSessionConfig(options); // fail early on bad options
+  }
+
+  private useTlsLinks(): TlsLinks {
+    this.tlsLinks ??= { firstLink: undefined, ticket: undefined, last: undefined };
+    return this.tlsLinks;
   }
 
   private hasFlag(flag: number): boolean {
@@ -292,7 +303,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
       return;
     }
     const first = this.dialTls(false);
-    this.firstLink = first; // destroyed with us until a mode takes it
+    this.useTlsLinks().firstLink = first; // destroyed with us until a mode takes it
     const failed = (err: Error): void => {
       this.destroy(err);
     };
@@ -322,7 +333,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
         return;
       }
       this.decided(false, `ordinary TLS server (it selected ${selected})`);
-      this.firstLink = undefined;
+      this.useTlsLinks().firstLink = undefined;
       this.attachRaw(first);
       this.becomePlainTls(first);
     });
@@ -347,12 +358,12 @@ export class ReliableSocket extends Duplex implements SessionListener {
       ALPNProtocols: resume ? [ROCKS_ALPN] : clientAlpn(tls.ALPNProtocols),
     };
     if (resume) options.minVersion = 'TLSv1.3';
-    const ticket = this.tlsTicket ?? tls.session;
+    const ticket = this.useTlsLinks().ticket ?? tls.session;
     if (ticket !== undefined) options.session = ticket;
     const s = tlsConnect(options);
     watchHandshake(s);
     s.on('session', (t: Buffer) => {
-      this.tlsTicket = t;
+      this.useTlsLinks().ticket = t;
     });
     if (resume) {
       s.once('secureConnect', () => {
@@ -486,8 +497,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
   /** SessionListener: opens a transport for a dial. Host names are resolved again at every attempt. */
   dial(): Socket {
     if (this.options.tls === undefined) return netConnect(this.dialOptions);
-    const first = this.firstLink;
-    this.firstLink = undefined;
+    const state = this.useTlsLinks();
+    const first = state.firstLink;
+    state.firstLink = undefined;
     return first ?? this.dialTls(true);
   }
 
@@ -580,7 +592,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private tlsLink(): TLSSocket | undefined {
     if (this.raw instanceof TLSSocket) return this.raw;
     const active = this.driver?.activeSocket();
-    return active instanceof TLSSocket ? active : this.lastTls;
+    return active instanceof TLSSocket ? active : this.tlsLinks?.last;
   }
 
   /**
@@ -776,8 +788,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
   override _destroy(err: Error | null, callback: Callback): void {
     this.settleCallbacks(err);
     this.raw?.destroy();
-    this.firstLink?.destroy();
-    this.firstLink = undefined;
+    if (this.tlsLinks !== undefined) {
+      this.tlsLinks.firstLink?.destroy();
+      this.tlsLinks.firstLink = undefined;
+    }
     const driver = this.driver;
     if (driver !== undefined) {
       const session = driver.session;
@@ -913,7 +927,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
       case 'link-active': {
         const h = this.driver?.link(ev.link);
         if (h !== undefined) this.learnFrom(h.socket, h.clientAddress);
-        if (h?.socket instanceof TLSSocket) this.lastTls = h.socket;
+        if (h?.socket instanceof TLSSocket) this.useTlsLinks().last = h.socket;
         return;
       }
       case 'writable': {
