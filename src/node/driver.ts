@@ -14,6 +14,7 @@ import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { localAddressOf } from './socket-ends.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
 import { NO_ITEMS } from '../util/empty.js';
+import { withFlag } from '../util/flags.js';
 import { byId, type IdList, withItem, withoutId } from '../util/id-list.js';
 
 const debug = debuglog('rocks');
@@ -101,7 +102,7 @@ const SOCKET_LISTENERS: [string, (this: LinkedSocket, ...args: any[]) => void][]
   ['close', onSocketClose],
 ];
 
-/** A link handle's yes/no state, bits of its flags (one field for three: 16 bytes a link). */
+/** A link handle's yes/no state, bits of its `flags` (util/flags.ts). */
 const HandleFlag = {
   Closed: 1 << 0,
   Nagle: 1 << 1,
@@ -141,7 +142,7 @@ export class LinkHandle {
   }
 
   private setFlag(flag: number, on: boolean): void {
-    this.flags = on ? this.flags | flag : this.flags & ~flag;
+    this.flags = withFlag(this.flags, flag, on);
   }
 
   constructor(
@@ -207,11 +208,7 @@ export interface ServerSessionHooks {
   socketClosed(): void;
 }
 
-/**
- * A driver's yes/no state, packed into one small integer: as Node builds V8
- * (no pointer compression) every field costs each session 8 bytes, a
- * boolean too. Node's own streams keep theirs the same way.
- */
+/** A driver's yes/no state, bits of its `flags` (util/flags.ts). */
 const Flag = {
   /** drive() is running: a nested call only asks for another pass. */
   Driving: 1 << 0,
@@ -259,7 +256,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   private setFlag(flag: number, on: boolean): void {
-    this.flags = on ? this.flags | flag : this.flags & ~flag;
+    this.flags = withFlag(this.flags, flag, on);
   }
 
   /** Client: moves the session to a new connection when the network changes under it (PROTOCOL.md §6.8), from 'connect' on. */

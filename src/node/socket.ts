@@ -25,6 +25,7 @@ import { type LinkHandle, SessionDriver, type ServerSessionHooks, type SessionLi
 import { monotonicNow } from './scheduler.js';
 import { endsOf, familyOf } from './socket-ends.js';
 import { clientAlpn, isRocksLink, isVerificationFailure, markSecured, ROCKS_ALPN, watchHandshake } from './tls-link.js';
+import { withFlag } from '../util/flags.js';
 
 const debug = debuglog('rocks');
 
@@ -143,11 +144,7 @@ type Callback = (err?: Error | null) => void;
 /** Takes a plain connection back as a rocks link: `first`, its first bytes, are an announcement. */
 export type LateAnnouncement = (raw: Socket, first: Buffer) => void;
 
-/**
- * A socket's yes/no state, packed into one small integer: as Node builds V8
- * (no pointer compression) every field costs each connection 8 bytes, a
- * boolean too. Node's own streams keep theirs the same way.
- */
+/** A socket's yes/no state, bits of its `flags` (util/flags.ts). */
 const Flag = {
   /** connect() was called and the connection is not yet established. */
   Connecting: 1 << 0,
@@ -228,7 +225,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private setFlag(flag: number, on: boolean): void {
-    this.flags = on ? this.flags | flag : this.flags & ~flag;
+    this.flags = withFlag(this.flags, flag, on);
   }
 
   /** Wraps a server-side session (used by ReliableServer). */

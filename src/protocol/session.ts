@@ -56,6 +56,7 @@ import { invariant, isInvariantBreach } from './invariant.js';
 import { Fifo } from '../util/fifo.js';
 import { byId, type IdList, withItem, withoutId } from '../util/id-list.js';
 import { NO_ITEMS } from '../util/empty.js';
+import { withFlag } from '../util/flags.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -217,7 +218,7 @@ function linkHas(l: Link, flag: number): boolean {
 }
 
 function linkSet(l: Link, flag: number, on: boolean): void {
-  l.flags = on ? l.flags | flag : l.flags & ~flag;
+  l.flags = withFlag(l.flags, flag, on);
 }
 
 /** What a link's handshake needs, dropped once the link carries the session. */
@@ -252,11 +253,7 @@ function queueFrame(l: Link, frame: Buffer): void {
   else l.out.push(frame);
 }
 
-/**
- * A session's yes/no state, packed into one small integer: as Node builds V8
- * (no pointer compression) every field costs each session 8 bytes, a
- * boolean too. Node's own streams keep theirs the same way.
- */
+/** A session's yes/no state, bits of its `flags` (util/flags.ts). */
 const Flag = {
   /** The application's last write was refused (backpressure); 'writable' is owed. */
   WriteBlocked: 1 << 0,
@@ -454,7 +451,7 @@ export class Session {
   }
 
   private setFlag(flag: number, on: boolean): void {
-    this.flags = on ? this.flags | flag : this.flags & ~flag;
+    this.flags = withFlag(this.flags, flag, on);
   }
 
   // ---- getters ------------------------------------------------------------
