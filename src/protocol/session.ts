@@ -191,14 +191,16 @@ interface Link {
   parser: FrameParser;
   /** Control frames waiting for pollTransmit; none is undefined, not an array of its own (32 bytes an idle link would keep). */
   out: Buffer[] | undefined;
-  /** The handshake on this link must complete by then. */
+  /**
+   * The handshake on this link must complete by then (whole ms), or 0 for
+   * none: a small integer, where a fraction or Infinity would cost each
+   * link a boxed number (16 bytes).
+   */
   deadline: number;
   /** Until the link carries the session; an active link keeps none of it. */
   handshake: LinkHandshake | undefined;
   /** Yes/no state, one bit each (LinkFlag). */
   flags: number;
-  /** Client: this link moves an open session off its current one (migrate). */
-  migration?: Migration;
   /** The peer's PACE on this link: our heartbeats may come as rarely as this (ms). */
   peerPace?: number;
 }
@@ -230,6 +232,13 @@ interface LinkHandshake {
   serverNonce: Buffer | undefined;
   /** Client: bytes received while waiting for the server's EDP announcement. */
   announcement: Buffer | undefined;
+  /** Client: this link moves an open session off its current one (migrate). */
+  migration: Migration | undefined;
+}
+
+/** Client: why `l` is dialed, if it moves an open session off its current link. */
+function migrationOf(l: Link): Migration | undefined {
+  return l.handshake?.migration;
 }
 
 /** Why a client moves its session to a new link while the current one still carries it. */
@@ -580,7 +589,8 @@ export class Session {
   handleLinkOpen(link: LinkId, channel?: ChannelKeys, samePath = false): void {
     const l = byId(this.links, link);
     if (l === undefined || l.phase !== 'dialing') return;
-    if (l.migration !== undefined && samePath && !l.migration.verify && this.current !== undefined) {
+    const migration = migrationOf(l);
+    if (migration !== undefined && samePath && !migration.verify && this.current !== undefined) {
       // A new route that leads where the current link already goes: nothing to move to.
       this.dropLink(l, 'the new connection takes the path of the current one');
       return;
@@ -713,7 +723,7 @@ export class Session {
 
     if (timers.expired(Timer.Handshake, now)) {
       for (const l of this.links) {
-        if (l.deadline > now) continue;
+        if (l.deadline === 0 || l.deadline > now) continue;
         if (l === this.current) {
           // Only an unconfirmed server session has a deadline on its current
           // link; one opened at its early data tells its application.
@@ -792,10 +802,10 @@ export class Session {
     // current link (an interface down, then its route back) verifies too.
     if (verify) this.setFlag(Flag.CurrentInDoubt, true);
     else verify = this.hasFlag(Flag.CurrentInDoubt);
-    for (const l of this.links) if (l.migration !== undefined) this.dropLink(l, 'superseded by a newer network change');
+    for (const l of this.links) if (migrationOf(l) !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
-    l.migration = { reason, at: now, verify };
+    l.handshake!.migration = { reason, at: now, verify };
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
   }
@@ -1328,8 +1338,9 @@ export class Session {
 
     this.current = l;
     this.setFlag(Flag.CurrentInDoubt, false);
+    const migration = migrationOf(l);
     l.phase = 'active';
-    l.deadline = Infinity;
+    l.deadline = 0;
     l.handshake = undefined;
     this.dialSchedule = undefined;
     this.timers.stop(Timer.Suspend);
@@ -1341,13 +1352,12 @@ export class Session {
     // resume only when bytes were caught on it and go again: a move that
     // stalled nothing is none of its business.
     const moved = replacing && wasState === 'open';
-    const movedWhy = l.migration?.reason ?? 'the peer reconnected on a new connection';
+    const movedWhy = migration?.reason ?? 'the peer reconnected on a new connection';
     const stalled = !moved || replayedOut > 0 || replayedIn > 0;
     if (moved && stalled) {
-      this.suspendedAt = l.migration?.at ?? now;
+      this.suspendedAt = migration?.at ?? now;
       this.emit({ type: 'suspend', reason: movedWhy });
     }
-    l.migration = undefined;
     this.sendBuffer?.rewind(Math.min(Math.max(peerReceived, this.sendBuffer.start), this.sendBuffer.end));
     if (peerReceived <= this.sendEnd) this.fin = stepOutgoingFin(this.fin, 'rewind');
 
@@ -1377,7 +1387,7 @@ export class Session {
     this.expectedConfirm = undefined;
     this.host?.confirmed(this);
     this.offerPace(l, now);
-    l.deadline = Infinity;
+    l.deadline = 0;
     this.refreshLinkTimers();
     if (this._state === 'open') return; // opened at its early data (§3.8)
     this.enterOpen(now);
@@ -1432,7 +1442,10 @@ export class Session {
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
     if (this.role === 'client') {
       let pendingSince = -Infinity;
-      for (const l of this.links) if (l.migration !== undefined && l.migration.at > pendingSince) pendingSince = l.migration.at;
+      for (const l of this.links) {
+        const migration = migrationOf(l);
+        if (migration !== undefined && migration.at > pendingSince) pendingSince = migration.at;
+      }
       this.dials().restart(now, pendingSince);
     }
     this.refreshLinkTimers();
@@ -1538,10 +1551,12 @@ export class Session {
       phase,
       parser,
       out: undefined,
-      deadline,
-      handshake: phase === 'active' ? undefined : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined },
+      deadline: Math.ceil(deadline),
+      handshake:
+        phase === 'active'
+          ? undefined
+          : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined, migration: undefined },
       flags: 0,
-      migration: undefined,
       peerPace: undefined,
     };
     this.links = withItem(this.links, l);
@@ -1565,7 +1580,7 @@ export class Session {
     let handshake = Infinity;
     let silent = 0;
     for (const l of this.links) {
-      if (l.deadline < handshake) handshake = l.deadline;
+      if (l.deadline !== 0 && l.deadline < handshake) handshake = l.deadline;
       if (!linkHas(l, LinkFlag.Heard)) silent++;
     }
     this.timers.set(Timer.Handshake, handshake);

@@ -221,6 +221,24 @@ describe('establishment', () => {
     }
   });
 
+  test('handshake deadlines are whole milliseconds and a link carrying the session has none (a fraction or Infinity is a boxed number)', () => {
+    type Linked = { links: readonly { deadline: number; phase: string }[] };
+    const deadlines = (s: object) => (s as Linked).links.map((l) => [l.phase, l.deadline] as const);
+    const p = new Pair({ latency: 2.25 });
+    p.runFor(0.5);
+    const [[phase, deadline]] = deadlines(p.client.session);
+    assert.equal(phase, 'dialing');
+    assert.ok(Number.isInteger(deadline) && deadline > p.now, `dialing link's deadline ${deadline}`);
+    p.handshake();
+    p.runFor(100.3);
+    p.link(1).cut();
+    p.runUntil(() => deadlines(p.client.session).some(([phase]) => phase !== 'active'), 10_000);
+    for (const [phase, at] of deadlines(p.client.session))
+      if (phase !== 'active') assert.ok(Number.isInteger(at) && at > p.now, `${phase} link's deadline ${at}`);
+    untilResumed(p);
+    for (const side of [p.client, p.server]) assert.deepEqual(deadlines(side.session), [['active', 0]], side.session.role);
+  });
+
   test('sessions with the same settings share one config object; other settings get their own', () => {
     const a = resolveSessionConfig({ failureTimeout: 3000 });
     assert.equal(resolveSessionConfig({ failureTimeout: 3000 }), a, 'the same object');
