@@ -41,14 +41,15 @@ const CLOSING_LINK_TIMEOUT = 10_000;
 /** How long a session the application closed after end() may take to finish (lingerAfterClose). */
 const LINGER_AFTER_CLOSE_MS = 60_000;
 /**
- * Sessions finishing in the background after the application closed them.
- * At exit they abort, so that their peers learn it now rather than hold
- * them suspended: the kernel finishes a TCP close after its process exits,
- * but these bytes go with the process.
+ * Sessions finishing in the background after the application closed them,
+ * each with the timer that aborts it after a minute (here rather than in a
+ * field every driver would carry). At exit they abort, so that their peers
+ * learn it now rather than hold them suspended: the kernel finishes a TCP
+ * close after its process exits, but these bytes go with the process.
  */
-const lingering = new Set<SessionDriver>();
+const lingering = new Map<SessionDriver, NodeJS.Timeout>();
 function abortAllLingering(): void {
-  for (const driver of lingering) driver.abortLingering('the program exited');
+  for (const driver of lingering.keys()) driver.abortLingering('the program exited');
 }
 
 /** Whoever currently receives a link's socket events. */
@@ -152,7 +153,11 @@ export class LinkHandle {
   ) {
     this.owner = owner;
     (socket as LinkedSocket)[kLink] = this;
-    for (const [event, fn] of SOCKET_LISTENERS) socket.on(event, fn);
+    // A socket that does not allow half-open connections ends and closes
+    // by itself at the peer's FIN (Node's own 'end' listener ends it), and
+    // a second 'end' listener beside Node's would cost it an array (64
+    // bytes a link): we listen for 'end' only where a FIN can stand.
+    for (const [event, fn] of SOCKET_LISTENERS) if (event !== 'end' || socket.allowHalfOpen) socket.on(event, fn);
   }
 
   setNoDelay(on: boolean): void {
@@ -230,6 +235,8 @@ const Flag = {
   WatchWhenOpen: 1 << 8,
   /** Server: the application holds the socket; the server hears when it closes. */
   ReportClose: 1 << 9,
+  /** The application closed the session, which finishes in the background (lingerAfterClose). */
+  Lingering: 1 << 10,
 } as const;
 
 export class SessionDriver implements Timed, LinkOwner, NetworkListener {
@@ -239,8 +246,6 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   private listener: SessionListener | undefined;
   /** Yes/no state, one bit each (Flag). */
   private flags: number = Flag.NoDelay | Flag.QuickAck;
-  /** Set while a session the application closed finishes in the background (lingerAfterClose). */
-  private lingerTimer: NodeJS.Timeout | undefined;
 
   constructor(
     session: Session,
@@ -337,10 +342,11 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * not done within a minute (Linux's tcp_fin_timeout).
    */
   lingerAfterClose(): void {
-    this.lingerTimer = setTimeout(() => this.abortLingering('closed by the application, and not finished within a minute'), LINGER_AFTER_CLOSE_MS);
-    this.lingerTimer.unref();
+    const timer = setTimeout(() => this.abortLingering('closed by the application, and not finished within a minute'), LINGER_AFTER_CLOSE_MS);
+    timer.unref();
     if (lingering.size === 0) process.once('exit', abortAllLingering);
-    lingering.add(this);
+    lingering.set(this, timer);
+    this.setFlag(Flag.Lingering, true);
   }
 
   /** Aborts a session lingerAfterClose let finish in the background, unless it has. */
@@ -353,9 +359,9 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   /** Its timer would hold the finished session for the rest of the minute. */
   private stopLingering(): void {
-    if (this.lingerTimer === undefined) return;
-    clearTimeout(this.lingerTimer);
-    this.lingerTimer = undefined;
+    if (!this.hasFlag(Flag.Lingering)) return;
+    this.setFlag(Flag.Lingering, false);
+    clearTimeout(lingering.get(this));
     lingering.delete(this);
   }
 
@@ -579,7 +585,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         this.listener?.onSessionEvent(ev);
         return;
       case 'data':
-        if (this.lingerTimer !== undefined) this.session.abort(monotonicNow(), 'data after the application closed the connection');
+        if (this.hasFlag(Flag.Lingering)) this.session.abort(monotonicNow(), 'data after the application closed the connection');
         this.listener?.onSessionEvent(ev);
         return;
       default:

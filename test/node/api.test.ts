@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { connect as connectH2, createServer as createH2Server } from 'node:http2';
-import { createServer as netCreateServer, type AddressInfo } from 'node:net';
+import { createServer as netCreateServer, type AddressInfo, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, test } from 'node:test';
@@ -16,6 +16,11 @@ import { closeServer, collect, hasIPv6Loopback, listen } from '../support/net.js
 
 /** The library as the compiled tests load it, for child processes. */
 const INDEX = new URL('../../src/index.js', import.meta.url).href;
+
+/** The link socket a session runs on now (its driver's). */
+function linkOf(s: ReliableSocket): Socket | undefined {
+  return (s as unknown as { driver: { activeSocket(): Socket | undefined } }).driver.activeSocket();
+}
 
 function echo(s: ReliableSocket): void {
   s.pipe(s);
@@ -235,6 +240,31 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     assert.equal(server.sessionCount, 1, 'the session was still finishing its closing handshake');
     await until(() => server.sessionCount === 0, 10_000, 'the session to finish');
     await proxy.close();
+  });
+
+  test("a link the server ends is closed on the client at once, though only Node listens for its 'end'", { timeout: 15_000 }, async () => {
+    let serverSide: ReliableSocket | undefined;
+    const { server, port } = await listen({}, (s) => {
+      serverSide = s;
+      echo(s);
+    });
+    const c = connect({ port, host: '127.0.0.1', failureTimeout: 20_000 });
+    const received = collect(c);
+    await once(c, 'connect');
+    await until(() => serverSide !== undefined, 5000, 'connection');
+    const link = linkOf(c)!;
+    // Node's own listener ends the socket at the peer's FIN; a second one of ours would cost an array.
+    assert.equal(link.listenerCount('end'), 1, "'end' listeners on the client's link socket");
+    // A FIN with the session open: the client must not wait out failureTimeout to dial again.
+    linkOf(serverSide!)!.end();
+    const [suspended] = (await once(c, 'suspend')) as [{ reason: string }];
+    await once(c, 'reconnect');
+    assert.notEqual(linkOf(c), link, 'the session runs on a new link');
+    c.end('after the FIN');
+    await once(c, 'close');
+    assert.equal((await received).toString(), 'after the FIN');
+    assert.equal(suspended.reason, 'closed by peer');
+    await closeServer(server);
   });
 
   test('bad arguments get clear errors', () => {
