@@ -330,8 +330,14 @@ export class Session {
   private expectedConfirm: Buffer | undefined;
   /** Client: the run of the server that issued the session (WELCOME), named again in RESUME. */
   private serverInstance: Held = NO_INSTANCE;
-  private links: IdList<Link> = NO_ITEMS;
+  /** The link that carries the session, if any. */
   private current: Link | undefined;
+  /**
+   * The other links: attempts still in their handshake, a link a newer one
+   * replaces. None while the session runs on one link, which then costs
+   * no array (56 bytes).
+   */
+  private others: IdList<Link> = NO_ITEMS;
   private nextLinkId = 1;
   private readonly timers = new TimerTable();
 
@@ -438,20 +444,20 @@ export class Session {
     s.windowSent = Math.max(offered, EARLY_DATA_BYTES);
     const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
     queueFrame(l, encodeWelcome(PROTOCOL_VERSION, sessionId, serverPublic, s.windowSent, instance));
-    s.current = l;
+    s.setCurrent(l);
     if (channelKey !== undefined) s.confirm(l, now);
     return s;
   }
 
   /** Server: `bytes` go out on `link` ahead of anything else (our EDP announcement, in the same write as WELCOME or CHALLENGE). */
   greet(link: LinkId, bytes: Buffer): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l !== undefined) l.out = l.out === undefined ? [bytes] : [bytes, ...l.out];
   }
 
   /** Parses what a handed-over link's parser already holds (after accept or handleResumeLink). */
   processBuffered(link: LinkId, now: number): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l !== undefined) this.processLink(l, now);
   }
 
@@ -495,7 +501,7 @@ export class Session {
 
   /** The links the session holds (it may have something to send on any of them). */
   linkIds(): LinkId[] {
-    return this.links.map((l) => l.id);
+    return this.allLinks().map((l) => l.id);
   }
 
   // The send buffer's offsets, also while there is none.
@@ -569,7 +575,9 @@ export class Session {
 
   /** A one-line summary of the session's state, for diagnostics. */
   describe(): string {
-    const links = this.links.map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`).join(',');
+    const links = this.allLinks()
+      .map((l) => `${l.id}:${l.phase}${l === this.current ? '*' : ''}`)
+      .join(',');
     return (
       `${this.role} ${this._state} ${this.close} links[${links}] send[${this.sendStart}..${this.sendNext}..${this.sendEnd}` +
       ` win ${this.peerWindow} fin ${this.fin}]` +
@@ -587,7 +595,7 @@ export class Session {
    * address is the current link's (a migration then stops, unless it verifies).
    */
   handleLinkOpen(link: LinkId, channel?: ChannelKeys, samePath = false): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l === undefined || l.phase !== 'dialing') return;
     const migration = migrationOf(l);
     if (migration !== undefined && samePath && !migration.verify && this.current !== undefined) {
@@ -633,12 +641,12 @@ export class Session {
     // The HELLO advertises our window; the server takes EARLY_DATA_BYTES before it says its own.
     this.windowSent = this.config.receiveWindow;
     this.peerWindow = EARLY_DATA_BYTES;
-    for (const other of this.links) if (other !== l) this.dropLink(other, 'a HELLO that may open the session went out on another attempt');
+    for (const other of this.allLinks()) if (other !== l) this.dropLink(other, 'a HELLO that may open the session went out on another attempt');
     this.refreshLinkTimers();
   }
 
   handleLinkData(link: LinkId, chunk: Buffer, now: number): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l === undefined) return;
     if (l === this.current && this._state === 'open') this.timers.set(Timer.Failure, now + this.silenceLimit());
     if (!linkHas(l, LinkFlag.Heard)) {
@@ -690,7 +698,7 @@ export class Session {
    * wait that much longer for it. Any time after the link exists.
    */
   handleLinkWatched(link: LinkId, now: number): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l === undefined || linkHas(l, LinkFlag.Watched)) return;
     linkSet(l, LinkFlag.Watched, true);
     this.offerPace(l, now);
@@ -699,7 +707,7 @@ export class Session {
 
   /** A link's transport closed or failed. `error` is the transport's error, if any. */
   handleLinkClosed(link: LinkId, now: number, reason: string, error?: Error): void {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l === undefined) return;
     if (l === this.current) {
       this.linkFailed(now, reason);
@@ -722,7 +730,7 @@ export class Session {
     if (this.events?.size === 0) this.events = undefined;
 
     if (timers.expired(Timer.Handshake, now)) {
-      for (const l of this.links) {
+      for (const l of this.allLinks()) {
         if (l.deadline === 0 || l.deadline > now) continue;
         if (l === this.current) {
           // Only an unconfirmed server session has a deadline on its current
@@ -802,7 +810,7 @@ export class Session {
     // current link (an interface down, then its route back) verifies too.
     if (verify) this.setFlag(Flag.CurrentInDoubt, true);
     else verify = this.hasFlag(Flag.CurrentInDoubt);
-    for (const l of this.links) if (migrationOf(l) !== undefined) this.dropLink(l, 'superseded by a newer network change');
+    for (const l of this.others) if (migrationOf(l) !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
     const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
     l.handshake!.migration = { reason, at: now, verify };
@@ -875,7 +883,7 @@ export class Session {
    * control frames are always included.
    */
   pollTransmit(link: LinkId, now: number, budget: number): Buffer[] | undefined {
-    const l = byId(this.links, link);
+    const l = this.linkById(link);
     if (l === undefined) return undefined;
     let out: Buffer[] | undefined;
     if (l.out !== undefined) {
@@ -952,7 +960,7 @@ export class Session {
   /** Server: a client asks on `link` to resume this session. The caller matched the session id and version. */
   handleResumeLink(link: LinkId, parser: FrameParser, resume: ResumeFrame, now: number): void {
     if (this._state === 'done') return;
-    const pending = this.links.filter((l) => l.phase === 'challenge');
+    const pending = this.allLinks().filter((l) => l.phase === 'challenge');
     if (pending.length >= MAX_PENDING_RESUMES) this.dropLink(pending[0], 'superseded by a newer resume attempt');
     const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
     const handshake = l.handshake!;
@@ -971,7 +979,7 @@ export class Session {
 
   private processLink(l: Link, now: number): void {
     try {
-      while (byId(this.links, l.id) === l) {
+      while (this.linkById(l.id) === l) {
         const frame = l.parser.next();
         if (frame === undefined) break;
         this.handleFrame(l, frame, now);
@@ -1334,9 +1342,9 @@ export class Session {
     // The server had not noticed the failure yet, or the client moved the
     // session off a link that still worked: the new link replaces the old.
     if (replacing) this.closeLink(previous, false);
-    for (const other of this.links) if (other !== l) this.dropLink(other, 'another attempt won');
+    for (const other of this.others) if (other !== l) this.dropLink(other, 'another attempt won');
 
-    this.current = l;
+    this.setCurrent(l);
     this.setFlag(Flag.CurrentInDoubt, false);
     const migration = migrationOf(l);
     l.phase = 'active';
@@ -1442,7 +1450,7 @@ export class Session {
     this.timers.set(Timer.Suspend, now + this.config.suspendLimit);
     if (this.role === 'client') {
       let pendingSince = -Infinity;
-      for (const l of this.links) {
+      for (const l of this.others) {
         const migration = migrationOf(l);
         if (migration !== undefined && migration.at > pendingSince) pendingSince = migration.at;
       }
@@ -1528,8 +1536,8 @@ export class Session {
 
   private release(_now: number, reason: number | undefined): void {
     if (this._state === 'done') return;
-    for (const l of this.links) this.emit({ type: 'close-link', link: l.id, graceful: false });
-    this.links = NO_ITEMS;
+    for (const l of this.allLinks()) this.emit({ type: 'close-link', link: l.id, graceful: false });
+    this.others = NO_ITEMS;
     this.current = undefined;
     this._state = 'done';
     this.timers.stopAll();
@@ -1559,14 +1567,34 @@ export class Session {
       flags: 0,
       peerPace: undefined,
     };
-    this.links = withItem(this.links, l);
+    this.others = withItem(this.others, l);
     this.refreshLinkTimers();
     return l;
   }
 
+  private linkById(id: LinkId): Link | undefined {
+    const c = this.current;
+    return c !== undefined && c.id === id ? c : byId(this.others, id);
+  }
+
+  /** Every link in the order they came (a new array, for the walks that need them all). */
+  private allLinks(): readonly Link[] {
+    const c = this.current;
+    if (c === undefined) return this.others;
+    let at = 0;
+    while (at < this.others.length && this.others[at].id < c.id) at++;
+    return [...this.others.slice(0, at), c, ...this.others.slice(at)];
+  }
+
+  /** `l` carries the session from now on (the caller has closed the link it replaces). */
+  private setCurrent(l: Link): void {
+    this.others = withoutId(this.others, l.id);
+    this.current = l;
+  }
+
   private removeLink(l: Link): void {
-    this.links = withoutId(this.links, l.id);
     if (l === this.current) this.current = undefined;
+    else this.others = withoutId(this.others, l.id);
     if (l === this.helloLink) this.helloLink = undefined;
     this.refreshLinkTimers();
   }
@@ -1577,9 +1605,10 @@ export class Session {
    * wherever links come, go, change deadline or are first heard from.
    */
   private refreshLinkTimers(): void {
-    let handshake = Infinity;
+    // The current link has a deadline only until a server hears CONFIRM; 0 is none.
+    let handshake = this.current?.deadline || Infinity;
     let silent = 0;
-    for (const l of this.links) {
+    for (const l of this.others) {
       if (l.deadline !== 0 && l.deadline < handshake) handshake = l.deadline;
       if (!linkHas(l, LinkFlag.Heard)) silent++;
     }
@@ -1587,7 +1616,7 @@ export class Session {
     let dialAt = Infinity;
     if (this.role === 'client' && this.current === undefined && this._state !== 'done' && this.helloLink === undefined) {
       // Without a current link, every link is a pending attempt.
-      dialAt = this.dials().nextDialTime(this.links.length, silent);
+      dialAt = this.dials().nextDialTime(this.others.length, silent);
     }
     this.timers.set(Timer.Dial, dialAt);
   }
@@ -1612,7 +1641,7 @@ export class Session {
   }
 
   private closeLink(l: Link, graceful: boolean, final?: Buffer[], reason?: string): void {
-    if (byId(this.links, l.id) !== l) return;
+    if (this.linkById(l.id) !== l) return;
     this.removeLink(l);
     const pending = l.out !== undefined && graceful ? l.out : [];
     const bytes = final ? [...pending, ...final] : pending;

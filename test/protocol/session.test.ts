@@ -221,9 +221,9 @@ describe('establishment', () => {
     }
   });
 
-  test('handshake deadlines are whole milliseconds and a link carrying the session has none (a fraction or Infinity is a boxed number)', () => {
-    type Linked = { links: readonly { deadline: number; phase: string }[] };
-    const deadlines = (s: object) => (s as Linked).links.map((l) => [l.phase, l.deadline] as const);
+  test('deadlines are whole ms, the link carrying the session has none and is in no list (a boxed number, an array)', () => {
+    type Linked = { allLinks(): readonly { deadline: number; phase: string }[] };
+    const deadlines = (s: object) => (s as Linked).allLinks().map((l) => [l.phase, l.deadline] as const);
     const p = new Pair({ latency: 2.25 });
     p.runFor(0.5);
     const [[phase, deadline]] = deadlines(p.client.session);
@@ -236,7 +236,11 @@ describe('establishment', () => {
     for (const [phase, at] of deadlines(p.client.session))
       if (phase !== 'active') assert.ok(Number.isInteger(at) && at > p.now, `${phase} link's deadline ${at}`);
     untilResumed(p);
-    for (const side of [p.client, p.server]) assert.deepEqual(deadlines(side.session), [['active', 0]], side.session.role);
+    for (const side of [p.client, p.server]) {
+      assert.deepEqual(deadlines(side.session), [['active', 0]], side.session.role);
+      // The link that carries the session is in no array of its own (56 bytes).
+      assert.equal((side.session as unknown as { others: readonly unknown[] }).others.length, 0, `${side.session.role}: other links`);
+    }
   });
 
   test('sessions with the same settings share one config object; other settings get their own', () => {
