@@ -13,9 +13,7 @@ import { describeChange, type NetworkChange, type NetworkListener, networkWatche
 import { monotonicNow, sharedScheduler, type Timed } from './scheduler.js';
 import { localAddressOf } from './socket-ends.js';
 import { linkChannel, whenLinkReady } from './tls-link.js';
-import { NO_ITEMS } from '../util/empty.js';
 import { withFlag } from '../util/flags.js';
-import { byId, type IdList, withItem, withoutId } from '../util/id-list.js';
 
 const debug = debuglog('rocks');
 
@@ -117,6 +115,8 @@ export class LinkHandle {
   clientAddress: ProxyAddress | undefined;
   /** The socket's last error, the reason its 'close' gives. */
   error: Error | undefined;
+  /** The next of the links a session's driver holds: a list through the handles, as an array would cost each session 56 bytes. */
+  next: LinkHandle | undefined;
   private flags: number = HandleFlag.QuickAck;
 
   /** The socket emitted 'close'. */
@@ -242,7 +242,8 @@ const Flag = {
 export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   scheduledAt: number | undefined;
   readonly session: Session;
-  private links: IdList<LinkHandle> = NO_ITEMS;
+  /** The first handle of the session's links, which go on through `next`. */
+  private firstLink: LinkHandle | undefined;
   private listener: SessionListener | undefined;
   /** Yes/no state, one bit each (Flag). */
   private flags: number = Flag.NoDelay | Flag.QuickAck;
@@ -305,7 +306,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
    * input keeps going to the server, whose core routes it to the session.
    */
   adopt(handle: LinkHandle): void {
-    this.links = withItem(this.links, handle);
+    this.addLink(handle);
     handle.setNoDelay(this.hasFlag(Flag.NoDelay));
     handle.quickAck = this.hasFlag(Flag.QuickAck);
   }
@@ -370,7 +371,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
     this.setFlag(Flag.Referenced, on);
     if (on) sharedScheduler.ref();
     else sharedScheduler.unref();
-    for (const h of this.links) {
+    for (let h = this.firstLink; h !== undefined; h = h.next) {
       if (on) h.socket.ref();
       else h.socket.unref();
     }
@@ -378,23 +379,48 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   setNoDelay(on: boolean): void {
     this.setFlag(Flag.NoDelay, on);
-    for (const h of this.links) h.setNoDelay(on);
+    for (let h = this.firstLink; h !== undefined; h = h.next) h.setNoDelay(on);
   }
 
   setQuickAck(on: boolean): void {
     this.setFlag(Flag.QuickAck, on);
-    for (const h of this.links) h.quickAck = on;
+    for (let h = this.firstLink; h !== undefined; h = h.next) h.quickAck = on;
   }
 
   /** The handle of one of the session's links. */
   link(id: LinkId): LinkHandle | undefined {
-    return byId(this.links, id);
+    let h = this.firstLink;
+    while (h !== undefined && h.id !== id) h = h.next;
+    return h;
+  }
+
+  private addLink(handle: LinkHandle): void {
+    this.removeLink(handle.id);
+    handle.next = undefined;
+    if (this.firstLink === undefined) {
+      this.firstLink = handle;
+      return;
+    }
+    let last = this.firstLink;
+    while (last.next !== undefined) last = last.next;
+    last.next = handle;
+  }
+
+  /** Takes the handle of `id` off the list; its own `next` stays, so that a walk standing on it goes on. */
+  private removeLink(id: LinkId): void {
+    let previous: LinkHandle | undefined;
+    for (let h = this.firstLink; h !== undefined; previous = h, h = h.next) {
+      if (h.id !== id) continue;
+      if (previous === undefined) this.firstLink = h.next;
+      else previous.next = h.next;
+      return;
+    }
   }
 
   /** The socket carrying the session now, if any. */
   activeSocket(): Socket | undefined {
     const id = this.session.activeLink;
-    return id === undefined ? undefined : byId(this.links, id)?.socket;
+    return id === undefined ? undefined : this.link(id)?.socket;
   }
 
   // ---- LinkOwner --------------------------------------------------------------
@@ -405,7 +431,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   onLinkClosed(link: LinkId, reason: string, error: Error | undefined): void {
-    this.links = withoutId(this.links, link);
+    this.removeLink(link);
     this.session.handleLinkClosed(link, monotonicNow(), reason, error);
     this.drive();
   }
@@ -499,12 +525,12 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
   }
 
   private flush(): void {
-    if (this.links.length === 0 || this.hasFlag(Flag.HoldFlush)) return;
+    if (this.firstLink === undefined || this.hasFlag(Flag.HoldFlush)) return;
     const now = monotonicNow();
-    for (const h of this.links) {
+    for (let h: LinkHandle | undefined = this.firstLink; h !== undefined; h = h.next) {
       const id = h.id;
       const s = h.socket;
-      if (h.closed) this.links = withoutId(this.links, id); // a server link: the core told the session
+      if (h.closed) this.removeLink(id); // a server link: the core told the session
       if (s.destroyed || s.connecting) continue;
       const out = this.session.pollTransmit(id, now, LINK_HIGH_WATER - s.writableLength);
       if (out === undefined) continue;
@@ -520,7 +546,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
 
   /** The kernel watches `h`'s connection now: the session tells its peer (PACE) if the link still carries it. */
   private linkWatched(h: LinkHandle): void {
-    if (byId(this.links, h.id) !== h || this.session.state === 'done') return;
+    if (this.link(h.id) !== h || this.session.state === 'done') return;
     this.session.handleLinkWatched(h.id, monotonicNow());
     this.drive();
   }
@@ -534,7 +560,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
           return;
         }
         const handle = new LinkHandle(ev.link, socket, this);
-        this.links = withItem(this.links, handle);
+        this.addLink(handle);
         handle.setNoDelay(this.hasFlag(Flag.NoDelay));
         handle.quickAck = this.hasFlag(Flag.QuickAck);
         if (!this.hasFlag(Flag.Referenced)) socket.unref();
@@ -550,10 +576,10 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
         return;
       }
       case 'close-link': {
-        const h = byId(this.links, ev.link);
+        const h = this.link(ev.link);
         if (h === undefined) return;
         if (ev.reason) debug('closing connection %d: %s', ev.link, ev.reason);
-        this.links = withoutId(this.links, ev.link);
+        this.removeLink(ev.link);
         h.close(ev.final, ev.graceful);
         return;
       }
@@ -572,7 +598,7 @@ export class SessionDriver implements Timed, LinkOwner, NetworkListener {
       case 'link-active': {
         // A rocks link for sure now: the kernel may watch it (never a connection served plain).
         // A relayed link's connection ends at another node, whose kernel would answer for the client.
-        const h = byId(this.links, ev.link);
+        const h = this.link(ev.link);
         if (h !== undefined && h.clientAddress === undefined) watchInKernelSoon(h.socket, this.session.settings, () => this.linkWatched(h));
         this.listener?.onSessionEvent(ev);
         return;

@@ -253,6 +253,8 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     await once(c, 'connect');
     await until(() => serverSide !== undefined, 5000, 'connection');
     const link = linkOf(c)!;
+    const driver = (c as unknown as { driver: { session: { activeLink?: number }; link(id: number): unknown } }).driver;
+    const firstId = driver.session.activeLink!;
     // Node's own listener ends the socket at the peer's FIN; a second one of ours would cost an array.
     assert.equal(link.listenerCount('end'), 1, "'end' listeners on the client's link socket");
     // A FIN with the session open: the client must not wait out failureTimeout to dial again.
@@ -260,6 +262,7 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     const [suspended] = (await once(c, 'suspend')) as [{ reason: string }];
     await once(c, 'reconnect');
     assert.notEqual(linkOf(c), link, 'the session runs on a new link');
+    assert.equal(driver.link(firstId), undefined, "the driver let go of the closed link's handle");
     c.end('after the FIN');
     await once(c, 'close');
     assert.equal((await received).toString(), 'after the FIN');
