@@ -81,15 +81,14 @@ function onSocketEnd(this: LinkedSocket): void {
   if (h.owner?.onLinkEnd) h.owner.onLinkEnd(h.id);
   else this.destroy();
 }
-function onSocketError(this: LinkedSocket, err: Error): void {
-  this[kLink]!.error = err;
-}
+// Without a listener Node would throw the error; its 'close' tells it (socket.errored).
+function onSocketError(): void {}
 function onSocketClose(this: LinkedSocket): void {
   const h = this[kLink]!;
   h.closed = true;
   const owner = h.owner;
   h.owner = undefined;
-  const err = h.error;
+  const err = this.errored ?? undefined;
   owner?.onLinkClosed(h.id, err ? ((err as NodeJS.ErrnoException).code ?? err.message) : 'closed by peer', err);
 }
 // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
@@ -113,8 +112,6 @@ export class LinkHandle {
   owner: LinkOwner | undefined;
   /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
   clientAddress: ProxyAddress | undefined;
-  /** The socket's last error, the reason its 'close' gives. */
-  error: Error | undefined;
   /** The next of the links a session's driver holds: a list through the handles, as an array would cost each session 56 bytes. */
   next: LinkHandle | undefined;
   private flags: number = HandleFlag.QuickAck;

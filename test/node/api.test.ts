@@ -142,11 +142,13 @@ describe('ReliableSocket and ReliableServer speak node:net', () => {
     await once(blocker, 'listening');
     const port = (blocker.address() as AddressInfo).port;
     await new Promise<void>((r) => blocker.close(() => r()));
-    const c = connect(port, '127.0.0.1');
-    const closed = new Promise((resolve) => c.on('close', resolve));
-    const err = await new Promise<Error>((resolve) => c.on('error', resolve));
-    assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
-    await closed;
+    // Probing first, and (enhanced: true) through a session's first link.
+    for (const c of [connect(port, '127.0.0.1'), connect({ port, host: '127.0.0.1', enhanced: true })]) {
+      const closed = new Promise((resolve) => c.on('close', resolve));
+      const err = await new Promise<Error>((resolve) => c.on('error', resolve));
+      assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+      await closed;
+    }
   });
 
   test('destroy() aborts: the peer gets ERR_ROCKS_PEER_ABORTED', async () => {
