@@ -322,6 +322,18 @@ export class FrameParser {
     this.buffered += chunk.length;
   }
 
+  /** Takes over what `from` holds and has parsed so far, leaving it empty (a link the server core hands to a session). */
+  takeOver(from: FrameParser): void {
+    this.chunks = from.chunks;
+    this.buffered = from.buffered;
+    this.dataRemaining = from.dataRemaining;
+    this.dataOffset = from.dataOffset;
+    from.chunks = NO_ITEMS;
+    from.buffered = 0;
+    from.dataRemaining = 0;
+    from.dataOffset = 0;
+  }
+
   /** Removes and returns whatever is still buffered (used to hand a link over). */
   drain(): Buffer[] {
     const chunks = this.chunks;

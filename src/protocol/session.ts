@@ -185,12 +185,16 @@ type LinkPhase =
   | 'challenge' // server: CHALLENGE sent, waiting for PROOF
   | 'active'; // carries the session
 
-interface Link {
-  id: LinkId;
+/**
+ * One transport connection of the session. A link is also the parser of
+ * the frames that arrive on it: one object where two would cost each link
+ * 32 bytes more.
+ */
+class Link extends FrameParser {
+  readonly id: LinkId;
   phase: LinkPhase;
-  parser: FrameParser;
   /** Control frames waiting for pollTransmit; none is undefined, not an array of its own (32 bytes an idle link would keep). */
-  out: Buffer[] | undefined;
+  out: Buffer[] | undefined = undefined;
   /**
    * The handshake on this link must complete by then (whole ms), or 0 for
    * none: a small integer, where a fraction or Infinity would cost each
@@ -200,9 +204,20 @@ interface Link {
   /** Until the link carries the session; an active link keeps none of it. */
   handshake: LinkHandshake | undefined;
   /** Yes/no state, one bit each (LinkFlag). */
-  flags: number;
+  flags = 0;
   /** The peer's PACE on this link: our heartbeats may come as rarely as this (ms). */
-  peerPace?: number;
+  peerPace: number | undefined = undefined;
+
+  constructor(id: LinkId, phase: LinkPhase, deadline: number) {
+    super();
+    this.id = id;
+    this.phase = phase;
+    this.deadline = Math.ceil(deadline);
+    this.handshake =
+      phase === 'active'
+        ? undefined
+        : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined, migration: undefined };
+  }
 }
 
 /** A link's yes/no state, bits of Link.flags. */
@@ -442,7 +457,7 @@ export class Session {
     // but always takes what a client may send before WELCOME.
     const offered = Math.floor(Math.min(config.receiveWindow, host?.allowance(s) ?? Infinity));
     s.windowSent = Math.max(offered, EARLY_DATA_BYTES);
-    const l = s.addLink(link, 'active', parser, now + config.handshakeTimeout);
+    const l = s.addLink(link, 'active', now + config.handshakeTimeout, parser);
     queueFrame(l, encodeWelcome(PROTOCOL_VERSION, sessionId, serverPublic, s.windowSent, instance));
     s.setCurrent(l);
     if (channelKey !== undefined) s.confirm(l, now);
@@ -657,7 +672,7 @@ export class Session {
       chunk = this.readAnnouncement(l, chunk, now) ?? Buffer.alloc(0);
       if (chunk.length === 0) return;
     }
-    l.parser.push(chunk);
+    l.push(chunk);
     this.processLink(l, now);
   }
 
@@ -812,7 +827,7 @@ export class Session {
     else verify = this.hasFlag(Flag.CurrentInDoubt);
     for (const l of this.others) if (migrationOf(l) !== undefined) this.dropLink(l, 'superseded by a newer network change');
     const id = this.nextLinkId++;
-    const l = this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
+    const l = this.addLink(id, 'dialing', now + this.config.handshakeTimeout);
     l.handshake!.migration = { reason, at: now, verify };
     this.refreshLinkTimers();
     this.emit({ type: 'dial', link: id });
@@ -962,7 +977,7 @@ export class Session {
     if (this._state === 'done') return;
     const pending = this.allLinks().filter((l) => l.phase === 'challenge');
     if (pending.length >= MAX_PENDING_RESUMES) this.dropLink(pending[0], 'superseded by a newer resume attempt');
-    const l = this.addLink(link, 'challenge', parser, now + this.config.handshakeTimeout);
+    const l = this.addLink(link, 'challenge', now + this.config.handshakeTimeout, parser);
     const handshake = l.handshake!;
     handshake.clientNonce = resume.nonce;
     handshake.serverNonce = this.random.bytes(NONCE_SIZE);
@@ -980,7 +995,7 @@ export class Session {
   private processLink(l: Link, now: number): void {
     try {
       while (this.linkById(l.id) === l) {
-        const frame = l.parser.next();
+        const frame = l.next();
         if (frame === undefined) break;
         this.handleFrame(l, frame, now);
       }
@@ -1550,23 +1565,10 @@ export class Session {
 
   // ---- links -----------------------------------------------------------------
 
-  private addLink(id: LinkId, phase: LinkPhase, parser: FrameParser, deadline: number): Link {
-    // Every field from the start: fields added later (watched, set a second
-    // in; the peer's PACE) change the object's shape under the hot code,
-    // which V8 then deoptimizes and compiles again.
-    const l: Link = {
-      id,
-      phase,
-      parser,
-      out: undefined,
-      deadline: Math.ceil(deadline),
-      handshake:
-        phase === 'active'
-          ? undefined
-          : { keys: undefined, clientNonce: undefined, serverNonce: undefined, announcement: undefined, migration: undefined },
-      flags: 0,
-      peerPace: undefined,
-    };
+  /** A new link; `arrived`: the frames that came on it before the session took it (the server core's). */
+  private addLink(id: LinkId, phase: LinkPhase, deadline: number, arrived?: FrameParser): Link {
+    const l = new Link(id, phase, deadline);
+    if (arrived !== undefined) l.takeOver(arrived);
     this.others = withItem(this.others, l);
     this.refreshLinkTimers();
     return l;
@@ -1628,7 +1630,7 @@ export class Session {
 
   private dial(now: number): void {
     const id = this.nextLinkId++;
-    this.addLink(id, 'dialing', new FrameParser(), now + this.config.handshakeTimeout);
+    this.addLink(id, 'dialing', now + this.config.handshakeTimeout);
     const { attempt, delay } = this.dials().dialed(now);
     if (this._state !== 'connecting' || this.hasFlag(Flag.EverConnected)) this.emit({ type: 'reconnect-attempt', attempt, delay });
     this.refreshLinkTimers();

@@ -109,6 +109,30 @@ describe('frames', () => {
     assert.equal(b.offset, a.data.length);
   });
 
+  test('a parser taken over mid-frame goes on where the other stopped; the other is left empty', () => {
+    const payload = Buffer.alloc(1000, 1);
+    const stream = Buffer.concat([encodeDataHeader(5000, 1000), payload, encodeAck(6000, 77)]);
+    const ackAt = stream.length - encodeAck(0, 0).length;
+    for (const cut of [600, ackAt + 3]) {
+      const first = new FrameParser();
+      first.push(stream.subarray(0, cut));
+      const pieces: Frame[] = [];
+      for (let f = first.next(); f !== undefined; f = first.next()) pieces.push(f);
+      const second = new FrameParser();
+      second.takeOver(first);
+      assert.equal(first.bufferedBytes, 0);
+      assert.deepEqual(first.drain(), [], 'the old parser keeps no chunk');
+      second.push(stream.subarray(cut));
+      for (let f = second.next(); f !== undefined; f = second.next()) pieces.push(f);
+      const data = pieces.flatMap((f) => (f.type === FrameType.DATA ? [f] : []));
+      assert.equal(data[0].offset, 5000);
+      assert.equal(data[1]?.offset ?? 6000, 5000 + data[0].data.length, 'the DATA frame goes on where it stopped');
+      assert.equal(Buffer.concat(data.map((f) => f.data)).length, 1000);
+      assert.deepEqual(pieces.at(-1), { type: FrameType.ACK, received: 6000, window: 77 });
+      assert.equal(second.bufferedBytes, 0);
+    }
+  });
+
   test('HELLO accepts extension bytes from later versions', () => {
     const hello = encodeHello(1, 3, key, 1024);
     const extended = Buffer.concat([hello, Buffer.alloc(10)]);
