@@ -305,6 +305,10 @@ const Flag = {
    * so this session is never started over: it fails instead (§3.8, §15.2).
    */
   SentEarly: 1 << 8,
+  /** See driveQueued. */
+  DriveQueued: 1 << 9,
+  /** The session is a server's (role). */
+  Server: 1 << 10,
 } as const;
 
 /** A session's server instance before WELCOME names it. */
@@ -316,15 +320,6 @@ let lastInstance: Held = NO_INSTANCE;
 const CLIENT_ANNOUNCEMENT = encodeAnnouncement([ROCKS]);
 
 export class Session {
-  readonly role: 'client' | 'server';
-  /**
-   * Owned by the host that routes this session's input (ServerCore): true
-   * while a request to drive it waits in the host's queue. A field rather
-   * than a Set of queued sessions: adding to and deleting from a long-lived
-   * Set at every chunk rebuilds its table in V8's old space, garbage that
-   * cost a bulk transfer a full collection every 130 MB.
-   */
-  driveQueued = false;
   /**
    * Owned by the adapter that drives a server's session (its
    * SessionDriver): a field rather than a Map from sessions to drivers,
@@ -405,7 +400,7 @@ export class Session {
   private events: Fifo<SessionEvent> | undefined;
 
   private constructor(role: 'client' | 'server', config: SessionConfig, random: RandomSource, host?: SessionHost) {
-    this.role = role;
+    this.setFlag(Flag.Server, role === 'server');
     this.config = config;
     this.random = random;
     this.host = host;
@@ -478,6 +473,25 @@ export class Session {
 
   private hasFlag(flag: number): boolean {
     return (this.flags & flag) !== 0;
+  }
+
+  get role(): 'client' | 'server' {
+    return this.hasFlag(Flag.Server) ? 'server' : 'client';
+  }
+
+  /**
+   * Owned by the host that routes this session's input (ServerCore): true
+   * while a request to drive it waits in the host's queue. Kept by the
+   * session rather than in a Set of queued sessions: adding to and deleting
+   * from a long-lived Set at every chunk rebuilds its table in V8's old
+   * space, garbage that cost a bulk transfer a full collection every 130 MB.
+   */
+  get driveQueued(): boolean {
+    return this.hasFlag(Flag.DriveQueued);
+  }
+
+  set driveQueued(on: boolean) {
+    this.setFlag(Flag.DriveQueued, on);
   }
 
   private setFlag(flag: number, on: boolean): void {
