@@ -107,14 +107,24 @@ const HandleFlag = {
   QuickAck: 1 << 2,
 } as const;
 
+/** The clients that relayed links carry, by handle: few links are relayed, so no handle keeps a field for it. */
+const relayedClients = new WeakMap<LinkHandle, ProxyAddress>();
+
 /** A socket and the owner its events go to (a client's session driver, or a server for all its links). */
 export class LinkHandle {
   owner: LinkOwner | undefined;
-  /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
-  clientAddress: ProxyAddress | undefined;
   /** The next of the links a session's driver holds: a list through the handles, as an array would cost each session 56 bytes. */
   next: LinkHandle | undefined;
   private flags: number = HandleFlag.QuickAck;
+
+  /** The client a relayed link carries (its PROXY header), when not the socket's own peer. */
+  get clientAddress(): ProxyAddress | undefined {
+    return relayedClients.get(this);
+  }
+
+  set clientAddress(client: ProxyAddress) {
+    relayedClients.set(this, client);
+  }
 
   /** The socket emitted 'close'. */
   get closed(): boolean {

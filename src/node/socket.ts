@@ -168,6 +168,16 @@ interface TlsLinks {
   last: TLSSocket | undefined;
 }
 
+/** What a client collects while it connects, let go once connected. */
+interface Opening {
+  /** Writes waiting for the connection to be established, in either mode; undefined when none. */
+  writes: { chunks: Buffer[]; callback: Callback }[] | undefined;
+  /** end() came meanwhile. */
+  final: Callback | undefined;
+  /** The mode chosen and why, for the 'detect' event. */
+  verdict: DetectInfo | undefined;
+}
+
 export class ReliableSocket extends Duplex implements SessionListener {
   /** Reliable mode: the session and its driver. */
   private driver: SessionDriver | undefined;
@@ -180,25 +190,17 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private lastRemotePort: number | undefined;
   private lastLocalAddress: string | undefined;
   private lastLocalPort: number | undefined;
-  /** Writes waiting for the connection to be established, in either mode; undefined when none (no array for an idle socket). */
-  private queued: { chunks: Buffer[]; callback: Callback }[] | undefined;
-  private queuedFinal: Callback | undefined;
+  /** Client, until the connection is established: one field for what only connecting needs. */
+  private opening: Opening | undefined;
   private pendingWrite: Callback | undefined;
   private pendingFinal: Callback | undefined;
   private delivered = 0;
   private idleTimeout = 0;
   /** Yes/no state, one bit each (Flag). */
   private flags: number = Flag.Referenced | Flag.NoDelay;
-  /**
-   * Plain server side, until the first bytes come: what to do with a rocks
-   * announcement that came after detectTimeout (see onRawData).
-   */
-  private lateAnnouncement: LateAnnouncement | 'drop' | undefined;
   /** Plain mode: our listeners on `raw`, so that a late announcement can take it back (detachRaw). */
   // biome-ignore lint/suspicious/noExplicitAny: the listener type of Node's Socket.on(string, ...)
   private plainListeners: [string, (...args: any[]) => void][] | undefined;
-  /** The mode chosen and why, for the 'detect' event (client side). */
-  private verdict: DetectInfo | undefined;
   /** Over TLS: one field for the three, which a socket without TLS never needs. */
   private tlsLinks: TlsLinks | undefined;
 
@@ -213,6 +215,11 @@ export class ReliableSocket extends Duplex implements SessionListener {
     });
     this.options = options;
     resolveSessionConfig(options); // fail early on bad options
+  }
+
+  private useOpening(): Opening {
+    this.opening ??= { writes: undefined, final: undefined, verdict: undefined };
+    return this.opening;
   }
 
   private useTlsLinks(): TlsLinks {
@@ -249,8 +256,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
     const socket = new ReliableSocket(options);
     socket.setFlag(Flag.Established, true);
     // Over TLS the client's ALPN offer already told a rocks client apart.
-    if (initial.length === 0 && !ended && !(raw instanceof TLSSocket)) socket.lateAnnouncement = takeLate ?? 'drop';
-    socket.attachRaw(raw);
+    const late = initial.length === 0 && !ended && !(raw instanceof TLSSocket) ? (takeLate ?? 'drop') : undefined;
+    socket.attachRaw(raw, late);
     socket.learnFrom(raw);
     if (initial.length > 0) socket.deliver(initial);
     if (ended) socket.push(null);
@@ -406,7 +413,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** Logs a decision; the 'detect' event follows with the connection, once the mode is certain. */
   private decided(reliable: boolean, reason: string): void {
-    this.verdict = { reliable, reason, cached: this.hasFlag(Flag.VerdictCached) };
+    this.useOpening().verdict = { reliable, reason, cached: this.hasFlag(Flag.VerdictCached) };
     debug('%s %s: %s%s', reliable ? 'reliable' : 'plain', this.destination(), reason, this.hasFlag(Flag.VerdictCached) ? ' (cached)' : '');
   }
 
@@ -444,8 +451,8 @@ export class ReliableSocket extends Duplex implements SessionListener {
   }
 
   private writeQueued(): void {
-    const queued = this.queued ?? [];
-    this.queued = undefined;
+    const queued = this.opening?.writes ?? [];
+    if (this.opening !== undefined) this.opening.writes = undefined;
     for (const { chunks, callback } of queued) this.writeChunks(chunks, callback);
   }
 
@@ -503,13 +510,13 @@ export class ReliableSocket extends Duplex implements SessionListener {
   private becomeConnected(): void {
     this.setFlag(Flag.Connecting, false);
     this.setFlag(Flag.Established, true);
-    if (this.verdict !== undefined) this.emit('detect', this.verdict);
-    this.verdict = undefined; // told: an idle connection need not keep it
+    const verdict = this.opening?.verdict;
+    if (verdict !== undefined) this.emit('detect', verdict);
     this.emit('connect');
     this.emit('ready');
     this.writeQueued();
-    const final = this.queuedFinal;
-    this.queuedFinal = undefined;
+    const final = this.opening?.final;
+    this.opening = undefined; // an idle connection keeps none of it
     if (final) this._final(final);
   }
 
@@ -724,8 +731,9 @@ export class ReliableSocket extends Duplex implements SessionListener {
         callback(new RocksError('ERR_ROCKS_INVALID_OPTION', 'write before connect()'));
         return;
       }
-      if (this.queued === undefined) this.queued = [{ chunks, callback }];
-      else this.queued.push({ chunks, callback });
+      const opening = this.useOpening();
+      if (opening.writes === undefined) opening.writes = [{ chunks, callback }];
+      else opening.writes.push({ chunks, callback });
       return;
     }
     if (this.raw !== undefined) {
@@ -750,7 +758,7 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   override _final(callback: Callback): void {
     if (!this.hasFlag(Flag.Established)) {
-      if (this.hasFlag(Flag.Connecting)) this.queuedFinal = callback;
+      if (this.hasFlag(Flag.Connecting)) this.useOpening().final = callback;
       else callback();
       return;
     }
@@ -825,14 +833,25 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   // ---- plain mode ----------------------------------------------------------------------
 
-  private attachRaw(raw: Socket): void {
+  /**
+   * `late`: plain server side, until the first bytes come, what to do with
+   * a rocks announcement that came after detectTimeout (see takeLate).
+   */
+  private attachRaw(raw: Socket, late?: LateAnnouncement | 'drop'): void {
     this.raw = raw;
     raw.setNoDelay(this.hasFlag(Flag.NoDelay));
     if (!this.hasFlag(Flag.Referenced)) raw.unref();
     if (this.idleTimeout > 0) raw.setTimeout(this.idleTimeout);
     let ended = false;
     this.plainListeners = [
-      ['data', (chunk: Buffer) => this.onRawData(chunk)],
+      [
+        'data',
+        (chunk: Buffer) => {
+          const first = late;
+          late = undefined;
+          if (first === undefined || !this.tookLate(chunk, first)) this.deliver(chunk);
+        },
+      ],
       [
         'end',
         () => {
@@ -848,30 +867,25 @@ export class ReliableSocket extends Duplex implements SessionListener {
     for (const [event, fn] of this.plainListeners) raw.on(event, fn);
   }
 
-  private onRawData(chunk: Buffer): void {
-    const late = this.lateAnnouncement;
-    if (late !== undefined) {
-      this.lateAnnouncement = undefined;
-      if (chunk.length >= EDP_MAGIC.length && chunk.subarray(0, EDP_MAGIC.length).equals(EDP_MAGIC)) {
-        // A rocks client whose announcement came after detectTimeout (a busy
-        // middlebox, a lost first segment). While the application has sent
-        // nothing on the connection, the server can still take it as a rocks
-        // link; otherwise it is dropped and the client dials again. Either
-        // way the application saw a connection that closes empty.
-        const raw = this.raw!;
-        if (late !== 'drop' && raw.bytesWritten === 0 && !raw.writableEnded) {
-          debug('taking up a connection whose rocks announcement came after detectTimeout');
-          this.detachRaw();
-          this.destroy();
-          late(raw, chunk);
-        } else {
-          debug('dropping a connection whose rocks announcement came too late');
-          this.destroy();
-        }
-        return;
-      }
+  /** The first bytes of a connection served plain: whether they were a rocks announcement, which ends the plain connection. */
+  private tookLate(chunk: Buffer, late: LateAnnouncement | 'drop'): boolean {
+    if (chunk.length < EDP_MAGIC.length || !chunk.subarray(0, EDP_MAGIC.length).equals(EDP_MAGIC)) return false;
+    // A rocks client whose announcement came after detectTimeout (a busy
+    // middlebox, a lost first segment). While the application has sent
+    // nothing on the connection, the server can still take it as a rocks
+    // link; otherwise it is dropped and the client dials again. Either way
+    // the application saw a connection that closes empty.
+    const raw = this.raw!;
+    if (late !== 'drop' && raw.bytesWritten === 0 && !raw.writableEnded) {
+      debug('taking up a connection whose rocks announcement came after detectTimeout');
+      this.detachRaw();
+      this.destroy();
+      late(raw, chunk);
+    } else {
+      debug('dropping a connection whose rocks announcement came too late');
+      this.destroy();
     }
-    this.deliver(chunk);
+    return true;
   }
 
   /** Gives `raw` up untouched: none of our listeners or settings stays on it. */
@@ -979,9 +993,10 @@ export class ReliableSocket extends Duplex implements SessionListener {
 
   /** Calls every write and end callback still waiting, with `err` (null on a clean close). */
   private settleCallbacks(err: Error | null): void {
-    const callbacks = [this.pendingWrite, this.pendingFinal, this.queuedFinal, ...(this.queued ?? []).map((q) => q.callback)];
-    this.pendingWrite = this.pendingFinal = this.queuedFinal = undefined;
-    this.queued = undefined;
+    const opening = this.opening;
+    const callbacks = [this.pendingWrite, this.pendingFinal, opening?.final, ...(opening?.writes ?? []).map((q) => q.callback)];
+    this.pendingWrite = this.pendingFinal = undefined;
+    if (opening !== undefined) opening.final = opening.writes = undefined;
     for (const cb of callbacks) cb?.(err);
   }
 }
