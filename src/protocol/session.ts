@@ -975,7 +975,11 @@ export class Session {
   }
 
   pollEvent(): SessionEvent | undefined {
-    return this.events?.shift();
+    const ev = this.events?.shift();
+    // Many connections stay quiet once made (a pool's spare ones): the
+    // queue goes with the last event of the connect, not a heartbeat later.
+    if (ev?.type === 'connect' && this.events!.size === 0) this.events = undefined;
+    return ev;
   }
 
   /** The earliest time at which handleTimeout has work to do, or undefined. */

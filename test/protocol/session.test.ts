@@ -1200,6 +1200,16 @@ describe('timers', () => {
     assert.equal(p.client.session.state, 'open');
   });
 
+  test('a client keeps no event queue once its connect is told, and makes one again for the next event', () => {
+    const p = new Pair();
+    const queue = () => (p.client.session as unknown as { events: unknown }).events;
+    p.runUntil(() => p.client.events.of('connect').length > 0, 5000);
+    assert.equal(queue(), undefined, 'after connect');
+    p.server.write('late');
+    p.runFor(100);
+    assert.equal(p.client.events.of('data').length, 1, 'the next event arrives');
+  });
+
   test('a quiet session drops its send buffer at a heartbeat, and the stream goes on from where it stood, also over a resume', () => {
     const p = established({ options: { failureTimeout: 1000, heartbeatInterval: 250 } });
     const held = (side: typeof p.client) => (side.session as unknown as { sendBuffer: unknown }).sendBuffer !== undefined;
