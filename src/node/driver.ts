@@ -242,7 +242,11 @@ const Flag = {
   WatchWhenOpen: 1 << 8,
   /** Server: the application holds the socket; the server hears when it closes. */
   ReportClose: 1 << 9,
-  /** The application closed the session, which finishes in the background (lingerAfterClose). */
+  /**
+   * The application closed the session, which finishes in the background
+   * (lingerAfterClose). Also known from `lingering`; a bit, so that every
+   * 'data' event asks no Map.
+   */
   Lingering: 1 << 10,
 } as const;
 

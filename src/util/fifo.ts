@@ -2,8 +2,9 @@
 // protocol's event queues fill and drain once per chunk of input; an array
 // emptied with `length = 0` gives its storage back and grows it anew on the
 // next push, an allocation per chunk that this avoids. A queue that never
-// held anything has no array of its own; a quiet session drops its queue
-// altogether (Session.handleTimeout).
+// held anything has no array of its own; a session drops its queue
+// altogether when a heartbeat finds it empty (Session.handleTimeout), and a
+// client already when it has told its connect (Session.pollEvent).
 
 import { NO_ITEMS } from './empty.js';
 
