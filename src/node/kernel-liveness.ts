@@ -29,22 +29,42 @@ export function kernelCanWatch(config: Liveness): boolean {
 }
 
 /**
- * Asks the kernel to watch `socket`'s connection: probes after
- * heartbeatInterval of silence and every heartbeatInterval after, and the
+ * The keepalive settings, in whole seconds: probes every heartbeatInterval
+ * once the connection was silent for `idle`. TCP_USER_TIMEOUT
+ * (failureTimeout) fails the connection at the first probe due once that
+ * long passed since anything was heard, so the bound is failureTimeout
+ * plus the timer's lateness whatever `idle` is; `idle` only decides how
+ * many probes a healthy silent connection sends. It leaves two probes
+ * before the verdict, so one lost probe is not a failure: at the defaults
+ * (5 s, 1 s) a probe every 3 s instead of every second. 10,000 idle
+ * loopback connections probed every second overflowed the kernel's
+ * receive backlog in bursts, and the drops timed out healthy connections.
+ */
+export function keepaliveSeconds(config: Liveness): { idle: number; interval: number; count: number } {
+  const interval = Math.floor(config.heartbeatInterval / 1000);
+  const idle = Math.max(interval, Math.floor((config.failureTimeout - 2 * interval * 1000) / 1000));
+  // Without TCP_USER_TIMEOUT (it is set last) the count ends it instead.
+  const count = Math.max(1, Math.ceil((config.failureTimeout - idle * 1000) / (interval * 1000)));
+  return { idle, interval, count };
+}
+
+/**
+ * Asks the kernel to watch `socket`'s connection (keepaliveSeconds): the
  * connection fails (ETIMEDOUT) once failureTimeout passed without an answer
- * or an acknowledgement of data sent. Returns whether it took every option.
+ * to a probe or an acknowledgement of data sent. Returns whether it took
+ * every option.
  */
 export function watchInKernel(socket: Socket, config: Liveness): boolean {
   if (!kernelCanWatch(config)) return false;
   const c = socketCalls()!;
   const fd = fdOf(socket);
   if (fd === undefined) return false;
-  const seconds = Math.floor(config.heartbeatInterval / 1000);
+  const { idle, interval, count } = keepaliveSeconds(config);
   const ok =
     setIntOption(c, fd, SOL_SOCKET, SO_KEEPALIVE, 1) &&
-    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPIDLE, seconds) &&
-    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPINTVL, seconds) &&
-    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPCNT, Math.ceil(config.failureTimeout / (seconds * 1000))) &&
+    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPIDLE, idle) &&
+    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPINTVL, interval) &&
+    setIntOption(c, fd, IPPROTO_TCP, TCP_KEEPCNT, count) &&
     setIntOption(c, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, config.failureTimeout);
   if (!ok) debug('the kernel cannot watch connection fd %d: heartbeats watch it', fd);
   return ok;

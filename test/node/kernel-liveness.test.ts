@@ -13,10 +13,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../../src/index.js';
-import { KERNEL_WATCH_DELAY_MS, kernelCanWatch } from '../../src/node/kernel-liveness.js';
-import { socketCalls } from '../../src/node/socket-calls.js';
+import { KERNEL_WATCH_DELAY_MS, keepaliveSeconds, kernelCanWatch } from '../../src/node/kernel-liveness.js';
+import { IPPROTO_TCP, socketCalls } from '../../src/node/socket-calls.js';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
 import { sleep, until } from '../support/helpers.js';
+import { intOption } from '../support/sockopt.js';
 
 const skip = kernelCanWatch(resolveSessionConfig({})) ? false : 'the kernel cannot watch connections here (Linux with koffi only)';
 /** Idle time observed, after the PACE exchange and the heartbeats sent before it. */
@@ -25,6 +26,64 @@ const IDLE_MS = 4000;
 const SETTLE_MS = KERNEL_WATCH_DELAY_MS + 2000;
 const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+const TCP_USER_TIMEOUT = 18;
+
+/**
+ * Linux's keepalive timer (tcp_keepalive_timer in net/ipv4/tcp_timer.c)
+ * on a connection last heard at 0 whose path dies at `deathMs`: a probe
+ * sent before then is answered at once. Returns when the connection
+ * fails, with the probes left unanswered by then, and the probes sent.
+ */
+function keepaliveVerdict(
+  s: { idle: number; interval: number },
+  userTimeoutMs: number,
+  deathMs: number,
+): { at: number; unanswered: number; sent: number } {
+  const [idle, interval] = [s.idle * 1000, s.interval * 1000];
+  let [heard, unanswered, sent, tick] = [0, 0, 0, idle];
+  for (;;) {
+    const elapsed = tick - heard;
+    if (elapsed < idle) {
+      tick += idle - elapsed;
+      continue;
+    }
+    if (unanswered > 0 && elapsed >= userTimeoutMs) return { at: tick, unanswered, sent };
+    sent++;
+    if (tick < deathMs) [heard, unanswered] = [tick, 0];
+    else unanswered++;
+    tick += interval;
+  }
+}
+
+describe('kernel keepalive settings (keepaliveSeconds)', () => {
+  test('the kernel fails a dead path within failureTimeout + heartbeatInterval, after two unanswered probes, and probes a healthy idle one rarely', () => {
+    for (const [failureTimeout, heartbeatInterval] of [
+      [5000, 1000],
+      [2000, 1000],
+      [5500, 1000],
+      [30_000, 6000],
+      [10_000, 5000],
+    ]) {
+      const settings = keepaliveSeconds({ kernelLiveness: true, failureTimeout, heartbeatInterval });
+      const at = `failureTimeout ${failureTimeout}, heartbeatInterval ${heartbeatInterval}: ${JSON.stringify(settings)}`;
+      // One lost probe is not a failure, where the bound leaves room for two.
+      const tolerated = Math.min(2, Math.floor(failureTimeout / heartbeatInterval) - 1);
+      for (let death = 0; death < 3 * failureTimeout; death += 100) {
+        const verdict = keepaliveVerdict(settings, failureTimeout, death);
+        assert.ok(verdict.at - death <= failureTimeout + heartbeatInterval, `${at}: dead at ${death} ms, failed at ${verdict.at} ms`);
+        assert.ok(verdict.unanswered >= tolerated, `${at}: failed after ${verdict.unanswered} unanswered probe(s)`);
+      }
+      // Alive for a minute and a millisecond: the probe at 60 s is answered too.
+      const healthy = keepaliveVerdict(settings, failureTimeout, 60_001);
+      const probes = healthy.sent - healthy.unanswered;
+      console.log(`# ${at}: ${probes} probes in a healthy idle minute`);
+      if (failureTimeout === 5000 && heartbeatInterval === 1000) assert.equal(probes, 20, `${at}: one probe every 3 s at the defaults`);
+    }
+  });
+});
 
 /** A relay from `listenAt` to `target` that counts the bytes going each way. */
 async function countingRelay(listenAt: number | string, target: { port: number } | { path: string }) {
@@ -140,6 +199,36 @@ describe('kernel liveness (PROTOCOL.md §5.1)', { skip }, () => {
     assert.deepEqual(keepalives, [], 'not yet');
     await until(() => keepalives.length === 2, KERNEL_WATCH_DELAY_MS + 1000, 'both ends to ask their kernels');
     kept.destroy();
+  });
+
+  test('the kernel holds the settings on both ends of a watched link: at the defaults, a probe after 3 s of silence, then every second, and failure after 5 s unheard', async (t) => {
+    const accepted: ReliableSocket[] = [];
+    const server = createServer({}, (s) => {
+      accepted.push(s);
+      s.on('error', () => {});
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const client = connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1', enhanced: true });
+    client.on('error', () => {});
+    t.after(() => {
+      client.destroy();
+      for (const s of accepted) s.destroy();
+      server.close();
+    });
+    await once(client, 'connect');
+    await until(() => accepted.length === 1, 5000, 'the server to accept');
+    type WithDriver = { driver: { activeSocket(): Socket } };
+    const links = [client, accepted[0]].map((s) => (s as unknown as WithDriver).driver.activeSocket());
+    const held = (link: Socket) => [
+      intOption(link, SOL_SOCKET, SO_KEEPALIVE),
+      intOption(link, IPPROTO_TCP, TCP_KEEPIDLE),
+      intOption(link, IPPROTO_TCP, TCP_KEEPINTVL),
+      intOption(link, IPPROTO_TCP, TCP_KEEPCNT),
+      intOption(link, IPPROTO_TCP, TCP_USER_TIMEOUT),
+    ];
+    await until(() => links.every((link) => held(link)[0] === 1), KERNEL_WATCH_DELAY_MS + 2000, 'both kernels to watch');
+    for (const link of links) assert.deepEqual(held(link), [1, 3, 1, 2, 5000]);
   });
 
   test('a Unix socket: the kernel cannot watch it, so the session keeps beating every second', async () => {

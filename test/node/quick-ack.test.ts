@@ -6,33 +6,21 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createRequire } from 'node:module';
 import { type AddressInfo, connect as netConnect, createServer as netCreateServer, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { connect, type ReliableSocket } from '../../src/index.js';
 import { ackAtOnce } from '../../src/node/quick-ack.js';
 import { fdOf, IPPROTO_TCP, socketCalls } from '../../src/node/socket-calls.js';
 import { closeServer, listen } from '../support/net.js';
+import { intOption } from '../support/sockopt.js';
 
 const TCP_QUICKACK = 12;
 const EXCHANGES = 20;
 const MESSAGE = Buffer.alloc(100, 0x61);
 const skip = socketCalls() === null ? 'no socket calls here (Linux with koffi only)' : false;
 
-/** getsockopt through koffi, loaded once. */
-const getsockopt: (fd: number | undefined, level: number, name: number, value: Buffer, length: number[]) => number =
-  skip === false
-    ? createRequire(import.meta.url)('koffi')
-        .load('libc.so.6')
-        .func('int getsockopt(int, int, int, _Out_ void *, _Inout_ unsigned int *)')
-    : () => -1;
-
 /** The kernel's quick-ACK flag of a socket: 0 while it delays ACKs. */
-function quickAck(socket: Socket): number {
-  const value = Buffer.alloc(4);
-  assert.equal(getsockopt(fdOf(socket), IPPROTO_TCP, TCP_QUICKACK, value, [4]), 0, 'getsockopt');
-  return value.readInt32LE();
-}
+const quickAck = (socket: Socket): number => intOption(socket, IPPROTO_TCP, TCP_QUICKACK);
 
 /**
  * Sends MESSAGE and waits for its echo EXCHANGES times; returns the quick-ACK
