@@ -14,12 +14,13 @@
 // A black-holed FaultProxy keeps old connections dead for good and accepts
 // new ones only after heal(): every session resumes over a new connection.
 
+import { readFileSync } from 'node:fs';
 import { KERNEL_WATCH_DELAY_MS } from '../../src/node/kernel-liveness.js';
 import { sleep } from '../../test/support/helpers.js';
 import { Peer } from '../core/process.js';
 import type { BenchCase, Context, Measure } from '../core/types.js';
 
-type Cpu = { type: 'cpu'; user: number; system: number; ms: number };
+type Cpu = { type: 'cpu'; user: number; system: number; ms: number; suspended?: number };
 
 const PAYLOAD = 1024;
 /**
@@ -66,7 +67,7 @@ const QUICK: Config = {
  * straight to server: the kernels watch the connections, and each session
  * sends a heartbeat every pathCheckInterval (30 s) instead of every second.
  */
-async function kernelRound(n: number, idleMs: number): Promise<{ serverCpu: number; clientCpu: number }> {
+async function kernelRound(n: number, idleMs: number): Promise<{ serverCpu: number; clientCpu: number; dropped: number; suspended: number }> {
   const peers: Peer[] = [];
   try {
     const server = new Peer('scale-server', ['--options', '{}', '--backlog', '4096'], { nofile: NOFILE });
@@ -82,11 +83,33 @@ async function kernelRound(n: number, idleMs: number): Promise<{ serverCpu: numb
     // The kernel watches a link a second after it carries its session (KERNEL_WATCH_DELAY_MS); the PACE
     // exchange and the heartbeats sent before it settle within a second or two after that.
     await sleep(KERNEL_WATCH_DELAY_MS + 3000);
+    const droppedBefore = backlogDrops();
     for (const p of peers) p.send({ type: 'cpu', ms: idleMs });
-    const [serverCpu, clientCpu] = (await Promise.all(peers.map((p) => p.next<Cpu>('cpu', idleMs + 30_000)))).map(percent);
-    return { serverCpu, clientCpu };
+    const [serverUse, clientUse] = await Promise.all(peers.map((p) => p.next<Cpu>('cpu', idleMs + 30_000)));
+    return {
+      serverCpu: percent(serverUse),
+      clientCpu: percent(clientUse),
+      dropped: backlogDrops() - droppedBefore,
+      suspended: clientUse.suspended ?? 0,
+    };
   } finally {
     for (const p of peers.reverse()) await p.stop();
+  }
+}
+
+/**
+ * Packets the kernel dropped because a CPU's receive backlog was full
+ * (/proc/net/softnet_stat, second column, summed over CPUs): loopback
+ * packets that arrive in a burst larger than net.core.netdev_max_backlog.
+ */
+function backlogDrops(): number {
+  try {
+    return readFileSync('/proc/net/softnet_stat', 'utf8')
+      .trim()
+      .split('\n')
+      .reduce((sum, line) => sum + Number.parseInt(line.trim().split(/\s+/)[1], 16), 0);
+  } catch {
+    return Number.NaN;
   }
 }
 
@@ -228,7 +251,7 @@ export const scale: BenchCase = {
     for (let i = 0; i < rounds; i++) {
       const k = await kernelRound(n, idleMs);
       ctx.log(
-        `  scale: kernel round ${i + 1}/${rounds}: ${n} idle sessions, kernel liveness: server ${k.serverCpu.toFixed(2)}%, client ${k.clientCpu.toFixed(2)}% of a core`,
+        `  scale: kernel round ${i + 1}/${rounds}: ${n} idle sessions, kernel liveness: server ${k.serverCpu.toFixed(2)}%, client ${k.clientCpu.toFixed(2)}% of a core; ${k.dropped} packets dropped at a full receive backlog, ${k.suspended} session(s) suspended`,
       );
       kernel.push(k);
     }

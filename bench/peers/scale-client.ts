@@ -3,7 +3,9 @@
 // round robin), --batch at a time, and says {"type":"ready","setup":MS}
 // once every one of them is connected. Then, on stdin:
 //
-//   {"type":"cpu","ms":M}          -> {"type":"cpu","user","system","ms"}
+//   {"type":"cpu","ms":M}          -> {"type":"cpu","user","system","ms","suspended"}
+//        suspended: the connections that suspended outside an outage so far
+//        (a healthy idle one never should)
 //   {"type":"outage","payload":B}  (sent right after the proxies black-holed the path)
 //        every connection writes B bytes of its own pattern, which the echo
 //        server returns once the path is back;
@@ -52,6 +54,8 @@ const conns: Conn[] = [];
 /** Diagnostics: reconnect attempts since the outage began, and the first few errors. */
 let attempts = 0;
 const errors: string[] = [];
+/** 'suspend' events outside an outage: healthy idle connections the kernel (or a heartbeat) took for dead. */
+let idleSuspends = 0;
 /** Set while an outage is measured. */
 let outage:
   | {
@@ -90,6 +94,7 @@ function open(index: number): Conn {
     }
   });
   s.on('suspend', () => {
+    if (!outage) idleSuspends++;
     if (!outage || c.suspended) return;
     c.suspended = true;
     const now = clock();
@@ -199,7 +204,7 @@ for (let i = 0; i < count; i += batchSize) {
 say({ type: 'ready', setup: performance.now() - start, count });
 
 readJsonLines<{ type: string; ms?: number; payload?: number }>(process.stdin, (command) => {
-  if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c }));
+  if (command.type === 'cpu') void cpuOver(command.ms ?? 1000).then((c) => say({ type: 'cpu', ...c, suspended: idleSuspends }));
   else if (command.type === 'outage') measureOutage(command.payload ?? 1024).catch(fatal);
 });
 process.on('SIGTERM', () => process.exit(0));
