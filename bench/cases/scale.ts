@@ -189,7 +189,7 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
     );
     if (r.timedOut || r.failed > 0 || r.resumed < n || r.lost > 0 || r.extra > 0 || r.corrupt > 0) {
       throw new Error(
-        `scale: after the outage ${r.resumed}/${n} connections resumed, ${r.failed} failed; ` +
+        `after the outage ${r.resumed}/${n} connections resumed, ${r.failed} failed; ` +
           `${r.lost} bytes lost, ${r.extra} extra, ${r.corrupt} connections received wrong bytes${r.timedOut ? ' (gave up 60 s after the suspend)' : ''}`,
       );
     }
