@@ -113,6 +113,18 @@ function backlogDrops(): number {
   }
 }
 
+/** Connection requests the kernel dropped at a listener (TcpExt ListenDrops in /proc/net/netstat: full accept or SYN queue). */
+function listenDrops(): number {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+    const names = lines.find((l) => l.startsWith('TcpExt:'))!.split(/\s+/);
+    const values = lines.filter((l) => l.startsWith('TcpExt:'))[1].split(/\s+/);
+    return Number(values[names.indexOf('ListenDrops')]);
+  } catch {
+    return Number.NaN;
+  }
+}
+
 const percent = (c: Cpu): number => ((c.user + c.system) / 1000 / c.ms) * 100;
 
 interface Round {
@@ -167,6 +179,7 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
     const suspended = await client.next<{ type: 'suspended'; first: number; last: number; failed: number }>('suspended', 120_000);
     const detect = suspended.last - brokenAt;
     ctx.log(`    all ${n} suspended ${(suspended.first - brokenAt).toFixed(0)}..${detect.toFixed(0)} ms after the black hole`);
+    const dropsBefore = [backlogDrops(), listenDrops()];
     for (const p of proxies) p.send({ type: 'heal' });
     const healedAt = Math.min(...(await all<{ type: 'healed'; at: number }>('healed', 10_000)).map((r) => r.at));
     const r = await client.next<{
@@ -183,9 +196,11 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
     }>('recovered', 120_000);
     const resume = r.lastResume - healedAt;
     const echoed = r.lastData - healedAt;
+    const [backlog, listen] = [backlogDrops() - dropsBefore[0], listenDrops() - dropsBefore[1]];
     ctx.log(
       `    heal: ${r.resumed}/${n} resumed, the last after ${resume.toFixed(0)} ms, last echoed byte after ${echoed.toFixed(0)} ms; ` +
-        `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}; ${r.attempts} reconnect attempts`,
+        `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}; ${r.attempts} reconnect attempts; ` +
+        `the kernel dropped ${backlog} packets at a full receive backlog and ${listen} at a full accept queue`,
     );
     if (r.timedOut || r.failed > 0 || r.resumed < n || r.lost > 0 || r.extra > 0 || r.corrupt > 0) {
       throw new Error(
