@@ -116,9 +116,11 @@ function backlogDrops(): number {
 /** Connection requests the kernel dropped at a listener (TcpExt ListenDrops in /proc/net/netstat: full accept or SYN queue). */
 function listenDrops(): number {
   try {
-    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
-    const names = lines.find((l) => l.startsWith('TcpExt:'))!.split(/\s+/);
-    const values = lines.filter((l) => l.startsWith('TcpExt:'))[1].split(/\s+/);
+    // Two TcpExt lines: the names, then the values.
+    const [names, values] = readFileSync('/proc/net/netstat', 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('TcpExt:'))
+      .map((l) => l.split(/\s+/));
     return Number(values[names.indexOf('ListenDrops')]);
   } catch {
     return Number.NaN;

@@ -94,8 +94,11 @@ function open(index: number): Conn {
     }
   });
   s.on('suspend', () => {
-    if (!outage) idleSuspends++;
-    if (!outage || c.suspended) return;
+    if (!outage) {
+      idleSuspends++;
+      return;
+    }
+    if (c.suspended) return;
     c.suspended = true;
     const now = clock();
     if (outage.suspended++ === 0) outage.firstSuspend = now;

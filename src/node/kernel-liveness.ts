@@ -14,12 +14,12 @@ import { fdOf, IPPROTO_TCP, setIntOption, socketCalls } from './socket-calls.js'
 
 const debug = debuglog('rocks');
 
-const SOL_SOCKET = 1;
-const SO_KEEPALIVE = 9;
-const TCP_KEEPIDLE = 4;
-const TCP_KEEPINTVL = 5;
-const TCP_KEEPCNT = 6;
-const TCP_USER_TIMEOUT = 18;
+export const SOL_SOCKET = 1;
+export const SO_KEEPALIVE = 9;
+export const TCP_KEEPIDLE = 4;
+export const TCP_KEEPINTVL = 5;
+export const TCP_KEEPCNT = 6;
+export const TCP_USER_TIMEOUT = 18;
 
 type Liveness = Pick<SessionConfig, 'kernelLiveness' | 'failureTimeout' | 'heartbeatInterval'>;
 
@@ -32,13 +32,11 @@ export function kernelCanWatch(config: Liveness): boolean {
  * The keepalive settings, in whole seconds: probes every heartbeatInterval
  * once the connection was silent for `idle`. TCP_USER_TIMEOUT
  * (failureTimeout) fails the connection at the first probe due once that
- * long passed since anything was heard, so the bound is failureTimeout
- * plus the timer's lateness whatever `idle` is; `idle` only decides how
- * many probes a healthy silent connection sends. It leaves two probes
- * before the verdict, so one lost probe is not a failure: at the defaults
- * (5 s, 1 s) a probe every 3 s instead of every second. 10,000 idle
- * loopback connections probed every second overflowed the kernel's
- * receive backlog in bursts, and the drops timed out healthy connections.
+ * long passed unheard, so `idle` moves not the bound but only how often a
+ * healthy silent connection is probed. It leaves two probes before the
+ * verdict (one lost probe is no failure): at the defaults a probe every
+ * 3 s, where one a second from 10,000 idle connections overflowed the
+ * kernel's receive backlog (PROTOCOL.md §5.1).
  */
 export function keepaliveSeconds(config: Liveness): { idle: number; interval: number; count: number } {
   const interval = Math.floor(config.heartbeatInterval / 1000);

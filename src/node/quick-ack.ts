@@ -18,7 +18,7 @@
 import type { Socket } from 'node:net';
 import { fdOf, IPPROTO_TCP, socketCalls } from './socket-calls.js';
 
-const TCP_QUICKACK = 12;
+export const TCP_QUICKACK = 12;
 /** Reads smaller than a segment: a message whose sender may be waiting for our ACK to send the rest. */
 export const QUICK_ACK_BELOW = 1400;
 const ON = Buffer.from(new Int32Array([1]).buffer);

@@ -13,7 +13,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { connect, createServer, type ReliableServer, type ReliableSocket } from '../../src/index.js';
-import { KERNEL_WATCH_DELAY_MS, keepaliveSeconds, kernelCanWatch } from '../../src/node/kernel-liveness.js';
+import {
+  KERNEL_WATCH_DELAY_MS,
+  keepaliveSeconds,
+  kernelCanWatch,
+  SO_KEEPALIVE,
+  SOL_SOCKET,
+  TCP_KEEPCNT,
+  TCP_KEEPIDLE,
+  TCP_KEEPINTVL,
+  TCP_USER_TIMEOUT,
+} from '../../src/node/kernel-liveness.js';
 import { IPPROTO_TCP, socketCalls } from '../../src/node/socket-calls.js';
 import { resolveSessionConfig } from '../../src/protocol/config.js';
 import { sleep, until } from '../support/helpers.js';
@@ -24,12 +34,6 @@ const skip = kernelCanWatch(resolveSessionConfig({})) ? false : 'the kernel cann
 const IDLE_MS = 4000;
 /** The kernel watches a link KERNEL_WATCH_DELAY_MS after it carries the session; a heartbeat at the old rate may follow the PACEs. */
 const SETTLE_MS = KERNEL_WATCH_DELAY_MS + 2000;
-const SOL_SOCKET = 1;
-const SO_KEEPALIVE = 9;
-const TCP_KEEPIDLE = 4;
-const TCP_KEEPINTVL = 5;
-const TCP_KEEPCNT = 6;
-const TCP_USER_TIMEOUT = 18;
 
 /**
  * Linux's keepalive timer (tcp_keepalive_timer in net/ipv4/tcp_timer.c)

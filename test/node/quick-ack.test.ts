@@ -9,12 +9,11 @@ import { once } from 'node:events';
 import { type AddressInfo, connect as netConnect, createServer as netCreateServer, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { connect, type ReliableSocket } from '../../src/index.js';
-import { ackAtOnce } from '../../src/node/quick-ack.js';
+import { ackAtOnce, TCP_QUICKACK } from '../../src/node/quick-ack.js';
 import { fdOf, IPPROTO_TCP, socketCalls } from '../../src/node/socket-calls.js';
 import { closeServer, listen } from '../support/net.js';
 import { intOption } from '../support/sockopt.js';
 
-const TCP_QUICKACK = 12;
 const EXCHANGES = 20;
 const MESSAGE = Buffer.alloc(100, 0x61);
 const skip = socketCalls() === null ? 'no socket calls here (Linux with koffi only)' : false;
