@@ -10,8 +10,8 @@
 // message of both address families and follows the namespace it runs in,
 // a crash of the child costs us nothing, and the kernel's structures never
 // reach our code. macOS reports them on a routing socket, and `route -n
-// monitor` prints one block per message. Elsewhere the watcher is off and
-// sessions rely on failureTimeout alone.
+// monitor` prints one block per message (route-monitor.ts). Elsewhere the
+// watcher is off and sessions rely on failureTimeout alone.
 //
 // The child runs while client sessions subscribe (and LINGER_MS after), and blocks in the
 // kernel between messages: an idle process pays nothing for it.
@@ -20,6 +20,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { networkInterfaces } from 'node:os';
 import { createInterface } from 'node:readline';
 import { debuglog } from 'node:util';
+import { RouteMonitorReader } from './route-monitor.js';
 
 const debug = debuglog('rocks');
 
@@ -34,7 +35,7 @@ const RESTART_MS = 5000;
  */
 const LINGER_MS = 60_000;
 
-/** One line of `ip -o monitor address route link`, as far as a session cares. */
+/** One change the monitor reported (a line of `ip -o monitor address route link`), as far as a session cares. */
 export type MonitorEvent =
   | { kind: 'address'; deleted: boolean; device: string; address: string }
   | { kind: 'route'; deleted: boolean; isDefault: boolean }
@@ -60,27 +61,6 @@ export function parseIpMonitorLine(line: string): MonitorEvent | undefined {
   m = ROUTE_LINE.exec(text);
   if (m) return { kind: 'route', deleted: m[1] !== undefined, isDefault: m[2] !== undefined };
   return undefined;
-}
-
-/**
- * What `route -n monitor` (macOS) reports, one message at a time: its
- * header line names the message type. The addresses follow in a format
- * that varies with the message; a removed address is reported without one
- * (every session treats it as possibly its own).
- */
-export function parseRouteMonitorLine(line: string): MonitorEvent | undefined {
-  const m = /^(RTM_[A-Z]+):/.exec(line.trim());
-  if (m === null) return undefined;
-  switch (m[1]) {
-    case 'RTM_DELADDR':
-      return { kind: 'address', deleted: true, device: '', address: '' };
-    case 'RTM_NEWADDR':
-      return { kind: 'address', deleted: false, device: '', address: '' };
-    case 'RTM_IFINFO':
-      return { kind: 'link', device: '', up: !/flags:<[^>]*\bDOWN\b/.test(line) };
-    default:
-      return undefined;
-  }
 }
 
 /** What changed on the host since the last report, for sessions to decide whether it touches their connection. */
@@ -180,25 +160,38 @@ export interface NetworkListener {
   onNetworkChange(change: NetworkChange): void;
 }
 
+type LineReader = (line: string) => MonitorEvent | undefined;
+
 /**
- * The monitor of this platform and its line parser, or undefined where there
- * is none. It must end with us, however we end (SIGKILL included): on Linux
- * the kernel sends it SIGTERM when we die (setpriv --pdeathsig); elsewhere a
- * shell starts it and stops it once its standard input, our pipe, ends.
+ * The monitor of this platform and a maker of its line readers (one per
+ * run: macOS's spans lines), or undefined where there is none. It must end
+ * with us, however we end (SIGKILL included): on Linux the kernel sends it
+ * SIGTERM when we die (setpriv --pdeathsig); elsewhere a shell starts it
+ * and stops it once its standard input, our pipe, ends.
  * Exit code 127: no such command here.
  */
 function monitorCommand(
+  platform: NodeJS.Platform,
   setpriv: boolean,
-): { file: string; args: string[]; stdin: 'ignore' | 'pipe'; parse: (line: string) => MonitorEvent | undefined } | undefined {
-  if (process.platform === 'linux') {
+): { file: string; args: string[]; stdin: 'ignore' | 'pipe'; reader: () => LineReader } | undefined {
+  if (platform === 'linux') {
     const ip = ['ip', '-o', 'monitor', 'address', 'route', 'link'];
+    const reader = () => parseIpMonitorLine;
     // Without setpriv (busybox systems) it ends with us on a normal exit, or at its first line after.
-    if (!setpriv) return { file: ip[0], args: ip.slice(1), stdin: 'ignore', parse: parseIpMonitorLine };
-    return { file: 'setpriv', args: ['--pdeathsig', 'TERM', '--', ...ip], stdin: 'ignore', parse: parseIpMonitorLine };
+    if (!setpriv) return { file: ip[0], args: ip.slice(1), stdin: 'ignore', reader };
+    return { file: 'setpriv', args: ['--pdeathsig', 'TERM', '--', ...ip], stdin: 'ignore', reader };
   }
-  if (process.platform === 'darwin') {
+  if (platform === 'darwin') {
     const script = `command -v route >/dev/null || exit 127; route -n monitor & trap 'kill $! 2>/dev/null' EXIT INT TERM; cat >/dev/null`;
-    return { file: 'sh', args: ['-c', script], stdin: 'pipe', parse: parseRouteMonitorLine };
+    return {
+      file: 'sh',
+      args: ['-c', script],
+      stdin: 'pipe',
+      reader: () => {
+        const reader = new RouteMonitorReader();
+        return (line) => reader.line(line);
+      },
+    };
   }
   return undefined;
 }
@@ -216,6 +209,9 @@ export class NetworkWatcher {
   private exitHooked = false;
   /** How many times the monitor was started (a diagnostic). */
   starts = 0;
+
+  /** `platform` picks the monitor (tests run macOS's with a stand-in for route(8)). */
+  constructor(private readonly platform: NodeJS.Platform = process.platform) {}
 
   /**
    * Tells `listener` of each change until unwatch(listener). The monitor
@@ -258,7 +254,7 @@ export class NetworkWatcher {
   }
 
   /** Feeds one monitor line (the child's output; tests call it directly). */
-  onLine(line: string, parse: (line: string) => MonitorEvent | undefined = parseIpMonitorLine): void {
+  onLine(line: string, parse: LineReader = parseIpMonitorLine): void {
     const ev = parse(line);
     if (ev === undefined || !this.changes.add(ev)) return;
     this.settle ??= setTimeout(() => {
@@ -276,7 +272,7 @@ export class NetworkWatcher {
   }
 
   private start(): void {
-    const monitor = monitorCommand(this.setpriv);
+    const monitor = monitorCommand(this.platform, this.setpriv);
     if (monitor === undefined || this.unavailable || this.child !== undefined) return;
     this.starts++;
     this.changes.learn(networkInterfaces());
@@ -285,7 +281,8 @@ export class NetworkWatcher {
     // Neither the child nor its pipes keep this process alive.
     child.unref();
     for (const pipe of [child.stdin, child.stdout]) (pipe as unknown as { unref?: () => void } | null)?.unref?.();
-    createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line, monitor.parse));
+    const parse = monitor.reader();
+    createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line, parse));
     child.on('error', (err) => {
       if (monitor.file === 'setpriv') {
         this.setpriv = false;

@@ -3,20 +3,26 @@
 // which lines are changes a session may care about, and which are not.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { networkInterfaces, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
-import {
-  ChangeAccumulator,
-  describeChange,
-  type NetworkChange,
-  NetworkWatcher,
-  parseIpMonitorLine,
-  parseRouteMonitorLine,
-} from '../../src/node/network-watch.js';
+import { ChangeAccumulator, describeChange, type NetworkChange, NetworkWatcher, parseIpMonitorLine } from '../../src/node/network-watch.js';
+import { addressesOf, nameOfIndex, RouteMonitorReader } from '../../src/node/route-monitor.js';
 import { monotonicNow, Scheduler } from '../../src/node/scheduler.js';
-import { sleep } from '../support/helpers.js';
+import { sleep, until } from '../support/helpers.js';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 // Recorded from `ip -o monitor address route link` in a namespace while a veth
 // came up, took 10.5.0.2 then 10.6.0.2, switched its default route, lost
@@ -119,23 +125,162 @@ describe('reading ip -o monitor', () => {
   });
 });
 
+// `route -n monitor` on macOS. The first blocks are its output as quoted in
+// a vendor's support article (a VPN coming up, then `route -n flush -inet6`,
+// macOS 14); the rest are written to the printf formats of print_rtmsg and
+// pmsg_addrs in Apple's network_cmds route.c, with the addresses of a laptop
+// whose Wi-Fi (en0, index 4) gives way to Ethernet (en7). No Mac runs here.
+const ROUTE_MONITOR = `
+got message of size 96 on Fri Apr  5 19:12:30 2024
+RTM_NEWADDR: address being added to iface: len 96, metric 0, flags:<CLONING>
+sockaddrs: <NETMASK,IFP,IFA,BRD>
+ ffff:ffff:ffff:ffff:: ipsec0 fd54:20a4:d33b:b10c:8a6:0:1:1a00 default
+
+got message of size 140 on Fri Apr  5 19:12:30 2024
+RTM_ADD: Add Route: len 140, pid: 0, seq 0, errno 0, flags:<UP,HOST,LLINFO,LOCAL>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY>
+ fd54:20a4:d33b:b10c:8a6:0:1:1a00 
+
+got message of size 200 on Fri Apr  5 19:21:22 2024
+RTM_DELETE: Delete Route: len 200, pid: 4334, seq 0, errno 0, flags:<GATEWAY,DONE,PRCLONING,CONDEMNED,GLOBAL>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,NETMASK,IFP,IFA>
+ :: fd54:20a4:d33b:b10c:: default ipsec0 fe80::aede:48ff:fe00:1122%ipsec0
+
+got message of size 224 on Fri Apr  5 19:21:22 2024
+RTM_DELETE: Delete Route: len 224, pid: 4334, seq 1, errno 0, ifscope 13, flags:<GATEWAY,DONE,PRCLONING,IFSCOPE,CONDEMNED,GLOBAL>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,NETMASK,IFP,IFA>
+ :: fe80::%utun0 (255) ffff ffff ffff 0 0 0 0 0 0 0 0 0 0 utun0 fe80::d4fa:100c:1905:b9d8%utun0
+
+got message of size 176 on Fri Apr  5 19:21:22 2024
+RTM_DELETE: Delete Route: len 176, pid: 4334, seq 4, errno 3, ifscope 16, flags:<UP,GATEWAY,HOST,WASCLONED,PROTO3,IFSCOPE,GLOBAL>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,IFA>
+ 2001:4860:4860::8888 fd54:20a4:d33b:b10c:: fe80::aede:48ff:fe00:1122%ipsec0
+
+got message of size 112 on Thu Dec  3 10:00:00 2026
+RTM_IFINFO: iface status change: len 112, if# 4, flags:<UP,BROADCAST,b6,SIMPLEX,MULTICAST>
+
+got message of size 64 on Thu Dec  3 10:00:00 2026
+RTM_DELADDR: address being removed from iface: len 64, metric 0, flags:<UP>
+sockaddrs: <NETMASK,IFP,IFA,BRD>
+ 255.255.255.0 en0:a4.83.e7.12.34.56 192.168.1.23 192.168.1.255
+
+got message of size 92 on Thu Dec  3 10:00:00 2026
+RTM_DELETE: Delete Route: len 92, pid: 0, seq 0, errno 0, flags:<UP,GATEWAY,DONE,STATIC,PRCLONING>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,NETMASK>
+ default 192.168.1.1 default
+
+got message of size 112 on Thu Dec  3 10:00:01 2026
+RTM_IFINFO: iface status change: len 112, if# 9, flags:<UP,BROADCAST,b6,RUNNING,SIMPLEX,MULTICAST>
+
+got message of size 64 on Thu Dec  3 10:00:01 2026
+RTM_NEWADDR: address being added to iface: len 64, metric 0, flags:<UP>
+sockaddrs: <NETMASK,IFP,IFA,BRD>
+ 255.255.255.0 en7:0.e0.4c.68.1.2 10.0.0.42 10.0.0.255
+
+got message of size 108 on Thu Dec  3 10:00:01 2026
+RTM_ADD: Add Route: len 108, pid: 112, seq 31, errno 0, flags:<UP,GATEWAY,DONE,STATIC,PRCLONING>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,NETMASK>
+ default 10.0.0.1 default
+
+got message of size 140 on Thu Dec  3 10:00:02 2026
+RTM_ADD: Add Route: len 140, pid: 0, seq 0, errno 0, ifscope 9, flags:<UP,GATEWAY,DONE,STATIC,PRCLONING,IFSCOPE>
+locks:  inits: 
+sockaddrs: <DST,GATEWAY,NETMASK>
+ default 10.0.0.1 default
+`.split('\n');
+
+const EN0_EN7 = (index: number) => ({ 4: 'en0', 9: 'en7' })[index];
+
 describe('reading route -n monitor (macOS)', () => {
-  test('address and interface messages are changes; the rest are not', () => {
-    assert.deepEqual(parseRouteMonitorLine('RTM_DELADDR: address being removed from iface: len 124, metric 0, flags:<UP>'), {
-      kind: 'address',
-      deleted: true,
-      device: '',
-      address: '',
-    });
-    assert.equal(parseRouteMonitorLine('RTM_NEWADDR: address being added to iface: len 124')?.kind, 'address');
-    assert.deepEqual(parseRouteMonitorLine('RTM_IFINFO: iface status change: len 112, if# 6, flags:<BROADCAST,SIMPLEX,MULTICAST,DOWN>'), {
-      kind: 'link',
-      device: '',
-      up: false,
-    });
-    for (const line of ['got message of size 124 on Tue Dec  1 12:00:00 2026', 'RTM_ADD: Add Route: len 132', 'sockaddrs: <DST,GATEWAY>', '']) {
-      assert.equal(parseRouteMonitorLine(line), undefined, line);
+  test('addresses with their interface, unscoped default routes and link states; host and scoped routes are no change', () => {
+    const reader = new RouteMonitorReader(EN0_EN7);
+    const events = ROUTE_MONITOR.map((line) => reader.line(line)).filter((e) => e !== undefined);
+    assert.deepEqual(events, [
+      { kind: 'address', deleted: false, device: 'ipsec0', address: 'fd54:20a4:d33b:b10c:8a6:0:1:1a00' },
+      { kind: 'route', deleted: true, isDefault: true }, // the IPv6 default through the VPN
+      { kind: 'link', device: 'en0', up: false }, // UP without RUNNING: the Wi-Fi left
+      { kind: 'address', deleted: true, device: 'en0', address: '192.168.1.23' },
+      { kind: 'route', deleted: true, isDefault: true },
+      { kind: 'link', device: 'en7', up: true },
+      { kind: 'address', deleted: false, device: 'en7', address: '10.0.0.42' },
+      { kind: 'route', deleted: false, isDefault: true },
+    ]);
+    const acc = new ChangeAccumulator();
+    for (const e of events) acc.add(e);
+    assert.equal(
+      describeChange(acc.take()),
+      'removed 192.168.1.23; added fd54:20a4:d33b:b10c:8a6:0:1:1a00, 10.0.0.42; en0 down; en7 up; default route changed',
+    );
+  });
+
+  test('an interface the host cannot name is named by its index; an address route(8) could not print is an empty word', () => {
+    const reader = new RouteMonitorReader(() => undefined);
+    assert.deepEqual(reader.line('RTM_IFINFO: iface status change: len 112, if# 31, flags:'), { kind: 'link', device: 'if#31', up: false });
+    assert.deepEqual(
+      addressesOf(['DST', 'GATEWAY', 'NETMASK'], ':: fe80::%utun0 (255) ffff ffff 0 0'),
+      new Map([
+        ['DST', '::'],
+        ['GATEWAY', 'fe80::%utun0'],
+        ['NETMASK', '(255) ffff ffff 0 0'],
+      ]),
+    );
+    assert.deepEqual(
+      addressesOf(['DST', 'GATEWAY', 'IFA'], ' 10.0.0.1 10.0.0.42'),
+      new Map([
+        ['DST', ''],
+        ['GATEWAY', '10.0.0.1'],
+        ['IFA', '10.0.0.42'],
+      ]),
+    );
+  });
+
+  test('what it does not understand is left alone: other messages, broken blocks, garbage', () => {
+    const reader = new RouteMonitorReader(EN0_EN7);
+    for (const line of [
+      '',
+      'garbage',
+      'got message of size 124 on Tue Dec  1 12:00:00 2026',
+      'RTM_GET: Report Metrics: len 164, pid: 9588, seq 1, errno 0, flags:<UP,GATEWAY>',
+      'RTM_MISS: Lookup failed on this address: len 92, pid: 0, seq 0, errno 0, flags:<>',
+      'RTM_NEWMADDR: new multicast group membership on iface: len 48',
+      ' 1.2.3.4 5.6.7.8', // addresses without a message
+      'routing message version 3 not understood',
+      'RTM_IFINFO: iface status change: len 112, flags:<UP,RUNNING>', // no index
+      // A message cut off before its addresses, then garbage where they would be.
+      'RTM_DELADDR: address being removed from iface: len 64, metric 0, flags:<UP>',
+      'sockaddrs: <NETMASK,IFP,IFA,BRD>',
+      'got message of size 64 on Thu Dec  3 10:00:00 2026',
+      ' 255.255.255.0 en0 192.168.1.23 192.168.1.255',
+      'RTM_ADD: Add Route: len 92, pid: 0, seq 0, errno 0, flags:<UP,GATEWAY,STATIC>',
+      'locks:  inits: ',
+      'sockaddrs: <DST,GATEWAY,NETMASK>',
+      ' 10.9.0.0 10.0.0.1 255.255.0.0', // not a default route
+      'x'.repeat(100_000),
+      '\u0000RTM_DELADDR: \u0001',
+    ]) {
+      assert.equal(reader.line(line), undefined, JSON.stringify(line.slice(0, 60)));
     }
+  });
+
+  test('an interface index is found through its IPv6 link-local address, as `ip link` numbers it', {
+    skip: process.platform !== 'linux' && 'reads ip link',
+  }, () => {
+    const withLinkLocal = Object.entries(networkInterfaces()).flatMap(([name, list]) =>
+      (list ?? []).filter((a) => a.family === 'IPv6' && a.address.startsWith('fe80:')).map((a) => [name, a.scopeid] as const),
+    );
+    if (withLinkLocal.length === 0) return void assert.equal(nameOfIndex(1), undefined);
+    for (const [name, index] of withLinkLocal) {
+      assert.equal(nameOfIndex(index!), name);
+      const link = execFileSync('ip', ['-o', 'link', 'show', 'dev', name], { encoding: 'utf8' });
+      assert.equal(Number(link.split(':')[0]), index, `ip link numbers ${name} ${index}`);
+    }
+    assert.equal(nameOfIndex(1_000_000), undefined);
   });
 });
 
@@ -178,6 +323,53 @@ describe('the watcher', () => {
       off();
     }
     assert.equal(watcher.starts, 1);
+  });
+  test('macOS: route -n monitor runs under a shell that stops it when we let go; its blocks arrive as one change', {
+    skip: process.platform === 'win32' && 'needs sh',
+  }, async () => {
+    // A stand-in for route(8), which is macOS's: it prints the blocks above, then waits as route does.
+    const dir = mkdtempSync(join(tmpdir(), 'rocks-route-'));
+    const pidFile = join(dir, 'pid');
+    writeFileSync(join(dir, 'blocks'), ROUTE_MONITOR.join('\n'));
+    writeFileSync(
+      join(dir, 'route'),
+      `#!/bin/sh\n[ "$*" = "-n monitor" ] || exit 64\necho $$ > ${pidFile}\ncat ${join(dir, 'blocks')}\nexec sleep 600\n`,
+      { mode: 0o755 },
+    );
+    const path = process.env.PATH;
+    process.env.PATH = `${dir}:${path}`;
+    const watcher = new NetworkWatcher('darwin');
+    const seen: NetworkChange[] = [];
+    const off = watcher.subscribe((c) => seen.push(c));
+    try {
+      await until(() => seen.length > 0 && existsSync(pidFile), 5000, 'a change from the stand-in route');
+      process.env.PATH = path;
+      await sleep(100);
+      assert.equal(seen.length, 1, 'one burst, one change');
+      const change = seen[0];
+      assert.deepEqual([...change.removed], ['192.168.1.23']);
+      assert.deepEqual([...change.added].sort(), ['10.0.0.42', 'fd54:20a4:d33b:b10c:8a6:0:1:1a00']);
+      assert.equal(change.defaultRoute, true);
+      // The interfaces are this host's with those indexes, if it has them, else named by number.
+      assert.deepEqual(
+        [...change.links],
+        [
+          [nameOfIndex(4) ?? 'if#4', false],
+          [nameOfIndex(9) ?? 'if#9', true],
+        ],
+      );
+      assert.equal(change.interfaces.get('10.0.0.42'), 'en7');
+      const pid = Number(readFileSync(pidFile, 'utf8'));
+      assert.ok(alive(pid), 'route runs while sessions listen');
+      off();
+      watcher.stop();
+      await until(() => !alive(pid), 5000, 'route to end with the watcher');
+    } finally {
+      process.env.PATH = path;
+      off();
+      watcher.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
