@@ -140,15 +140,17 @@ interface Round {
   lost: number;
 }
 
-async function round(ctx: Context, n: number, idleMs: number, config: Config): Promise<Round> {
+async function round(ctx: Context, n: number, idleMs: number, config: Config, index: number): Promise<Round> {
   const peers: Peer[] = [];
   try {
     const options = JSON.stringify(config.options);
     const server = new Peer('scale-server', ['--options', options, '--backlog', '4096'], { nofile: NOFILE });
     peers.push(server);
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
-    // Each proxy process dials the server from an address of its own (see scale-proxy.ts); only Linux routes all of 127/8 to loopback.
-    const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.0.0.${10 + i}`] : []);
+    // Each proxy process dials the server from an address of its own (see scale-proxy.ts), and each round from new
+    // ones: the last round's connections from them wait out TIME_WAIT for a minute after it. Only Linux routes all of
+    // 127/8 to loopback.
+    const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.0.${index + 1}.${10 + i}`] : []);
     const proxies = Array.from(
       { length: Math.ceil(n / PER_PROXY) },
       (_, i) => new Peer('scale-proxy', ['--port', String(port), '--proxies', '1', ...source(i)], { nofile: NOFILE }),
@@ -188,6 +190,7 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
       type: 'recovered';
       resumed: number;
       lastResume: number;
+      resumeAt: number[];
       lastData: number;
       lost: number;
       extra: number;
@@ -200,7 +203,8 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config): P
     const echoed = r.lastData - healedAt;
     const [backlog, listen] = [backlogDrops() - dropsBefore[0], listenDrops() - dropsBefore[1]];
     ctx.log(
-      `    heal: ${r.resumed}/${n} resumed, the last after ${resume.toFixed(0)} ms, last echoed byte after ${echoed.toFixed(0)} ms; ` +
+      `    heal: ${r.resumed}/${n} resumed, the last after ${resume.toFixed(0)} ms ` +
+        `(25/50/75/90/99% after ${r.resumeAt.map((t) => (t - healedAt).toFixed(0)).join('/')} ms), last echoed byte after ${echoed.toFixed(0)} ms; ` +
         `lost ${r.lost} B, extra ${r.extra} B, corrupt ${r.corrupt}, failed ${r.failed}; ${r.attempts} reconnect attempts; ` +
         `the kernel dropped ${backlog} packets at a full receive backlog and ${listen} at a full accept queue`,
     );
@@ -254,7 +258,7 @@ export const scale: BenchCase = {
     const results: Round[] = [];
     for (let i = 0; i < rounds; i++) {
       ctx.log(`  scale: round ${i + 1}/${rounds}, ${n} connections`);
-      results.push(await round(ctx, n, idleMs, config));
+      results.push(await round(ctx, n, idleMs, config, i));
     }
     const floors: { serverCpu: number; clientCpu: number }[] = [];
     for (let i = 0; i < rounds; i++) {

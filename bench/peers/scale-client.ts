@@ -68,6 +68,8 @@ let outage:
       lastSuspend: number;
       lastResume: number;
       lastData: number;
+      /** When each session resumed (the scale clock). */
+      resumes: number[];
       check(): void;
     }
   | undefined;
@@ -110,6 +112,7 @@ function open(index: number): Conn {
     c.resumed = true;
     outage.resumed++;
     outage.lastResume = clock();
+    outage.resumes.push(outage.lastResume);
     outage.check();
   });
   const fail = (): void => {
@@ -144,6 +147,7 @@ async function measureOutage(payload: number): Promise<void> {
     lastSuspend: 0,
     lastResume: 0,
     lastData: 0,
+    resumes: [],
     check() {
       // A connection that failed for good will never suspend or resume: it counts as done (and as failed).
       if (this.suspended + this.failed >= count) allSuspended();
@@ -184,6 +188,10 @@ async function measureOutage(payload: number): Promise<void> {
     type: 'recovered',
     resumed: outage.resumed,
     lastResume: outage.lastResume,
+    // Quartiles and the tail of the resume times: how the heal's load spread.
+    resumeAt: [0.25, 0.5, 0.75, 0.9, 0.99].map(
+      (q) => outage!.resumes[Math.min(outage!.resumes.length - 1, Math.floor(q * outage!.resumes.length))] ?? 0,
+    ),
     lastData: outage.lastData,
     lost,
     extra,
