@@ -147,10 +147,10 @@ async function round(ctx: Context, n: number, idleMs: number, config: Config, in
     const server = new Peer('scale-server', ['--options', options, '--backlog', '4096'], { nofile: NOFILE });
     peers.push(server);
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready', 30_000);
-    // Each proxy process dials the server from an address of its own (see scale-proxy.ts), and each round from new
-    // ones: the last round's connections from them wait out TIME_WAIT for a minute after it. Only Linux routes all of
-    // 127/8 to loopback.
-    const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.0.${index + 1}.${10 + i}`] : []);
+    // Each proxy process dials the server from 250 addresses of its own (see scale-proxy.ts), and each round from
+    // new ones: the last round's connections from them wait out TIME_WAIT for a minute after it. Only Linux routes
+    // all of 127/8 to loopback.
+    const source = (i: number): string[] => (process.platform === 'linux' ? ['--source', `127.${10 + index}.${i}`] : []);
     const proxies = Array.from(
       { length: Math.ceil(n / PER_PROXY) },
       (_, i) => new Peer('scale-proxy', ['--port', String(port), '--proxies', '1', ...source(i)], { nofile: NOFILE }),

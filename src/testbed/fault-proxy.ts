@@ -36,8 +36,13 @@ export class FaultProxy {
   private delay = 0;
   /** Called for every chunk forwarded; `connection` counts from 1. Tests use it to watch the wire. */
   onChunk: ((direction: 'up' | 'down', chunk: Buffer, connection: number) => void) | undefined;
-  /** Local address new upstream connections come from: set it to show the server a client that moved. */
-  upstreamAddress: string | undefined;
+  /**
+   * Local address new upstream connections come from: set it to show the
+   * server a client that moved. Several: each new connection takes the next
+   * in turn (many connections bound to one address make bind() slow once
+   * its ports are held in TIME_WAIT; see bench/peers/scale-proxy.ts).
+   */
+  upstreamAddress: string | readonly string[] | undefined;
   connections = 0;
   private readonly targets: { port: number; host: string }[];
   private pick: 'round-robin' | 'random' = 'round-robin';
@@ -130,7 +135,9 @@ export class FaultProxy {
     }
     const n = this.targets.length;
     const target = this.targets[this.pick === 'random' ? Math.floor(Math.random() * n) : (connection - 1) % n];
-    const upstream = connect({ port: target.port, host: target.host, localAddress: this.upstreamAddress, allowHalfOpen: true });
+    const from = this.upstreamAddress;
+    const localAddress = typeof from === 'object' ? from[(connection - 1) % from.length] : from;
+    const upstream = connect({ port: target.port, host: target.host, localAddress, allowHalfOpen: true });
     const pair: Pair = { downstream, upstream, dead: false };
     this.pairs.add(pair);
     this.sockets.add(upstream);

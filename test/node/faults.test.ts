@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { lookup as dnsLookup } from 'node:dns';
+import { type AddressInfo, createServer as createNetServer, connect as netConnect } from 'node:net';
 import { describe, test } from 'node:test';
 import { connect, RocksError, type ReliableSocket } from '../../src/index.js';
 import { FaultProxy } from '../../src/testbed/fault-proxy.js';
@@ -451,5 +452,30 @@ describe('the fault proxy', () => {
     });
     assert.equal(run.out, 'client: ECONNRESET\nclosed\n', 'the first connection was reset, the second closed');
     assert.equal(run.code, 0, 'the process exited by itself');
+  });
+
+  test('dials the server from each of several upstream addresses in turn', {
+    skip: process.platform !== 'linux' && '127/8 is loopback on Linux only',
+  }, async () => {
+    const seen: string[] = [];
+    const server = createNetServer((s) => {
+      seen.push(s.remoteAddress!);
+      s.destroy();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const proxy = new FaultProxy((server.address() as AddressInfo).port);
+    proxy.upstreamAddress = ['127.0.0.4', '127.0.0.5'];
+    const proxyPort = await proxy.listen();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const c = netConnect(proxyPort, '127.0.0.1').on('error', () => {});
+        await until(() => seen.length === i + 1, 5000, `connection ${i + 1} at the server`);
+        c.destroy();
+      }
+      assert.deepEqual(seen, ['127.0.0.4', '127.0.0.5', '127.0.0.4']);
+    } finally {
+      await proxy.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
