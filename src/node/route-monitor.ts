@@ -19,7 +19,8 @@ import type { MonitorEvent } from './network-watch.js';
 const HEADER = /^(RTM_[A-Z]+): .*?: len \d+, (.*)$/;
 const SOCKADDRS = /^sockaddrs: <([A-Z,]*)>/;
 
-type Pending = { type: string; flags: string[] };
+/** A message whose addresses are still to come; `names` once its "sockaddrs:" line came. */
+type Pending = { type: string; flags: string[]; names?: string[] };
 
 /**
  * Reads `route -n monitor` one line at a time; returns an event at the line
@@ -28,7 +29,6 @@ type Pending = { type: string; flags: string[] };
  */
 export class RouteMonitorReader {
   private pending: Pending | undefined;
-  private names: string[] | undefined;
 
   /** `interfaceName` names an interface by its index (RTM_IFINFO gives only that). */
   constructor(private readonly interfaceName: (index: number) => string | undefined = nameOfIndex) {}
@@ -38,28 +38,25 @@ export class RouteMonitorReader {
     const header = HEADER.exec(text);
     if (header !== null) {
       this.pending = undefined;
-      this.names = undefined;
       const flags = /flags:<([A-Za-z0-9_,]*)>/.exec(header[2])?.[1].split(',') ?? [];
       if (header[1] === 'RTM_IFINFO') return this.linkEvent(header[2], flags);
       if (WITH_ADDRESSES.has(header[1])) this.pending = { type: header[1], flags };
       return undefined;
     }
-    if (this.pending === undefined) return undefined;
+    const message = this.pending;
+    if (message === undefined) return undefined;
     const sockaddrs = SOCKADDRS.exec(text);
     if (sockaddrs !== null) {
-      this.names = sockaddrs[1].split(',');
+      message.names = sockaddrs[1].split(',');
       return undefined;
     }
-    // The addresses' line, the only one that starts with a space; anything else ends the message.
-    const message = this.pending;
-    const names = this.names;
-    if (!raw.startsWith(' ') || names === undefined) {
-      if (!text.startsWith('locks:')) this.pending = undefined;
-      return undefined;
+    // The addresses' line, the only one that starts with a space; anything else but "locks:" ends the message.
+    if (raw.startsWith(' ') && message.names !== undefined) {
+      this.pending = undefined;
+      return messageEvent(message, addressesOf(message.names, raw.slice(1)));
     }
-    this.pending = undefined;
-    this.names = undefined;
-    return messageEvent(message, addressesOf(names, raw.slice(1)));
+    if (!text.startsWith('locks:')) this.pending = undefined;
+    return undefined;
   }
 
   private linkEvent(rest: string, flags: string[]): MonitorEvent | undefined {
